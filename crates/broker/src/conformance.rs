@@ -1,0 +1,162 @@
+//! What every engine promises, as one suite run against each engine (see `tests/` of this
+//! crate). A node is a [`Subscriber`] with its own [`Delivery`]; two nodes on one engine stand
+//! for two gateway replicas.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_protocol::ChannelName;
+use tokio::sync::Notify;
+
+use crate::{Broker, Delivery, Subscriber};
+
+/// How long a suite step waits for messages before it fails.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Records what a node received.
+#[derive(Default)]
+pub struct Collector {
+    received: Mutex<Vec<(String, Bytes)>>,
+    arrived: Notify,
+}
+
+impl Delivery for Collector {
+    fn deliver(&self, channel: &str, payload: Bytes) {
+        self.received.lock().unwrap().push((channel.to_string(), payload));
+        self.arrived.notify_waiters();
+    }
+}
+
+impl Collector {
+    /// Waits until at least `n` messages arrived, then returns all of them.
+    pub async fn wait_for(&self, n: usize) -> Vec<(String, Bytes)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.arrived.notified();
+            {
+                let got = self.received.lock().unwrap();
+                if got.len() >= n {
+                    return got.clone();
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let got = self.received.lock().unwrap();
+                panic!("expected {n} messages, got {}: {:?}", got.len(), *got);
+            }
+        }
+    }
+
+    /// Everything received so far, after letting in-flight messages land.
+    pub async fn settled(&self) -> Vec<(String, Bytes)> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.received.lock().unwrap().clear();
+    }
+}
+
+/// A node of `broker` with its collector.
+pub fn node(broker: &Arc<dyn Broker>) -> (Arc<dyn Subscriber>, Arc<Collector>) {
+    let collector = Arc::new(Collector::default());
+    (broker.subscriber(collector.clone()), collector)
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::parse(name).unwrap()
+}
+
+/// Runs every check of the suite against `broker`. Channel names are made unique with
+/// `tag`, so suites may share a backend.
+pub async fn run_all(broker: Arc<dyn Broker>, tag: &str) {
+    delivers_in_order_exactly_once_to_subscribed_nodes(&broker, tag).await;
+    subscriptions_are_counted(&broker, tag).await;
+    batches_keep_their_order_across_channels(&broker, tag).await;
+    many_channels_subscribe_concurrently(&broker, tag).await;
+    status_reports_live_subscriptions(&broker).await;
+}
+
+/// A message reaches every node subscribed to its channel once, in publish order, and no
+/// node that is not subscribed.
+pub async fn delivers_in_order_exactly_once_to_subscribed_nodes(broker: &Arc<dyn Broker>, tag: &str) {
+    let room = ch(&format!("conf{tag}:room"));
+    let (a, got_a) = node(broker);
+    let (b, got_b) = node(broker);
+    let (_c, got_c) = node(broker);
+    a.subscribe(&room).await.unwrap();
+    b.subscribe(&room).await.unwrap();
+    for i in 0..100 {
+        broker.publish(&room, Bytes::from(i.to_string())).await.unwrap();
+    }
+    let expected: Vec<(String, Bytes)> =
+        (0..100).map(|i| (room.to_string(), Bytes::from(i.to_string()))).collect();
+    assert_eq!(got_a.wait_for(100).await, expected);
+    assert_eq!(got_b.wait_for(100).await, expected);
+    assert_eq!(got_a.settled().await.len(), 100, "duplicates on node a");
+    assert!(got_c.settled().await.is_empty(), "an unsubscribed node received messages");
+    a.close();
+    b.close();
+}
+
+/// Two subscribes need two unsubscribes before messages stop.
+pub async fn subscriptions_are_counted(broker: &Arc<dyn Broker>, tag: &str) {
+    let room = ch(&format!("conf{tag}:counted"));
+    let (node, got) = node(broker);
+    node.subscribe(&room).await.unwrap();
+    node.subscribe(&room).await.unwrap();
+    node.unsubscribe(&room);
+    // A subscribe confirmed after the unsubscribe was issued proves the engine processed it.
+    node.subscribe(&ch(&format!("conf{tag}:barrier"))).await.unwrap();
+    broker.publish(&room, Bytes::from_static(b"still")).await.unwrap();
+    assert_eq!(got.wait_for(1).await[0].1, Bytes::from_static(b"still"));
+    node.unsubscribe(&room);
+    node.subscribe(&ch(&format!("conf{tag}:barrier2"))).await.unwrap();
+    got.clear();
+    broker.publish(&room, Bytes::from_static(b"gone")).await.unwrap();
+    assert!(got.settled().await.is_empty(), "received after the last unsubscribe");
+    assert_eq!(node.active_channels(), 2);
+    node.close();
+}
+
+/// A batch arrives in the order it was given, across channels.
+pub async fn batches_keep_their_order_across_channels(broker: &Arc<dyn Broker>, tag: &str) {
+    let (x, y) = (ch(&format!("conf{tag}:x")), ch(&format!("conf{tag}:y")));
+    let (node, got) = node(broker);
+    node.subscribe(&x).await.unwrap();
+    node.subscribe(&y).await.unwrap();
+    let batch: Vec<(ChannelName, Bytes)> = (0..50)
+        .map(|i| (if i % 2 == 0 { x.clone() } else { y.clone() }, Bytes::from(i.to_string())))
+        .collect();
+    broker.publish_batch(&batch).await.unwrap();
+    let got = got.wait_for(50).await;
+    let expected: Vec<(String, Bytes)> = batch.iter().map(|(c, p)| (c.to_string(), p.clone())).collect();
+    assert_eq!(got, expected);
+    node.close();
+}
+
+/// A thousand channels subscribed at once are all confirmed and all deliver.
+pub async fn many_channels_subscribe_concurrently(broker: &Arc<dyn Broker>, tag: &str) {
+    let (node, got) = node(broker);
+    let channels: Vec<ChannelName> = (0..1000).map(|i| ch(&format!("conf{tag}:many.{i}"))).collect();
+    let pending: Vec<_> = channels.iter().map(|c| node.subscribe(c)).collect();
+    for r in futures_util::future::join_all(pending).await {
+        r.unwrap();
+    }
+    assert_eq!(node.active_channels(), 1000);
+    let batch: Vec<(ChannelName, Bytes)> = channels.iter().map(|c| (c.clone(), Bytes::from_static(b"."))).collect();
+    broker.publish_batch(&batch).await.unwrap();
+    assert_eq!(got.wait_for(1000).await.len(), 1000);
+    node.close();
+}
+
+/// A node reports its subscriptions live once it is connected, and not after it closed.
+pub async fn status_reports_live_subscriptions(broker: &Arc<dyn Broker>) {
+    let (node, _got) = node(broker);
+    let mut status = node.status();
+    tokio::time::timeout(WAIT, status.wait_for(|live| *live)).await.expect("node never became live").unwrap();
+    broker.ping().await.unwrap();
+    node.close();
+    tokio::time::timeout(WAIT, status.wait_for(|live| !*live)).await.expect("closed node still live").ok();
+}

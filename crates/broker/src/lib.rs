@@ -1,0 +1,94 @@
+//! The broker seam: how a message published anywhere reaches every gateway node that has a
+//! subscriber for its channel.
+//!
+//! Layout:
+//! - this file: the two traits. [`Broker`] publishes and hands out one [`Subscriber`] per
+//!   gateway node; the node's [`Delivery`] receives every message of the channels it subscribed.
+//! - [`memory`]: the in-process engine of the standalone mode. Delivery is a function call.
+//! - [`redis`]: the Redis Pub/Sub engine. Publishing goes over one multiplexed connection;
+//!   each node holds exactly one Pub/Sub connection, reconciles the channels it wants against
+//!   the ones Redis confirmed, and resubscribes everything after a reconnect.
+//! - [`conformance`]: the behaviour both engines promise, as a test suite run against each.
+//!
+//! Payloads are opaque bytes: the publisher encodes a message once and every layer below passes
+//! the same bytes on.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use herald_protocol::ChannelName;
+use tokio::sync::watch;
+
+pub mod conformance;
+pub mod memory;
+pub mod redis;
+
+pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisConfig};
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The engine cannot reach its backend. Nothing was published.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The subscription was not confirmed in time (typically: Redis is down).
+    #[error("subscription to {0} was not confirmed in time")]
+    SubscribeTimeout(ChannelName),
+}
+
+/// Receives the messages of every channel a node subscribed to.
+///
+/// Engines call it from their reader task, once per message per node, so it must not block:
+/// the gateway's hub only copies a reference to the bytes into bounded per-connection queues.
+pub trait Delivery: Send + Sync + 'static {
+    fn deliver(&self, channel: &str, payload: Bytes);
+}
+
+/// The publishing side of an engine, and the factory of node subscribers.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes one encoded message. Returns once the backend accepted it.
+    async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError>;
+
+    /// Publishes several messages in order, in one round trip where the engine allows it.
+    async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError>;
+
+    /// Starts this node's subscription side. A gateway calls it once; every message of a
+    /// channel it subscribes to is handed to `delivery`.
+    fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber>;
+
+    /// Whether publishing currently works, for readiness.
+    async fn ping(&self) -> Result<(), BrokerError>;
+
+    /// The engine's name, for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// One node's subscriptions.
+///
+/// Calls are counted: a channel stays subscribed while more `subscribe` than `unsubscribe`
+/// calls were made for it. The gateway's hub calls `subscribe` when a channel's first local
+/// socket joins and `unsubscribe` when its last one leaves; counting makes a leave and a join
+/// that race each other end in the right state whatever order they reach the engine in.
+pub trait Subscriber: Send + Sync + 'static {
+    /// Registers interest in `channel` at once; the returned future resolves when messages of
+    /// the channel are guaranteed to flow to this node (Redis confirmed the subscription), or
+    /// fails when that did not happen in time. Dropping the future keeps the interest: undo
+    /// it with [`Subscriber::unsubscribe`].
+    fn subscribe(&self, channel: &ChannelName) -> BoxFuture<'static, Result<(), BrokerError>>;
+
+    /// Withdraws one unit of interest in `channel`; takes effect in the background.
+    fn unsubscribe(&self, channel: &ChannelName);
+
+    /// `true` while the node's subscriptions are live (connected and resubscribed).
+    fn status(&self) -> watch::Receiver<bool>;
+
+    /// Channels the engine is currently subscribed to for this node, for metrics.
+    fn active_channels(&self) -> usize;
+
+    /// Stops the node's subscription side (closes its connection).
+    fn close(&self);
+}

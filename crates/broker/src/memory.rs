@@ -1,0 +1,161 @@
+//! The in-process engine: publishing calls each subscribed node's [`Delivery`] directly.
+//!
+//! It backs the standalone mode, where gateway and publisher-api share one process. Several
+//! nodes may attach to one [`MemoryBroker`] (its clones share the same bus), which is how the
+//! conformance suite checks cross-node delivery without Redis.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::{self, BoxFuture, FutureExt};
+use herald_protocol::ChannelName;
+use tokio::sync::watch;
+
+use crate::{Broker, BrokerError, Delivery, Subscriber};
+
+/// The in-memory engine. Cheap to clone; clones share one bus.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    bus: Arc<Bus>,
+}
+
+#[derive(Default)]
+struct Bus {
+    /// For each channel, the nodes subscribed to it. Entries are removed when their last node
+    /// leaves, so the map shrinks with the channels actually in use. The lists are replaced,
+    /// never mutated, so a publish clones one `Arc` and delivers without holding the lock (a
+    /// delivery takes the hub's locks, and the hub subscribes while holding them).
+    channels: RwLock<HashMap<ChannelName, Arc<[Arc<Node>]>>>,
+    next_node: Mutex<u64>,
+}
+
+struct Node {
+    id: u64,
+    delivery: Arc<dyn Delivery>,
+    /// Subscription counts of this node (see [`Subscriber`]).
+    counts: Mutex<HashMap<ChannelName, u32>>,
+    status: watch::Sender<bool>,
+}
+
+impl MemoryBroker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError> {
+        let nodes = self.bus.channels.read().expect("bus lock poisoned").get(channel).cloned();
+        for node in nodes.iter().flat_map(|n| n.iter()) {
+            node.delivery.deliver(channel.as_str(), payload.clone());
+        }
+        Ok(())
+    }
+
+    async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError> {
+        for (channel, payload) in batch {
+            self.publish(channel, payload.clone()).await?;
+        }
+        Ok(())
+    }
+
+    fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {
+        let id = {
+            let mut next = self.bus.next_node.lock().expect("bus lock poisoned");
+            *next += 1;
+            *next
+        };
+        Arc::new(MemorySubscriber {
+            bus: self.bus.clone(),
+            node: Arc::new(Node {
+                id,
+                delivery,
+                counts: Mutex::default(),
+                status: watch::Sender::new(true),
+            }),
+        })
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+impl Bus {
+    /// Removes node `id` from `channel`'s list, and the channel once nobody is left.
+    fn detach(&self, channel: &ChannelName, id: u64) {
+        let mut channels = self.channels.write().expect("bus lock poisoned");
+        let Some(nodes) = channels.get_mut(channel) else { return };
+        let rest: Arc<[Arc<Node>]> = nodes.iter().filter(|n| n.id != id).cloned().collect();
+        if rest.is_empty() {
+            channels.remove(channel);
+            shrink(&mut channels);
+        } else {
+            *nodes = rest;
+        }
+    }
+}
+
+struct MemorySubscriber {
+    bus: Arc<Bus>,
+    node: Arc<Node>,
+}
+
+impl Subscriber for MemorySubscriber {
+    fn subscribe(&self, channel: &ChannelName) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let mut counts = self.node.counts.lock().expect("node lock poisoned");
+        let count = counts.entry(channel.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            let mut channels = self.bus.channels.write().expect("bus lock poisoned");
+            let nodes = channels.entry(channel.clone()).or_insert_with(|| Arc::new([]));
+            *nodes = nodes.iter().cloned().chain([self.node.clone()]).collect();
+        }
+        future::ready(Ok(())).boxed()
+    }
+
+    fn unsubscribe(&self, channel: &ChannelName) {
+        let mut counts = self.node.counts.lock().expect("node lock poisoned");
+        let Some(count) = counts.get_mut(channel) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        counts.remove(channel);
+        shrink(&mut counts);
+        self.bus.detach(channel, self.node.id);
+    }
+
+    fn status(&self) -> watch::Receiver<bool> {
+        self.node.status.subscribe()
+    }
+
+    fn active_channels(&self) -> usize {
+        self.node.counts.lock().expect("node lock poisoned").len()
+    }
+
+    fn close(&self) {
+        let channels: Vec<ChannelName> =
+            self.node.counts.lock().expect("node lock poisoned").keys().cloned().collect();
+        for channel in &channels {
+            self.bus.detach(channel, self.node.id);
+        }
+        self.node.counts.lock().expect("node lock poisoned").clear();
+        self.node.status.send_replace(false);
+    }
+}
+
+/// Gives memory back once a map has emptied out to a quarter of its capacity, so a burst of
+/// channels does not pin its peak size forever.
+pub(crate) fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}

@@ -1,0 +1,199 @@
+//! The one list of error codes, each mapped in one place to what every transport shows:
+//! the `code` string of a WebSocket `error` frame and of HTTP error bodies, the HTTP status, the
+//! gRPC status code, and (for errors that end a connection) the WebSocket close code.
+//!
+//! `docs/protocol.md` documents the same table for client authors; keep them together.
+
+use serde::Serialize;
+
+/// Why a request failed. The `snake_case` name is the stable, documented code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame or body is not the JSON shape the endpoint expects.
+    MalformedFrame,
+    /// A frame's `type` is not one the server knows.
+    UnknownType,
+    /// A channel name or user id breaks the naming rules.
+    InvalidChannel,
+    /// The channel's namespace is not configured on this server.
+    UnknownChannel,
+    /// The caller is authenticated but may not do this (another user's personal channel,
+    /// publishing into a namespace that does not allow client publishing, ...).
+    Forbidden,
+    /// The connection is already subscribed to the channel.
+    AlreadySubscribed,
+    /// The connection is not subscribed to the channel.
+    NotSubscribed,
+    /// A frame or request body is larger than the configured limit.
+    MessageTooLarge,
+    /// A batch holds more messages than the configured limit, or none.
+    BatchTooLarge,
+    /// The credentials (token or API key) are missing or invalid.
+    Unauthorized,
+    /// The connection token has expired.
+    TokenExpired,
+    /// The broker (Redis) cannot be reached; nothing was published. Safe to retry.
+    Unavailable,
+    /// The client did not read its messages fast enough and its queue overflowed.
+    SlowConsumer,
+    /// The client stopped answering the server's pings.
+    HeartbeatTimeout,
+    /// The server is shutting down or restarting; reconnect (to another replica).
+    ShuttingDown,
+    /// A bug or an unexpected failure on the server.
+    Internal,
+}
+
+/// WebSocket close codes Herald uses. 1xxx are the standard ones (RFC 6455), 4xxx are Herald's.
+pub struct CloseCode;
+
+impl CloseCode {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// A frame exceeded the configured maximum message size.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Unexpected server failure.
+    pub const INTERNAL: u16 = 1011;
+    /// The server is restarting or draining; reconnect after the delay given in the reason.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// A dependency (the broker) is unavailable; try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The token is invalid or has expired. Reconnect with a fresh token.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The client did not read fast enough; its outbound queue overflowed.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The client stopped answering pings.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4009;
+}
+
+impl ErrorCode {
+    /// Every code, for documentation tests.
+    pub const ALL: [ErrorCode; 16] = [
+        Self::MalformedFrame,
+        Self::UnknownType,
+        Self::InvalidChannel,
+        Self::UnknownChannel,
+        Self::Forbidden,
+        Self::AlreadySubscribed,
+        Self::NotSubscribed,
+        Self::MessageTooLarge,
+        Self::BatchTooLarge,
+        Self::Unauthorized,
+        Self::TokenExpired,
+        Self::Unavailable,
+        Self::SlowConsumer,
+        Self::HeartbeatTimeout,
+        Self::ShuttingDown,
+        Self::Internal,
+    ];
+
+    /// The stable name shown to clients.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedFrame => "malformed_frame",
+            Self::UnknownType => "unknown_type",
+            Self::InvalidChannel => "invalid_channel",
+            Self::UnknownChannel => "unknown_channel",
+            Self::Forbidden => "forbidden",
+            Self::AlreadySubscribed => "already_subscribed",
+            Self::NotSubscribed => "not_subscribed",
+            Self::MessageTooLarge => "message_too_large",
+            Self::BatchTooLarge => "batch_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token_expired",
+            Self::Unavailable => "unavailable",
+            Self::SlowConsumer => "slow_consumer",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::MalformedFrame | Self::UnknownType => 400,
+            Self::InvalidChannel | Self::UnknownChannel => 422,
+            Self::AlreadySubscribed | Self::NotSubscribed => 409,
+            Self::Forbidden => 403,
+            Self::MessageTooLarge | Self::BatchTooLarge => 413,
+            Self::Unauthorized | Self::TokenExpired => 401,
+            Self::Unavailable | Self::ShuttingDown => 503,
+            Self::SlowConsumer | Self::HeartbeatTimeout => 408,
+            Self::Internal => 500,
+        }
+    }
+
+    /// The gRPC status code number (see `google.rpc.Code`).
+    pub fn grpc_code(self) -> i32 {
+        const INVALID_ARGUMENT: i32 = 3;
+        const NOT_FOUND: i32 = 5;
+        const ALREADY_EXISTS: i32 = 6;
+        const PERMISSION_DENIED: i32 = 7;
+        const RESOURCE_EXHAUSTED: i32 = 8;
+        const FAILED_PRECONDITION: i32 = 9;
+        const DEADLINE_EXCEEDED: i32 = 4;
+        const INTERNAL: i32 = 13;
+        const UNAVAILABLE: i32 = 14;
+        const UNAUTHENTICATED: i32 = 16;
+        match self {
+            Self::MalformedFrame | Self::UnknownType | Self::InvalidChannel => INVALID_ARGUMENT,
+            Self::UnknownChannel => NOT_FOUND,
+            Self::Forbidden => PERMISSION_DENIED,
+            Self::AlreadySubscribed => ALREADY_EXISTS,
+            Self::NotSubscribed => FAILED_PRECONDITION,
+            Self::MessageTooLarge | Self::BatchTooLarge => RESOURCE_EXHAUSTED,
+            Self::Unauthorized | Self::TokenExpired => UNAUTHENTICATED,
+            Self::Unavailable | Self::ShuttingDown => UNAVAILABLE,
+            Self::SlowConsumer | Self::HeartbeatTimeout => DEADLINE_EXCEEDED,
+            Self::Internal => INTERNAL,
+        }
+    }
+
+    /// The close code used when this error ends a WebSocket connection. Errors without one never
+    /// end a connection: they are answered with an `error` frame and the connection stays open.
+    /// `unavailable` ends a connection only while it is being set up.
+    pub fn close_code(self) -> Option<u16> {
+        match self {
+            Self::Unauthorized | Self::TokenExpired => Some(CloseCode::UNAUTHORIZED),
+            Self::MessageTooLarge => Some(CloseCode::MESSAGE_TOO_BIG),
+            Self::SlowConsumer => Some(CloseCode::SLOW_CONSUMER),
+            Self::HeartbeatTimeout => Some(CloseCode::HEARTBEAT_TIMEOUT),
+            Self::ShuttingDown => Some(CloseCode::SERVICE_RESTART),
+            Self::Unavailable => Some(CloseCode::TRY_AGAIN_LATER),
+            Self::Internal => Some(CloseCode::INTERNAL),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_names_match_the_documented_codes() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+
+    #[test]
+    fn every_code_is_documented_in_the_protocol_guide() {
+        let doc = include_str!("../../../docs/protocol.md");
+        for code in ErrorCode::ALL {
+            assert!(doc.contains(&format!("`{}`", code.as_str())), "{code} missing from docs/protocol.md");
+        }
+        for close in ["1009", "1011", "1012", "1013", "4001", "4008", "4009"] {
+            assert!(doc.contains(close), "close code {close} missing from docs/protocol.md");
+        }
+    }
+}

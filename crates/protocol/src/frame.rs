@@ -1,0 +1,197 @@
+//! WebSocket frames: JSON text frames with a `type` field and an optional client-chosen `id`
+//! that the server echoes in its reply.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::channel::{ChannelName, InvalidName};
+use crate::error::ErrorCode;
+use crate::user::UserId;
+
+/// A client-chosen request id, echoed in the reply: a string (at most 64 bytes) or an integer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Num(u64),
+    Str(String),
+}
+
+/// Longest string request id accepted.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// A frame sent by a client.
+#[derive(Debug)]
+pub enum ClientFrame {
+    Subscribe { id: Option<RequestId>, channel: ChannelName },
+    Unsubscribe { id: Option<RequestId>, channel: ChannelName },
+    Ping { id: Option<RequestId> },
+    /// Publish into a channel whose namespace allows client publishing (chat rooms).
+    Publish { id: Option<RequestId>, channel: ChannelName, data: Box<RawValue>, event: Option<String> },
+}
+
+/// Why a client frame was refused. It carries the request id when one could be read, so the
+/// error reply can still be matched to its request.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct FrameError {
+    pub id: Option<RequestId>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The loose shape every frame is read into first, so that each problem gets its own error:
+/// not JSON at all, an unknown `type`, a missing field or a bad channel name.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<RequestId>,
+    #[serde(default, borrow)]
+    channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+    #[serde(default)]
+    event: Option<String>,
+}
+
+impl ClientFrame {
+    /// Parses one text frame.
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        let raw: RawFrame = serde_json::from_str(text).map_err(|e| FrameError {
+            id: None,
+            code: ErrorCode::MalformedFrame,
+            message: format!("frame is not a valid JSON object: {e}"),
+        })?;
+        let id = raw.id;
+        if let Some(RequestId::Str(s)) = &id
+            && s.len() > MAX_REQUEST_ID_LEN
+        {
+            return Err(FrameError {
+                id: None,
+                code: ErrorCode::MalformedFrame,
+                message: format!("id is longer than {MAX_REQUEST_ID_LEN} bytes"),
+            });
+        }
+        let err = |code, message: String| FrameError { id: id.clone(), code, message };
+        let channel = || -> Result<ChannelName, FrameError> {
+            let name = raw
+                .channel
+                .as_deref()
+                .ok_or_else(|| err(ErrorCode::MalformedFrame, "missing field `channel`".into()))?;
+            ChannelName::parse(name).map_err(|e: InvalidName| {
+                err(ErrorCode::InvalidChannel, format!("invalid channel name {name:?}: {e}"))
+            })
+        };
+        let Some(kind) = raw.kind.as_deref() else {
+            return Err(err(ErrorCode::MalformedFrame, "missing field `type`".into()));
+        };
+        match kind {
+            "subscribe" => Ok(Self::Subscribe { channel: channel()?, id }),
+            "unsubscribe" => Ok(Self::Unsubscribe { channel: channel()?, id }),
+            "ping" => Ok(Self::Ping { id }),
+            "publish" => {
+                let channel = channel()?;
+                let data = raw
+                    .data
+                    .ok_or_else(|| err(ErrorCode::MalformedFrame, "missing field `data`".into()))?;
+                Ok(Self::Publish { id, channel, data, event: raw.event })
+            }
+            other => Err(err(
+                ErrorCode::UnknownType,
+                format!("unknown frame type {other:?}; expected subscribe, unsubscribe, ping or publish"),
+            )),
+        }
+    }
+}
+
+/// A frame sent by the server, other than `message` (whose bytes are made once per message by
+/// [`crate::Publication::encode`] and shared by every subscriber).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Connected { client_id: &'a str, user: &'a UserId },
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        channel: &'a ChannelName,
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        channel: &'a ChannelName,
+    },
+    Published {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        channel: &'a ChannelName,
+        message_id: &'a str,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        code: ErrorCode,
+        message: &'a str,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        ClientFrame::parse(text).unwrap_err().code
+    }
+
+    #[test]
+    fn known_frames_parse() {
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"subscribe","id":1,"channel":"chat:a"}"#).unwrap(),
+            ClientFrame::Subscribe { id: Some(RequestId::Num(1)), .. }
+        ));
+        assert!(matches!(ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping { id: None }));
+        let ClientFrame::Publish { data, .. } =
+            ClientFrame::parse(r#"{"type":"publish","id":"x","channel":"chat:a","data":{"t":"hi"}}"#).unwrap()
+        else {
+            panic!("not a publish")
+        };
+        assert_eq!(data.get(), r#"{"t":"hi"}"#);
+    }
+
+    #[test]
+    fn each_problem_has_its_own_code_and_keeps_the_id() {
+        assert_eq!(code("not json"), ErrorCode::MalformedFrame);
+        assert_eq!(code("[1,2]"), ErrorCode::MalformedFrame);
+        assert_eq!(code(r#"{"id":3}"#), ErrorCode::MalformedFrame);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"subscribe"}"#), ErrorCode::MalformedFrame);
+        assert_eq!(code(r#"{"type":"publish","channel":"a"}"#), ErrorCode::MalformedFrame);
+        let e = ClientFrame::parse(r#"{"type":"subscribe","id":"r1","channel":"bad name"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidChannel);
+        assert_eq!(e.id, Some(RequestId::Str("r1".into())));
+    }
+
+    #[test]
+    fn server_frames_have_the_documented_shape() {
+        let ch = ChannelName::parse("chat:a").unwrap();
+        let id = RequestId::Num(7);
+        assert_eq!(
+            ServerFrame::Subscribed { id: Some(&id), channel: &ch }.to_json(),
+            r#"{"type":"subscribed","id":7,"channel":"chat:a"}"#
+        );
+        assert_eq!(
+            ServerFrame::Error { id: None, code: ErrorCode::Forbidden, message: "no" }.to_json(),
+            r#"{"type":"error","code":"forbidden","message":"no"}"#
+        );
+    }
+}

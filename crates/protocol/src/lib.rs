@@ -1,0 +1,23 @@
+//! The vocabulary every Herald service and client shares.
+//!
+//! Layout, from the wire inwards:
+//! - [`frame`]: the JSON frames a WebSocket client sends ([`ClientFrame`]) and the frames the
+//!   gateway sends back ([`ServerFrame`]), with their parsing errors.
+//! - [`publication`]: a message on its way through the broker. It is encoded once, by whoever
+//!   publishes it, into the exact bytes every subscriber receives ([`Publication::encode`]).
+//! - [`channel`] and [`user`]: validated names ([`ChannelName`], [`UserId`]). They are parsed
+//!   once at the edge and are valid everywhere after.
+//! - [`error`]: the one list of error codes, each mapped to its HTTP status, gRPC code and
+//!   WebSocket close code.
+
+pub mod channel;
+pub mod error;
+pub mod frame;
+pub mod publication;
+pub mod user;
+
+pub use channel::{ChannelKind, ChannelName, InvalidName, BROADCAST_CHANNEL, PERSONAL_NAMESPACE};
+pub use error::{CloseCode, ErrorCode};
+pub use frame::{ClientFrame, FrameError, RequestId, ServerFrame};
+pub use publication::{Publication, PublicationError};
+pub use user::UserId;

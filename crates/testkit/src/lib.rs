@@ -1,0 +1,13 @@
+//! Test harness shared by Herald's integration tests: real `redis-server` processes on free
+//! ports (that tests kill and restart to cause real outages) and WebSocket test clients.
+
+mod redis_server;
+mod ws;
+
+pub use redis_server::RedisServer;
+pub use ws::{Closed, WsClient};
+
+/// A free TCP port on 127.0.0.1, found by binding port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
