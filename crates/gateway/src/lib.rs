@@ -1,0 +1,124 @@
+//! The WebSocket gateway: holds client sockets and fans broker messages out to them.
+//!
+//! Layout, from the wire inwards:
+//! - [`server`]: the HTTP listener: `GET /ws` (token check, then upgrade), `/livez`, `/readyz`.
+//! - [`connection`]: one task per socket: client frames in, queued frames out, heartbeats.
+//! - [`policy`]: who may subscribe and publish where.
+//! - [`auth`]: connection tokens into an [`auth::Identity`].
+//! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
+//!   broker and queues each message's bytes, encoded once, to every local subscriber.
+//!
+//! Data flow: publisher -> broker -> [`hub::Hub`] (one delivery per node) -> per-connection
+//! bounded queue -> connection task -> socket.
+
+pub mod auth;
+pub mod config;
+mod connection;
+pub mod hub;
+pub mod policy;
+pub mod server;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use herald_broker::Broker;
+use herald_protocol::Namespaces;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{mint, TokenVerifier};
+pub use config::{AuthConfig, GatewayConfig};
+pub use hub::Hub;
+pub use server::serve;
+
+/// A running gateway node. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Shared,
+}
+
+pub(crate) type Shared = Arc<Inner>;
+
+pub(crate) struct Inner {
+    pub(crate) config: Arc<GatewayConfig>,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) namespaces: Namespaces,
+    pub(crate) hub: Hub,
+    /// Prefix of this node's client ids, random per start, so ids are unique across replicas.
+    pub(crate) node_id: String,
+    next_conn: AtomicU64,
+    connections: AtomicUsize,
+    /// Cancelled when the gateway shuts down; every connection closes with 1012.
+    pub(crate) shutdown: CancellationToken,
+    /// Connection tasks, so shutdown can wait for them (axum does not track upgraded sockets).
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Gateway {
+    /// Builds the gateway and subscribes its node to the broker. Fails, naming the key, when
+    /// the configuration is invalid.
+    pub fn new(
+        config: GatewayConfig,
+        auth: &AuthConfig,
+        namespaces: Namespaces,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Self, String> {
+        config.validate()?;
+        namespaces.validate().map_err(|e| format!("namespaces: {e}"))?;
+        let verifier = TokenVerifier::new(auth)?;
+        let node_id = format!("{:08x}", rand_u32());
+        Ok(Self {
+            shared: Arc::new(Inner {
+                config: Arc::new(config),
+                verifier,
+                namespaces,
+                hub: Hub::new(broker),
+                node_id,
+                next_conn: AtomicU64::new(1),
+                connections: AtomicUsize::new(0),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node can deliver: its broker subscriptions are live and it is not
+    /// shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.shared.shutdown.is_cancelled() && *self.shared.hub.subscriber().status().borrow()
+    }
+}
+
+impl Inner {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub(crate) fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+}
+
+pub(crate) struct ConnectionGuard(Shared);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}

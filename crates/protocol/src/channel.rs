@@ -122,6 +122,14 @@ impl std::str::FromStr for ChannelName {
     }
 }
 
+/// Lets maps keyed by channel be searched with a plain `&str` (the hub does, once per message).
+/// Sound because `Hash` and `Eq` of `ChannelName` are those of its `str`.
+impl std::borrow::Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for ChannelName {
     fn as_ref(&self) -> &str {
         &self.0

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     MessageTooLarge,
     /// A batch holds more messages than the configured limit, or none.
     BatchTooLarge,
+    /// A per-connection limit was reached (for example the number of subscriptions).
+    LimitExceeded,
     /// The credentials (token or API key) are missing or invalid.
     Unauthorized,
     /// The connection token has expired.
@@ -69,7 +71,7 @@ impl CloseCode {
 
 impl ErrorCode {
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::MalformedFrame,
         Self::UnknownType,
         Self::InvalidChannel,
@@ -79,6 +81,7 @@ impl ErrorCode {
         Self::NotSubscribed,
         Self::MessageTooLarge,
         Self::BatchTooLarge,
+        Self::LimitExceeded,
         Self::Unauthorized,
         Self::TokenExpired,
         Self::Unavailable,
@@ -100,6 +103,7 @@ impl ErrorCode {
             Self::NotSubscribed => "not_subscribed",
             Self::MessageTooLarge => "message_too_large",
             Self::BatchTooLarge => "batch_too_large",
+            Self::LimitExceeded => "limit_exceeded",
             Self::Unauthorized => "unauthorized",
             Self::TokenExpired => "token_expired",
             Self::Unavailable => "unavailable",
@@ -118,6 +122,7 @@ impl ErrorCode {
             Self::AlreadySubscribed | Self::NotSubscribed => 409,
             Self::Forbidden => 403,
             Self::MessageTooLarge | Self::BatchTooLarge => 413,
+            Self::LimitExceeded => 429,
             Self::Unauthorized | Self::TokenExpired => 401,
             Self::Unavailable | Self::ShuttingDown => 503,
             Self::SlowConsumer | Self::HeartbeatTimeout => 408,
@@ -143,7 +148,7 @@ impl ErrorCode {
             Self::Forbidden => PERMISSION_DENIED,
             Self::AlreadySubscribed => ALREADY_EXISTS,
             Self::NotSubscribed => FAILED_PRECONDITION,
-            Self::MessageTooLarge | Self::BatchTooLarge => RESOURCE_EXHAUSTED,
+            Self::MessageTooLarge | Self::BatchTooLarge | Self::LimitExceeded => RESOURCE_EXHAUSTED,
             Self::Unauthorized | Self::TokenExpired => UNAUTHENTICATED,
             Self::Unavailable | Self::ShuttingDown => UNAVAILABLE,
             Self::SlowConsumer | Self::HeartbeatTimeout => DEADLINE_EXCEEDED,

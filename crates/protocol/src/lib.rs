@@ -7,17 +7,20 @@
 //!   publishes it, into the exact bytes every subscriber receives ([`Publication::encode`]).
 //! - [`channel`] and [`user`]: validated names ([`ChannelName`], [`UserId`]). They are parsed
 //!   once at the edge and are valid everywhere after.
+//! - [`namespace`]: what clients may do in each channel namespace ([`Namespaces`]).
 //! - [`error`]: the one list of error codes, each mapped to its HTTP status, gRPC code and
 //!   WebSocket close code.
 
 pub mod channel;
 pub mod error;
 pub mod frame;
+pub mod namespace;
 pub mod publication;
 pub mod user;
 
 pub use channel::{ChannelKind, ChannelName, InvalidName, BROADCAST_CHANNEL, PERSONAL_NAMESPACE};
 pub use error::{CloseCode, ErrorCode};
+pub use namespace::{NamespaceConfig, Namespaces, DEFAULT_NAMESPACE};
 pub use frame::{ClientFrame, FrameError, RequestId, ServerFrame};
 pub use publication::{Publication, PublicationError};
 pub use user::UserId;

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 /// A `redis-server` on a free port, killed when dropped. The binary is `redis-server` on
-/// `PATH`, or `$HERALD_REDIS_SERVER`.
+/// `PATH`, or `$REDIS_SERVER_BIN`.
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
@@ -40,7 +40,7 @@ impl RedisServer {
     /// Starts the server again on the same port.
     pub async fn restart(&mut self) {
         self.kill().await;
-        let bin = std::env::var("HERALD_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--loglevel", "warning"])

@@ -1,0 +1,128 @@
+//! Gateway settings (`[gateway]` and `[auth]` in the configuration file).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings of the WebSocket gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address of the WebSocket and health listener.
+    pub listen: SocketAddr,
+    /// Messages a connection may have queued for writing. When a message arrives for a full
+    /// queue the client is too slow: it is disconnected with close code 4008, and the others
+    /// are not held up. Memory per connection is bounded by this times the message size.
+    pub outbound_queue: usize,
+    /// Most frames written with one flush when several are queued (write coalescing).
+    pub write_batch: usize,
+    /// How often the server pings each connection.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long a connection may go without answering a ping (or sending anything) before it
+    /// is closed with code 4009.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Most channels one connection may subscribe to, besides its personal and broadcast ones.
+    pub max_subscriptions: usize,
+    /// Largest WebSocket message a client may send, in bytes; larger ones close the
+    /// connection with code 1009.
+    pub max_message_size: usize,
+    /// Bytes read from the socket at a time. Each connection holds a buffer of this size, so
+    /// it is small by default (the WebSocket library's default of 128 KiB would cost 1.2 GiB
+    /// at 10k connections).
+    pub read_buffer_size: usize,
+    /// Bytes collected before a write is flushed to the socket.
+    pub write_buffer_size: usize,
+    /// Most bytes that may wait in a connection's write buffer before writes fail.
+    pub max_write_buffer_size: usize,
+    /// How long writing the close frame to a departing client may take.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            outbound_queue: 1024,
+            write_batch: 64,
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(60),
+            max_subscriptions: 128,
+            max_message_size: 64 * 1024,
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 4 * 1024,
+            max_write_buffer_size: 1024 * 1024,
+            close_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks the values that would make the gateway misbehave; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("gateway.outbound_queue", self.outbound_queue),
+            ("gateway.write_batch", self.write_batch),
+            ("gateway.max_message_size", self.max_message_size),
+            ("gateway.read_buffer_size", self.read_buffer_size),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self.ping_interval.is_zero() {
+            return Err("gateway.ping_interval: must be greater than 0".into());
+        }
+        if self.pong_timeout <= self.ping_interval {
+            return Err("gateway.pong_timeout: must be longer than gateway.ping_interval".into());
+        }
+        if self.max_write_buffer_size <= self.write_buffer_size + self.max_message_size {
+            return Err(
+                "gateway.max_write_buffer_size: must exceed write_buffer_size + max_message_size".into()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How clients authenticate.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Secret for HS256 connection tokens. Required: there is no anonymous access.
+    pub jwt_secret: String,
+    /// Clock skew tolerated when checking `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field("leeway", &self.leeway)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jwt_secret.is_empty() {
+            return Err("auth.jwt_secret: required (HERALD_AUTH__JWT_SECRET); clients cannot connect without it".into());
+        }
+        if self.jwt_secret.len() < 32 {
+            return Err("auth.jwt_secret: must be at least 32 bytes long for HS256".into());
+        }
+        Ok(())
+    }
+}

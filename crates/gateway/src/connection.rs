@@ -1,0 +1,288 @@
+//! One client connection: a single task that owns the socket.
+//!
+//! The task waits on everything that can happen to a connection at once: a frame from the
+//! client, frames queued by the hub, the heartbeat tick, token expiry, its queue overflowing
+//! (slow consumer) and gateway shutdown. Queued frames are written in batches with one flush
+//! (write coalescing). Writing is raced against the slow-consumer signal, so a client that
+//! stopped reading is cut off even while a write to it is stuck.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use herald_protocol::{
+    ChannelKind, ChannelName, ClientFrame, CloseCode, ErrorCode, Publication, RequestId, ServerFrame,
+};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::auth::Identity;
+use crate::hub::ConnHandle;
+use crate::policy;
+use crate::Shared;
+
+/// Why the loop ended, and what to tell the client.
+enum Exit {
+    /// The client closed or vanished; nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+impl Exit {
+    fn error(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Exit::Close(code.close_code().unwrap_or(CloseCode::INTERNAL), reason.into())
+    }
+}
+
+pub(crate) struct Connection {
+    shared: Shared,
+    identity: Identity,
+    client_id: String,
+    handle: ConnHandle,
+    outbound: mpsc::Receiver<Utf8Bytes>,
+    /// Every channel this connection is in, its personal and broadcast channels included.
+    subscriptions: HashSet<ChannelName>,
+    /// When the client last sent anything (a pong counts).
+    last_seen: Instant,
+}
+
+impl Connection {
+    pub(crate) fn new(shared: Shared, identity: Identity) -> Self {
+        let id = shared.next_conn_id();
+        let (tx, rx) = mpsc::channel(shared.config.outbound_queue);
+        Self {
+            client_id: format!("{}-{id}", shared.node_id),
+            handle: ConnHandle { id, outbound: tx, slow: Default::default() },
+            outbound: rx,
+            subscriptions: HashSet::new(),
+            last_seen: Instant::now(),
+            identity,
+            shared,
+        }
+    }
+
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub(crate) fn user(&self) -> &herald_protocol::UserId {
+        &self.identity.user
+    }
+
+    pub(crate) async fn run(mut self, mut socket: WebSocket) {
+        let _guard = self.shared.connection_opened();
+        let exit = match self.start(&mut socket).await {
+            Ok(()) => self.serve(&mut socket).await,
+            Err(exit) => exit,
+        };
+        if let Exit::Close(code, reason) = exit {
+            tracing::debug!(code, %reason, "closing connection");
+            let frame = CloseFrame { code, reason: reason.into() };
+            let _ = tokio::time::timeout(self.shared.config.close_timeout, socket.send(Message::Close(Some(frame))))
+                .await;
+        }
+        for channel in self.subscriptions.drain() {
+            self.shared.hub.leave(&channel, self.handle.id);
+        }
+    }
+
+    /// Subscribes the server-managed channels, then greets the client. Once the client reads
+    /// `connected`, its notifications and broadcasts are guaranteed to reach it.
+    async fn start(&mut self, socket: &mut WebSocket) -> Result<(), Exit> {
+        for channel in [ChannelName::personal(&self.identity.user), ChannelName::broadcast()] {
+            if let Err(e) = self.join(channel).await {
+                return Err(Exit::error(ErrorCode::Unavailable, format!("broker unavailable: {e}")));
+            }
+        }
+        let hello = ServerFrame::Connected { client_id: &self.client_id, user: &self.identity.user };
+        socket.send(Message::text(hello.to_json())).await.map_err(|_| Exit::Gone)
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
+        let config = self.shared.config.clone();
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let expiry = self.identity.expires_at.map(|exp| {
+            let now = herald_protocol::publication::now_millis() / 1000;
+            Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+        });
+        let expired = async {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        let slow = self.handle.slow.clone();
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = slow.cancelled() => return slow_consumer(),
+                _ = shutdown.cancelled() => {
+                    return Exit::error(ErrorCode::ShuttingDown, "server shutting down, reconnect");
+                }
+                Some(first) = self.outbound.recv() => {
+                    let write = write_batch(socket, first, &mut self.outbound, config.write_batch);
+                    tokio::select! {
+                        r = write => if r.is_err() { return Exit::Gone },
+                        _ = slow.cancelled() => return slow_consumer(),
+                    }
+                }
+                msg = socket.recv() => {
+                    let Some(Ok(msg)) = msg else { return read_error(msg) };
+                    self.last_seen = Instant::now();
+                    let reply = match msg {
+                        Message::Text(text) => self.handle_text(&text).await,
+                        Message::Binary(_) => Some(error_frame(None, ErrorCode::MalformedFrame,
+                            "binary frames are not supported; send JSON text frames")),
+                        Message::Close(_) => return Exit::Gone,
+                        Message::Ping(_) | Message::Pong(_) => None,
+                    };
+                    if let Some(reply) = reply {
+                        let send = socket.send(Message::text(reply));
+                        tokio::select! {
+                            r = send => if r.is_err() { return Exit::Gone },
+                            _ = slow.cancelled() => return slow_consumer(),
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_seen.elapsed() > config.pong_timeout {
+                        return Exit::error(ErrorCode::HeartbeatTimeout, "no pong received in time");
+                    }
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return Exit::Gone;
+                    }
+                }
+                _ = &mut expired => return Exit::error(ErrorCode::TokenExpired, "token expired"),
+            }
+        }
+    }
+
+    /// Handles one text frame and returns the reply.
+    async fn handle_text(&mut self, text: &str) -> Option<String> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(e) => return Some(error_frame(e.id.as_ref(), e.code, &e.message)),
+        };
+        Some(match frame {
+            ClientFrame::Ping { id } => ServerFrame::Pong { id: id.as_ref() }.to_json(),
+            ClientFrame::Subscribe { id, channel } => match self.subscribe(&channel).await {
+                Ok(()) => ServerFrame::Subscribed { id: id.as_ref(), channel: &channel }.to_json(),
+                Err((code, message)) => error_frame(id.as_ref(), code, &message),
+            },
+            ClientFrame::Unsubscribe { id, channel } => match self.unsubscribe(&channel) {
+                Ok(()) => ServerFrame::Unsubscribed { id: id.as_ref(), channel: &channel }.to_json(),
+                Err((code, message)) => error_frame(id.as_ref(), code, &message),
+            },
+            ClientFrame::Publish { id, channel, data, event } => {
+                match self.publish(&channel, &data, event.as_deref()).await {
+                    Ok(message_id) => {
+                        ServerFrame::Published { id: id.as_ref(), channel: &channel, message_id: &message_id }
+                            .to_json()
+                    }
+                    Err((code, message)) => error_frame(id.as_ref(), code, &message),
+                }
+            }
+        })
+    }
+
+    async fn subscribe(&mut self, channel: &ChannelName) -> Result<(), policy::Denied> {
+        policy::can_subscribe(&self.identity, channel, &self.shared.namespaces)?;
+        if self.subscriptions.contains(channel) {
+            return Err((ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
+        }
+        // Two of the subscriptions are the server-managed ones.
+        if self.subscriptions.len() >= self.shared.config.max_subscriptions + 2 {
+            let max = self.shared.config.max_subscriptions;
+            return Err((ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection")));
+        }
+        self.join(channel.clone()).await.map_err(|e| {
+            tracing::warn!(%channel, error = %e, "subscription not confirmed by the broker");
+            (ErrorCode::Unavailable, format!("subscription could not be confirmed: {e}"))
+        })
+    }
+
+    /// Joins `channel` in the hub and waits for the broker's confirmation.
+    async fn join(&mut self, channel: ChannelName) -> Result<(), std::sync::Arc<str>> {
+        let confirmed = self.shared.hub.join(&channel, self.handle.clone());
+        self.subscriptions.insert(channel.clone());
+        let result = confirmed.await;
+        if result.is_err() {
+            self.subscriptions.remove(&channel);
+            self.shared.hub.leave(&channel, self.handle.id);
+        }
+        result
+    }
+
+    fn unsubscribe(&mut self, channel: &ChannelName) -> Result<(), policy::Denied> {
+        if !matches!(channel.kind(), ChannelKind::Regular) {
+            return Err((ErrorCode::Forbidden, format!("{channel} is managed by the server")));
+        }
+        if !self.subscriptions.remove(channel) {
+            return Err((ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
+        }
+        self.shared.hub.leave(channel, self.handle.id);
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        channel: &ChannelName,
+        data: &RawValue,
+        event: Option<&str>,
+    ) -> Result<String, policy::Denied> {
+        policy::can_publish(&self.identity, channel, &self.shared.namespaces)?;
+        let publication = Publication::new(channel, data, event)
+            .map_err(|e| (ErrorCode::MalformedFrame, e.to_string()))?
+            .from_user(&self.identity.user);
+        self.shared.hub.broker().publish(channel, publication.encode()).await.map_err(|e| {
+            tracing::warn!(%channel, error = %e, "client publish failed");
+            (ErrorCode::Unavailable, "message not published: broker unavailable".to_string())
+        })?;
+        Ok(publication.id)
+    }
+}
+
+/// Writes `first` and up to `max - 1` more queued frames, then flushes once.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Utf8Bytes,
+    queue: &mut mpsc::Receiver<Utf8Bytes>,
+    max: usize,
+) -> Result<(), axum::Error> {
+    socket.feed(Message::Text(first)).await?;
+    for _ in 1..max {
+        match queue.try_recv() {
+            Ok(frame) => socket.feed(Message::Text(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    socket.flush().await
+}
+
+fn slow_consumer() -> Exit {
+    Exit::error(ErrorCode::SlowConsumer, "slow consumer: outbound queue overflowed")
+}
+
+/// Maps a failed read to how the connection ends: an oversized frame is answered with 1009,
+/// anything else means the client is gone.
+fn read_error(msg: Option<Result<Message, axum::Error>>) -> Exit {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    let Some(Err(e)) = msg else { return Exit::Gone };
+    match e.into_inner().downcast::<WsError>() {
+        Ok(e) if matches!(*e, WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+            Exit::error(ErrorCode::MessageTooLarge, "message too large")
+        }
+        Ok(e) if matches!(*e, WsError::Capacity(_)) => Exit::error(ErrorCode::MessageTooLarge, e.to_string()),
+        _ => Exit::Gone,
+    }
+}
+
+fn error_frame(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
+    ServerFrame::Error { id, code, message }.to_json()
+}

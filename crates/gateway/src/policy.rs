@@ -1,0 +1,83 @@
+//! Who may subscribe and publish where. The one place channel permissions are decided, so
+//! richer rules (per-channel grants in tokens) change this file only.
+
+use herald_protocol::{ChannelKind, ChannelName, ErrorCode, Namespaces};
+
+use crate::auth::Identity;
+
+/// A refusal, with a message for the client.
+pub type Denied = (ErrorCode, String);
+
+/// Whether `who` may subscribe to `channel`.
+pub fn can_subscribe(who: &Identity, channel: &ChannelName, namespaces: &Namespaces) -> Result<(), Denied> {
+    match channel.kind() {
+        ChannelKind::Personal(user) if user == who.user.as_str() => {
+            Err((ErrorCode::AlreadySubscribed, "your personal channel is subscribed for you".into()))
+        }
+        ChannelKind::Personal(_) => {
+            Err((ErrorCode::Forbidden, "another user's personal channel cannot be subscribed to".into()))
+        }
+        ChannelKind::Broadcast => {
+            Err((ErrorCode::AlreadySubscribed, "the broadcast channel is subscribed for you".into()))
+        }
+        ChannelKind::Regular => match namespaces.lookup(channel) {
+            Err(code) => Err((code, unknown(channel))),
+            Ok(Some(ns)) if ns.subscribe => Ok(()),
+            Ok(_) => Err((ErrorCode::Forbidden, format!("subscribing to {channel} is not allowed"))),
+        },
+    }
+}
+
+/// Whether `who` may publish into `channel` from a WebSocket.
+pub fn can_publish(_who: &Identity, channel: &ChannelName, namespaces: &Namespaces) -> Result<(), Denied> {
+    match namespaces.lookup(channel) {
+        Err(code) => Err((code, unknown(channel))),
+        Ok(Some(ns)) if ns.publish => Ok(()),
+        Ok(_) => Err((ErrorCode::Forbidden, format!("clients may not publish into {channel}"))),
+    }
+}
+
+fn unknown(channel: &ChannelName) -> String {
+    match channel.namespace() {
+        Some(ns) => format!("unknown channel {channel}: namespace {ns:?} is not configured"),
+        None => format!("unknown channel {channel}: channels without a namespace are not configured"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_protocol::{NamespaceConfig, UserId};
+
+    use super::*;
+
+    fn who(user: &str) -> Identity {
+        Identity { user: UserId::parse(user).unwrap(), expires_at: None }
+    }
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn personal_channels_belong_to_their_user_only() {
+        let ns = Namespaces::default();
+        assert_eq!(can_subscribe(&who("a"), &ch("user:b"), &ns).unwrap_err().0, ErrorCode::Forbidden);
+        assert_eq!(can_subscribe(&who("a"), &ch("user:a"), &ns).unwrap_err().0, ErrorCode::AlreadySubscribed);
+        assert_eq!(can_publish(&who("a"), &ch("user:b"), &ns).unwrap_err().0, ErrorCode::Forbidden);
+        assert_eq!(can_publish(&who("a"), &ChannelName::broadcast(), &ns).unwrap_err().0, ErrorCode::Forbidden);
+    }
+
+    #[test]
+    fn namespaces_decide_the_rest() {
+        let mut ns = Namespaces::default();
+        ns.0.insert("chat".into(), NamespaceConfig { subscribe: true, publish: true });
+        ns.0.insert("news".into(), NamespaceConfig::default());
+        ns.0.insert("internal".into(), NamespaceConfig { subscribe: false, publish: false });
+        assert!(can_subscribe(&who("a"), &ch("chat:x"), &ns).is_ok());
+        assert!(can_publish(&who("a"), &ch("chat:x"), &ns).is_ok());
+        assert!(can_subscribe(&who("a"), &ch("news:x"), &ns).is_ok());
+        assert_eq!(can_publish(&who("a"), &ch("news:x"), &ns).unwrap_err().0, ErrorCode::Forbidden);
+        assert_eq!(can_subscribe(&who("a"), &ch("internal:x"), &ns).unwrap_err().0, ErrorCode::Forbidden);
+        assert_eq!(can_subscribe(&who("a"), &ch("other:x"), &ns).unwrap_err().0, ErrorCode::UnknownChannel);
+    }
+}

@@ -1,0 +1,95 @@
+//! Namespaces: what clients may do with the channels of each namespace.
+//!
+//! A channel's namespace is the part of its name before the first `:`; channels without one
+//! are governed by the namespace named `default`. A channel of a namespace that is not
+//! configured is unknown: nothing may subscribe or publish to it. Personal channels
+//! (`user:<id>`) and the broadcast channel are built in and cannot be configured.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::{ChannelKind, ChannelName, BROADCAST_CHANNEL, PERSONAL_NAMESPACE};
+use crate::error::ErrorCode;
+
+/// The namespace that governs channels without `:` in their name.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Options of one namespace (`[namespaces.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Authenticated clients may subscribe to its channels.
+    pub subscribe: bool,
+    /// Clients may publish into its channels over their WebSocket (chat rooms). Messages carry
+    /// the sender in `from`. Off unless configured: backends publish through the publisher API.
+    pub publish: bool,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        Self { subscribe: true, publish: false }
+    }
+}
+
+/// Every configured namespace, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Namespaces(pub HashMap<String, NamespaceConfig>);
+
+impl Namespaces {
+    /// Refuses names that collide with the built-in channels or could never match a channel.
+    pub fn validate(&self) -> Result<(), String> {
+        for name in self.0.keys() {
+            if name == PERSONAL_NAMESPACE || name == BROADCAST_CHANNEL {
+                return Err(format!("namespace {name:?} is built in and cannot be configured"));
+            }
+            if ChannelName::parse(&format!("{name}:x")).is_err() || name.contains(':') {
+                return Err(format!("namespace {name:?} is not a valid channel namespace"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The options governing `channel`, or `unknown_channel` when its namespace is not
+    /// configured. Built-in channels have no options and return `Ok(None)`.
+    pub fn lookup(&self, channel: &ChannelName) -> Result<Option<&NamespaceConfig>, ErrorCode> {
+        if !matches!(channel.kind(), ChannelKind::Regular) {
+            return Ok(None);
+        }
+        let ns = channel.namespace().unwrap_or(DEFAULT_NAMESPACE);
+        self.0.get(ns).map(Some).ok_or(ErrorCode::UnknownChannel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn channels_resolve_to_their_namespace_or_are_unknown() {
+        let mut ns = Namespaces::default();
+        ns.0.insert("chat".into(), NamespaceConfig { subscribe: true, publish: true });
+        assert!(ns.lookup(&ch("chat:lobby")).unwrap().unwrap().publish);
+        assert_eq!(ns.lookup(&ch("news:today")), Err(ErrorCode::UnknownChannel));
+        assert_eq!(ns.lookup(&ch("plain")), Err(ErrorCode::UnknownChannel));
+        ns.0.insert(DEFAULT_NAMESPACE.into(), NamespaceConfig::default());
+        assert!(!ns.lookup(&ch("plain")).unwrap().unwrap().publish);
+        assert_eq!(ns.lookup(&ch("user:bob")), Ok(None));
+        assert_eq!(ns.lookup(&ChannelName::broadcast()), Ok(None));
+    }
+
+    #[test]
+    fn built_in_namespaces_cannot_be_configured() {
+        let mut ns = Namespaces::default();
+        ns.0.insert("user".into(), NamespaceConfig::default());
+        assert!(ns.validate().is_err());
+        let mut ns = Namespaces::default();
+        ns.0.insert("bad name".into(), NamespaceConfig::default());
+        assert!(ns.validate().is_err());
+    }
+}
