@@ -1,0 +1,120 @@
+//! The publisher API: how backend services push messages into Herald.
+//!
+//! It only writes to the broker; gateways subscribed to the broker deliver the messages to
+//! their sockets. It never talks to a gateway directly.
+//!
+//! Layout, from the wire inwards:
+//! - [`http`] (axum) and [`grpc`] (tonic, generated from `proto/herald/v1/publisher.proto`
+//!   into [`pb`]): the two transports. Each checks the API key ([`auth`]), reads its request
+//!   into a [`service::Draft`] and hands it to the core.
+//! - [`service`]: the transport-independent core. It validates a draft (channel name,
+//!   namespace, sizes, event name), encodes it once into the `message` frame subscribers
+//!   receive, and publishes the bytes through the [`Broker`].
+//! - [`error`]: [`ApiError`], shown as a JSON body over HTTP and as a status over gRPC, both
+//!   coded by the shared [`herald_protocol::ErrorCode`] table.
+//! - [`config`]: [`PublisherConfig`]; [`server`]: [`serve`], which runs both listeners until
+//!   shutdown.
+//!
+//! Data flow of one publish: request → auth → draft → `Service::prepare` (validate + encode)
+//! → `Broker::publish` → reply with the message id. A batch is prepared completely before
+//! anything is published, so one bad entry publishes nothing.
+
+use std::sync::Arc;
+
+use herald_broker::Broker;
+use herald_protocol::Namespaces;
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod server;
+pub mod service;
+
+/// Code generated from `proto/herald/v1/publisher.proto`: the server trait, the client, and the
+/// request and reply messages. Public so other crates and tests can use the client.
+pub mod pb {
+    // Generated code: its style is tonic's, not ours to lint.
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("herald.v1");
+}
+
+pub use config::PublisherConfig;
+pub use error::ApiError;
+pub use grpc::{GrpcPublisher, GrpcService, RequireApiKey};
+pub use server::serve;
+
+/// Room around `data` in a single-message body: channel, event, keys and whitespace.
+const ENVELOPE: usize = 16 * 1024;
+/// Room around `data` per entry of a batch.
+const ENTRY_ENVELOPE: usize = 1024;
+/// Largest batch body (and gRPC message) accepted whatever the limits multiply to, so one
+/// request cannot make the process buffer an unbounded amount.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Request size limits derived from the configuration, applied before a body is parsed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Largest body of a single-message request.
+    single_body: usize,
+    /// Largest body of a batch request, and largest gRPC message.
+    batch_body: usize,
+}
+
+impl Limits {
+    fn new(config: &PublisherConfig) -> Self {
+        let single_body = config.max_message_size.saturating_add(ENVELOPE);
+        let batch_body = config
+            .max_batch
+            .saturating_mul(config.max_message_size.saturating_add(ENTRY_ENVELOPE))
+            .saturating_add(ENVELOPE)
+            .min(MAX_BODY)
+            .max(single_body);
+        Self { single_body, batch_body }
+    }
+}
+
+/// What both transports share.
+pub(crate) struct Shared {
+    service: service::Service,
+    keys: auth::ApiKeys,
+    limits: Limits,
+}
+
+/// The publisher API, ready to be served. Cheap to clone: clones share one state.
+#[derive(Clone)]
+pub struct PublisherApi {
+    shared: Arc<Shared>,
+}
+
+impl PublisherApi {
+    /// Builds the API. `config` should have passed [`PublisherConfig::validate`]; with no API
+    /// keys every `/v1` request is refused rather than let through.
+    pub fn new(config: PublisherConfig, namespaces: Namespaces, broker: Arc<dyn Broker>) -> Self {
+        let limits = Limits::new(&config);
+        let shared = Shared {
+            service: service::Service::new(namespaces, broker, config.max_message_size, config.max_batch),
+            keys: auth::ApiKeys::new(&config.api_keys),
+            limits,
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// The HTTP API as an axum router, to serve on its own or merge into another router (the
+    /// standalone mode serves it next to the gateway).
+    pub fn http_router(&self) -> axum::Router {
+        http::router(self.shared.clone())
+    }
+
+    /// The gRPC API as a tonic service (behind its API key check), accepting messages up to
+    /// the batch body limit.
+    pub fn grpc_service(&self) -> GrpcService {
+        grpc::service(self.shared.clone(), self.shared.limits.batch_body)
+    }
+
+    /// The broker engine's name, for logs.
+    pub fn broker_name(&self) -> &'static str {
+        self.shared.service.broker().name()
+    }
+}

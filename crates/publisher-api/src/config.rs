@@ -1,0 +1,118 @@
+//! Settings of the publisher API (`[publisher]` in the configuration file).
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::Deserialize;
+
+/// Shortest API key accepted. Keys are bearer secrets compared on every request; a short key
+/// can be guessed, so a configuration with one does not start.
+pub const MIN_API_KEY_LEN: usize = 16;
+
+/// Settings of the publisher API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// Where the HTTP API listens. Loopback by default: the API is for backends, not browsers.
+    pub http_listen: SocketAddr,
+    /// Where the gRPC API listens.
+    pub grpc_listen: SocketAddr,
+    /// Keys backends present as `Authorization: Bearer <key>`. Any of them is accepted, so keys
+    /// can be rotated by adding the new one, moving the callers, then removing the old one.
+    /// Empty is refused by [`PublisherConfig::validate`]: there is no unauthenticated mode.
+    pub api_keys: Vec<String>,
+    /// Largest `data` of one message, in bytes of JSON text. It bounds what every subscriber's
+    /// socket and queue must carry per message.
+    pub max_message_size: usize,
+    /// Most messages in one batch request. With `max_message_size` it bounds the size of one
+    /// request body, and the time one broker round trip takes.
+    pub max_batch: usize,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
+            grpc_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8082)),
+            api_keys: Vec::new(),
+            max_message_size: 64 * 1024,
+            max_batch: 1000,
+        }
+    }
+}
+
+impl PublisherConfig {
+    /// Refuses settings the API cannot run safely with. The message names the offending key,
+    /// so a bad configuration stops start-up with a pointer to the line to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.api_keys.is_empty() {
+            return Err("publisher.api_keys: at least one key is required".into());
+        }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if key.chars().count() < MIN_API_KEY_LEN {
+                return Err(format!(
+                    "publisher.api_keys[{i}]: keys must be at least {MIN_API_KEY_LEN} characters long"
+                ));
+            }
+            if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "publisher.api_keys[{i}]: keys must not contain whitespace or control characters \
+                     (they travel in an HTTP header)"
+                ));
+            }
+        }
+        if self.max_message_size == 0 {
+            return Err("publisher.max_message_size: must be greater than 0".into());
+        }
+        if self.max_batch == 0 {
+            return Err("publisher.max_batch: must be greater than 0".into());
+        }
+        if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
+            return Err(format!(
+                "publisher.grpc_listen: {} is already publisher.http_listen; they need different ports",
+                self.grpc_listen
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> PublisherConfig {
+        PublisherConfig { api_keys: vec!["0123456789abcdef".into()], ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_need_only_a_key() {
+        assert_eq!(valid().validate(), Ok(()));
+        let err = PublisherConfig::default().validate().unwrap_err();
+        assert_eq!(err, "publisher.api_keys: at least one key is required");
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        let short = PublisherConfig { api_keys: vec!["0123456789abcdef".into(), "short".into()], ..valid() };
+        assert!(short.validate().unwrap_err().starts_with("publisher.api_keys[1]:"));
+        let spaced = PublisherConfig { api_keys: vec!["0123456789 abcdef".into()], ..valid() };
+        assert!(spaced.validate().unwrap_err().starts_with("publisher.api_keys[0]:"));
+        let batch = PublisherConfig { max_batch: 0, ..valid() };
+        assert!(batch.validate().unwrap_err().starts_with("publisher.max_batch:"));
+        let size = PublisherConfig { max_message_size: 0, ..valid() };
+        assert!(size.validate().unwrap_err().starts_with("publisher.max_message_size:"));
+        let same = PublisherConfig { grpc_listen: valid().http_listen, ..valid() };
+        assert!(same.validate().unwrap_err().starts_with("publisher.grpc_listen:"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_json::from_str::<PublisherConfig>(r#"{"api_key": "x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `api_key`"), "{err}");
+        let parsed: PublisherConfig =
+            serde_json::from_str(r#"{"http_listen": "0.0.0.0:9000", "max_batch": 5}"#).unwrap();
+        assert_eq!(parsed.http_listen.port(), 9000);
+        assert_eq!(parsed.max_batch, 5);
+        assert_eq!(parsed.max_message_size, 65536);
+    }
+}

@@ -1,0 +1,107 @@
+//! The one error type of the API, shown to HTTP clients as a JSON body and to gRPC clients as a
+//! status. Both take their code from [`ErrorCode`], so a failure means the same on both.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_broker::BrokerError;
+use herald_protocol::ErrorCode;
+use serde::Serialize;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is wrong; the message tells the caller what to fix. Messages start
+    /// with the path of the offending field (`messages[3].channel: ...`) when there is one.
+    #[error("{message}")]
+    Request { code: ErrorCode, message: String },
+    /// The broker could not take the message: nothing was published and the call may be
+    /// retried. The cause is logged where it happened, not shown to the caller.
+    #[error("the broker is unavailable, nothing was published; retry later")]
+    Unavailable(#[source] BrokerError),
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Request { code, message: message.into() }
+    }
+
+    /// A request whose body could not be read as the JSON the endpoint expects.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::MalformedFrame, message)
+    }
+
+    /// Missing or wrong credentials.
+    pub fn unauthorized() -> Self {
+        Self::new(ErrorCode::Unauthorized, "a valid API key is required: `Authorization: Bearer <key>`")
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Request { code, .. } => *code,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    /// Prefixes the message with where the problem is (`messages[3]`), so a batch error points
+    /// at its entry. Field messages already start with their field name, giving
+    /// `messages[3].channel: ...`.
+    pub fn at(self, path: &str) -> Self {
+        match self {
+            Self::Request { code, message } => Self::Request { code, message: format!("{path}.{message}") },
+            other => other,
+        }
+    }
+}
+
+/// The JSON body of every HTTP error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = self.to_string();
+        let body = Body { error: Detail { code: code.as_str(), message: &message } };
+        let mut response = (status, axum::Json(body)).into_response();
+        if code == ErrorCode::Unauthorized {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(tonic::Code::from_i32(e.code().grpc_code()), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_paths_prefix_field_messages() {
+        let e = ApiError::new(ErrorCode::InvalidChannel, "channel: must not be empty").at("messages[3]");
+        assert_eq!(e.to_string(), "messages[3].channel: must not be empty");
+        assert_eq!(e.code(), ErrorCode::InvalidChannel);
+    }
+
+    #[test]
+    fn grpc_status_uses_the_shared_code_table() {
+        let status = tonic::Status::from(ApiError::unauthorized());
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let status = tonic::Status::from(ApiError::Unavailable(BrokerError::Unavailable("down".into())));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(!status.message().contains("down"), "the cause is logged, not shown");
+    }
+}

@@ -1,0 +1,202 @@
+//! The HTTP transport: JSON bodies in, JSON replies out.
+//!
+//! Handlers take the body as raw [`Bytes`] and parse it with `serde_json` themselves, so every
+//! problem gets a precise JSON error (`missing field `data``) and a wrong or missing
+//! `Content-Type` does not matter. Bodies borrow from those bytes: `data` is never copied or
+//! re-serialized before it is encoded into the message frame.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use herald_protocol::ErrorCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::Shared;
+use crate::error::ApiError;
+use crate::service::{Draft, Target};
+
+/// The HTTP API: `/v1/*` needs an API key, the probes do not.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let single = DefaultBodyLimit::max(shared.limits.single_body);
+    let batch = DefaultBodyLimit::max(shared.limits.batch_body);
+    let v1 = Router::new()
+        .route("/v1/publish", post(publish).layer(single))
+        .route("/v1/publish/batch", post(publish_batch).layer(batch))
+        .route("/v1/broadcast", post(broadcast).layer(single))
+        .route("/v1/users/{user}/notify", post(notify).layer(single))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), require_api_key));
+    Router::new().route("/livez", get(livez)).route("/readyz", get(readyz)).merge(v1).with_state(shared)
+}
+
+/// Refuses `/v1` requests without a valid API key, before their body is read.
+async fn require_api_key(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match shared.keys.check(authorization) {
+        Ok(()) => next.run(request).await,
+        Err(e) => {
+            tracing::debug!(path = %request.uri().path(), "request without a valid api key");
+            e.into_response()
+        }
+    }
+}
+
+/// `POST /v1/publish` and one entry of `POST /v1/publish/batch`. Unknown fields are refused,
+/// so a misspelt `event` is an error rather than silently dropped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object with `channel`, `data` and optionally `event`")]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default, borrow)]
+    event: Option<Cow<'a, str>>,
+}
+
+/// `POST /v1/publish/batch`. Entries stay raw until the batch size is checked, then each is
+/// parsed on its own so an error can name its index.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object with `messages`, an array of messages")]
+struct BatchBody<'a> {
+    #[serde(borrow)]
+    messages: Vec<&'a RawValue>,
+}
+
+/// `POST /v1/broadcast` and `POST /v1/users/{user}/notify`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object with `data` and optionally `event`")]
+struct PayloadBody<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default, borrow)]
+    event: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize)]
+struct IdReply {
+    id: String,
+}
+
+#[derive(Serialize)]
+struct IdsReply {
+    ids: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+}
+
+async fn publish(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IdReply>, ApiError> {
+    let body = read(body, shared.limits.single_body)?;
+    let req: PublishBody = parse(&body, "body")?;
+    let draft = Draft { target: Target::Channel(&req.channel), data: req.data, event: req.event.as_deref() };
+    let prepared = shared.service.prepare(draft)?;
+    Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
+}
+
+async fn publish_batch(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IdsReply>, ApiError> {
+    let body = read(body, shared.limits.batch_body)?;
+    let req: BatchBody = parse(&body, "body")?;
+    shared.service.check_batch_len(req.messages.len())?;
+    let mut prepared = Vec::with_capacity(req.messages.len());
+    for (i, entry) in req.messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let entry: PublishBody = parse(entry.get().as_bytes(), &at)?;
+        let draft = Draft {
+            target: Target::Channel(&entry.channel),
+            data: entry.data,
+            event: entry.event.as_deref(),
+        };
+        prepared.push(shared.service.prepare(draft).map_err(|e| e.at(&at))?);
+    }
+    Ok(Json(IdsReply { ids: shared.service.publish_batch(prepared).await? }))
+}
+
+async fn broadcast(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IdReply>, ApiError> {
+    let body = read(body, shared.limits.single_body)?;
+    let req: PayloadBody = parse(&body, "body")?;
+    let prepared = shared.service.prepare(Draft {
+        target: Target::Broadcast,
+        data: req.data,
+        event: req.event.as_deref(),
+    })?;
+    Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
+}
+
+async fn notify(
+    State(shared): State<Arc<Shared>>,
+    user: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IdReply>, ApiError> {
+    let Path(user) =
+        user.map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("user: {}", e.body_text())))?;
+    let body = read(body, shared.limits.single_body)?;
+    let req: PayloadBody = parse(&body, "body")?;
+    let draft = Draft { target: Target::User(&user), data: req.data, event: req.event.as_deref() };
+    let prepared = shared.service.prepare(draft)?;
+    Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
+}
+
+/// Liveness: the process answers. Says nothing about the broker, so an orchestrator does not
+/// restart healthy publishers while Redis is down.
+async fn livez() -> Json<Status> {
+    Json(Status { status: "live" })
+}
+
+/// Readiness: the broker accepts commands, so publishing would work right now.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let broker = shared.service.broker();
+    match broker.ping().await {
+        Ok(()) => Json(Status { status: "ready" }).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, engine = broker.name(), "not ready: broker ping failed");
+            ApiError::Unavailable(e).into_response()
+        }
+    }
+}
+
+/// The body, or our JSON error instead of axum's plain-text rejection.
+fn read(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::MessageTooLarge,
+                format!("body: is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::malformed(format!("body: could not be read: {}", rejection.body_text()))
+        }
+    })
+}
+
+/// Parses a JSON object, saying whether the text is not JSON at all or JSON of the wrong shape.
+fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, ApiError> {
+    // Derived `Deserialize` also reads a struct from an array of its fields in order; refuse
+    // that undocumented form rather than publish `["chat:lobby", 1]`.
+    if bytes.trim_ascii_start().starts_with(b"[") {
+        return Err(ApiError::malformed(format!("{what}: expected a JSON object, found an array")));
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::malformed(format!("{what}: {e}")),
+        _ => ApiError::malformed(format!("{what}: is not valid JSON: {e}")),
+    })
+}

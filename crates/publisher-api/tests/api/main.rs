@@ -1,0 +1,8 @@
+//! End-to-end tests of the publisher API: the real HTTP and gRPC servers on port 0, spoken to
+//! over the wire, publishing into a real broker whose deliveries a test node collects.
+
+mod grpc;
+mod helpers;
+mod http;
+mod outage;
+mod shutdown;
