@@ -81,8 +81,7 @@ impl Connection {
         if let Exit::Close(code, reason) = exit {
             tracing::debug!(code, %reason, "closing connection");
             let frame = CloseFrame { code, reason: reason.into() };
-            let _ = tokio::time::timeout(self.shared.config.close_timeout, socket.send(Message::Close(Some(frame))))
-                .await;
+            let _ = tokio::time::timeout(self.shared.config.close_timeout, close(&mut socket, frame)).await;
         }
         for channel in self.subscriptions.drain() {
             self.shared.hub.leave(&channel, self.handle.id);
@@ -245,6 +244,21 @@ impl Connection {
             (ErrorCode::Unavailable, "message not published: broker unavailable".to_string())
         })?;
         Ok(publication.id)
+    }
+}
+
+/// The closing handshake: send our close frame, then read until the client's close arrives.
+/// Dropping the socket at once would reset the TCP connection while the client still has
+/// frames in flight to us, and a reset makes the client's kernel discard what it had not read
+/// yet, our close frame included.
+async fn close(socket: &mut WebSocket, frame: CloseFrame) {
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    while let Some(Ok(msg)) = socket.recv().await {
+        if matches!(msg, Message::Close(_)) {
+            break;
+        }
     }
 }
 

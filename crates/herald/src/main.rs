@@ -1,1 +1,84 @@
-fn main(){}
+//! `herald`: one binary for every role.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald::{roles, telemetry, Config};
+
+#[derive(Parser)]
+#[command(version, about = "Herald: real-time push over WebSocket")]
+struct Cli {
+    /// TOML configuration file; `HERALD_<SECTION>__<KEY>` variables override it.
+    #[arg(long, short, global = true, env = "HERALD_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Gateway and publisher API in one process on the in-memory broker (no Redis).
+    Standalone,
+    /// The WebSocket gateway, on Redis.
+    Gateway,
+    /// The publisher API (HTTP and gRPC), on Redis.
+    PublisherApi,
+    /// Prints a connection token for a user, signed with `auth.jwt_secret`.
+    Token {
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        user: String,
+        /// How long the token is valid, such as `1h` or `30m`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("invalid configuration")?;
+    if let Command::Token { user, ttl } = &cli.command {
+        config.auth.validate().map_err(anyhow::Error::msg)?;
+        println!("{}", herald_gateway::mint(&config.auth.jwt_secret, user, *ttl)?);
+        return Ok(());
+    }
+    telemetry::init(&config.log)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Standalone => roles::standalone(config, shutdown_signal()).await,
+            Command::Gateway => roles::gateway(config, shutdown_signal()).await,
+            Command::PublisherApi => roles::publisher(config, shutdown_signal()).await,
+            Command::Token { .. } => unreachable!("handled above"),
+        }
+    });
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "herald stopped");
+    }
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,145 @@
+//! Bad input at the gateway: each kind gets its documented error or close code, and the
+//! gateway goes on serving everyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{recv_messages, Cluster, Engine, SECRET};
+use herald_testkit::WsClient;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite;
+
+/// Malformed frames, unknown types, bad channel names and forbidden channels each get their
+/// own error code with the request id, and the connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_errors_and_the_connection_survives() {
+    let cluster = Cluster::start(Engine::Redis, 1).await;
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob = cluster.connect(0, "bob").await;
+    bob.subscribe("room:x").await.unwrap();
+
+    alice.send_text("{not json".into()).await.unwrap();
+    assert_eq!(alice.recv().await.unwrap()["code"], "malformed_frame");
+    alice.send_binary(vec![1, 2, 3]).await.unwrap();
+    assert_eq!(alice.recv().await.unwrap()["code"], "malformed_frame");
+
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"type": "dance", "id": 1}), "unknown_type"),
+        (json!({"id": 2}), "malformed_frame"),
+        (json!({"type": "subscribe", "id": 3}), "malformed_frame"),
+        (json!({"type": "subscribe", "id": 4, "channel": "bad name"}), "invalid_channel"),
+        (json!({"type": "subscribe", "id": 5, "channel": "room:*"}), "invalid_channel"),
+        (json!({"type": "subscribe", "id": 6, "channel": "x".repeat(300)}), "invalid_channel"),
+        (json!({"type": "subscribe", "id": 7, "channel": ""}), "invalid_channel"),
+        (json!({"type": "subscribe", "id": 8, "channel": "user:bob"}), "forbidden"),
+        (json!({"type": "subscribe", "id": 9, "channel": "user:alice"}), "already_subscribed"),
+        (json!({"type": "subscribe", "id": 10, "channel": "secret:x"}), "unknown_channel"),
+        (json!({"type": "subscribe", "id": 11, "channel": "nonamespace"}), "unknown_channel"),
+        (json!({"type": "unsubscribe", "id": 12, "channel": "broadcast"}), "forbidden"),
+        (json!({"type": "publish", "id": 13, "channel": "chat:x"}), "malformed_frame"),
+        (json!({"type": "publish", "id": 14, "channel": "chat:x", "data": 1, "event": ""}), "malformed_frame"),
+    ];
+    for (frame, code) in cases {
+        let reply = alice.request(frame.clone()).await.unwrap();
+        assert_eq!(reply["type"], "error", "{frame} -> {reply}");
+        assert_eq!(reply["code"], code, "{frame} -> {reply}");
+        assert_eq!(reply["id"], frame["id"], "{frame} -> {reply}");
+        assert!(!reply["message"].as_str().unwrap().is_empty());
+    }
+
+    alice.subscribe("room:x").await.unwrap();
+    let again = alice.request(json!({"type": "subscribe", "channel": "room:x"})).await.unwrap();
+    assert_eq!(again["code"], "already_subscribed");
+    let pong = alice.request(json!({"type": "ping", "id": "p"})).await.unwrap();
+    assert_eq!(pong, json!({"type": "pong", "id": "p"}));
+    cluster.publish_http("room:x", json!("still here")).await;
+    assert_eq!(recv_messages(&mut alice, 1).await[0]["data"], "still here");
+    assert_eq!(recv_messages(&mut bob, 1).await[0]["data"], "still here");
+}
+
+/// A frame over `max_message_size` closes that connection with 1009; others are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_close_with_1009() {
+    let cluster = Cluster::start_with(Engine::Redis, 1, |c| c.max_message_size = 1024).await;
+    let mut big = cluster.connect(0, "big").await;
+    let mut other = cluster.connect(0, "other").await;
+    other.subscribe("room:y").await.unwrap();
+    let frame = json!({"type": "publish", "channel": "chat:x", "data": "x".repeat(2000)});
+    big.send_json(frame).await.unwrap();
+    assert_eq!(big.closed().await.unwrap().code, 1009);
+    cluster.publish_http("room:y", json!(1)).await;
+    assert_eq!(recv_messages(&mut other, 1).await[0]["data"], 1);
+}
+
+/// Missing, garbled, wrongly signed and expired tokens are refused with HTTP 401 before the
+/// upgrade, with a JSON body naming the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_before_the_upgrade() {
+    let cluster = Cluster::start(Engine::Redis, 1).await;
+    let addr = cluster.gateways[0].addr;
+    let expired = {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let claims = json!({"sub": "alice", "exp": 1_000_000});
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap()).unwrap()
+    };
+    let forged = herald_gateway::mint("another-secret-another-secret-another", "alice", Duration::from_secs(60)).unwrap();
+    let cases = [
+        (format!("ws://{addr}/ws"), "unauthorized"),
+        (format!("ws://{addr}/ws?token=garbage"), "unauthorized"),
+        (format!("ws://{addr}/ws?token={forged}"), "unauthorized"),
+        (format!("ws://{addr}/ws?token={expired}"), "token_expired"),
+    ];
+    for (url, code) in cases {
+        let err = match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok(_) => panic!("{url} was accepted"),
+            Err(e) => e,
+        };
+        let tungstenite::Error::Http(response) = err else { panic!("{url}: {err}") };
+        assert_eq!(response.status(), 401, "{url}");
+        let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], code, "{url}");
+    }
+    // The header form works too.
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/ws")).unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", cluster.token("hdr")).parse().unwrap());
+    let mut client = WsClient::connect_request(request).await.unwrap();
+    assert_eq!(client.recv().await.unwrap()["type"], "connected");
+}
+
+/// A token that expires while connected closes the connection with 4001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_tokens_close_with_4001() {
+    let cluster = Cluster::start(Engine::Redis, 1).await;
+    let token = herald_gateway::mint(SECRET, "brief", Duration::from_secs(2)).unwrap();
+    let (mut client, _) = WsClient::connect(&cluster.gateways[0].url(&token)).await.unwrap();
+    let closed = client.closed().await.unwrap();
+    assert_eq!(closed.code, 4001);
+    assert!(closed.reason.contains("expired"), "{closed:?}");
+}
+
+/// A client that stops answering pings is closed with 4009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_closed_with_4009() {
+    let cluster = Cluster::start_with(Engine::Redis, 1, |c| {
+        c.ping_interval = Duration::from_millis(100);
+        c.pong_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let client = cluster.connect(0, "quiet").await;
+    // Not reading means the client library answers no pings.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut client = client;
+    assert_eq!(client.closed().await.unwrap().code, 4009);
+}
+
+/// Subscriptions beyond `max_subscriptions` get `limit_exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_limited() {
+    let cluster = Cluster::start_with(Engine::Redis, 1, |c| c.max_subscriptions = 2).await;
+    let mut client = cluster.connect(0, "greedy").await;
+    client.subscribe("room:1").await.unwrap();
+    client.subscribe("room:2").await.unwrap();
+    let reply = client.request(json!({"type": "subscribe", "channel": "room:3"})).await.unwrap();
+    assert_eq!(reply["code"], "limit_exceeded");
+}

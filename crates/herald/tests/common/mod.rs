@@ -1,0 +1,207 @@
+//! Starts real Herald nodes for end-to-end tests: gateways and a publisher API on their own
+//! listeners (port 0), on a real redis-server or on the in-memory engine, and talks to them
+//! over real sockets.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_broker::{Broker, MemoryBroker, RedisBroker, RedisConfig};
+use herald_gateway::{AuthConfig, Gateway, GatewayConfig};
+use herald_protocol::{NamespaceConfig, Namespaces};
+use herald_publisher_api::pb::publisher_client::PublisherClient;
+use herald_publisher_api::{PublisherApi, PublisherConfig};
+use herald_testkit::{RedisServer, WsClient};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret!";
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+/// Which engine a cluster runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Engine {
+    Redis,
+    Memory,
+}
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Gateway,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestGateway {
+    pub fn url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    /// Stops the gateway and waits until it drained.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Gateways and a publisher API sharing one engine.
+pub struct Cluster {
+    pub redis: Option<RedisServer>,
+    pub broker: Arc<dyn Broker>,
+    pub gateways: Vec<TestGateway>,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http_client: reqwest::Client,
+    stop: CancellationToken,
+}
+
+/// Namespaces every test cluster has: `room` (subscribe only) and `chat` (clients publish).
+pub fn namespaces() -> Namespaces {
+    let mut ns = Namespaces::default();
+    ns.0.insert("room".into(), NamespaceConfig::default());
+    ns.0.insert("chat".into(), NamespaceConfig { subscribe: true, publish: true });
+    ns
+}
+
+pub fn auth() -> AuthConfig {
+    AuthConfig { jwt_secret: SECRET.into(), ..Default::default() }
+}
+
+impl Cluster {
+    pub async fn start(engine: Engine, gateways: usize) -> Self {
+        Self::start_with(engine, gateways, |_| {}).await
+    }
+
+    /// Starts `gateways` gateways (each with its own listener and its own broker subscriber)
+    /// and one publisher API, with `tweak` applied to every gateway's configuration.
+    pub async fn start_with(engine: Engine, gateways: usize, tweak: impl Fn(&mut GatewayConfig)) -> Self {
+        let (redis, broker): (Option<RedisServer>, Arc<dyn Broker>) = match engine {
+            Engine::Redis => {
+                let redis = RedisServer::start().await;
+                let config = RedisConfig {
+                    url: redis.url(),
+                    reconnect_max: Duration::from_millis(500),
+                    subscribe_timeout: Duration::from_secs(2),
+                    ..Default::default()
+                };
+                (Some(redis), Arc::new(RedisBroker::new(config).unwrap()))
+            }
+            Engine::Memory => (None, Arc::new(MemoryBroker::new())),
+        };
+        let stop = CancellationToken::new();
+        let mut nodes = Vec::new();
+        for _ in 0..gateways {
+            let mut config = GatewayConfig::default();
+            tweak(&mut config);
+            let gateway = Gateway::new(config, &auth(), namespaces(), broker.clone()).unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let node_stop = stop.child_token();
+            let task = tokio::spawn(herald_gateway::serve(gateway.clone(), listener, node_stop.clone().cancelled_owned()));
+            nodes.push(TestGateway { addr, gateway, stop: node_stop, task });
+        }
+        let publisher = PublisherConfig { api_keys: vec![API_KEY.into()], ..Default::default() };
+        let api = PublisherApi::new(publisher, namespaces(), broker.clone());
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        tokio::spawn(herald_publisher_api::serve(api, http, grpc, stop.clone().cancelled_owned()));
+        let cluster = Self {
+            redis,
+            broker,
+            gateways: nodes,
+            http: http_addr,
+            grpc: grpc_addr,
+            http_client: reqwest::Client::new(),
+            stop,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Waits until every gateway reports ready.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !self.gateways.iter().all(|g| g.gateway.is_ready()) {
+            assert!(tokio::time::Instant::now() < deadline, "gateways did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        herald_gateway::mint(SECRET, user, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// Connects `user` to gateway `gw` and returns the client after `connected`.
+    pub async fn connect(&self, gw: usize, user: &str) -> WsClient {
+        let (client, hello) = WsClient::connect(&self.gateways[gw].url(&self.token(user))).await.unwrap();
+        assert_eq!(hello["user"], user);
+        client
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http_client
+            .post(format!("http://{}{path}", self.http))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Publishes over HTTP and returns the message id.
+    pub async fn publish_http(&self, channel: &str, data: Value) -> String {
+        let resp = self.post("/v1/publish", json!({"channel": channel, "data": data})).await;
+        assert_eq!(resp.status(), 200, "publish failed: {:?}", resp.text().await);
+        resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn grpc(&self) -> PublisherClient<tonic::transport::Channel> {
+        PublisherClient::connect(format!("http://{}", self.grpc)).await.unwrap()
+    }
+
+    pub fn redis(&mut self) -> &mut RedisServer {
+        self.redis.as_mut().expect("a Redis cluster")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A gRPC request carrying the API key.
+pub fn grpc_request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {API_KEY}").parse().unwrap());
+    request
+}
+
+/// Reads `n` `message` frames, skipping nothing else: any other frame fails the test.
+pub async fn recv_messages(client: &mut WsClient, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let frame = client.recv().await.unwrap_or_else(|e| panic!("after {} of {n} messages: {e}", out.len()));
+        assert_eq!(frame["type"], "message", "unexpected frame {frame}");
+        out.push(frame);
+    }
+    out
+}
+
+/// Asserts that nothing arrives within a short while.
+pub async fn assert_silent(client: &mut WsClient) {
+    assert_all_silent(std::slice::from_mut(client)).await;
+}
+
+/// Asserts that none of `clients` receives anything within a short while (one wait for all).
+pub async fn assert_all_silent(clients: &mut [WsClient]) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for client in clients {
+        if let Ok(frame) = client.recv_within(Duration::from_millis(5)).await {
+            panic!("expected no frame, got {frame}");
+        }
+    }
+}

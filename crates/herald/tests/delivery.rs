@@ -1,0 +1,160 @@
+//! End-to-end delivery: publisher API -> engine -> gateways -> sockets. Every scenario runs
+//! twice: on a real redis-server with two gateways on their own listeners (production), and on
+//! the in-memory engine (standalone).
+
+mod common;
+
+use common::{assert_all_silent, assert_silent, grpc_request, recv_messages, Cluster, Engine};
+use herald_publisher_api::pb;
+use serde_json::json;
+
+/// Generates one test per engine from a scenario `async fn(Engine)`.
+macro_rules! on_both_engines {
+    ($($scenario:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Engine::Redis).await
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Engine::Memory).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    room_messages_reach_every_subscriber_once_in_order_over_http_and_grpc,
+    notify_reaches_every_connection_of_the_user_and_nobody_else,
+    broadcast_reaches_everyone,
+    clients_publish_only_where_the_namespace_allows,
+    unsubscribed_clients_stop_receiving,
+);
+
+/// 100 clients over two gateways in one room get every message published over HTTP and gRPC
+/// exactly once, in publish order.
+async fn room_messages_reach_every_subscriber_once_in_order_over_http_and_grpc(engine: Engine) {
+    let cluster = Cluster::start(engine, 2).await;
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        let mut client = cluster.connect(i % 2, &format!("u{i}")).await;
+        client.subscribe("room:lobby").await.unwrap();
+        clients.push(client);
+    }
+    for seq in 0..20 {
+        cluster.publish_http("room:lobby", json!({"seq": seq})).await;
+    }
+    let mut grpc = cluster.grpc().await;
+    for seq in 20..40 {
+        let data = serde_json::to_vec(&json!({"seq": seq})).unwrap();
+        let request = pb::PublishRequest { channel: "room:lobby".into(), data, event: Some("tick".into()) };
+        let reply = grpc.publish(grpc_request(request)).await.unwrap().into_inner();
+        assert_eq!(reply.id.len(), 36);
+    }
+    for client in &mut clients {
+        let got = recv_messages(client, 40).await;
+        let seqs: Vec<i64> = got.iter().map(|m| m["data"]["seq"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, (0..40).collect::<Vec<_>>());
+        assert!(got.iter().all(|m| m["channel"] == "room:lobby"));
+        assert_eq!(got[25]["event"], "tick");
+    }
+    assert_all_silent(&mut clients).await;
+}
+
+/// A notification reaches all of a user's connections on both gateways, and no one else.
+async fn notify_reaches_every_connection_of_the_user_and_nobody_else(engine: Engine) {
+    let cluster = Cluster::start(engine, 2).await;
+    let mut alice = vec![cluster.connect(0, "alice").await, cluster.connect(0, "alice").await];
+    alice.push(cluster.connect(1, "alice").await);
+    let mut bob = cluster.connect(1, "bob").await;
+
+    let resp = cluster.post("/v1/users/alice/notify", json!({"data": {"n": 1}, "event": "ping"})).await;
+    assert_eq!(resp.status(), 200);
+    let mut grpc = cluster.grpc().await;
+    let request = pb::NotifyRequest { user: "alice".into(), data: b"{\"n\":2}".to_vec(), event: None };
+    grpc.notify(grpc_request(request)).await.unwrap();
+
+    for conn in &mut alice {
+        let got = recv_messages(conn, 2).await;
+        assert_eq!(got[0]["channel"], "user:alice");
+        assert_eq!(got[0]["data"]["n"], 1);
+        assert_eq!(got[0]["event"], "ping");
+        assert_eq!(got[1]["data"]["n"], 2);
+    }
+    alice.push(bob);
+    assert_all_silent(&mut alice).await;
+}
+
+/// A broadcast reaches every connection on every gateway, over HTTP and gRPC.
+async fn broadcast_reaches_everyone(engine: Engine) {
+    let cluster = Cluster::start(engine, 2).await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(cluster.connect(i % 2, &format!("b{i}")).await);
+    }
+    let resp = cluster.post("/v1/broadcast", json!({"data": "maintenance at noon"})).await;
+    assert_eq!(resp.status(), 200);
+    let mut grpc = cluster.grpc().await;
+    grpc.broadcast(grpc_request(pb::BroadcastRequest { data: b"\"second\"".to_vec(), event: None }))
+        .await
+        .unwrap();
+    for client in &mut clients {
+        let got = recv_messages(client, 2).await;
+        assert_eq!(got[0]["channel"], "broadcast");
+        assert_eq!(got[0]["data"], "maintenance at noon");
+        assert_eq!(got[1]["data"], "second");
+    }
+}
+
+/// In a namespace that allows it, a client's message reaches the room with `from` set; where
+/// it is not allowed the client gets `forbidden` and nothing is sent.
+async fn clients_publish_only_where_the_namespace_allows(engine: Engine) {
+    let cluster = Cluster::start(engine, 2).await;
+    let mut alice = cluster.connect(0, "alice").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    alice.subscribe("chat:general").await.unwrap();
+    bob.subscribe("chat:general").await.unwrap();
+    bob.subscribe("room:news").await.unwrap();
+
+    let reply = alice
+        .request(json!({"type": "publish", "id": 5, "channel": "chat:general", "data": {"text": "hi"}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["type"], "published", "{reply}");
+    assert_eq!(reply["id"], 5);
+    for client in [&mut alice, &mut bob] {
+        let got = recv_messages(client, 1).await;
+        assert_eq!(got[0]["from"], "alice");
+        assert_eq!(got[0]["data"]["text"], "hi");
+        assert_eq!(got[0]["id"], reply["message_id"]);
+    }
+
+    for channel in ["room:news", "user:bob", "broadcast"] {
+        let reply = alice.request(json!({"type": "publish", "channel": channel, "data": 1})).await.unwrap();
+        assert_eq!(reply["code"], "forbidden", "{channel}: {reply}");
+    }
+    assert_silent(&mut bob).await;
+}
+
+/// After `unsubscribe` a client gets no more messages of that channel; others still do.
+async fn unsubscribed_clients_stop_receiving(engine: Engine) {
+    let cluster = Cluster::start(engine, 1).await;
+    let mut a = cluster.connect(0, "a").await;
+    let mut b = cluster.connect(0, "b").await;
+    a.subscribe("room:x").await.unwrap();
+    b.subscribe("room:x").await.unwrap();
+    let reply = a.request(json!({"type": "unsubscribe", "id": "u", "channel": "room:x"})).await.unwrap();
+    assert_eq!(reply["type"], "unsubscribed");
+    cluster.publish_http("room:x", json!(1)).await;
+    assert_eq!(recv_messages(&mut b, 1).await[0]["data"], 1);
+    assert_silent(&mut a).await;
+    let reply = a.request(json!({"type": "unsubscribe", "channel": "room:x"})).await.unwrap();
+    assert_eq!(reply["code"], "not_subscribed");
+}

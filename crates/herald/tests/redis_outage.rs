@@ -1,0 +1,59 @@
+//! Redis going away and coming back, with real processes: the harness SIGKILLs redis-server and
+//! starts it again on the same port.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{grpc_request, recv_messages, Cluster, Engine};
+use herald_publisher_api::pb;
+use serde_json::{json, Value};
+
+/// While Redis is down publishing fails loudly (HTTP 503, gRPC UNAVAILABLE), gateways keep
+/// their sockets but report not ready and refuse new connections; once Redis is back they
+/// resubscribe by themselves and new messages reach the sockets they kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_resubscribe_after_redis_restarts() {
+    let mut cluster = Cluster::start(Engine::Redis, 2).await;
+    let mut a = cluster.connect(0, "alice").await;
+    let mut b = cluster.connect(1, "bob").await;
+    a.subscribe("room:r").await.unwrap();
+    b.subscribe("room:r").await.unwrap();
+    cluster.publish_http("room:r", json!(1)).await;
+    for client in [&mut a, &mut b] {
+        assert_eq!(recv_messages(client, 1).await[0]["data"], 1);
+    }
+
+    cluster.redis().kill().await;
+
+    let resp = cluster.post("/v1/publish", json!({"channel": "room:r", "data": 2})).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unavailable");
+    let mut grpc = cluster.grpc().await;
+    let request = pb::PublishRequest { channel: "room:r".into(), data: b"2".to_vec(), event: None };
+    let status = grpc.publish(grpc_request(request)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while cluster.gateways.iter().any(|g| g.gateway.is_ready()) {
+        assert!(tokio::time::Instant::now() < deadline, "gateways still ready without Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let readyz = reqwest::get(format!("http://{}/readyz", cluster.gateways[0].addr)).await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    let refused = herald_testkit::WsClient::connect(&cluster.gateways[0].url(&cluster.token("carol"))).await;
+    assert!(refused.is_err(), "a new connection was accepted while Redis is down");
+
+    cluster.redis().restart().await;
+    cluster.wait_ready().await;
+    let readyz = reqwest::get(format!("http://{}/readyz", cluster.gateways[1].addr)).await.unwrap();
+    assert_eq!(readyz.status(), 200);
+
+    cluster.publish_http("room:r", json!(3)).await;
+    let resp = cluster.post("/v1/users/alice/notify", json!({"data": 4})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(recv_messages(&mut b, 1).await[0]["data"], 3);
+    let got = recv_messages(&mut a, 2).await;
+    assert_eq!((got[0]["data"].clone(), got[1]["data"].clone()), (json!(3), json!(4)));
+    cluster.connect(0, "carol").await;
+}
