@@ -145,7 +145,8 @@ pub async fn many_channels_subscribe_concurrently(broker: &Arc<dyn Broker>, tag:
         r.unwrap();
     }
     assert_eq!(node.active_channels(), 1000);
-    let batch: Vec<(ChannelName, Bytes)> = channels.iter().map(|c| (c.clone(), Bytes::from_static(b"."))).collect();
+    let batch: Vec<(ChannelName, Bytes)> =
+        channels.iter().map(|c| (c.clone(), Bytes::from_static(b"."))).collect();
     broker.publish_batch(&batch).await.unwrap();
     assert_eq!(got.wait_for(1000).await.len(), 1000);
     node.close();

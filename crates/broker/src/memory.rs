@@ -70,12 +70,7 @@ impl Broker for MemoryBroker {
         };
         Arc::new(MemorySubscriber {
             bus: self.bus.clone(),
-            node: Arc::new(Node {
-                id,
-                delivery,
-                counts: Mutex::default(),
-                status: watch::Sender::new(true),
-            }),
+            node: Arc::new(Node { id, delivery, counts: Mutex::default(), status: watch::Sender::new(true) }),
         })
     }
 

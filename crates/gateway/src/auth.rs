@@ -59,7 +59,8 @@ impl TokenVerifier {
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
         }
-        let key = DecodingKey::from_secret(config.jwt_secret.as_bytes()).map_err(|e| format!("auth.jwt_secret: {e}"))?;
+        let key = DecodingKey::from_secret(config.jwt_secret.as_bytes())
+            .map_err(|e| format!("auth.jwt_secret: {e}"))?;
         Ok(Self { key, validation })
     }
 
@@ -70,8 +71,12 @@ impl TokenVerifier {
                 ErrorKind::ExpiredSignature => (ErrorCode::TokenExpired, "token has expired".to_string()),
                 ErrorKind::InvalidSignature => (ErrorCode::Unauthorized, "token signature is invalid".into()),
                 ErrorKind::ImmatureSignature => (ErrorCode::Unauthorized, "token is not valid yet".into()),
-                ErrorKind::InvalidAlgorithm => (ErrorCode::Unauthorized, "token must be signed with HS256".into()),
-                ErrorKind::MissingRequiredClaim(c) => (ErrorCode::Unauthorized, format!("token lacks the `{c}` claim")),
+                ErrorKind::InvalidAlgorithm => {
+                    (ErrorCode::Unauthorized, "token must be signed with HS256".into())
+                }
+                ErrorKind::MissingRequiredClaim(c) => {
+                    (ErrorCode::Unauthorized, format!("token lacks the `{c}` claim"))
+                }
                 _ => (ErrorCode::Unauthorized, format!("token is invalid: {e}")),
             };
             AuthError { code, message }
@@ -90,7 +95,11 @@ impl TokenVerifier {
 pub fn mint(secret: &str, user: &str, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
     let exp = herald_protocol::publication::now_millis() / 1000 + ttl.as_secs();
     let claims = Claims { sub: user.to_string(), exp: Some(exp) };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())?)
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes())?,
+    )
 }
 
 #[cfg(test)]
@@ -118,8 +127,12 @@ mod tests {
         assert_eq!(v.verify(&other).unwrap_err().message, "token signature is invalid");
         let expired = {
             let claims = Claims { sub: "alice".into(), exp: Some(1_000_000) };
-            jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap())
-                .unwrap()
+            jsonwebtoken::encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+            )
+            .unwrap()
         };
         assert_eq!(v.verify(&expired).unwrap_err().code, ErrorCode::TokenExpired);
         let bad_sub = mint(SECRET, "not a user", Duration::from_secs(60)).unwrap();

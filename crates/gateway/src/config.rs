@@ -118,7 +118,10 @@ impl std::fmt::Debug for AuthConfig {
 impl AuthConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.jwt_secret.is_empty() {
-            return Err("auth.jwt_secret: required (HERALD_AUTH__JWT_SECRET); clients cannot connect without it".into());
+            return Err(
+                "auth.jwt_secret: required (HERALD_AUTH__JWT_SECRET); clients cannot connect without it"
+                    .into(),
+            );
         }
         if self.jwt_secret.len() < 32 {
             return Err("auth.jwt_secret: must be at least 32 bytes long for HS256".into());

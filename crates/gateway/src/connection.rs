@@ -18,10 +18,10 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::Shared;
 use crate::auth::Identity;
 use crate::hub::ConnHandle;
 use crate::policy;
-use crate::Shared;
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -102,7 +102,8 @@ impl Connection {
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
         let config = self.shared.config.clone();
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let expiry = self.identity.expires_at.map(|exp| {
             let now = herald_protocol::publication::now_millis() / 1000;

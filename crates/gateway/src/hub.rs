@@ -113,7 +113,11 @@ impl Hub {
 
     /// Adds `conn` to `channel`'s subscribers. Resolves once messages of the channel are
     /// guaranteed to reach this node; on error the caller must [`Hub::leave`] again.
-    pub fn join(&self, channel: &ChannelName, conn: ConnHandle) -> impl Future<Output = Result<(), Arc<str>>> {
+    pub fn join(
+        &self,
+        channel: &ChannelName,
+        conn: ConnHandle,
+    ) -> impl Future<Output = Result<(), Arc<str>>> {
         let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
         let entry = shard.entry(channel.clone()).or_insert_with(|| ChannelEntry {
             conns: HashMap::new(),

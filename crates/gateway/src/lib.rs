@@ -18,15 +18,15 @@ pub mod hub;
 pub mod policy;
 pub mod server;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use herald_broker::Broker;
 use herald_protocol::Namespaces;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{mint, TokenVerifier};
+pub use auth::{TokenVerifier, mint};
 pub use config::{AuthConfig, GatewayConfig};
 pub use hub::Hub;
 pub use server::serve;

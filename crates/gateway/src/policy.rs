@@ -64,7 +64,10 @@ mod tests {
         assert_eq!(can_subscribe(&who("a"), &ch("user:b"), &ns).unwrap_err().0, ErrorCode::Forbidden);
         assert_eq!(can_subscribe(&who("a"), &ch("user:a"), &ns).unwrap_err().0, ErrorCode::AlreadySubscribed);
         assert_eq!(can_publish(&who("a"), &ch("user:b"), &ns).unwrap_err().0, ErrorCode::Forbidden);
-        assert_eq!(can_publish(&who("a"), &ChannelName::broadcast(), &ns).unwrap_err().0, ErrorCode::Forbidden);
+        assert_eq!(
+            can_publish(&who("a"), &ChannelName::broadcast(), &ns).unwrap_err().0,
+            ErrorCode::Forbidden
+        );
     }
 
     #[test]

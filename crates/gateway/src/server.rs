@@ -4,7 +4,7 @@ use std::future::Future;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,8 +12,8 @@ use herald_protocol::ErrorCode;
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::connection::Connection;
 use crate::Gateway;
+use crate::connection::Connection;
 
 #[derive(Deserialize)]
 struct ConnectParams {
@@ -72,7 +72,10 @@ async fn connect(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(token) = params.token.as_deref().or(bearer) else {
-        return http_error(ErrorCode::Unauthorized, "missing token: pass ?token=<JWT> or Authorization: Bearer");
+        return http_error(
+            ErrorCode::Unauthorized,
+            "missing token: pass ?token=<JWT> or Authorization: Bearer",
+        );
     };
     let identity = match gateway.shared.verifier.verify(token) {
         Ok(identity) => identity,

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Toml};
 use herald_broker::RedisConfig;
 use herald_gateway::{AuthConfig, GatewayConfig};
 use herald_protocol::Namespaces;

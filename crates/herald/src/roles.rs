@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 
 /// Gateway and publisher API in one process on the in-memory broker: no Redis needed.
-pub async fn standalone(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn standalone(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     config.validate_gateway().map_err(anyhow::Error::msg)?;
     config.validate_publisher().map_err(anyhow::Error::msg)?;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
@@ -24,17 +27,24 @@ pub async fn standalone(config: Config, shutdown: impl Future<Output = ()> + Sen
 }
 
 /// The WebSocket gateway on Redis.
-pub async fn gateway(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn gateway(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     config.validate_gateway().map_err(anyhow::Error::msg)?;
     let broker = redis_broker(&config)?;
     let listener = bind(config.gateway.listen, "gateway.listen").await?;
-    let gateway = Gateway::new(config.gateway, &config.auth, config.namespaces, broker).map_err(anyhow::Error::msg)?;
+    let gateway =
+        Gateway::new(config.gateway, &config.auth, config.namespaces, broker).map_err(anyhow::Error::msg)?;
     herald_gateway::serve(gateway, listener, shutdown).await?;
     Ok(())
 }
 
 /// The publisher API (HTTP and gRPC) on Redis.
-pub async fn publisher(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn publisher(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     config.validate_publisher().map_err(anyhow::Error::msg)?;
     let broker = redis_broker(&config)?;
     let http = bind(config.publisher.http_listen, "publisher.http_listen").await?;

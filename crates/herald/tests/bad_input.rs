@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{recv_messages, Cluster, Engine, SECRET};
+use common::{Cluster, Engine, SECRET, recv_messages};
 use herald_testkit::WsClient;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
 /// Malformed frames, unknown types, bad channel names and forbidden channels each get their
@@ -38,7 +38,10 @@ async fn bad_frames_get_errors_and_the_connection_survives() {
         (json!({"type": "subscribe", "id": 11, "channel": "nonamespace"}), "unknown_channel"),
         (json!({"type": "unsubscribe", "id": 12, "channel": "broadcast"}), "forbidden"),
         (json!({"type": "publish", "id": 13, "channel": "chat:x"}), "malformed_frame"),
-        (json!({"type": "publish", "id": 14, "channel": "chat:x", "data": 1, "event": ""}), "malformed_frame"),
+        (
+            json!({"type": "publish", "id": 14, "channel": "chat:x", "data": 1, "event": ""}),
+            "malformed_frame",
+        ),
     ];
     for (frame, code) in cases {
         let reply = alice.request(frame.clone()).await.unwrap();
@@ -79,11 +82,13 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
     let cluster = Cluster::start(Engine::Redis, 1).await;
     let addr = cluster.gateways[0].addr;
     let expired = {
-        use jsonwebtoken::{encode, EncodingKey, Header};
+        use jsonwebtoken::{EncodingKey, Header, encode};
         let claims = json!({"sub": "alice", "exp": 1_000_000});
         encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()).unwrap()).unwrap()
     };
-    let forged = herald_gateway::mint("another-secret-another-secret-another", "alice", Duration::from_secs(60)).unwrap();
+    let forged =
+        herald_gateway::mint("another-secret-another-secret-another", "alice", Duration::from_secs(60))
+            .unwrap();
     let cases = [
         (format!("ws://{addr}/ws"), "unauthorized"),
         (format!("ws://{addr}/ws?token=garbage"), "unauthorized"),
@@ -101,8 +106,11 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
         assert_eq!(body["error"]["code"], code, "{url}");
     }
     // The header form works too.
-    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/ws")).unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {}", cluster.token("hdr")).parse().unwrap());
+    let mut request =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/ws")).unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {}", cluster.token("hdr")).parse().unwrap());
     let mut client = WsClient::connect_request(request).await.unwrap();
     assert_eq!(client.recv().await.unwrap()["type"], "connected");
 }

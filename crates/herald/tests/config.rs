@@ -25,7 +25,8 @@ mod tempfile_path {
     pub struct TempPath(pub std::path::PathBuf);
     impl TempPath {
         pub fn new(text: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("herald-config-{}-{}.toml", std::process::id(), rand()));
+            let path =
+                std::env::temp_dir().join(format!("herald-config-{}-{}.toml", std::process::id(), rand()));
             std::fs::write(&path, text).unwrap();
             Self(path)
         }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_all_silent, assert_silent, grpc_request, recv_messages, Cluster, Engine};
+use common::{Cluster, Engine, assert_all_silent, assert_silent, grpc_request, recv_messages};
 use herald_publisher_api::pb;
 use serde_json::json;
 

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{grpc_request, recv_messages, Cluster, Engine};
+use common::{Cluster, Engine, grpc_request, recv_messages};
 use herald_publisher_api::pb;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// While Redis is down publishing fails loudly (HTTP 503, gRPC UNAVAILABLE), gateways keep
 /// their sockets but report not ready and refuse new connections; once Redis is back they

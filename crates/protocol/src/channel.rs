@@ -40,10 +40,7 @@ pub(crate) fn check_chars(s: &str, max: usize) -> Result<(), InvalidName> {
     if s.len() > max {
         return Err(InvalidName::TooLong { len: s.len(), max });
     }
-    match s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@' | '=')))
-    {
+    match s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@' | '='))) {
         Some(c) => Err(InvalidName::BadChar(c)),
         None => Ok(()),
     }

@@ -22,11 +22,24 @@ pub const MAX_REQUEST_ID_LEN: usize = 64;
 /// A frame sent by a client.
 #[derive(Debug)]
 pub enum ClientFrame {
-    Subscribe { id: Option<RequestId>, channel: ChannelName },
-    Unsubscribe { id: Option<RequestId>, channel: ChannelName },
-    Ping { id: Option<RequestId> },
+    Subscribe {
+        id: Option<RequestId>,
+        channel: ChannelName,
+    },
+    Unsubscribe {
+        id: Option<RequestId>,
+        channel: ChannelName,
+    },
+    Ping {
+        id: Option<RequestId>,
+    },
     /// Publish into a channel whose namespace allows client publishing (chat rooms).
-    Publish { id: Option<RequestId>, channel: ChannelName, data: Box<RawValue>, event: Option<String> },
+    Publish {
+        id: Option<RequestId>,
+        channel: ChannelName,
+        data: Box<RawValue>,
+        event: Option<String>,
+    },
 }
 
 /// Why a client frame was refused. It carries the request id when one could be read, so the
@@ -92,9 +105,8 @@ impl ClientFrame {
             "ping" => Ok(Self::Ping { id }),
             "publish" => {
                 let channel = channel()?;
-                let data = raw
-                    .data
-                    .ok_or_else(|| err(ErrorCode::MalformedFrame, "missing field `data`".into()))?;
+                let data =
+                    raw.data.ok_or_else(|| err(ErrorCode::MalformedFrame, "missing field `data`".into()))?;
                 Ok(Self::Publish { id, channel, data, event: raw.event })
             }
             other => Err(err(
@@ -110,7 +122,10 @@ impl ClientFrame {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
-    Connected { client_id: &'a str, user: &'a UserId },
+    Connected {
+        client_id: &'a str,
+        user: &'a UserId,
+    },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
@@ -161,7 +176,8 @@ mod tests {
         ));
         assert!(matches!(ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping { id: None }));
         let ClientFrame::Publish { data, .. } =
-            ClientFrame::parse(r#"{"type":"publish","id":"x","channel":"chat:a","data":{"t":"hi"}}"#).unwrap()
+            ClientFrame::parse(r#"{"type":"publish","id":"x","channel":"chat:a","data":{"t":"hi"}}"#)
+                .unwrap()
         else {
             panic!("not a publish")
         };

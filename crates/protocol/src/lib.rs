@@ -18,9 +18,9 @@ pub mod namespace;
 pub mod publication;
 pub mod user;
 
-pub use channel::{ChannelKind, ChannelName, InvalidName, BROADCAST_CHANNEL, PERSONAL_NAMESPACE};
+pub use channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, InvalidName, PERSONAL_NAMESPACE};
 pub use error::{CloseCode, ErrorCode};
-pub use namespace::{NamespaceConfig, Namespaces, DEFAULT_NAMESPACE};
 pub use frame::{ClientFrame, FrameError, RequestId, ServerFrame};
+pub use namespace::{DEFAULT_NAMESPACE, NamespaceConfig, Namespaces};
 pub use publication::{Publication, PublicationError};
 pub use user::UserId;

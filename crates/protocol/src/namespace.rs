@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{ChannelKind, ChannelName, BROADCAST_CHANNEL, PERSONAL_NAMESPACE};
+use crate::channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, PERSONAL_NAMESPACE};
 use crate::error::ErrorCode;
 
 /// The namespace that governs channels without `:` in their name.

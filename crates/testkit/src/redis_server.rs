@@ -12,12 +12,20 @@ use tokio::process::{Child, Command};
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments, such as `--requirepass`.
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server and waits until it answers `PING`.
     pub async fn start() -> Self {
-        let mut server = Self { port: crate::free_port(), child: None };
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra arguments (`["--requirepass", "secret"]`).
+    pub async fn start_with(args: &[&str]) -> Self {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut server = Self { port: crate::free_port(), child: None, args };
         server.restart().await;
         server
     }
@@ -42,8 +50,18 @@ impl RedisServer {
         self.kill().await;
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
         let child = Command::new(&bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -66,10 +84,11 @@ impl RedisServer {
         if stream.write_all(b"PING\r\n").await.is_err() {
             return false;
         }
-        let mut buf = [0u8; 7];
+        // `+PONG`, or `-NOAUTH ...` from a server that requires a password: either way it is up.
+        let mut buf = [0u8; 1];
         matches!(
             tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut buf)).await,
-            Ok(Ok(_)) if &buf == b"+PONG\r\n"
+            Ok(Ok(_)) if buf[0] == b'+' || buf[0] == b'-'
         )
     }
 }

@@ -13,7 +13,7 @@ use herald_protocol::{NamespaceConfig, Namespaces};
 use herald_publisher_api::pb::publisher_client::PublisherClient;
 use herald_publisher_api::{PublisherApi, PublisherConfig};
 use herald_testkit::{RedisServer, WsClient};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +99,11 @@ impl Cluster {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let node_stop = stop.child_token();
-            let task = tokio::spawn(herald_gateway::serve(gateway.clone(), listener, node_stop.clone().cancelled_owned()));
+            let task = tokio::spawn(herald_gateway::serve(
+                gateway.clone(),
+                listener,
+                node_stop.clone().cancelled_owned(),
+            ));
             nodes.push(TestGateway { addr, gateway, stop: node_stop, task });
         }
         let publisher = PublisherConfig { api_keys: vec![API_KEY.into()], ..Default::default() };
@@ -184,7 +188,8 @@ pub fn grpc_request<T>(message: T) -> tonic::Request<T> {
 pub async fn recv_messages(client: &mut WsClient, n: usize) -> Vec<Value> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let frame = client.recv().await.unwrap_or_else(|e| panic!("after {} of {n} messages: {e}", out.len()));
+        let frame =
+            client.recv().await.unwrap_or_else(|e| panic!("after {} of {n} messages: {e}", out.len()));
         assert_eq!(frame["type"], "message", "unexpected frame {frame}");
         out.push(frame);
     }
@@ -203,5 +208,60 @@ pub async fn assert_all_silent(clients: &mut [WsClient]) {
         if let Ok(frame) = client.recv_within(Duration::from_millis(5)).await {
             panic!("expected no frame, got {frame}");
         }
+    }
+}
+
+/// A `herald gateway` child process (the real binary), killed when dropped.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `herald gateway` on a free port against `redis_url`, with the test namespaces and
+    /// secret plus `env`, and waits until `/readyz` answers 200.
+    pub async fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
+        let port = herald_testkit::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.arg("gateway")
+            .env("HERALD_REDIS__URL", redis_url)
+            .env("HERALD_GATEWAY__LISTEN", addr.to_string())
+            .env("HERALD_AUTH__JWT_SECRET", SECRET)
+            .env("HERALD_NAMESPACES__ROOM__SUBSCRIBE", "true")
+            .env("HERALD_LOG__LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null());
+        let child = cmd.spawn().expect("start herald gateway");
+        let process = Self { child, addr };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(resp) = reqwest::get(format!("http://{addr}/readyz")).await
+                && resp.status() == 200
+            {
+                return process;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "herald gateway did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, user: &str) -> String {
+        let token = herald_gateway::mint(SECRET, user, Duration::from_secs(3600)).unwrap();
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    /// Resident memory of the process, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,248 @@
+//! The Redis Pub/Sub engine.
+//!
+//! Publishing shares one multiplexed connection per process, reconnected on demand; when Redis
+//! is unreachable a publish fails at once (or after `response_timeout`), never silently.
+//!
+//! Each node ([`RedisBroker::subscriber`]) owns exactly one Pub/Sub connection, driven by one
+//! task ([`node`]). Subscribing registers interest synchronously and wakes the task, which
+//! reconciles the wanted channels against those Redis has confirmed, in batches (one
+//! `SUBSCRIBE` for many channels). After a disconnect the task reconnects with jittered
+//! exponential backoff and resubscribes everything still wanted; `status` is `false`
+//! meanwhile, so readiness shows it. The Pub/Sub connection itself ([`resp`]) reads from Redis
+//! only as fast as the node delivers, so a lagging node cannot queue messages without bound.
+
+mod node;
+mod resp;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_protocol::ChannelName;
+use rand::Rng;
+use redis::aio::MultiplexedConnection;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use self::node::{NodeShared, NodeTask, RedisSubscriber};
+use crate::{Broker, BrokerError, Delivery, Subscriber};
+
+/// Settings of the Redis engine (`[redis]` in the configuration file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prepended to every channel name in Redis, so several deployments can share a server.
+    pub prefix: String,
+    /// How long to wait for a TCP connection to Redis.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a publish may wait for Redis to answer before it fails.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// How long a client's subscribe waits for Redis to confirm before it gets `unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub subscribe_timeout: Duration,
+    /// First delay before reconnecting the Pub/Sub connection; it doubles up to `reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// How often the Pub/Sub connection is pinged, so a silently dead Redis is noticed.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "herald:".into(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            subscribe_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The Redis engine. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    config: RedisConfig,
+    /// The shared publishing connection, `None` until first used or after it broke.
+    publisher: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// Stops every node task when the broker is closed.
+    shutdown: CancellationToken,
+}
+
+impl RedisBroker {
+    /// Validates the URL; connections are made lazily, so this works while Redis is down.
+    pub fn new(config: RedisConfig) -> Result<Self, BrokerError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| BrokerError::Unavailable(format!("invalid redis url: {e}")))?;
+        if !matches!(client.get_connection_info().addr(), redis::ConnectionAddr::Tcp(..)) {
+            return Err(BrokerError::Unavailable("only redis://host:port URLs are supported".into()));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                publisher: tokio::sync::Mutex::new(None),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+
+    fn key(&self, channel: &ChannelName) -> String {
+        format!("{}{}", self.inner.config.prefix, channel.as_str())
+    }
+
+    /// The publishing connection, connecting if there is none.
+    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let mut slot = self.inner.publisher.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.config.connect_timeout))
+            .set_response_timeout(Some(self.inner.config.response_timeout));
+        let conn = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(unavailable)?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs `cmd` on the publishing connection; a connection that failed is dropped so the
+    /// next call reconnects.
+    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, BrokerError> {
+        let mut conn = self.connection().await?;
+        match pipe.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error()
+                {
+                    self.inner.publisher.lock().await.take();
+                }
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    /// Stops every node's Pub/Sub task.
+    pub fn close(&self) {
+        self.inner.shutdown.cancel();
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        pipe.publish(self.key(channel), payload.as_ref()).ignore();
+        self.run::<()>(&pipe).await
+    }
+
+    async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch {
+            pipe.publish(self.key(channel), payload.as_ref()).ignore();
+        }
+        self.run::<()>(&pipe).await
+    }
+
+    fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {
+        let shared = NodeShared::new(self.inner.shutdown.child_token(), self.inner.config.subscribe_timeout);
+        let info = self.inner.client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+            unreachable!("RedisBroker::new accepts TCP addresses only")
+        };
+        let task = NodeTask {
+            config: self.inner.config.clone(),
+            host: host.clone(),
+            port: *port,
+            username: info.redis_settings().username().map(String::from),
+            password: info.redis_settings().password().map(String::from),
+            shared: shared.clone(),
+            delivery,
+        };
+        tokio::spawn(task.run());
+        Arc::new(RedisSubscriber { shared, prefix: self.inner.config.prefix.clone() })
+    }
+
+    async fn ping(&self) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        self.run::<(String,)>(&pipe).await.map(|_| ())
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+fn shrink_set(set: &mut HashSet<String>) {
+    if set.capacity() > 64 && set.len() < set.capacity() / 4 {
+        set.shrink_to(set.len() * 2);
+    }
+}
+
+/// Exponential backoff with jitter: a delay drawn from the upper half of `min * 2^attempt`,
+/// capped at `max`, so many gateways reconnecting at once spread out.
+fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let base = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let half = base / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_within_bounds() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        for attempt in 0..40 {
+            let d = backoff(attempt, min, max);
+            assert!(d <= max, "{d:?}");
+            assert!(d >= min / 2, "{d:?}");
+        }
+        assert!(backoff(10, min, max) >= max / 2);
+    }
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact("redis://:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -1,0 +1,316 @@
+//! One gateway node's Redis subscriptions: a handle ([`RedisSubscriber`]) and the task that
+//! owns the node's single Pub/Sub connection ([`NodeTask`]).
+//!
+//! The handle counts interest per channel and marks changed channels dirty; the task
+//! reconciles dirty channels against what Redis confirmed, sending many channels per
+//! `SUBSCRIBE`. Redis's confirmations are the truth: a channel is live when its `subscribe`
+//! confirmation arrived, and a confirmation that no longer matches what is wanted marks the
+//! channel dirty again. After a reconnect everything wanted is dirty, so it is resubscribed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use herald_protocol::ChannelName;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::resp::{Event, PubSubConn, RespError};
+use super::{RedisConfig, backoff, redact, shrink_set};
+use crate::memory::shrink;
+use crate::{BrokerError, Delivery, Subscriber};
+
+/// Most channels sent in one `SUBSCRIBE`/`UNSUBSCRIBE` command.
+const CHANNELS_PER_COMMAND: usize = 512;
+
+/// State shared between a node's [`RedisSubscriber`] handle and its task.
+pub(super) struct NodeShared {
+    state: Mutex<SubState>,
+    /// Wakes the task when `dirty` gained channels.
+    wake: Notify,
+    /// Bumped whenever channels became live; subscribers wait on it for their confirmation.
+    applied: watch::Sender<u64>,
+    /// `true` while connected and resubscribed.
+    status: watch::Sender<bool>,
+    stop: CancellationToken,
+    subscribe_timeout: Duration,
+}
+
+#[derive(Default)]
+struct SubState {
+    /// Channel (with prefix) -> number of outstanding `subscribe` calls.
+    wanted: HashMap<String, u32>,
+    /// Channels Redis confirmed on the current connection.
+    active: HashSet<String>,
+    /// Channels with a command in flight; their confirmation settles them.
+    in_flight: HashSet<String>,
+    /// Channels whose wanted and active state may differ.
+    dirty: HashSet<String>,
+}
+
+impl NodeShared {
+    pub(super) fn new(stop: CancellationToken, subscribe_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            applied: watch::Sender::new(0),
+            status: watch::Sender::new(false),
+            stop,
+            subscribe_timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SubState> {
+        self.state.lock().expect("subscriber lock poisoned")
+    }
+}
+
+pub(super) struct RedisSubscriber {
+    pub(super) shared: Arc<NodeShared>,
+    pub(super) prefix: String,
+}
+
+impl Subscriber for RedisSubscriber {
+    fn subscribe(&self, channel: &ChannelName) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let key = format!("{}{}", self.prefix, channel.as_str());
+        let mut applied = self.shared.applied.subscribe();
+        {
+            let mut state = self.shared.lock();
+            *state.wanted.entry(key.clone()).or_insert(0) += 1;
+            if state.active.contains(&key) {
+                return futures_util::future::ready(Ok(())).boxed();
+            }
+            state.dirty.insert(key.clone());
+        }
+        self.shared.wake.notify_one();
+        let shared = self.shared.clone();
+        let channel = channel.clone();
+        async move {
+            let confirmed = async {
+                loop {
+                    if shared.lock().active.contains(&key) {
+                        return;
+                    }
+                    if applied.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::time::timeout(shared.subscribe_timeout, confirmed)
+                .await
+                .map_err(|_| BrokerError::SubscribeTimeout(channel))
+        }
+        .boxed()
+    }
+
+    fn unsubscribe(&self, channel: &ChannelName) {
+        let key = format!("{}{}", self.prefix, channel.as_str());
+        {
+            let mut state = self.shared.lock();
+            let Some(count) = state.wanted.get_mut(&key) else { return };
+            *count -= 1;
+            if *count > 0 {
+                return;
+            }
+            state.wanted.remove(&key);
+            shrink(&mut state.wanted);
+            state.dirty.insert(key);
+        }
+        self.shared.wake.notify_one();
+    }
+
+    fn status(&self) -> watch::Receiver<bool> {
+        self.shared.status.subscribe()
+    }
+
+    fn active_channels(&self) -> usize {
+        self.shared.lock().active.len()
+    }
+
+    fn close(&self) {
+        self.shared.stop.cancel();
+    }
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// The node was stopped.
+    Stopped,
+    /// The connection failed; reconnect.
+    Failed(String),
+}
+
+impl From<RespError> for Ended {
+    fn from(e: RespError) -> Self {
+        Ended::Failed(e.to_string())
+    }
+}
+
+/// The task that owns a node's Pub/Sub connection.
+pub(super) struct NodeTask {
+    pub(super) config: RedisConfig,
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) shared: Arc<NodeShared>,
+    pub(super) delivery: Arc<dyn Delivery>,
+}
+
+impl NodeTask {
+    pub(super) async fn run(self) {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.connect_and_serve(&mut attempt).await {
+                Ended::Stopped => break,
+                Ended::Failed(error) => {
+                    self.shared.status.send_replace(false);
+                    let delay = backoff(attempt, self.config.reconnect_min, self.config.reconnect_max);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(%error, retry_in = ?delay, "redis pubsub connection lost");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shared.stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.shared.status.send_replace(false);
+    }
+
+    async fn connect(&self) -> Result<PubSubConn, Ended> {
+        let connect =
+            PubSubConn::connect(&self.host, self.port, self.username.as_deref(), self.password.as_deref());
+        tokio::select! {
+            r = tokio::time::timeout(self.config.connect_timeout, connect) => match r {
+                Ok(conn) => Ok(conn?),
+                Err(_) => Err(Ended::Failed("connect timed out".into())),
+            },
+            _ = self.shared.stop.cancelled() => Err(Ended::Stopped),
+        }
+    }
+
+    /// Connects, resubscribes everything wanted, then serves until the connection breaks or
+    /// the node is stopped.
+    async fn connect_and_serve(&self, attempt: &mut u32) -> Ended {
+        let mut conn = match self.connect().await {
+            Ok(conn) => conn,
+            Err(ended) => return ended,
+        };
+        {
+            let mut state = self.shared.lock();
+            state.active.clear();
+            state.in_flight.clear();
+            let wanted: Vec<String> = state.wanted.keys().cloned().collect();
+            state.dirty.extend(wanted);
+        }
+        let mut resynced = false;
+        let mut ping = tokio::time::interval(self.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut awaiting_pong: Option<Instant> = None;
+        let prefix_len = self.config.prefix.len();
+        if let Err(e) = self.reconcile(&mut conn).await {
+            return e.into();
+        }
+        loop {
+            if !resynced && self.shared.lock().in_flight.is_empty() {
+                resynced = true;
+                *attempt = 0;
+                self.shared.status.send_replace(true);
+                tracing::info!(url = %redact(&self.config.url), "redis pubsub connected");
+            }
+            tokio::select! {
+                event = conn.next_event() => match event {
+                    Ok(Event::Message { channel, payload }) => {
+                        let name = channel.get(prefix_len..).and_then(|c| std::str::from_utf8(c).ok());
+                        if let Some(name) = name {
+                            self.delivery.deliver(name, Bytes::copy_from_slice(payload));
+                        }
+                    }
+                    Ok(Event::Subscribed(channel)) => self.confirmed(channel, true),
+                    Ok(Event::Unsubscribed(channel)) => self.confirmed(channel, false),
+                    Ok(Event::Pong) => awaiting_pong = None,
+                    Ok(Event::Ok) => {}
+                    Err(e) => return e.into(),
+                },
+                _ = self.shared.wake.notified() => {
+                    if let Err(e) = self.reconcile(&mut conn).await {
+                        return e.into();
+                    }
+                }
+                _ = ping.tick() => {
+                    if awaiting_pong.is_some_and(|since| since.elapsed() > self.config.response_timeout) {
+                        return Ended::Failed("no answer to PING".into());
+                    }
+                    if awaiting_pong.is_none() {
+                        if let Err(e) = conn.send(&[b"PING"]).await {
+                            return e.into();
+                        }
+                        awaiting_pong = Some(Instant::now());
+                    }
+                }
+                _ = self.shared.stop.cancelled() => return Ended::Stopped,
+            }
+        }
+    }
+
+    /// Records Redis's confirmation of a subscribe (`live`) or unsubscribe, and marks the
+    /// channel dirty again if that no longer matches what is wanted.
+    fn confirmed(&self, channel: &[u8], live: bool) {
+        let Ok(key) = std::str::from_utf8(channel) else { return };
+        let mut state = self.shared.lock();
+        state.in_flight.remove(key);
+        if live {
+            state.active.insert(key.to_string());
+        } else {
+            state.active.remove(key);
+            shrink_set(&mut state.active);
+        }
+        let mismatch = state.wanted.contains_key(key) != live;
+        if mismatch {
+            state.dirty.insert(key.to_string());
+        }
+        drop(state);
+        if live {
+            self.shared.applied.send_modify(|n| *n += 1);
+        }
+        if mismatch {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Sends the commands that bring Redis in line with the wanted channels, for every dirty
+    /// channel without a command in flight.
+    async fn reconcile(&self, conn: &mut PubSubConn) -> Result<(), RespError> {
+        let (subscribe, unsubscribe) = {
+            let mut state = self.shared.lock();
+            let dirty: Vec<String> = state.dirty.drain().collect();
+            shrink_set(&mut state.dirty);
+            let (mut sub, mut unsub) = (Vec::new(), Vec::new());
+            for key in dirty {
+                if state.in_flight.contains(&key) {
+                    continue;
+                }
+                match (state.wanted.contains_key(&key), state.active.contains(&key)) {
+                    (true, false) => sub.push(key),
+                    (false, true) => unsub.push(key),
+                    _ => continue,
+                }
+            }
+            state.in_flight.extend(sub.iter().chain(unsub.iter()).cloned());
+            (sub, unsub)
+        };
+        for (command, keys) in [(&b"UNSUBSCRIBE"[..], unsubscribe), (&b"SUBSCRIBE"[..], subscribe)] {
+            for chunk in keys.chunks(CHANNELS_PER_COMMAND) {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+                args.push(command);
+                args.extend(chunk.iter().map(|k| k.as_bytes()));
+                conn.send(&args).await?;
+            }
+        }
+        Ok(())
+    }
+}
