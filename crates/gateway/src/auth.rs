@@ -19,6 +19,8 @@ pub struct Identity {
     /// When the token stops being valid (seconds since the Unix epoch); the connection is
     /// closed with code 4001 then.
     pub expires_at: Option<u64>,
+    /// The token's `info` claim: what others see of this user in member lists.
+    pub info: Option<std::sync::Arc<serde_json::value::RawValue>>,
 }
 
 /// The claims Herald reads from a connection token.
@@ -27,6 +29,9 @@ pub struct Claims {
     pub sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
+    /// Public information about the user (display name, avatar), shown in member lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Why a token was refused. The message is safe to show the client.
@@ -85,7 +90,7 @@ impl TokenVerifier {
             code: ErrorCode::Unauthorized,
             message: format!("token `sub` is not a valid user id: {e}"),
         })?;
-        Ok(Identity { user, expires_at: data.claims.exp })
+        Ok(Identity { user, expires_at: data.claims.exp, info: data.claims.info.map(std::sync::Arc::from) })
     }
 }
 
@@ -94,7 +99,7 @@ impl TokenVerifier {
 /// an empty secret.
 pub fn mint(secret: &str, user: &str, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
     let exp = herald_protocol::publication::now_millis() / 1000 + ttl.as_secs();
-    let claims = Claims { sub: user.to_string(), exp: Some(exp) };
+    let claims = Claims { sub: user.to_string(), exp: Some(exp), info: None };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -126,7 +131,7 @@ mod tests {
         let other = mint("another-secret-another-secret-xx", "alice", Duration::from_secs(60)).unwrap();
         assert_eq!(v.verify(&other).unwrap_err().message, "token signature is invalid");
         let expired = {
-            let claims = Claims { sub: "alice".into(), exp: Some(1_000_000) };
+            let claims = Claims { sub: "alice".into(), exp: Some(1_000_000), info: None };
             jsonwebtoken::encode(
                 &Header::default(),
                 &claims,

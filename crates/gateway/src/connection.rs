@@ -21,6 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::Shared;
 use crate::auth::Identity;
 use crate::hub::ConnHandle;
+use crate::observer::ConnectionInfo;
 use crate::policy;
 
 /// Why the loop ended, and what to tell the client.
@@ -40,7 +41,8 @@ impl Exit {
 pub(crate) struct Connection {
     shared: Shared,
     identity: Identity,
-    client_id: String,
+    /// What observers (presence) know of this connection.
+    info: ConnectionInfo,
     handle: ConnHandle,
     outbound: mpsc::Receiver<Utf8Bytes>,
     /// Every channel this connection is in, its personal and broadcast channels included.
@@ -53,8 +55,14 @@ impl Connection {
     pub(crate) fn new(shared: Shared, identity: Identity) -> Self {
         let id = shared.next_conn_id();
         let (tx, rx) = mpsc::channel(shared.config.outbound_queue);
+        let info = ConnectionInfo {
+            conn_id: id,
+            client_id: format!("{}-{id}", shared.node_id).into(),
+            user: identity.user.clone(),
+            info: identity.info.clone(),
+        };
         Self {
-            client_id: format!("{}-{id}", shared.node_id),
+            info,
             handle: ConnHandle { id, outbound: tx, slow: Default::default() },
             outbound: rx,
             subscriptions: HashSet::new(),
@@ -65,7 +73,7 @@ impl Connection {
     }
 
     pub(crate) fn client_id(&self) -> &str {
-        &self.client_id
+        &self.info.client_id
     }
 
     pub(crate) fn user(&self) -> &herald_protocol::UserId {
@@ -74,9 +82,9 @@ impl Connection {
 
     pub(crate) async fn run(mut self, mut socket: WebSocket) {
         let _guard = self.shared.connection_opened();
-        let exit = match self.start(&mut socket).await {
-            Ok(()) => self.serve(&mut socket).await,
-            Err(exit) => exit,
+        let (greeted, exit) = match self.start(&mut socket).await {
+            Ok(()) => (true, self.serve(&mut socket).await),
+            Err(exit) => (false, exit),
         };
         if let Exit::Close(code, reason) = exit {
             tracing::debug!(code, %reason, "closing connection");
@@ -85,6 +93,9 @@ impl Connection {
         }
         for channel in self.subscriptions.drain() {
             self.shared.hub.leave(&channel, self.handle.id);
+        }
+        if greeted {
+            self.shared.observer.disconnected(&self.info);
         }
     }
 
@@ -96,8 +107,12 @@ impl Connection {
                 return Err(Exit::error(ErrorCode::Unavailable, format!("broker unavailable: {e}")));
             }
         }
-        let hello = ServerFrame::Connected { client_id: &self.client_id, user: &self.identity.user };
-        socket.send(Message::text(hello.to_json())).await.map_err(|_| Exit::Gone)
+        self.shared.observer.connected(&self.info);
+        let hello = ServerFrame::Connected { client_id: &self.info.client_id, user: &self.identity.user };
+        socket.send(Message::text(hello.to_json())).await.map_err(|_| {
+            self.shared.observer.disconnected(&self.info);
+            Exit::Gone
+        })
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
@@ -179,6 +194,12 @@ impl Connection {
                 Ok(()) => ServerFrame::Unsubscribed { id: id.as_ref(), channel: &channel }.to_json(),
                 Err((code, message)) => error_frame(id.as_ref(), code, &message),
             },
+            ClientFrame::Presence { id, channel } => match self.presence(&channel).await {
+                Ok(members) => {
+                    ServerFrame::Presence { id: id.as_ref(), channel: &channel, members: &members }.to_json()
+                }
+                Err((code, message)) => error_frame(id.as_ref(), code, &message),
+            },
             ClientFrame::Publish { id, channel, data, event } => {
                 match self.publish(&channel, &data, event.as_deref()).await {
                     Ok(message_id) => {
@@ -204,7 +225,9 @@ impl Connection {
         self.join(channel.clone()).await.map_err(|e| {
             tracing::warn!(%channel, error = %e, "subscription not confirmed by the broker");
             (ErrorCode::Unavailable, format!("subscription could not be confirmed: {e}"))
-        })
+        })?;
+        self.shared.observer.subscribed(&self.info, channel);
+        Ok(())
     }
 
     /// Joins `channel` in the hub and waits for the broker's confirmation.
@@ -227,7 +250,20 @@ impl Connection {
             return Err((ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
         }
         self.shared.hub.leave(channel, self.handle.id);
+        self.shared.observer.unsubscribed(&self.info, channel);
         Ok(())
+    }
+
+    /// The members of a channel the client is in, from presence.
+    async fn presence(&self, channel: &ChannelName) -> Result<Box<RawValue>, policy::Denied> {
+        policy::can_query_presence(channel, &self.shared.namespaces)?;
+        if !self.subscriptions.contains(channel) {
+            return Err((ErrorCode::NotSubscribed, format!("subscribe to {channel} to see its members")));
+        }
+        let Some(members) = self.shared.observer.members(channel) else {
+            return Err((ErrorCode::Unavailable, "presence is not available on this server".into()));
+        };
+        members.await.map_err(|code| (code, format!("members of {channel} are unavailable right now")))
     }
 
     async fn publish(

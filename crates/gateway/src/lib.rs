@@ -5,6 +5,7 @@
 //! - [`connection`]: one task per socket: client frames in, queued frames out, heartbeats.
 //! - [`policy`]: who may subscribe and publish where.
 //! - [`auth`]: connection tokens into an [`auth::Identity`].
+//! - [`observer`]: the seam through which presence learns of connections and subscriptions.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
 //!   broker and queues each message's bytes, encoded once, to every local subscriber.
 //!
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod config;
 mod connection;
 pub mod hub;
+pub mod observer;
 pub mod policy;
 pub mod server;
 
@@ -29,6 +31,7 @@ use tokio_util::task::TaskTracker;
 pub use auth::{TokenVerifier, mint};
 pub use config::{AuthConfig, GatewayConfig};
 pub use hub::Hub;
+pub use observer::{ConnectionInfo, ConnectionObserver, NoObserver};
 pub use server::serve;
 
 /// A running gateway node. Cheap to clone.
@@ -44,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) verifier: TokenVerifier,
     pub(crate) namespaces: Namespaces,
     pub(crate) hub: Hub,
+    /// Told of every connection and subscription change (presence).
+    pub(crate) observer: Arc<dyn ConnectionObserver>,
     /// Prefix of this node's client ids, random per start, so ids are unique across replicas.
     pub(crate) node_id: String,
     next_conn: AtomicU64,
@@ -63,6 +68,17 @@ impl Gateway {
         namespaces: Namespaces,
         broker: Arc<dyn Broker>,
     ) -> Result<Self, String> {
+        Self::with_observer(config, auth, namespaces, broker, Arc::new(NoObserver))
+    }
+
+    /// As [`Gateway::new`], reporting connections and subscriptions to `observer`.
+    pub fn with_observer(
+        config: GatewayConfig,
+        auth: &AuthConfig,
+        namespaces: Namespaces,
+        broker: Arc<dyn Broker>,
+        observer: Arc<dyn ConnectionObserver>,
+    ) -> Result<Self, String> {
         config.validate()?;
         namespaces.validate().map_err(|e| format!("namespaces: {e}"))?;
         let verifier = TokenVerifier::new(auth)?;
@@ -73,6 +89,7 @@ impl Gateway {
                 verifier,
                 namespaces,
                 hub: Hub::new(broker),
+                observer,
                 node_id,
                 next_conn: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),

@@ -37,6 +37,15 @@ pub fn can_publish(_who: &Identity, channel: &ChannelName, namespaces: &Namespac
     }
 }
 
+/// Whether a client may ask for the members of `channel` (it must also be subscribed to it).
+pub fn can_query_presence(channel: &ChannelName, namespaces: &Namespaces) -> Result<(), Denied> {
+    match namespaces.lookup(channel) {
+        Err(code) => Err((code, unknown(channel))),
+        Ok(Some(ns)) if ns.presence && ns.client_presence => Ok(()),
+        Ok(_) => Err((ErrorCode::Forbidden, format!("the members of {channel} are not shown to clients"))),
+    }
+}
+
 fn unknown(channel: &ChannelName) -> String {
     match channel.namespace() {
         Some(ns) => format!("unknown channel {channel}: namespace {ns:?} is not configured"),
@@ -51,7 +60,7 @@ mod tests {
     use super::*;
 
     fn who(user: &str) -> Identity {
-        Identity { user: UserId::parse(user).unwrap(), expires_at: None }
+        Identity { user: UserId::parse(user).unwrap(), expires_at: None, info: None }
     }
 
     fn ch(s: &str) -> ChannelName {
@@ -73,9 +82,9 @@ mod tests {
     #[test]
     fn namespaces_decide_the_rest() {
         let mut ns = Namespaces::default();
-        ns.0.insert("chat".into(), NamespaceConfig { subscribe: true, publish: true });
+        ns.0.insert("chat".into(), NamespaceConfig { publish: true, ..Default::default() });
         ns.0.insert("news".into(), NamespaceConfig::default());
-        ns.0.insert("internal".into(), NamespaceConfig { subscribe: false, publish: false });
+        ns.0.insert("internal".into(), NamespaceConfig { subscribe: false, ..Default::default() });
         assert!(can_subscribe(&who("a"), &ch("chat:x"), &ns).is_ok());
         assert!(can_publish(&who("a"), &ch("chat:x"), &ns).is_ok());
         assert!(can_subscribe(&who("a"), &ch("news:x"), &ns).is_ok());

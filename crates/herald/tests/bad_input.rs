@@ -37,6 +37,7 @@ async fn bad_frames_get_errors_and_the_connection_survives() {
         (json!({"type": "subscribe", "id": 10, "channel": "secret:x"}), "unknown_channel"),
         (json!({"type": "subscribe", "id": 11, "channel": "nonamespace"}), "unknown_channel"),
         (json!({"type": "unsubscribe", "id": 12, "channel": "broadcast"}), "forbidden"),
+        (json!({"type": "presence", "id": 15, "channel": "room:x"}), "forbidden"),
         (json!({"type": "publish", "id": 13, "channel": "chat:x"}), "malformed_frame"),
         (
             json!({"type": "publish", "id": 14, "channel": "chat:x", "data": 1, "event": ""}),

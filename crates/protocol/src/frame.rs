@@ -40,6 +40,11 @@ pub enum ClientFrame {
         data: Box<RawValue>,
         event: Option<String>,
     },
+    /// Ask for the members of a channel the client is subscribed to.
+    Presence {
+        id: Option<RequestId>,
+        channel: ChannelName,
+    },
 }
 
 /// Why a client frame was refused. It carries the request id when one could be read, so the
@@ -103,6 +108,7 @@ impl ClientFrame {
             "subscribe" => Ok(Self::Subscribe { channel: channel()?, id }),
             "unsubscribe" => Ok(Self::Unsubscribe { channel: channel()?, id }),
             "ping" => Ok(Self::Ping { id }),
+            "presence" => Ok(Self::Presence { channel: channel()?, id }),
             "publish" => {
                 let channel = channel()?;
                 let data =
@@ -111,7 +117,9 @@ impl ClientFrame {
             }
             other => Err(err(
                 ErrorCode::UnknownType,
-                format!("unknown frame type {other:?}; expected subscribe, unsubscribe, ping or publish"),
+                format!(
+                    "unknown frame type {other:?}; expected subscribe, unsubscribe, publish, presence or ping"
+                ),
             )),
         }
     }
@@ -145,6 +153,12 @@ pub enum ServerFrame<'a> {
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
+    },
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        channel: &'a ChannelName,
+        members: &'a RawValue,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]

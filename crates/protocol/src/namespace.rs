@@ -24,11 +24,17 @@ pub struct NamespaceConfig {
     /// Clients may publish into its channels over their WebSocket (chat rooms). Messages carry
     /// the sender in `from`. Off unless configured: backends publish through the publisher API.
     pub publish: bool,
+    /// Presence tracks who is in its channels (member lists and counts).
+    pub presence: bool,
+    /// Subscribers receive `join` and `leave` frames when members come and go.
+    pub join_leave: bool,
+    /// Subscribed clients may ask for the channel's members with a `presence` frame.
+    pub client_presence: bool,
 }
 
 impl Default for NamespaceConfig {
     fn default() -> Self {
-        Self { subscribe: true, publish: false }
+        Self { subscribe: true, publish: false, presence: true, join_leave: false, client_presence: false }
     }
 }
 
@@ -73,7 +79,7 @@ mod tests {
     #[test]
     fn channels_resolve_to_their_namespace_or_are_unknown() {
         let mut ns = Namespaces::default();
-        ns.0.insert("chat".into(), NamespaceConfig { subscribe: true, publish: true });
+        ns.0.insert("chat".into(), NamespaceConfig { publish: true, ..Default::default() });
         assert!(ns.lookup(&ch("chat:lobby")).unwrap().unwrap().publish);
         assert_eq!(ns.lookup(&ch("news:today")), Err(ErrorCode::UnknownChannel));
         assert_eq!(ns.lookup(&ch("plain")), Err(ErrorCode::UnknownChannel));

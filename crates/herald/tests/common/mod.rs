@@ -61,7 +61,7 @@ pub struct Cluster {
 pub fn namespaces() -> Namespaces {
     let mut ns = Namespaces::default();
     ns.0.insert("room".into(), NamespaceConfig::default());
-    ns.0.insert("chat".into(), NamespaceConfig { subscribe: true, publish: true });
+    ns.0.insert("chat".into(), NamespaceConfig { publish: true, ..Default::default() });
     ns
 }
 
