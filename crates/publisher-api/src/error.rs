@@ -72,6 +72,8 @@ impl IntoResponse for ApiError {
         let message = self.to_string();
         let body = Body { error: Detail { code: code.as_str(), message: &message } };
         let mut response = (status, axum::Json(body)).into_response();
+        // Read by the metrics middleware, which labels requests by error code.
+        response.extensions_mut().insert(code);
         if code == ErrorCode::Unauthorized {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -12,7 +12,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::auth::ApiKeys;
 use crate::error::ApiError;
 use crate::pb;
 use crate::service::{Draft, Target, json_data};
@@ -25,7 +24,7 @@ pub type GrpcService =
 
 /// Builds the service, accepting request messages up to `max_message` bytes.
 pub(crate) fn service(shared: Arc<Shared>, max_message: usize) -> GrpcService {
-    let keys = RequireApiKey { keys: shared.keys.clone() };
+    let keys = RequireApiKey { shared: shared.clone() };
     let server = pb::publisher_server::PublisherServer::new(GrpcPublisher { shared })
         .max_decoding_message_size(max_message);
     InterceptedService::new(server, keys)
@@ -36,16 +35,18 @@ pub(crate) fn service(shared: Arc<Shared>, max_message: usize) -> GrpcService {
 /// without a key cannot make the server buffer and decode a large message.
 #[derive(Clone)]
 pub struct RequireApiKey {
-    keys: ApiKeys,
+    shared: Arc<Shared>,
 }
 
 impl tonic::service::Interceptor for RequireApiKey {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let value = request.metadata().get("authorization").map(|v| v.as_bytes());
-        match self.keys.check(value) {
+        match self.shared.keys.check(value) {
             Ok(()) => Ok(request),
             Err(e) => {
                 tracing::debug!("grpc call without a valid api key");
+                // The method is not known here; refused calls are counted under `*`.
+                self.shared.metrics.record("grpc", "*", "unauthorized", std::time::Instant::now());
                 Err(e.into())
             }
         }
@@ -59,10 +60,32 @@ pub struct GrpcPublisher {
 }
 
 impl GrpcPublisher {
-    async fn publish_one(&self, draft: Draft<'_>) -> Result<Response<pb::PublishReply>, Status> {
-        let prepared = self.shared.service.prepare(draft)?;
+    async fn publish_one(&self, draft: Result<Draft<'_>, ApiError>) -> Result<pb::PublishReply, ApiError> {
+        let prepared = self.shared.service.prepare(draft?)?;
         let id = self.shared.service.publish(prepared).await?;
-        Ok(Response::new(pb::PublishReply { id }))
+        Ok(pb::PublishReply { id })
+    }
+
+    /// Runs one call inside a span carrying its request id (the caller's `x-request-id`
+    /// metadata, or a new one) and records it in the metrics.
+    async fn observed<M, T>(
+        &self,
+        method: &'static str,
+        request: &Request<M>,
+        work: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        let started = std::time::Instant::now();
+        let id = crate::metrics::request_id(request.metadata().get("x-request-id").map(|v| v.as_bytes()));
+        let span = tracing::info_span!("request", id = %id, transport = "grpc", endpoint = method);
+        let result = tracing::Instrument::instrument(work, span.clone()).await;
+        let outcome = result.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok");
+        span.in_scope(|| tracing::debug!(outcome, "request done"));
+        self.shared.metrics.record("grpc", method, outcome, started);
+        let mut response = Response::new(result?);
+        if let Ok(value) = id.parse() {
+            response.metadata_mut().insert("x-request-id", value);
+        }
+        Ok(response)
     }
 }
 
@@ -97,40 +120,43 @@ impl pb::publisher_server::Publisher for GrpcPublisher {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
-        self.publish_one(Draft::try_from(request.get_ref())?).await
+        self.observed("Publish", &request, self.publish_one(Draft::try_from(request.get_ref()))).await
     }
 
     async fn publish_batch(
         &self,
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchReply>, Status> {
-        let service = &self.shared.service;
-        let messages = &request.get_ref().messages;
-        service.check_batch_len(messages.len())?;
-        let prepared = messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                Draft::try_from(m)
-                    .and_then(|d| service.prepare(d))
-                    .map_err(|e| e.at(&format!("messages[{i}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let ids = service.publish_batch(prepared).await?;
-        Ok(Response::new(pb::PublishBatchReply { ids }))
+        let work = async {
+            let service = &self.shared.service;
+            let messages = &request.get_ref().messages;
+            service.check_batch_len(messages.len())?;
+            let prepared = messages
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    Draft::try_from(m)
+                        .and_then(|d| service.prepare(d))
+                        .map_err(|e| e.at(&format!("messages[{i}]")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let ids = service.publish_batch(prepared).await?;
+            Ok(pb::PublishBatchReply { ids })
+        };
+        self.observed("PublishBatch", &request, work).await
     }
 
     async fn broadcast(
         &self,
         request: Request<pb::BroadcastRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
-        self.publish_one(Draft::try_from(request.get_ref())?).await
+        self.observed("Broadcast", &request, self.publish_one(Draft::try_from(request.get_ref()))).await
     }
 
     async fn notify(
         &self,
         request: Request<pb::NotifyRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
-        self.publish_one(Draft::try_from(request.get_ref())?).await
+        self.observed("Notify", &request, self.publish_one(Draft::try_from(request.get_ref()))).await
     }
 }

@@ -34,7 +34,33 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/broadcast", post(broadcast).layer(single))
         .route("/v1/users/{user}/notify", post(notify).layer(single))
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_api_key));
-    Router::new().route("/livez", get(livez)).route("/readyz", get(readyz)).merge(v1).with_state(shared)
+    let v1 = v1.layer(middleware::from_fn_with_state(shared.clone(), observe));
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|State(shared): State<Arc<Shared>>| async move { shared.metrics.encode() }))
+        .merge(v1)
+        .with_state(shared)
+}
+
+/// Gives every `/v1` request an id (the caller's `x-request-id`, or a new one) that its log
+/// lines carry and the reply echoes, and records it in the metrics.
+async fn observe(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let id = crate::metrics::request_id(request.headers().get("x-request-id").map(|v| v.as_bytes()));
+    let endpoint = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| request.uri().path().to_string(), |p| p.as_str().to_string());
+    let span = tracing::info_span!("request", id = %id, transport = "http", endpoint = %endpoint);
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let outcome = response.extensions().get::<ErrorCode>().map_or("ok", |c| c.as_str());
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), outcome, "request done"));
+    shared.metrics.record("http", &endpoint, outcome, started);
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 /// Refuses `/v1` requests without a valid API key, before their body is read.

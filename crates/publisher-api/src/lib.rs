@@ -12,6 +12,7 @@
 //!   receive, and publishes the bytes through the [`Broker`].
 //! - [`error`]: [`ApiError`], shown as a JSON body over HTTP and as a status over gRPC, both
 //!   coded by the shared [`herald_protocol::ErrorCode`] table.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`) and request ids for the logs.
 //! - [`config`]: [`PublisherConfig`]; [`server`]: [`serve`], which runs both listeners until
 //!   shutdown.
 //!
@@ -29,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod service;
 
@@ -80,6 +82,7 @@ pub(crate) struct Shared {
     service: service::Service,
     keys: auth::ApiKeys,
     limits: Limits,
+    metrics: metrics::PublisherMetrics,
 }
 
 /// The publisher API, ready to be served. Cheap to clone: clones share one state.
@@ -93,11 +96,9 @@ impl PublisherApi {
     /// keys every `/v1` request is refused rather than let through.
     pub fn new(config: PublisherConfig, namespaces: Namespaces, broker: Arc<dyn Broker>) -> Self {
         let limits = Limits::new(&config);
-        let shared = Shared {
-            service: service::Service::new(namespaces, broker, config.max_message_size, config.max_batch),
-            keys: auth::ApiKeys::new(&config.api_keys),
-            limits,
-        };
+        let service = service::Service::new(namespaces, broker, config.max_message_size, config.max_batch);
+        let metrics = metrics::PublisherMetrics::new(service.messages_counter());
+        let shared = Shared { service, keys: auth::ApiKeys::new(&config.api_keys), limits, metrics };
         Self { shared: Arc::new(shared) }
     }
 
@@ -111,6 +112,11 @@ impl PublisherApi {
     /// the batch body limit.
     pub fn grpc_service(&self) -> GrpcService {
         grpc::service(self.shared.clone(), self.shared.limits.batch_body)
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.shared.metrics.encode()
     }
 
     /// The broker engine's name, for logs.

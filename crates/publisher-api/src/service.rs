@@ -54,6 +54,8 @@ pub struct Service {
     broker: Arc<dyn Broker>,
     max_message_size: usize,
     max_batch: usize,
+    /// Messages the broker accepted (exported as a metric).
+    messages: prometheus_client::metrics::counter::Counter,
 }
 
 impl Service {
@@ -63,7 +65,12 @@ impl Service {
         max_message_size: usize,
         max_batch: usize,
     ) -> Self {
-        Self { namespaces, broker, max_message_size, max_batch }
+        Self { namespaces, broker, max_message_size, max_batch, messages: Default::default() }
+    }
+
+    /// The counter of messages the broker accepted.
+    pub fn messages_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.messages.clone()
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -125,6 +132,7 @@ impl Service {
             tracing::warn!(error = %e, channel = %message.channel, engine = self.broker.name(), "publish failed");
             return Err(ApiError::Unavailable(e));
         }
+        self.messages.inc();
         tracing::debug!(channel = %message.channel, id = %message.id, bytes, "published");
         Ok(message.id)
     }
@@ -137,6 +145,7 @@ impl Service {
             tracing::warn!(error = %e, messages = batch.len(), engine = self.broker.name(), "batch publish failed");
             return Err(ApiError::Unavailable(e));
         }
+        self.messages.inc_by(ids.len() as u64);
         tracing::debug!(messages = ids.len(), "published batch");
         Ok(ids)
     }

@@ -1,0 +1,93 @@
+//! Prometheus metrics of the publisher API, served at `GET /metrics` on the HTTP listener, and
+//! the request ids that tie a request's log lines together.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `http` or `grpc`.
+    pub transport: &'static str,
+    /// The route (`/v1/publish`) or gRPC method (`Publish`).
+    pub endpoint: String,
+    /// `ok`, or the error code (`unavailable`, `unauthorized`, ...).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub transport: &'static str,
+}
+
+/// Every metric the publisher API exports.
+pub struct PublisherMetrics {
+    registry: Mutex<Registry>,
+    /// Requests by transport, endpoint and outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request handling time by transport.
+    pub duration: Family<TransportLabels, Histogram>,
+    /// Messages handed to the broker successfully.
+    pub messages: Counter,
+}
+
+impl PublisherMetrics {
+    /// Registers every metric; `messages` is the service's counter of published messages.
+    pub fn new(messages: Counter) -> Self {
+        let duration = Family::<TransportLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+        });
+        let metrics = Self {
+            registry: Mutex::new(Registry::default()),
+            requests: Family::default(),
+            duration,
+            messages,
+        };
+        let mut registry = Registry::with_prefix("herald_publisher");
+        registry.register(
+            "requests",
+            "Publish requests by transport, endpoint and outcome",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to handle a publish request",
+            metrics.duration.clone(),
+        );
+        registry.register("messages", "Messages accepted by the broker", metrics.messages.clone());
+        *metrics.registry.lock().expect("registry lock poisoned") = registry;
+        metrics
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, transport: &'static str, endpoint: &str, outcome: &'static str, started: Instant) {
+        let labels = RequestLabels { transport, endpoint: endpoint.to_string(), outcome };
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&TransportLabels { transport }).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("registry lock poisoned");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The caller's request id when it is a sensible token (at most 64 visible ASCII characters),
+/// or a fresh UUIDv7.
+pub fn request_id(given: Option<&[u8]>) -> String {
+    match given {
+        Some(id) if !id.is_empty() && id.len() <= 64 && id.iter().all(|b| b.is_ascii_graphic()) => {
+            String::from_utf8_lossy(id).into_owned()
+        }
+        _ => uuid::Uuid::now_v7().to_string(),
+    }
+}
