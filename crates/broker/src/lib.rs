@@ -89,6 +89,11 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Channels the engine is currently subscribed to for this node, for metrics.
     fn active_channels(&self) -> usize;
 
+    /// How many times the node's subscription connection was re-established, for metrics.
+    fn reconnects(&self) -> u64 {
+        0
+    }
+
     /// Stops the node's subscription side (closes its connection).
     fn close(&self);
 }

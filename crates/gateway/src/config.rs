@@ -40,6 +40,16 @@ pub struct GatewayConfig {
     /// How long writing the close frame to a departing client may take.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// On shutdown, connections are closed (1012) at random moments spread over this window,
+    /// so their clients do not all reconnect to the other replicas at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// How often the delivery canary goes through the broker.
+    #[serde(with = "humantime_serde")]
+    pub canary_interval: Duration,
+    /// How long a canary may take to come back before the gateway reports not ready.
+    #[serde(with = "humantime_serde")]
+    pub canary_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +66,9 @@ impl Default for GatewayConfig {
             write_buffer_size: 4 * 1024,
             max_write_buffer_size: 1024 * 1024,
             close_timeout: Duration::from_secs(1),
+            drain_window: Duration::from_secs(10),
+            canary_interval: Duration::from_secs(2),
+            canary_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -79,6 +92,9 @@ impl GatewayConfig {
         }
         if self.pong_timeout <= self.ping_interval {
             return Err("gateway.pong_timeout: must be longer than gateway.ping_interval".into());
+        }
+        if self.canary_interval.is_zero() || self.canary_timeout.is_zero() {
+            return Err("gateway.canary_interval, gateway.canary_timeout: must be greater than 0".into());
         }
         if self.max_write_buffer_size <= self.write_buffer_size + self.max_message_size {
             return Err(

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use herald_protocol::{
     ChannelKind, ChannelName, ClientFrame, CloseCode, ErrorCode, Publication, RequestId, ServerFrame,
@@ -20,7 +20,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Shared;
 use crate::auth::Identity;
-use crate::hub::ConnHandle;
+use crate::hub::{ConnHandle, Outbound};
+use crate::metrics::GatewayMetrics;
 use crate::observer::ConnectionInfo;
 use crate::policy;
 
@@ -44,7 +45,7 @@ pub(crate) struct Connection {
     /// What observers (presence) know of this connection.
     info: ConnectionInfo,
     handle: ConnHandle,
-    outbound: mpsc::Receiver<Utf8Bytes>,
+    outbound: mpsc::Receiver<Outbound>,
     /// Every channel this connection is in, its personal and broadcast channels included.
     subscriptions: HashSet<ChannelName>,
     /// When the client last sent anything (a pong counts).
@@ -86,11 +87,16 @@ impl Connection {
             Ok(()) => (true, self.serve(&mut socket).await),
             Err(exit) => (false, exit),
         };
+        self.shared.metrics.closed(match &exit {
+            Exit::Close(code, _) => Some(*code),
+            Exit::Gone => None,
+        });
         if let Exit::Close(code, reason) = exit {
             tracing::debug!(code, %reason, "closing connection");
             let frame = CloseFrame { code, reason: reason.into() };
             let _ = tokio::time::timeout(self.shared.config.close_timeout, close(&mut socket, frame)).await;
         }
+        self.shared.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
         for channel in self.subscriptions.drain() {
             self.shared.hub.leave(&channel, self.handle.id);
         }
@@ -132,16 +138,25 @@ impl Connection {
         };
         tokio::pin!(expired);
         let slow = self.handle.slow.clone();
+        // On shutdown the connection keeps being served until a random moment within the drain
+        // window, so clients reconnect elsewhere spread out, and receive messages until then.
         let shutdown = self.shared.shutdown.clone();
+        let window = config.drain_window.as_secs_f64();
+        let drained = async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs_f64(window * rand::random::<f64>())).await;
+        };
+        tokio::pin!(drained);
+        let metrics = self.shared.metrics.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = slow.cancelled() => return slow_consumer(),
-                _ = shutdown.cancelled() => {
+                _ = &mut drained => {
                     return Exit::error(ErrorCode::ShuttingDown, "server shutting down, reconnect");
                 }
                 Some(first) = self.outbound.recv() => {
-                    let write = write_batch(socket, first, &mut self.outbound, config.write_batch);
+                    let write = write_batch(socket, first, &mut self.outbound, config.write_batch, &metrics);
                     tokio::select! {
                         r = write => if r.is_err() { return Exit::Gone },
                         _ = slow.cancelled() => return slow_consumer(),
@@ -234,9 +249,11 @@ impl Connection {
     async fn join(&mut self, channel: ChannelName) -> Result<(), std::sync::Arc<str>> {
         let confirmed = self.shared.hub.join(&channel, self.handle.clone());
         self.subscriptions.insert(channel.clone());
+        self.shared.metrics.subscriptions.inc();
         let result = confirmed.await;
         if result.is_err() {
             self.subscriptions.remove(&channel);
+            self.shared.metrics.subscriptions.dec();
             self.shared.hub.leave(&channel, self.handle.id);
         }
         result
@@ -249,6 +266,7 @@ impl Connection {
         if !self.subscriptions.remove(channel) {
             return Err((ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
         }
+        self.shared.metrics.subscriptions.dec();
         self.shared.hub.leave(channel, self.handle.id);
         self.shared.observer.unsubscribed(&self.info, channel);
         Ok(())
@@ -300,20 +318,31 @@ async fn close(socket: &mut WebSocket, frame: CloseFrame) {
 }
 
 /// Writes `first` and up to `max - 1` more queued frames, then flushes once.
+/// Records the batch in the delivery metrics.
 async fn write_batch(
     socket: &mut WebSocket,
-    first: Utf8Bytes,
-    queue: &mut mpsc::Receiver<Utf8Bytes>,
+    first: Outbound,
+    queue: &mut mpsc::Receiver<Outbound>,
     max: usize,
+    metrics: &GatewayMetrics,
 ) -> Result<(), axum::Error> {
-    socket.feed(Message::Text(first)).await?;
-    for _ in 1..max {
+    let oldest = first.ts;
+    socket.feed(Message::Text(first.frame)).await?;
+    let mut written = 1;
+    while written < max {
         match queue.try_recv() {
-            Ok(frame) => socket.feed(Message::Text(frame)).await?,
+            Ok(out) => socket.feed(Message::Text(out.frame)).await?,
             Err(_) => break,
         }
+        written += 1;
     }
-    socket.flush().await
+    socket.flush().await?;
+    metrics.frames_delivered.inc_by(written as u64);
+    if oldest > 0 {
+        let now = herald_protocol::publication::now_millis();
+        metrics.delivery_latency.observe(now.saturating_sub(oldest) as f64 / 1000.0);
+    }
+    Ok(())
 }
 
 fn slow_consumer() -> Exit {

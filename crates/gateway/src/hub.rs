@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
@@ -19,6 +18,8 @@ use herald_broker::{Broker, Delivery, Subscriber};
 use herald_protocol::ChannelName;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::GatewayMetrics;
 
 /// Number of independently locked parts of the channel map, so that joins and deliveries on
 /// different channels do not contend.
@@ -32,9 +33,19 @@ pub type ConnId = u64;
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
-    pub outbound: mpsc::Sender<Utf8Bytes>,
+    pub outbound: mpsc::Sender<Outbound>,
     /// Cancelled when the connection's queue overflowed.
     pub slow: CancellationToken,
+}
+
+/// One frame waiting in a connection's queue.
+#[derive(Clone)]
+pub struct Outbound {
+    /// The encoded frame, shared by every subscriber.
+    pub frame: Utf8Bytes,
+    /// The message's publish time (ms since the Unix epoch), for the latency metric; 0 if
+    /// unknown.
+    pub ts: u64,
 }
 
 type Confirmation = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
@@ -44,17 +55,6 @@ struct ChannelEntry {
     /// Resolves once the broker confirmed the node's subscription; joiners wait on it before
     /// they tell their client `subscribed`.
     confirmed: Confirmation,
-}
-
-/// Counters the hub keeps for metrics and tests.
-#[derive(Default)]
-pub struct HubStats {
-    /// Messages received from the broker.
-    pub messages_in: AtomicU64,
-    /// Frames queued to connections.
-    pub frames_queued: AtomicU64,
-    /// Connections cut off because their queue was full.
-    pub slow_consumers: AtomicU64,
 }
 
 /// The channel map of one gateway node. Cheap to clone.
@@ -70,7 +70,7 @@ struct HubInner {
     /// The node's broker subscription; set once, right after the hub is built, because the
     /// subscriber needs the hub (as its [`Delivery`]) to exist first.
     subscriber: OnceLock<Arc<dyn Subscriber>>,
-    stats: HubStats,
+    metrics: Arc<GatewayMetrics>,
 }
 
 /// Hands broker messages to the hub without keeping it alive.
@@ -86,13 +86,13 @@ impl Delivery for HubDelivery {
 
 impl Hub {
     /// Builds the hub and starts the node's broker subscription.
-    pub fn new(broker: Arc<dyn Broker>) -> Self {
+    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<GatewayMetrics>) -> Self {
         let inner = Arc::new(HubInner {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             broker,
             subscriber: OnceLock::new(),
-            stats: HubStats::default(),
+            metrics,
         });
         let subscriber = inner.broker.subscriber(Arc::new(HubDelivery(Arc::downgrade(&inner))));
         let _ = inner.subscriber.set(subscriber);
@@ -105,10 +105,6 @@ impl Hub {
 
     pub fn subscriber(&self) -> &Arc<dyn Subscriber> {
         self.inner.subscriber.get().expect("subscriber is set in Hub::new")
-    }
-
-    pub fn stats(&self) -> &HubStats {
-        &self.inner.stats
     }
 
     /// Adds `conn` to `channel`'s subscribers. Resolves once messages of the channel are
@@ -165,27 +161,53 @@ impl HubInner {
     }
 
     fn deliver(&self, channel: &str, payload: Bytes) {
-        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.metrics.messages_in.inc();
+        let ts = publish_time(&payload);
         let Ok(frame) = Utf8Bytes::try_from(payload) else {
             tracing::warn!(channel, "dropped a broker message that is not UTF-8");
             return;
         };
         let shard = self.shard(channel).read().expect("hub lock poisoned");
         let Some(entry) = shard.get(channel) else { return };
-        let mut queued = 0;
+        let out = Outbound { frame, ts };
         for conn in entry.conns.values() {
-            match conn.outbound.try_send(frame.clone()) {
-                Ok(()) => queued += 1,
+            match conn.outbound.try_send(out.clone()) {
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !conn.slow.is_cancelled() {
                         conn.slow.cancel();
-                        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.slow_consumers.inc();
                     }
                 }
                 // The connection is closing and will leave the channel shortly.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        self.stats.frames_queued.fetch_add(queued, Ordering::Relaxed);
+    }
+}
+
+/// The `ts` field of an encoded message frame, found without parsing the JSON: publishers
+/// encode `type`, `channel`, `id` and `ts` first, and none of them can contain `"ts":`.
+fn publish_time(frame: &[u8]) -> u64 {
+    const KEY: &[u8] = b"\"ts\":";
+    let head = &frame[..frame.len().min(512)];
+    let Some(at) = head.windows(KEY.len()).position(|w| w == KEY) else { return 0 };
+    head[at + KEY.len()..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_time_is_read_from_the_frame_head() {
+        let ch = ChannelName::parse("room:a").unwrap();
+        let data = serde_json::value::RawValue::from_string(r#"{"ts":1}"#.into()).unwrap();
+        let p = herald_protocol::Publication::new(&ch, &data, None).unwrap();
+        assert_eq!(publish_time(&p.encode()), p.ts);
+        assert_eq!(publish_time(b"not a frame"), 0);
     }
 }

@@ -6,6 +6,8 @@
 //! - [`policy`]: who may subscribe and publish where.
 //! - [`auth`]: connection tokens into an [`auth::Identity`].
 //! - [`observer`]: the seam through which presence learns of connections and subscriptions.
+//! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
+//!   a message through the broker to itself.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
 //!   broker and queues each message's bytes, encoded once, to every local subscriber.
 //!
@@ -13,15 +15,17 @@
 //! bounded queue -> connection task -> socket.
 
 pub mod auth;
+mod canary;
 pub mod config;
 mod connection;
 pub mod hub;
+pub mod metrics;
 pub mod observer;
 pub mod policy;
 pub mod server;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use herald_broker::Broker;
 use herald_protocol::Namespaces;
@@ -31,6 +35,7 @@ use tokio_util::task::TaskTracker;
 pub use auth::{TokenVerifier, mint};
 pub use config::{AuthConfig, GatewayConfig};
 pub use hub::Hub;
+pub use metrics::GatewayMetrics;
 pub use observer::{ConnectionInfo, ConnectionObserver, NoObserver};
 pub use server::serve;
 
@@ -52,7 +57,9 @@ pub(crate) struct Inner {
     /// Prefix of this node's client ids, random per start, so ids are unique across replicas.
     pub(crate) node_id: String,
     next_conn: AtomicU64,
-    connections: AtomicUsize,
+    pub(crate) metrics: Arc<GatewayMetrics>,
+    /// Whether the last delivery canary came back in time.
+    canary_ok: Arc<AtomicBool>,
     /// Cancelled when the gateway shuts down; every connection closes with 1012.
     pub(crate) shutdown: CancellationToken,
     /// Connection tasks, so shutdown can wait for them (axum does not track upgraded sockets).
@@ -83,17 +90,30 @@ impl Gateway {
         namespaces.validate().map_err(|e| format!("namespaces: {e}"))?;
         let verifier = TokenVerifier::new(auth)?;
         let node_id = format!("{:08x}", rand_u32());
+        let metrics = Arc::new(GatewayMetrics::default());
+        let hub = Hub::new(broker, metrics.clone());
+        let canary_ok = Arc::new(AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(canary::run(
+            hub.clone(),
+            canary::channel(&node_id),
+            config.canary_interval,
+            config.canary_timeout,
+            canary_ok.clone(),
+            shutdown.clone(),
+        ));
         Ok(Self {
             shared: Arc::new(Inner {
                 config: Arc::new(config),
                 verifier,
                 namespaces,
-                hub: Hub::new(broker),
+                hub,
                 observer,
                 node_id,
-                next_conn: AtomicU64::new(1),
-                connections: AtomicUsize::new(0),
-                shutdown: CancellationToken::new(),
+                next_conn: AtomicU64::new(canary::CANARY_CONN + 1),
+                metrics,
+                canary_ok,
+                shutdown,
                 tasks: TaskTracker::new(),
             }),
         })
@@ -105,13 +125,34 @@ impl Gateway {
 
     /// Open WebSocket connections.
     pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::Relaxed)
+        self.shared.metrics.connections.get() as usize
     }
 
-    /// Whether the node can deliver: its broker subscriptions are live and it is not
-    /// shutting down.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.shared.metrics
+    }
+
+    /// Whether the node delivers: its broker subscriptions are live, its last delivery canary
+    /// came back in time, and it is not shutting down.
     pub fn is_ready(&self) -> bool {
-        !self.shared.shutdown.is_cancelled() && *self.shared.hub.subscriber().status().borrow()
+        !self.shared.shutdown.is_cancelled()
+            && *self.shared.hub.subscriber().status().borrow()
+            && self.shared.canary_ok.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining: `/readyz` turns 503 and every connection closes with 1012 at a random
+    /// moment within `gateway.drain_window`. [`serve`] does this when its shutdown resolves.
+    pub fn drain(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// The metrics in Prometheus text format, with state gauges refreshed.
+    pub fn render_metrics(&self) -> String {
+        let metrics = &self.shared.metrics;
+        metrics.channels.set(self.shared.hub.channel_count() as i64);
+        metrics.observe_reconnects(self.shared.hub.subscriber().reconnects());
+        metrics.ready.set(i64::from(self.is_ready()));
+        metrics.encode()
     }
 }
 
@@ -122,7 +163,8 @@ impl Inner {
 
     /// Counts an open connection until the guard drops.
     pub(crate) fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections.inc();
+        self.metrics.connections_opened.inc();
         ConnectionGuard(self.clone())
     }
 }
@@ -131,7 +173,7 @@ pub(crate) struct ConnectionGuard(Shared);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connections.dec();
     }
 }
 

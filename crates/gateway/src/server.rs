@@ -27,6 +27,7 @@ impl Gateway {
             .route("/ws", get(connect))
             .route("/livez", get(|| async { "ok" }))
             .route("/readyz", get(ready))
+            .route("/metrics", get(|State(gateway): State<Gateway>| async move { gateway.render_metrics() }))
             .with_state(self.clone())
     }
 }

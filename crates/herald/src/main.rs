@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald::{roles, telemetry, Config};
+use herald::{Config, roles, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "Herald: real-time push over WebSocket")]

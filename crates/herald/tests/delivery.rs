@@ -73,7 +73,7 @@ async fn notify_reaches_every_connection_of_the_user_and_nobody_else(engine: Eng
     let cluster = Cluster::start(engine, 2).await;
     let mut alice = vec![cluster.connect(0, "alice").await, cluster.connect(0, "alice").await];
     alice.push(cluster.connect(1, "alice").await);
-    let mut bob = cluster.connect(1, "bob").await;
+    let bob = cluster.connect(1, "bob").await;
 
     let resp = cluster.post("/v1/users/alice/notify", json!({"data": {"n": 1}, "event": "ping"})).await;
     assert_eq!(resp.status(), 200);

@@ -21,6 +21,6 @@ pub mod user;
 pub use channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, InvalidName, PERSONAL_NAMESPACE};
 pub use error::{CloseCode, ErrorCode};
 pub use frame::{ClientFrame, FrameError, RequestId, ServerFrame};
-pub use namespace::{DEFAULT_NAMESPACE, NamespaceConfig, Namespaces};
+pub use namespace::{DEFAULT_NAMESPACE, INTERNAL_NAMESPACE, NamespaceConfig, Namespaces};
 pub use publication::{Publication, PublicationError};
 pub use user::UserId;

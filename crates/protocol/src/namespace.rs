@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, PERSONAL_NAMESPACE};
 use crate::error::ErrorCode;
 
+/// Reserved for Herald's own channels (the gateways' delivery canaries).
+pub const INTERNAL_NAMESPACE: &str = "herald";
+
 /// The namespace that governs channels without `:` in their name.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -47,7 +50,7 @@ impl Namespaces {
     /// Refuses names that collide with the built-in channels or could never match a channel.
     pub fn validate(&self) -> Result<(), String> {
         for name in self.0.keys() {
-            if name == PERSONAL_NAMESPACE || name == BROADCAST_CHANNEL {
+            if name == PERSONAL_NAMESPACE || name == BROADCAST_CHANNEL || name == INTERNAL_NAMESPACE {
                 return Err(format!("namespace {name:?} is built in and cannot be configured"));
             }
             if ChannelName::parse(&format!("{name}:x")).is_err() || name.contains(':') {

@@ -78,6 +78,23 @@ impl RedisServer {
         panic!("redis-server on port {} did not answer PING within 10 s", self.port);
     }
 
+    /// Sends one command and returns the first line of the reply (`+OK`, `:1`, `-ERR ...`).
+    pub async fn command(&self, args: &[&str]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.expect("redis is not running");
+        let mut out = format!("*{}\r\n", args.len());
+        for arg in args {
+            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(out.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply[..reply.len() - 2]).into_owned()
+    }
+
     /// Whether the server answers `PING` right now.
     pub async fn ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)).await else { return false };

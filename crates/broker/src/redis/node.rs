@@ -8,6 +8,7 @@
 //! channel dirty again. After a reconnect everything wanted is dirty, so it is resubscribed.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,10 @@ pub(super) struct NodeShared {
     status: watch::Sender<bool>,
     stop: CancellationToken,
     subscribe_timeout: Duration,
+    /// Successful connections after the first.
+    reconnects: AtomicU64,
+    /// Whether a connection was ever made.
+    connected_once: AtomicBool,
 }
 
 #[derive(Default)]
@@ -60,6 +65,8 @@ impl NodeShared {
             status: watch::Sender::new(false),
             stop,
             subscribe_timeout,
+            reconnects: AtomicU64::new(0),
+            connected_once: AtomicBool::new(false),
         })
     }
 
@@ -128,6 +135,10 @@ impl Subscriber for RedisSubscriber {
 
     fn active_channels(&self) -> usize {
         self.shared.lock().active.len()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
     }
 
     fn close(&self) {
@@ -220,6 +231,9 @@ impl NodeTask {
                 resynced = true;
                 *attempt = 0;
                 self.shared.status.send_replace(true);
+                if self.shared.connected_once.swap(true, Ordering::Relaxed) {
+                    self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::info!(url = %redact(&self.config.url), "redis pubsub connected");
             }
             tokio::select! {

@@ -1,0 +1,94 @@
+//! Readiness that sees delivery: the gateway regularly publishes a canary message through the
+//! broker to a channel only it subscribes to, and is ready only while the canary comes back in
+//! time. A gateway whose Redis connection looks healthy but delivers nothing (a failover gone
+//! wrong, a paused server) reports not ready instead of silently dropping messages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use herald_protocol::{ChannelName, Publication};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{ConnHandle, ConnId, Hub};
+
+/// The hub connection id of the canary; real connections are numbered from 1.
+pub(crate) const CANARY_CONN: ConnId = 0;
+
+/// The canary channel of node `node_id`. The `herald` namespace is reserved, so clients can
+/// neither subscribe to it nor publish into it.
+pub(crate) fn channel(node_id: &str) -> ChannelName {
+    ChannelName::parse(&format!("herald:canary.{node_id}")).expect("node ids are valid in channel names")
+}
+
+/// Sends canaries every `interval` and sets `healthy` to whether the last one came back
+/// within `timeout`. Runs until `stop` is cancelled.
+pub(crate) async fn run(
+    hub: Hub,
+    channel: ChannelName,
+    interval: Duration,
+    timeout: Duration,
+    healthy: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel(8);
+    let handle = ConnHandle { id: CANARY_CONN, outbound: tx, slow: CancellationToken::new() };
+    let mut joined = false;
+    let mut seq: u64 = 0;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        if !joined {
+            joined = hub.join(&channel, handle.clone()).await.is_ok();
+            if !joined {
+                hub.leave(&channel, CANARY_CONN);
+                healthy.store(false, Ordering::Relaxed);
+                continue;
+            }
+        }
+        seq += 1;
+        let ok = tokio::select! {
+            ok = round_trip(&hub, &channel, seq, &mut rx, timeout) => ok,
+            _ = stop.cancelled() => break,
+        };
+        if ok != healthy.swap(ok, Ordering::Relaxed) {
+            if ok {
+                tracing::info!("delivery canary is back: gateway ready");
+            } else {
+                tracing::warn!(?timeout, "delivery canary did not come back: gateway not ready");
+            }
+        }
+    }
+    hub.leave(&channel, CANARY_CONN);
+}
+
+/// Publishes canary `seq` and waits for it to come back.
+async fn round_trip(
+    hub: &Hub,
+    channel: &ChannelName,
+    seq: u64,
+    rx: &mut mpsc::Receiver<crate::hub::Outbound>,
+    timeout: Duration,
+) -> bool {
+    let data = RawValue::from_string(seq.to_string()).expect("a number is JSON");
+    let publication = Publication::new(channel, &data, None).expect("no event name");
+    let expected = format!("\"data\":{seq}}}");
+    let wait = async {
+        if hub.broker().publish(channel, publication.encode()).await.is_err() {
+            return false;
+        }
+        while let Some(out) = rx.recv().await {
+            if out.frame.as_str().ends_with(&expected) {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+}

@@ -1,0 +1,130 @@
+//! Prometheus metrics of one gateway, served at `GET /metrics`.
+//!
+//! Counters are plain atomics (cloning a handle is an `Arc` bump), bumped where things happen;
+//! gauges that mirror state (channels, Redis reconnects) are refreshed at scrape time.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// The WebSocket close code, or `gone` when the client vanished without one.
+    pub code: String,
+}
+
+/// Every metric a gateway exports.
+pub struct GatewayMetrics {
+    registry: Mutex<Registry>,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_opened: Counter,
+    /// Channel subscriptions held by connections, server-managed ones included.
+    pub subscriptions: Gauge,
+    /// Channels with at least one local subscriber (refreshed at scrape).
+    pub channels: Gauge,
+    /// Messages received from the broker.
+    pub messages_in: Counter,
+    /// Frames written to sockets.
+    pub frames_delivered: Counter,
+    /// Connections closed because their queue overflowed.
+    pub slow_consumers: Counter,
+    /// Connections closed by the server, by close code.
+    pub closes: Family<CloseLabels, Counter>,
+    /// Times the node's broker subscription connection was re-established.
+    pub broker_reconnects: Counter,
+    /// Seconds from a message's publish timestamp to the gateway writing it to a socket,
+    /// observed once per write batch for the oldest frame of the batch.
+    pub delivery_latency: Histogram,
+    /// 1 while the gateway reports ready.
+    pub ready: Gauge,
+    /// Reconnects already added to `broker_reconnects`.
+    reconnects_seen: AtomicU64,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("herald_gateway");
+        let metrics = Self {
+            registry: Mutex::new(Registry::default()),
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            subscriptions: Gauge::default(),
+            channels: Gauge::default(),
+            messages_in: Counter::default(),
+            frames_delivered: Counter::default(),
+            slow_consumers: Counter::default(),
+            closes: Family::default(),
+            broker_reconnects: Counter::default(),
+            delivery_latency: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            ready: Gauge::default(),
+            reconnects_seen: AtomicU64::new(0),
+        };
+        registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
+        registry.register("connections_opened", "Connections accepted", metrics.connections_opened.clone());
+        registry.register(
+            "subscriptions",
+            "Channel subscriptions held by connections",
+            metrics.subscriptions.clone(),
+        );
+        registry.register("channels", "Channels with local subscribers", metrics.channels.clone());
+        registry.register("messages_in", "Messages received from the broker", metrics.messages_in.clone());
+        registry.register("frames_delivered", "Frames written to sockets", metrics.frames_delivered.clone());
+        registry.register(
+            "slow_consumers",
+            "Connections closed as slow consumers",
+            metrics.slow_consumers.clone(),
+        );
+        registry.register(
+            "closes",
+            "Connections closed by the server, by close code",
+            metrics.closes.clone(),
+        );
+        registry.register(
+            "broker_reconnects",
+            "Re-established broker (Redis Pub/Sub) connections",
+            metrics.broker_reconnects.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "Publish timestamp to socket write, oldest frame of each write batch",
+            metrics.delivery_latency.clone(),
+        );
+        registry.register("ready", "1 while the gateway reports ready", metrics.ready.clone());
+        *metrics.registry.lock().expect("registry lock poisoned") = registry;
+        metrics
+    }
+}
+
+impl GatewayMetrics {
+    /// Adds reconnects counted by the broker since the last call.
+    pub(crate) fn observe_reconnects(&self, total: u64) {
+        let seen = self.reconnects_seen.swap(total, Ordering::Relaxed);
+        if total > seen {
+            self.broker_reconnects.inc_by(total - seen);
+        }
+    }
+
+    pub(crate) fn closed(&self, code: Option<u16>) {
+        let code = code.map_or_else(|| "gone".to_string(), |c| c.to_string());
+        self.closes.get_or_create(&CloseLabels { code }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("registry lock poisoned");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
