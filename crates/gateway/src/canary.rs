@@ -34,7 +34,7 @@ pub(crate) async fn run(
     stop: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::channel(8);
-    let handle = ConnHandle { id: CANARY_CONN, outbound: tx, slow: CancellationToken::new() };
+    let handle = ConnHandle::new(CANARY_CONN, tx);
     let mut joined = false;
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(interval);
@@ -54,7 +54,7 @@ pub(crate) async fn run(
         }
         seq += 1;
         let ok = tokio::select! {
-            ok = round_trip(&hub, &channel, seq, &mut rx, timeout) => ok,
+            ok = round_trip(&hub, &channel, seq, &mut rx, &handle.queued_bytes, timeout) => ok,
             _ = stop.cancelled() => break,
         };
         if ok != healthy.swap(ok, Ordering::Relaxed) {
@@ -74,6 +74,7 @@ async fn round_trip(
     channel: &ChannelName,
     seq: u64,
     rx: &mut mpsc::Receiver<crate::hub::Outbound>,
+    handle_bytes: &std::sync::atomic::AtomicUsize,
     timeout: Duration,
 ) -> bool {
     let data = RawValue::from_string(seq.to_string()).expect("a number is JSON");
@@ -84,6 +85,7 @@ async fn round_trip(
             return false;
         }
         while let Some(out) = rx.recv().await {
+            handle_bytes.fetch_sub(out.frame.len(), std::sync::atomic::Ordering::Relaxed);
             if out.frame.as_str().ends_with(&expected) {
                 return true;
             }

@@ -15,6 +15,10 @@ pub struct GatewayConfig {
     /// queue the client is too slow: it is disconnected with close code 4008, and the others
     /// are not held up. Memory per connection is bounded by this times the message size.
     pub outbound_queue: usize,
+    /// Bytes a connection may have queued for writing, whatever the message count: a client
+    /// that falls this far behind is disconnected with 4008 too. Bounds memory per connection
+    /// when messages are large.
+    pub outbound_queue_bytes: usize,
     /// Most frames written with one flush when several are queued (write coalescing).
     pub write_batch: usize,
     /// How often the server pings each connection.
@@ -57,6 +61,7 @@ impl Default for GatewayConfig {
         Self {
             listen: ([127, 0, 0, 1], 8080).into(),
             outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
             write_batch: 64,
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(60),
@@ -78,6 +83,7 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("gateway.outbound_queue", self.outbound_queue),
+            ("gateway.outbound_queue_bytes", self.outbound_queue_bytes),
             ("gateway.write_batch", self.write_batch),
             ("gateway.max_message_size", self.max_message_size),
             ("gateway.read_buffer_size", self.read_buffer_size),

@@ -64,7 +64,7 @@ impl Connection {
         };
         Self {
             info,
-            handle: ConnHandle { id, outbound: tx, slow: Default::default() },
+            handle: ConnHandle::new(id, tx),
             outbound: rx,
             subscriptions: HashSet::new(),
             last_seen: Instant::now(),
@@ -156,7 +156,8 @@ impl Connection {
                     return Exit::error(ErrorCode::ShuttingDown, "server shutting down, reconnect");
                 }
                 Some(first) = self.outbound.recv() => {
-                    let write = write_batch(socket, first, &mut self.outbound, config.write_batch, &metrics);
+                    let write =
+                        write_batch(socket, first, &mut self.outbound, &self.handle, config.write_batch, &metrics);
                     tokio::select! {
                         r = write => if r.is_err() { return Exit::Gone },
                         _ = slow.cancelled() => return slow_consumer(),
@@ -323,19 +324,25 @@ async fn write_batch(
     socket: &mut WebSocket,
     first: Outbound,
     queue: &mut mpsc::Receiver<Outbound>,
+    handle: &ConnHandle,
     max: usize,
     metrics: &GatewayMetrics,
 ) -> Result<(), axum::Error> {
     let oldest = first.ts;
+    let mut taken = first.frame.len();
     socket.feed(Message::Text(first.frame)).await?;
     let mut written = 1;
     while written < max {
         match queue.try_recv() {
-            Ok(out) => socket.feed(Message::Text(out.frame)).await?,
+            Ok(out) => {
+                taken += out.frame.len();
+                socket.feed(Message::Text(out.frame)).await?;
+            }
             Err(_) => break,
         }
         written += 1;
     }
+    handle.queued_bytes.fetch_sub(taken, std::sync::atomic::Ordering::Relaxed);
     socket.flush().await?;
     metrics.frames_delivered.inc_by(written as u64);
     if oldest > 0 {

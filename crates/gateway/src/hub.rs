@@ -3,12 +3,13 @@
 //! The node, not each socket, subscribes to the broker: the first local subscriber of a
 //! channel subscribes the node, the last one leaving unsubscribes it. A message from the
 //! broker is checked as UTF-8 once and the same bytes are queued to every local subscriber
-//! (cloning [`Utf8Bytes`] only bumps a reference count). Queues are bounded; a subscriber whose
+//! (cloning [`Utf8Bytes`] only bumps a reference count). Queues are bounded in messages and bytes; a subscriber whose
 //! queue is full is marked slow and its connection closes itself, so one slow client never
 //! holds up the others.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
@@ -34,8 +35,42 @@ pub type ConnId = u64;
 pub struct ConnHandle {
     pub id: ConnId,
     pub outbound: mpsc::Sender<Outbound>,
+    /// Bytes of frames in `outbound`; the connection subtracts what it takes out.
+    pub queued_bytes: Arc<AtomicUsize>,
     /// Cancelled when the connection's queue overflowed.
     pub slow: CancellationToken,
+}
+
+impl ConnHandle {
+    pub fn new(id: ConnId, outbound: mpsc::Sender<Outbound>) -> Self {
+        Self { id, outbound, queued_bytes: Arc::default(), slow: CancellationToken::new() }
+    }
+
+    /// Queues `out` unless that would exceed `max_bytes` or the queue's length.
+    fn offer(&self, out: &Outbound, max_bytes: usize) -> Result<(), Overflow> {
+        let len = out.frame.len();
+        if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return Err(Overflow::Full);
+        }
+        match self.outbound.try_send(out.clone()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => Overflow::Full,
+                    mpsc::error::TrySendError::Closed(_) => Overflow::Closed,
+                })
+            }
+        }
+    }
+}
+
+enum Overflow {
+    /// Too many messages or bytes waiting: the client is too slow.
+    Full,
+    /// The connection is closing and will leave its channels shortly.
+    Closed,
 }
 
 /// One frame waiting in a connection's queue.
@@ -71,6 +106,8 @@ struct HubInner {
     /// subscriber needs the hub (as its [`Delivery`]) to exist first.
     subscriber: OnceLock<Arc<dyn Subscriber>>,
     metrics: Arc<GatewayMetrics>,
+    /// Bytes one connection may have queued (`gateway.outbound_queue_bytes`).
+    queue_bytes: usize,
 }
 
 /// Hands broker messages to the hub without keeping it alive.
@@ -86,13 +123,14 @@ impl Delivery for HubDelivery {
 
 impl Hub {
     /// Builds the hub and starts the node's broker subscription.
-    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<GatewayMetrics>) -> Self {
+    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<GatewayMetrics>, queue_bytes: usize) -> Self {
         let inner = Arc::new(HubInner {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             broker,
             subscriber: OnceLock::new(),
             metrics,
+            queue_bytes,
         });
         let subscriber = inner.broker.subscriber(Arc::new(HubDelivery(Arc::downgrade(&inner))));
         let _ = inner.subscriber.set(subscriber);
@@ -171,16 +209,11 @@ impl HubInner {
         let Some(entry) = shard.get(channel) else { return };
         let out = Outbound { frame, ts };
         for conn in entry.conns.values() {
-            match conn.outbound.try_send(out.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if !conn.slow.is_cancelled() {
-                        conn.slow.cancel();
-                        self.metrics.slow_consumers.inc();
-                    }
-                }
-                // The connection is closing and will leave the channel shortly.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            if let Err(Overflow::Full) = conn.offer(&out, self.queue_bytes)
+                && !conn.slow.is_cancelled()
+            {
+                conn.slow.cancel();
+                self.metrics.slow_consumers.inc();
             }
         }
     }

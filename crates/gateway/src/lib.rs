@@ -91,7 +91,7 @@ impl Gateway {
         let verifier = TokenVerifier::new(auth)?;
         let node_id = format!("{:08x}", rand_u32());
         let metrics = Arc::new(GatewayMetrics::default());
-        let hub = Hub::new(broker, metrics.clone());
+        let hub = Hub::new(broker, metrics.clone(), config.outbound_queue_bytes);
         let canary_ok = Arc::new(AtomicBool::new(false));
         let shutdown = CancellationToken::new();
         tokio::spawn(canary::run(

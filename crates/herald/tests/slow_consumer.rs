@@ -21,7 +21,11 @@ async fn slow_consumers_are_cut_off_without_slowing_others() {
     let redis = RedisServer::start().await;
     let gateway = GatewayProcess::start(
         &redis.url(),
-        &[("HERALD_GATEWAY__OUTBOUND_QUEUE", "256"), ("HERALD_GATEWAY__CLOSE_TIMEOUT", "5s")],
+        &[
+            ("HERALD_GATEWAY__OUTBOUND_QUEUE", "256"),
+            ("HERALD_GATEWAY__OUTBOUND_QUEUE_BYTES", "8388608"),
+            ("HERALD_GATEWAY__CLOSE_TIMEOUT", "5s"),
+        ],
     )
     .await;
     let (mut slow, _) = WsClient::connect(&gateway.url("slow")).await.unwrap();
@@ -57,4 +61,30 @@ async fn slow_consumers_are_cut_off_without_slowing_others() {
 
     let closed = slow.closed().await.unwrap();
     assert_eq!(closed.code, 4008, "{closed:?}");
+}
+
+/// The byte bound works on its own: with room for 1000 messages but only 64 KiB, a client that
+/// stops reading is cut off once 64 KiB of large messages wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_bounded_in_bytes_too() {
+    let cluster = common::Cluster::start_with(common::Engine::Memory, 1, |c| {
+        c.outbound_queue = 1000;
+        c.outbound_queue_bytes = 64 * 1024;
+        c.close_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let mut slow = cluster.connect(0, "slow").await;
+    slow.subscribe("room:big").await.unwrap();
+    let channel = ChannelName::parse("room:big").unwrap();
+    let data = RawValue::from_string(format!("\"{}\"", "y".repeat(60 * 1024))).unwrap();
+    for _ in 0..200 {
+        let frame = Publication::new(&channel, &data, None).unwrap().encode();
+        cluster.broker.publish(&channel, frame).await.unwrap();
+        if cluster.gateways[0].gateway.metrics().slow_consumers.get() > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(cluster.gateways[0].gateway.metrics().slow_consumers.get(), 1);
+    assert_eq!(slow.closed().await.unwrap().code, 4008);
 }
