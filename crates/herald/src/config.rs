@@ -58,7 +58,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment.merge(Env::prefixed("HERALD_").split("__")).extract().map_err(describe)
+        // Only `HERALD_<SECTION>__<KEY>` variables are configuration; others that share the
+        // prefix (`HERALD_CONFIG_FILE`) are not.
+        let env = Env::prefixed("HERALD_").filter(|key| key.as_str().contains("__")).split("__");
+        figment.merge(env).extract().map_err(describe)
     }
 
     /// The key a figment error is about, in lower case, for messages.

@@ -85,6 +85,18 @@ fn bad_configuration_names_the_key() {
     assert!(out.contains("publisher.api_keys"), "{out}");
 }
 
+/// `HERALD_CONFIG_FILE` names the file, and other `HERALD_` variables without a section
+/// (`HERALD_BIN`) are not mistaken for configuration.
+#[test]
+fn the_config_file_can_come_from_the_environment() {
+    let file = write_config("[auth]\njwt_secret = \"file-secret-file-secret-file-secret\"\n");
+    let (ok, out) = herald(
+        &["token", "--user", "alice"],
+        &[("HERALD_CONFIG_FILE", file.as_str()), ("HERALD_BIN", "/bin/herald")],
+    );
+    assert!(ok, "{out}");
+}
+
 /// A comma-separated `HERALD_PUBLISHER__API_KEYS` is a list of keys.
 #[test]
 fn api_keys_from_the_environment_are_a_list() {
