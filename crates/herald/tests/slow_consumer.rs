@@ -24,7 +24,7 @@ async fn slow_consumers_are_cut_off_without_slowing_others() {
         &[
             ("HERALD_GATEWAY__OUTBOUND_QUEUE", "256"),
             ("HERALD_GATEWAY__OUTBOUND_QUEUE_BYTES", "8388608"),
-            ("HERALD_GATEWAY__CLOSE_TIMEOUT", "5s"),
+            ("HERALD_GATEWAY__CLOSE_TIMEOUT", "30s"),
         ],
     )
     .await;
@@ -41,6 +41,22 @@ async fn slow_consumers_are_cut_off_without_slowing_others() {
 
     let broker: Arc<dyn Broker> =
         Arc::new(RedisBroker::new(RedisConfig { url: redis.url(), ..Default::default() }).unwrap());
+    // The stalled client resumes reading once the gateway counted it slow, to collect the
+    // close frame (a client that never reads again never sees one).
+    let metrics = format!("http://{}/metrics", gateway.addr);
+    let slow_closed = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            if text.lines().any(|l| l == "herald_gateway_slow_consumers_total 1") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the stalled client was never cut off");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slow.closed().await.unwrap()
+    });
+
     let before = gateway.rss();
     let channel = ChannelName::parse("room:flood").unwrap();
     let filler = "x".repeat(16 * 1024);
@@ -59,7 +75,7 @@ async fn slow_consumers_are_cut_off_without_slowing_others() {
     let growth = gateway.rss().saturating_sub(before);
     assert!(growth < 16 << 20, "gateway memory grew by {} MiB for 64 MiB published", growth >> 20);
 
-    let closed = slow.closed().await.unwrap();
+    let closed = slow_closed.await.unwrap();
     assert_eq!(closed.code, 4008, "{closed:?}");
 }
 
