@@ -170,14 +170,15 @@ impl Hub {
     pub fn leave(&self, channel: &ChannelName, id: ConnId) {
         let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
         let Some(entry) = shard.get_mut(channel) else { return };
-        if entry.conns.remove(&id).is_none() || !entry.conns.is_empty() {
+        if entry.conns.remove(&id).is_none() {
+            return;
+        }
+        if !entry.conns.is_empty() {
+            shrink(&mut entry.conns);
             return;
         }
         shard.remove(channel);
-        if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
-            let len = shard.len();
-            shard.shrink_to(len * 2);
-        }
+        shrink(&mut shard);
         self.subscriber().unsubscribe(channel);
     }
 
@@ -216,6 +217,14 @@ impl HubInner {
                 self.metrics.slow_consumers.inc();
             }
         }
+    }
+}
+
+/// Gives memory back once a map has emptied out to a quarter of its capacity, so a crowd that
+/// came and went does not pin its peak size forever.
+fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
