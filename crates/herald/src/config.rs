@@ -8,6 +8,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use herald_broker::RedisConfig;
 use herald_gateway::{AuthConfig, GatewayConfig};
+use herald_presence::PresenceConfig;
 use herald_protocol::Namespaces;
 use herald_publisher_api::PublisherConfig;
 use serde::Deserialize;
@@ -19,6 +20,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub gateway: GatewayConfig,
     pub publisher: PublisherConfig,
+    pub presence: PresenceConfig,
     pub auth: AuthConfig,
     pub namespaces: Namespaces,
     pub log: LogConfig,
@@ -70,6 +72,21 @@ impl Config {
         self.gateway.validate()?;
         self.auth.validate()?;
         self.namespaces.validate().map_err(|e| format!("namespaces: {e}"))
+    }
+
+    /// Checks the presence section, and that an API key exists for it (its own, or the
+    /// publisher's).
+    pub fn validate_presence(&self) -> Result<(), String> {
+        self.presence.validate(&self.namespaces)?;
+        if self.presence_keys().is_empty() {
+            return Err("presence.api_keys: at least one key is required (or set publisher.api_keys)".into());
+        }
+        Ok(())
+    }
+
+    /// The keys of the presence API: `presence.api_keys`, or else the publisher's.
+    pub fn presence_keys(&self) -> Vec<String> {
+        self.presence.keys_or(&self.publisher.api_keys)
     }
 
     /// Checks the sections the publisher role needs.

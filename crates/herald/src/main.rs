@@ -19,12 +19,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Gateway and publisher API in one process on the in-memory broker (no Redis).
+    /// Gateway, publisher API and presence in one process on the in-memory engines (no Redis).
     Standalone,
     /// The WebSocket gateway, on Redis.
     Gateway,
     /// The publisher API (HTTP and gRPC), on Redis.
     PublisherApi,
+    /// The presence service (HTTP and gRPC): who is online, where, in which channel. On Redis.
+    Presence,
     /// Prints a connection token for a user, signed with `auth.jwt_secret`.
     Token {
         /// The user id (`sub` claim).
@@ -53,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             Command::Standalone => roles::standalone(config, shutdown_signal()).await,
             Command::Gateway => roles::gateway(config, shutdown_signal()).await,
             Command::PublisherApi => roles::publisher(config, shutdown_signal()).await,
+            Command::Presence => roles::presence(config, shutdown_signal()).await,
             Command::Token { .. } => unreachable!("handled above"),
         }
     });

@@ -7,22 +7,24 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use herald_broker::{Broker, MemoryBroker, RedisBroker};
-use herald_gateway::Gateway;
+use herald_gateway::{ConnectionObserver, Gateway, NoObserver};
+use herald_presence::{GrpcTransport, LocalTransport, MemoryStore, PresenceApi, RedisStore, Reporter};
 use herald_publisher_api::PublisherApi;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
-/// Gateway and publisher API in one process on the in-memory broker: no Redis needed.
+/// Gateway, publisher API and presence in one process on the in-memory engines: no Redis needed.
 pub async fn standalone(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate_gateway().map_err(anyhow::Error::msg)?;
     config.validate_publisher().map_err(anyhow::Error::msg)?;
+    config.validate_presence().map_err(anyhow::Error::msg)?;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    tracing::info!("standalone mode: gateway and publisher API on the in-memory broker");
+    tracing::info!("standalone mode: gateway, publisher API and presence on the in-memory engines");
     run_both(config, broker, shutdown).await
 }
 
@@ -34,9 +36,45 @@ pub async fn gateway(
     config.validate_gateway().map_err(anyhow::Error::msg)?;
     let broker = redis_broker(&config)?;
     let listener = bind(config.gateway.listen, "gateway.listen").await?;
-    let gateway =
-        Gateway::new(config.gateway, &config.auth, config.namespaces, broker).map_err(anyhow::Error::msg)?;
-    herald_gateway::serve(gateway, listener, shutdown).await?;
+    let reporter = match &config.presence.endpoint {
+        Some(endpoint) => {
+            config.validate_presence().map_err(anyhow::Error::msg)?;
+            let transport =
+                GrpcTransport::new(endpoint, &config.presence_keys()[0]).map_err(anyhow::Error::msg)?;
+            tracing::info!(%endpoint, "reporting presence");
+            Some(Reporter::spawn(config.presence.clone(), config.namespaces.clone(), Arc::new(transport)))
+        }
+        None => None,
+    };
+    let observer: Arc<dyn ConnectionObserver> = match &reporter {
+        Some(reporter) => Arc::new(reporter.clone()),
+        None => Arc::new(NoObserver),
+    };
+    let gateway = Gateway::with_observer(config.gateway, &config.auth, config.namespaces, broker, observer)
+        .map_err(anyhow::Error::msg)?;
+    let served = herald_gateway::serve(gateway, listener, shutdown).await;
+    if let Some(reporter) = reporter {
+        reporter.shutdown().await;
+    }
+    served?;
+    Ok(())
+}
+
+/// The presence service (HTTP and gRPC) on Redis: gateways report to it, backends query it.
+/// Run two or more for availability; each transition is still emitted once.
+pub async fn presence(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate_presence().map_err(anyhow::Error::msg)?;
+    let broker = redis_broker(&config)?;
+    let store = RedisStore::new(config.redis.clone(), config.presence.timings()).context("redis.url")?;
+    let http = bind(config.presence.http_listen, "presence.http_listen").await?;
+    let grpc = bind(config.presence.grpc_listen, "presence.grpc_listen").await?;
+    let keys = config.presence_keys();
+    let api = PresenceApi::new(config.presence, &keys, config.namespaces, Arc::new(store), broker)
+        .map_err(anyhow::Error::msg)?;
+    herald_presence::serve(api, http, grpc, shutdown).await?;
     Ok(())
 }
 
@@ -62,8 +100,23 @@ async fn run_both(
     let gateway_listener = bind(config.gateway.listen, "gateway.listen").await?;
     let http = bind(config.publisher.http_listen, "publisher.http_listen").await?;
     let grpc = bind(config.publisher.grpc_listen, "publisher.grpc_listen").await?;
-    let gateway = Gateway::new(config.gateway, &config.auth, config.namespaces.clone(), broker.clone())
-        .map_err(anyhow::Error::msg)?;
+    let presence_http = bind(config.presence.http_listen, "presence.http_listen").await?;
+    let presence_grpc = bind(config.presence.grpc_listen, "presence.grpc_listen").await?;
+    let store = Arc::new(MemoryStore::new(config.presence.timings()));
+    let keys = config.presence_keys();
+    let presence =
+        PresenceApi::new(config.presence.clone(), &keys, config.namespaces.clone(), store, broker.clone())
+            .map_err(anyhow::Error::msg)?;
+    let transport = Arc::new(LocalTransport(presence.service().clone()));
+    let reporter = Reporter::spawn(config.presence.clone(), config.namespaces.clone(), transport);
+    let gateway = Gateway::with_observer(
+        config.gateway,
+        &config.auth,
+        config.namespaces.clone(),
+        broker.clone(),
+        Arc::new(reporter.clone()),
+    )
+    .map_err(anyhow::Error::msg)?;
     let api = PublisherApi::new(config.publisher, config.namespaces, broker);
     let stop = CancellationToken::new();
     let trigger = stop.clone();
@@ -71,12 +124,19 @@ async fn run_both(
         shutdown.await;
         trigger.cancel();
     });
-    let (g, p) = tokio::join!(
-        herald_gateway::serve(gateway, gateway_listener, stop.clone().cancelled_owned()),
+    let (g, p, r) = tokio::join!(
+        async {
+            let served =
+                herald_gateway::serve(gateway, gateway_listener, stop.clone().cancelled_owned()).await;
+            reporter.shutdown().await;
+            served
+        },
         herald_publisher_api::serve(api, http, grpc, stop.clone().cancelled_owned()),
+        herald_presence::serve(presence, presence_http, presence_grpc, stop.clone().cancelled_owned()),
     );
     g?;
     p?;
+    r?;
     Ok(())
 }
 

@@ -23,10 +23,13 @@ impl Drop for Running {
 async fn the_quickstart_works_without_redis() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/standalone.toml");
     let (ws, http, grpc) = (free_port(), free_port(), free_port());
+    let (presence_http, presence_grpc) = (free_port(), free_port());
     let ports = [
         ("HERALD_GATEWAY__LISTEN", format!("127.0.0.1:{ws}")),
         ("HERALD_PUBLISHER__HTTP_LISTEN", format!("127.0.0.1:{http}")),
         ("HERALD_PUBLISHER__GRPC_LISTEN", format!("127.0.0.1:{grpc}")),
+        ("HERALD_PRESENCE__HTTP_LISTEN", format!("127.0.0.1:{presence_http}")),
+        ("HERALD_PRESENCE__GRPC_LISTEN", format!("127.0.0.1:{presence_grpc}")),
         ("HERALD_REDIS__URL", "redis://127.0.0.1:1".into()),
     ];
     let herald = || {

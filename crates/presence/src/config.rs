@@ -1,0 +1,214 @@
+//! Settings of presence (`[presence]` in the configuration file), read by the presence role,
+//! by gateways (to find the service and pace their reports) and by the standalone mode.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use herald_protocol::{ChannelName, Namespaces};
+use serde::Deserialize;
+
+use crate::store::Timings;
+
+/// Shortest API key accepted, as for the publisher API.
+pub const MIN_API_KEY_LEN: usize = 16;
+
+/// Settings of presence.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Where the presence role's HTTP API listens.
+    pub http_listen: SocketAddr,
+    /// Where the presence role's gRPC API (queries, and gateways' reports) listens.
+    pub grpc_listen: SocketAddr,
+    /// Keys accepted as `Authorization: Bearer <key>`. Empty means: the publisher's keys
+    /// (`publisher.api_keys`). Gateways present the first one. A single string is split at
+    /// commas, as for the publisher.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub api_keys: Vec<String>,
+    /// The presence role's gRPC address as gateways reach it (`http://presence:8084`). Without
+    /// it a `herald gateway` runs without presence.
+    pub endpoint: Option<String>,
+    /// The staleness bound: a gateway's lease lasts this long after its last report. A gateway
+    /// that dies without a word is removed as a whole (its users' `leave` events sent) at most
+    /// `ttl + sweep_interval` after its last report.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How often a gateway reports when nothing changed (its lease renewal). Must be well
+    /// below `ttl`, so one or two lost reports do not expire a live gateway.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How soon after a change a gateway reports it. Changes of all its sockets in that time
+    /// travel in one report, so a gateway makes at most one round trip per `flush_interval`.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// How often each presence replica looks for expired leases and due `offline` events.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// A user without connections goes `offline` only after this long, so a reconnect
+    /// (a page reload, a network switch) does not flap `offline`/`online`.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// The channel `online`/`offline` events are published to, for backends. With the Redis
+    /// broker it is the Redis Pub/Sub channel `<redis.prefix><events_channel>`. Its namespace
+    /// must not be configured, so clients cannot subscribe to it.
+    pub events_channel: String,
+    /// Most changes a gateway holds while presence is unreachable. When full, the backlog is
+    /// dropped and the gateway sends its full state once presence answers again.
+    pub max_backlog: usize,
+    /// Most users in one bulk lookup.
+    pub max_bulk: usize,
+    /// Most members listed for one channel (the count is always exact).
+    pub max_members: usize,
+    /// How long a gateway waits for a report or a member list before giving up on it. A
+    /// full-state report gets it once more per 2000 connections.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8083)),
+            grpc_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8084)),
+            api_keys: Vec::new(),
+            endpoint: None,
+            ttl: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            flush_interval: Duration::from_millis(200),
+            sweep_interval: Duration::from_secs(1),
+            grace: Duration::from_secs(3),
+            events_channel: "presence:events".into(),
+            max_backlog: 100_000,
+            max_bulk: 1000,
+            max_members: 10_000,
+            request_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Keys {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Keys::deserialize(d)? {
+        Keys::List(keys) => keys,
+        Keys::One(s) => s.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
+    })
+}
+
+impl PresenceConfig {
+    /// The timings the store applies.
+    pub fn timings(&self) -> Timings {
+        Timings { ttl: self.ttl, grace: self.grace }
+    }
+
+    /// The configured keys, or `fallback` (the publisher's) when none are.
+    pub fn keys_or(&self, fallback: &[String]) -> Vec<String> {
+        if self.api_keys.is_empty() { fallback.to_vec() } else { self.api_keys.clone() }
+    }
+
+    /// The events channel, parsed.
+    pub fn events_channel(&self) -> Result<ChannelName, String> {
+        ChannelName::parse(&self.events_channel)
+            .map_err(|e| format!("presence.events_channel: {:?} {e}", self.events_channel))
+    }
+
+    /// Refuses settings presence cannot keep its promises with; messages name the key.
+    pub fn validate(&self, namespaces: &Namespaces) -> Result<(), String> {
+        let positive = [
+            ("presence.ttl", self.ttl),
+            ("presence.heartbeat_interval", self.heartbeat_interval),
+            ("presence.flush_interval", self.flush_interval),
+            ("presence.sweep_interval", self.sweep_interval),
+            ("presence.request_timeout", self.request_timeout),
+        ];
+        for (key, value) in positive {
+            if value.is_zero() {
+                return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        if self.heartbeat_interval * 2 > self.ttl {
+            return Err(format!(
+                "presence.heartbeat_interval: {:?} must be at most half of presence.ttl ({:?}), so one lost \
+                 report does not expire a live gateway",
+                self.heartbeat_interval, self.ttl
+            ));
+        }
+        if self.flush_interval > self.heartbeat_interval {
+            return Err("presence.flush_interval: must not be longer than presence.heartbeat_interval".into());
+        }
+        for (key, value) in [
+            ("presence.max_backlog", self.max_backlog),
+            ("presence.max_bulk", self.max_bulk),
+            ("presence.max_members", self.max_members),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        let channel = self.events_channel()?;
+        let Some(ns) = channel.namespace() else {
+            return Err(format!(
+                "presence.events_channel: {:?} needs a namespace (`presence:events`), one that is not configured",
+                self.events_channel
+            ));
+        };
+        if namespaces.0.contains_key(ns) || !matches!(channel.kind(), herald_protocol::ChannelKind::Regular) {
+            return Err(format!(
+                "presence.events_channel: namespace {ns:?} is a client namespace; clients could read every \
+                 online/offline event"
+            ));
+        }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if key.chars().count() < MIN_API_KEY_LEN
+                || key.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "presence.api_keys[{i}]: keys must be at least {MIN_API_KEY_LEN} characters, without whitespace"
+                ));
+            }
+        }
+        if let Some(endpoint) = &self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(format!("presence.endpoint: {endpoint:?} must be an http:// or https:// URL"));
+        }
+        if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
+            return Err(format!(
+                "presence.grpc_listen: {} is already presence.http_listen; they need different ports",
+                self.grpc_listen
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_keep_the_staleness_bound() {
+        let config = PresenceConfig::default();
+        assert_eq!(config.validate(&Namespaces::default()), Ok(()));
+        assert!(config.ttl + config.sweep_interval + config.grace <= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        let slow = PresenceConfig { heartbeat_interval: Duration::from_secs(6), ..Default::default() };
+        assert!(
+            slow.validate(&Namespaces::default()).unwrap_err().starts_with("presence.heartbeat_interval:")
+        );
+        let mut ns = Namespaces::default();
+        ns.0.insert("presence".into(), Default::default());
+        assert!(PresenceConfig::default().validate(&ns).unwrap_err().starts_with("presence.events_channel:"));
+        let keys = PresenceConfig { api_keys: vec!["short".into()], ..Default::default() };
+        assert!(keys.validate(&Namespaces::default()).unwrap_err().starts_with("presence.api_keys[0]:"));
+        let endpoint = PresenceConfig { endpoint: Some("presence:8084".into()), ..Default::default() };
+        assert!(endpoint.validate(&Namespaces::default()).unwrap_err().starts_with("presence.endpoint:"));
+    }
+}

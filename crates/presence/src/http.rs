@@ -1,0 +1,147 @@
+//! The HTTP transport: `/v1/presence/*` behind the API key, and the probes.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use herald_protocol::ErrorCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::Shared;
+use crate::error::ApiError;
+use crate::model::{ChannelPresence, Stats, UserPresence};
+
+/// Room per user id in a bulk body (the id, quotes, comma, escapes).
+const PER_USER: usize = 160;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let bulk_limit = shared.service.config().max_bulk.saturating_mul(PER_USER).saturating_add(1024);
+    let v1 = Router::new()
+        .route("/v1/presence/users/{user}", get(user))
+        .route("/v1/presence/users", post(users).layer(DefaultBodyLimit::max(bulk_limit)))
+        .route("/v1/presence/channels/{channel}", get(channel))
+        .route("/v1/presence/stats", get(stats))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), require_api_key));
+    Router::new().route("/livez", get(livez)).route("/readyz", get(readyz)).merge(v1).with_state(shared)
+}
+
+async fn require_api_key(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    match shared.keys.check(authorization) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an object with `users`, an array of user ids")]
+struct UsersBody {
+    users: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct UsersReply {
+    users: Vec<UserPresence>,
+}
+
+#[derive(Serialize)]
+struct ChannelReply<'a> {
+    channel: &'a str,
+    count: u64,
+    members: Box<RawValue>,
+}
+
+impl<'a> From<&'a ChannelPresence> for ChannelReply<'a> {
+    fn from(p: &'a ChannelPresence) -> Self {
+        ChannelReply {
+            channel: p.channel.as_str(),
+            count: p.count,
+            members: crate::reporter::members_json(p),
+        }
+    }
+}
+
+fn path<T>(value: Result<Path<T>, PathRejection>, what: &str) -> Result<T, ApiError> {
+    value
+        .map(|Path(v)| v)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("{what}: {}", e.body_text())))
+}
+
+async fn user(
+    State(shared): State<Arc<Shared>>,
+    user: Result<Path<String>, PathRejection>,
+) -> Result<Json<UserPresence>, ApiError> {
+    Ok(Json(shared.service.user(&path(user, "user")?).await?))
+}
+
+async fn users(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<UsersReply>, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let max = shared.service.config().max_bulk;
+            ApiError::new(
+                ErrorCode::BatchTooLarge,
+                format!("body: too large; at most {max} users per request"),
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::MalformedFrame,
+                format!("body: could not be read: {}", rejection.body_text()),
+            )
+        }
+    })?;
+    if body.trim_ascii_start().starts_with(b"[") {
+        return Err(ApiError::new(ErrorCode::MalformedFrame, "body: expected a JSON object, found an array"));
+    }
+    let req: UsersBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::MalformedFrame, format!("body: {e}")))?;
+    Ok(Json(UsersReply { users: shared.service.users(&req.users).await? }))
+}
+
+/// `?limit=N` lists at most N members; `?limit=0` asks for the count alone.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelQuery {
+    limit: Option<usize>,
+}
+
+async fn channel(
+    State(shared): State<Arc<Shared>>,
+    channel: Result<Path<String>, PathRejection>,
+    query: Result<Query<ChannelQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(ErrorCode::MalformedFrame, format!("query: {}", e.body_text())))?;
+    let presence = shared.service.channel(&path(channel, "channel")?, query.limit).await?;
+    Ok(Json(ChannelReply::from(&presence)).into_response())
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(shared.service.stats().await?))
+}
+
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
+}
+
+async fn livez() -> Json<Status> {
+    Json(Status { status: "live" })
+}
+
+/// Ready while the store answers.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.service.ping().await {
+        Ok(()) => Json(Status { status: "ready" }).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

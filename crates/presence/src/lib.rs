@@ -1,0 +1,91 @@
+//! Presence: who is online, on how many connections and gateways, and who is in which
+//! channel, across every gateway replica, with a guaranteed staleness bound.
+//!
+//! Layout, from the wire inwards:
+//! - [`reporter`]: the gateway side. A [`herald_gateway::ConnectionObserver`] that records
+//!   changes without blocking, and one task per gateway that reports them in batches (one
+//!   round trip per interval) through a [`reporter::Transport`]: [`grpc::GrpcTransport`] to a
+//!   remote presence role, or [`reporter::LocalTransport`] in the standalone mode.
+//! - [`http`] and [`grpc`] (generated from `proto/herald/v1/presence.proto` into [`pb`]): the
+//!   API backends query and gateways report to, both behind the API key ([`auth`]).
+//! - [`service`]: the core both transports share. It applies reports to the store, emits the
+//!   transitions the store returns through the [`herald_broker::Broker`] ([`events`] encodes
+//!   them once), sweeps expired gateway leases, and validates queries.
+//! - [`store`]: the [`store::PresenceStore`] trait with its in-memory and Redis engines, and
+//!   [`conformance`], the suite both pass.
+//! - [`model`]: the domain types everyone speaks; [`config`]: `[presence]`.
+//!
+//! Data flow: socket change -> `Reporter` (local mirror + bounded backlog) -> one `Report` per
+//! interval -> `PresenceService::report` -> store (one atomic step) -> events -> broker ->
+//! gateways' subscribers (join/leave) and backends (online/offline).
+
+use std::sync::Arc;
+
+use herald_broker::Broker;
+use herald_protocol::Namespaces;
+
+pub mod auth;
+pub mod config;
+pub mod conformance;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod http;
+pub mod model;
+pub mod reporter;
+pub mod server;
+pub mod service;
+pub mod store;
+
+/// Code generated from `proto/herald/v1/presence.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("herald.v1");
+}
+
+pub use config::PresenceConfig;
+pub use error::ApiError;
+pub use grpc::GrpcTransport;
+pub use reporter::{LocalTransport, Reporter, Transport};
+pub use server::serve;
+pub use service::PresenceService;
+pub use store::{MemoryStore, PresenceStore, RedisStore, StoreError};
+
+/// What both transports share.
+pub(crate) struct Shared {
+    service: PresenceService,
+    keys: auth::ApiKeys,
+}
+
+/// The presence API, ready to be served. Cheap to clone.
+#[derive(Clone)]
+pub struct PresenceApi {
+    shared: Arc<Shared>,
+}
+
+impl PresenceApi {
+    /// Builds the service and its API. `api_keys` are the keys accepted (the caller resolves
+    /// the fallback to the publisher's keys).
+    pub fn new(
+        config: PresenceConfig,
+        api_keys: &[String],
+        namespaces: Namespaces,
+        store: Arc<dyn PresenceStore>,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Self, String> {
+        let service = PresenceService::new(config, namespaces, store, broker)?;
+        Ok(Self { shared: Arc::new(Shared { service, keys: auth::ApiKeys::new(api_keys) }) })
+    }
+
+    pub fn service(&self) -> &PresenceService {
+        &self.shared.service
+    }
+
+    pub fn http_router(&self) -> axum::Router {
+        http::router(self.shared.clone())
+    }
+
+    pub fn grpc_service(&self) -> grpc::GrpcService {
+        grpc::service(self.shared.clone())
+    }
+}

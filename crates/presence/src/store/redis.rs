@@ -1,0 +1,407 @@
+//! The Redis engine: presence state in Redis hashes, changed only by Lua scripts (`lua/`).
+//!
+//! A report or a sweep is one script run: atomic, so every transition it finds (a user's first
+//! connection, the last connection of a user leaving a channel, a lease running out) is seen
+//! by that run alone, and the replica that ran it emits the event. Two replicas sweeping at
+//! once split the expired gateways between them; neither emits an event twice. Time is Redis'
+//! own clock (`TIME`), so replicas with skewed clocks still agree on when a lease ends.
+//!
+//! Key layout: see `lua/common.lua`. Keys are computed inside the scripts, so this engine
+//! needs a single Redis (or a primary with replicas), not a Redis Cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_broker::RedisConfig;
+use herald_protocol::{ChannelName, UserId};
+use redis::aio::MultiplexedConnection;
+use redis::{Script, Value};
+use serde_json::json;
+
+use super::{PresenceStore, StoreError, Timings};
+use crate::model::{
+    Ack, Change, ChannelPresence, ConnState, Event, Info, Member, Report, ReportBody, Stats, UserPresence,
+};
+
+/// The Redis engine. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    config: RedisConfig,
+    /// Key prefix: the Redis prefix plus `presence:`.
+    prefix: String,
+    timings: Timings,
+    /// The shared connection, `None` until first used or after it broke.
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    report: Script,
+    full: Script,
+    full_end: Script,
+    sweep: Script,
+}
+
+/// Connections per part of a full state, and connections removed per sweep or end-of-resync
+/// call: each script run stays in the low milliseconds, so Redis (which also carries
+/// messages) is never held for long, even by a gateway with 100000 connections.
+const CHUNK: usize = 200;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("lua/common.lua")))
+}
+
+impl RedisStore {
+    async fn report_changes(
+        &self,
+        report: &Report,
+        changes: &[Change],
+    ) -> Result<(Ack, Vec<Event>), StoreError> {
+        let mut invocation = self.inner.report.prepare_invoke();
+        invocation
+            .arg(&self.inner.prefix)
+            .arg(&*report.gateway)
+            .arg(report.seq)
+            .arg(millis(self.inner.timings.ttl))
+            .arg(millis(self.inner.timings.grace))
+            .arg(encode_changes(changes));
+        match status_and_events(self.run(invocation).await?)? {
+            (status, events) if status == "ok" => Ok((Ack::Applied, events)),
+            (status, _) if status == "resync" => Ok((Ack::Resync, vec![])),
+            (status, _) => Err(bad(&status)),
+        }
+    }
+
+    async fn full_part(
+        &self,
+        report: &Report,
+        first: bool,
+        part: &[ConnState],
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut invocation = self.inner.full.prepare_invoke();
+        invocation
+            .arg(&self.inner.prefix)
+            .arg(&*report.gateway)
+            .arg(if first { "1" } else { "0" })
+            .arg(millis(self.inner.timings.ttl))
+            .arg(millis(self.inner.timings.grace))
+            .arg(encode_conns(part));
+        Ok(status_and_events(self.run(invocation).await?)?.1)
+    }
+
+    /// Validates the URL; connections are made lazily, so this works while Redis is down.
+    pub fn new(config: RedisConfig, timings: Timings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                prefix: format!("{}presence:", config.prefix),
+                config,
+                timings,
+                conn: tokio::sync::Mutex::new(None),
+                report: script(include_str!("lua/report.lua")),
+                full: script(include_str!("lua/full.lua")),
+                full_end: script(include_str!("lua/full_end.lua")),
+                sweep: script(include_str!("lua/sweep.lua")),
+            }),
+        })
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let mut slot = self.inner.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.config.connect_timeout))
+            .set_response_timeout(Some(self.inner.config.response_timeout));
+        let conn = self
+            .inner
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Maps a Redis error, dropping a broken connection so the next call reconnects.
+    async fn failed(&self, e: redis::RedisError) -> StoreError {
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+            self.inner.conn.lock().await.take();
+        }
+        StoreError::Unavailable(e.to_string())
+    }
+
+    async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let mut conn = self.connection().await?;
+        match invocation.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(e).await),
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.connection().await?;
+        match pipe.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(e).await),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+fn info_text(i: &Info) -> Option<String> {
+    i.as_deref().map(String::from)
+}
+
+/// A batch of changes as `report.lua` reads it.
+fn encode_changes(changes: &[Change]) -> String {
+    let info = info_text;
+    let items: Vec<serde_json::Value> = changes
+        .iter()
+        .map(|c| match c {
+            Change::Connect { conn, user, info: i } => {
+                let mut v = json!({"o": "c", "k": conn.to_string(), "u": user});
+                if let Some(i) = info(i) {
+                    v["i"] = i.into();
+                }
+                v
+            }
+            Change::Disconnect { conn } => json!({"o": "d", "k": conn.to_string()}),
+            Change::Subscribe { conn, channel } => {
+                json!({"o": "s", "k": conn.to_string(), "ch": channel})
+            }
+            Change::Unsubscribe { conn, channel } => {
+                json!({"o": "x", "k": conn.to_string(), "ch": channel})
+            }
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
+}
+
+/// Part of a full state as `full.lua` reads it.
+fn encode_conns(conns: &[ConnState]) -> String {
+    let items: Vec<serde_json::Value> = conns
+        .iter()
+        .map(|ConnState { conn, user, info: i, channels }| {
+            let mut v = json!({"k": conn.to_string(), "u": user, "c": channels});
+            if let Some(i) = info_text(i) {
+                v["i"] = i.into();
+            }
+            v
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
+}
+
+/// Splits `{status, events}` replies.
+fn status_and_events(reply: Value) -> Result<(String, Vec<Event>), StoreError> {
+    let Value::Array(parts) = reply else { return Err(bad("reply is not an array")) };
+    let status = parts.first().and_then(text).ok_or_else(|| bad("status"))?;
+    Ok((status, decode_events(parts.get(1).unwrap_or(&Value::Nil))?))
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn bad(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("unexpected reply from the presence script: {what}"))
+}
+
+/// Reads the events a script returned: arrays like `["join", channel, user, info]`.
+fn decode_events(v: &Value) -> Result<Vec<Event>, StoreError> {
+    let Value::Array(items) = v else { return Ok(vec![]) };
+    let mut events = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(fields) = item else { return Err(bad("event is not an array")) };
+        let field = |i: usize| fields.get(i).and_then(text);
+        let user = || field(2).and_then(|u| UserId::parse(&u).ok()).ok_or_else(|| bad("event user"));
+        let channel =
+            || field(1).and_then(|c| ChannelName::parse(&c).ok()).ok_or_else(|| bad("event channel"));
+        let kind = field(0).ok_or_else(|| bad("event kind"))?;
+        events.push(match kind.as_str() {
+            "join" => Event::Join { channel: channel()?, user: user()?, info: field(3).map(Arc::from) },
+            "leave" => Event::Leave { channel: channel()?, user: user()? },
+            "online" => {
+                let user = field(1).and_then(|u| UserId::parse(&u).ok()).ok_or_else(|| bad("event user"))?;
+                Event::Online { user, info: field(2).map(Arc::from) }
+            }
+            "offline" => {
+                let user = field(1).and_then(|u| UserId::parse(&u).ok()).ok_or_else(|| bad("event user"))?;
+                Event::Offline { user }
+            }
+            other => return Err(bad(other)),
+        });
+    }
+    Ok(events)
+}
+
+#[async_trait]
+impl PresenceStore for RedisStore {
+    async fn report(&self, report: &Report) -> Result<(Ack, Vec<Event>), StoreError> {
+        let conns = match &report.body {
+            ReportBody::Changes(changes) => return self.report_changes(report, changes).await,
+            ReportBody::Full(conns) => conns,
+        };
+        // Parts already applied stay applied; if a later part fails, the events so far are
+        // returned for emission and the gateway is asked to send its full state again.
+        let mut events = Vec::new();
+        let parts: Vec<&[ConnState]> =
+            if conns.is_empty() { vec![&[]] } else { conns.chunks(CHUNK).collect() };
+        for (i, part) in parts.into_iter().enumerate() {
+            match self.full_part(report, i == 0, part).await {
+                Ok(more) => events.extend(more),
+                Err(e) if i == 0 => return Err(e),
+                Err(_) => return Ok((Ack::Resync, events)),
+            }
+        }
+        for _ in 0..conns.len().max(100_000) / CHUNK + 2 {
+            let mut invocation = self.inner.full_end.prepare_invoke();
+            invocation
+                .arg(&self.inner.prefix)
+                .arg(&*report.gateway)
+                .arg(report.seq)
+                .arg(millis(self.inner.timings.ttl))
+                .arg(millis(self.inner.timings.grace))
+                .arg(CHUNK);
+            let Ok(reply) = self.run(invocation).await else { return Ok((Ack::Resync, events)) };
+            let (status, more) = status_and_events(reply)?;
+            events.extend(more);
+            if status == "ok" {
+                return Ok((Ack::Applied, events));
+            }
+        }
+        Ok((Ack::Resync, events))
+    }
+
+    async fn sweep(&self) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        // Bounded: each call removes up to CHUNK connections; a sweep finishes a dead gateway
+        // of up to 400000 connections, the next sweep goes on with anything left.
+        for round in 0..2000 {
+            let mut invocation = self.inner.sweep.prepare_invoke();
+            invocation.arg(&self.inner.prefix).arg(millis(self.inner.timings.grace)).arg(CHUNK);
+            let reply = match self.run(invocation).await {
+                Ok(reply) => reply,
+                Err(e) if round == 0 => return Err(e),
+                Err(_) => return Ok(events),
+            };
+            let Value::Array(parts) = reply else { return Err(bad("sweep reply")) };
+            events.extend(decode_events(parts.get(1).unwrap_or(&Value::Nil))?);
+            if !matches!(parts.first(), Some(Value::Int(1))) {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    async fn users(&self, users: &[UserId]) -> Result<Vec<UserPresence>, StoreError> {
+        if users.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.hgetall(format!("{}u:{}", self.inner.prefix, user));
+        }
+        let replies: Vec<BTreeMap<String, i64>> = self.query(&pipe).await?;
+        Ok(users
+            .iter()
+            .zip(replies)
+            .map(|(user, gateways)| {
+                let connections = gateways.values().map(|n| (*n).max(0) as u64).sum();
+                UserPresence {
+                    user: user.clone(),
+                    online: connections > 0,
+                    connections,
+                    gateways: gateways.into_iter().filter(|(_, n)| *n > 0).map(|(g, _)| g).collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// Plain commands, not a script: each is short (a 10000-member list is an `HLEN`, one
+    /// `HGETALL` and one pipeline of `HMGET`s of 1000), so a big list never holds Redis in one
+    /// piece. A read is not a snapshot: a member may come or go between the commands.
+    async fn channel(&self, channel: &ChannelName, limit: usize) -> Result<ChannelPresence, StoreError> {
+        let key = format!("{}c:{}", self.inner.prefix, channel);
+        let mut pipe = redis::pipe();
+        pipe.hlen(&key);
+        let (count,): (u64,) = self.query(&pipe).await?;
+        let mut pairs: Vec<(String, u64)> = Vec::new();
+        if limit > 0 && count > 0 {
+            if count <= limit as u64 {
+                let mut pipe = redis::pipe();
+                pipe.hgetall(&key);
+                (pairs,) = self.query(&pipe).await?;
+            } else {
+                // More members than listed: scan just enough of them (each step is short).
+                let mut cursor = 0u64;
+                for _ in 0..count / 100 + 10 {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000);
+                    let ((next, found),): ((u64, Vec<(String, u64)>),) = self.query(&pipe).await?;
+                    pairs.extend(found);
+                    cursor = next;
+                    if cursor == 0 || pairs.len() >= limit {
+                        break;
+                    }
+                }
+                pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                pairs.dedup_by(|a, b| a.0 == b.0);
+                pairs.truncate(limit);
+            }
+        }
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if pairs.is_empty() {
+            return Ok(ChannelPresence { channel: channel.clone(), count, members: Vec::new() });
+        }
+        let mut pipe = redis::pipe();
+        let info_key = format!("{}info", self.inner.prefix);
+        for part in pairs.chunks(1000) {
+            pipe.cmd("HMGET").arg(&info_key).arg(part.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>());
+        }
+        let infos: Vec<Vec<Option<String>>> = self.query(&pipe).await?;
+        let members = pairs
+            .into_iter()
+            .zip(infos.into_iter().flatten())
+            .filter_map(|((user, connections), info)| {
+                Some(Member { user: UserId::parse(&user).ok()?, connections, info: info.map(Arc::from) })
+            })
+            .collect();
+        Ok(ChannelPresence { channel: channel.clone(), count, members })
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(format!("{}stats", self.inner.prefix)).arg("users").arg("conns");
+        let ((users, conns),): ((Option<i64>, Option<i64>),) = self.query(&pipe).await?;
+        Ok(Stats {
+            online_users: users.unwrap_or(0).max(0) as u64,
+            connections: conns.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        self.query::<(String,)>(&pipe).await.map(|_| ())
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}

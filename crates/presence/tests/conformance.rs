@@ -1,0 +1,26 @@
+//! The presence store conformance suite, run against both engines.
+
+use std::sync::Arc;
+
+use herald_broker::RedisConfig;
+use herald_presence::conformance::{self, TIMINGS};
+use herald_presence::{MemoryStore, PresenceStore, RedisStore};
+use herald_testkit::RedisServer;
+
+/// The in-memory engine keeps every promise of the suite.
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance::run_all(|_: &str| Arc::new(MemoryStore::new(TIMINGS)) as Arc<dyn PresenceStore>).await;
+}
+
+/// The Redis engine keeps every promise of the suite, against a real redis-server.
+#[tokio::test]
+async fn redis_store_conforms() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    conformance::run_all(move |case: &str| {
+        let config = RedisConfig { url: url.clone(), prefix: format!("{case}:"), ..Default::default() };
+        Arc::new(RedisStore::new(config, TIMINGS).unwrap()) as Arc<dyn PresenceStore>
+    })
+    .await;
+}
