@@ -87,6 +87,17 @@ async fn a_user_on_two_gateways_is_counted_once_and_leaves_once() {
         events.all().iter().find(|e| e["type"] == "online" && e["user"] == "alice").unwrap()["info"],
         info
     );
+
+    let metrics = format!("http://{}/metrics", s.replicas[0].http);
+    let metrics = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+    for expected in [
+        r#"herald_presence_reports_total{outcome="ok"}"#,
+        r#"herald_presence_events_total{kind="offline"} 1"#,
+        "herald_presence_online_users 1",
+        "herald_presence_connections 1",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing from\n{metrics}");
+    }
 }
 
 /// A reconnect within the grace period (even to the other gateway) emits no offline/online pair.

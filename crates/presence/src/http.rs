@@ -29,7 +29,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/presence/channels/{channel}", get(channel))
         .route("/v1/presence/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_api_key));
-    Router::new().route("/livez", get(livez)).route("/readyz", get(readyz)).merge(v1).with_state(shared)
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(shared): State<Arc<Shared>>| async move { shared.service.render_metrics().await }),
+        )
+        .merge(v1)
+        .with_state(shared)
 }
 
 async fn require_api_key(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {

@@ -13,7 +13,8 @@
 //!   them once), sweeps expired gateway leases, and validates queries.
 //! - [`store`]: the [`store::PresenceStore`] trait with its in-memory and Redis engines, and
 //!   [`conformance`], the suite both pass.
-//! - [`model`]: the domain types everyone speaks; [`config`]: `[presence]`.
+//! - [`model`]: the domain types everyone speaks; [`config`]: `[presence]`; [`metrics`]: what
+//!   `GET /metrics` exports.
 //!
 //! Data flow: socket change -> `Reporter` (local mirror + bounded backlog) -> one `Report` per
 //! interval -> `PresenceService::report` -> store (one atomic step) -> events -> broker ->
@@ -31,6 +32,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod reporter;
 pub mod server;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PresenceConfig;
 use crate::error::ApiError;
 use crate::events;
+use crate::metrics::{KindLabels, PresenceMetrics};
 use crate::model::{Ack, ChannelPresence, Event, Report, Stats, UserPresence};
 use crate::store::{PresenceStore, StoreError};
 
@@ -32,6 +33,7 @@ struct Inner {
     /// either, so gateways that kept running through an outage renew their leases before
     /// anyone judges them dead.
     calm_since: Mutex<Instant>,
+    metrics: PresenceMetrics,
 }
 
 impl PresenceService {
@@ -52,6 +54,7 @@ impl PresenceService {
                 events_channel,
                 config,
                 calm_since: Mutex::new(Instant::now()),
+                metrics: PresenceMetrics::default(),
             }),
         })
     }
@@ -64,6 +67,20 @@ impl PresenceService {
         &self.inner.store
     }
 
+    pub fn metrics(&self) -> &PresenceMetrics {
+        &self.inner.metrics
+    }
+
+    /// The metrics in Prometheus text format, with the state gauges refreshed from the store.
+    pub async fn render_metrics(&self) -> String {
+        let metrics = &self.inner.metrics;
+        if let Ok(stats) = self.inner.store.stats().await {
+            metrics.online_users.set(stats.online_users as i64);
+            metrics.connections.set(stats.connections as i64);
+        }
+        metrics.encode()
+    }
+
     fn store_failed(&self, e: StoreError) -> StoreError {
         *self.inner.calm_since.lock().expect("presence lock poisoned") = Instant::now();
         e
@@ -71,14 +88,18 @@ impl PresenceService {
 
     /// Applies a gateway's report and emits the transitions it caused.
     pub async fn report(&self, report: &Report) -> Result<Ack, StoreError> {
-        let (ack, events) = self.inner.store.report(report).await.map_err(|e| self.store_failed(e))?;
+        let applied = self.inner.store.report(report).await;
+        self.inner.metrics.reports.get_or_create(&PresenceMetrics::outcome(&applied)).inc();
+        let (ack, events) = applied.map_err(|e| self.store_failed(e))?;
         self.emit(events).await;
         Ok(ack)
     }
 
     /// One sweep: expired gateways and due `offline` events. Returns how many events it emitted.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        let events = self.inner.store.sweep().await.map_err(|e| self.store_failed(e))?;
+        let swept = self.inner.store.sweep().await;
+        self.inner.metrics.sweeps.get_or_create(&PresenceMetrics::outcome(&swept)).inc();
+        let events = swept.map_err(|e| self.store_failed(e))?;
         let n = events.len();
         self.emit(events).await;
         Ok(n)
@@ -113,7 +134,9 @@ impl PresenceService {
             return;
         }
         let mut batch: Vec<(ChannelName, Bytes)> = Vec::with_capacity(events.len());
+        let mut kinds: Vec<&'static str> = Vec::with_capacity(events.len());
         for event in &events {
+            let before = batch.len();
             match event {
                 Event::Join { channel, user, info } if self.join_leave(channel) => {
                     batch.push((channel.clone(), events::join(channel, user, info)))
@@ -129,12 +152,25 @@ impl PresenceService {
                 }
                 Event::Join { .. } | Event::Leave { .. } => {}
             }
+            if batch.len() > before {
+                kinds.push(match event {
+                    Event::Join { .. } => "join",
+                    Event::Leave { .. } => "leave",
+                    Event::Online { .. } => "online",
+                    Event::Offline { .. } => "offline",
+                });
+            }
         }
         if batch.is_empty() {
             return;
         }
         if let Err(e) = self.inner.broker.publish_batch(&batch).await {
+            self.inner.metrics.events_lost.inc_by(batch.len() as u64);
             tracing::warn!(error = %e, events = batch.len(), "presence events lost: the broker is unavailable");
+            return;
+        }
+        for kind in kinds {
+            self.inner.metrics.events.get_or_create(&KindLabels { kind }).inc();
         }
     }
 
