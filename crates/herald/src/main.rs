@@ -36,10 +36,15 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Drives WebSocket clients against running servers and reports latency, loss, memory, CPU.
+    Bench(Box<herald_bench::BenchArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Bench(args) = cli.command {
+        return herald_bench::run(*args);
+    }
     let config = Config::load(cli.config.as_deref())
         .map_err(|e| anyhow::anyhow!(e))
         .context("invalid configuration")?;
@@ -56,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             Command::Gateway => roles::gateway(config, shutdown_signal()).await,
             Command::PublisherApi => roles::publisher(config, shutdown_signal()).await,
             Command::Presence => roles::presence(config, shutdown_signal()).await,
-            Command::Token { .. } => unreachable!("handled above"),
+            Command::Token { .. } | Command::Bench(_) => unreachable!("handled above"),
         }
     });
     if let Err(e) = &result {

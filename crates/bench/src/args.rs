@@ -1,0 +1,147 @@
+//! The command line of `herald bench`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// `herald bench <scenario> [options]`: drives real WebSocket clients against a running system
+/// and prints what it measured. It never starts or configures the servers itself.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Which server the clients and the publisher speak to.
+    #[arg(long, value_enum, default_value_t = Target::Herald)]
+    pub target: Target,
+    /// WebSocket endpoint of a gateway: Herald `ws://host:port/ws`, nchan `ws://host:port/sub`
+    /// (the channel is appended). Repeat it for several gateways; connections are spread over
+    /// them round robin.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:8080/ws")]
+    pub urls: Vec<String>,
+    /// Where messages are published: Herald's HTTP (`http://host:8081`) or gRPC
+    /// (`http://host:8082`) listener, or nchan's publisher location (`http://host:port/pub`).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub publish_url: String,
+    /// How Herald messages are published (nchan is always published over HTTP).
+    #[arg(long, value_enum, default_value_t = Via::Http)]
+    pub publish: Via,
+    /// API key of Herald's publisher API.
+    #[arg(long, env = "HERALD_BENCH_API_KEY", default_value = "dev-only-api-key-change-me")]
+    pub api_key: String,
+    /// HS256 secret the gateways verify tokens with; every connection gets its own token.
+    #[arg(
+        long,
+        env = "HERALD_BENCH_JWT_SECRET",
+        default_value = "dev-only-secret-change-me-0123456789abcdef"
+    )]
+    pub jwt_secret: String,
+    /// Namespace of the bench channels (Herald); it must be configured on the gateways (the
+    /// quickstart configuration has `news`).
+    #[arg(long, default_value = "news")]
+    pub namespace: String,
+    /// Prefix of channel names, so runs do not collide with real traffic.
+    #[arg(long, default_value = "bench")]
+    pub prefix: String,
+    /// Client connections to open.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub connections: u64,
+    /// Channels the connections are spread over (`idle`).
+    #[arg(long, default_value_t = 100)]
+    pub channels: u64,
+    /// Connections per room (`rooms`).
+    #[arg(long, default_value_t = 10)]
+    pub room_size: u64,
+    /// Messages offered per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Messages to publish; by default `rate` times `duration`.
+    #[arg(long, short = 'm')]
+    pub messages: Option<u64>,
+    /// How long `idle` holds its connections, and how long the others publish when
+    /// `--messages` is not given.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Size of each message's `data`, bytes (its send time and sequence number, padded).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Most publish requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: usize,
+    /// Most connections being set up at once, per worker.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// How long the whole connect phase may take.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long to wait for the last deliveries after the last publish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Client worker processes. 0 runs every client inside this process; by default one
+    /// process per `--per-worker` connections, or none when they fit in one.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Most connections per worker process (a process may open at most `ulimit -n` files).
+    #[arg(long, default_value_t = 15000)]
+    pub per_worker: u64,
+    /// Most connections per source address (at most 45000). When more connections are asked
+    /// for, client sockets are bound to 127.0.0.2, 127.0.0.3, ... (ports from 20000 up) before
+    /// connecting, because ephemeral ports run out at about 28000 per address pair.
+    #[arg(long, default_value_t = 20000)]
+    pub per_source_addr: u64,
+    /// A server process whose memory and CPU time to sample (with its children). Repeat it.
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Also write the JSON result to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// The load shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// N connections, each subscribed to one of C channels, held for `duration`.
+    Idle,
+    /// N subscribers of one channel; M messages published into it at rate R.
+    Fanout,
+    /// N users, one connection each; notifications to random users at rate R.
+    Personal,
+    /// N clients in rooms of `room_size`; messages to random rooms at rate R.
+    Rooms,
+    /// N connections; M messages to everyone (Herald's `broadcast` channel) at rate R.
+    Broadcast,
+    /// Internal: a client worker process, driven over stdin and stdout.
+    #[value(hide = true)]
+    Worker,
+}
+
+impl Scenario {
+    /// Whether the scenario publishes messages.
+    pub fn publishes(self) -> bool {
+        !matches!(self, Scenario::Idle | Scenario::Worker)
+    }
+}
+
+/// The server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Herald,
+    /// nginx with the nchan module: WebSocket subscribers at `/sub/<channel>`, HTTP publish
+    /// to `/pub/<channel>`.
+    Nchan,
+}
+
+/// Transport of Herald publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    Http,
+    Grpc,
+}

@@ -1,0 +1,207 @@
+//! The publisher: offers messages at a fixed rate over HTTP or gRPC, never more than
+//! `in_flight` requests at once, and counts per stream what was published successfully.
+//!
+//! Each message's send time is taken right before its request goes out, so latency covers
+//! the publish API, the broker and the gateway. When the server falls behind and every
+//! in-flight slot is taken, sending waits: the achieved rate is reported next to the offered.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_publisher_api::pb::publisher_client::PublisherClient;
+use herald_publisher_api::pb::{BroadcastRequest, NotifyRequest, PublishRequest};
+use rand::{Rng, SeedableRng};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::args::{Target, Via};
+use crate::payload;
+use crate::plan::{Destination, Plan};
+
+/// How long one publish request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A way to publish one message.
+#[derive(Clone)]
+pub enum Publisher {
+    /// Herald's HTTP API.
+    Http { client: reqwest::Client, base: String, auth: String },
+    /// Herald's gRPC API (one HTTP/2 connection, requests multiplexed).
+    Grpc {
+        client: PublisherClient<tonic::transport::Channel>,
+        auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    },
+    /// nchan's publisher location: `POST <base>/<channel>` with the bare payload.
+    Nchan { client: reqwest::Client, base: String },
+}
+
+impl Publisher {
+    pub async fn new(
+        target: Target,
+        via: Via,
+        url: &str,
+        api_key: &str,
+        in_flight: usize,
+    ) -> anyhow::Result<Self> {
+        let http =
+            || reqwest::Client::builder().pool_max_idle_per_host(in_flight).timeout(REQUEST_TIMEOUT).build();
+        let base = url.trim_end_matches('/').to_string();
+        Ok(match (target, via) {
+            (Target::Nchan, _) => Publisher::Nchan { client: http()?, base },
+            (Target::Herald, Via::Http) => {
+                Publisher::Http { client: http()?, base, auth: format!("Bearer {api_key}") }
+            }
+            (Target::Herald, Via::Grpc) => {
+                let channel =
+                    tonic::transport::Endpoint::from_shared(base)?.timeout(REQUEST_TIMEOUT).connect().await?;
+                Publisher::Grpc {
+                    client: PublisherClient::new(channel),
+                    auth: format!("Bearer {api_key}").parse()?,
+                }
+            }
+        })
+    }
+
+    /// Publishes `data` to `dest`; the error is a short text for the report.
+    pub async fn send(&self, dest: &Destination, data: String) -> Result<(), String> {
+        match self {
+            Publisher::Http { client, base, auth } => {
+                let (url, body) = match dest {
+                    Destination::Channel(c) => {
+                        (format!("{base}/v1/publish"), format!(r#"{{"channel":"{c}","data":{data}}}"#))
+                    }
+                    Destination::User(u) => {
+                        (format!("{base}/v1/users/{u}/notify"), format!(r#"{{"data":{data}}}"#))
+                    }
+                    Destination::Broadcast => {
+                        (format!("{base}/v1/broadcast"), format!(r#"{{"data":{data}}}"#))
+                    }
+                };
+                let request = client
+                    .post(url)
+                    .header("authorization", auth)
+                    .header("content-type", "application/json")
+                    .body(body);
+                check_http(request.send().await).await
+            }
+            Publisher::Nchan { client, base } => {
+                let Destination::Channel(c) = dest else { return Err("nchan publishes to channels".into()) };
+                check_http(client.post(format!("{base}/{c}")).body(data).send().await).await
+            }
+            Publisher::Grpc { client, auth } => {
+                let mut client = client.clone();
+                let data = data.into_bytes();
+                let result = match dest {
+                    Destination::Channel(c) => {
+                        let msg = PublishRequest { channel: c.clone(), data, event: None };
+                        client.publish(with_auth(msg, auth)).await.map(drop)
+                    }
+                    Destination::User(u) => {
+                        let msg = NotifyRequest { user: u.clone(), data, event: None };
+                        client.notify(with_auth(msg, auth)).await.map(drop)
+                    }
+                    Destination::Broadcast => client
+                        .broadcast(with_auth(BroadcastRequest { data, event: None }, auth))
+                        .await
+                        .map(drop),
+                };
+                result.map_err(|s| format!("grpc {:?}: {}", s.code(), s.message()))
+            }
+        }
+    }
+}
+
+fn with_auth<T>(msg: T, auth: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    request.metadata_mut().insert("authorization", auth.clone());
+    request
+}
+
+async fn check_http(response: reqwest::Result<reqwest::Response>) -> Result<(), String> {
+    let response = response
+        .map_err(|e| if e.is_timeout() { "http timeout".to_string() } else { format!("http error: {e}") })?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(format!("http {status}: {}", body.chars().take(120).collect::<String>()))
+}
+
+/// What the publisher did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Messages published successfully, per stream.
+    pub published: Vec<u64>,
+    pub attempted: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// From the first send to the last reply.
+    pub elapsed: Duration,
+}
+
+/// Live publish counters, for the progress bar.
+#[derive(Default)]
+pub struct Progress {
+    pub sent: AtomicU64,
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// Offers `messages` messages at `rate` per second to random streams of `plan` (or its only
+/// stream). Bounded by the message count, and each request by [`REQUEST_TIMEOUT`].
+pub async fn run(
+    publisher: Publisher,
+    plan: &Plan,
+    messages: u64,
+    rate: f64,
+    payload_size: usize,
+    in_flight: usize,
+    progress: Arc<Progress>,
+) -> Outcome {
+    let streams = plan.streams() as usize;
+    let destinations: Arc<Vec<Destination>> =
+        Arc::new((0..streams as u64).map(|s| plan.destination(s)).collect());
+    let ok: Arc<Vec<AtomicU64>> = Arc::new((0..streams).map(|_| AtomicU64::new(0)).collect());
+    let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let mut next_seq = vec![0u64; streams];
+    let in_flight = in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let start = Instant::now();
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+    for k in 0..messages {
+        tokio::time::sleep_until(start + period.mul_f64(k as f64)).await;
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let stream = if streams == 1 { 0 } else { rng.random_range(0..streams) };
+        let seq = next_seq[stream];
+        next_seq[stream] += 1;
+        let (publisher, destinations, ok, errors, progress) =
+            (publisher.clone(), destinations.clone(), ok.clone(), errors.clone(), progress.clone());
+        progress.sent.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let data = payload::encode(seq, payload::now_micros(), payload_size);
+            match publisher.send(&destinations[stream], data).await {
+                Ok(()) => {
+                    ok[stream].fetch_add(1, Ordering::Relaxed);
+                    progress.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    progress.failed.fetch_add(1, Ordering::Relaxed);
+                    *errors.lock().expect("errors lock").entry(e).or_default() += 1;
+                }
+            }
+            drop(slot);
+        });
+    }
+    // Every request ends within its timeout; wait for the last ones.
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT * 2, slots.acquire_many(in_flight as u32)).await;
+    let errors = errors.lock().expect("errors lock").clone();
+    Outcome {
+        published: ok.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
+        attempted: next_seq.iter().sum(),
+        errors,
+        elapsed: start.elapsed(),
+    }
+}

@@ -1,0 +1,176 @@
+//! The result of a run: one JSON document, and a human summary of it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::args::{Scenario, Target, Via};
+use crate::procstat::Sample;
+use crate::stats::Percentiles;
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub target: Target,
+    /// `http` or `grpc` for Herald; nchan is always HTTP.
+    pub publish_via: Via,
+    /// Seconds since the Unix epoch when the run started.
+    pub started_at: u64,
+    pub payload_bytes: usize,
+    pub workers: usize,
+    pub connections: Connections,
+    pub messages: Messages,
+    pub deliveries: Deliveries,
+    /// Message latency, from just before the publish request to the client's read.
+    pub latency: Percentiles,
+    pub servers: Vec<ServerReport>,
+    /// All sampled servers together.
+    pub server_total: ServerTotal,
+    /// CPU time of the bench itself and its workers while connecting, seconds.
+    pub client_cpu_s_connect: f64,
+    /// CPU time of the bench itself and its workers while publishing, seconds.
+    pub client_cpu_s_publish: f64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Connections {
+    pub requested: u64,
+    pub connected: u64,
+    pub failed: u64,
+    /// Closed by the server or broken before the end of the run.
+    pub closed_early: u64,
+    /// From the first connection attempt until every one was attempted.
+    pub connect_seconds: f64,
+    /// Connections set up per second (TCP, WebSocket handshake with token check, greeting and
+    /// subscription), with `connect_concurrency` at once per worker.
+    pub connect_rate: f64,
+    pub setup_latency: Percentiles,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Messages {
+    pub requested: u64,
+    pub offered_rate: f64,
+    pub attempted: u64,
+    pub published: u64,
+    pub failed: u64,
+    pub publish_seconds: f64,
+    pub achieved_rate: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Deliveries {
+    /// Successful publishes times the connections listening to their streams.
+    pub expected: u64,
+    /// Distinct messages received.
+    pub delivered: u64,
+    pub lost: u64,
+    pub connections_with_loss: u64,
+    pub duplicates: u64,
+    /// Messages that arrived after a later one of their stream. Concurrent publish requests
+    /// may themselves reach the server out of order, so this is an upper bound.
+    pub reordered: u64,
+    /// Deliveries per second, from the first publish until the last delivery was awaited.
+    pub rate: f64,
+}
+
+/// One server process (with its children), sampled at the run's phases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerReport {
+    pub pid: u32,
+    pub name: String,
+    pub before: Sample,
+    /// Right after every connection was set up.
+    pub connected: Sample,
+    /// At the end of the hold (`idle`) or of the drain.
+    pub end: Sample,
+    pub peak_rss_kib: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServerTotal {
+    /// RSS growth from before connecting to the measuring point (end of hold for `idle`,
+    /// all connected otherwise), KiB.
+    pub rss_growth_kib: i64,
+    pub kib_per_connection: f64,
+    pub peak_rss_kib: u64,
+    pub cpu_s_connect: f64,
+    pub cpu_s_publish: f64,
+    pub cpu_s_per_million_deliveries: f64,
+}
+
+impl Report {
+    /// A few lines for people.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let c = &self.connections;
+        let _ = writeln!(
+            s,
+            "herald bench {:?} against {:?}: {} of {} connected ({} failed, {} closed early) in {:.1} s, {:.0}/s",
+            self.scenario,
+            self.target,
+            c.connected,
+            c.requested,
+            c.failed,
+            c.closed_early,
+            c.connect_seconds,
+            c.connect_rate
+        );
+        let l = &c.setup_latency;
+        let _ =
+            writeln!(s, "  setup latency ms: p50 {:.1}  p99 {:.1}  max {:.1}", l.p50_ms, l.p99_ms, l.max_ms);
+        if self.scenario.publishes() {
+            let m = &self.messages;
+            let _ = writeln!(
+                s,
+                "  published {} of {} ({} failed) in {:.1} s: {:.0}/s offered, {:.0}/s achieved",
+                m.published, m.requested, m.failed, m.publish_seconds, m.offered_rate, m.achieved_rate
+            );
+            let d = &self.deliveries;
+            let _ = writeln!(
+                s,
+                "  delivered {} of {} expected: lost {} (on {} connections), {} duplicates, {} reordered; {:.0} deliveries/s",
+                d.delivered, d.expected, d.lost, d.connections_with_loss, d.duplicates, d.reordered, d.rate
+            );
+            let l = &self.latency;
+            let _ = writeln!(
+                s,
+                "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, n {})",
+                l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.mean_ms, l.count
+            );
+        }
+        for srv in &self.servers {
+            let _ = writeln!(
+                s,
+                "  server {} ({}): RSS {} -> {} -> {} KiB (peak {}), CPU {:.2} s",
+                srv.pid,
+                srv.name,
+                srv.before.rss_kib,
+                srv.connected.rss_kib,
+                srv.end.rss_kib,
+                srv.peak_rss_kib,
+                srv.end.cpu_s - srv.before.cpu_s
+            );
+        }
+        if !self.servers.is_empty() {
+            let t = &self.server_total;
+            let _ = writeln!(
+                s,
+                "  servers: {:.2} KiB/connection, CPU {:.2} s connecting, {:.2} s publishing = {:.2} s per million deliveries",
+                t.kib_per_connection, t.cpu_s_connect, t.cpu_s_publish, t.cpu_s_per_million_deliveries
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  client CPU: {:.2} s connecting, {:.2} s publishing",
+            self.client_cpu_s_connect, self.client_cpu_s_publish
+        );
+        for (error, n) in &self.errors {
+            let _ = writeln!(s, "  error x{n}: {error}");
+        }
+        s
+    }
+}

@@ -1,0 +1,270 @@
+//! A worker: opens a share of the connections, reports progress, and at the end judges what
+//! each connection received against what was published.
+//!
+//! A worker runs inside the coordinating process or as a process of its own (the same binary,
+//! `herald bench worker`), because one process may open only so many sockets. A worker process
+//! reads its [`WorkerSpec`] and then [`Command`]s as JSON lines on stdin and writes [`Event`]s
+//! as JSON lines on stdout; when stdin closes it stops.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{Plan, WorkerSpec};
+use crate::stats::{self, Seen};
+
+/// How often a worker reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Distinct error texts kept; further kinds are counted under "other errors".
+const MAX_ERROR_KINDS: usize = 20;
+
+/// From the coordinator to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// The connect phase is over: connections still being set up give up, so none joins
+    /// after the first message was published (it would count messages as lost).
+    EndConnect,
+    /// Stop: `published[s]` messages of stream `s` were published successfully.
+    Stop { published: Vec<u64> },
+}
+
+/// From a worker to the coordinator.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Progress(Counts),
+    /// Every connection was attempted (and connected or failed).
+    Ready(Counts),
+    Report(WorkerReport),
+}
+
+/// Running totals of one worker.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub connected: u64,
+    pub failed: u64,
+    /// Connections the server closed (or that broke) before the end.
+    pub closed: u64,
+    /// Messages received, duplicates included.
+    pub received: u64,
+    pub unique: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Self) {
+        self.connected += o.connected;
+        self.failed += o.failed;
+        self.closed += o.closed;
+        self.received += o.received;
+        self.unique += o.unique;
+    }
+}
+
+/// What a worker measured, sent once at the end.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub counts: Counts,
+    pub duplicates: u64,
+    pub reordered: u64,
+    /// Messages published successfully that a connected client did not receive.
+    pub lost: u64,
+    pub conns_with_loss: u64,
+    /// Frames that carried no bench payload (greetings, pongs).
+    pub other_frames: u64,
+    /// Message latency, microseconds, as histogram buckets.
+    pub latency: Vec<(u64, u64)>,
+    /// Time to connect, be greeted and subscribed, microseconds.
+    pub connect_latency: Vec<(u64, u64)>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub connected: AtomicU64,
+    pub failed: AtomicU64,
+    pub closed: AtomicU64,
+    pub received: AtomicU64,
+    pub unique: AtomicU64,
+    pub other_frames: AtomicU64,
+    duplicates: AtomicU64,
+    reordered: AtomicU64,
+    lost: AtomicU64,
+    conns_with_loss: AtomicU64,
+}
+
+/// State shared by a worker's connection tasks.
+pub(crate) struct Shared {
+    pub plan: Plan,
+    pub counters: Counters,
+    pub stop: CancellationToken,
+    /// Cancelled when the connect phase ends.
+    pub end_connect: CancellationToken,
+    latency: Mutex<Histogram<u64>>,
+    connect_latency: Mutex<Histogram<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    /// Set just before `stop` is cancelled.
+    published: OnceLock<Vec<u64>>,
+}
+
+impl Shared {
+    fn new(plan: Plan) -> Self {
+        Self {
+            plan,
+            counters: Counters::default(),
+            stop: CancellationToken::new(),
+            end_connect: CancellationToken::new(),
+            latency: Mutex::new(stats::histogram()),
+            connect_latency: Mutex::new(stats::histogram()),
+            errors: Mutex::default(),
+            published: OnceLock::new(),
+        }
+    }
+
+    pub fn record_latency(&self, micros: u64) {
+        self.latency.lock().expect("histogram lock").saturating_record(micros.max(1));
+    }
+
+    pub fn record_connect(&self, took: Duration) {
+        self.counters.connected.fetch_add(1, Ordering::Relaxed);
+        self.connect_latency
+            .lock()
+            .expect("histogram lock")
+            .saturating_record((took.as_micros() as u64).max(1));
+    }
+
+    pub fn error(&self, text: String) {
+        let mut errors = self.errors.lock().expect("errors lock");
+        let key = if errors.len() < MAX_ERROR_KINDS || errors.contains_key(&text) {
+            text
+        } else {
+            "other errors".into()
+        };
+        *errors.entry(key).or_default() += 1;
+    }
+
+    /// Judges one connection once the run is over.
+    pub fn finish(&self, stream: u64, seen: &Seen) {
+        let c = &self.counters;
+        c.duplicates.fetch_add(seen.duplicates, Ordering::Relaxed);
+        c.reordered.fetch_add(seen.reordered, Ordering::Relaxed);
+        let expected = self.published.get().and_then(|p| p.get(stream as usize)).copied().unwrap_or(0);
+        let lost = expected.saturating_sub(seen.unique);
+        if lost > 0 {
+            c.lost.fetch_add(lost, Ordering::Relaxed);
+            c.conns_with_loss.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        let c = &self.counters;
+        Counts {
+            connected: c.connected.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            closed: c.closed.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            unique: c.unique.load(Ordering::Relaxed),
+        }
+    }
+
+    fn report(&self) -> WorkerReport {
+        let c = &self.counters;
+        WorkerReport {
+            counts: self.counts(),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            reordered: c.reordered.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+            conns_with_loss: c.conns_with_loss.load(Ordering::Relaxed),
+            other_frames: c.other_frames.load(Ordering::Relaxed),
+            latency: stats::to_buckets(&self.latency.lock().expect("histogram lock")),
+            connect_latency: stats::to_buckets(&self.connect_latency.lock().expect("histogram lock")),
+            errors: self.errors.lock().expect("errors lock").clone(),
+        }
+    }
+}
+
+/// Runs one worker's connections until [`Command::Stop`] (or until its commands end or its
+/// `max_runtime` passes), then sends its [`Event::Report`].
+pub async fn run(spec: WorkerSpec, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
+    let deadline = tokio::time::Instant::now() + spec.plan.max_runtime;
+    let shared = Arc::new(Shared::new(spec.plan));
+    let gate = Arc::new(Semaphore::new(shared.plan.connect_concurrency));
+    let mut tasks = JoinSet::new();
+    for conn in spec.first..spec.first + spec.count {
+        tasks.spawn(crate::client::run(shared.clone(), conn, gate.clone()));
+    }
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let mut ready = false;
+    let published = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let counts = shared.counts();
+                let done = counts.connected + counts.failed >= spec.count;
+                let event = if done && !ready { Event::Ready(counts) } else { Event::Progress(counts) };
+                ready |= done;
+                if events.send(event).await.is_err() {
+                    break Vec::new();
+                }
+            }
+            cmd = commands.recv() => match cmd {
+                Some(Command::EndConnect) => shared.end_connect.cancel(),
+                Some(Command::Stop { published }) => break published,
+                None => break Vec::new(),
+            },
+            _ = tokio::time::sleep_until(deadline) => break Vec::new(),
+        }
+    };
+    let _ = shared.published.set(published);
+    shared.stop.cancel();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(30), async { while tasks.join_next().await.is_some() {} })
+            .await;
+    let _ = events.send(Event::Report(shared.report())).await;
+}
+
+/// `herald bench worker`: a worker process. Reads its spec and commands from stdin, writes
+/// events to stdout.
+pub fn run_process() -> anyhow::Result<()> {
+    // One thread per worker process: there are several of them, and cross-thread wake-ups cost
+    // more than they bring when every core is already busy.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        let spec: WorkerSpec = match lines.next_line().await? {
+            Some(line) => serde_json::from_str(&line)?,
+            None => anyhow::bail!("no worker spec on stdin"),
+        };
+        let (cmd_tx, cmd_rx) = mpsc::channel(4);
+        let (ev_tx, mut ev_rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Command>(&line) {
+                    Ok(cmd) => {
+                        if cmd_tx.send(cmd).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => eprintln!("herald bench worker: bad command: {e}"),
+                }
+            }
+        });
+        let worker = tokio::spawn(run(spec, cmd_rx, ev_tx));
+        let mut stdout = tokio::io::stdout();
+        while let Some(event) = ev_rx.recv().await {
+            let mut line = serde_json::to_vec(&event)?;
+            line.push(b'\n');
+            stdout.write_all(&line).await?;
+            stdout.flush().await?;
+        }
+        worker.await?;
+        Ok(())
+    })
+}
