@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use herald_protocol::{ChannelName, Publication};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{ConnHandle, ConnId, Hub};
+use crate::queue::OutQueue;
 
 /// The hub connection id of the canary; real connections are numbered from 1.
 pub(crate) const CANARY_CONN: ConnId = 0;
@@ -33,8 +33,8 @@ pub(crate) async fn run(
     healthy: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let (tx, mut rx) = mpsc::channel(8);
-    let handle = ConnHandle::new(CANARY_CONN, tx);
+    let queue = Arc::new(OutQueue::new(64, 64 * 1024));
+    let handle = ConnHandle::new(CANARY_CONN, queue.clone());
     let mut joined = false;
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(interval);
@@ -54,7 +54,7 @@ pub(crate) async fn run(
         }
         seq += 1;
         let ok = tokio::select! {
-            ok = round_trip(&hub, &channel, seq, &mut rx, &handle.queued_bytes, timeout) => ok,
+            ok = round_trip(&hub, &channel, seq, &queue, timeout) => ok,
             _ = stop.cancelled() => break,
         };
         if ok != healthy.swap(ok, Ordering::Relaxed) {
@@ -69,14 +69,7 @@ pub(crate) async fn run(
 }
 
 /// Publishes canary `seq` and waits for it to come back.
-async fn round_trip(
-    hub: &Hub,
-    channel: &ChannelName,
-    seq: u64,
-    rx: &mut mpsc::Receiver<crate::hub::Outbound>,
-    handle_bytes: &std::sync::atomic::AtomicUsize,
-    timeout: Duration,
-) -> bool {
+async fn round_trip(hub: &Hub, channel: &ChannelName, seq: u64, queue: &OutQueue, timeout: Duration) -> bool {
     let data = RawValue::from_string(seq.to_string()).expect("a number is JSON");
     let publication = Publication::new(channel, &data, None).expect("no event name");
     let expected = format!("\"data\":{seq}}}");
@@ -84,13 +77,14 @@ async fn round_trip(
         if hub.broker().publish(channel, publication.encode()).await.is_err() {
             return false;
         }
-        while let Some(out) = rx.recv().await {
-            handle_bytes.fetch_sub(out.frame.len(), std::sync::atomic::Ordering::Relaxed);
-            if out.frame.as_str().ends_with(&expected) {
-                return true;
+        loop {
+            while let Some(out) = queue.pop() {
+                if out.frame.as_str().ends_with(&expected) {
+                    return true;
+                }
             }
+            queue.ready().await;
         }
-        false
     };
     tokio::time::timeout(timeout, wait).await.unwrap_or(false)
 }

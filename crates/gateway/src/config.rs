@@ -35,7 +35,7 @@ pub struct GatewayConfig {
     pub max_message_size: usize,
     /// Bytes read from the socket at a time. Each connection holds a buffer of this size, so
     /// it is small by default (the WebSocket library's default of 128 KiB would cost 1.2 GiB
-    /// at 10k connections).
+    /// at 10k connections). Client frames are small; a larger one grows the buffer as needed.
     pub read_buffer_size: usize,
     /// Bytes collected before a write is flushed to the socket.
     pub write_buffer_size: usize,
@@ -67,7 +67,7 @@ impl Default for GatewayConfig {
             pong_timeout: Duration::from_secs(60),
             max_subscriptions: 128,
             max_message_size: 64 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 256,
             write_buffer_size: 4 * 1024,
             max_write_buffer_size: 1024 * 1024,
             close_timeout: Duration::from_secs(1),

@@ -7,6 +7,7 @@
 //! stopped reading is cut off even while a write to it is stuck.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -15,15 +16,15 @@ use herald_protocol::{
     ChannelKind, ChannelName, ClientFrame, CloseCode, ErrorCode, Publication, RequestId, ServerFrame,
 };
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Shared;
 use crate::auth::Identity;
-use crate::hub::{ConnHandle, Outbound};
+use crate::hub::ConnHandle;
 use crate::metrics::GatewayMetrics;
 use crate::observer::ConnectionInfo;
 use crate::policy;
+use crate::queue::OutQueue;
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -44,8 +45,8 @@ pub(crate) struct Connection {
     identity: Identity,
     /// What observers (presence) know of this connection.
     info: ConnectionInfo,
+    /// What the hub holds of this connection: its id and outbound queue.
     handle: ConnHandle,
-    outbound: mpsc::Receiver<Outbound>,
     /// Every channel this connection is in, its personal and broadcast channels included.
     subscriptions: HashSet<ChannelName>,
     /// When the client last sent anything (a pong counts).
@@ -55,7 +56,7 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) fn new(shared: Shared, identity: Identity) -> Self {
         let id = shared.next_conn_id();
-        let (tx, rx) = mpsc::channel(shared.config.outbound_queue);
+        let queue = OutQueue::new(shared.config.outbound_queue, shared.config.outbound_queue_bytes);
         let info = ConnectionInfo {
             conn_id: id,
             client_id: format!("{}-{id}", shared.node_id).into(),
@@ -64,8 +65,7 @@ impl Connection {
         };
         Self {
             info,
-            handle: ConnHandle::new(id, tx),
-            outbound: rx,
+            handle: ConnHandle::new(id, Arc::new(queue)),
             subscriptions: HashSet::new(),
             last_seen: Instant::now(),
             identity,
@@ -97,6 +97,7 @@ impl Connection {
             let _ = tokio::time::timeout(self.shared.config.close_timeout, close(&mut socket, frame)).await;
         }
         self.shared.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
+        self.handle.queue.close();
         for channel in self.subscriptions.drain() {
             self.shared.hub.leave(&channel, self.handle.id);
         }
@@ -137,7 +138,7 @@ impl Connection {
             }
         };
         tokio::pin!(expired);
-        let slow = self.handle.slow.clone();
+        let queue = self.handle.queue.clone();
         // On shutdown the connection keeps being served until a random moment within the drain
         // window, so clients reconnect elsewhere spread out, and receive messages until then.
         let shutdown = self.shared.shutdown.clone();
@@ -151,16 +152,18 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                _ = slow.cancelled() => return slow_consumer(),
+                _ = queue.overflowed() => return slow_consumer(),
                 _ = &mut drained => {
                     return Exit::error(ErrorCode::ShuttingDown, "server shutting down, reconnect");
                 }
-                Some(first) = self.outbound.recv() => {
-                    let write =
-                        write_batch(socket, first, &mut self.outbound, &self.handle, config.write_batch, &metrics);
+                _ = queue.ready() => {
                     tokio::select! {
-                        r = write => if r.is_err() { return Exit::Gone },
-                        _ = slow.cancelled() => return slow_consumer(),
+                        r = write_batch(socket, &queue, config.write_batch, &metrics) => match r {
+                            Ok(true) => queue.rearm(),
+                            Ok(false) => {}
+                            Err(_) => return Exit::Gone,
+                        },
+                        _ = queue.overflowed() => return slow_consumer(),
                     }
                 }
                 msg = socket.recv() => {
@@ -177,7 +180,7 @@ impl Connection {
                         let send = socket.send(Message::text(reply));
                         tokio::select! {
                             r = send => if r.is_err() { return Exit::Gone },
-                            _ = slow.cancelled() => return slow_consumer(),
+                            _ = queue.overflowed() => return slow_consumer(),
                         }
                     }
                 }
@@ -318,38 +321,30 @@ async fn close(socket: &mut WebSocket, frame: CloseFrame) {
     }
 }
 
-/// Writes `first` and up to `max - 1` more queued frames, then flushes once.
-/// Records the batch in the delivery metrics.
+/// Writes up to `max` queued frames and flushes once (write coalescing), recording the batch
+/// in the delivery metrics. Returns whether frames are still waiting.
 async fn write_batch(
     socket: &mut WebSocket,
-    first: Outbound,
-    queue: &mut mpsc::Receiver<Outbound>,
-    handle: &ConnHandle,
+    queue: &OutQueue,
     max: usize,
     metrics: &GatewayMetrics,
-) -> Result<(), axum::Error> {
+) -> Result<bool, axum::Error> {
+    let Some(first) = queue.pop() else { return Ok(false) };
     let oldest = first.ts;
-    let mut taken = first.frame.len();
     socket.feed(Message::Text(first.frame)).await?;
     let mut written = 1;
     while written < max {
-        match queue.try_recv() {
-            Ok(out) => {
-                taken += out.frame.len();
-                socket.feed(Message::Text(out.frame)).await?;
-            }
-            Err(_) => break,
-        }
+        let Some(out) = queue.pop() else { break };
+        socket.feed(Message::Text(out.frame)).await?;
         written += 1;
     }
-    handle.queued_bytes.fetch_sub(taken, std::sync::atomic::Ordering::Relaxed);
     socket.flush().await?;
     metrics.frames_delivered.inc_by(written as u64);
     if oldest > 0 {
         let now = herald_protocol::publication::now_millis();
         metrics.delivery_latency.observe(now.saturating_sub(oldest) as f64 / 1000.0);
     }
-    Ok(())
+    Ok(!queue.is_empty())
 }
 
 fn slow_consumer() -> Exit {

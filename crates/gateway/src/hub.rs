@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
@@ -17,10 +16,9 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use herald_broker::{Broker, Delivery, Subscriber};
 use herald_protocol::ChannelName;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::GatewayMetrics;
+use crate::queue::{OutQueue, Overflow};
 
 /// Number of independently locked parts of the channel map, so that joins and deliveries on
 /// different channels do not contend.
@@ -34,43 +32,15 @@ pub type ConnId = u64;
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
-    pub outbound: mpsc::Sender<Outbound>,
-    /// Bytes of frames in `outbound`; the connection subtracts what it takes out.
-    pub queued_bytes: Arc<AtomicUsize>,
-    /// Cancelled when the connection's queue overflowed.
-    pub slow: CancellationToken,
+    /// Where the hub puts the connection's frames; bounded, and marks the connection slow
+    /// when full.
+    pub queue: Arc<OutQueue>,
 }
 
 impl ConnHandle {
-    pub fn new(id: ConnId, outbound: mpsc::Sender<Outbound>) -> Self {
-        Self { id, outbound, queued_bytes: Arc::default(), slow: CancellationToken::new() }
+    pub fn new(id: ConnId, queue: Arc<OutQueue>) -> Self {
+        Self { id, queue }
     }
-
-    /// Queues `out` unless that would exceed `max_bytes` or the queue's length.
-    fn offer(&self, out: &Outbound, max_bytes: usize) -> Result<(), Overflow> {
-        let len = out.frame.len();
-        if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > max_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            return Err(Overflow::Full);
-        }
-        match self.outbound.try_send(out.clone()) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(_) => Overflow::Full,
-                    mpsc::error::TrySendError::Closed(_) => Overflow::Closed,
-                })
-            }
-        }
-    }
-}
-
-enum Overflow {
-    /// Too many messages or bytes waiting: the client is too slow.
-    Full,
-    /// The connection is closing and will leave its channels shortly.
-    Closed,
 }
 
 /// One frame waiting in a connection's queue.
@@ -106,8 +76,6 @@ struct HubInner {
     /// subscriber needs the hub (as its [`Delivery`]) to exist first.
     subscriber: OnceLock<Arc<dyn Subscriber>>,
     metrics: Arc<GatewayMetrics>,
-    /// Bytes one connection may have queued (`gateway.outbound_queue_bytes`).
-    queue_bytes: usize,
 }
 
 /// Hands broker messages to the hub without keeping it alive.
@@ -123,14 +91,13 @@ impl Delivery for HubDelivery {
 
 impl Hub {
     /// Builds the hub and starts the node's broker subscription.
-    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<GatewayMetrics>, queue_bytes: usize) -> Self {
+    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<GatewayMetrics>) -> Self {
         let inner = Arc::new(HubInner {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             broker,
             subscriber: OnceLock::new(),
             metrics,
-            queue_bytes,
         });
         let subscriber = inner.broker.subscriber(Arc::new(HubDelivery(Arc::downgrade(&inner))));
         let _ = inner.subscriber.set(subscriber);
@@ -210,10 +177,8 @@ impl HubInner {
         let Some(entry) = shard.get(channel) else { return };
         let out = Outbound { frame, ts };
         for conn in entry.conns.values() {
-            if let Err(Overflow::Full) = conn.offer(&out, self.queue_bytes)
-                && !conn.slow.is_cancelled()
-            {
-                conn.slow.cancel();
+            // `Full` is reported once per connection; later pushes find it closed.
+            if let Err(Overflow::Full) = conn.queue.push(&out) {
                 self.metrics.slow_consumers.inc();
             }
         }

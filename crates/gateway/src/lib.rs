@@ -8,6 +8,7 @@
 //! - [`observer`]: the seam through which presence learns of connections and subscriptions.
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
 //!   a message through the broker to itself.
+//! - [`queue`]: each connection's bounded outbound queue.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
 //!   broker and queues each message's bytes, encoded once, to every local subscriber.
 //!
@@ -22,6 +23,7 @@ pub mod hub;
 pub mod metrics;
 pub mod observer;
 pub mod policy;
+pub mod queue;
 pub mod server;
 
 use std::sync::Arc;
@@ -91,7 +93,7 @@ impl Gateway {
         let verifier = TokenVerifier::new(auth)?;
         let node_id = format!("{:08x}", rand_u32());
         let metrics = Arc::new(GatewayMetrics::default());
-        let hub = Hub::new(broker, metrics.clone(), config.outbound_queue_bytes);
+        let hub = Hub::new(broker, metrics.clone());
         let canary_ok = Arc::new(AtomicBool::new(false));
         let shutdown = CancellationToken::new();
         tokio::spawn(canary::run(
