@@ -34,7 +34,8 @@ COPY --from=build /usr/local/bin/herald /usr/local/bin/herald
 COPY deploy/herald.toml /etc/herald/herald.toml
 USER 10001:10001
 # 8080: gateway WebSocket /ws, /livez, /readyz, /metrics
-# 8081: publisher API HTTP (and its /livez, /readyz, /metrics); 8082: publisher API gRPC
-EXPOSE 8080 8081 8082
+# 8081: publisher API HTTP (and its /livez, /readyz, /metrics); 8082: publisher API gRPC;
+# 8083: presence HTTP (and its probes and /metrics); 8084: presence gRPC (gateways' reports)
+EXPOSE 8080 8081 8082 8083 8084
 ENTRYPOINT ["herald"]
 CMD ["gateway", "--config", "/etc/herald/herald.toml"]

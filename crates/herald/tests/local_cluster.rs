@@ -1,7 +1,8 @@
 //! The deployment topology, run as processes: `scripts/local-cluster` starts a real
-//! redis-server, two gateways and a publisher API from `deploy/herald.toml`, and a message
-//! published over HTTP reaches a client on each gateway. Stopping the script leaves no process
-//! behind. The configuration files shipped for compose and Kubernetes are checked to load.
+//! redis-server, a presence service, two gateways reporting to it and a publisher API from
+//! `deploy/herald.toml`; a message published over HTTP reaches a client on each gateway, and
+//! presence lists both clients' users. Stopping the script leaves no process behind. The
+//! configuration files shipped for compose and Kubernetes are checked to load.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -28,6 +29,7 @@ struct LocalCluster {
     run_dir: PathBuf,
     gateway_ports: [u16; 2],
     http_port: u16,
+    presence_http_port: u16,
 }
 
 impl LocalCluster {
@@ -38,6 +40,7 @@ impl LocalCluster {
         let output = File::create(run_dir.join("script.log")).unwrap();
         let gateway_ports = [free_port(), free_port()];
         let http_port = free_port();
+        let presence_http_port = free_port();
         let script = Command::new(repo_root().join("scripts/local-cluster"))
             .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))
             .arg("--run-dir")
@@ -46,6 +49,8 @@ impl LocalCluster {
             .args(["--gateway-ports", &format!("{},{}", gateway_ports[0], gateway_ports[1])])
             .args(["--http-port", &http_port.to_string()])
             .args(["--grpc-port", &free_port().to_string()])
+            .args(["--presence-http-port", &presence_http_port.to_string()])
+            .args(["--presence-grpc-port", &free_port().to_string()])
             .args(["--jwt-secret", SECRET, "--api-key", API_KEY])
             // Above the gateways' drain window; the clients are gone by then, so it is quick.
             .args(["--stop-timeout", "15"])
@@ -55,7 +60,7 @@ impl LocalCluster {
             .process_group(0)
             .spawn()
             .expect("cannot run scripts/local-cluster");
-        Self { script, run_dir, gateway_ports, http_port }
+        Self { script, run_dir, gateway_ports, http_port, presence_http_port }
     }
 
     fn pgid(&self) -> i32 {
@@ -112,15 +117,16 @@ impl LocalCluster {
     /// SIGTERMs the script and waits (bounded) for it to stop everything and exit.
     fn stop(&mut self) -> std::process::ExitStatus {
         signal("-TERM", self.script.id() as i32);
-        // Two steps (Herald's processes, then Redis) of at most --stop-timeout each.
-        let deadline = Instant::now() + Duration::from_secs(35);
+        // Three steps (gateways and publisher API, then presence, then Redis) of at most
+        // --stop-timeout each.
+        let deadline = Instant::now() + Duration::from_secs(50);
         loop {
             if let Some(status) = self.script.try_wait().unwrap() {
                 return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "scripts/local-cluster did not exit within 35 s:\n{}",
+                "scripts/local-cluster did not exit within 50 s:\n{}",
                 self.output()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -182,8 +188,17 @@ async fn next_message(client: &mut WsClient) -> Value {
     }
 }
 
+/// GET `path` on the presence HTTP API with the API key; the status and the JSON body.
+async fn presence_get(http: &reqwest::Client, port: u16, path: &str) -> (u16, Value) {
+    let response =
+        http.get(format!("http://127.0.0.1:{port}{path}")).bearer_auth(API_KEY).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// A message published over HTTP reaches a client on each of the two gateways the script
-/// started, and SIGTERM to the script stops every process it started.
+/// started, presence (reported to by both gateways) lists both users as members of the channel,
+/// and SIGTERM to the script stops every process it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_delivers_through_both_gateways_and_stops_cleanly() {
     let mut cluster = LocalCluster::start();
@@ -192,9 +207,10 @@ async fn local_cluster_delivers_through_both_gateways_and_stops_cleanly() {
         cluster.wait_ready(&http, port).await;
     }
     cluster.wait_ready(&http, cluster.http_port).await;
+    cluster.wait_ready(&http, cluster.presence_http_port).await;
     let pids = cluster.pids();
     let names: Vec<&str> = pids.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, ["gateway-1", "gateway-2", "publisher-api", "redis"]);
+    assert_eq!(names, ["gateway-1", "gateway-2", "presence", "publisher-api", "redis"]);
 
     let mut clients = Vec::new();
     for (i, port) in cluster.gateway_ports.into_iter().enumerate() {
@@ -217,6 +233,34 @@ async fn local_cluster_delivers_through_both_gateways_and_stops_cleanly() {
         assert_eq!(message["channel"], CHANNEL);
         assert_eq!(message["data"], json!({"hello": "both gateways"}));
     }
+
+    // Each gateway reports its changes within presence.flush_interval (200 ms) plus a round
+    // trip; a report that found presence not yet listening is retried with backoff up to
+    // heartbeat_interval (3 s). 5 s covers both.
+    let path = format!("/v1/presence/channels/{CHANNEL}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let members = loop {
+        let (status, body) = presence_get(&http, cluster.presence_http_port, &path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        let members: Vec<String> = body["members"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|m| m["user"].as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        if members.len() >= 2 {
+            break members;
+        }
+        cluster.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "presence did not list both users within 5 s: {body}\n{}",
+            cluster.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(members, ["user0", "user1"], "members of {CHANNEL}");
+    let (status, stats) = presence_get(&http, cluster.presence_http_port, "/v1/presence/stats").await;
+    assert_eq!(status, 200, "GET /v1/presence/stats: {stats}");
+    assert!(stats["online_users"].as_u64().is_some_and(|n| n >= 2), "presence stats: {stats}");
     for client in clients {
         client.close().await;
     }
@@ -244,6 +288,9 @@ fn shipped_configuration_files_load() {
         config.publisher.api_keys = vec![API_KEY.into()];
         config.validate_gateway().unwrap_or_else(|e| panic!("{file}: {e}"));
         config.validate_publisher().unwrap_or_else(|e| panic!("{file}: {e}"));
+        // Presence falls back to the publisher's keys here; the deployments set its own.
+        config.validate_presence().unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(config.presence.endpoint.is_some(), "{file} must point the gateways at presence");
         assert!(config.namespaces.0.contains_key("news"), "{file} must declare the namespace `news`");
     }
 }
