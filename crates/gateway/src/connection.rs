@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
+use futures_util::future::Either;
 use herald_protocol::{
     ChannelKind, ChannelName, ClientFrame, CloseCode, ErrorCode, Publication, RequestId, ServerFrame,
 };
@@ -254,7 +255,11 @@ impl Connection {
         let confirmed = self.shared.hub.join(&channel, self.handle.clone());
         self.subscriptions.insert(channel.clone());
         self.shared.metrics.subscriptions.inc();
+        let pending = matches!(confirmed, Either::Left(_));
         let result = confirmed.await;
+        if pending && result.is_ok() {
+            self.shared.hub.settled(&channel);
+        }
         if result.is_err() {
             self.subscriptions.remove(&channel);
             self.shared.metrics.subscriptions.dec();

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::{BoxFuture, Either, FutureExt, Shared};
 use herald_broker::{Broker, Delivery, Subscriber};
 use herald_protocol::ChannelName;
 
@@ -53,7 +53,20 @@ pub struct Outbound {
     pub ts: u64,
 }
 
-type Confirmation = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
+type Pending = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
+
+/// What [`Hub::join`] returns: the broker's pending confirmation (call [`Hub::settled`] after
+/// it succeeded), or an already confirmed subscription.
+pub type Join = Either<Pending, std::future::Ready<Result<(), Arc<str>>>>;
+
+/// Whether the broker confirmed the node's subscription to a channel.
+enum Confirmation {
+    /// Joiners wait on the broker's answer, all on the same future.
+    Pending(Pending),
+    /// Confirmed; the shared future (a few hundred bytes) is dropped, which matters for the
+    /// one-member personal channel every connection has.
+    Done,
+}
 
 struct ChannelEntry {
     conns: HashMap<ConnId, ConnHandle>,
@@ -114,23 +127,40 @@ impl Hub {
 
     /// Adds `conn` to `channel`'s subscribers. Resolves once messages of the channel are
     /// guaranteed to reach this node; on error the caller must [`Hub::leave`] again.
-    pub fn join(
-        &self,
-        channel: &ChannelName,
-        conn: ConnHandle,
-    ) -> impl Future<Output = Result<(), Arc<str>>> {
+    pub fn join(&self, channel: &ChannelName, conn: ConnHandle) -> Join {
         let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
         let entry = shard.entry(channel.clone()).or_insert_with(|| ChannelEntry {
             conns: HashMap::new(),
-            confirmed: self
-                .subscriber()
-                .subscribe(channel)
-                .map(|r| r.map_err(|e| Arc::from(e.to_string())))
-                .boxed()
-                .shared(),
+            confirmed: Confirmation::Pending(
+                self.subscriber()
+                    .subscribe(channel)
+                    .map(|r| r.map_err(|e| Arc::from(e.to_string())))
+                    .boxed()
+                    .shared(),
+            ),
         });
         entry.conns.insert(conn.id, conn);
-        entry.confirmed.clone()
+        if let Confirmation::Pending(pending) = &entry.confirmed
+            && matches!(pending.peek(), Some(Ok(())))
+        {
+            entry.confirmed = Confirmation::Done;
+        }
+        match &entry.confirmed {
+            Confirmation::Pending(pending) => Either::Left(pending.clone()),
+            Confirmation::Done => Either::Right(std::future::ready(Ok(()))),
+        }
+    }
+
+    /// Drops `channel`'s pending confirmation once it succeeded; called by a joiner that saw
+    /// it succeed.
+    pub fn settled(&self, channel: &ChannelName) {
+        let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
+        if let Some(entry) = shard.get_mut(channel)
+            && let Confirmation::Pending(pending) = &entry.confirmed
+            && matches!(pending.peek(), Some(Ok(())))
+        {
+            entry.confirmed = Confirmation::Done;
+        }
     }
 
     /// Removes connection `id` from `channel`; the last one out unsubscribes the node.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use herald_protocol::ChannelName;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +32,6 @@ pub(super) struct NodeShared {
     state: Mutex<SubState>,
     /// Wakes the task when `dirty` gained channels.
     wake: Notify,
-    /// Bumped whenever channels became live; subscribers wait on it for their confirmation.
-    applied: watch::Sender<u64>,
     /// `true` while connected and resubscribed.
     status: watch::Sender<bool>,
     stop: CancellationToken,
@@ -48,6 +46,10 @@ pub(super) struct NodeShared {
 struct SubState {
     /// Channel (with prefix) -> number of outstanding `subscribe` calls.
     wanted: HashMap<String, u32>,
+    /// Subscribe calls waiting for a channel's confirmation. Each confirmation wakes only its
+    /// own waiters, so a burst of new channels costs one wake-up per waiter, not one per
+    /// waiter per confirmation.
+    waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
     /// Channels Redis confirmed on the current connection.
     active: HashSet<String>,
     /// Channels with a command in flight; their confirmation settles them.
@@ -61,7 +63,6 @@ impl NodeShared {
         Arc::new(Self {
             state: Mutex::default(),
             wake: Notify::new(),
-            applied: watch::Sender::new(0),
             status: watch::Sender::new(false),
             stop,
             subscribe_timeout,
@@ -83,32 +84,25 @@ pub(super) struct RedisSubscriber {
 impl Subscriber for RedisSubscriber {
     fn subscribe(&self, channel: &ChannelName) -> BoxFuture<'static, Result<(), BrokerError>> {
         let key = format!("{}{}", self.prefix, channel.as_str());
-        let mut applied = self.shared.applied.subscribe();
+        let (tx, rx) = oneshot::channel();
         {
             let mut state = self.shared.lock();
             *state.wanted.entry(key.clone()).or_insert(0) += 1;
             if state.active.contains(&key) {
                 return futures_util::future::ready(Ok(())).boxed();
             }
-            state.dirty.insert(key.clone());
+            state.waiters.entry(key.clone()).or_default().push(tx);
+            state.dirty.insert(key);
         }
         self.shared.wake.notify_one();
-        let shared = self.shared.clone();
+        let timeout = self.shared.subscribe_timeout;
         let channel = channel.clone();
         async move {
-            let confirmed = async {
-                loop {
-                    if shared.lock().active.contains(&key) {
-                        return;
-                    }
-                    if applied.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
-            tokio::time::timeout(shared.subscribe_timeout, confirmed)
-                .await
-                .map_err(|_| BrokerError::SubscribeTimeout(channel))
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(())) => Ok(()),
+                // Timed out, or the interest was withdrawn before Redis confirmed.
+                _ => Err(BrokerError::SubscribeTimeout(channel)),
+            }
         }
         .boxed()
     }
@@ -123,7 +117,9 @@ impl Subscriber for RedisSubscriber {
                 return;
             }
             state.wanted.remove(&key);
+            state.waiters.remove(&key);
             shrink(&mut state.wanted);
+            shrink(&mut state.waiters);
             state.dirty.insert(key);
         }
         self.shared.wake.notify_one();
@@ -279,6 +275,9 @@ impl NodeTask {
         state.in_flight.remove(key);
         if live {
             state.active.insert(key.to_string());
+            for waiter in state.waiters.remove(key).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
         } else {
             state.active.remove(key);
             shrink_set(&mut state.active);
@@ -288,9 +287,6 @@ impl NodeTask {
             state.dirty.insert(key.to_string());
         }
         drop(state);
-        if live {
-            self.shared.applied.send_modify(|n| *n += 1);
-        }
         if mismatch {
             self.shared.wake.notify_one();
         }
