@@ -109,3 +109,50 @@ impl RedisServer {
         )
     }
 }
+
+/// A `redis-server --sentinel` monitoring one master, with short timeouts so failovers take a
+/// second or two. Killed when dropped.
+pub struct RedisSentinel {
+    port: u16,
+    config: std::path::PathBuf,
+    _child: Child,
+}
+
+impl RedisSentinel {
+    /// Starts a sentinel (quorum 1) watching the master on `master_port` under `name`.
+    pub async fn start(master_port: u16, name: &str) -> Self {
+        let port = crate::free_port();
+        let config = std::env::temp_dir().join(format!("herald-sentinel-{}-{port}.conf", std::process::id()));
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds {name} 500\nsentinel failover-timeout {name} 2000\n\
+             sentinel parallel-syncs {name} 1\n"
+        );
+        std::fs::write(&config, text).unwrap();
+        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&bin)
+            .arg(&config)
+            .args(["--sentinel", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} --sentinel: {e}"));
+        let sentinel = Self { port, config, _child: child };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "sentinel on port {port} did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sentinel
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}

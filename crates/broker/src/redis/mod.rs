@@ -13,6 +13,7 @@
 
 mod node;
 mod resp;
+pub mod sentinel;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -55,6 +56,76 @@ pub struct RedisConfig {
     /// How often the Pub/Sub connection is pinged, so a silently dead Redis is noticed.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// With Redis Sentinel: the name of the monitored master. Every connection then asks the
+    /// sentinels where the master is; `url` only supplies the password and database.
+    pub sentinel_master: Option<String>,
+    /// With Redis Sentinel: the sentinels, as `host:port` (a comma-separated string works too).
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub sentinel_addresses: Vec<String>,
+}
+
+/// Reads a list of strings, or one string of comma-separated items (as environment variables
+/// give it).
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Items {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Items::deserialize(d)? {
+        Items::List(items) => items,
+        Items::One(s) => s.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
+    })
+}
+
+impl RedisConfig {
+    /// Checks the URL and the Sentinel settings; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+        if !matches!(client.get_connection_info().addr(), redis::ConnectionAddr::Tcp(..)) {
+            return Err("redis.url: only redis://host:port URLs are supported".into());
+        }
+        match (&self.sentinel_master, self.sentinel_addresses.is_empty()) {
+            (Some(_), true) => {
+                return Err("redis.sentinel_addresses: required with redis.sentinel_master".into());
+            }
+            (None, false) => {
+                return Err("redis.sentinel_master: required with redis.sentinel_addresses".into());
+            }
+            _ => {}
+        }
+        for addr in &self.sentinel_addresses {
+            sentinel::split_addr(addr).map_err(|e| format!("redis.sentinel_addresses: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Opens a multiplexed connection to the current master: the URL's server, or with
+    /// Sentinel the master the sentinels name (checked to really be a master).
+    pub async fn connect(&self, client: &redis::Client) -> Result<MultiplexedConnection, String> {
+        let info = client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err("only redis://host:port URLs are supported".into());
+        };
+        let (host, port) = sentinel::current_address(self, (host, *port)).await?;
+        let client = redis::Client::open(info.clone().set_addr(redis::ConnectionAddr::Tcp(host, port)))
+            .map_err(|e| e.to_string())?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout));
+        let mut conn =
+            client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
+        if self.sentinel_master.is_some() {
+            let role: Vec<redis::Value> =
+                redis::cmd("ROLE").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+            let is_master = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+            if !is_master {
+                return Err("the server the sentinels named is not a master (failover in progress)".into());
+            }
+        }
+        Ok(conn)
+    }
 }
 
 impl Default for RedisConfig {
@@ -68,6 +139,8 @@ impl Default for RedisConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),
+            sentinel_master: None,
+            sentinel_addresses: Vec::new(),
         }
     }
 }
@@ -90,11 +163,9 @@ struct Inner {
 impl RedisBroker {
     /// Validates the URL; connections are made lazily, so this works while Redis is down.
     pub fn new(config: RedisConfig) -> Result<Self, BrokerError> {
+        config.validate().map_err(BrokerError::Unavailable)?;
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| BrokerError::Unavailable(format!("invalid redis url: {e}")))?;
-        if !matches!(client.get_connection_info().addr(), redis::ConnectionAddr::Tcp(..)) {
-            return Err(BrokerError::Unavailable("only redis://host:port URLs are supported".into()));
-        }
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -115,15 +186,7 @@ impl RedisBroker {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.inner.config.connect_timeout))
-            .set_response_timeout(Some(self.inner.config.response_timeout));
-        let conn = self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(unavailable)?;
+        let conn = self.inner.config.connect(&self.inner.client).await.map_err(BrokerError::Unavailable)?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -181,8 +244,7 @@ impl Broker for RedisBroker {
         };
         let task = NodeTask {
             config: self.inner.config.clone(),
-            host: host.clone(),
-            port: *port,
+            url_addr: (host.clone(), *port),
             username: info.redis_settings().username().map(String::from),
             password: info.redis_settings().password().map(String::from),
             shared: shared.clone(),

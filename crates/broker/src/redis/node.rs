@@ -159,8 +159,8 @@ impl From<RespError> for Ended {
 /// The task that owns a node's Pub/Sub connection.
 pub(super) struct NodeTask {
     pub(super) config: RedisConfig,
-    pub(super) host: String,
-    pub(super) port: u16,
+    /// The URL's host and port; with Sentinel the master is looked up on every connect.
+    pub(super) url_addr: (String, u16),
     pub(super) username: Option<String>,
     pub(super) password: Option<String>,
     pub(super) shared: Arc<NodeShared>,
@@ -189,8 +189,13 @@ impl NodeTask {
     }
 
     async fn connect(&self) -> Result<PubSubConn, Ended> {
-        let connect =
-            PubSubConn::connect(&self.host, self.port, self.username.as_deref(), self.password.as_deref());
+        let connect = async {
+            let (host, port) =
+                super::sentinel::current_address(&self.config, (&self.url_addr.0, self.url_addr.1))
+                    .await
+                    .map_err(|e| RespError::Io(std::io::Error::other(e)))?;
+            PubSubConn::connect(&host, port, self.username.as_deref(), self.password.as_deref()).await
+        };
         tokio::select! {
             r = tokio::time::timeout(self.config.connect_timeout, connect) => match r {
                 Ok(conn) => Ok(conn?),

@@ -81,6 +81,39 @@ impl PubSubConn {
         Ok(())
     }
 
+    /// Reads one reply that is an array of bulk strings (`nil` elements and a `nil` reply
+    /// become `None`), for plain commands such as Sentinel queries.
+    pub async fn reply_strings(&mut self) -> Result<Option<Vec<Vec<u8>>>, RespError> {
+        self.buf.advance(self.consumed);
+        self.consumed = 0;
+        loop {
+            if let Some(used) = frame_len(&self.buf)? {
+                self.consumed = used;
+                let frame = &self.buf[..used];
+                return match frame[0] {
+                    b'-' => Err(RespError::Server(String::from_utf8_lossy(&frame[1..used - 2]).into_owned())),
+                    b'*' if frame.starts_with(b"*-1") => Ok(None),
+                    b'*' => {
+                        let mut items = Items { buf: frame, pos: find_crlf(frame).unwrap_or(0) + 2 };
+                        let mut out = Vec::new();
+                        while items.pos < used {
+                            out.push(items.next_bulk()?.unwrap_or_default().to_vec());
+                        }
+                        Ok(Some(out))
+                    }
+                    b'$' if frame.starts_with(b"$-1") => Ok(None),
+                    _ => Err(RespError::Protocol("expected an array reply")),
+                };
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(RespError::Closed);
+            }
+        }
+    }
+
     /// The next event. Cancel-safe: a partly read frame stays in the buffer.
     pub async fn next_event(&mut self) -> Result<Event<'_>, RespError> {
         self.buf.advance(self.consumed);

@@ -94,6 +94,7 @@ impl RedisStore {
 
     /// Validates the URL; connections are made lazily, so this works while Redis is down.
     pub fn new(config: RedisConfig, timings: Timings) -> Result<Self, StoreError> {
+        config.validate().map_err(StoreError::Unavailable)?;
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
         Ok(Self {
@@ -116,15 +117,7 @@ impl RedisStore {
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.inner.config.connect_timeout))
-            .set_response_timeout(Some(self.inner.config.response_timeout));
-        let conn = self
-            .inner
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let conn = self.inner.config.connect(&self.inner.client).await.map_err(StoreError::Unavailable)?;
         *slot = Some(conn.clone());
         Ok(conn)
     }
