@@ -42,7 +42,7 @@ pub struct RequireApiKey {
 impl tonic::service::Interceptor for RequireApiKey {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let value = request.metadata().get("authorization").map(|v| v.as_bytes());
-        self.keys.check(value).map(|()| request).map_err(Status::from)
+        crate::auth::check(&self.keys, value).map(|()| request).map_err(Status::from)
     }
 }
 

@@ -42,7 +42,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 
 async fn require_api_key(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match shared.keys.check(authorization) {
+    match crate::auth::check(&shared.keys, authorization) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }

@@ -8,9 +8,11 @@
 //! - [`channel`] and [`user`]: validated names ([`ChannelName`], [`UserId`]). They are parsed
 //!   once at the edge and are valid everywhere after.
 //! - [`namespace`]: what clients may do in each channel namespace ([`Namespaces`]).
+//! - [`api_key`]: the API keys backends present to the publisher and presence APIs.
 //! - [`error`]: the one list of error codes, each mapped to its HTTP status, gRPC code and
 //!   WebSocket close code.
 
+pub mod api_key;
 pub mod channel;
 pub mod error;
 pub mod frame;
@@ -18,6 +20,7 @@ pub mod namespace;
 pub mod publication;
 pub mod user;
 
+pub use api_key::ApiKeys;
 pub use channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, InvalidName, PERSONAL_NAMESPACE};
 pub use error::{CloseCode, ErrorCode};
 pub use frame::{ClientFrame, FrameError, RequestId, ServerFrame};

@@ -41,7 +41,7 @@ pub struct RequireApiKey {
 impl tonic::service::Interceptor for RequireApiKey {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let value = request.metadata().get("authorization").map(|v| v.as_bytes());
-        match self.shared.keys.check(value) {
+        match crate::auth::check(&self.shared.keys, value) {
             Ok(()) => Ok(request),
             Err(e) => {
                 tracing::debug!("grpc call without a valid api key");

@@ -66,7 +66,7 @@ async fn observe(State(shared): State<Arc<Shared>>, request: Request, next: Next
 /// Refuses `/v1` requests without a valid API key, before their body is read.
 async fn require_api_key(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match shared.keys.check(authorization) {
+    match crate::auth::check(&shared.keys, authorization) {
         Ok(()) => next.run(request).await,
         Err(e) => {
             tracing::debug!(path = %request.uri().path(), "request without a valid api key");
