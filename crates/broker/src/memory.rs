@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::{self, BoxFuture, FutureExt};
 use herald_protocol::ChannelName;
+use herald_protocol::support::shrink;
 use tokio::sync::watch;
 
 use crate::{Broker, BrokerError, Delivery, Subscriber};
@@ -144,13 +145,5 @@ impl Subscriber for MemorySubscriber {
         }
         self.node.counts.lock().expect("node lock poisoned").clear();
         self.node.status.send_replace(false);
-    }
-}
-
-/// Gives memory back once a map has emptied out to a quarter of its capacity, so a burst of
-/// channels does not pin its peak size forever.
-pub(crate) fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-        map.shrink_to(map.len() * 2);
     }
 }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either, FutureExt, Shared};
 use herald_broker::{Broker, Delivery, Subscriber};
 use herald_protocol::ChannelName;
+use herald_protocol::support::shrink;
 
 use crate::metrics::GatewayMetrics;
 use crate::queue::{OutQueue, Overflow};
@@ -212,14 +213,6 @@ impl HubInner {
                 self.metrics.slow_consumers.inc();
             }
         }
-    }
-}
-
-/// Gives memory back once a map has emptied out to a quarter of its capacity, so a crowd that
-/// came and went does not pin its peak size forever.
-fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
-    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-        map.shrink_to(map.len() * 2);
     }
 }
 

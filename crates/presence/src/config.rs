@@ -23,7 +23,7 @@ pub struct PresenceConfig {
     /// Keys accepted as `Authorization: Bearer <key>`. Empty means: the publisher's keys
     /// (`publisher.api_keys`). Gateways present the first one. A single string is split at
     /// commas, as for the publisher.
-    #[serde(deserialize_with = "list_or_comma_separated")]
+    #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
     pub api_keys: Vec<String>,
     /// The presence role's gRPC address as gateways reach it (`http://presence:8084`). Without
     /// it a `herald gateway` runs without presence.
@@ -84,19 +84,6 @@ impl Default for PresenceConfig {
             request_timeout: Duration::from_secs(2),
         }
     }
-}
-
-fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Keys {
-        List(Vec<String>),
-        One(String),
-    }
-    Ok(match Keys::deserialize(d)? {
-        Keys::List(keys) => keys,
-        Keys::One(s) => s.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
-    })
 }
 
 impl PresenceConfig {

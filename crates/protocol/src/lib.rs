@@ -9,6 +9,7 @@
 //!   once at the edge and are valid everywhere after.
 //! - [`namespace`]: what clients may do in each channel namespace ([`Namespaces`]).
 //! - [`api_key`]: the API keys backends present to the publisher and presence APIs.
+//! - [`support`]: helpers every service uses the same way (config lists, shrinking maps).
 //! - [`error`]: the one list of error codes, each mapped to its HTTP status, gRPC code and
 //!   WebSocket close code.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod frame;
 pub mod namespace;
 pub mod publication;
+pub mod support;
 pub mod user;
 
 pub use api_key::ApiKeys;

@@ -20,7 +20,7 @@ pub struct PublisherConfig {
     /// can be rotated by adding the new one, moving the callers, then removing the old one.
     /// Empty is refused by [`PublisherConfig::validate`]: there is no unauthenticated mode.
     /// A single string is split at commas, so `HERALD_PUBLISHER__API_KEYS=key1,key2` works.
-    #[serde(deserialize_with = "list_or_comma_separated")]
+    #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
     pub api_keys: Vec<String>,
     /// Largest `data` of one message, in bytes of JSON text. It bounds what every subscriber's
     /// socket and queue must carry per message.
@@ -40,21 +40,6 @@ impl Default for PublisherConfig {
             max_batch: 1000,
         }
     }
-}
-
-/// Reads a list of strings, or one string of comma-separated items (the form environment
-/// variables take).
-fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Keys {
-        List(Vec<String>),
-        One(String),
-    }
-    Ok(match Keys::deserialize(d)? {
-        Keys::List(keys) => keys,
-        Keys::One(s) => s.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
-    })
 }
 
 impl PublisherConfig {

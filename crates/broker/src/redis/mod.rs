@@ -15,7 +15,6 @@ mod node;
 mod resp;
 pub mod sentinel;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,23 +59,8 @@ pub struct RedisConfig {
     /// sentinels where the master is; `url` only supplies the password and database.
     pub sentinel_master: Option<String>,
     /// With Redis Sentinel: the sentinels, as `host:port` (a comma-separated string works too).
-    #[serde(deserialize_with = "list_or_comma_separated")]
+    #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
     pub sentinel_addresses: Vec<String>,
-}
-
-/// Reads a list of strings, or one string of comma-separated items (as environment variables
-/// give it).
-fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Items {
-        List(Vec<String>),
-        One(String),
-    }
-    Ok(match Items::deserialize(d)? {
-        Items::List(items) => items,
-        Items::One(s) => s.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
-    })
 }
 
 impl RedisConfig {
@@ -262,12 +246,6 @@ impl Broker for RedisBroker {
 
     fn name(&self) -> &'static str {
         "redis"
-    }
-}
-
-fn shrink_set(set: &mut HashSet<String>) {
-    if set.capacity() > 64 && set.len() < set.capacity() / 4 {
-        set.shrink_to(set.len() * 2);
     }
 }
 

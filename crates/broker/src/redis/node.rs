@@ -20,9 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::resp::{Event, PubSubConn, RespError};
-use super::{RedisConfig, backoff, redact, shrink_set};
-use crate::memory::shrink;
+use super::{RedisConfig, backoff, redact};
 use crate::{BrokerError, Delivery, Subscriber};
+use herald_protocol::support::{shrink, shrink_set};
 
 /// Most channels sent in one `SUBSCRIBE`/`UNSUBSCRIBE` command.
 const CHANNELS_PER_COMMAND: usize = 512;

@@ -193,14 +193,7 @@ impl State {
     }
 
     fn shrink(&mut self) {
-        fn shrink<K, V>(map: &mut HashMap<K, V>)
-        where
-            K: Eq + std::hash::Hash,
-        {
-            if map.capacity() > 64 && map.len() < map.capacity() / 4 {
-                map.shrink_to(map.len() * 2);
-            }
-        }
+        use herald_protocol::support::shrink;
         shrink(&mut self.gateways);
         shrink(&mut self.users);
         shrink(&mut self.channels);
