@@ -21,7 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Shared;
 use crate::auth::Identity;
-use crate::hub::ConnHandle;
+use crate::hub::{ConnHandle, Join};
 use crate::metrics::GatewayMetrics;
 use crate::observer::ConnectionInfo;
 use crate::policy;
@@ -82,9 +82,11 @@ impl Connection {
         &self.identity.user
     }
 
-    pub(crate) async fn run(mut self, mut socket: WebSocket) {
+    /// Serves the connection until it ends. `requested` are the channels asked for in the
+    /// connect URL, already checked by [`policy::connect_subscriptions`].
+    pub(crate) async fn run(mut self, mut socket: WebSocket, requested: Vec<ChannelName>) {
         let _guard = self.shared.connection_opened();
-        let (greeted, exit) = match self.start(&mut socket).await {
+        let (greeted, exit) = match self.start(&mut socket, requested).await {
             Ok(()) => (true, self.serve(&mut socket).await),
             Err(exit) => (false, exit),
         };
@@ -107,16 +109,32 @@ impl Connection {
         }
     }
 
-    /// Subscribes the server-managed channels, then greets the client. Once the client reads
-    /// `connected`, its notifications and broadcasts are guaranteed to reach it.
-    async fn start(&mut self, socket: &mut WebSocket) -> Result<(), Exit> {
-        for channel in [ChannelName::personal(&self.identity.user), ChannelName::broadcast()] {
-            if let Err(e) = self.join(channel).await {
+    /// Subscribes the server-managed channels and the `requested` ones, then greets the
+    /// client. Once the client reads `connected`, messages on all of them are guaranteed to
+    /// reach it. The broker confirms the channels concurrently; if one fails, the caller's
+    /// clean-up leaves them all.
+    async fn start(&mut self, socket: &mut WebSocket, requested: Vec<ChannelName>) -> Result<(), Exit> {
+        let managed = [ChannelName::personal(&self.identity.user), ChannelName::broadcast()];
+        let joins: Vec<_> =
+            managed.into_iter().chain(requested.iter().cloned()).map(|channel| self.enter(channel)).collect();
+        for (channel, confirmed) in joins {
+            let pending = matches!(confirmed, Either::Left(_));
+            if let Err(e) = confirmed.await {
                 return Err(Exit::error(ErrorCode::Unavailable, format!("broker unavailable: {e}")));
+            }
+            if pending {
+                self.shared.hub.settled(&channel);
             }
         }
         self.shared.observer.connected(&self.info);
-        let hello = ServerFrame::Connected { client_id: &self.info.client_id, user: &self.identity.user };
+        for channel in &requested {
+            self.shared.observer.subscribed(&self.info, channel);
+        }
+        let hello = ServerFrame::Connected {
+            client_id: &self.info.client_id,
+            user: &self.identity.user,
+            channels: &requested,
+        };
         socket.send(Message::text(hello.to_json())).await.map_err(|_| {
             self.shared.observer.disconnected(&self.info);
             Exit::Gone
@@ -250,11 +268,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Joins `channel` in the hub and waits for the broker's confirmation.
-    async fn join(&mut self, channel: ChannelName) -> Result<(), std::sync::Arc<str>> {
+    /// Joins `channel` in the hub and records it; the returned future is the broker's
+    /// confirmation.
+    fn enter(&mut self, channel: ChannelName) -> (ChannelName, Join) {
         let confirmed = self.shared.hub.join(&channel, self.handle.clone());
         self.subscriptions.insert(channel.clone());
         self.shared.metrics.subscriptions.inc();
+        (channel, confirmed)
+    }
+
+    /// Joins `channel` in the hub and waits for the broker's confirmation.
+    async fn join(&mut self, channel: ChannelName) -> Result<(), std::sync::Arc<str>> {
+        let (channel, confirmed) = self.enter(channel);
         let pending = matches!(confirmed, Either::Left(_));
         let result = confirmed.await;
         if pending && result.is_ok() {

@@ -28,6 +28,30 @@ pub fn can_subscribe(who: &Identity, channel: &ChannelName, namespaces: &Namespa
     }
 }
 
+/// The channels listed in a connect URL's `subscribe` parameter (comma-separated), checked as
+/// if each came in a `subscribe` frame. Repeated names count once; at most `max` channels.
+pub fn connect_subscriptions(
+    who: &Identity,
+    list: &str,
+    namespaces: &Namespaces,
+    max: usize,
+) -> Result<Vec<ChannelName>, Denied> {
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for name in list.split(',').filter(|name| !name.is_empty()) {
+        let channel = ChannelName::parse(name)
+            .map_err(|e| (ErrorCode::InvalidChannel, format!("invalid channel name {name:?}: {e}")))?;
+        if channels.contains(&channel) {
+            continue;
+        }
+        can_subscribe(who, &channel, namespaces)?;
+        if channels.len() == max {
+            return Err((ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection")));
+        }
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
 /// Whether `who` may publish into `channel` from a WebSocket.
 pub fn can_publish(_who: &Identity, channel: &ChannelName, namespaces: &Namespaces) -> Result<(), Denied> {
     match namespaces.lookup(channel) {
@@ -91,5 +115,19 @@ mod tests {
         assert_eq!(can_publish(&who("a"), &ch("news:x"), &ns).unwrap_err().0, ErrorCode::Forbidden);
         assert_eq!(can_subscribe(&who("a"), &ch("internal:x"), &ns).unwrap_err().0, ErrorCode::Forbidden);
         assert_eq!(can_subscribe(&who("a"), &ch("other:x"), &ns).unwrap_err().0, ErrorCode::UnknownChannel);
+    }
+
+    #[test]
+    fn connect_subscriptions_are_checked_like_subscribe_frames() {
+        let mut ns = Namespaces::default();
+        ns.0.insert("chat".into(), NamespaceConfig::default());
+        let list = |s: &str, max| connect_subscriptions(&who("a"), s, &ns, max);
+        assert_eq!(list("chat:x,,chat:y,chat:x", 2).unwrap(), vec![ch("chat:x"), ch("chat:y")]);
+        assert!(list("", 2).unwrap().is_empty());
+        assert_eq!(list("chat:x,chat:y,chat:z", 2).unwrap_err().0, ErrorCode::LimitExceeded);
+        assert_eq!(list("chat:x,bad name", 2).unwrap_err().0, ErrorCode::InvalidChannel);
+        assert_eq!(list("other:x", 2).unwrap_err().0, ErrorCode::UnknownChannel);
+        assert_eq!(list("user:b", 2).unwrap_err().0, ErrorCode::Forbidden);
+        assert_eq!(list("broadcast", 2).unwrap_err().0, ErrorCode::AlreadySubscribed);
     }
 }

@@ -14,10 +14,13 @@ use tracing::Instrument;
 
 use crate::Gateway;
 use crate::connection::Connection;
+use crate::policy;
 
 #[derive(Deserialize)]
 struct ConnectParams {
     token: Option<String>,
+    /// Channels to subscribe before `connected`, comma-separated.
+    subscribe: Option<String>,
 }
 
 impl Gateway {
@@ -61,7 +64,8 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
     }
 }
 
-/// Checks the token before upgrading, so a bad one gets a plain HTTP 401 with its reason.
+/// Checks the token and the channels asked for in `subscribe` before upgrading, so a bad one
+/// gets a plain HTTP error with its reason.
 async fn connect(
     State(gateway): State<Gateway>,
     Query(params): Query<ConnectParams>,
@@ -82,10 +86,24 @@ async fn connect(
         Ok(identity) => identity,
         Err(e) => return http_error(e.code, &e.message),
     };
+    let config = &gateway.shared.config;
+    let requested = match params.subscribe.as_deref() {
+        None => Vec::new(),
+        Some(list) => {
+            match policy::connect_subscriptions(
+                &identity,
+                list,
+                &gateway.shared.namespaces,
+                config.max_subscriptions,
+            ) {
+                Ok(channels) => channels,
+                Err((code, message)) => return http_error(code, &message),
+            }
+        }
+    };
     if !gateway.is_ready() {
         return http_error(ErrorCode::Unavailable, "gateway not ready: broker unavailable, retry later");
     }
-    let config = &gateway.shared.config;
     let shared = gateway.shared.clone();
     upgrade
         .read_buffer_size(config.read_buffer_size)
@@ -96,7 +114,7 @@ async fn connect(
         .on_upgrade(move |socket| {
             let conn = Connection::new(shared.clone(), identity);
             let span = tracing::debug_span!("conn", client = %conn.client_id(), user = %conn.user());
-            shared.tasks.track_future(conn.run(socket).instrument(span))
+            shared.tasks.track_future(conn.run(socket, requested).instrument(span))
         })
 }
 

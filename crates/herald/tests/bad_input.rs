@@ -116,6 +116,35 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
     assert_eq!(client.recv().await.unwrap()["type"], "connected");
 }
 
+/// Channels in the connect URL are checked like `subscribe` frames, before the upgrade: a bad
+/// one refuses the connection with the frame's error code and an HTTP status, and nothing of
+/// it stays subscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_connect_subscriptions_are_refused_before_the_upgrade() {
+    let cluster = Cluster::start_with(Engine::Redis, 1, |c| c.max_subscriptions = 2).await;
+    let url = cluster.gateways[0].url(&cluster.token("alice"));
+    let cases = [
+        ("room:a,no%20spaces", 422, "invalid_channel"),
+        ("room:a,nowhere:x", 422, "unknown_channel"),
+        ("user:bob", 403, "forbidden"),
+        ("room:a,room:b,room:c", 429, "limit_exceeded"),
+    ];
+    for (list, status, code) in cases {
+        let url = format!("{url}&subscribe={list}");
+        let err = match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok(_) => panic!("{list} was accepted"),
+            Err(e) => e,
+        };
+        let tungstenite::Error::Http(response) = err else { panic!("{list}: {err}") };
+        assert_eq!(response.status(), status, "{list}");
+        let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], code, "{list}");
+    }
+    assert_eq!(cluster.gateways[0].gateway.hub().subscriber_count(&"room:a".parse().unwrap()), 0);
+    let (_, hello) = WsClient::connect(&format!("{url}&subscribe=room:a,room:b")).await.unwrap();
+    assert_eq!(hello["channels"], json!(["room:a", "room:b"]));
+}
+
 /// A token that expires while connected closes the connection with 4001.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiring_tokens_close_with_4001() {

@@ -36,6 +36,7 @@ on_both_engines!(
     broadcast_reaches_everyone,
     clients_publish_only_where_the_namespace_allows,
     unsubscribed_clients_stop_receiving,
+    channels_in_the_connect_url_are_live_at_connected,
 );
 
 /// 100 clients over two gateways in one room get every message published over HTTP and gRPC
@@ -157,4 +158,36 @@ async fn unsubscribed_clients_stop_receiving(engine: Engine) {
     assert_silent(&mut a).await;
     let reply = a.request(json!({"type": "unsubscribe", "channel": "room:x"})).await.unwrap();
     assert_eq!(reply["code"], "not_subscribed");
+}
+
+/// Channels listed in the connect URL (`?subscribe=`) are live once `connected` arrives, on
+/// every gateway, and behave like channels subscribed with a frame afterwards.
+async fn channels_in_the_connect_url_are_live_at_connected(engine: Engine) {
+    let cluster = Cluster::start(engine, 2).await;
+    let mut clients = Vec::new();
+    for gw in 0..2 {
+        let url =
+            format!("{}&subscribe=room:a,room:gw{gw},room:a", cluster.gateways[gw].url(&cluster.token("u")));
+        let (client, hello) = herald_testkit::WsClient::connect(&url).await.unwrap();
+        assert_eq!(hello["type"], "connected");
+        assert_eq!(hello["channels"], json!(["room:a", format!("room:gw{gw}")]), "{hello}");
+        clients.push(client);
+    }
+    // Published the moment the second client was greeted: no subscribe round trip needed.
+    cluster.publish_http("room:a", json!("both")).await;
+    cluster.publish_http("room:gw1", json!("second")).await;
+    assert_eq!(recv_messages(&mut clients[0], 1).await[0]["data"], "both");
+    let got = recv_messages(&mut clients[1], 2).await;
+    assert_eq!((got[0]["data"].as_str(), got[1]["data"].as_str()), (Some("both"), Some("second")));
+    let reply = clients[0].request(json!({"type": "subscribe", "channel": "room:a"})).await.unwrap();
+    assert_eq!(reply["code"], "already_subscribed");
+    let reply = clients[0].request(json!({"type": "unsubscribe", "channel": "room:a"})).await.unwrap();
+    assert_eq!(reply["type"], "unsubscribed");
+    cluster.publish_http("room:a", json!("after")).await;
+    assert_eq!(recv_messages(&mut clients[1], 1).await[0]["data"], "after");
+    assert_silent(&mut clients[0]).await;
+    // Without the parameter, `connected` has no `channels`.
+    let (_, hello) =
+        herald_testkit::WsClient::connect(&cluster.gateways[0].url(&cluster.token("v"))).await.unwrap();
+    assert!(hello.get("channels").is_none(), "{hello}");
 }

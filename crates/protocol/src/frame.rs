@@ -133,6 +133,9 @@ pub enum ServerFrame<'a> {
     Connected {
         client_id: &'a str,
         user: &'a UserId,
+        /// The channels asked for in the connect URL (`?subscribe=`), all live by now.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        channels: &'a [ChannelName],
     },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
