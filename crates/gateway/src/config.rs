@@ -44,8 +44,8 @@ pub struct GatewayConfig {
     /// How long writing the close frame to a departing client may take.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
-    /// On shutdown, connections are closed (1012) at random moments spread over this window,
-    /// so their clients do not all reconnect to the other replicas at once.
+    /// On shutdown, connections are closed (1012) in random order, evenly spread over this
+    /// window, so their clients do not all reconnect to the other replicas at once.
     #[serde(with = "humantime_serde")]
     pub drain_window: Duration,
     /// How often the delivery canary goes through the broker.

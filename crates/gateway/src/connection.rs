@@ -1,14 +1,13 @@
 //! One client connection: a single task that owns the socket.
 //!
-//! The task waits on everything that can happen to a connection at once: a frame from the
-//! client, frames queued by the hub, the heartbeat tick, token expiry, its queue overflowing
-//! (slow consumer) and gateway shutdown. Queued frames are written in batches with one flush
-//! (write coalescing). Writing is raced against the slow-consumer signal, so a client that
+//! The task waits on two things: a frame from the client, and its queue, through which the
+//! hub hands it frames and the gateway's sweeper asks it to ping or to close (slow consumer,
+//! heartbeat timeout, token expiry, shutdown). Queued frames are written in batches with one
+//! flush (write coalescing). Writing is raced against the close request, so a client that
 //! stopped reading is cut off even while a write to it is stuck.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
@@ -17,7 +16,6 @@ use herald_protocol::{
     ChannelKind, ChannelName, ClientFrame, CloseCode, ErrorCode, Publication, RequestId, ServerFrame,
 };
 use serde_json::value::RawValue;
-use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Shared;
 use crate::auth::Identity;
@@ -25,7 +23,7 @@ use crate::hub::{ConnHandle, Join};
 use crate::metrics::GatewayMetrics;
 use crate::observer::ConnectionInfo;
 use crate::policy;
-use crate::queue::OutQueue;
+use crate::queue::{CloseReason, OutQueue};
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -50,8 +48,6 @@ pub(crate) struct Connection {
     handle: ConnHandle,
     /// Every channel this connection is in, its personal and broadcast channels included.
     subscriptions: HashSet<ChannelName>,
-    /// When the client last sent anything (a pong counts).
-    last_seen: Instant,
 }
 
 impl Connection {
@@ -68,7 +64,6 @@ impl Connection {
             info,
             handle: ConnHandle::new(id, Arc::new(queue)),
             subscriptions: HashSet::new(),
-            last_seen: Instant::now(),
             identity,
             shared,
         }
@@ -86,6 +81,8 @@ impl Connection {
     /// connect URL, already checked by [`policy::connect_subscriptions`].
     pub(crate) async fn run(mut self, mut socket: WebSocket, requested: Vec<ChannelName>) {
         let _guard = self.shared.connection_opened();
+        let (id, queue) = (self.handle.id, self.handle.queue.clone());
+        self.shared.registry.register(id, queue, self.identity.expires_at, self.shared.config.ping_interval);
         let (greeted, exit) = match self.start(&mut socket, requested).await {
             Ok(()) => (true, self.serve(&mut socket).await),
             Err(exit) => (false, exit),
@@ -99,6 +96,7 @@ impl Connection {
             let frame = CloseFrame { code, reason: reason.into() };
             let _ = tokio::time::timeout(self.shared.config.close_timeout, close(&mut socket, frame)).await;
         }
+        self.shared.registry.unregister(self.handle.id);
         self.shared.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
         self.handle.queue.close();
         for channel in self.subscriptions.drain() {
@@ -142,54 +140,31 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
-        let config = self.shared.config.clone();
-        let mut heartbeat =
-            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let expiry = self.identity.expires_at.map(|exp| {
-            let now = herald_protocol::publication::now_millis() / 1000;
-            Instant::now() + Duration::from_secs(exp.saturating_sub(now))
-        });
-        let expired = async {
-            match expiry {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expired);
         let queue = self.handle.queue.clone();
-        // On shutdown the connection keeps being served until a random moment within the drain
-        // window, so clients reconnect elsewhere spread out, and receive messages until then.
-        let shutdown = self.shared.shutdown.clone();
-        let window = config.drain_window.as_secs_f64();
-        let drained = async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(Duration::from_secs_f64(window * rand::random::<f64>())).await;
-        };
-        tokio::pin!(drained);
+        let batch = self.shared.config.write_batch;
         let metrics = self.shared.metrics.clone();
         loop {
             tokio::select! {
                 biased;
-                _ = queue.overflowed() => return slow_consumer(),
-                _ = &mut drained => {
-                    return Exit::error(ErrorCode::ShuttingDown, "server shutting down, reconnect");
-                }
+                reason = queue.closing() => return Exit::from(reason),
                 _ = queue.ready() => {
+                    let ping = queue.take_ping();
                     tokio::select! {
-                        r = write_batch(socket, &queue, config.write_batch, &metrics) => match r {
+                        r = write_batch(socket, &queue, batch, ping, &metrics) => match r {
                             Ok(true) => queue.rearm(),
                             Ok(false) => {}
                             Err(_) => return Exit::Gone,
                         },
-                        _ = queue.overflowed() => return slow_consumer(),
+                        reason = queue.closing() => return Exit::from(reason),
                     }
                 }
                 msg = socket.recv() => {
                     let Some(Ok(msg)) = msg else { return read_error(msg) };
-                    self.last_seen = Instant::now();
+                    queue.seen(self.shared.registry.now());
                     let reply = match msg {
-                        Message::Text(text) => self.handle_text(&text).await,
+                        // Boxed: a request's future is large and rarely alive, and inline it
+                        // would make every idle connection's task that much larger.
+                        Message::Text(text) => Box::pin(self.handle_text(&text)).await,
                         Message::Binary(_) => Some(error_frame(None, ErrorCode::MalformedFrame,
                             "binary frames are not supported; send JSON text frames")),
                         Message::Close(_) => return Exit::Gone,
@@ -199,19 +174,10 @@ impl Connection {
                         let send = socket.send(Message::text(reply));
                         tokio::select! {
                             r = send => if r.is_err() { return Exit::Gone },
-                            _ = queue.overflowed() => return slow_consumer(),
+                            reason = queue.closing() => return Exit::from(reason),
                         }
                     }
                 }
-                _ = heartbeat.tick() => {
-                    if self.last_seen.elapsed() > config.pong_timeout {
-                        return Exit::error(ErrorCode::HeartbeatTimeout, "no pong received in time");
-                    }
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        return Exit::Gone;
-                    }
-                }
-                _ = &mut expired => return Exit::error(ErrorCode::TokenExpired, "token expired"),
             }
         }
     }
@@ -351,22 +317,31 @@ async fn close(socket: &mut WebSocket, frame: CloseFrame) {
     }
 }
 
-/// Writes up to `max` queued frames and flushes once (write coalescing), recording the batch
-/// in the delivery metrics. Returns whether frames are still waiting.
+/// Writes a ping if one is due and up to `max` queued frames, and flushes once (write
+/// coalescing), recording the batch in the delivery metrics. Returns whether frames are still
+/// waiting.
 async fn write_batch(
     socket: &mut WebSocket,
     queue: &OutQueue,
     max: usize,
+    ping: bool,
     metrics: &GatewayMetrics,
 ) -> Result<bool, axum::Error> {
-    let Some(first) = queue.pop() else { return Ok(false) };
-    let oldest = first.ts;
-    socket.feed(Message::Text(first.frame)).await?;
-    let mut written = 1;
+    if ping {
+        socket.feed(Message::Ping(Default::default())).await?;
+    }
+    let mut written = 0;
+    let mut oldest = 0;
     while written < max {
         let Some(out) = queue.pop() else { break };
+        if written == 0 {
+            oldest = out.ts;
+        }
         socket.feed(Message::Text(out.frame)).await?;
         written += 1;
+    }
+    if !ping && written == 0 {
+        return Ok(false);
     }
     socket.flush().await?;
     metrics.frames_delivered.inc_by(written as u64);
@@ -377,8 +352,21 @@ async fn write_batch(
     Ok(!queue.is_empty())
 }
 
-fn slow_consumer() -> Exit {
-    Exit::error(ErrorCode::SlowConsumer, "slow consumer: outbound queue overflowed")
+impl From<CloseReason> for Exit {
+    fn from(reason: CloseReason) -> Self {
+        match reason {
+            CloseReason::SlowConsumer => {
+                Exit::error(ErrorCode::SlowConsumer, "slow consumer: outbound queue overflowed")
+            }
+            CloseReason::ShuttingDown => {
+                Exit::error(ErrorCode::ShuttingDown, "server shutting down, reconnect")
+            }
+            CloseReason::HeartbeatTimeout => {
+                Exit::error(ErrorCode::HeartbeatTimeout, "no pong received in time")
+            }
+            CloseReason::TokenExpired => Exit::error(ErrorCode::TokenExpired, "token expired"),
+        }
+    }
 }
 
 /// Maps a failed read to how the connection ends: an oversized frame is answered with 1009,

@@ -8,7 +8,10 @@
 //! - [`observer`]: the seam through which presence learns of connections and subscriptions.
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
 //!   a message through the broker to itself.
-//! - [`queue`]: each connection's bounded outbound queue.
+//! - [`queue`]: each connection's bounded outbound queue, through which it is also asked to
+//!   ping or close.
+//! - [`sweeper`]: one task keeping time for every connection: pings, heartbeat timeouts,
+//!   token expiry, and the spread-out closes of a drain.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
 //!   broker and queues each message's bytes, encoded once, to every local subscriber.
 //!
@@ -25,6 +28,7 @@ pub mod observer;
 pub mod policy;
 pub mod queue;
 pub mod server;
+mod sweeper;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// Connection tasks, so shutdown can wait for them (axum does not track upgraded sockets).
     pub(crate) tasks: TaskTracker,
+    /// Every live connection, for the sweeper.
+    pub(crate) registry: Arc<sweeper::Registry>,
 }
 
 impl Gateway {
@@ -104,9 +110,12 @@ impl Gateway {
             canary_ok.clone(),
             shutdown.clone(),
         ));
+        let config = Arc::new(config);
+        let registry = Arc::new(sweeper::Registry::new());
+        tokio::spawn(sweeper::run(Arc::downgrade(&registry), config.clone(), shutdown.clone()));
         Ok(Self {
             shared: Arc::new(Inner {
-                config: Arc::new(config),
+                config,
                 verifier,
                 namespaces,
                 hub,
@@ -117,6 +126,7 @@ impl Gateway {
                 canary_ok,
                 shutdown,
                 tasks: TaskTracker::new(),
+                registry,
             }),
         })
     }
@@ -142,8 +152,8 @@ impl Gateway {
             && self.shared.canary_ok.load(Ordering::Relaxed)
     }
 
-    /// Starts draining: `/readyz` turns 503 and every connection closes with 1012 at a random
-    /// moment within `gateway.drain_window`. [`serve`] does this when its shutdown resolves.
+    /// Starts draining: `/readyz` turns 503 and the connections close with 1012 one after
+    /// another, spread evenly over `gateway.drain_window` in random order. [`serve`] does this when its shutdown resolves.
     pub fn drain(&self) {
         self.shared.shutdown.cancel();
     }

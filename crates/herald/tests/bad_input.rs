@@ -171,6 +171,22 @@ async fn silent_clients_are_closed_with_4009() {
     assert_eq!(client.closed().await.unwrap().code, 4009);
 }
 
+/// A client that answers the gateway's pings stays connected well past `pong_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_answering_pings_stay_connected() {
+    let cluster = Cluster::start_with(Engine::Redis, 1, |c| {
+        c.ping_interval = Duration::from_millis(100);
+        c.pong_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let mut client = cluster.connect(0, "lively").await;
+    // Reading answers the pings; no text frame and no close arrives.
+    let read = tokio::time::timeout(Duration::from_millis(1200), client.recv()).await;
+    assert!(read.is_err(), "{read:?}");
+    let reply = client.request(json!({"type": "ping", "id": 1})).await.unwrap();
+    assert_eq!(reply["type"], "pong");
+}
+
 /// Subscriptions beyond `max_subscriptions` get `limit_exceeded`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_are_limited() {

@@ -1,0 +1,233 @@
+//! One task per gateway keeps time for every connection: it asks for pings, closes
+//! connections whose client went silent or whose token expired, and spreads the closes of a
+//! drain over `gateway.drain_window`.
+//!
+//! Connections hold no timers of their own. Three timers per connection (heartbeat, token
+//! expiry, drain) cost a few hundred bytes each and a poll on every wake-up, which in a
+//! fan-out is once per delivered message; walking every connection once per tick costs a
+//! few atomic loads each.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use herald_protocol::support::shrink;
+use rand::seq::SliceRandom;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::GatewayConfig;
+use crate::hub::ConnId;
+use crate::queue::{CloseReason, OutQueue};
+
+/// Independently locked parts of the registry, so that connects do not contend.
+const SHARDS: usize = 16;
+
+/// Every live connection of the gateway, and the gateway's coarse clock.
+pub(crate) struct Registry {
+    shards: Box<[Mutex<HashMap<ConnId, Entry>>]>,
+    /// Milliseconds since `epoch`, advanced by the sweeper every tick.
+    clock: AtomicU64,
+    epoch: Instant,
+    /// Set once the drain started: connections registering later are closed at once.
+    draining: AtomicBool,
+}
+
+struct Entry {
+    queue: Arc<OutQueue>,
+    /// The token's `exp`, seconds since the Unix epoch.
+    expires_at: Option<u64>,
+    /// When the next ping is due, on the registry's clock.
+    next_ping: u64,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            clock: AtomicU64::new(0),
+            epoch: Instant::now(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The gateway's clock, milliseconds, as of the last tick.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, id: ConnId) -> &Mutex<HashMap<ConnId, Entry>> {
+        &self.shards[id as usize % SHARDS]
+    }
+
+    /// Starts keeping time for connection `id`; its first ping is due `ping_interval` from now.
+    pub(crate) fn register(
+        &self,
+        id: ConnId,
+        queue: Arc<OutQueue>,
+        expires_at: Option<u64>,
+        ping_interval: Duration,
+    ) {
+        let now = self.now();
+        queue.seen(now);
+        let next_ping = now + ping_interval.as_millis() as u64;
+        self.shard(id)
+            .lock()
+            .expect("registry lock poisoned")
+            .insert(id, Entry { queue: queue.clone(), expires_at, next_ping });
+        // Checked after the insert: the drain sets the flag before it collects connections,
+        // so a connection is either collected or sees the flag.
+        if self.draining.load(Ordering::SeqCst) {
+            queue.request_close(CloseReason::ShuttingDown);
+        }
+    }
+
+    pub(crate) fn unregister(&self, id: ConnId) {
+        let mut shard = self.shard(id).lock().expect("registry lock poisoned");
+        shard.remove(&id);
+        shrink(&mut shard);
+    }
+
+    /// Connections registered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().expect("registry lock poisoned").len()).sum()
+    }
+
+    /// Advances the clock and checks every connection once.
+    fn tick(&self, config: &GatewayConfig) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.clock.store(now, Ordering::Relaxed);
+        let unix = herald_protocol::publication::now_millis() / 1000;
+        let pong_timeout = config.pong_timeout.as_millis() as u64;
+        let ping_interval = config.ping_interval.as_millis() as u64;
+        for shard in &self.shards {
+            let mut shard = shard.lock().expect("registry lock poisoned");
+            for entry in shard.values_mut() {
+                if entry.expires_at.is_some_and(|exp| exp <= unix) {
+                    entry.queue.request_close(CloseReason::TokenExpired);
+                } else if now.saturating_sub(entry.queue.last_seen()) > pong_timeout {
+                    entry.queue.request_close(CloseReason::HeartbeatTimeout);
+                } else if now >= entry.next_ping {
+                    entry.next_ping = now + ping_interval;
+                    entry.queue.request_ping();
+                }
+            }
+        }
+    }
+
+    /// Every registered connection, in random order, and from now on closes late comers.
+    fn start_drain(&self) -> Vec<Arc<OutQueue>> {
+        self.draining.store(true, Ordering::SeqCst);
+        let mut all: Vec<Arc<OutQueue>> = Vec::new();
+        for shard in &self.shards {
+            all.extend(shard.lock().expect("registry lock poisoned").values().map(|e| e.queue.clone()));
+        }
+        all.shuffle(&mut rand::rng());
+        all
+    }
+}
+
+/// How often the sweeper looks at every connection: a quarter of the shortest heartbeat
+/// setting, between 10 ms and 1 s.
+fn tick_interval(config: &GatewayConfig) -> Duration {
+    (config.ping_interval.min(config.pong_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Runs until the registry is dropped, or until the drain that `shutdown` starts is done.
+pub(crate) async fn run(registry: Weak<Registry>, config: Arc<GatewayConfig>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(tick_interval(&config));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let Some(registry) = registry.upgrade() else { return };
+                registry.tick(&config);
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    let Some(registry) = registry.upgrade() else { return };
+    drain(registry.start_drain(), config.drain_window).await;
+}
+
+/// Closes `queues` one after another, evenly spread over `window`, so their clients do not
+/// all reconnect elsewhere at once.
+async fn drain(queues: Vec<Arc<OutQueue>>, window: Duration) {
+    let start = tokio::time::Instant::now();
+    let n = queues.len().max(1) as f64;
+    for (i, queue) in queues.into_iter().enumerate() {
+        let due = start + window.mul_f64(i as f64 / n);
+        // Closes due within a few milliseconds go out together rather than one sleep each.
+        if due > tokio::time::Instant::now() + Duration::from_millis(5) {
+            tokio::time::sleep_until(due).await;
+        }
+        queue.request_close(CloseReason::ShuttingDown);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ping: u64, pong: u64) -> GatewayConfig {
+        GatewayConfig {
+            ping_interval: Duration::from_millis(ping),
+            pong_timeout: Duration::from_millis(pong),
+            ..Default::default()
+        }
+    }
+
+    fn queue() -> Arc<OutQueue> {
+        Arc::new(OutQueue::new(10, 1000))
+    }
+
+    fn close_reason(queue: &OutQueue) -> Option<CloseReason> {
+        futures_util::FutureExt::now_or_never(queue.closing())
+    }
+
+    #[test]
+    fn pings_silence_and_expiry() {
+        let config = config(20, 50);
+        let registry = Registry::new();
+        let (talker, quiet, expired) = (queue(), queue(), queue());
+        registry.register(1, talker.clone(), None, config.ping_interval);
+        registry.register(2, quiet.clone(), None, config.ping_interval);
+        registry.register(3, expired.clone(), Some(1), config.ping_interval);
+        std::thread::sleep(Duration::from_millis(30));
+        registry.tick(&config);
+        assert!(talker.take_ping() && quiet.take_ping(), "a ping is due after ping_interval");
+        assert_eq!(close_reason(&expired), Some(CloseReason::TokenExpired));
+        talker.seen(registry.now());
+        std::thread::sleep(Duration::from_millis(30));
+        registry.tick(&config);
+        assert_eq!(close_reason(&quiet), Some(CloseReason::HeartbeatTimeout));
+        assert_eq!(close_reason(&talker), None);
+        registry.unregister(2);
+        assert_eq!(registry.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_drain_spreads_its_closes_and_closes_late_comers_at_once() {
+        let registry = Registry::new();
+        let queues: Vec<_> = (0..100).map(|_| queue()).collect();
+        for (id, q) in queues.iter().enumerate() {
+            registry.register(id as ConnId, q.clone(), None, Duration::from_secs(25));
+        }
+        let all = registry.start_drain();
+        assert_eq!(all.len(), 100);
+        let started = tokio::time::Instant::now();
+        let window = Duration::from_millis(600);
+        let draining = tokio::spawn(drain(all, window));
+        tokio::time::sleep(window / 2).await;
+        let closed = queues.iter().filter(|q| close_reason(q).is_some()).count();
+        assert!((20..=80).contains(&closed), "{closed} of 100 closed half way through the window");
+        let late = queue();
+        registry.register(1000, late.clone(), None, Duration::from_secs(25));
+        assert_eq!(close_reason(&late), Some(CloseReason::ShuttingDown));
+        draining.await.unwrap();
+        assert!(started.elapsed() < window * 2);
+        assert!(queues.iter().all(|q| close_reason(q) == Some(CloseReason::ShuttingDown)));
+    }
+}
