@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald::{Config, roles, telemetry};
 
+/// jemalloc instead of the system allocator; see the `jemalloc` feature.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(version, about = "Herald: real-time push over WebSocket")]
 struct Cli {
