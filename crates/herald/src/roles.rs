@@ -10,7 +10,7 @@ use herald_broker::{Broker, MemoryBroker, RedisBroker};
 use herald_gateway::{ConnectionObserver, Gateway, NoObserver};
 use herald_presence::{GrpcTransport, LocalTransport, MemoryStore, PresenceApi, RedisStore, Reporter};
 use herald_publisher_api::PublisherApi;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -145,6 +145,17 @@ fn redis_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> {
     Ok(Arc::new(broker))
 }
 
+/// Pending connections a listener queues before the kernel drops SYNs (capped by
+/// `net.core.somaxconn`). The default of 128 overflowed in connection bursts (a reconnect wave,
+/// `herald bench idle`) and each dropped SYN costs its client a one-second retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("{key}: cannot listen on {addr}"))
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("{key}: cannot listen on {addr}"))
 }
