@@ -38,6 +38,11 @@ pub struct BenchArgs {
         default_value = "dev-only-secret-change-me-0123456789abcdef"
     )]
     pub jwt_secret: String,
+    /// How a Herald connection subscribes its channel: in the connect URL
+    /// (`/ws?token=..&subscribe=<channel>`, as nchan takes it in its URL), or with a
+    /// `subscribe` frame after `connected` (one more round trip).
+    #[arg(long, value_enum, default_value_t = SubscribeWith::Url)]
+    pub subscribe_with: SubscribeWith,
     /// Namespace of the bench channels (Herald); it must be configured on the gateways (the
     /// quickstart configuration has `news`).
     #[arg(long, default_value = "news")]
@@ -136,6 +141,16 @@ pub enum Target {
     /// nginx with the nchan module: WebSocket subscribers at `/sub/<channel>`, HTTP publish
     /// to `/pub/<channel>`.
     Nchan,
+}
+
+/// How Herald connections subscribe their channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribeWith {
+    /// `?subscribe=<channel>` in the connect URL.
+    Url,
+    /// A `subscribe` frame after `connected`.
+    Frame,
 }
 
 /// Transport of Herald publishes.

@@ -102,7 +102,7 @@ fn receive(shared: &Shared, seen: &mut Seen, frame: &[u8]) {
 }
 
 /// TCP connect from the planned source address, WebSocket handshake, and for Herald the
-/// `connected` greeting and the subscription.
+/// `connected` greeting and, with `--subscribe-with frame`, the subscription.
 async fn setup(shared: &Shared, conn: u64) -> Result<Ws, String> {
     let plan = &shared.plan;
     let url = plan.url(conn);
@@ -136,7 +136,7 @@ async fn setup(shared: &Shared, conn: u64) -> Result<Ws, String> {
         return Ok(ws);
     }
     expect(&mut ws, "connected").await?;
-    if let Some(channel) = plan.subscription(conn) {
+    if let Some(channel) = plan.subscribe_frame(conn) {
         let frame = serde_json::json!({"type": "subscribe", "channel": channel}).to_string();
         ws.send(Message::text(frame)).await.map_err(|e| format!("send subscribe: {e}"))?;
         expect(&mut ws, "subscribed").await?;

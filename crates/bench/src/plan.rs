@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::args::{BenchArgs, Scenario, Target};
+use crate::args::{BenchArgs, Scenario, SubscribeWith, Target};
 
 /// First source port when clients bind their own; ports run up to this plus
 /// [`MAX_PER_SOURCE_ADDR`].
@@ -26,6 +26,7 @@ pub struct Plan {
     pub target: Target,
     pub urls: Vec<String>,
     pub jwt_secret: String,
+    pub subscribe_with: SubscribeWith,
     pub namespace: String,
     pub prefix: String,
     pub connections: u64,
@@ -66,6 +67,7 @@ impl Plan {
             target: args.target,
             urls: args.urls.clone(),
             jwt_secret: args.jwt_secret.clone(),
+            subscribe_with: args.subscribe_with,
             namespace: args.namespace.clone(),
             prefix: args.prefix.clone(),
             connections: args.connections,
@@ -129,8 +131,17 @@ impl Plan {
         }
     }
 
-    /// The channel a Herald connection subscribes to after `connected`; `None` when the
-    /// server subscribes it by itself (personal and broadcast channels).
+    /// The channel a Herald connection subscribes to with a frame after `connected`; `None`
+    /// when it is in the connect URL or the server subscribes it by itself (personal and
+    /// broadcast channels).
+    pub fn subscribe_frame(&self, conn: u64) -> Option<String> {
+        match self.subscribe_with {
+            SubscribeWith::Frame => self.subscription(conn),
+            SubscribeWith::Url => None,
+        }
+    }
+
+    /// The channel a Herald connection is in besides its personal and broadcast channels.
     pub fn subscription(&self, conn: u64) -> Option<String> {
         match self.destination(self.stream_of(conn)) {
             Destination::Channel(channel) => Some(channel),
@@ -146,7 +157,12 @@ impl Plan {
                 let token = herald_gateway::mint(&self.jwt_secret, &self.user_of(conn), self.max_runtime * 2)
                     .unwrap_or_default();
                 let sep = if base.contains('?') { '&' } else { '?' };
-                format!("{base}{sep}token={token}")
+                match (self.subscribe_with, self.subscription(conn)) {
+                    (SubscribeWith::Url, Some(channel)) => {
+                        format!("{base}{sep}token={token}&subscribe={channel}")
+                    }
+                    _ => format!("{base}{sep}token={token}"),
+                }
             }
             Target::Nchan => match self.destination(self.stream_of(conn)) {
                 Destination::Channel(channel) => format!("{base}/{channel}"),
@@ -194,6 +210,11 @@ mod tests {
         assert_eq!(p.streams(), 3);
         assert_eq!(p.listeners_per_stream(), vec![10, 10, 5]);
         assert_eq!(p.subscription(12).as_deref(), Some("news:bench-1"));
+        assert!(p.url(12).ends_with("&subscribe=news:bench-1"), "{}", p.url(12));
+        assert_eq!(p.subscribe_frame(12), None);
+        let f = plan(&["rooms", "-n", "25", "--room-size", "10", "--subscribe-with", "frame"]);
+        assert_eq!(f.subscribe_frame(12).as_deref(), Some("news:bench-1"));
+        assert!(!f.url(12).contains("subscribe="));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::args::{Scenario, Target, Via};
+use crate::args::{Scenario, SubscribeWith, Target, Via};
 use crate::procstat::Sample;
 use crate::stats::Percentiles;
 
@@ -16,6 +16,8 @@ pub struct Report {
     pub target: Target,
     /// `http` or `grpc` for Herald; nchan is always HTTP.
     pub publish_via: Via,
+    /// How Herald connections subscribed their channel (in the URL or with a frame).
+    pub subscribe_with: SubscribeWith,
     /// Seconds since the Unix epoch when the run started.
     pub started_at: u64,
     pub payload_bytes: usize,

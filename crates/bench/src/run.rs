@@ -233,6 +233,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         scenario: args.scenario,
         target: args.target,
         publish_via: args.publish,
+        subscribe_with: args.subscribe_with,
         started_at,
         payload_bytes: args.payload,
         workers: links.iter().filter(|l| l.child.is_some()).count(),

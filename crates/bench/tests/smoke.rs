@@ -151,15 +151,18 @@ async fn clients_bound_to_several_source_addresses_receive_everything() {
     assert_eq!((report.deliveries.delivered, report.deliveries.lost), (600, 0), "{}", report.human());
 }
 
-/// Messages to random rooms reach every member of their room and nobody else.
+/// Messages to random rooms reach every member of their room and nobody else, whether the
+/// members subscribed in the connect URL (the default) or with a frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_deliver_to_their_members() {
     let system = start().await;
-    let report =
-        bench(&system, &["rooms", "-n", "60", "--room-size", "20", "--rate", "50", "-m", "30"], &system.http)
-            .await;
-    assert_eq!(report.connections.connected, 60, "{}", report.human());
-    assert_eq!(report.messages.published, 30);
-    assert_eq!(report.deliveries.expected, 30 * 20, "{}", report.human());
-    assert_eq!((report.deliveries.delivered, report.deliveries.lost), (600, 0), "{}", report.human());
+    for with in ["url", "frame"] {
+        let args =
+            ["rooms", "-n", "60", "--room-size", "20", "--rate", "50", "-m", "30", "--subscribe-with", with];
+        let report = bench(&system, &args, &system.http).await;
+        assert_eq!(report.connections.connected, 60, "{}", report.human());
+        assert_eq!(report.messages.published, 30);
+        assert_eq!(report.deliveries.expected, 30 * 20, "{}", report.human());
+        assert_eq!((report.deliveries.delivered, report.deliveries.lost), (600, 0), "{}", report.human());
+    }
 }
