@@ -9,21 +9,28 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
 use futures_util::future::Either;
+use futures_util::{SinkExt, StreamExt};
 use herald_protocol::{
     ChannelKind, ChannelName, ClientFrame, CloseCode, ErrorCode, Publication, RequestId, ServerFrame,
 };
 use serde_json::value::RawValue;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::Shared;
 use crate::auth::Identity;
 use crate::hub::{ConnHandle, Join};
 use crate::metrics::GatewayMetrics;
 use crate::observer::ConnectionInfo;
 use crate::policy;
 use crate::queue::{CloseReason, OutQueue};
+use crate::server::{self, Upgrade};
+use crate::{ConnectionGuard, Shared};
+
+type WebSocket = WebSocketStream<TcpStream>;
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -48,6 +55,25 @@ pub(crate) struct Connection {
     handle: ConnHandle,
     /// Every channel this connection is in, its personal and broadcast channels included.
     subscriptions: HashSet<ChannelName>,
+    /// Whether the client got `connected` (and observers heard of it).
+    greeted: bool,
+    /// Counts the connection in the gauge while it exists.
+    _open: ConnectionGuard,
+}
+
+impl Drop for Connection {
+    /// Leaves every channel and forgets the connection, however its task ended.
+    fn drop(&mut self) {
+        self.shared.registry.unregister(self.handle.id);
+        self.shared.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
+        self.handle.queue.close();
+        for channel in self.subscriptions.drain() {
+            self.shared.hub.leave(&channel, self.handle.id);
+        }
+        if self.greeted {
+            self.shared.observer.disconnected(&self.info);
+        }
+    }
 }
 
 impl Connection {
@@ -64,6 +90,8 @@ impl Connection {
             info,
             handle: ConnHandle::new(id, Arc::new(queue)),
             subscriptions: HashSet::new(),
+            greeted: false,
+            _open: shared.connection_opened(),
             identity,
             shared,
         }
@@ -77,66 +105,70 @@ impl Connection {
         &self.identity.user
     }
 
-    /// Serves the connection until it ends. `requested` are the channels asked for in the
-    /// connect URL, already checked by [`policy::connect_subscriptions`].
-    pub(crate) async fn run(mut self, mut socket: WebSocket, requested: Vec<ChannelName>) {
-        let _guard = self.shared.connection_opened();
-        let (id, queue) = (self.handle.id, self.handle.queue.clone());
-        self.shared.registry.register(id, queue, self.identity.expires_at, self.shared.config.ping_interval);
-        let (greeted, exit) = match self.start(&mut socket, requested).await {
-            Ok(()) => (true, self.serve(&mut socket).await),
-            Err(exit) => (false, exit),
-        };
+    /// Serves an open connection until it ends. What it joined is left when `self` drops.
+    pub(crate) async fn run(mut self, mut socket: WebSocket) {
+        let exit = self.serve(&mut socket).await;
         self.shared.metrics.closed(match &exit {
             Exit::Close(code, _) => Some(*code),
             Exit::Gone => None,
         });
         if let Exit::Close(code, reason) = exit {
             tracing::debug!(code, %reason, "closing connection");
-            let frame = CloseFrame { code, reason: reason.into() };
-            let _ = tokio::time::timeout(self.shared.config.close_timeout, close(&mut socket, frame)).await;
-        }
-        self.shared.registry.unregister(self.handle.id);
-        self.shared.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
-        self.handle.queue.close();
-        for channel in self.subscriptions.drain() {
-            self.shared.hub.leave(&channel, self.handle.id);
-        }
-        if greeted {
-            self.shared.observer.disconnected(&self.info);
+            let frame = CloseFrame { code: code.into(), reason: reason.into() };
+            // Boxed: needed once, at the end, and inline it would make every task larger.
+            let closing = tokio::time::timeout(self.shared.config.close_timeout, close(&mut socket, frame));
+            let _ = Box::pin(closing).await;
         }
     }
 
-    /// Subscribes the server-managed channels and the `requested` ones, then greets the
-    /// client. Once the client reads `connected`, messages on all of them are guaranteed to
-    /// reach it. The broker confirms the channels concurrently; if one fails, the caller's
-    /// clean-up leaves them all.
-    async fn start(&mut self, socket: &mut WebSocket, requested: Vec<ChannelName>) -> Result<(), Exit> {
+    /// Subscribes the server-managed channels and the requested ones, then answers the
+    /// upgrade and greets the client in one write. Once the client reads `connected`,
+    /// messages on all of them are guaranteed to reach it. The broker confirms the channels
+    /// concurrently; if one fails, the client gets HTTP 503 instead of an upgrade. `None`
+    /// when the client is not connected (what was joined is left when `self` drops).
+    pub(crate) async fn open(&mut self, mut stream: TcpStream, upgrade: Upgrade) -> Option<WebSocket> {
+        let (id, queue) = (self.handle.id, self.handle.queue.clone());
+        self.shared.registry.register(id, queue, self.identity.expires_at, self.shared.config.ping_interval);
         let managed = [ChannelName::personal(&self.identity.user), ChannelName::broadcast()];
-        let joins: Vec<_> =
-            managed.into_iter().chain(requested.iter().cloned()).map(|channel| self.enter(channel)).collect();
+        let joins: Vec<_> = managed
+            .into_iter()
+            .chain(upgrade.requested.iter().cloned())
+            .map(|channel| self.enter(channel))
+            .collect();
         for (channel, confirmed) in joins {
             let pending = matches!(confirmed, Either::Left(_));
             if let Err(e) = confirmed.await {
-                return Err(Exit::error(ErrorCode::Unavailable, format!("broker unavailable: {e}")));
+                let message = format!("broker unavailable: {e}");
+                server::refuse(&mut stream, ErrorCode::Unavailable, &message).await;
+                return None;
             }
             if pending {
                 self.shared.hub.settled(&channel);
             }
         }
-        self.shared.observer.connected(&self.info);
-        for channel in &requested {
-            self.shared.observer.subscribed(&self.info, channel);
-        }
         let hello = ServerFrame::Connected {
             client_id: &self.info.client_id,
             user: &self.identity.user,
-            channels: &requested,
+            channels: &upgrade.requested,
         };
-        socket.send(Message::text(hello.to_json())).await.map_err(|_| {
-            self.shared.observer.disconnected(&self.info);
-            Exit::Gone
-        })
+        let answer = server::switching_protocols(&upgrade, &hello.to_json());
+        if stream.write_all(&answer).await.is_err() {
+            return None;
+        }
+        self.greeted = true;
+        self.shared.observer.connected(&self.info);
+        for channel in &upgrade.requested {
+            self.shared.observer.subscribed(&self.info, channel);
+        }
+        Some(
+            WebSocketStream::from_partially_read(
+                stream,
+                upgrade.leftover,
+                Role::Server,
+                Some(upgrade.config),
+            )
+            .await,
+        )
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
@@ -158,7 +190,7 @@ impl Connection {
                         reason = queue.closing() => return Exit::from(reason),
                     }
                 }
-                msg = socket.recv() => {
+                msg = socket.next() => {
                     let Some(Ok(msg)) = msg else { return read_error(msg) };
                     queue.seen(self.shared.registry.now());
                     let reply = match msg {
@@ -168,7 +200,7 @@ impl Connection {
                         Message::Binary(_) => Some(error_frame(None, ErrorCode::MalformedFrame,
                             "binary frames are not supported; send JSON text frames")),
                         Message::Close(_) => return Exit::Gone,
-                        Message::Ping(_) | Message::Pong(_) => None,
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
                     if let Some(reply) = reply {
                         let send = socket.send(Message::text(reply));
@@ -310,7 +342,7 @@ async fn close(socket: &mut WebSocket, frame: CloseFrame) {
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
-    while let Some(Ok(msg)) = socket.recv().await {
+    while let Some(Ok(msg)) = socket.next().await {
         if matches!(msg, Message::Close(_)) {
             break;
         }
@@ -326,7 +358,7 @@ async fn write_batch(
     max: usize,
     ping: bool,
     metrics: &GatewayMetrics,
-) -> Result<bool, axum::Error> {
+) -> Result<bool, WsError> {
     if ping {
         socket.feed(Message::Ping(Default::default())).await?;
     }
@@ -371,14 +403,13 @@ impl From<CloseReason> for Exit {
 
 /// Maps a failed read to how the connection ends: an oversized frame is answered with 1009,
 /// anything else means the client is gone.
-fn read_error(msg: Option<Result<Message, axum::Error>>) -> Exit {
-    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-    let Some(Err(e)) = msg else { return Exit::Gone };
-    match e.into_inner().downcast::<WsError>() {
-        Ok(e) if matches!(*e, WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+fn read_error(msg: Option<Result<Message, WsError>>) -> Exit {
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+    match msg {
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
             Exit::error(ErrorCode::MessageTooLarge, "message too large")
         }
-        Ok(e) if matches!(*e, WsError::Capacity(_)) => Exit::error(ErrorCode::MessageTooLarge, e.to_string()),
+        Some(Err(WsError::Capacity(e))) => Exit::error(ErrorCode::MessageTooLarge, e.to_string()),
         _ => Exit::Gone,
     }
 }

@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, Either, FutureExt, Shared};
 use herald_broker::{Broker, Delivery, Subscriber};
 use herald_protocol::ChannelName;
 use herald_protocol::support::shrink;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::GatewayMetrics;
 use crate::queue::{OutQueue, Overflow};

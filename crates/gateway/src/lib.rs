@@ -1,7 +1,8 @@
 //! The WebSocket gateway: holds client sockets and fans broker messages out to them.
 //!
 //! Layout, from the wire inwards:
-//! - [`server`]: the HTTP listener: `GET /ws` (token check, then upgrade), `/livez`, `/readyz`.
+//! - [`server`]: the listener: `GET /ws` (token and channel checks, then upgrade), and
+//!   `/livez`, `/readyz`, `/metrics` through hyper.
 //! - [`connection`]: one task per socket: client frames in, queued frames out, heartbeats.
 //! - [`policy`]: who may subscribe and publish where.
 //! - [`auth`]: connection tokens into an [`auth::Identity`].
@@ -68,7 +69,7 @@ pub(crate) struct Inner {
     canary_ok: Arc<AtomicBool>,
     /// Cancelled when the gateway shuts down; every connection closes with 1012.
     pub(crate) shutdown: CancellationToken,
-    /// Connection tasks, so shutdown can wait for them (axum does not track upgraded sockets).
+    /// Connection tasks, so shutdown can wait for them .
     pub(crate) tasks: TaskTracker,
     /// Every live connection, for the sweeper.
     pub(crate) registry: Arc<sweeper::Registry>,

@@ -197,3 +197,63 @@ async fn subscriptions_are_limited() {
     let reply = client.request(json!({"type": "subscribe", "channel": "room:3"})).await.unwrap();
     assert_eq!(reply["code"], "limit_exceeded");
 }
+
+/// Sends raw bytes to a gateway and returns everything it answers until it closes, or what
+/// arrived within a second.
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer)).await;
+    answer
+}
+
+fn upgrade_request(target: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Requests to `/ws` that are not WebSocket upgrades, or whose head is too large, get a 400
+/// with a JSON body; the health endpoints on the same listener still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_upgrade_requests_get_400() {
+    let cluster = Cluster::start(Engine::Redis, 1).await;
+    let addr = cluster.gateways[0].addr;
+    let token = cluster.token("alice");
+    let plain = format!("GET /ws?token={token} HTTP/1.1\r\nHost: gw\r\n\r\n");
+    let huge = format!("GET /ws?token={token} HTTP/1.1\r\nHost: gw\r\nX-Pad: {}\r\n\r\n", "x".repeat(9000));
+    let garbage = "NOT HTTP AT ALL\r\n\r\n".to_string();
+    for request in [plain, huge, garbage] {
+        let answer = String::from_utf8_lossy(&raw_exchange(addr, request.as_bytes()).await).to_string();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "malformed_frame", "{answer}");
+    }
+    let answer = raw_exchange(addr, b"GET /livez HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("ok"), "{answer}");
+}
+
+/// A client that sends its first frame right behind the upgrade request, without waiting for
+/// `101`, has it answered: the `101`, `connected` and the reply arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_upgrade_request_are_not_lost() {
+    let cluster = Cluster::start(Engine::Redis, 1).await;
+    let mut bytes = upgrade_request(&format!("/ws?token={}", cluster.token("eager"))).into_bytes();
+    // A masked text frame, as clients must send them (RFC 6455, 5.3).
+    let payload = br#"{"type":"ping","id":7}"#;
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let answer = raw_exchange(cluster.gateways[0].addr, &bytes).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    assert!(answer.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{answer}");
+    let connected = answer.find(r#"{"type":"connected""#).expect("connected");
+    let pong = answer.find(r#"{"type":"pong","id":7}"#).expect("pong");
+    assert!(connected < pong, "{answer}");
+}
