@@ -114,6 +114,9 @@ both() { # name, args...
 
 suite() {
     both idle idle -n 10000 --channels 100 --duration 20s
+    start_herald 1; bench idle-frame-herald herald idle -n 10000 --channels 100 --duration 20s \
+        --subscribe-with frame; stop
+    both idle-c1000 idle -n 10000 --channels 100 --duration 20s --connect-concurrency 1000
     both fanout100 fanout -n 5000 --rate 100 --duration 20s
     both fanout20 fanout -n 5000 --rate 20 --duration 30s
     both personal personal -n 10000 --rate 2000 --duration 15s
