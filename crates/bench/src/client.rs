@@ -46,6 +46,7 @@ pub(crate) async fn run(shared: Arc<Shared>, conn: u64, gate: Arc<Semaphore>) {
         }
         Err(e) => {
             shared.error(e);
+            shared.setup_done();
             shared.counters.failed.fetch_add(1, Ordering::Relaxed);
             return;
         }

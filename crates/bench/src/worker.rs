@@ -57,6 +57,11 @@ pub struct Counts {
     /// Messages received, duplicates included.
     pub received: u64,
     pub unique: u64,
+    /// When the last connection set-up ended (connected or failed), microseconds since the
+    /// Unix epoch; 0 before any did. The connect phase is timed by this, not by the progress
+    /// events, which come only every [`PROGRESS_EVERY`].
+    #[serde(default)]
+    pub setup_done_us: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -66,6 +71,7 @@ impl std::ops::AddAssign for Counts {
         self.closed += o.closed;
         self.received += o.received;
         self.unique += o.unique;
+        self.setup_done_us = self.setup_done_us.max(o.setup_done_us);
     }
 }
 
@@ -95,6 +101,7 @@ pub(crate) struct Counters {
     pub received: AtomicU64,
     pub unique: AtomicU64,
     pub other_frames: AtomicU64,
+    setup_done_us: AtomicU64,
     duplicates: AtomicU64,
     reordered: AtomicU64,
     lost: AtomicU64,
@@ -133,7 +140,13 @@ impl Shared {
         self.latency.lock().expect("histogram lock").saturating_record(micros.max(1));
     }
 
+    /// Records that a connection set-up ended, connected or not.
+    pub fn setup_done(&self) {
+        self.counters.setup_done_us.fetch_max(crate::payload::now_micros(), Ordering::Relaxed);
+    }
+
     pub fn record_connect(&self, took: Duration) {
+        self.setup_done();
         self.counters.connected.fetch_add(1, Ordering::Relaxed);
         self.connect_latency
             .lock()
@@ -172,6 +185,7 @@ impl Shared {
             closed: c.closed.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             unique: c.unique.load(Ordering::Relaxed),
+            setup_done_us: c.setup_done_us.load(Ordering::Relaxed),
         }
     }
 

@@ -135,12 +135,12 @@ async fn handle(gateway: Gateway, router: Router, mut stream: TcpStream, tracked
     };
     if head.path != "/ws" {
         drop(tracked);
-        // Boxed, so the state of an HTTP/1 connection is not part of every WebSocket's task.
+        // Boxed, so that every handshake task does not carry an HTTP/1 connection's state.
         return Box::pin(serve_http(router, Prefixed { prefix: buf, at: 0, inner: stream })).await;
     }
     let leftover = buf.split_off(head.len);
     let checked = check(&gateway, &head, leftover);
-    // Neither outlives the handshake: a connection keeps only what it needs.
+    // Freed before waiting for the broker: a connection keeps only what it needs.
     drop((buf, head));
     match checked {
         Ok((identity, upgrade)) => {
