@@ -69,7 +69,7 @@ pub(crate) struct Inner {
     canary_ok: Arc<AtomicBool>,
     /// Cancelled when the gateway shuts down; every connection closes with 1012.
     pub(crate) shutdown: CancellationToken,
-    /// Connection tasks, so shutdown can wait for them .
+    /// Handshake and connection tasks, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
     /// Every live connection, for the sweeper.
     pub(crate) registry: Arc<sweeper::Registry>,
@@ -154,7 +154,8 @@ impl Gateway {
     }
 
     /// Starts draining: `/readyz` turns 503 and the connections close with 1012 one after
-    /// another, spread evenly over `gateway.drain_window` in random order. [`serve`] does this when its shutdown resolves.
+    /// another, spread evenly over `gateway.drain_window` in random order. [`serve`] does
+    /// this when its shutdown resolves.
     pub fn drain(&self) {
         self.shared.shutdown.cancel();
     }
