@@ -1,10 +1,8 @@
 //! The one error type of the presence API, shown to HTTP clients as a JSON body and to gRPC
 //! clients as a status, both coded by the shared [`ErrorCode`] table.
 
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_protocol::ErrorCode;
-use serde::Serialize;
 
 use crate::store::StoreError;
 
@@ -43,29 +41,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
-}
-
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'static str,
-    message: &'a str,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = self.code();
-        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = self.to_string();
-        let mut response =
-            (status, axum::Json(Body { error: Detail { code: code.as_str(), message: &message } }))
-                .into_response();
-        if code == ErrorCode::Unauthorized {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
+        herald_api_common::error_response(self.code(), &self.to_string())
     }
 }
 

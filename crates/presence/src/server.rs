@@ -19,38 +19,15 @@ pub async fn serve(
     let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
     let stop = CancellationToken::new();
     let sweeper = tokio::spawn(api.service().clone().run_sweeper(stop.clone()));
-    let http_server =
-        axum::serve(http, api.http_router()).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let grpc_server =
-        tonic::transport::Server::builder().add_service(api.grpc_service()).serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            stop.clone().cancelled_owned(),
-        );
     tracing::info!(http = %http_addr, grpc = %grpc_addr, store = api.service().store().name(), "presence listening");
-    let trigger = async {
-        tokio::select! {
-            () = shutdown => tracing::info!("presence shutting down"),
-            () = stop.cancelled() => {}
-        }
-        stop.cancel();
-    };
-    let http_done = async {
-        let result = http_server.await;
-        stop.cancel();
-        result
-    };
-    let grpc_done = async {
-        let result = grpc_server.await.map_err(io::Error::other);
-        stop.cancel();
-        result
-    };
-    let ((), http_result, grpc_result) = tokio::join!(trigger, http_done, grpc_done);
+    let served = herald_api_common::serve_http_and_grpc(
+        "presence",
+        (http, api.http_router()),
+        (grpc, tonic::service::Routes::new(api.grpc_service())),
+        stop,
+        shutdown,
+    )
+    .await;
     let _ = sweeper.await;
-    if let Err(e) = &http_result {
-        tracing::error!(error = %e, "presence http server failed");
-    }
-    if let Err(e) = &grpc_result {
-        tracing::error!(error = %e, "presence grpc server failed");
-    }
-    http_result.and(grpc_result)
+    served
 }

@@ -1,11 +1,9 @@
 //! The one error type of the API, shown to HTTP clients as a JSON body and to gRPC clients as a
 //! status. Both take their code from [`ErrorCode`], so a failure means the same on both.
 
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_broker::BrokerError;
 use herald_protocol::ErrorCode;
-use serde::Serialize;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,30 +51,12 @@ impl ApiError {
     }
 }
 
-/// The JSON body of every HTTP error: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
-}
-
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'static str,
-    message: &'a str,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
-        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = self.to_string();
-        let body = Body { error: Detail { code: code.as_str(), message: &message } };
-        let mut response = (status, axum::Json(body)).into_response();
+        let mut response = herald_api_common::error_response(code, &self.to_string());
         // Read by the metrics middleware, which labels requests by error code.
         response.extensions_mut().insert(code);
-        if code == ErrorCode::Unauthorized {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
         response
     }
 }

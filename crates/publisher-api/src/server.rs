@@ -21,41 +21,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
-    let stop = CancellationToken::new();
-
-    let http_server =
-        axum::serve(http, api.http_router()).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let grpc_server =
-        tonic::transport::Server::builder().add_service(api.grpc_service()).serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            stop.clone().cancelled_owned(),
-        );
     tracing::info!(http = %http_addr, grpc = %grpc_addr, engine = api.broker_name(), "publisher api listening");
-
-    let trigger = async {
-        tokio::select! {
-            () = shutdown => tracing::info!("publisher api shutting down"),
-            () = stop.cancelled() => {}
-        }
-        stop.cancel();
-    };
-    let http_done = async {
-        let result = http_server.await;
-        stop.cancel();
-        result
-    };
-    let grpc_done = async {
-        let result = grpc_server.await.map_err(io::Error::other);
-        stop.cancel();
-        result
-    };
-    let ((), http_result, grpc_result) = tokio::join!(trigger, http_done, grpc_done);
-    if let Err(e) = &http_result {
-        tracing::error!(error = %e, "http server failed");
-    }
-    if let Err(e) = &grpc_result {
-        tracing::error!(error = %e, "grpc server failed");
-    }
-    tracing::info!("publisher api stopped");
-    http_result.and(grpc_result)
+    herald_api_common::serve_http_and_grpc(
+        "publisher api",
+        (http, api.http_router()),
+        (grpc, tonic::service::Routes::new(api.grpc_service())),
+        CancellationToken::new(),
+        shutdown,
+    )
+    .await
 }
