@@ -4,27 +4,18 @@
 mod presence_support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use herald_presence::pb;
 use herald_presence::pb::presence_client::PresenceClient;
-use herald_testkit::{RedisServer, free_port};
+use herald_testkit::{KillOnDrop, RedisServer, free_port};
 use presence_support::{API_KEY, Api};
 use serde_json::json;
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `herald presence` on free ports (as deployments configure it, through `HERALD_*`
 /// variables) and waits for `/readyz`.
-async fn presence_process(redis: &RedisServer) -> (Running, SocketAddr, SocketAddr) {
+async fn presence_process(redis: &RedisServer) -> (KillOnDrop, SocketAddr, SocketAddr) {
     let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let child = Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -40,7 +31,7 @@ async fn presence_process(redis: &RedisServer) -> (Running, SocketAddr, SocketAd
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let running = Running(child);
+    let running = KillOnDrop(child);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(resp) = reqwest::get(format!("http://{http}/readyz")).await

@@ -3,20 +3,11 @@
 
 mod presence_support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use herald_testkit::{WsClient, free_port};
+use herald_testkit::{KillOnDrop, WsClient, free_port};
 use serde_json::{Value, json};
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// With the shipped standalone configuration, a client sees who else is in its channel, gets
 /// their join and leave frames, and the presence API (with the publisher's key) agrees.
@@ -39,7 +30,7 @@ async fn standalone_tracks_presence_in_memory() {
     ];
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.args(["--config", config, "standalone"]).envs(env.iter().map(|(k, v)| (k, v))).stdout(Stdio::null());
-    let _server = Running(cmd.spawn().unwrap());
+    let _server = KillOnDrop(cmd.spawn().unwrap());
     let url = |user: &str, info: Value| {
         format!("ws://127.0.0.1:{ws}/ws?token={}", presence_support::token(user, Some(info)))
     };

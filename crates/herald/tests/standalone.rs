@@ -2,20 +2,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use herald_testkit::{WsClient, free_port};
+use herald_testkit::{KillOnDrop, WsClient, free_port};
 use serde_json::{Value, json};
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The quickstart works: with the shipped standalone configuration, a token from
 /// `herald token`, a WebSocket client and an HTTP publish, the message arrives.
@@ -37,7 +28,7 @@ async fn the_quickstart_works_without_redis() {
         cmd.args(["--config", config]).envs(ports.iter().map(|(k, v)| (k, v)));
         cmd
     };
-    let _server = Running(herald().arg("standalone").stdout(Stdio::null()).spawn().unwrap());
+    let _server = KillOnDrop(herald().arg("standalone").stdout(Stdio::null()).spawn().unwrap());
     let token = herald().args(["token", "--user", "alice"]).output().unwrap();
     assert!(token.status.success());
     let token = String::from_utf8(token.stdout).unwrap();
