@@ -41,10 +41,16 @@ pub enum BrokerError {
 
 /// Receives the messages of every channel a node subscribed to.
 ///
-/// Engines call it from their reader task, once per message per node, so it must not block:
-/// the gateway's hub only copies a reference to the bytes into bounded per-connection queues.
+/// Engines call [`Delivery::deliver`] from their reader task, once per message per node, and
+/// [`Delivery::flush`] once they handed over every message they had at hand (everything one
+/// read from Redis brought, one publish of the in-memory engine). Neither may block. The
+/// gateway's hub collects a batch of messages and writes them on `flush`, each subscriber's
+/// share in one system call, so under load several messages share a write.
 pub trait Delivery: Send + Sync + 'static {
     fn deliver(&self, channel: &str, payload: Bytes);
+
+    /// Every message delivered so far is complete; send them on.
+    fn flush(&self) {}
 }
 
 /// The publishing side of an engine, and the factory of node subscribers.

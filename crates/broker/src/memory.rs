@@ -52,6 +52,7 @@ impl Broker for MemoryBroker {
         let nodes = self.bus.channels.read().expect("bus lock poisoned").get(channel).cloned();
         for node in nodes.iter().flat_map(|n| n.iter()) {
             node.delivery.deliver(channel.as_str(), payload.clone());
+            node.delivery.flush();
         }
         Ok(())
     }

@@ -171,7 +171,10 @@ impl NodeTask {
     pub(super) async fn run(self) {
         let mut attempt: u32 = 0;
         loop {
-            match self.connect_and_serve(&mut attempt).await {
+            let ended = self.connect_and_serve(&mut attempt).await;
+            // Messages read before the connection ended still go out.
+            self.delivery.flush();
+            match ended {
                 Ended::Stopped => break,
                 Ended::Failed(error) => {
                     self.shared.status.send_replace(false);
@@ -236,6 +239,10 @@ impl NodeTask {
                     self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::info!(url = %redact(&self.config.url), "redis pubsub connected");
+            }
+            // The messages of one read are handed over together, then flushed.
+            if !conn.has_event() {
+                self.delivery.flush();
             }
             tokio::select! {
                 event = conn.next_event() => match event {

@@ -114,6 +114,12 @@ impl PubSubConn {
         }
     }
 
+    /// Whether the next event is already buffered, so [`PubSubConn::next_event`] returns it
+    /// without reading (a malformed frame counts: reading it returns the error).
+    pub fn has_event(&self) -> bool {
+        !matches!(frame_len(&self.buf[self.consumed..]), Ok(None))
+    }
+
     /// The next event. Cancel-safe: a partly read frame stays in the buffer.
     pub async fn next_event(&mut self) -> Result<Event<'_>, RespError> {
         self.buf.advance(self.consumed);
