@@ -78,8 +78,8 @@ async fn round_trip(hub: &Hub, channel: &ChannelName, seq: u64, queue: &OutQueue
             return false;
         }
         loop {
-            while let Some(out) = queue.pop() {
-                if out.frame.as_str().ends_with(&expected) {
+            while let Some(frame) = queue.pop() {
+                if frame.ends_with(expected.as_bytes()) {
                     return true;
                 }
             }

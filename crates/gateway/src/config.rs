@@ -19,7 +19,7 @@ pub struct GatewayConfig {
     /// that falls this far behind is disconnected with 4008 too. Bounds memory per connection
     /// when messages are large.
     pub outbound_queue_bytes: usize,
-    /// Most frames written with one flush when several are queued (write coalescing).
+    /// Most queued frames written with one system call (write coalescing); at most 64.
     pub write_batch: usize,
     /// How often the server pings each connection.
     #[serde(with = "humantime_serde")]

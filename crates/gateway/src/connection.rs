@@ -1,10 +1,12 @@
-//! One client connection: a single task that owns the socket.
+//! One client connection: a single task that owns its state and reads its socket.
 //!
-//! The task waits on two things: a frame from the client, and its queue, through which the
-//! hub hands it frames and the gateway's sweeper asks it to ping or to close (slow consumer,
-//! heartbeat timeout, token expiry, shutdown). Queued frames are written in batches with one
-//! flush (write coalescing). Writing is raced against the close request, so a client that
-//! stopped reading is cut off even while a write to it is stuck.
+//! The task waits on three things: a frame from the client, its queue's close request (slow
+//! consumer, heartbeat timeout, token expiry, shutdown, from the hub and the gateway's
+//! sweeper), and queued frames ([`crate::queue`]): those of large channels, and whatever a
+//! full socket did not take. It writes them several per system call (write coalescing).
+//! Messages of small channels and pings are written by the hub and the sweeper themselves.
+//! Nothing the task writes waits for the client, so a client that stopped reading is cut off
+//! as soon as its queue overflows.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,14 +25,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Identity;
 use crate::hub::{ConnHandle, Join};
-use crate::metrics::GatewayMetrics;
 use crate::observer::ConnectionInfo;
 use crate::policy;
-use crate::queue::{CloseReason, OutQueue};
+use crate::queue::{CloseReason, OutQueue, Socket};
 use crate::server::{self, Upgrade};
 use crate::{ConnectionGuard, Shared};
 
-type WebSocket = WebSocketStream<TcpStream>;
+type WebSocket = WebSocketStream<Socket>;
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -115,9 +116,9 @@ impl Connection {
         if let Exit::Close(code, reason) = exit {
             tracing::debug!(code, %reason, "closing connection");
             let frame = CloseFrame { code: code.into(), reason: reason.into() };
+            let closing = close(&mut socket, &self.handle.queue, frame);
             // Boxed: needed once, at the end, and inline it would make every task larger.
-            let closing = tokio::time::timeout(self.shared.config.close_timeout, close(&mut socket, frame));
-            let _ = Box::pin(closing).await;
+            let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, closing)).await;
         }
     }
 
@@ -155,6 +156,7 @@ impl Connection {
         if stream.write_all(&answer).await.is_err() {
             return None;
         }
+        self.handle.queue.attach(stream);
         self.greeted = true;
         self.shared.observer.connected(&self.info);
         for channel in &upgrade.requested {
@@ -162,7 +164,7 @@ impl Connection {
         }
         Some(
             WebSocketStream::from_partially_read(
-                stream,
+                Socket(self.handle.queue.clone()),
                 upgrade.leftover,
                 Role::Server,
                 Some(upgrade.config),
@@ -174,22 +176,11 @@ impl Connection {
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
         let queue = self.handle.queue.clone();
         let batch = self.shared.config.write_batch;
-        let metrics = self.shared.metrics.clone();
         loop {
             tokio::select! {
                 biased;
                 reason = queue.closing() => return Exit::from(reason),
-                _ = queue.ready() => {
-                    let ping = queue.take_ping();
-                    tokio::select! {
-                        r = write_batch(socket, &queue, batch, ping, &metrics) => match r {
-                            Ok(true) => queue.rearm(),
-                            Ok(false) => {}
-                            Err(_) => return Exit::Gone,
-                        },
-                        reason = queue.closing() => return Exit::from(reason),
-                    }
-                }
+                Err(_) = queue.drain(batch) => return Exit::Gone,
                 msg = socket.next() => {
                     let Some(Ok(msg)) = msg else { return read_error(msg) };
                     queue.seen(self.shared.registry.now());
@@ -202,12 +193,11 @@ impl Connection {
                         Message::Close(_) => return Exit::Gone,
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
-                    if let Some(reply) = reply {
-                        let send = socket.send(Message::text(reply));
-                        tokio::select! {
-                            r = send => if r.is_err() { return Exit::Gone },
-                            reason = queue.closing() => return Exit::from(reason),
-                        }
+                    // Queued behind what is waiting, never waiting for the client itself.
+                    if let Some(reply) = reply
+                        && socket.send(Message::text(reply)).await.is_err()
+                    {
+                        return Exit::Gone;
                     }
                 }
             }
@@ -334,54 +324,26 @@ impl Connection {
     }
 }
 
-/// The closing handshake: send our close frame, then read until the client's close arrives.
-/// Dropping the socket at once would reset the TCP connection while the client still has
-/// frames in flight to us, and a reset makes the client's kernel discard what it had not read
-/// yet, our close frame included.
-async fn close(socket: &mut WebSocket, frame: CloseFrame) {
+/// The closing handshake: send our close frame (after the rest of a frame already begun),
+/// then read until the client's close arrives, writing what is queued meanwhile. Dropping the
+/// socket at once would reset the TCP connection while the client still has frames in flight
+/// to us, and a reset makes the client's kernel discard what it had not read yet, our close
+/// frame included.
+async fn close(socket: &mut WebSocket, queue: &OutQueue, frame: CloseFrame) {
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
-    while let Some(Ok(msg)) = socket.next().await {
-        if matches!(msg, Message::Close(_)) {
-            break;
+    let read_until_close = async {
+        while let Some(Ok(msg)) = socket.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
         }
+    };
+    tokio::select! {
+        _ = read_until_close => {}
+        _ = queue.drain(usize::MAX) => {}
     }
-}
-
-/// Writes a ping if one is due and up to `max` queued frames, and flushes once (write
-/// coalescing), recording the batch in the delivery metrics. Returns whether frames are still
-/// waiting.
-async fn write_batch(
-    socket: &mut WebSocket,
-    queue: &OutQueue,
-    max: usize,
-    ping: bool,
-    metrics: &GatewayMetrics,
-) -> Result<bool, WsError> {
-    if ping {
-        socket.feed(Message::Ping(Default::default())).await?;
-    }
-    let mut written = 0;
-    let mut oldest = 0;
-    while written < max {
-        let Some(out) = queue.pop() else { break };
-        if written == 0 {
-            oldest = out.ts;
-        }
-        socket.feed(Message::Text(out.frame)).await?;
-        written += 1;
-    }
-    if !ping && written == 0 {
-        return Ok(false);
-    }
-    socket.flush().await?;
-    metrics.frames_delivered.inc_by(written as u64);
-    if oldest > 0 {
-        let now = herald_protocol::publication::now_millis();
-        metrics.delivery_latency.observe(now.saturating_sub(oldest) as f64 / 1000.0);
-    }
-    Ok(!queue.is_empty())
 }
 
 impl From<CloseReason> for Exit {

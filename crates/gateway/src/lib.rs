@@ -30,6 +30,7 @@ pub mod policy;
 pub mod queue;
 pub mod server;
 mod sweeper;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -32,7 +32,7 @@ pub struct GatewayMetrics {
     pub channels: Gauge,
     /// Messages received from the broker.
     pub messages_in: Counter,
-    /// Frames written to sockets.
+    /// Message frames written to sockets or queued for writing.
     pub frames_delivered: Counter,
     /// Connections closed because their queue overflowed.
     pub slow_consumers: Counter,
@@ -40,8 +40,9 @@ pub struct GatewayMetrics {
     pub closes: Family<CloseLabels, Counter>,
     /// Times the node's broker subscription connection was re-established.
     pub broker_reconnects: Counter,
-    /// Seconds from a message's publish timestamp to the gateway writing it to a socket,
-    /// observed once per write batch for the oldest frame of the batch.
+    /// Seconds from a message's publish timestamp to the gateway having written or queued it
+    /// for every local subscriber, observed once per channel and broker read, for its oldest
+    /// message.
     pub delivery_latency: Histogram,
     /// 1 while the gateway reports ready.
     pub ready: Gauge,
@@ -78,7 +79,11 @@ impl Default for GatewayMetrics {
         );
         registry.register("channels", "Channels with local subscribers", metrics.channels.clone());
         registry.register("messages_in", "Messages received from the broker", metrics.messages_in.clone());
-        registry.register("frames_delivered", "Frames written to sockets", metrics.frames_delivered.clone());
+        registry.register(
+            "frames_delivered",
+            "Message frames written to sockets or queued for writing",
+            metrics.frames_delivered.clone(),
+        );
         registry.register(
             "slow_consumers",
             "Connections closed as slow consumers",
@@ -96,7 +101,7 @@ impl Default for GatewayMetrics {
         );
         registry.register(
             "delivery_latency_seconds",
-            "Publish timestamp to socket write, oldest frame of each write batch",
+            "Publish timestamp to the message written or queued for every local subscriber",
             metrics.delivery_latency.clone(),
         );
         registry.register("ready", "1 while the gateway reports ready", metrics.ready.clone());

@@ -307,25 +307,8 @@ pub(crate) fn switching_protocols(upgrade: &Upgrade, first: &str) -> Vec<u8> {
         upgrade.accept
     )
     .into_bytes();
-    text_frame(first.as_bytes(), &mut out);
+    crate::wire::put_text(first.as_bytes(), &mut out);
     out
-}
-
-/// Appends an unmasked, final text frame (the server side of RFC 6455, section 5.2).
-fn text_frame(payload: &[u8], out: &mut Vec<u8>) {
-    out.push(0x81);
-    match payload.len() {
-        len @ 0..=125 => out.push(len as u8),
-        len @ 126..=0xFFFF => {
-            out.push(126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
 }
 
 /// A stream whose first bytes were already read: they are read again first.
@@ -371,24 +354,5 @@ impl AsyncWrite for Prefixed {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, coding::Data, coding::OpCode};
-
-    use super::*;
-
-    #[test]
-    fn text_frames_match_tungstenite_at_every_length_encoding() {
-        for len in [0, 5, 125, 126, 1000, 65535, 65536, 70000] {
-            let payload = "x".repeat(len);
-            let mut ours = Vec::new();
-            text_frame(payload.as_bytes(), &mut ours);
-            let mut theirs = Vec::new();
-            Frame::message(payload.into_bytes(), OpCode::Data(Data::Text), true).format(&mut theirs).unwrap();
-            assert_eq!(ours, theirs, "payload of {len} bytes");
-        }
     }
 }

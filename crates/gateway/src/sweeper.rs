@@ -1,4 +1,4 @@
-//! One task per gateway keeps time for every connection: it asks for pings, closes
+//! One task per gateway keeps time for every connection: it sends pings, closes
 //! connections whose client went silent or whose token expired, and spreads the closes of a
 //! drain over `gateway.drain_window`.
 //!
@@ -110,7 +110,7 @@ impl Registry {
                     entry.queue.request_close(CloseReason::HeartbeatTimeout);
                 } else if now >= entry.next_ping {
                     entry.next_ping = now + ping_interval;
-                    entry.queue.request_ping();
+                    entry.queue.ping();
                 }
             }
         }
@@ -199,7 +199,8 @@ mod tests {
         registry.register(3, expired.clone(), Some(1), config.ping_interval);
         std::thread::sleep(Duration::from_millis(30));
         registry.tick(&config);
-        assert!(talker.take_ping() && quiet.take_ping(), "a ping is due after ping_interval");
+        let pinged = |q: &OutQueue| q.pop().is_some_and(|f| f == crate::wire::PING);
+        assert!(pinged(&talker) && pinged(&quiet), "a ping is due after ping_interval");
         assert_eq!(close_reason(&expired), Some(CloseReason::TokenExpired));
         std::thread::sleep(Duration::from_millis(250));
         registry.tick(&config);
