@@ -60,7 +60,7 @@ start_herald() {
         HERALD_GATEWAY__LISTEN=127.0.0.1:$((GATEWAY_PORT + i)) start_bg "herald-gateway-$i" "$BIN" gateway "${config[@]}"
     done
     HERALD_PUBLISHER__HTTP_LISTEN=127.0.0.1:$HTTP_PORT HERALD_PUBLISHER__GRPC_LISTEN=127.0.0.1:$GRPC_PORT \
-        start_bg herald-publisher "$BIN" publisher-api "${config[@]}"
+        HERALD_RUNTIME__WORKER_THREADS=1 start_bg herald-publisher "$BIN" publisher-api "${config[@]}"
     for i in $(seq 0 $((gateways - 1))); do wait_port $((GATEWAY_PORT + i)); done
     wait_port "$HTTP_PORT"
 }

@@ -59,7 +59,11 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     telemetry::init(&config.log)?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        runtime.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Standalone => roles::standalone(config, shutdown_signal()).await,

@@ -110,3 +110,41 @@ fn api_keys_from_the_environment_are_a_list() {
     assert!(!ok);
     assert!(out.contains("publisher.api_keys[1]"), "{out}");
 }
+
+/// `runtime.worker_threads` sets how many runtime threads the process runs.
+#[test]
+fn the_runtime_has_the_configured_worker_threads() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/standalone.toml");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(["--config", config, "standalone"]);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("HERALD_")) {
+        cmd.env_remove(k);
+    }
+    let any_port = "127.0.0.1:0";
+    cmd.envs([
+        ("HERALD_RUNTIME__WORKER_THREADS", "3"),
+        ("HERALD_GATEWAY__LISTEN", any_port),
+        ("HERALD_PUBLISHER__HTTP_LISTEN", any_port),
+        ("HERALD_PUBLISHER__GRPC_LISTEN", any_port),
+        ("HERALD_PRESENCE__HTTP_LISTEN", any_port),
+        ("HERALD_PRESENCE__GRPC_LISTEN", any_port),
+    ]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let child = herald_testkit::KillOnDrop(cmd.spawn().unwrap());
+    let workers = || {
+        std::fs::read_dir(format!("/proc/{}/task", child.0.id()))
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .filter(|name| name.trim() == "tokio-rt-worker")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while workers() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(workers(), 3);
+}
