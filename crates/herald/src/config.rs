@@ -31,9 +31,9 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Runtime worker threads; 0 means one per CPU core. A publisher API or presence service
-    /// that serves a few thousand requests per second spends less CPU, and answers sooner,
-    /// on one thread: its HTTP and Redis tasks then never wake each other across threads.
+    /// Runtime worker threads; 0 means one per CPU core. A publisher API replica serving a
+    /// few thousand requests per second spends less CPU, and answers sooner, on one thread:
+    /// its HTTP and Redis tasks then never wake each other across threads.
     pub worker_threads: usize,
 }
 
