@@ -12,8 +12,9 @@
 //! writes it to each socket itself: no task wake-up, no hand-over to another thread. A larger
 //! channel's frames are queued for the connection tasks, which every runtime thread picks up,
 //! so a fan-out to thousands runs on all cores, and a connection with several frames waiting
-//! writes them with one system call. Measured on `herald bench` (docs/benchmarks.md): writing
-//! a 5000-subscriber fan-out from one thread costs 15 % less CPU but doubles its latency.
+//! writes them with one system call. Measured with `herald bench` (docs/benchmarks.md):
+//! writing a 5000-subscriber fan-out from one thread cost 14 % less CPU but raised its p99
+//! latency by 40 %.
 //!
 //! Queues are bounded in frames and bytes; a subscriber whose queue is full is marked slow
 //! and its connection closes itself, so one slow client never holds up the others.
@@ -238,7 +239,9 @@ impl HubInner {
         }
     }
 
-    /// Writes the batch: per channel, its frames in order, to each subscriber at once.
+    /// Writes the batch: per channel, its frames in order, to each subscriber at once. Frames
+    /// of different channels may leave in another order than they came; the protocol orders
+    /// messages per channel only.
     fn flush(&self) {
         let batch = std::mem::take(&mut *self.batch.lock().expect("hub batch lock poisoned"));
         let mut frames = Vec::new();
@@ -340,7 +343,8 @@ mod tests {
         sent
     }
 
-    /// Reads `count` text frames (each shorter than 126 bytes) and checks they end as `expected`.
+    /// Reads one text frame (shorter than 126 bytes) per entry of `expected`, and checks that
+    /// it ends with that entry.
     async fn expect_frames(client: &mut TcpStream, expected: &[String]) {
         for tail in expected {
             let mut head = [0; 2];
