@@ -3,21 +3,23 @@
 //! Layout, from the wire inwards:
 //! - [`server`]: the listener: `GET /ws` (token and channel checks, then upgrade), and
 //!   `/livez`, `/readyz`, `/metrics` through hyper.
-//! - [`connection`]: one task per socket: client frames in, queued frames out, heartbeats.
+//! - [`connection`]: one task per socket: client frames in, replies and queued frames out.
+//! - `wire`: the WebSocket frames the gateway encodes itself (messages, pings).
 //! - [`policy`]: who may subscribe and publish where.
 //! - [`auth`]: connection tokens into an [`auth::Identity`].
 //! - [`observer`]: the seam through which presence learns of connections and subscriptions.
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
 //!   a message through the broker to itself.
-//! - [`queue`]: each connection's bounded outbound queue, through which it is also asked to
-//!   ping or close.
+//! - [`queue`]: each connection's write side: direct writes while the socket takes them, a
+//!   bounded queue behind them, and the close requests.
 //! - [`sweeper`]: one task keeping time for every connection: pings, heartbeat timeouts,
 //!   token expiry, and the spread-out closes of a drain.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
-//!   broker and queues each message's bytes, encoded once, to every local subscriber.
+//!   broker and hands each message's bytes, encoded once, to every local subscriber.
 //!
-//! Data flow: publisher -> broker -> [`hub::Hub`] (one delivery per node) -> per-connection
-//! bounded queue -> connection task -> socket.
+//! Data flow: publisher -> broker -> [`hub::Hub`] (one delivery per node) -> the socket,
+//! written by the hub for channels of up to 64 local subscribers, else by the connection task
+//! from its bounded queue.
 
 pub mod auth;
 mod canary;
