@@ -3,7 +3,7 @@
 //! Layout, from the wire inwards:
 //! - [`server`]: the listener: `GET /ws` (token and channel checks, then upgrade), and
 //!   `/livez`, `/readyz`, `/metrics` through hyper.
-//! - [`connection`]: one task per socket: client frames in, replies and queued frames out.
+//! - `connection`: one task per socket: client frames in, replies and queued frames out.
 //! - `wire`: the WebSocket frames the gateway encodes itself (messages, pings).
 //! - [`policy`]: who may subscribe and publish where.
 //! - [`auth`]: connection tokens into an [`auth::Identity`].
@@ -12,7 +12,7 @@
 //!   a message through the broker to itself.
 //! - [`queue`]: each connection's write side: direct writes while the socket takes them, a
 //!   bounded queue behind them, and the close requests.
-//! - [`sweeper`]: one task keeping time for every connection: pings, heartbeat timeouts,
+//! - `sweeper`: one task keeping time for every connection: pings, heartbeat timeouts,
 //!   token expiry, and the spread-out closes of a drain.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
 //!   broker and hands each message's bytes, encoded once, to every local subscriber.
