@@ -7,7 +7,7 @@
 //! the messages of one read together and then flushes, and each subscriber gets its share of
 //! such a batch at once, in one system call.
 //!
-//! How a frame reaches the socket depends on the channel's size here. Up to [`DIRECT_MAX`]
+//! How a frame reaches the socket depends on the channel's size here. Up to `DIRECT_MAX` (64)
 //! subscribers (a user's personal channel, a small room), the thread that read the message
 //! writes it to each socket itself: no task wake-up, no hand-over to another thread. A larger
 //! channel's frames are queued for the connection tasks, which every runtime thread picks up,
