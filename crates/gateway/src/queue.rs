@@ -93,11 +93,15 @@ struct State {
 /// Capacity kept after the queue drained; more than this is given back.
 const KEEP: usize = 16;
 
-/// Whether a frame is a message, which the queue's bounds and a close request refuse, or a
-/// frame of the connection itself (a ping, a reply, the close frame).
+/// How frames are sent. Messages are refused once the connection is closing; the
+/// connection's own frames (a ping, a reply, the close frame) are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+enum Mode {
+    /// A message, written at once if nothing is queued.
     Message,
+    /// A message, queued for the connection task.
+    Queued,
+    /// A frame of the connection's own, written at once if nothing is queued.
     Control,
 }
 
@@ -141,30 +145,30 @@ impl OutQueue {
     /// system call when the socket takes them, else queued. When the queue would overflow,
     /// nothing is queued and the connection is asked to close as a slow consumer.
     pub fn push(&self, frames: &[Bytes]) -> Result<(), Overflow> {
-        self.send(frames, Kind::Message, true)
+        self.send(frames, Mode::Message)
     }
 
     /// Queues message frames for the connection task to write, so that the fan-out of a large
     /// channel runs on every runtime thread (see [`crate::hub`]). Bounded like
     /// [`OutQueue::push`]; wakes the task.
     pub fn push_queued(&self, frames: &[Bytes]) -> Result<(), Overflow> {
-        self.send(frames, Kind::Message, false)
+        self.send(frames, Mode::Queued)
     }
 
     /// Sends one frame of the connection's own (a reply, a ping, the close frame). Refused
     /// only once the connection ended, or when the queue is full.
     pub fn push_control(&self, frame: Bytes) -> Result<(), Overflow> {
-        self.send(std::slice::from_ref(&frame), Kind::Control, true)
+        self.send(std::slice::from_ref(&frame), Mode::Control)
     }
 
-    fn send(&self, frames: &[Bytes], kind: Kind, direct: bool) -> Result<(), Overflow> {
+    fn send(&self, frames: &[Bytes], mode: Mode) -> Result<(), Overflow> {
         let mut state = self.lock();
-        if state.closed || state.failed || (kind == Kind::Message && state.close.is_some()) {
+        if state.closed || state.failed || (mode != Mode::Control && state.close.is_some()) {
             return Err(Overflow::Closed);
         }
         let mut rest = frames;
         let mut skip = 0;
-        if direct && state.attached && state.frames.is_empty() {
+        if mode != Mode::Queued && state.attached && state.frames.is_empty() {
             match write_frames(self.socket(), rest) {
                 Ok(written) => {
                     let done = advance(rest, written);
@@ -266,7 +270,8 @@ impl OutQueue {
     }
 
     /// Whether every queued frame was written (or the queue is closed).
-    pub fn is_drained(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_drained(&self) -> bool {
         let state = self.lock();
         state.frames.is_empty() || state.failed || state.closed
     }
