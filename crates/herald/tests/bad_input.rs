@@ -156,14 +156,19 @@ async fn expiring_tokens_close_with_4001() {
     assert!(closed.reason.contains("expired"), "{closed:?}");
 }
 
-/// A client that stops answering pings is closed with 4009.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_clients_are_closed_with_4009() {
-    let cluster = Cluster::start_with(Engine::Redis, 1, |c| {
+/// One gateway that pings every 100 ms and gives up after 400 ms of silence.
+async fn fast_heartbeat_cluster() -> Cluster {
+    Cluster::start_with(Engine::Redis, 1, |c| {
         c.ping_interval = Duration::from_millis(100);
         c.pong_timeout = Duration::from_millis(400);
     })
-    .await;
+    .await
+}
+
+/// A client that stops answering pings is closed with 4009.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_closed_with_4009() {
+    let cluster = fast_heartbeat_cluster().await;
     let client = cluster.connect(0, "quiet").await;
     // Not reading means the client library answers no pings.
     tokio::time::sleep(Duration::from_millis(900)).await;
@@ -174,11 +179,7 @@ async fn silent_clients_are_closed_with_4009() {
 /// A client that answers the gateway's pings stays connected well past `pong_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_answering_pings_stay_connected() {
-    let cluster = Cluster::start_with(Engine::Redis, 1, |c| {
-        c.ping_interval = Duration::from_millis(100);
-        c.pong_timeout = Duration::from_millis(400);
-    })
-    .await;
+    let cluster = fast_heartbeat_cluster().await;
     let mut client = cluster.connect(0, "lively").await;
     // Reading answers the pings; no text frame and no close arrives.
     let read = tokio::time::timeout(Duration::from_millis(1200), client.recv()).await;
