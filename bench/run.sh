@@ -5,11 +5,19 @@
 #   bench/run.sh build                 release build, copied to $WORK so a sitting uses one binary
 #   bench/run.sh start-herald [N]      redis-server, N gateways (default 1), one publisher API
 #   bench/run.sh start-nchan [W]       nginx + nchan with W worker processes (default 2)
+#   bench/run.sh start-nchan-redis [W] the same on nchan's Redis engine, with its own redis-server
 #   bench/run.sh stop                  stops everything this script started
-#   bench/run.sh bench NAME herald|nchan <herald bench args...>
+#   bench/run.sh bench NAME herald|nchan|nchan-redis <herald bench args...>
 #                                      one run; the JSON result goes to $WORK/results/NAME.json
 #                                      (PUBLISH_URL=http://127.0.0.1:18082 with --publish grpc)
-#   bench/run.sh suite                 the scenarios of docs/benchmarks.md, both servers
+#   bench/run.sh rounds R NAME SERVERS <herald bench args...>
+#                                      R rounds of one run per server (SERVERS: comma-separated,
+#                                      such as herald,nchan), each on fresh servers, alternating so
+#                                      drifts of the machine hit every server alike; results
+#                                      NAME-<server>-r<round>.json
+#   bench/run.sh table                 medians and ranges of $WORK/results, grouped over rounds
+#                                      (needs jq)
+#   bench/run.sh suite                 the scenarios of docs/benchmarks.md, all servers
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,6 +80,22 @@ start_nchan() {
     wait_port "$NCHAN_PORT"
 }
 
+# nchan on its Redis engine, as nchan runs when several nginx nodes share channels: the same
+# configuration with every location passed to a private redis-server.
+start_nchan_redis() {
+    local workers=${1:-2}
+    start_bg redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --maxclients 1000 --loglevel warning
+    wait_port "$REDIS_PORT"
+    mkdir -p "$WORK/nchan/logs"
+    sed -e "s|^    nchan_shared_memory_size .*;|&\n    upstream bench_redis {\n        nchan_redis_server redis://127.0.0.1:$REDIS_PORT;\n    }|" \
+        -e 's|^\( *\)nchan_channel_id \$1;|&\n\1nchan_redis_pass bench_redis;|' \
+        "$ROOT/bench/nchan.conf" >"$WORK/nchan/nchan-redis.conf"
+    grep -q nchan_redis_pass "$WORK/nchan/nchan-redis.conf"
+    start_bg nchan nginx -p "$WORK/nchan" -c "$WORK/nchan/nchan-redis.conf" -g "worker_processes $workers;"
+    wait_port "$NCHAN_PORT"
+}
+
 stop() {
     for f in "$WORK"/pids/*.pid; do
         [ -e "$f" ] || continue
@@ -95,6 +119,8 @@ bench() { # name, target, args...
         urls=(--url "ws://127.0.0.1:$NCHAN_PORT/sub")
         publish=http://127.0.0.1:$NCHAN_PORT/pub
         pids=$(pids_of nchan)
+        if [ "$target" = nchan-redis ]; then pids=$pids$(pids_of redis); fi
+        target=nchan
     fi
     local pid_args=()
     for p in $pids; do pid_args+=(--pid "$p"); done
@@ -105,33 +131,72 @@ bench() { # name, target, args...
         | grep -v '^{' | tee -a "$WORK/results/summary.txt"
 }
 
-# Each scenario on a fresh server, Herald first, then nchan, in one sitting.
-both() { # name, args...
-    local name=$1; shift
-    start_herald 1; bench "$name-herald" herald "$@"; stop
-    start_nchan 2; bench "$name-nchan" nchan "$@"; stop
+start_server() { # server, gateways or workers
+    case $1 in
+        herald) start_herald "$2" ;;
+        nchan) start_nchan "$2" ;;
+        nchan-redis) start_nchan_redis "$2" ;;
+        *) echo "unknown server $1" >&2; return 2 ;;
+    esac
+}
+
+# R rounds; in each, every server in turn on fresh processes. Single runs of one build vary by
+# about ±20 % on this kind of machine, so the figures that decide a target are medians.
+rounds() { # rounds, name, servers, args...
+    local rounds=$1 name=$2 servers=$3; shift 3
+    local size=${PROCESSES:-}
+    for r in $(seq 1 "$rounds"); do
+        for server in ${servers//,/ }; do
+            start_server "$server" "${size:-$([ "$server" = herald ] && echo 1 || echo 2)}"
+            bench "$name-$server-r$r" "$server" "$@"
+            stop
+        done
+    done
+}
+
+# One line per scenario and server: the median over its rounds, with the range in brackets.
+table() {
+    jq -rn '
+        def median: sort | if length % 2 == 1 then .[length / 2 | floor]
+                           else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        def cell(f; digits): [.[] | f] as $v | ($v | median) as $m
+            | def r: . * pow(10; digits) | round / pow(10; digits);
+              if ($v | length) == 1 then "\($m | r)" else "\($m | r) [\($v | min | r)–\($v | max | r)]" end;
+        [inputs | {run: (input_filename | split("/") | last | sub("\\.json$"; "")), r: .}]
+        | group_by(.run | sub("-r[0-9]+$"; "")) | .[]
+        | (.[0].run | sub("-r[0-9]+$"; "")) as $group | [.[].r] as $runs
+        | "\($group) (\($runs | length) runs): connect \($runs | cell(.connections.connect_rate; 0))/s,"
+          + " KiB/conn \($runs | cell(.server_total.kib_per_connection; 2))"
+          + if $runs[0].deliveries.expected == 0 then "" else
+              ", lost \($runs | cell(.deliveries.lost; 0)),"
+              + " p50 \($runs | cell(.latency.p50_ms; 2)), p99 \($runs | cell(.latency.p99_ms; 2)),"
+              + " p99.9 \($runs | cell(.latency.p999_ms; 2)) ms,"
+              + " CPU/M \($runs | cell(.server_total.cpu_s_per_million_deliveries; 1))" end
+    ' "$WORK"/results/*.json
 }
 
 suite() {
-    both idle idle -n 10000 --channels 100 --duration 20s
-    start_herald 1; bench idle-frame-herald herald idle -n 10000 --channels 100 --duration 20s \
-        --subscribe-with frame; stop
-    both idle-c1000 idle -n 10000 --channels 100 --duration 20s --connect-concurrency 1000
-    both fanout100 fanout -n 5000 --rate 100 --duration 20s
-    both fanout20 fanout -n 5000 --rate 20 --duration 30s
-    both personal personal -n 10000 --rate 2000 --duration 15s
-    local big=(broadcast -n 100000 --rate 0.5 -m 10 --drain-timeout 60s --connect-timeout 240s
-        --connect-concurrency 50)
-    start_herald 7; bench broadcast100k-herald herald "${big[@]}"; stop
-    start_nchan 7; bench broadcast100k-nchan nchan "${big[@]}"; stop
+    local idle=(idle -n 10000 --channels 100 --duration 20s)
+    rounds 5 idle herald,nchan,nchan-redis "${idle[@]}"
+    rounds 1 idle-frame herald "${idle[@]}" --subscribe-with frame
+    rounds 3 idle-c1000 herald,nchan "${idle[@]}" --connect-concurrency 1000
+    rounds 1 fanout100 herald,nchan fanout -n 5000 --rate 100 --duration 20s
+    rounds 3 fanout20 herald,nchan,nchan-redis fanout -n 5000 --rate 20 --duration 30s
+    rounds 5 personal herald,nchan,nchan-redis personal -n 10000 --rate 2000 --duration 15s
+    PROCESSES=7 rounds 1 broadcast100k herald,nchan broadcast -n 100000 --rate 0.5 -m 10 \
+        --drain-timeout 60s --connect-timeout 240s --connect-concurrency 50
+    table | tee "$WORK/results/table.txt"
 }
 
 case ${1:-} in
     build) build ;;
     start-herald) start_herald "${2:-1}" ;;
     start-nchan) start_nchan "${2:-2}" ;;
+    start-nchan-redis) start_nchan_redis "${2:-2}" ;;
     stop) stop ;;
     bench) shift; bench "$@" ;;
+    rounds) shift; rounds "$@" ;;
+    table) table ;;
     suite) suite ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,22p' "$0"; exit 2 ;;
 esac
