@@ -7,6 +7,7 @@ use std::io;
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use herald_protocol::ErrorCode;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -50,6 +51,13 @@ pub async fn serve_http_and_grpc(
     stop: CancellationToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    // TCP_NODELAY on both, so a response written while the client's ACK of the previous one
+    // is delayed leaves at once instead of waiting for it.
+    let http_listener = http_listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let http_server = axum::serve(http_listener, http).with_graceful_shutdown(stop.clone().cancelled_owned());
     let grpc_server = tonic::transport::Server::builder().add_routes(grpc).serve_with_incoming_shutdown(
         tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),

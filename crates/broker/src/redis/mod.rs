@@ -93,8 +93,13 @@ impl RedisConfig {
             return Err("only redis://host:port URLs are supported".into());
         };
         let (host, port) = sentinel::current_address(self, (host, *port)).await?;
-        let client = redis::Client::open(info.clone().set_addr(redis::ConnectionAddr::Tcp(host, port)))
-            .map_err(|e| e.to_string())?;
+        // Without TCP_NODELAY (the crate's default is off) a command written while an earlier
+        // one's reply is outstanding waits for that reply before it leaves: Nagle's algorithm.
+        let info = info
+            .clone()
+            .set_addr(redis::ConnectionAddr::Tcp(host, port))
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout));
