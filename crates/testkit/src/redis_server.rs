@@ -78,21 +78,31 @@ impl RedisServer {
         panic!("redis-server on port {} did not answer PING within 10 s", self.port);
     }
 
-    /// Sends one command and returns the first line of the reply (`+OK`, `:1`, `-ERR ...`).
+    /// Sends one command and returns the first line of the reply (`+OK`, `:1`, `-ERR ...`,
+    /// or an array's `*<count>`).
     pub async fn command(&self, args: &[&str]) -> String {
+        let mut stream = self.send(args).await;
+        read_line(&mut stream).await
+    }
+
+    /// The text of `INFO <section>`, such as `commandstats`.
+    pub async fn info(&self, section: &str) -> String {
+        let mut stream = self.send(&["INFO", section]).await;
+        let head = read_line(&mut stream).await;
+        let len: usize = head.strip_prefix('$').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("INFO replied {head}"));
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await.unwrap();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    async fn send(&self, args: &[&str]) -> TcpStream {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.expect("redis is not running");
         let mut out = format!("*{}\r\n", args.len());
         for arg in args {
             out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
         stream.write_all(out.as_bytes()).await.unwrap();
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while !reply.ends_with(b"\r\n") {
-            stream.read_exact(&mut byte).await.unwrap();
-            reply.push(byte[0]);
-        }
-        String::from_utf8_lossy(&reply[..reply.len() - 2]).into_owned()
+        stream
     }
 
     /// Whether the server answers `PING` right now.
@@ -155,4 +165,15 @@ impl Drop for RedisSentinel {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
     }
+}
+
+/// One reply line, without its `\r\n`.
+async fn read_line(stream: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line[..line.len() - 2]).into_owned()
 }

@@ -6,6 +6,12 @@
 //! `SUBSCRIBE`. Redis's confirmations are the truth: a channel is live when its `subscribe`
 //! confirmation arrived, and a confirmation that no longer matches what is wanted marks the
 //! channel dirty again. After a reconnect everything wanted is dirty, so it is resubscribed.
+//!
+//! One batch of commands is in flight at a time: channels that turn dirty while Redis has
+//! not confirmed the last batch wait for it and then go out together. A lone subscribe
+//! leaves at once; in a burst of connections (a deploy, a reconnect storm) each command
+//! carries everything that arrived during one round trip, instead of one command per
+//! connection.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -285,6 +291,8 @@ impl NodeTask {
         let Ok(key) = std::str::from_utf8(channel) else { return };
         let mut state = self.shared.lock();
         state.in_flight.remove(key);
+        // The batch in flight is settled: what gathered meanwhile can go.
+        let gathered = state.in_flight.is_empty() && !state.dirty.is_empty();
         if live {
             state.active.insert(key.to_string());
             for waiter in state.waiters.remove(key).unwrap_or_default() {
@@ -299,23 +307,24 @@ impl NodeTask {
             state.dirty.insert(key.to_string());
         }
         drop(state);
-        if mismatch {
+        if mismatch || gathered {
             self.shared.wake.notify_one();
         }
     }
 
     /// Sends the commands that bring Redis in line with the wanted channels, for every dirty
-    /// channel without a command in flight.
+    /// channel, unless a batch is still in flight: then the dirty channels wait for its last
+    /// confirmation, which wakes the task again.
     async fn reconcile(&self, conn: &mut PubSubConn) -> Result<(), RespError> {
         let (subscribe, unsubscribe) = {
             let mut state = self.shared.lock();
+            if !state.in_flight.is_empty() {
+                return Ok(());
+            }
             let dirty: Vec<String> = state.dirty.drain().collect();
             shrink_set(&mut state.dirty);
             let (mut sub, mut unsub) = (Vec::new(), Vec::new());
             for key in dirty {
-                if state.in_flight.contains(&key) {
-                    continue;
-                }
                 match (state.wanted.contains_key(&key), state.active.contains(&key)) {
                     (true, false) => sub.push(key),
                     (false, true) => unsub.push(key),
