@@ -35,7 +35,7 @@ fn channel(i: usize) -> ChannelName {
 }
 
 /// Subscribes arriving one by one, 0.1 ms apart, as connections do, while Redis is busy
-/// (here: asleep for a second): one command is in flight, everything that arrives meanwhile
+/// (here: asleep for two seconds): one command is in flight, everything that arrives meanwhile
 /// leaves in the next one, instead of a command per subscribe piling up in front of a slow
 /// Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,9 +44,10 @@ async fn subscribes_arriving_during_a_command_share_the_next() {
     let (_broker, node) = live_node(&redis).await;
     let sleeper = {
         let redis = redis.clone();
-        tokio::spawn(async move { redis.command(&["DEBUG", "SLEEP", "1"]).await })
+        tokio::spawn(async move { redis.command(&["DEBUG", "SLEEP", "2"]).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Time for the DEBUG command to reach Redis, which then answers nobody.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut pending = Vec::with_capacity(CHANNELS);
     for i in 0..CHANNELS {
         pending.push(node.subscribe(&channel(i)));

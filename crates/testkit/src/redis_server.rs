@@ -89,7 +89,10 @@ impl RedisServer {
     pub async fn info(&self, section: &str) -> String {
         let mut stream = self.send(&["INFO", section]).await;
         let head = read_line(&mut stream).await;
-        let len: usize = head.strip_prefix('$').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("INFO replied {head}"));
+        let len: usize = head
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("INFO replied {head}"));
         let mut body = vec![0u8; len];
         stream.read_exact(&mut body).await.unwrap();
         String::from_utf8_lossy(&body).into_owned()
