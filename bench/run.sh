@@ -57,11 +57,15 @@ build() {
     (cd "$ROOT" && git rev-parse --short HEAD; git status --short | wc -l) >"$WORK/build.txt"
 }
 
-start_herald() {
-    local gateways=${1:-1}
+start_redis() {
     start_bg redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --maxclients 1000 --loglevel warning
     wait_port "$REDIS_PORT"
+}
+
+start_herald() {
+    local gateways=${1:-1}
+    start_redis
     export HERALD_REDIS__URL=redis://127.0.0.1:$REDIS_PORT
     local config=(--config "$ROOT/bench/herald.toml")
     for i in $(seq 0 $((gateways - 1))); do
@@ -84,9 +88,7 @@ start_nchan() {
 # configuration with every location passed to a private redis-server.
 start_nchan_redis() {
     local workers=${1:-2}
-    start_bg redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-        --maxclients 1000 --loglevel warning
-    wait_port "$REDIS_PORT"
+    start_redis
     mkdir -p "$WORK/nchan/logs"
     sed -e "s|^    nchan_shared_memory_size .*;|&\n    upstream bench_redis {\n        nchan_redis_server redis://127.0.0.1:$REDIS_PORT;\n    }|" \
         -e 's|^\( *\)nchan_channel_id \$1;|&\n\1nchan_redis_pass bench_redis;|' \
