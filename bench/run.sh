@@ -200,5 +200,5 @@ case ${1:-} in
     rounds) shift; rounds "$@" ;;
     table) table ;;
     suite) suite ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
 esac
