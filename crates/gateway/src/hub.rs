@@ -20,7 +20,7 @@
 //! and its connection closes itself, so one slow client never holds up the others.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use bytes::Bytes;
@@ -44,6 +44,34 @@ const DIRECT_MAX: usize = 64;
 
 /// Identifies a connection within this gateway.
 pub type ConnId = u64;
+
+/// A map keyed by connection id.
+pub type ConnMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnIdHasher>>;
+
+/// Hashes a [`ConnId`] with one multiplication (Fibonacci hashing) instead of SipHash. The
+/// gateway hands ids out in sequence and clients cannot choose them, so no one can aim
+/// collisions at a map, which is what SipHash guards against. The multiplier is odd, so the
+/// low bits that pick a bucket stay distinct for consecutive ids, and the high bits the map
+/// uses as tags are mixed from all of them.
+#[derive(Default, Clone, Copy)]
+pub struct ConnIdHasher(u64);
+
+impl Hasher for ConnIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `u64` keys; correct for anything else, just not fast.
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// What the hub keeps of a subscribed connection: where to queue its frames, and how to tell
 /// it that it fell behind.
@@ -87,7 +115,7 @@ enum Confirmation {
 }
 
 struct ChannelEntry {
-    conns: HashMap<ConnId, ConnHandle>,
+    conns: ConnMap<ConnHandle>,
     /// Resolves once the broker confirmed the node's subscription; joiners wait on it before
     /// they tell their client `subscribed`.
     confirmed: Confirmation,
@@ -157,7 +185,7 @@ impl Hub {
     pub fn join(&self, channel: &ChannelName, conn: ConnHandle) -> Join {
         let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
         let entry = shard.entry(channel.clone()).or_insert_with(|| ChannelEntry {
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
             confirmed: Confirmation::Pending(
                 self.subscriber()
                     .subscribe(channel)
@@ -305,6 +333,15 @@ mod tests {
         let p = herald_protocol::Publication::new(&ch, &data, None).unwrap();
         assert_eq!(publish_time(&p.encode()), p.ts);
         assert_eq!(publish_time(b"not a frame"), 0);
+    }
+
+    #[test]
+    fn consecutive_conn_ids_land_in_distinct_buckets_with_mixed_tags() {
+        let hash = |id: ConnId| BuildHasherDefault::<ConnIdHasher>::default().hash_one(id);
+        let buckets: std::collections::HashSet<u64> = (1000..2024).map(|id| hash(id) & 1023).collect();
+        assert_eq!(buckets.len(), 1024, "the low bits are a bijection of the id's");
+        let tags: std::collections::HashSet<u64> = (1000..2024).map(|id| hash(id) >> 57).collect();
+        assert_eq!(tags.len(), 128, "every 7-bit tag occurs");
     }
 
     use crate::queue::{CloseReason, MAX_BATCH};

@@ -7,7 +7,6 @@
 //! fan-out is once per delivered message; walking every connection once per tick costs a
 //! few atomic loads each.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::GatewayConfig;
-use crate::hub::ConnId;
+use crate::hub::{ConnId, ConnMap};
 use crate::queue::{CloseReason, OutQueue};
 
 /// Independently locked parts of the registry, so that connects do not contend.
@@ -25,7 +24,7 @@ const SHARDS: usize = 16;
 
 /// Every live connection of the gateway, and the gateway's coarse clock.
 pub(crate) struct Registry {
-    shards: Box<[Mutex<HashMap<ConnId, Entry>>]>,
+    shards: Box<[Mutex<ConnMap<Entry>>]>,
     /// Milliseconds since `epoch`, advanced by the sweeper every tick.
     clock: AtomicU64,
     epoch: Instant,
@@ -56,7 +55,7 @@ impl Registry {
         self.clock.load(Ordering::Relaxed)
     }
 
-    fn shard(&self, id: ConnId) -> &Mutex<HashMap<ConnId, Entry>> {
+    fn shard(&self, id: ConnId) -> &Mutex<ConnMap<Entry>> {
         &self.shards[id as usize % SHARDS]
     }
 
