@@ -18,6 +18,9 @@
 #   bench/run.sh table                 medians and ranges of $WORK/results, grouped over rounds
 #                                      (needs jq)
 #   bench/run.sh suite                 the scenarios of docs/benchmarks.md, all servers
+#
+# CLIENT_BIN=path runs `herald bench` from another binary than the servers, so that two server
+# builds can be compared with one client.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -128,7 +131,7 @@ bench() { # name, target, args...
     for p in $pids; do pid_args+=(--pid "$p"); done
     echo "== $name: herald bench $* --target $target ($(cut -d' ' -f1-3 /proc/loadavg) load)" \
         | tee -a "$WORK/results/summary.txt"
-    "$BIN" bench "$@" --target "$target" "${urls[@]}" --publish-url "$publish" \
+    "${CLIENT_BIN:-$BIN}" bench "$@" --target "$target" "${urls[@]}" --publish-url "$publish" \
         --jwt-secret "$SECRET" --api-key "$API_KEY" "${pid_args[@]}" --json "$WORK/results/$name.json" \
         | grep -v '^{' | tee -a "$WORK/results/summary.txt"
 }

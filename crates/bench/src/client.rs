@@ -25,11 +25,12 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 type Ws = WebSocketStream<TcpStream>;
 
 /// Runs connection `conn` until the worker stops.
-pub(crate) async fn run(shared: Arc<Shared>, conn: u64, gate: Arc<Semaphore>) {
+pub(crate) async fn run(shared: Arc<Shared>, conn: u64, url: String, gate: Arc<Semaphore>) {
     let setup = async {
         let _permit = gate.acquire().await.map_err(|_| "closed".to_string())?;
         let started = Instant::now();
-        let ws = tokio::time::timeout(SETUP_TIMEOUT, setup(&shared, conn))
+        shared.setup_started();
+        let ws = tokio::time::timeout(SETUP_TIMEOUT, setup(&shared, conn, &url))
             .await
             .map_err(|_| "setup timed out".to_string())??;
         Ok::<_, String>((ws, started.elapsed()))
@@ -104,10 +105,9 @@ fn receive(shared: &Shared, seen: &mut Seen, frame: &[u8]) {
 
 /// TCP connect from the planned source address, WebSocket handshake, and for Herald the
 /// `connected` greeting and, with `--subscribe-with frame`, the subscription.
-async fn setup(shared: &Shared, conn: u64) -> Result<Ws, String> {
+async fn setup(shared: &Shared, conn: u64, url: &str) -> Result<Ws, String> {
     let plan = &shared.plan;
-    let url = plan.url(conn);
-    let request = url.as_str().into_client_request().map_err(|e| format!("bad url: {e}"))?;
+    let request = url.into_client_request().map_err(|e| format!("bad url: {e}"))?;
     let host = request.uri().host().unwrap_or("127.0.0.1").to_string();
     let port = request.uri().port_u16().unwrap_or(80);
     let addr: SocketAddr = tokio::net::lookup_host((host.as_str(), port))

@@ -62,8 +62,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let bar = progress_bar(&args);
     bar.set_message("connecting");
     let (events_tx, mut events) = mpsc::channel::<(usize, Event)>(256);
-    // Taken before the workers start, so no connection starts before it (starting worker
-    // processes is counted as part of the connect phase).
+    // Taken before the workers start, so no connection starts before it. The connect phase
+    // is timed from the first set-up the workers began, after they minted their tokens.
     let t0 = Instant::now();
     let t0_us = crate::payload::now_micros();
     let mut links = start_workers(&args, &plan, events_tx).await?;
@@ -85,12 +85,16 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         bar.set_position(total.connected + total.failed);
         bar.set_message(format!("connecting ({} failed)", total.failed));
     }
-    // From the start to the end of the last set-up, as the workers timed it; the progress
-    // events that end the loop above come only every few hundred milliseconds.
+    // From the first set-up's start to the last one's end, as the workers timed them; the
+    // progress events that end the loop above come only every few hundred milliseconds.
     let elapsed = t0.elapsed().as_secs_f64();
-    let done_us = sum(&counts).setup_done_us;
-    let connect_seconds =
-        if done_us > t0_us { (done_us.saturating_sub(t0_us) as f64 / 1e6).min(elapsed) } else { elapsed };
+    let Counts { setup_start_us, setup_done_us, .. } = sum(&counts);
+    let start_us = setup_start_us.max(t0_us);
+    let connect_seconds = if setup_done_us > start_us {
+        (setup_done_us.saturating_sub(start_us) as f64 / 1e6).min(elapsed)
+    } else {
+        elapsed
+    };
     if !ready.iter().all(|r| *r) {
         // Give up on connections still being set up, and wait until every worker says so.
         for link in &links {

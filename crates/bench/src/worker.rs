@@ -62,6 +62,10 @@ pub struct Counts {
     /// events, which come only every [`PROGRESS_EVERY`].
     #[serde(default)]
     pub setup_done_us: u64,
+    /// When the first connection set-up began, microseconds since the Unix epoch; 0 before
+    /// any did. Tokens are minted and worker processes started before it.
+    #[serde(default)]
+    pub setup_start_us: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -72,6 +76,10 @@ impl std::ops::AddAssign for Counts {
         self.received += o.received;
         self.unique += o.unique;
         self.setup_done_us = self.setup_done_us.max(o.setup_done_us);
+        self.setup_start_us = match (self.setup_start_us, o.setup_start_us) {
+            (0, t) | (t, 0) => t,
+            (a, b) => a.min(b),
+        };
     }
 }
 
@@ -102,6 +110,7 @@ pub(crate) struct Counters {
     pub unique: AtomicU64,
     pub other_frames: AtomicU64,
     setup_done_us: AtomicU64,
+    setup_start_us: AtomicU64,
     duplicates: AtomicU64,
     reordered: AtomicU64,
     lost: AtomicU64,
@@ -141,6 +150,13 @@ impl Shared {
     }
 
     /// Records that a connection set-up ended, connected or not.
+    pub fn setup_started(&self) {
+        let now = crate::payload::now_micros();
+        let _ = self.counters.setup_start_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+            (t == 0 || now < t).then_some(now)
+        });
+    }
+
     pub fn setup_done(&self) {
         self.counters.setup_done_us.fetch_max(crate::payload::now_micros(), Ordering::Relaxed);
     }
@@ -186,6 +202,7 @@ impl Shared {
             received: c.received.load(Ordering::Relaxed),
             unique: c.unique.load(Ordering::Relaxed),
             setup_done_us: c.setup_done_us.load(Ordering::Relaxed),
+            setup_start_us: c.setup_start_us.load(Ordering::Relaxed),
         }
     }
 
@@ -211,9 +228,13 @@ pub async fn run(spec: WorkerSpec, mut commands: mpsc::Receiver<Command>, events
     let deadline = tokio::time::Instant::now() + spec.plan.max_runtime;
     let shared = Arc::new(Shared::new(spec.plan));
     let gate = Arc::new(Semaphore::new(shared.plan.connect_concurrency));
+    // Every URL, token included, before the first connection starts: a backend mints a
+    // client's token before the client connects, and the connect phase times the server.
+    let conns = spec.first..spec.first + spec.count;
+    let urls: Vec<String> = conns.clone().map(|conn| shared.plan.url(conn)).collect();
     let mut tasks = JoinSet::new();
-    for conn in spec.first..spec.first + spec.count {
-        tasks.spawn(crate::client::run(shared.clone(), conn, gate.clone()));
+    for (conn, url) in conns.zip(urls) {
+        tasks.spawn(crate::client::run(shared.clone(), conn, url, gate.clone()));
     }
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     let mut ready = false;
