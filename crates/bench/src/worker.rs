@@ -149,7 +149,7 @@ impl Shared {
         self.latency.lock().expect("histogram lock").saturating_record(micros.max(1));
     }
 
-    /// Records that a connection set-up ended, connected or not.
+    /// Records that a connection set-up began.
     pub fn setup_started(&self) {
         let now = crate::payload::now_micros();
         let _ = self.counters.setup_start_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
@@ -157,6 +157,7 @@ impl Shared {
         });
     }
 
+    /// Records that a connection set-up ended, connected or not.
     pub fn setup_done(&self) {
         self.counters.setup_done_us.fetch_max(crate::payload::now_micros(), Ordering::Relaxed);
     }
