@@ -152,9 +152,10 @@ impl Shared {
     /// Records that a connection set-up began.
     pub fn setup_started(&self) {
         let now = crate::payload::now_micros();
-        let _ = self.counters.setup_start_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-            (t == 0 || now < t).then_some(now)
-        });
+        let _ = self
+            .counters
+            .setup_start_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t == 0 || now < t).then_some(now));
     }
 
     /// Records that a connection set-up ended, connected or not.

@@ -328,7 +328,10 @@ mod tests {
             let token = signed(&header, &json!({"sub": "alice"}));
             assert!(refusal(&v, &token).1.contains("extensions"), "{header}");
         }
-        assert!(v.verify(&signed(&json!({"alg": "HS256", "b64": true, "kid": "k"}), &json!({"sub": "a"}))).is_ok());
+        assert!(
+            v.verify(&signed(&json!({"alg": "HS256", "b64": true, "kid": "k"}), &json!({"sub": "a"})))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -360,7 +363,8 @@ mod tests {
         ] {
             assert!(refusal(&v, &token(claims.clone())).1.contains("`aud` must include"), "{claims}");
         }
-        for claims in [json!({"sub": "a", "aud": "herald"}), json!({"sub": "a", "aud": "herald", "iss": "x"})] {
+        for claims in [json!({"sub": "a", "aud": "herald"}), json!({"sub": "a", "aud": "herald", "iss": "x"})]
+        {
             assert!(refusal(&v, &token(claims.clone())).1.contains("`iss` must be"), "{claims}");
         }
         // Without the settings, `aud` and `iss` are not checked.
