@@ -49,6 +49,35 @@ async fn the_engine_follows_a_sentinel_failover() {
     }
 }
 
+/// Sentinels that require a password (as Helm charts set them up by default) in front of a
+/// master that requires another: the engine authenticates to both, and without the
+/// sentinels' password it fails with an error that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_with_a_password_are_authenticated() {
+    let master = RedisServer::start_with(&["--requirepass", "master-pw"]).await;
+    let sentinel = RedisSentinel::start_with(
+        master.port(),
+        "herald-auth",
+        "requirepass sentinel-pw\nsentinel auth-pass herald-auth master-pw",
+    )
+    .await;
+    let config = |password: Option<&str>| RedisConfig {
+        url: "redis://:master-pw@ignored:1".into(),
+        sentinel_master: Some("herald-auth".into()),
+        sentinel_addresses: vec![sentinel.addr()],
+        sentinel_password: password.map(String::from),
+        ..Default::default()
+    };
+    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::new(config(Some("sentinel-pw"))).unwrap());
+    conformance::run_all(broker.clone(), "sentinel-auth").await;
+
+    for (password, expected) in [(None, "NOAUTH"), (Some("wrong"), "WRONGPASS")] {
+        let broker = RedisBroker::new(config(password)).unwrap();
+        let err = broker.ping().await.unwrap_err().to_string();
+        assert!(err.contains(&sentinel.addr()) && err.contains(expected), "{password:?}: {err}");
+    }
+}
+
 /// Sentinel settings are checked at start-up, naming the key.
 #[test]
 fn sentinel_settings_are_validated() {
@@ -60,4 +89,25 @@ fn sentinel_settings_are_validated() {
         ..Default::default()
     };
     assert!(bad.validate().unwrap_err().contains("redis.sentinel_addresses"));
+    let stray = RedisConfig { sentinel_password: Some("pw".into()), ..Default::default() };
+    assert!(stray.validate().unwrap_err().contains("redis.sentinel_master"));
+    let user_only = RedisConfig {
+        sentinel_master: Some("m".into()),
+        sentinel_addresses: vec!["a:26379".into()],
+        sentinel_username: Some("herald".into()),
+        ..Default::default()
+    };
+    assert!(user_only.validate().unwrap_err().contains("redis.sentinel_password"));
+}
+
+/// Passwords stay out of the configuration's debug output, which ends up in logs.
+#[test]
+fn passwords_are_not_printed() {
+    let config = RedisConfig {
+        url: "redis://:url-secret@host:6379".into(),
+        sentinel_password: Some("sentinel-secret".into()),
+        ..Default::default()
+    };
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("url-secret") && !printed.contains("sentinel-secret"), "{printed}");
 }

@@ -134,12 +134,18 @@ pub struct RedisSentinel {
 impl RedisSentinel {
     /// Starts a sentinel (quorum 1) watching the master on `master_port` under `name`.
     pub async fn start(master_port: u16, name: &str) -> Self {
+        Self::start_with(master_port, name, "").await
+    }
+
+    /// [`RedisSentinel::start`] with more configuration lines, such as `requirepass` and
+    /// `sentinel auth-pass <name> <password>`.
+    pub async fn start_with(master_port: u16, name: &str, extra: &str) -> Self {
         let port = crate::free_port();
         let config = std::env::temp_dir().join(format!("herald-sentinel-{}-{port}.conf", std::process::id()));
         let text = format!(
             "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {master_port} 1\n\
              sentinel down-after-milliseconds {name} 500\nsentinel failover-timeout {name} 2000\n\
-             sentinel parallel-syncs {name} 1\n"
+             sentinel parallel-syncs {name} 1\n{extra}\n"
         );
         std::fs::write(&config, text).unwrap();
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());

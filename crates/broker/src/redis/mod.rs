@@ -30,7 +30,7 @@ use self::node::{NodeShared, NodeTask, RedisSubscriber};
 use crate::{Broker, BrokerError, Delivery, Subscriber};
 
 /// Settings of the Redis engine (`[redis]` in the configuration file).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`.
@@ -61,6 +61,31 @@ pub struct RedisConfig {
     /// With Redis Sentinel: the sentinels, as `host:port` (a comma-separated string works too).
     #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
     pub sentinel_addresses: Vec<String>,
+    /// With Redis Sentinel: the sentinels' own password (their `requirepass`), when they have
+    /// one. The master's password is the one in `url`.
+    pub sentinel_password: Option<String>,
+    /// With Redis Sentinel: the ACL user for the sentinels, with `sentinel_password`.
+    pub sentinel_username: Option<String>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    /// Passwords are left out: configurations end up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("subscribe_timeout", &self.subscribe_timeout)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("ping_interval", &self.ping_interval)
+            .field("sentinel_master", &self.sentinel_master)
+            .field("sentinel_addresses", &self.sentinel_addresses)
+            .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "<redacted>"))
+            .field("sentinel_username", &self.sentinel_username)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -78,6 +103,16 @@ impl RedisConfig {
                 return Err("redis.sentinel_master: required with redis.sentinel_addresses".into());
             }
             _ => {}
+        }
+        if self.sentinel_master.is_none()
+            && (self.sentinel_password.is_some() || self.sentinel_username.is_some())
+        {
+            return Err(
+                "redis.sentinel_master: required with redis.sentinel_password and sentinel_username".into()
+            );
+        }
+        if self.sentinel_username.is_some() && self.sentinel_password.is_none() {
+            return Err("redis.sentinel_password: required with redis.sentinel_username".into());
         }
         for addr in &self.sentinel_addresses {
             sentinel::split_addr(addr).map_err(|e| format!("redis.sentinel_addresses: {e}"))?;
@@ -130,6 +165,8 @@ impl Default for RedisConfig {
             ping_interval: Duration::from_secs(5),
             sentinel_master: None,
             sentinel_addresses: Vec::new(),
+            sentinel_password: None,
+            sentinel_username: None,
         }
     }
 }

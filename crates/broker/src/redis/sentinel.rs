@@ -5,8 +5,6 @@
 //! again whenever that connection has to be re-established. After a failover the old
 //! connections break, and the reconnects find the new master.
 
-use std::time::Duration;
-
 use super::RedisConfig;
 use super::resp::PubSubConn;
 
@@ -17,7 +15,7 @@ pub async fn current_address(config: &RedisConfig, url_addr: (&str, u16)) -> Res
     };
     let mut last_error = String::from("no sentinel configured");
     for sentinel in &config.sentinel_addresses {
-        match ask(sentinel, master, config.connect_timeout).await {
+        match ask(sentinel, master, config).await {
             Ok(addr) => return Ok(addr),
             Err(e) => last_error = format!("sentinel {sentinel}: {e}"),
         }
@@ -25,11 +23,13 @@ pub async fn current_address(config: &RedisConfig, url_addr: (&str, u16)) -> Res
     Err(last_error)
 }
 
-/// `SENTINEL get-master-addr-by-name` on one sentinel.
-async fn ask(sentinel: &str, master: &str, timeout: Duration) -> Result<(String, u16), String> {
+/// `SENTINEL get-master-addr-by-name` on one sentinel, authenticated when the sentinels have
+/// a password.
+async fn ask(sentinel: &str, master: &str, config: &RedisConfig) -> Result<(String, u16), String> {
     let (host, port) = split_addr(sentinel)?;
     let query = async {
-        let mut conn = PubSubConn::connect(&host, port, None, None).await.map_err(|e| e.to_string())?;
+        let (user, password) = (config.sentinel_username.as_deref(), config.sentinel_password.as_deref());
+        let mut conn = PubSubConn::connect(&host, port, user, password).await.map_err(|e| e.to_string())?;
         conn.send(&[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()])
             .await
             .map_err(|e| e.to_string())?;
@@ -44,7 +44,7 @@ async fn ask(sentinel: &str, master: &str, timeout: Duration) -> Result<(String,
             _ => Err(format!("does not know a master named {master:?}")),
         }
     };
-    tokio::time::timeout(timeout, query).await.map_err(|_| "timed out".to_string())?
+    tokio::time::timeout(config.connect_timeout, query).await.map_err(|_| "timed out".to_string())?
 }
 
 /// `host:port`.
