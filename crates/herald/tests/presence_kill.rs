@@ -30,9 +30,9 @@ async fn gateway_process(redis: &str, endpoint: &str) -> GatewayProcess {
     GatewayProcess::start(redis, &env).await
 }
 
-/// kill -9 of a gateway: within `ttl + sweep_interval` its users' leaves reach the other
-/// gateway's subscribers, within `+ grace` they are offline; each event exactly once, and a
-/// user also connected elsewhere stays online.
+/// kill -9 of a gateway: within `ttl + sweep_interval + grace` its users' leaves reach the
+/// other gateway's subscribers and they are offline; each event exactly once, and a user also
+/// connected elsewhere stays online.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_takes_its_users_offline_within_the_bound() {
     let redis = RedisServer::start().await;
@@ -66,7 +66,7 @@ async fn a_killed_gateway_takes_its_users_offline_within_the_bound() {
     let slack = Duration::from_secs(2);
     let mut leaves = Vec::new();
     while leaves.len() < 2 {
-        let left = (c.ttl + c.sweep_interval + slack).saturating_sub(killed.elapsed());
+        let left = (c.ttl + c.sweep_interval + c.grace + slack).saturating_sub(killed.elapsed());
         let frame =
             watcher.recv_within(left).await.unwrap_or_else(|e| panic!("leaves so far {leaves:?}: {e}"));
         if frame["type"] == "leave" {

@@ -41,11 +41,13 @@ pub struct PresenceConfig {
     /// travel in one report, so a gateway makes at most one round trip per `flush_interval`.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// How often each presence replica looks for expired leases and due `offline` events.
+    /// How often each presence replica looks for expired leases and due `offline` and `leave`
+    /// events.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
-    /// A user without connections goes `offline` only after this long, so a reconnect
-    /// (a page reload, a network switch) does not flap `offline`/`online`.
+    /// A user without connections goes `offline` only after this long, and a user out of a
+    /// channel gets its `leave` only after this long, so a reconnect (a page reload, a network
+    /// switch) flaps neither `offline`/`online` nor `leave`/`join`.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
     /// The channel `online`/`offline` events are published to, for backends. With the Redis

@@ -95,7 +95,7 @@ impl PresenceService {
         Ok(ack)
     }
 
-    /// One sweep: expired gateways and due `offline` events. Returns how many events it emitted.
+    /// One sweep: expired gateways, and the `offline` and `leave` events that are due. Returns how many events it emitted.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let swept = self.inner.store.sweep().await;
         self.inner.metrics.sweeps.get_or_create(&PresenceMetrics::outcome(&swept)).inc();

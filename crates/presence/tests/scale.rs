@@ -204,10 +204,16 @@ async fn presence_at_scale() {
     short.report(&beat).await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     let started = Instant::now();
+    short.sweep().await.unwrap();
+    println!("sweep removing a dead gateway with {PER_GATEWAY} connections: {:?}", started.elapsed());
+    // Their `leave` and `offline` events are due after the grace period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
     let events = short.sweep().await.unwrap();
     let leaves = events.iter().filter(|e| matches!(e, herald_presence::model::Event::Leave { .. })).count();
+    let offline = events.len() - leaves;
     println!(
-        "sweep removing a dead gateway with {PER_GATEWAY} connections: {:?} ({leaves} leave events)",
+        "sweep emitting the events due after the grace period: {:?} ({leaves} leave, {offline} offline)",
         started.elapsed()
     );
 

@@ -67,9 +67,10 @@ fn full(gw: &str, seq: u64, users: &[&str]) -> Report {
     Report { gateway: gw.into(), seq, body: ReportBody::Full(conns) }
 }
 
-/// A gateway that stops reporting loses its users' channel membership exactly `ttl` (plus at
-/// most one sweep interval) after its last report, and they go offline `grace` later: within
-/// the default bound of 15 s.
+/// A gateway that stops reporting loses its users `ttl` (plus at most one sweep interval)
+/// after its last report: they leave the member lists and are offline in the API at once,
+/// and their `leave` and `offline` events follow `grace` later: within the default bound of
+/// 15 s.
 #[tokio::test(start_paused = true)]
 async fn a_silent_gateway_is_removed_within_the_default_bound() {
     let (service, events, _stop) = setup().await;
@@ -81,14 +82,21 @@ async fn a_silent_gateway_is_removed_within_the_default_bound() {
     tokio::time::sleep(c.ttl - Duration::from_millis(10)).await;
     assert_eq!(events.take(), Vec::<String>::new(), "nothing before the lease runs out");
     tokio::time::sleep(c.sweep_interval + Duration::from_millis(20)).await;
-    let mut leaves = events.take();
-    leaves.sort();
-    assert_eq!(leaves, ["room:a \"leave\" \"alice\"", "room:a \"leave\" \"bob\""]);
     assert!(!service.user("alice").await.unwrap().online);
+    assert_eq!(service.channel("room:a", Some(10)).await.unwrap().count, 0);
+    assert_eq!(events.take(), Vec::<String>::new(), "events wait for the grace period");
     tokio::time::sleep(c.grace + c.sweep_interval).await;
-    let mut offline = events.take();
-    offline.sort();
-    assert_eq!(offline, ["presence:events \"offline\" \"alice\"", "presence:events \"offline\" \"bob\""]);
+    let mut gone = events.take();
+    gone.sort();
+    assert_eq!(
+        gone,
+        [
+            "presence:events \"offline\" \"alice\"",
+            "presence:events \"offline\" \"bob\"",
+            "room:a \"leave\" \"alice\"",
+            "room:a \"leave\" \"bob\"",
+        ]
+    );
     assert!(c.ttl + c.sweep_interval + c.grace <= Duration::from_secs(15));
     tokio::time::sleep(c.ttl * 3).await;
     assert_eq!(events.take(), Vec::<String>::new(), "each transition once");

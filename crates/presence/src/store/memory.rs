@@ -32,6 +32,8 @@ struct State {
     channels: HashMap<ChannelName, BTreeMap<UserId, u64>>,
     /// Users without connections whose `offline` is due at the instant given.
     pending_offline: HashMap<UserId, Instant>,
+    /// Users who left a channel and whose `leave` is due at the instant given.
+    pending_leave: HashMap<(ChannelName, UserId), Instant>,
     connections: u64,
 }
 
@@ -81,7 +83,7 @@ impl State {
             if existing.user == *user {
                 return;
             }
-            self.disconnect(gw, conn, ctx.now, ctx.grace, events);
+            self.disconnect(gw, conn, ctx);
         }
         let Some(gateway) = self.gateways.get_mut(gw) else { return };
         gateway.conns.insert(conn, Conn { user: user.clone(), channels: BTreeSet::new() });
@@ -99,18 +101,11 @@ impl State {
         }
     }
 
-    fn disconnect(
-        &mut self,
-        gw: &Arc<str>,
-        conn: ConnId,
-        now: Instant,
-        grace: std::time::Duration,
-        events: &mut Vec<Event>,
-    ) {
+    fn disconnect(&mut self, gw: &Arc<str>, conn: ConnId, ctx: Ctx) {
         let Some(gateway) = self.gateways.get_mut(gw) else { return };
         let Some(record) = gateway.conns.remove(&conn) else { return };
         for channel in &record.channels {
-            self.leave_channel(channel, &record.user, events);
+            self.leave_channel(channel, &record.user, ctx.now + ctx.grace);
         }
         self.connections -= 1;
         let Some(user) = self.users.get_mut(&record.user) else { return };
@@ -123,7 +118,7 @@ impl State {
         }
         if user.connections == 0 {
             self.users.remove(&record.user);
-            self.pending_offline.insert(record.user, now + grace);
+            self.pending_offline.insert(record.user, ctx.now + ctx.grace);
         }
     }
 
@@ -135,22 +130,25 @@ impl State {
         let user = record.user.clone();
         let count = self.channels.entry(channel.clone()).or_default().entry(user.clone()).or_default();
         *count += 1;
-        if *count == 1 {
+        // Back within the grace period of a leave: neither that leave nor a join.
+        if *count == 1 && self.pending_leave.remove(&(channel.clone(), user.clone())).is_none() {
             let info = self.users.get(&user).and_then(|u| u.info.clone());
             events.push(Event::Join { channel: channel.clone(), user, info });
         }
     }
 
-    fn unsubscribe(&mut self, gw: &Arc<str>, conn: ConnId, channel: &ChannelName, events: &mut Vec<Event>) {
+    fn unsubscribe(&mut self, gw: &Arc<str>, conn: ConnId, channel: &ChannelName, ctx: Ctx) {
         let Some(record) = self.gateways.get_mut(gw).and_then(|g| g.conns.get_mut(&conn)) else { return };
         if !record.channels.remove(channel) {
             return;
         }
         let user = record.user.clone();
-        self.leave_channel(channel, &user, events);
+        self.leave_channel(channel, &user, ctx.now + ctx.grace);
     }
 
-    fn leave_channel(&mut self, channel: &ChannelName, user: &UserId, events: &mut Vec<Event>) {
+    /// A user's last connection left `channel`: out of the member list at once, `leave` at
+    /// `due` (from [`MemoryStore::sweep`]), unless the user is back in the channel by then.
+    fn leave_channel(&mut self, channel: &ChannelName, user: &UserId, due: Instant) {
         let Some(members) = self.channels.get_mut(channel) else { return };
         let Some(count) = members.get_mut(user) else { return };
         *count -= 1;
@@ -159,7 +157,7 @@ impl State {
             if members.is_empty() {
                 self.channels.remove(channel);
             }
-            events.push(Event::Leave { channel: channel.clone(), user: user.clone() });
+            self.pending_leave.insert((channel.clone(), user.clone()), due);
         }
     }
 
@@ -181,14 +179,14 @@ impl State {
                 self.subscribe(gw, state.conn, channel, ev);
             }
             for channel in current.iter().filter(|c| !state.channels.contains(c)) {
-                self.unsubscribe(gw, state.conn, channel, ev);
+                self.unsubscribe(gw, state.conn, channel, Ctx { now, grace: timings.grace });
             }
         }
         let mut gone: Vec<ConnId> =
             self.gateways[gw].conns.keys().filter(|c| !wanted.contains_key(c)).copied().collect();
         gone.sort_unstable();
         for conn in gone {
-            self.disconnect(gw, conn, now, timings.grace, ev);
+            self.disconnect(gw, conn, Ctx { now, grace: timings.grace });
         }
     }
 
@@ -198,6 +196,7 @@ impl State {
         shrink(&mut self.users);
         shrink(&mut self.channels);
         shrink(&mut self.pending_offline);
+        shrink(&mut self.pending_leave);
     }
 }
 
@@ -236,13 +235,13 @@ impl PresenceStore for MemoryStore {
                             state.connect(gw, *conn, user, info, ctx, &mut events)
                         }
                         Change::Disconnect { conn } => {
-                            state.disconnect(gw, *conn, now, self.timings.grace, &mut events)
+                            state.disconnect(gw, *conn, Ctx { now, grace: self.timings.grace })
                         }
                         Change::Subscribe { conn, channel } => {
                             state.subscribe(gw, *conn, channel, &mut events)
                         }
                         Change::Unsubscribe { conn, channel } => {
-                            state.unsubscribe(gw, *conn, channel, &mut events)
+                            state.unsubscribe(gw, *conn, channel, Ctx { now, grace: self.timings.grace })
                         }
                     }
                 }
@@ -263,7 +262,7 @@ impl PresenceStore for MemoryStore {
             let mut conns: Vec<ConnId> = state.gateways[&gw].conns.keys().copied().collect();
             conns.sort_unstable();
             for conn in conns {
-                state.disconnect(&gw, conn, now, self.timings.grace, &mut events);
+                state.disconnect(&gw, conn, Ctx { now, grace: self.timings.grace });
             }
             state.gateways.remove(&gw);
         }
@@ -274,6 +273,15 @@ impl PresenceStore for MemoryStore {
             state.pending_offline.remove(&user);
             if !state.users.contains_key(&user) {
                 events.push(Event::Offline { user });
+            }
+        }
+        let mut leaving: Vec<(ChannelName, UserId)> =
+            state.pending_leave.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+        leaving.sort_unstable();
+        for (channel, user) in leaving {
+            state.pending_leave.remove(&(channel.clone(), user.clone()));
+            if !state.channels.get(&channel).is_some_and(|members| members.contains_key(&user)) {
+                events.push(Event::Leave { channel, user });
             }
         }
         state.shrink();

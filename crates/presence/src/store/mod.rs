@@ -36,8 +36,9 @@ pub struct Timings {
     /// How long a gateway's lease lasts after its last report. A gateway silent for longer is
     /// removed as a whole.
     pub ttl: Duration,
-    /// How long a user must stay without connections before `offline` is emitted; a reconnect
-    /// within it emits neither `offline` nor `online`.
+    /// How long a user must stay without connections before `offline` is emitted, and out of
+    /// a channel before its `leave` is; a return within it emits neither `offline` nor
+    /// `online`, neither `leave` nor `join`.
     pub grace: Duration,
 }
 
@@ -48,9 +49,9 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// which the caller must emit (no other caller sees them).
     async fn report(&self, report: &Report) -> Result<(Ack, Vec<Event>), StoreError>;
 
-    /// Removes every gateway whose lease ran out, with all its connections, and emits
-    /// `offline` for users whose grace period is over. Safe to call from every replica at once:
-    /// each transition is returned to exactly one caller.
+    /// Removes every gateway whose lease ran out, with all its connections, and emits the
+    /// `offline` and `leave` events whose grace period is over. Safe to call from every replica
+    /// at once: each transition is returned to exactly one caller.
     async fn sweep(&self) -> Result<Vec<Event>, StoreError>;
 
     /// Where `users` are connected, in the order asked.

@@ -8,6 +8,8 @@
 --   P..'info'      hash  user -> the token's info claim (JSON text)
 --   P..'c:'..ch    hash  user -> the user's connections in the channel
 --   P..'off'       zset  user -> when `offline` is due (ms), while in the grace period
+--   P..'lv'        zset  [channel, user] (JSON) -> when `leave` is due (ms), while in the
+--                        grace period
 --   P..'stats'     hash  users, conns
 -- Events are collected in `ev` and returned; whoever ran the script emits them.
 local P = ARGV[1]
@@ -15,11 +17,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ev = {}
 
-local function leave_channel(ch, user)
+-- A user's last connection left the channel: out of the member list at once, `leave` after
+-- the grace period (sweep.lua), unless the user is back in the channel by then.
+local function leave_channel(ch, user, grace)
   local k = P .. 'c:' .. ch
   if redis.call('HINCRBY', k, user, -1) <= 0 then
     redis.call('HDEL', k, user)
-    ev[#ev + 1] = {'leave', ch, user}
+    redis.call('ZADD', P .. 'lv', now + grace, cjson.encode({ch, user}))
   end
 end
 
@@ -28,7 +32,7 @@ local function disconnect(gw, conn, grace)
   local raw = redis.call('HGET', gk, conn)
   if not raw then return end
   local rec = cjson.decode(raw)
-  for ch, _ in pairs(rec.c) do leave_channel(ch, rec.u) end
+  for ch, _ in pairs(rec.c) do leave_channel(ch, rec.u, grace) end
   redis.call('HDEL', gk, conn)
   redis.call('HINCRBY', P .. 'stats', 'conns', -1)
   local uk = P .. 'u:' .. rec.u
@@ -67,12 +71,14 @@ local function subscribe(gw, conn, ch)
   if rec.c[ch] then return end
   rec.c[ch] = 1
   redis.call('HSET', gk, conn, cjson.encode(rec))
-  if redis.call('HINCRBY', P .. 'c:' .. ch, rec.u, 1) == 1 then
+  -- Back within the grace period of a leave: neither that leave nor a join.
+  if redis.call('HINCRBY', P .. 'c:' .. ch, rec.u, 1) == 1
+    and redis.call('ZREM', P .. 'lv', cjson.encode({ch, rec.u})) == 0 then
     ev[#ev + 1] = {'join', ch, rec.u, redis.call('HGET', P .. 'info', rec.u)}
   end
 end
 
-local function unsubscribe(gw, conn, ch)
+local function unsubscribe(gw, conn, ch, grace)
   local gk = P .. 'g:' .. gw
   local raw = redis.call('HGET', gk, conn)
   if not raw then return end
@@ -80,5 +86,5 @@ local function unsubscribe(gw, conn, ch)
   if not rec.c[ch] then return end
   rec.c[ch] = nil
   redis.call('HSET', gk, conn, cjson.encode(rec))
-  leave_channel(ch, rec.u)
+  leave_channel(ch, rec.u, grace)
 end

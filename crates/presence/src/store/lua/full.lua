@@ -23,7 +23,7 @@ for _, s in ipairs(cjson.decode(ARGV[6])) do
     subscribe(gw, s.k, ch)
   end
   for ch, _ in pairs(have) do
-    if not wanted[ch] then unsubscribe(gw, s.k, ch) end
+    if not wanted[ch] then unsubscribe(gw, s.k, ch, grace) end
   end
 end
 redis.call('PEXPIRE', want, ttl * 2)

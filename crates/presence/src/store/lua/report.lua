@@ -14,7 +14,7 @@ for _, c in ipairs(cjson.decode(ARGV[6])) do
   if c.o == 'c' then connect(gw, c.k, c.u, c.i, grace)
   elseif c.o == 'd' then disconnect(gw, c.k, grace)
   elseif c.o == 's' then subscribe(gw, c.k, c.ch)
-  elseif c.o == 'x' then unsubscribe(gw, c.k, c.ch)
+  elseif c.o == 'x' then unsubscribe(gw, c.k, c.ch, grace)
   end
 end
 return {'ok', ev}

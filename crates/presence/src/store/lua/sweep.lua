@@ -1,7 +1,7 @@
--- Removes gateways whose lease ran out and emits the `offline` events that are due. ARGV:
--- prefix, grace ms, limit. At most `limit` connections are removed per call (a gateway with
--- more is finished by the next calls) so no call holds Redis for long.
--- Returns {more (1 or 0), events}.
+-- Removes gateways whose lease ran out and emits the `offline` and `leave` events that are
+-- due. ARGV: prefix, grace ms, limit. At most `limit` connections are removed, and at most
+-- `limit` events of each kind emitted, per call (the next calls go on) so no call holds Redis
+-- for long. Returns {more (1 or 0), events}.
 local grace, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local budget = limit
 for _, gw in ipairs(redis.call('ZRANGEBYSCORE', P .. 'gw', '-inf', now, 'LIMIT', 0, 16)) do
@@ -24,4 +24,10 @@ for _, user in ipairs(due) do
   redis.call('ZREM', P .. 'off', user)
   if redis.call('EXISTS', P .. 'u:' .. user) == 0 then ev[#ev + 1] = {'offline', user} end
 end
-return {#due == limit and 1 or 0, ev}
+local leaving = redis.call('ZRANGEBYSCORE', P .. 'lv', '-inf', now, 'LIMIT', 0, limit)
+for _, member in ipairs(leaving) do
+  redis.call('ZREM', P .. 'lv', member)
+  local ch, user = unpack(cjson.decode(member))
+  if redis.call('HEXISTS', P .. 'c:' .. ch, user) == 0 then ev[#ev + 1] = {'leave', ch, user} end
+end
+return {(#due == limit or #leaving == limit) and 1 or 0, ev}
