@@ -227,6 +227,9 @@ async fn an_expired_gateway_is_removed_as_a_whole(store: Arc<dyn PresenceStore>)
     assert_eq!(leaves, 2, "{events:?}");
     assert_eq!(events.iter().filter(|e| matches!(e, Event::Offline { .. })).count(), 1, "{events:?}");
     assert!(events.contains(&Event::Offline { user: user("hal") }), "ivy is still on another gateway");
+    let at = |e: &Event| events.iter().position(|x| x == e).unwrap();
+    let hal_left = Event::Leave { channel: ch("room:w"), user: user("hal") };
+    assert!(at(&hal_left) < at(&Event::Offline { user: user("hal") }), "leave before offline: {events:?}");
     let found = store.users(&[user("hal"), user("ivy")]).await.unwrap();
     assert!(!found[0].online);
     assert_eq!((found[1].connections, found[1].gateways.clone()), (1, vec!["alive".to_string()]));

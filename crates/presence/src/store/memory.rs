@@ -266,15 +266,7 @@ impl PresenceStore for MemoryStore {
             }
             state.gateways.remove(&gw);
         }
-        let mut due: Vec<UserId> =
-            state.pending_offline.iter().filter(|(_, at)| **at <= now).map(|(u, _)| u.clone()).collect();
-        due.sort_unstable();
-        for user in due {
-            state.pending_offline.remove(&user);
-            if !state.users.contains_key(&user) {
-                events.push(Event::Offline { user });
-            }
-        }
+        // A user's leaves go out before the user's offline.
         let mut leaving: Vec<(ChannelName, UserId)> =
             state.pending_leave.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
         leaving.sort_unstable();
@@ -282,6 +274,15 @@ impl PresenceStore for MemoryStore {
             state.pending_leave.remove(&(channel.clone(), user.clone()));
             if !state.channels.get(&channel).is_some_and(|members| members.contains_key(&user)) {
                 events.push(Event::Leave { channel, user });
+            }
+        }
+        let mut due: Vec<UserId> =
+            state.pending_offline.iter().filter(|(_, at)| **at <= now).map(|(u, _)| u.clone()).collect();
+        due.sort_unstable();
+        for user in due {
+            state.pending_offline.remove(&user);
+            if !state.users.contains_key(&user) {
+                events.push(Event::Offline { user });
             }
         }
         state.shrink();

@@ -19,15 +19,17 @@ for _, gw in ipairs(redis.call('ZRANGEBYSCORE', P .. 'gw', '-inf', now, 'LIMIT',
     return {1, ev}
   end
 end
-local due = redis.call('ZRANGEBYSCORE', P .. 'off', '-inf', now, 'LIMIT', 0, limit)
-for _, user in ipairs(due) do
-  redis.call('ZREM', P .. 'off', user)
-  if redis.call('EXISTS', P .. 'u:' .. user) == 0 then ev[#ev + 1] = {'offline', user} end
-end
+-- A user's leaves go out before the user's offline.
 local leaving = redis.call('ZRANGEBYSCORE', P .. 'lv', '-inf', now, 'LIMIT', 0, limit)
 for _, member in ipairs(leaving) do
   redis.call('ZREM', P .. 'lv', member)
   local ch, user = unpack(cjson.decode(member))
   if redis.call('HEXISTS', P .. 'c:' .. ch, user) == 0 then ev[#ev + 1] = {'leave', ch, user} end
 end
-return {(#due == limit or #leaving == limit) and 1 or 0, ev}
+if #leaving == limit then return {1, ev} end
+local due = redis.call('ZRANGEBYSCORE', P .. 'off', '-inf', now, 'LIMIT', 0, limit)
+for _, user in ipairs(due) do
+  redis.call('ZREM', P .. 'off', user)
+  if redis.call('EXISTS', P .. 'u:' .. user) == 0 then ev[#ev + 1] = {'offline', user} end
+end
+return {#due == limit and 1 or 0, ev}
