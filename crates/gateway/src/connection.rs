@@ -107,18 +107,25 @@ impl Connection {
     }
 
     /// Serves an open connection until it ends. What it joined is left when `self` drops.
-    pub(crate) async fn run(mut self, mut socket: WebSocket) {
-        let exit = self.serve(&mut socket).await;
-        self.shared.metrics.closed(match &exit {
-            Exit::Close(code, _) => Some(*code),
-            Exit::Gone => None,
-        });
-        if let Exit::Close(code, reason) = exit {
-            tracing::debug!(code, %reason, "closing connection");
-            let frame = CloseFrame { code: code.into(), reason: reason.into() };
-            let closing = close(&mut socket, &self.handle.queue, frame);
-            // Boxed: needed once, at the end, and inline it would make every task larger.
-            let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, closing)).await;
+    ///
+    /// Not an `async fn`: an `async fn` moves its arguments into locals and keeps room for
+    /// both in its future, and this future is every open connection's task. The async block
+    /// uses `self` and `socket` where they were captured.
+    #[expect(clippy::manual_async_fn, reason = "an async fn's future would be 480 bytes larger")]
+    pub(crate) fn run(mut self, mut socket: WebSocket) -> impl Future<Output = ()> + Send {
+        async move {
+            let exit = self.serve(&mut socket).await;
+            self.shared.metrics.closed(match &exit {
+                Exit::Close(code, _) => Some(*code),
+                Exit::Gone => None,
+            });
+            if let Exit::Close(code, reason) = exit {
+                tracing::debug!(code, %reason, "closing connection");
+                let frame = CloseFrame { code: code.into(), reason: reason.into() };
+                let closing = close(&mut socket, &self.handle.queue, frame);
+                // Boxed: needed once, at the end, and inline it would make every task larger.
+                let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, closing)).await;
+            }
         }
     }
 

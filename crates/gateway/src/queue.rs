@@ -219,11 +219,21 @@ impl OutQueue {
     /// written stays queued.
     pub async fn drain(&self, max: usize) -> io::Result<()> {
         loop {
-            let notified = self.ready.notified();
-            match self.write_queued(max) {
-                Ok(true) => notified.await,
-                Ok(false) => self.socket().writable().await?,
-                Err(e) => return Err(e),
+            // Scoped, so that the two waits share their room in this future, which is part of
+            // every connection's task: waiting for the socket, the notification is not needed.
+            let full = {
+                let notified = self.ready.notified();
+                match self.write_queued(max) {
+                    Ok(true) => {
+                        notified.await;
+                        false
+                    }
+                    Ok(false) => true,
+                    Err(e) => return Err(e),
+                }
+            };
+            if full {
+                self.socket().writable().await?;
             }
         }
     }
