@@ -31,7 +31,7 @@ use crate::queue::{CloseReason, OutQueue, Socket};
 use crate::server::{self, Upgrade};
 use crate::{ConnectionGuard, Shared};
 
-type WebSocket = WebSocketStream<Socket>;
+pub(crate) type WebSocket = WebSocketStream<Socket>;
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
