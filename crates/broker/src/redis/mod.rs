@@ -71,19 +71,34 @@ pub struct RedisConfig {
 impl std::fmt::Debug for RedisConfig {
     /// Passwords are left out: configurations end up in logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so that a new field cannot be left out (or printed in the clear) unseen.
+        let Self {
+            url,
+            prefix,
+            connect_timeout,
+            response_timeout,
+            subscribe_timeout,
+            reconnect_min,
+            reconnect_max,
+            ping_interval,
+            sentinel_master,
+            sentinel_addresses,
+            sentinel_password,
+            sentinel_username,
+        } = self;
         f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
-            .field("prefix", &self.prefix)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
-            .field("subscribe_timeout", &self.subscribe_timeout)
-            .field("reconnect_min", &self.reconnect_min)
-            .field("reconnect_max", &self.reconnect_max)
-            .field("ping_interval", &self.ping_interval)
-            .field("sentinel_master", &self.sentinel_master)
-            .field("sentinel_addresses", &self.sentinel_addresses)
-            .field("sentinel_password", &self.sentinel_password.as_ref().map(|_| "<redacted>"))
-            .field("sentinel_username", &self.sentinel_username)
+            .field("url", &redact(url))
+            .field("prefix", prefix)
+            .field("connect_timeout", connect_timeout)
+            .field("response_timeout", response_timeout)
+            .field("subscribe_timeout", subscribe_timeout)
+            .field("reconnect_min", reconnect_min)
+            .field("reconnect_max", reconnect_max)
+            .field("ping_interval", ping_interval)
+            .field("sentinel_master", sentinel_master)
+            .field("sentinel_addresses", sentinel_addresses)
+            .field("sentinel_password", &sentinel_password.as_ref().map(|_| "<redacted>"))
+            .field("sentinel_username", sentinel_username)
             .finish()
     }
 }
@@ -108,7 +123,8 @@ impl RedisConfig {
             && (self.sentinel_password.is_some() || self.sentinel_username.is_some())
         {
             return Err(
-                "redis.sentinel_master: required with redis.sentinel_password and sentinel_username".into()
+                "redis.sentinel_master: required with redis.sentinel_password or redis.sentinel_username"
+                    .into(),
             );
         }
         if self.sentinel_username.is_some() && self.sentinel_password.is_none() {

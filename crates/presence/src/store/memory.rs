@@ -268,19 +268,17 @@ impl PresenceStore for MemoryStore {
         }
         // A user's leaves go out before the user's offline.
         let mut leaving: Vec<(ChannelName, UserId)> =
-            state.pending_leave.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+            state.pending_leave.extract_if(|_, at| *at <= now).map(|(key, _)| key).collect();
         leaving.sort_unstable();
         for (channel, user) in leaving {
-            state.pending_leave.remove(&(channel.clone(), user.clone()));
             if !state.channels.get(&channel).is_some_and(|members| members.contains_key(&user)) {
                 events.push(Event::Leave { channel, user });
             }
         }
         let mut due: Vec<UserId> =
-            state.pending_offline.iter().filter(|(_, at)| **at <= now).map(|(u, _)| u.clone()).collect();
+            state.pending_offline.extract_if(|_, at| *at <= now).map(|(user, _)| user).collect();
         due.sort_unstable();
         for user in due {
-            state.pending_offline.remove(&user);
             if !state.users.contains_key(&user) {
                 events.push(Event::Offline { user });
             }
