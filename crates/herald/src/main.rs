@@ -64,13 +64,23 @@ fn main() -> anyhow::Result<()> {
         runtime.worker_threads(config.runtime.worker_threads);
     }
     let runtime = runtime.enable_all().build()?;
-    let result = runtime.block_on(async move {
+    let role = async move {
         match cli.command {
             Command::Standalone => roles::standalone(config, shutdown_signal()).await,
             Command::Gateway => roles::gateway(config, shutdown_signal()).await,
             Command::PublisherApi => roles::publisher(config, shutdown_signal()).await,
             Command::Presence => roles::presence(config, shutdown_signal()).await,
             Command::Token { .. } | Command::Bench(_) => unreachable!("handled above"),
+        }
+    };
+    // The role runs on a worker thread, not on this one: `block_on` polls its future outside
+    // the worker pool, so every accepted connection would wake this thread and then, to be
+    // spawned, a worker. On a worker, a connection's task starts on the thread that accepted it.
+    let result = runtime.block_on(async move {
+        match tokio::spawn(role).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(anyhow::anyhow!("the role's task was cancelled: {e}")),
         }
     });
     if let Err(e) = &result {
