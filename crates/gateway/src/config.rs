@@ -28,8 +28,15 @@ pub struct GatewayConfig {
     /// is closed with code 4009.
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
-    /// Most channels one connection may subscribe to, besides its personal and broadcast ones.
+    /// Most channels one connection may subscribe to, besides the server-managed ones.
     pub max_subscriptions: usize,
+    /// Whether every connection is subscribed to its user's personal channel (`user:<id>`),
+    /// so that notifications (`/v1/users/{user}/notify`) reach it without the client asking.
+    /// Where nothing notifies users, or only some pages listen, turn it off: a connection
+    /// then costs the engine no subscription of its own (in Redis, one `SUBSCRIBE` per
+    /// connection at connect time and again after every reconnect to Redis), and a client
+    /// that wants its notifications subscribes to `user:<its id>` itself.
+    pub personal_channel: bool,
     /// Largest WebSocket message a client may send, in bytes; larger ones close the
     /// connection with code 1009.
     pub max_message_size: usize,
@@ -66,6 +73,7 @@ impl Default for GatewayConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(60),
             max_subscriptions: 128,
+            personal_channel: true,
             max_message_size: 64 * 1024,
             read_buffer_size: 256,
             write_buffer_size: 4 * 1024,

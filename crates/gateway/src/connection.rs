@@ -54,7 +54,7 @@ pub(crate) struct Connection {
     info: ConnectionInfo,
     /// What the hub holds of this connection: its id and outbound queue.
     handle: ConnHandle,
-    /// Every channel this connection is in, its personal and broadcast channels included.
+    /// Every channel this connection is in, the server-managed ones included.
     subscriptions: HashSet<ChannelName>,
     /// Whether the client got `connected` (and observers heard of it).
     greeted: bool,
@@ -137,9 +137,11 @@ impl Connection {
     pub(crate) async fn open(&mut self, mut stream: TcpStream, upgrade: Upgrade) -> Option<WebSocket> {
         let (id, queue) = (self.handle.id, self.handle.queue.clone());
         self.shared.registry.register(id, queue, self.identity.expires_at, self.shared.config.ping_interval);
-        let managed = [ChannelName::personal(&self.identity.user), ChannelName::broadcast()];
-        let joins: Vec<_> = managed
+        let personal =
+            self.shared.config.personal_channel.then(|| ChannelName::personal(&self.identity.user));
+        let joins: Vec<_> = personal
             .into_iter()
+            .chain([ChannelName::broadcast()])
             .chain(upgrade.requested.iter().cloned())
             .map(|channel| self.enter(channel))
             .collect();
@@ -246,13 +248,16 @@ impl Connection {
     }
 
     async fn subscribe(&mut self, channel: &ChannelName) -> Result<(), policy::Denied> {
-        policy::can_subscribe(&self.identity, channel, &self.shared.namespaces)?;
+        let config = &self.shared.config;
+        policy::can_subscribe(&self.identity, channel, &self.shared.namespaces, config.personal_channel)?;
         if self.subscriptions.contains(channel) {
             return Err((ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
         }
-        // Two of the subscriptions are the server-managed ones.
-        if self.subscriptions.len() >= self.shared.config.max_subscriptions + 2 {
-            let max = self.shared.config.max_subscriptions;
+        // The server-managed subscriptions do not count: broadcast, and the personal channel
+        // where the server subscribes it.
+        let managed = 1 + usize::from(config.personal_channel);
+        if self.subscriptions.len() >= config.max_subscriptions + managed {
+            let max = config.max_subscriptions;
             return Err((ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection")));
         }
         self.join(channel.clone()).await.map_err(|e| {
@@ -289,7 +294,12 @@ impl Connection {
     }
 
     fn unsubscribe(&mut self, channel: &ChannelName) -> Result<(), policy::Denied> {
-        if !matches!(channel.kind(), ChannelKind::Regular) {
+        let managed = match channel.kind() {
+            ChannelKind::Regular => false,
+            ChannelKind::Personal(_) => self.shared.config.personal_channel,
+            ChannelKind::Broadcast => true,
+        };
+        if managed {
             return Err((ErrorCode::Forbidden, format!("{channel} is managed by the server")));
         }
         if !self.subscriptions.remove(channel) {

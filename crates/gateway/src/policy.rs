@@ -8,11 +8,22 @@ use crate::auth::Identity;
 /// A refusal, with a message for the client.
 pub type Denied = (ErrorCode, String);
 
-/// Whether `who` may subscribe to `channel`.
-pub fn can_subscribe(who: &Identity, channel: &ChannelName, namespaces: &Namespaces) -> Result<(), Denied> {
+/// Whether `who` may subscribe to `channel`. `personal_managed`: whether the server
+/// subscribes every connection to its user's personal channel (`gateway.personal_channel`);
+/// where it does not, users may subscribe to their own.
+pub fn can_subscribe(
+    who: &Identity,
+    channel: &ChannelName,
+    namespaces: &Namespaces,
+    personal_managed: bool,
+) -> Result<(), Denied> {
     match channel.kind() {
         ChannelKind::Personal(user) if user == who.user.as_str() => {
-            Err((ErrorCode::AlreadySubscribed, "your personal channel is subscribed for you".into()))
+            if personal_managed {
+                Err((ErrorCode::AlreadySubscribed, "your personal channel is subscribed for you".into()))
+            } else {
+                Ok(())
+            }
         }
         ChannelKind::Personal(_) => {
             Err((ErrorCode::Forbidden, "another user's personal channel cannot be subscribed to".into()))
@@ -34,6 +45,7 @@ pub fn connect_subscriptions(
     who: &Identity,
     list: &str,
     namespaces: &Namespaces,
+    personal_managed: bool,
     max: usize,
 ) -> Result<Vec<ChannelName>, Denied> {
     let mut channels: Vec<ChannelName> = Vec::new();
@@ -43,7 +55,7 @@ pub fn connect_subscriptions(
         if channels.contains(&channel) {
             continue;
         }
-        can_subscribe(who, &channel, namespaces)?;
+        can_subscribe(who, &channel, namespaces, personal_managed)?;
         if channels.len() == max {
             return Err((ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection")));
         }
@@ -94,8 +106,13 @@ mod tests {
     #[test]
     fn personal_channels_belong_to_their_user_only() {
         let ns = Namespaces::default();
-        assert_eq!(can_subscribe(&who("a"), &ch("user:b"), &ns).unwrap_err().0, ErrorCode::Forbidden);
-        assert_eq!(can_subscribe(&who("a"), &ch("user:a"), &ns).unwrap_err().0, ErrorCode::AlreadySubscribed);
+        for managed in [true, false] {
+            let denied = can_subscribe(&who("a"), &ch("user:b"), &ns, managed).unwrap_err();
+            assert_eq!(denied.0, ErrorCode::Forbidden);
+        }
+        let own = |managed| can_subscribe(&who("a"), &ch("user:a"), &ns, managed);
+        assert_eq!(own(true).unwrap_err().0, ErrorCode::AlreadySubscribed);
+        assert!(own(false).is_ok(), "without gateway.personal_channel users subscribe to their own");
         assert_eq!(can_publish(&who("a"), &ch("user:b"), &ns).unwrap_err().0, ErrorCode::Forbidden);
         assert_eq!(
             can_publish(&who("a"), &ChannelName::broadcast(), &ns).unwrap_err().0,
@@ -109,19 +126,20 @@ mod tests {
         ns.0.insert("chat".into(), NamespaceConfig { publish: true, ..Default::default() });
         ns.0.insert("news".into(), NamespaceConfig::default());
         ns.0.insert("internal".into(), NamespaceConfig { subscribe: false, ..Default::default() });
-        assert!(can_subscribe(&who("a"), &ch("chat:x"), &ns).is_ok());
+        assert!(can_subscribe(&who("a"), &ch("chat:x"), &ns, true).is_ok());
         assert!(can_publish(&who("a"), &ch("chat:x"), &ns).is_ok());
-        assert!(can_subscribe(&who("a"), &ch("news:x"), &ns).is_ok());
+        assert!(can_subscribe(&who("a"), &ch("news:x"), &ns, true).is_ok());
         assert_eq!(can_publish(&who("a"), &ch("news:x"), &ns).unwrap_err().0, ErrorCode::Forbidden);
-        assert_eq!(can_subscribe(&who("a"), &ch("internal:x"), &ns).unwrap_err().0, ErrorCode::Forbidden);
-        assert_eq!(can_subscribe(&who("a"), &ch("other:x"), &ns).unwrap_err().0, ErrorCode::UnknownChannel);
+        let denied = |name| can_subscribe(&who("a"), &ch(name), &ns, true).unwrap_err().0;
+        assert_eq!(denied("internal:x"), ErrorCode::Forbidden);
+        assert_eq!(denied("other:x"), ErrorCode::UnknownChannel);
     }
 
     #[test]
     fn connect_subscriptions_are_checked_like_subscribe_frames() {
         let mut ns = Namespaces::default();
         ns.0.insert("chat".into(), NamespaceConfig::default());
-        let list = |s: &str, max| connect_subscriptions(&who("a"), s, &ns, max);
+        let list = |s: &str, max| connect_subscriptions(&who("a"), s, &ns, true, max);
         assert_eq!(list("chat:x,,chat:y,chat:x", 2).unwrap(), vec![ch("chat:x"), ch("chat:y")]);
         assert!(list("", 2).unwrap().is_empty());
         assert_eq!(list("chat:x,chat:y,chat:z", 2).unwrap_err().0, ErrorCode::LimitExceeded);
@@ -129,5 +147,8 @@ mod tests {
         assert_eq!(list("other:x", 2).unwrap_err().0, ErrorCode::UnknownChannel);
         assert_eq!(list("user:b", 2).unwrap_err().0, ErrorCode::Forbidden);
         assert_eq!(list("broadcast", 2).unwrap_err().0, ErrorCode::AlreadySubscribed);
+        assert_eq!(list("user:a", 2).unwrap_err().0, ErrorCode::AlreadySubscribed);
+        let unmanaged = connect_subscriptions(&who("a"), "user:a,chat:x", &ns, false, 2).unwrap();
+        assert_eq!(unmanaged, vec![ch("user:a"), ch("chat:x")]);
     }
 }

@@ -309,6 +309,7 @@ fn check(gateway: &Gateway, head: &Head, leftover: Vec<u8>) -> Result<(Identity,
             &identity,
             list,
             &gateway.shared.namespaces,
+            config.personal_channel,
             config.max_subscriptions,
         )?,
     };

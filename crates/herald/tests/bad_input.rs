@@ -188,15 +188,23 @@ async fn clients_answering_pings_stay_connected() {
     assert_eq!(reply["type"], "pong");
 }
 
-/// Subscriptions beyond `max_subscriptions` get `limit_exceeded`.
+/// Subscriptions beyond `max_subscriptions` get `limit_exceeded`. The server-managed ones do
+/// not count; a personal channel the client subscribed to itself does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_are_limited() {
-    let cluster = Cluster::start_with(Engine::Redis, 1, |c| c.max_subscriptions = 2).await;
-    let mut client = cluster.connect(0, "greedy").await;
-    client.subscribe("room:1").await.unwrap();
-    client.subscribe("room:2").await.unwrap();
-    let reply = client.request(json!({"type": "subscribe", "channel": "room:3"})).await.unwrap();
-    assert_eq!(reply["code"], "limit_exceeded");
+    for personal_channel in [true, false] {
+        let cluster = Cluster::start_with(Engine::Redis, 1, |c| {
+            c.max_subscriptions = 2;
+            c.personal_channel = personal_channel;
+        })
+        .await;
+        let mut client = cluster.connect(0, "greedy").await;
+        client.subscribe("room:1").await.unwrap();
+        let second = if personal_channel { "room:2" } else { "user:greedy" };
+        client.subscribe(second).await.unwrap();
+        let reply = client.request(json!({"type": "subscribe", "channel": "room:3"})).await.unwrap();
+        assert_eq!(reply["code"], "limit_exceeded", "personal_channel = {personal_channel}");
+    }
 }
 
 /// Sends raw bytes to a gateway and returns everything it answers until it closes, or what

@@ -33,6 +33,7 @@ macro_rules! on_both_engines {
 on_both_engines!(
     room_messages_reach_every_subscriber_once_in_order_over_http_and_grpc,
     notify_reaches_every_connection_of_the_user_and_nobody_else,
+    without_managed_personal_channels_users_subscribe_to_their_own,
     broadcast_reaches_everyone,
     clients_publish_only_where_the_namespace_allows,
     unsubscribed_clients_stop_receiving,
@@ -91,6 +92,57 @@ async fn notify_reaches_every_connection_of_the_user_and_nobody_else(engine: Eng
     }
     alice.push(bob);
     assert_all_silent(&mut alice).await;
+}
+
+/// With `gateway.personal_channel = false` no connection is subscribed to its personal
+/// channel (in Redis, no `SUBSCRIBE` per connection), so a notification reaches only the
+/// connections whose client subscribed to `user:<its id>` itself, in the URL or with a frame;
+/// it can unsubscribe again, and another user's stays forbidden.
+async fn without_managed_personal_channels_users_subscribe_to_their_own(engine: Engine) {
+    let cluster = Cluster::start_with(engine, 1, |c| c.personal_channel = false).await;
+    let personal_in_redis = async || match &cluster.redis {
+        Some(redis) => Some(redis.command(&["PUBSUB", "CHANNELS", "herald:user:*"]).await),
+        None => None,
+    };
+    let mut plain = cluster.connect(0, "alice").await;
+    if let Some(count) = personal_in_redis().await {
+        assert_eq!(count, "*0", "a personal channel was subscribed in Redis");
+    }
+    let notify = async |n: i64| {
+        let resp = cluster.post("/v1/users/alice/notify", json!({"data": n})).await;
+        assert_eq!(resp.status(), 200);
+    };
+    notify(1).await;
+    assert_silent(&mut plain).await;
+
+    let url = format!("{}&subscribe=user:alice", cluster.gateways[0].url(&cluster.token("alice")));
+    let (mut listening, hello) = herald_testkit::WsClient::connect(&url).await.unwrap();
+    assert_eq!(hello["channels"], json!(["user:alice"]), "{hello}");
+    plain.subscribe("user:alice").await.unwrap();
+    if let Some(count) = personal_in_redis().await {
+        assert_eq!(count, "*1");
+    }
+    notify(2).await;
+    for conn in [&mut plain, &mut listening] {
+        let got = recv_messages(conn, 1).await;
+        assert_eq!((got[0]["channel"].as_str(), got[0]["data"].as_i64()), (Some("user:alice"), Some(2)));
+    }
+
+    let reply = plain.request(json!({"type": "unsubscribe", "channel": "user:alice"})).await.unwrap();
+    assert_eq!(reply["type"], "unsubscribed", "{reply}");
+    let reply = plain.request(json!({"type": "subscribe", "channel": "user:bob"})).await.unwrap();
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    let reply = plain.request(json!({"type": "unsubscribe", "channel": "broadcast"})).await.unwrap();
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    notify(3).await;
+    assert_eq!(recv_messages(&mut listening, 1).await[0]["data"], 3);
+    assert_silent(&mut plain).await;
+    // The broadcast channel is still subscribed for everyone.
+    let resp = cluster.post("/v1/broadcast", json!({"data": "all"})).await;
+    assert_eq!(resp.status(), 200);
+    for conn in [&mut plain, &mut listening] {
+        assert_eq!(recv_messages(conn, 1).await[0]["channel"], "broadcast");
+    }
 }
 
 /// A broadcast reaches every connection on every gateway, over HTTP and gRPC.
