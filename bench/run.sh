@@ -14,7 +14,8 @@
 #                                      R rounds of one run per server (SERVERS: comma-separated,
 #                                      such as herald,nchan), each on fresh servers, alternating so
 #                                      drifts of the machine hit every server alike; results
-#                                      NAME-<server>-r<round>.json
+#                                      NAME-<server>-r<round>.json. Server herald-no-personal is
+#                                      Herald with gateway.personal_channel = false
 #   bench/run.sh table                 medians and ranges of $WORK/results, grouped over rounds
 #                                      (needs jq)
 #   bench/run.sh suite                 the scenarios of docs/benchmarks.md, all servers
@@ -113,13 +114,14 @@ stop() {
 bench() { # name, target, args...
     local name=$1 target=$2; shift 2
     local urls=() publish pids
-    if [ "$target" = herald ]; then
+    if [ "${target%-no-personal}" = herald ]; then
         for f in "$WORK"/pids/herald-gateway-*.pid; do
             local i=${f##*-}; i=${i%.pid}
             urls+=(--url "ws://127.0.0.1:$((GATEWAY_PORT + i))/ws")
         done
         publish=${PUBLISH_URL:-http://127.0.0.1:$HTTP_PORT}
         pids=$(pids_of herald-gateway)$(pids_of redis)$(pids_of herald-publisher)
+        target=herald
     else
         urls=(--url "ws://127.0.0.1:$NCHAN_PORT/sub")
         publish=http://127.0.0.1:$NCHAN_PORT/pub
@@ -139,6 +141,7 @@ bench() { # name, target, args...
 start_server() { # server, gateways or workers
     case $1 in
         herald) start_herald "$2" ;;
+        herald-no-personal) HERALD_GATEWAY__PERSONAL_CHANNEL=false start_herald "$2" ;;
         nchan) start_nchan "$2" ;;
         nchan-redis) start_nchan_redis "$2" ;;
         *) echo "unknown server $1" >&2; return 2 ;;
@@ -152,7 +155,7 @@ rounds() { # rounds, name, servers, args...
     local size=${PROCESSES:-}
     for r in $(seq 1 "$rounds"); do
         for server in ${servers//,/ }; do
-            start_server "$server" "${size:-$([ "$server" = herald ] && echo 1 || echo 2)}"
+            start_server "$server" "${size:-$([ "${server%-no-personal}" = herald ] && echo 1 || echo 2)}"
             bench "$name-$server-r$r" "$server" "$@"
             stop
         done
