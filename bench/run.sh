@@ -185,9 +185,9 @@ table() {
 
 suite() {
     local idle=(idle -n 10000 --channels 100 --duration 20s)
-    rounds 5 idle herald,nchan,nchan-redis "${idle[@]}"
+    rounds 5 idle herald,herald-no-personal,nchan,nchan-redis "${idle[@]}"
     rounds 1 idle-frame herald "${idle[@]}" --subscribe-with frame
-    rounds 3 idle-c1000 herald,nchan "${idle[@]}" --connect-concurrency 1000
+    rounds 3 idle-c1000 herald,herald-no-personal,nchan "${idle[@]}" --connect-concurrency 1000
     rounds 3 fanout100 herald,nchan fanout -n 5000 --rate 100 --duration 20s
     rounds 3 fanout20 herald,nchan,nchan-redis fanout -n 5000 --rate 20 --duration 30s
     rounds 5 personal herald,nchan,nchan-redis personal -n 10000 --rate 2000 --duration 15s
