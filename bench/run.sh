@@ -15,7 +15,8 @@
 #                                      such as herald,nchan), each on fresh servers, alternating so
 #                                      drifts of the machine hit every server alike; results
 #                                      NAME-<server>-r<round>.json. Server herald-no-personal is
-#                                      Herald with gateway.personal_channel = false
+#                                      Herald with gateway.personal_channel = false (its
+#                                      clients subscribe their own personal channel)
 #   bench/run.sh table                 medians and ranges of $WORK/results, grouped over rounds
 #                                      (needs jq)
 #   bench/run.sh suite                 the scenarios of docs/benchmarks.md, all servers
@@ -113,7 +114,9 @@ stop() {
 
 bench() { # name, target, args...
     local name=$1 target=$2; shift 2
-    local urls=() publish pids
+    local urls=() publish pids extra=()
+    # Gateways without personal channels: clients of `personal` subscribe their own.
+    if [ "$target" = herald-no-personal ]; then extra=(--subscribe-personal); fi
     if [ "${target%-no-personal}" = herald ]; then
         for f in "$WORK"/pids/herald-gateway-*.pid; do
             local i=${f##*-}; i=${i%.pid}
@@ -133,7 +136,7 @@ bench() { # name, target, args...
     for p in $pids; do pid_args+=(--pid "$p"); done
     echo "== $name: herald bench $* --target $target ($(cut -d' ' -f1-3 /proc/loadavg) load)" \
         | tee -a "$WORK/results/summary.txt"
-    "${CLIENT_BIN:-$BIN}" bench "$@" --target "$target" "${urls[@]}" --publish-url "$publish" \
+    "${CLIENT_BIN:-$BIN}" bench "$@" "${extra[@]}" --target "$target" "${urls[@]}" --publish-url "$publish" \
         --jwt-secret "$SECRET" --api-key "$API_KEY" "${pid_args[@]}" --json "$WORK/results/$name.json" \
         | grep -v '^{' | tee -a "$WORK/results/summary.txt"
 }
@@ -206,5 +209,5 @@ case ${1:-} in
     rounds) shift; rounds "$@" ;;
     table) table ;;
     suite) suite ;;
-    *) sed -n '2,20p' "$0"; exit 2 ;;
+    *) sed -n '2,22p' "$0"; exit 2 ;;
 esac

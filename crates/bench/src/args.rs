@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// `subscribe` frame after `connected` (one more round trip).
     #[arg(long, value_enum, default_value_t = SubscribeWith::Url)]
     pub subscribe_with: SubscribeWith,
+    /// `personal` on Herald: each connection subscribes to its own personal channel
+    /// `user:<id>` (in the URL or with a frame, as `--subscribe-with` says), for gateways run
+    /// with `gateway.personal_channel = false`, which subscribe none by themselves.
+    #[arg(long)]
+    pub subscribe_personal: bool,
     /// Namespace of the bench channels (Herald); it must be configured on the gateways (the
     /// quickstart configuration has `news`).
     #[arg(long, default_value = "news")]

@@ -27,6 +27,9 @@ pub struct Plan {
     pub urls: Vec<String>,
     pub jwt_secret: String,
     pub subscribe_with: SubscribeWith,
+    /// Herald connections subscribe to their personal channel themselves.
+    #[serde(default)]
+    pub subscribe_personal: bool,
     pub namespace: String,
     pub prefix: String,
     pub connections: u64,
@@ -68,6 +71,7 @@ impl Plan {
             urls: args.urls.clone(),
             jwt_secret: args.jwt_secret.clone(),
             subscribe_with: args.subscribe_with,
+            subscribe_personal: args.subscribe_personal,
             namespace: args.namespace.clone(),
             prefix: args.prefix.clone(),
             connections: args.connections,
@@ -132,8 +136,8 @@ impl Plan {
     }
 
     /// The channel a Herald connection subscribes to with a frame after `connected`; `None`
-    /// when it is in the connect URL or the server subscribes it by itself (personal and
-    /// broadcast channels).
+    /// when it is in the connect URL or the server subscribes it by itself (broadcast, and
+    /// personal channels unless `--subscribe-personal`).
     pub fn subscribe_frame(&self, conn: u64) -> Option<String> {
         match self.subscribe_with {
             SubscribeWith::Frame => self.subscription(conn),
@@ -141,10 +145,12 @@ impl Plan {
         }
     }
 
-    /// The channel a Herald connection is in besides its personal and broadcast channels.
+    /// The channel a Herald connection subscribes to itself; the server subscribes it to
+    /// broadcast, and to its personal channel unless `--subscribe-personal`.
     pub fn subscription(&self, conn: u64) -> Option<String> {
         match self.destination(self.stream_of(conn)) {
             Destination::Channel(channel) => Some(channel),
+            Destination::User(user) if self.subscribe_personal => Some(format!("user:{user}")),
             Destination::User(_) | Destination::Broadcast => None,
         }
     }
@@ -225,6 +231,16 @@ mod tests {
         let n = plan(&["personal", "-n", "3", "--target", "nchan", "--url", "ws://h/sub/"]);
         assert_eq!(n.url(2), "ws://h/sub/bench-user-2");
         assert!(plan(&["broadcast"]).url(0).contains("/ws?token="));
+    }
+
+    #[test]
+    fn subscribe_personal_subscribes_each_user_to_its_own_channel() {
+        let p = plan(&["personal", "-n", "3", "--subscribe-personal"]);
+        assert_eq!(p.destination(2), Destination::User("u2".into()));
+        assert!(p.url(2).ends_with("&subscribe=user:u2"), "{}", p.url(2));
+        let f = plan(&["personal", "-n", "3", "--subscribe-personal", "--subscribe-with", "frame"]);
+        assert_eq!(f.subscribe_frame(2).as_deref(), Some("user:u2"));
+        assert_eq!(plan(&["broadcast", "--subscribe-personal"]).subscription(0), None);
     }
 
     #[test]

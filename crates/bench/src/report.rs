@@ -18,6 +18,9 @@ pub struct Report {
     pub publish_via: Via,
     /// How Herald connections subscribed their channel (in the URL or with a frame).
     pub subscribe_with: SubscribeWith,
+    /// Whether Herald connections subscribed to their personal channel themselves.
+    #[serde(default)]
+    pub subscribe_personal: bool,
     /// Seconds since the Unix epoch when the run started.
     pub started_at: u64,
     pub payload_bytes: usize,

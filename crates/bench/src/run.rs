@@ -246,6 +246,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         target: args.target,
         publish_via: args.publish,
         subscribe_with: args.subscribe_with,
+        subscribe_personal: args.subscribe_personal,
         started_at,
         payload_bytes: args.payload,
         workers: links.iter().filter(|l| l.child.is_some()).count(),

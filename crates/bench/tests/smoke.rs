@@ -40,13 +40,17 @@ impl Drop for System {
 }
 
 async fn start() -> System {
+    start_with(GatewayConfig::default()).await
+}
+
+async fn start_with(config: GatewayConfig) -> System {
     let redis = RedisServer::start().await;
     let broker: Arc<dyn Broker> =
         Arc::new(RedisBroker::new(RedisConfig { url: redis.url(), ..Default::default() }).unwrap());
     let mut namespaces = Namespaces::default();
     namespaces.0.insert("news".into(), NamespaceConfig::default());
     let auth = AuthConfig { jwt_secret: SECRET.into(), ..Default::default() };
-    let gateway = Gateway::new(GatewayConfig::default(), &auth, namespaces.clone(), broker.clone()).unwrap();
+    let gateway = Gateway::new(config, &auth, namespaces.clone(), broker.clone()).unwrap();
     let stop = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws = format!("ws://{}/ws", listener.local_addr().unwrap());
@@ -113,6 +117,36 @@ async fn personal_over_grpc_reaches_each_user() {
     assert_eq!(report.connections.connected, 100, "{}", report.human());
     assert_eq!(report.messages.published, 60, "{}", report.human());
     assert_eq!((report.deliveries.delivered, report.deliveries.lost), (60, 0), "{}", report.human());
+}
+
+/// On gateways that subscribe no personal channels, `--subscribe-personal` has every client
+/// subscribe its own, in the URL or with a frame, and the notifications reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_without_server_personal_channels_subscribes_each_users_own() {
+    let system = start_with(GatewayConfig { personal_channel: false, ..Default::default() }).await;
+    for with in ["url", "frame"] {
+        let args = [
+            "personal",
+            "-n",
+            "50",
+            "--rate",
+            "100",
+            "-m",
+            "40",
+            "--subscribe-personal",
+            "--subscribe-with",
+            with,
+        ];
+        let report = bench(&system, &args, &system.http).await;
+        assert!(report.subscribe_personal);
+        assert_eq!(report.connections.connected, 50, "{with}: {}", report.human());
+        assert_eq!(
+            (report.deliveries.delivered, report.deliveries.lost),
+            (40, 0),
+            "{with}: {}",
+            report.human()
+        );
+    }
 }
 
 /// Idle connections are held and counted; nothing is published.
