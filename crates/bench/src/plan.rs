@@ -8,6 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
+use herald_protocol::PERSONAL_NAMESPACE;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{BenchArgs, Scenario, SubscribeWith, Target};
@@ -150,7 +151,9 @@ impl Plan {
     pub fn subscription(&self, conn: u64) -> Option<String> {
         match self.destination(self.stream_of(conn)) {
             Destination::Channel(channel) => Some(channel),
-            Destination::User(user) if self.subscribe_personal => Some(format!("user:{user}")),
+            Destination::User(user) if self.subscribe_personal => {
+                Some(format!("{PERSONAL_NAMESPACE}:{user}"))
+            }
             Destination::User(_) | Destination::Broadcast => None,
         }
     }
