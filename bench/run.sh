@@ -4,11 +4,14 @@
 #
 #   bench/run.sh build                 release build, copied to $WORK so a sitting uses one binary
 #   bench/run.sh start-herald [N]      redis-server, N gateways (default 1), one publisher API
+#   bench/run.sh start-standalone      `herald standalone`: every role in one process, in-memory
 #   bench/run.sh start-nchan [W]       nginx + nchan with W worker processes (default 2)
 #   bench/run.sh start-nchan-redis [W] the same on nchan's Redis engine, with its own redis-server
 #   bench/run.sh stop                  stops everything this script started
-#   bench/run.sh bench NAME herald|nchan|nchan-redis <herald bench args...>
-#                                      one run; the JSON result goes to $WORK/results/NAME.json
+#   bench/run.sh bench NAME SERVER <herald bench args...>
+#                                      one run against the running SERVER (herald,
+#                                      herald-no-personal, herald-standalone, nchan or nchan-redis);
+#                                      the JSON result goes to $WORK/results/NAME.json
 #                                      (PUBLISH_URL=http://127.0.0.1:18082 with --publish grpc)
 #   bench/run.sh rounds R NAME SERVERS <herald bench args...>
 #                                      R rounds of one run per server (SERVERS: comma-separated,
@@ -16,7 +19,9 @@
 #                                      drifts of the machine hit every server alike; results
 #                                      NAME-<server>-r<round>.json. Server herald-no-personal is
 #                                      Herald with gateway.personal_channel = false (its
-#                                      clients subscribe their own personal channel)
+#                                      clients subscribe their own personal channel);
+#                                      herald-standalone is `herald standalone`, every role in
+#                                      one process on the in-memory engine, no Redis
 #   bench/run.sh table                 medians and ranges of $WORK/results, grouped over rounds
 #                                      (needs jq)
 #   bench/run.sh suite                 the scenarios of docs/benchmarks.md, all servers
@@ -32,6 +37,8 @@ REDIS_PORT=16379
 GATEWAY_PORT=18100   # gateway i listens on GATEWAY_PORT + i
 HTTP_PORT=18081
 GRPC_PORT=18082
+PRESENCE_HTTP_PORT=18083   # herald-standalone only
+PRESENCE_GRPC_PORT=18084
 NCHAN_PORT=18090
 SECRET=bench-secret-bench-secret-bench-secret-0123
 API_KEY=bench-api-key-0123456789
@@ -39,7 +46,15 @@ API_KEY=bench-api-key-0123456789
 mkdir -p "$WORK/pids" "$WORK/results" "$WORK/logs"
 ulimit -n 20000 2>/dev/null || true
 
-pids_of() { cat "$WORK"/pids/"$1"*.pid 2>/dev/null | tr '\n' ' '; }
+pids_of() { # the pids of the processes named NAME*, space-separated; none is no error
+    local f
+    for f in "$WORK"/pids/"$1"*.pid; do
+        if [ -e "$f" ]; then printf '%s ' "$(cat "$f")"; fi
+    done
+}
+
+# Whether a server name of `rounds` is one of Herald's configurations.
+is_herald() { case $1 in herald | herald-no-personal | herald-standalone) return 0 ;; *) return 1 ;; esac; }
 
 wait_port() {
     for _ in $(seq 1 100); do
@@ -82,6 +97,18 @@ start_herald() {
     wait_port "$HTTP_PORT"
 }
 
+# `herald standalone`: gateway, publisher API and presence in one process on the in-memory
+# engine, as a single node runs without Redis. Its pid file is the gateway's, so `bench`
+# finds its WebSocket URL and samples it.
+start_standalone() {
+    HERALD_GATEWAY__LISTEN=127.0.0.1:$GATEWAY_PORT \
+        HERALD_PUBLISHER__HTTP_LISTEN=127.0.0.1:$HTTP_PORT HERALD_PUBLISHER__GRPC_LISTEN=127.0.0.1:$GRPC_PORT \
+        HERALD_PRESENCE__HTTP_LISTEN=127.0.0.1:$PRESENCE_HTTP_PORT HERALD_PRESENCE__GRPC_LISTEN=127.0.0.1:$PRESENCE_GRPC_PORT \
+        start_bg herald-gateway-0 "$BIN" standalone --config "$ROOT/bench/herald.toml"
+    wait_port "$GATEWAY_PORT"
+    wait_port "$HTTP_PORT"
+}
+
 start_nchan() {
     local workers=${1:-2}
     mkdir -p "$WORK/nchan/logs"
@@ -117,7 +144,7 @@ bench() { # name, target, args...
     local urls=() publish pids extra=()
     # Gateways without personal channels: clients of `personal` subscribe their own.
     if [ "$target" = herald-no-personal ]; then extra=(--subscribe-personal); fi
-    if [ "${target%-no-personal}" = herald ]; then
+    if is_herald "$target"; then
         for f in "$WORK"/pids/herald-gateway-*.pid; do
             local i=${f##*-}; i=${i%.pid}
             urls+=(--url "ws://127.0.0.1:$((GATEWAY_PORT + i))/ws")
@@ -145,6 +172,7 @@ start_server() { # server, gateways or workers
     case $1 in
         herald) start_herald "$2" ;;
         herald-no-personal) HERALD_GATEWAY__PERSONAL_CHANNEL=false start_herald "$2" ;;
+        herald-standalone) start_standalone ;;
         nchan) start_nchan "$2" ;;
         nchan-redis) start_nchan_redis "$2" ;;
         *) echo "unknown server $1" >&2; return 2 ;;
@@ -158,7 +186,7 @@ rounds() { # rounds, name, servers, args...
     local size=${PROCESSES:-}
     for r in $(seq 1 "$rounds"); do
         for server in ${servers//,/ }; do
-            start_server "$server" "${size:-$([ "${server%-no-personal}" = herald ] && echo 1 || echo 2)}"
+            start_server "$server" "${size:-$(is_herald "$server" && echo 1 || echo 2)}"
             bench "$name-$server-r$r" "$server" "$@"
             stop
         done
@@ -188,12 +216,12 @@ table() {
 
 suite() {
     local idle=(idle -n 10000 --channels 100 --duration 20s)
-    rounds 5 idle herald,herald-no-personal,nchan,nchan-redis "${idle[@]}"
+    rounds 5 idle herald,herald-no-personal,herald-standalone,nchan,nchan-redis "${idle[@]}"
     rounds 1 idle-frame herald "${idle[@]}" --subscribe-with frame
-    rounds 3 idle-c1000 herald,herald-no-personal,nchan "${idle[@]}" --connect-concurrency 1000
-    rounds 3 fanout100 herald,nchan fanout -n 5000 --rate 100 --duration 20s
-    rounds 3 fanout20 herald,nchan,nchan-redis fanout -n 5000 --rate 20 --duration 30s
-    rounds 5 personal herald,nchan,nchan-redis personal -n 10000 --rate 2000 --duration 15s
+    rounds 3 idle-c1000 herald,herald-no-personal,herald-standalone,nchan "${idle[@]}" --connect-concurrency 1000
+    rounds 3 fanout100 herald,herald-standalone,nchan fanout -n 5000 --rate 100 --duration 20s
+    rounds 3 fanout20 herald,herald-standalone,nchan,nchan-redis fanout -n 5000 --rate 20 --duration 30s
+    rounds 5 personal herald,herald-standalone,nchan,nchan-redis personal -n 10000 --rate 2000 --duration 15s
     PROCESSES=7 rounds 1 broadcast100k herald,nchan broadcast -n 100000 --rate 0.5 -m 10 \
         --drain-timeout 60s --connect-timeout 240s --connect-concurrency 50
     table | tee "$WORK/results/table.txt"
@@ -202,6 +230,7 @@ suite() {
 case ${1:-} in
     build) build ;;
     start-herald) start_herald "${2:-1}" ;;
+    start-standalone) start_standalone ;;
     start-nchan) start_nchan "${2:-2}" ;;
     start-nchan-redis) start_nchan_redis "${2:-2}" ;;
     stop) stop ;;
@@ -209,5 +238,5 @@ case ${1:-} in
     rounds) shift; rounds "$@" ;;
     table) table ;;
     suite) suite ;;
-    *) sed -n '2,22p' "$0"; exit 2 ;;
+    *) sed -n '2,27p' "$0"; exit 2 ;;
 esac
