@@ -65,6 +65,34 @@ wait_port() {
     return 1
 }
 
+# Refuses to start servers while one of the bench's ports is taken: a server left over from
+# an interrupted run would answer in place of the new one, which could not bind, and the run
+# would measure the wrong process.
+ports_free() {
+    local port
+    for port in "$REDIS_PORT" $(seq "$GATEWAY_PORT" $((GATEWAY_PORT + 15))) "$HTTP_PORT" "$GRPC_PORT" \
+        "$PRESENCE_HTTP_PORT" "$PRESENCE_GRPC_PORT" "$NCHAN_PORT"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "port $port is taken, by a server of an earlier run? ($0 stop, or end it)" >&2
+            return 1
+        fi
+    done
+}
+
+# Fails unless every server this script started is still running (one that could not start,
+# a port taken after all, has exited by the time its port answered).
+all_running() {
+    local f
+    for f in "$WORK"/pids/*.pid; do
+        [ -e "$f" ] || continue
+        if ! kill -0 "$(cat "$f")" 2>/dev/null; then
+            echo "$(basename "$f" .pid) is not running; its log:" >&2
+            tail -5 "$WORK/logs/$(basename "$f" .pid).log" >&2
+            return 1
+        fi
+    done
+}
+
 start_bg() { # name, command...
     local name=$1; shift
     "$@" >"$WORK/logs/$name.log" 2>&1 &
@@ -85,6 +113,7 @@ start_redis() {
 
 start_herald() {
     local gateways=${1:-1}
+    ports_free
     start_redis
     export HERALD_REDIS__URL=redis://127.0.0.1:$REDIS_PORT
     local config=(--config "$ROOT/bench/herald.toml")
@@ -95,31 +124,37 @@ start_herald() {
         HERALD_RUNTIME__WORKER_THREADS=1 start_bg herald-publisher "$BIN" publisher-api "${config[@]}"
     for i in $(seq 0 $((gateways - 1))); do wait_port $((GATEWAY_PORT + i)); done
     wait_port "$HTTP_PORT"
+    all_running
 }
 
 # `herald standalone`: gateway, publisher API and presence in one process on the in-memory
 # engine, as a single node runs without Redis. Its pid file is the gateway's, so `bench`
 # finds its WebSocket URL and samples it.
 start_standalone() {
+    ports_free
     HERALD_GATEWAY__LISTEN=127.0.0.1:$GATEWAY_PORT \
         HERALD_PUBLISHER__HTTP_LISTEN=127.0.0.1:$HTTP_PORT HERALD_PUBLISHER__GRPC_LISTEN=127.0.0.1:$GRPC_PORT \
         HERALD_PRESENCE__HTTP_LISTEN=127.0.0.1:$PRESENCE_HTTP_PORT HERALD_PRESENCE__GRPC_LISTEN=127.0.0.1:$PRESENCE_GRPC_PORT \
         start_bg herald-gateway-0 "$BIN" standalone --config "$ROOT/bench/herald.toml"
     wait_port "$GATEWAY_PORT"
     wait_port "$HTTP_PORT"
+    all_running
 }
 
 start_nchan() {
     local workers=${1:-2}
+    ports_free
     mkdir -p "$WORK/nchan/logs"
     start_bg nchan nginx -p "$WORK/nchan" -c "$ROOT/bench/nchan.conf" -g "worker_processes $workers;"
     wait_port "$NCHAN_PORT"
+    all_running
 }
 
 # nchan on its Redis engine, as nchan runs when several nginx nodes share channels: the same
 # configuration with every location passed to a private redis-server.
 start_nchan_redis() {
     local workers=${1:-2}
+    ports_free
     start_redis
     mkdir -p "$WORK/nchan/logs"
     sed -e "s|^    nchan_shared_memory_size .*;|&\n    upstream bench_redis {\n        nchan_redis_server redis://127.0.0.1:$REDIS_PORT;\n    }|" \
@@ -128,6 +163,7 @@ start_nchan_redis() {
     grep -q nchan_redis_pass "$WORK/nchan/nchan-redis.conf"
     start_bg nchan nginx -p "$WORK/nchan" -c "$WORK/nchan/nchan-redis.conf" -g "worker_processes $workers;"
     wait_port "$NCHAN_PORT"
+    all_running
 }
 
 stop() {
@@ -184,6 +220,8 @@ start_server() { # server, gateways or workers
 rounds() { # rounds, name, servers, args...
     local rounds=$1 name=$2 servers=$3; shift 3
     local size=${PROCESSES:-}
+    # A failed run must not leave its servers behind for the next command.
+    trap stop EXIT
     for r in $(seq 1 "$rounds"); do
         for server in ${servers//,/ }; do
             start_server "$server" "${size:-$(is_herald "$server" && echo 1 || echo 2)}"
