@@ -157,6 +157,7 @@ start_nchan_redis() {
     ports_free
     start_redis
     mkdir -p "$WORK/nchan/logs"
+    # shellcheck disable=SC2016 # the `$1` is nginx's, in the configuration, not the shell's
     sed -e "s|^    nchan_shared_memory_size .*;|&\n    upstream bench_redis {\n        nchan_redis_server redis://127.0.0.1:$REDIS_PORT;\n    }|" \
         -e 's|^\( *\)nchan_channel_id \$1;|&\n\1nchan_redis_pass bench_redis;|' \
         "$ROOT/bench/nchan.conf" >"$WORK/nchan/nchan-redis.conf"
