@@ -277,5 +277,5 @@ case ${1:-} in
     rounds) shift; rounds "$@" ;;
     table) table ;;
     suite) suite ;;
-    *) sed -n '2,27p' "$0"; exit 2 ;;
+    *) sed -n '2,30p' "$0"; exit 2 ;;
 esac
