@@ -73,6 +73,7 @@ fn ch(name: &str) -> ChannelName {
 pub async fn run_all(broker: Arc<dyn Broker>, tag: &str) {
     delivers_in_order_exactly_once_to_subscribed_nodes(&broker, tag).await;
     subscriptions_are_counted(&broker, tag).await;
+    a_confirmation_adds_no_interest(&broker, tag).await;
     batches_keep_their_order_across_channels(&broker, tag).await;
     many_channels_subscribe_concurrently(&broker, tag).await;
     status_reports_live_subscriptions(&broker).await;
@@ -117,6 +118,28 @@ pub async fn subscriptions_are_counted(broker: &Arc<dyn Broker>, tag: &str) {
     broker.publish(&room, Bytes::from_static(b"gone")).await.unwrap();
     assert!(got.settled().await.is_empty(), "received after the last unsubscribe");
     assert_eq!(node.active_channels(), 2);
+    node.close();
+}
+
+/// A second wait for a channel's confirmation resolves with the subscribe's, and one
+/// unsubscribe still ends the subscription; without a subscribe it fails.
+pub async fn a_confirmation_adds_no_interest(broker: &Arc<dyn Broker>, tag: &str) {
+    let room = ch(&format!("conf{tag}:confirmation"));
+    let (node, got) = node(broker);
+    assert!(node.confirmation(&room).await.is_err(), "confirmed a channel nobody subscribed");
+    let (first, second) = (node.subscribe(&room), node.confirmation(&room));
+    let (first, second) = futures_util::future::join(first, second).await;
+    first.unwrap();
+    second.unwrap();
+    assert!(node.confirmation(&room).is_confirmed(), "asked again once confirmed");
+    broker.publish(&room, Bytes::from_static(b"live")).await.unwrap();
+    assert_eq!(got.wait_for(1).await[0].1, Bytes::from_static(b"live"));
+    node.unsubscribe(&room);
+    node.subscribe(&ch(&format!("conf{tag}:confirmation-barrier"))).await.unwrap();
+    got.clear();
+    broker.publish(&room, Bytes::from_static(b"gone")).await.unwrap();
+    assert!(got.settled().await.is_empty(), "received after the only unsubscribe");
+    assert_eq!(node.active_channels(), 1);
     node.close();
 }
 

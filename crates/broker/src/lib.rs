@@ -13,7 +13,10 @@
 //! Payloads are opaque bytes: the publisher encodes a message once and every layer below passes
 //! the same bytes on.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -73,6 +76,44 @@ pub trait Broker: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
+/// A subscription's confirmation, as [`Subscriber::subscribe`] and
+/// [`Subscriber::confirmation`] return it: resolves once messages of the channel are
+/// guaranteed to flow to the node, or fails when that did not happen in time.
+/// [`Confirmation::is_confirmed`] tells, without waiting, whether it already happened; such
+/// a confirmation allocates nothing, which matters for the personal channel every connection
+/// subscribes.
+#[must_use = "a confirmation does nothing unless awaited or checked"]
+pub struct Confirmation(Option<BoxFuture<'static, Result<(), BrokerError>>>);
+
+impl Confirmation {
+    /// Already confirmed.
+    pub fn confirmed() -> Self {
+        Self(None)
+    }
+
+    /// Resolves when `wait` does.
+    pub fn pending(wait: BoxFuture<'static, Result<(), BrokerError>>) -> Self {
+        Self(Some(wait))
+    }
+
+    /// Whether the subscription was confirmed when this was made; awaiting it then returns
+    /// `Ok` at once.
+    pub fn is_confirmed(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl Future for Confirmation {
+    type Output = Result<(), BrokerError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            None => Poll::Ready(Ok(())),
+            Some(wait) => wait.as_mut().poll(cx),
+        }
+    }
+}
+
 /// One node's subscriptions.
 ///
 /// Calls are counted: a channel stays subscribed while more `subscribe` than `unsubscribe`
@@ -80,11 +121,17 @@ pub trait Broker: Send + Sync + 'static {
 /// socket joins and `unsubscribe` when its last one leaves; counting makes a leave and a join
 /// that race each other end in the right state whatever order they reach the engine in.
 pub trait Subscriber: Send + Sync + 'static {
-    /// Registers interest in `channel` at once; the returned future resolves when messages of
-    /// the channel are guaranteed to flow to this node (Redis confirmed the subscription), or
-    /// fails when that did not happen in time. Dropping the future keeps the interest: undo
-    /// it with [`Subscriber::unsubscribe`].
-    fn subscribe(&self, channel: &ChannelName) -> BoxFuture<'static, Result<(), BrokerError>>;
+    /// Registers interest in `channel` at once; the returned confirmation resolves when
+    /// messages of the channel are guaranteed to flow to this node (Redis confirmed the
+    /// subscription), or fails when that did not happen in time. Dropping it keeps the
+    /// interest: undo it with [`Subscriber::unsubscribe`].
+    fn subscribe(&self, channel: &ChannelName) -> Confirmation;
+
+    /// Waits for the confirmation of a channel an earlier [`Subscriber::subscribe`] holds
+    /// interest in, without adding any: for a second local subscriber that joins while the
+    /// first one's subscription is on its way. Fails at once if nothing holds interest in
+    /// `channel`.
+    fn confirmation(&self, channel: &ChannelName) -> Confirmation;
 
     /// Withdraws one unit of interest in `channel`; takes effect in the background.
     fn unsubscribe(&self, channel: &ChannelName);

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::future::{self, BoxFuture, FutureExt};
+use futures_util::future::{self, FutureExt};
 use herald_protocol::ChannelName;
 use herald_protocol::support::shrink;
 use tokio::sync::watch;
 
-use crate::{Broker, BrokerError, Delivery, Subscriber};
+use crate::{Broker, BrokerError, Confirmation, Delivery, Subscriber};
 
 /// The in-memory engine. Cheap to clone; clones share one bus.
 #[derive(Clone, Default)]
@@ -106,7 +106,7 @@ struct MemorySubscriber {
 }
 
 impl Subscriber for MemorySubscriber {
-    fn subscribe(&self, channel: &ChannelName) -> BoxFuture<'static, Result<(), BrokerError>> {
+    fn subscribe(&self, channel: &ChannelName) -> Confirmation {
         let mut counts = self.node.counts.lock().expect("node lock poisoned");
         let count = counts.entry(channel.clone()).or_insert(0);
         *count += 1;
@@ -115,7 +115,15 @@ impl Subscriber for MemorySubscriber {
             let nodes = channels.entry(channel.clone()).or_insert_with(|| Arc::new([]));
             *nodes = nodes.iter().cloned().chain([self.node.clone()]).collect();
         }
-        future::ready(Ok(())).boxed()
+        Confirmation::confirmed()
+    }
+
+    fn confirmation(&self, channel: &ChannelName) -> Confirmation {
+        if self.node.counts.lock().expect("node lock poisoned").contains_key(channel) {
+            Confirmation::confirmed()
+        } else {
+            Confirmation::pending(future::ready(Err(BrokerError::SubscribeTimeout(channel.clone()))).boxed())
+        }
     }
 
     fn unsubscribe(&self, channel: &ChannelName) {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::FutureExt;
 use herald_protocol::ChannelName;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::resp::{Event, PubSubConn, RespError};
 use super::{RedisConfig, backoff, redact};
-use crate::{BrokerError, Delivery, Subscriber};
+use crate::{BrokerError, Confirmation, Delivery, Subscriber};
 use herald_protocol::support::shrink;
 
 /// Most channels sent in one `SUBSCRIBE`/`UNSUBSCRIBE` command.
@@ -123,6 +123,20 @@ impl SubState {
         chan.waiters.push(waiter);
         Self::mark_dirty(&mut self.dirty, key, chan);
         false
+    }
+
+    /// A wait for `key`'s confirmation that adds no interest. `true` if Redis has it;
+    /// otherwise `waiter` hears of the confirmation, or is dropped at once when nothing
+    /// wants `key`.
+    fn wait(&mut self, key: &str, waiter: oneshot::Sender<()>) -> bool {
+        match self.channels.get_mut(key) {
+            Some(chan) if chan.active => true,
+            Some(chan) if chan.wanted > 0 => {
+                chan.waiters.push(waiter);
+                false
+            }
+            _ => false,
+        }
     }
 
     /// One `subscribe` call for `key` less. `true` if that was the last, so the channel is
@@ -244,24 +258,42 @@ pub(super) struct RedisSubscriber {
     pub(super) prefix: String,
 }
 
+impl RedisSubscriber {
+    /// Waits for `confirmed`, at most the subscribe timeout.
+    fn wait(&self, channel: &ChannelName, confirmed: oneshot::Receiver<()>) -> Confirmation {
+        let timeout = self.shared.subscribe_timeout;
+        let channel = channel.clone();
+        Confirmation::pending(
+            async move {
+                match tokio::time::timeout(timeout, confirmed).await {
+                    Ok(Ok(())) => Ok(()),
+                    // Timed out, or the interest was withdrawn before Redis confirmed.
+                    _ => Err(BrokerError::SubscribeTimeout(channel)),
+                }
+            }
+            .boxed(),
+        )
+    }
+}
+
 impl Subscriber for RedisSubscriber {
-    fn subscribe(&self, channel: &ChannelName) -> BoxFuture<'static, Result<(), BrokerError>> {
+    fn subscribe(&self, channel: &ChannelName) -> Confirmation {
         let key = format!("{}{}", self.prefix, channel.as_str());
         let (tx, rx) = oneshot::channel();
         if self.shared.lock().want(&key, tx) {
-            return futures_util::future::ready(Ok(())).boxed();
+            return Confirmation::confirmed();
         }
         self.shared.wake.notify_one();
-        let timeout = self.shared.subscribe_timeout;
-        let channel = channel.clone();
-        async move {
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(())) => Ok(()),
-                // Timed out, or the interest was withdrawn before Redis confirmed.
-                _ => Err(BrokerError::SubscribeTimeout(channel)),
-            }
+        self.wait(channel, rx)
+    }
+
+    fn confirmation(&self, channel: &ChannelName) -> Confirmation {
+        let key = format!("{}{}", self.prefix, channel.as_str());
+        let (tx, rx) = oneshot::channel();
+        if self.shared.lock().wait(&key, tx) {
+            return Confirmation::confirmed();
         }
-        .boxed()
+        self.wait(channel, rx)
     }
 
     fn unsubscribe(&self, channel: &ChannelName) {
@@ -492,6 +524,32 @@ mod tests {
         assert_eq!(commands(&mut state), (vec![], vec!["a".into()]));
         assert!(!state.confirm("a", false));
         assert_eq!((state.active, state.channels.len()), (1, 1), "a is forgotten, b stays");
+    }
+
+    #[test]
+    fn a_wait_for_the_confirmation_adds_no_interest() {
+        let mut state = SubState::default();
+        let (tx, mut unknown) = oneshot::channel();
+        assert!(!state.wait("a", tx));
+        assert_eq!(unknown.try_recv(), Err(TryRecvError::Closed), "nothing wants a");
+        let (_, mut first) = want(&mut state, "a");
+        let (tx, mut second) = oneshot::channel();
+        assert!(!state.wait("a", tx));
+        assert_eq!(commands(&mut state), (vec!["a".into()], vec![]));
+        assert!(!state.confirm("a", true));
+        assert_eq!((first.try_recv(), second.try_recv()), (Ok(()), Ok(())));
+        assert!(state.wait("a", oneshot::channel().0), "confirmed already");
+        assert!(state.unwant("a"), "one unwant ends the one subscribe call");
+    }
+
+    #[test]
+    fn a_wait_ends_with_the_interest_it_waits_on() {
+        let mut state = SubState::default();
+        let _first = want(&mut state, "a");
+        let (tx, mut second) = oneshot::channel();
+        assert!(!state.wait("a", tx));
+        assert!(state.unwant("a"));
+        assert_eq!(second.try_recv(), Err(TryRecvError::Closed));
     }
 
     #[test]
