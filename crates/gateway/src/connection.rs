@@ -11,8 +11,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
+use herald_broker::{BrokerError, Confirmation};
 use herald_protocol::{
     ChannelKind, ChannelName, ClientFrame, CloseCode, ErrorCode, Publication, RequestId, ServerFrame,
 };
@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Identity;
-use crate::hub::{ConnHandle, Join};
+use crate::hub::ConnHandle;
 use crate::observer::ConnectionInfo;
 use crate::policy;
 use crate::queue::{CloseReason, OutQueue, Socket};
@@ -145,15 +145,11 @@ impl Connection {
             .chain(upgrade.requested.iter().cloned())
             .map(|channel| self.enter(channel))
             .collect();
-        for (channel, confirmed) in joins {
-            let pending = matches!(confirmed, Either::Left(_));
+        for confirmed in joins {
             if let Err(e) = confirmed.await {
                 let message = format!("broker unavailable: {e}");
                 server::refuse(&mut stream, ErrorCode::Unavailable, &message).await;
                 return None;
-            }
-            if pending {
-                self.shared.hub.settled(&channel);
             }
         }
         let hello = ServerFrame::Connected {
@@ -268,23 +264,17 @@ impl Connection {
         Ok(())
     }
 
-    /// Joins `channel` in the hub and records it; the returned future is the broker's
-    /// confirmation.
-    fn enter(&mut self, channel: ChannelName) -> (ChannelName, Join) {
+    /// Joins `channel` in the hub and records it; returns the broker's confirmation.
+    fn enter(&mut self, channel: ChannelName) -> Confirmation {
         let confirmed = self.shared.hub.join(&channel, self.handle.clone());
-        self.subscriptions.insert(channel.clone());
+        self.subscriptions.insert(channel);
         self.shared.metrics.subscriptions.inc();
-        (channel, confirmed)
+        confirmed
     }
 
     /// Joins `channel` in the hub and waits for the broker's confirmation.
-    async fn join(&mut self, channel: ChannelName) -> Result<(), std::sync::Arc<str>> {
-        let (channel, confirmed) = self.enter(channel);
-        let pending = matches!(confirmed, Either::Left(_));
-        let result = confirmed.await;
-        if pending && result.is_ok() {
-            self.shared.hub.settled(&channel);
-        }
+    async fn join(&mut self, channel: ChannelName) -> Result<(), BrokerError> {
+        let result = self.enter(channel.clone()).await;
         if result.is_err() {
             self.subscriptions.remove(&channel);
             self.shared.metrics.subscriptions.dec();

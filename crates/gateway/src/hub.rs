@@ -20,12 +20,12 @@
 //! and its connection closes itself, so one slow client never holds up the others.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Either, FutureExt, Shared};
-use herald_broker::{Broker, Delivery, Subscriber};
+use herald_broker::{Broker, Confirmation, Delivery, Subscriber};
 use herald_protocol::ChannelName;
 use herald_protocol::support::shrink;
 
@@ -99,26 +99,12 @@ struct Received {
     ts: u64,
 }
 
-type Pending = Shared<BoxFuture<'static, Result<(), Arc<str>>>>;
-
-/// What [`Hub::join`] returns: the broker's pending confirmation (call [`Hub::settled`] after
-/// it succeeded), or an already confirmed subscription.
-pub type Join = Either<Pending, std::future::Ready<Result<(), Arc<str>>>>;
-
-/// Whether the broker confirmed the node's subscription to a channel.
-enum Confirmation {
-    /// Joiners wait on the broker's answer, all on the same future.
-    Pending(Pending),
-    /// Confirmed; the shared future (a few hundred bytes) is dropped, which matters for the
-    /// one-member personal channel every connection has.
-    Done,
-}
-
 struct ChannelEntry {
     conns: ConnMap<ConnHandle>,
-    /// Resolves once the broker confirmed the node's subscription; joiners wait on it before
-    /// they tell their client `subscribed`.
-    confirmed: Confirmation,
+    /// The broker confirmed the node's subscription. Until then each joiner waits for the
+    /// confirmation before it tells its client `subscribed`; the first joiner that finds it
+    /// confirmed records it here, so later ones do not ask the broker.
+    confirmed: bool,
 }
 
 /// The channel map of one gateway node. Cheap to clone.
@@ -180,42 +166,22 @@ impl Hub {
         self.inner.subscriber.get().expect("subscriber is set in Hub::new")
     }
 
-    /// Adds `conn` to `channel`'s subscribers. Resolves once messages of the channel are
-    /// guaranteed to reach this node; on error the caller must [`Hub::leave`] again.
-    pub fn join(&self, channel: &ChannelName, conn: ConnHandle) -> Join {
+    /// Adds `conn` to `channel`'s subscribers. The confirmation resolves once messages of the
+    /// channel are guaranteed to reach this node; on error the caller must [`Hub::leave`]
+    /// again.
+    pub fn join(&self, channel: &ChannelName, conn: ConnHandle) -> Confirmation {
         let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
-        let entry = shard.entry(channel.clone()).or_insert_with(|| ChannelEntry {
-            conns: ConnMap::default(),
-            confirmed: Confirmation::Pending(
-                self.subscriber()
-                    .subscribe(channel)
-                    .map(|r| r.map_err(|e| Arc::from(e.to_string())))
-                    .boxed()
-                    .shared(),
-            ),
-        });
+        let entry = shard.entry(channel.clone());
+        let confirmation = match &entry {
+            // The first local subscriber subscribes the node.
+            Entry::Vacant(_) => self.subscriber().subscribe(channel),
+            Entry::Occupied(known) if known.get().confirmed => Confirmation::confirmed(),
+            Entry::Occupied(_) => self.subscriber().confirmation(channel),
+        };
+        let entry = entry.or_insert_with(|| ChannelEntry { conns: ConnMap::default(), confirmed: false });
         entry.conns.insert(conn.id, conn);
-        if let Confirmation::Pending(pending) = &entry.confirmed
-            && matches!(pending.peek(), Some(Ok(())))
-        {
-            entry.confirmed = Confirmation::Done;
-        }
-        match &entry.confirmed {
-            Confirmation::Pending(pending) => Either::Left(pending.clone()),
-            Confirmation::Done => Either::Right(std::future::ready(Ok(()))),
-        }
-    }
-
-    /// Drops `channel`'s pending confirmation once it succeeded; called by a joiner that saw
-    /// it succeed.
-    pub fn settled(&self, channel: &ChannelName) {
-        let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
-        if let Some(entry) = shard.get_mut(channel)
-            && let Confirmation::Pending(pending) = &entry.confirmed
-            && matches!(pending.peek(), Some(Ok(())))
-        {
-            entry.confirmed = Confirmation::Done;
-        }
+        entry.confirmed = confirmation.is_confirmed();
+        confirmation
     }
 
     /// Removes connection `id` from `channel`; the last one out unsubscribes the node.

@@ -38,6 +38,7 @@ on_both_engines!(
     clients_publish_only_where_the_namespace_allows,
     unsubscribed_clients_stop_receiving,
     channels_in_the_connect_url_are_live_at_connected,
+    clients_joining_a_new_channel_together_are_each_live_when_answered,
 );
 
 /// 100 clients over two gateways in one room get every message published over HTTP and gRPC
@@ -246,4 +247,35 @@ async fn channels_in_the_connect_url_are_live_at_connected(engine: Engine) {
     let (_, hello) =
         herald_testkit::WsClient::connect(&cluster.gateways[0].url(&cluster.token("v"))).await.unwrap();
     assert!(hello.get("channels").is_none(), "{hello}");
+}
+
+/// Forty clients join a channel no one had, all at once, on one gateway: one subscribes the
+/// node and the others join while its confirmation is on the way. Each publishes the moment
+/// it is answered (`connected` for the URL's channels, `subscribed` for a frame) and must
+/// receive its own message. (`redis_outage.rs` holds Redis's answer back to show that the
+/// later joiners wait for it; here they race for real.)
+async fn clients_joining_a_new_channel_together_are_each_live_when_answered(engine: Engine) {
+    let cluster = Cluster::start(engine, 1).await;
+    let clients = (0..40).map(|i| {
+        let cluster = &cluster;
+        async move {
+            let token = cluster.token(&format!("u{i}"));
+            let mut client = if i % 2 == 0 {
+                let url = format!("{}&subscribe=room:together", cluster.gateways[0].url(&token));
+                herald_testkit::WsClient::connect(&url).await.unwrap().0
+            } else {
+                let mut client = cluster.connect(0, &format!("u{i}")).await;
+                client.subscribe("room:together").await.unwrap();
+                client
+            };
+            cluster.publish_http("room:together", json!(i)).await;
+            loop {
+                let got = recv_messages(&mut client, 1).await;
+                if got[0]["data"] == i {
+                    break;
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(clients).await;
 }

@@ -1,5 +1,6 @@
 //! Redis going away and coming back, with real processes: the harness SIGKILLs redis-server and
-//! starts it again on the same port.
+//! starts it again on the same port. And Redis answering late: `CLIENT PAUSE` holds its
+//! replies.
 
 mod common;
 
@@ -56,4 +57,32 @@ async fn gateways_resubscribe_after_redis_restarts() {
     let got = recv_messages(&mut a, 2).await;
     assert_eq!((got[0]["data"].clone(), got[1]["data"].clone()), (json!(3), json!(4)));
     cluster.connect(0, "carol").await;
+}
+
+/// Redis holds every command for 1.2 seconds (`CLIENT PAUSE ... ALL`) while two clients
+/// subscribe to a channel no one had: the first one's subscribe sends the node's `SUBSCRIBE`,
+/// the second joins while its confirmation is on the way. Neither is answered `subscribed`
+/// before Redis confirmed (the gateway waits at most 2 s here), and both get the next
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_joining_a_channel_are_answered_once_redis_confirmed_it() {
+    let mut cluster = Cluster::start(Engine::Redis, 1).await;
+    let mut a = cluster.connect(0, "alice").await;
+    let mut b = cluster.connect(0, "bob").await;
+    assert_eq!(cluster.redis().command(&["CLIENT", "PAUSE", "1200", "ALL"]).await, "+OK");
+    a.send_json(json!({"type": "subscribe", "channel": "room:late"})).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.send_json(json!({"type": "subscribe", "channel": "room:late"})).await.unwrap();
+    for client in [&mut a, &mut b] {
+        let early = client.recv_within(Duration::from_millis(300)).await;
+        assert!(early.is_err(), "answered while Redis held the subscription: {early:?}");
+    }
+    for client in [&mut a, &mut b] {
+        let reply = client.recv().await.unwrap();
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+    cluster.publish_http("room:late", json!("live")).await;
+    for client in [&mut a, &mut b] {
+        assert_eq!(recv_messages(client, 1).await[0]["data"], "live");
+    }
 }
