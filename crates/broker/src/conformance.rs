@@ -68,6 +68,21 @@ fn ch(name: &str) -> ChannelName {
     ChannelName::parse(name).unwrap()
 }
 
+/// Asserts that `node` no longer receives `room`, after an unsubscribe: a subscribe to
+/// `barrier` confirmed after the unsubscribe was issued proves the engine processed it.
+async fn assert_stopped(
+    broker: &Arc<dyn Broker>,
+    node: &Arc<dyn Subscriber>,
+    got: &Collector,
+    room: &ChannelName,
+    barrier: &ChannelName,
+) {
+    node.subscribe(barrier).await.unwrap();
+    got.clear();
+    broker.publish(room, Bytes::from_static(b"gone")).await.unwrap();
+    assert!(got.settled().await.is_empty(), "received {room} after its last unsubscribe");
+}
+
 /// Runs every check of the suite against `broker`. Channel names are made unique with
 /// `tag`, so suites may share a backend.
 pub async fn run_all(broker: Arc<dyn Broker>, tag: &str) {
@@ -113,10 +128,7 @@ pub async fn subscriptions_are_counted(broker: &Arc<dyn Broker>, tag: &str) {
     broker.publish(&room, Bytes::from_static(b"still")).await.unwrap();
     assert_eq!(got.wait_for(1).await[0].1, Bytes::from_static(b"still"));
     node.unsubscribe(&room);
-    node.subscribe(&ch(&format!("conf{tag}:barrier2"))).await.unwrap();
-    got.clear();
-    broker.publish(&room, Bytes::from_static(b"gone")).await.unwrap();
-    assert!(got.settled().await.is_empty(), "received after the last unsubscribe");
+    assert_stopped(broker, &node, &got, &room, &ch(&format!("conf{tag}:barrier2"))).await;
     assert_eq!(node.active_channels(), 2);
     node.close();
 }
@@ -135,10 +147,7 @@ pub async fn a_confirmation_adds_no_interest(broker: &Arc<dyn Broker>, tag: &str
     broker.publish(&room, Bytes::from_static(b"live")).await.unwrap();
     assert_eq!(got.wait_for(1).await[0].1, Bytes::from_static(b"live"));
     node.unsubscribe(&room);
-    node.subscribe(&ch(&format!("conf{tag}:confirmation-barrier"))).await.unwrap();
-    got.clear();
-    broker.publish(&room, Bytes::from_static(b"gone")).await.unwrap();
-    assert!(got.settled().await.is_empty(), "received after the only unsubscribe");
+    assert_stopped(broker, &node, &got, &room, &ch(&format!("conf{tag}:confirmation-barrier"))).await;
     assert_eq!(node.active_channels(), 1);
     node.close();
 }

@@ -259,6 +259,11 @@ pub(super) struct RedisSubscriber {
 }
 
 impl RedisSubscriber {
+    /// `channel`'s name in Redis.
+    fn key(&self, channel: &ChannelName) -> String {
+        format!("{}{}", self.prefix, channel.as_str())
+    }
+
     /// Waits for `confirmed`, at most the subscribe timeout.
     fn wait(&self, channel: &ChannelName, confirmed: oneshot::Receiver<()>) -> Confirmation {
         let timeout = self.shared.subscribe_timeout;
@@ -278,7 +283,7 @@ impl RedisSubscriber {
 
 impl Subscriber for RedisSubscriber {
     fn subscribe(&self, channel: &ChannelName) -> Confirmation {
-        let key = format!("{}{}", self.prefix, channel.as_str());
+        let key = self.key(channel);
         let (tx, rx) = oneshot::channel();
         if self.shared.lock().want(&key, tx) {
             return Confirmation::confirmed();
@@ -288,7 +293,7 @@ impl Subscriber for RedisSubscriber {
     }
 
     fn confirmation(&self, channel: &ChannelName) -> Confirmation {
-        let key = format!("{}{}", self.prefix, channel.as_str());
+        let key = self.key(channel);
         let (tx, rx) = oneshot::channel();
         if self.shared.lock().wait(&key, tx) {
             return Confirmation::confirmed();
@@ -297,7 +302,7 @@ impl Subscriber for RedisSubscriber {
     }
 
     fn unsubscribe(&self, channel: &ChannelName) {
-        let key = format!("{}{}", self.prefix, channel.as_str());
+        let key = self.key(channel);
         if self.shared.lock().unwant(&key) {
             self.shared.wake.notify_one();
         }
