@@ -1,6 +1,6 @@
 //! How a gateway node's Pub/Sub connection talks to a real redis-server: subscriptions that
-//! arrive while a command is in flight share the next command, and interleaved subscribes and
-//! unsubscribes settle on exactly what is wanted.
+//! arrive while a command is in flight, or soon after one left, share the next command, and
+//! interleaved subscribes and unsubscribes settle on exactly what is wanted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +12,11 @@ use herald_testkit::RedisServer;
 const CHANNELS: usize = 2000;
 
 async fn live_node(redis: &RedisServer) -> (Arc<dyn Broker>, Arc<dyn herald_broker::Subscriber>) {
-    let broker: Arc<dyn Broker> =
-        Arc::new(RedisBroker::new(RedisConfig { url: redis.url(), ..Default::default() }).unwrap());
+    live_node_with(RedisConfig { url: redis.url(), ..Default::default() }).await
+}
+
+async fn live_node_with(config: RedisConfig) -> (Arc<dyn Broker>, Arc<dyn herald_broker::Subscriber>) {
+    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::new(config).unwrap());
     let (node, _) = conformance::node(&broker);
     let mut status = node.status();
     tokio::time::timeout(Duration::from_secs(5), status.wait_for(|live| *live)).await.unwrap().unwrap();
@@ -67,6 +70,44 @@ async fn subscribes_arriving_during_a_command_share_the_next() {
     // The first channel's command, then the rest in commands of at most 512 channels.
     assert!(commands <= 1 + CHANNELS.div_ceil(512), "{commands} SUBSCRIBE commands for {CHANNELS} channels");
     node.close();
+}
+
+/// A subscribe after a quiet spell leaves at once; the ones that follow it within
+/// `subscribe_batch_interval`, each arriving after the last was confirmed, are held and leave
+/// together when the interval is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_soon_after_a_command_wait_for_the_interval_and_share_one() {
+    let redis = RedisServer::start().await;
+    let interval = Duration::from_secs(2);
+    let config = RedisConfig { url: redis.url(), subscribe_batch_interval: interval, ..Default::default() };
+    let (_broker, node) = live_node_with(config).await;
+    let started = Instant::now();
+    node.subscribe(&channel(0)).await.unwrap();
+    let first = started.elapsed();
+    assert!(first < interval / 2, "the first subscribe was held for {first:?}");
+
+    let later: Vec<_> = (1..=20).map(channel).collect();
+    let mut pending = Vec::new();
+    for channel in &later {
+        pending.push(node.subscribe(channel));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(node.active_channels(), 1, "a held subscribe left before the interval was over");
+    for confirmed in futures_util::future::join_all(pending).await {
+        confirmed.unwrap();
+    }
+    assert!(started.elapsed() >= interval, "held for {:?}", started.elapsed());
+    assert_eq!(node.active_channels(), 1 + later.len());
+    assert_eq!(calls(&redis, "subscribe").await, 2);
+    node.close();
+}
+
+#[test]
+fn the_batch_interval_is_shorter_than_the_subscribe_timeout() {
+    let config = RedisConfig { subscribe_batch_interval: Duration::from_secs(5), ..Default::default() };
+    let error = config.validate().unwrap_err();
+    assert!(error.starts_with("redis.subscribe_batch_interval:"), "{error}");
+    RedisConfig::default().validate().unwrap();
 }
 
 /// Interest that comes and goes while commands are in flight ends with Redis subscribed to

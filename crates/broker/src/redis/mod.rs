@@ -46,6 +46,11 @@ pub struct RedisConfig {
     /// How long a client's subscribe waits for Redis to confirm before it gets `unavailable`.
     #[serde(with = "humantime_serde")]
     pub subscribe_timeout: Duration,
+    /// Least time between two batches of `SUBSCRIBE`/`UNSUBSCRIBE` commands on a gateway's
+    /// Pub/Sub connection. A subscribe leaves at once when no batch left within this time;
+    /// in a burst, channels gather for up to this long and Redis gets fewer, larger commands.
+    #[serde(with = "humantime_serde")]
+    pub subscribe_batch_interval: Duration,
     /// First delay before reconnecting the Pub/Sub connection; it doubles up to `reconnect_max`.
     #[serde(with = "humantime_serde")]
     pub reconnect_min: Duration,
@@ -78,6 +83,7 @@ impl std::fmt::Debug for RedisConfig {
             connect_timeout,
             response_timeout,
             subscribe_timeout,
+            subscribe_batch_interval,
             reconnect_min,
             reconnect_max,
             ping_interval,
@@ -92,6 +98,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("connect_timeout", connect_timeout)
             .field("response_timeout", response_timeout)
             .field("subscribe_timeout", subscribe_timeout)
+            .field("subscribe_batch_interval", subscribe_batch_interval)
             .field("reconnect_min", reconnect_min)
             .field("reconnect_max", reconnect_max)
             .field("ping_interval", ping_interval)
@@ -109,6 +116,9 @@ impl RedisConfig {
         let client = redis::Client::open(self.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
         if !matches!(client.get_connection_info().addr(), redis::ConnectionAddr::Tcp(..)) {
             return Err("redis.url: only redis://host:port URLs are supported".into());
+        }
+        if self.subscribe_batch_interval >= self.subscribe_timeout {
+            return Err("redis.subscribe_batch_interval: must be shorter than redis.subscribe_timeout".into());
         }
         match (&self.sentinel_master, self.sentinel_addresses.is_empty()) {
             (Some(_), true) => {
@@ -176,6 +186,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             subscribe_timeout: Duration::from_secs(5),
+            subscribe_batch_interval: Duration::from_millis(2),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             ping_interval: Duration::from_secs(5),

@@ -7,11 +7,13 @@
 //! confirmation arrived, and a confirmation that no longer matches what is wanted marks the
 //! channel dirty again. After a reconnect everything wanted is dirty, so it is resubscribed.
 //!
-//! One batch of commands is in flight at a time: channels that turn dirty while Redis has
-//! not confirmed the last batch wait for it and then go out together. A lone subscribe
-//! leaves at once; in a burst of connections (a deploy, a reconnect storm) each command
-//! carries everything that arrived during one round trip, instead of one command per
-//! connection.
+//! One batch of commands is in flight at a time, and batches leave at least
+//! `redis.subscribe_batch_interval` apart: channels that turn dirty while Redis has not
+//! confirmed the last batch, or sooner than that after it left, wait and then go out
+//! together. A lone subscribe leaves at once; in a burst of connections (a deploy, a
+//! reconnect storm) each command carries everything that arrived meanwhile, instead of one
+//! command per connection. Redis spends about as much on a command's reading and answering
+//! as on each channel in it, and it is shared by every gateway.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -404,7 +406,13 @@ impl NodeTask {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut awaiting_pong: Option<Instant> = None;
         let prefix_len = self.config.prefix.len();
-        if let Err(e) = self.reconcile(&mut conn).await {
+        // When the last batch of commands left; until `subscribe_batch_interval` after it,
+        // wake-ups for new channels are held, and `hold` fires when the interval is over.
+        let mut last_batch: Option<Instant> = None;
+        let hold = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(hold);
+        let mut holding = false;
+        if let Err(e) = self.reconcile(&mut conn, &mut last_batch).await {
             return e.into();
         }
         loop {
@@ -435,8 +443,18 @@ impl NodeTask {
                     Ok(Event::Ok) => {}
                     Err(e) => return e.into(),
                 },
-                _ = self.shared.wake.notified() => {
-                    if let Err(e) = self.reconcile(&mut conn).await {
+                _ = self.shared.wake.notified(), if !holding => {
+                    let due = last_batch.map(|at| at + self.config.subscribe_batch_interval);
+                    if let Some(due) = due.filter(|due| *due > Instant::now()) {
+                        hold.as_mut().reset(due);
+                        holding = true;
+                    } else if let Err(e) = self.reconcile(&mut conn, &mut last_batch).await {
+                        return e.into();
+                    }
+                }
+                () = &mut hold, if holding => {
+                    holding = false;
+                    if let Err(e) = self.reconcile(&mut conn, &mut last_batch).await {
                         return e.into();
                     }
                 }
@@ -466,11 +484,19 @@ impl NodeTask {
 
     /// Sends the commands that bring Redis in line with the wanted channels, for every dirty
     /// channel, unless a batch is still in flight: then the dirty channels wait for its last
-    /// confirmation, which wakes the task again.
-    async fn reconcile(&self, conn: &mut PubSubConn) -> Result<(), RespError> {
+    /// confirmation, which wakes the task again. `last_batch` becomes now if commands left.
+    async fn reconcile(
+        &self,
+        conn: &mut PubSubConn,
+        last_batch: &mut Option<Instant>,
+    ) -> Result<(), RespError> {
         let Some(Commands { subscribe, unsubscribe }) = self.shared.lock().take_commands() else {
             return Ok(());
         };
+        if subscribe.is_empty() && unsubscribe.is_empty() {
+            return Ok(());
+        }
+        *last_batch = Some(Instant::now());
         for (command, keys) in [(&b"UNSUBSCRIBE"[..], unsubscribe), (&b"SUBSCRIBE"[..], subscribe)] {
             for chunk in keys.chunks(CHANNELS_PER_COMMAND) {
                 let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
