@@ -81,12 +81,14 @@ impl WsClient {
         }
     }
 
-    /// Sends `frame` and returns the reply (the next frame that is not a `message`).
+    /// Sends `frame` and returns the reply: the next frame that is not pushed on the server's
+    /// own accord (`message`, `join`, `leave`), since those may arrive at any point, even a
+    /// client's own join on a channel it subscribed to just before.
     pub async fn request(&mut self, frame: Value) -> anyhow::Result<Value> {
         self.send_json(frame).await?;
         loop {
             let v = self.recv().await?;
-            if v["type"] != "message" {
+            if !matches!(v["type"].as_str(), Some("message" | "join" | "leave")) {
                 return Ok(v);
             }
         }
