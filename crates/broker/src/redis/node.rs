@@ -171,7 +171,8 @@ impl SubState {
     }
 
     /// The channels to subscribe and to unsubscribe, now in flight, for every dirty channel
-    /// whose wanted and active state differ; `None` while a batch is still in flight.
+    /// whose wanted and active state differ; `None` while a batch is still in flight, or
+    /// when no channel needs a command.
     fn take_commands(&mut self) -> Option<Commands> {
         if self.in_flight > 0 {
             return None;
@@ -194,7 +195,7 @@ impl SubState {
             self.in_flight += 1;
             list.push(key);
         }
-        Some(commands)
+        (!commands.subscribe.is_empty() || !commands.unsubscribe.is_empty()).then_some(commands)
     }
 
     /// Records Redis's confirmation of a subscribe (`live`) or unsubscribe of `key`, and
@@ -493,9 +494,6 @@ impl NodeTask {
         let Some(Commands { subscribe, unsubscribe }) = self.shared.lock().take_commands() else {
             return Ok(());
         };
-        if subscribe.is_empty() && unsubscribe.is_empty() {
-            return Ok(());
-        }
         *last_batch = Some(Instant::now());
         for (command, keys) in [(&b"UNSUBSCRIBE"[..], unsubscribe), (&b"SUBSCRIBE"[..], subscribe)] {
             for chunk in keys.chunks(CHANNELS_PER_COMMAND) {
