@@ -3,9 +3,10 @@
 //!
 //! Layout, from the command line inwards:
 //! - [`args`]: the command line ([`BenchArgs`]): scenario, target, rates, sizes, PIDs.
-//! - [`run`]: the coordinator. It plans the run ([`plan`]), starts the workers, walks the
-//!   phases (connect; hold, or publish and drain), samples the servers ([`procstat`]) and
-//!   builds the [`report::Report`].
+//! - [`run`]: the coordinator. It plans the run ([`plan`]), starts the workers (`launch`),
+//!   walks the phases (connect; hold, or publish and drain; stop and collect), follows the
+//!   workers' events (`tally`), samples the servers ([`procstat`]) and has `assemble` build
+//!   the [`report::Report`] from what it measured.
 //! - [`worker`]: opens a share of the connections, in this process or in a worker process
 //!   (the same binary, `herald bench worker`, talking JSON lines over stdin and stdout),
 //!   because one process may only open so many sockets.
@@ -20,7 +21,9 @@
 //! event → coordinator → summary and JSON.
 
 pub mod args;
+mod assemble;
 mod client;
+mod launch;
 pub mod payload;
 pub mod plan;
 pub mod procstat;
@@ -28,6 +31,7 @@ pub mod publish;
 pub mod report;
 pub mod run;
 pub mod stats;
+mod tally;
 pub mod worker;
 
 pub use args::{BenchArgs, Scenario, Target, Via};
