@@ -18,8 +18,9 @@
 //! - [`config`]: [`PublisherConfig`]; [`server`]: [`serve`], which runs both listeners until
 //!   shutdown.
 //!
-//! Data flow of one publish: request → auth → draft → `Service::prepare` (validate + encode)
-//! → `Broker::publish` → reply with the message id. A batch is prepared completely before
+//! Data flow of one publish: request → auth → admission (limits in flight) → draft →
+//! `Service::prepare` (validate + encode) → the key's rate → `Broker::publish` → reply with the
+//! message id, or an error saying whether the message may have been published. A batch is prepared completely before
 //! anything is published, so one bad entry publishes nothing.
 
 use std::sync::Arc;

@@ -255,9 +255,12 @@ impl ConnTask {
             e = self.write_loop(write, &mut jobs) => e,
             e = self.read_loop(read) => e,
             e = self.watchdog() => e,
-            () = stop.cancelled() => "the broker was closed".to_string(),
+            () = stop.cancelled() => None,
         };
-        tracing::warn!(reason = %ended, "redis publishing connection closed");
+        match ended {
+            Some(reason) => tracing::warn!(%reason, "redis publishing connection lost"),
+            None => tracing::debug!("redis publishing connection closed"),
+        }
         closed.cancel();
         // Written jobs: their requesters see the reply slot dropped after `WRITTEN` and answer
         // "unknown". Queued jobs are dropped unwritten: "not sent".
@@ -266,7 +269,9 @@ impl ConnTask {
         while jobs.try_recv().is_ok() {}
     }
 
-    async fn write_loop(&self, mut write: OwnedWriteHalf, jobs: &mut mpsc::Receiver<Job>) -> String {
+    /// Writes jobs in order. Like the other parts of the task, it returns why the connection
+    /// failed, or `None` when it ended because the broker went away.
+    async fn write_loop(&self, mut write: OwnedWriteHalf, jobs: &mut mpsc::Receiver<Job>) -> Option<String> {
         while let Some(job) = jobs.recv().await {
             if job.state.compare_exchange(QUEUED, WRITTEN, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 continue;
@@ -280,31 +285,31 @@ impl ConnTask {
                 reply: job.reply,
             });
             if let Err(e) = write.write_all(&job.bytes).await {
-                return format!("write failed: {e}");
+                return Some(format!("write failed: {e}"));
             }
         }
-        "the broker was dropped".into()
+        None
     }
 
-    async fn read_loop(&self, mut read: OwnedReadHalf) -> String {
+    async fn read_loop(&self, mut read: OwnedReadHalf) -> Option<String> {
         let mut buf = BytesMut::with_capacity(4096);
         loop {
             loop {
                 let used = match frame_len(&buf) {
                     Ok(Some(used)) => used,
                     Ok(None) => break,
-                    Err(e) => return e.to_string(),
+                    Err(e) => return Some(e.to_string()),
                 };
                 let error = (buf[0] == b'-').then(|| String::from_utf8_lossy(&buf[1..used - 2]).into_owned());
                 buf.advance(used);
                 if let Err(e) = self.answer(error) {
-                    return e;
+                    return Some(e);
                 }
             }
             match read.read_buf(&mut buf).await {
-                Ok(0) => return "redis closed the connection".into(),
+                Ok(0) => return Some("redis closed the connection".into()),
                 Ok(_) => {}
-                Err(e) => return format!("read failed: {e}"),
+                Err(e) => return Some(format!("read failed: {e}")),
             }
         }
     }
@@ -332,14 +337,14 @@ impl ConnTask {
 
     /// Ends the connection once its oldest written job has waited `response_timeout` for its
     /// replies. Checked four times per `response_timeout`.
-    async fn watchdog(&self) -> String {
+    async fn watchdog(&self) -> Option<String> {
         let mut tick = tokio::time::interval(self.response_timeout / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let oldest = self.pending.lock().expect("pending lock poisoned").front().map(|p| p.written_at);
             if oldest.is_some_and(|at| at.elapsed() >= self.response_timeout) {
-                return "redis did not answer within redis.response_timeout".into();
+                return Some("redis did not answer within redis.response_timeout".into());
             }
         }
     }
