@@ -5,8 +5,8 @@
 //! - this file: the two traits. [`Broker`] publishes and hands out one [`Subscriber`] per
 //!   gateway node; the node's [`Delivery`] receives every message of the channels it subscribed.
 //! - [`memory`]: the in-process engine of the standalone mode. Delivery is a function call.
-//! - [`redis`]: the Redis Pub/Sub engine. Publishing goes over one multiplexed connection;
-//!   each node holds exactly one Pub/Sub connection, reconciles the channels it wants against
+//! - [`redis`]: the Redis Pub/Sub engine. Publishing goes over one pipelined connection whose
+//!   failures tell "not sent" from "sent, no answer"; each node holds exactly one Pub/Sub connection, reconciles the channels it wants against
 //!   the ones Redis confirmed, and resubscribes everything after a reconnect.
 //! - [`conformance`]: the behaviour both engines promise, as a test suite run against each.
 //!
@@ -34,9 +34,15 @@ pub use redis::{RedisBroker, RedisConfig};
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The engine cannot reach its backend. Nothing was published.
+    /// The engine cannot reach its backend, or the backend refused the command. Nothing was
+    /// published: retrying is safe.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The command went out and no answer came in time (or the connection broke before it
+    /// did): the messages may or may not have been published. `confirmed` counts the messages
+    /// of a batch known to be published; the rest are unknown. A retry may publish twice.
+    #[error("broker outcome unknown, {confirmed} message(s) confirmed: {reason}")]
+    OutcomeUnknown { confirmed: usize, reason: String },
     /// The subscription was not confirmed in time (typically: Redis is down).
     #[error("subscription to {0} was not confirmed in time")]
     SubscribeTimeout(ChannelName),
@@ -59,10 +65,14 @@ pub trait Delivery: Send + Sync + 'static {
 /// The publishing side of an engine, and the factory of node subscribers.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes one encoded message. Returns once the backend accepted it.
+    /// Publishes one encoded message. Returns once the backend accepted it. An error says
+    /// whether the message may have been published ([`BrokerError::OutcomeUnknown`]) or
+    /// certainly was not ([`BrokerError::Unavailable`]).
     async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError>;
 
-    /// Publishes several messages in order, in one round trip where the engine allows it.
+    /// Publishes several messages in order, in as few round trips as the engine allows
+    /// (the Redis engine splits a large batch into bounded pipelines so other publishes
+    /// interleave). Errors as for [`Broker::publish`].
     async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError>;
 
     /// Starts this node's subscription side. A gateway calls it once; every message of a

@@ -37,6 +37,12 @@ pub enum ErrorCode {
     TokenExpired,
     /// The broker (Redis) cannot be reached; nothing was published. Safe to retry.
     Unavailable,
+    /// The publish went out to the broker and no answer came in time: it may or may not have
+    /// taken effect. A retry may publish twice.
+    OutcomeUnknown,
+    /// The server is at a limit of work in flight (requests or bytes); nothing happened.
+    /// Retry after the `Retry-After` delay.
+    Overloaded,
     /// The client did not read its messages fast enough and its queue overflowed.
     SlowConsumer,
     /// The client stopped answering the server's pings.
@@ -71,7 +77,7 @@ impl CloseCode {
 
 impl ErrorCode {
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::MalformedFrame,
         Self::UnknownType,
         Self::InvalidChannel,
@@ -85,6 +91,8 @@ impl ErrorCode {
         Self::Unauthorized,
         Self::TokenExpired,
         Self::Unavailable,
+        Self::OutcomeUnknown,
+        Self::Overloaded,
         Self::SlowConsumer,
         Self::HeartbeatTimeout,
         Self::ShuttingDown,
@@ -107,6 +115,8 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::TokenExpired => "token_expired",
             Self::Unavailable => "unavailable",
+            Self::OutcomeUnknown => "outcome_unknown",
+            Self::Overloaded => "overloaded",
             Self::SlowConsumer => "slow_consumer",
             Self::HeartbeatTimeout => "heartbeat_timeout",
             Self::ShuttingDown => "shutting_down",
@@ -124,7 +134,8 @@ impl ErrorCode {
             Self::MessageTooLarge | Self::BatchTooLarge => 413,
             Self::LimitExceeded => 429,
             Self::Unauthorized | Self::TokenExpired => 401,
-            Self::Unavailable | Self::ShuttingDown => 503,
+            Self::Unavailable | Self::ShuttingDown | Self::Overloaded => 503,
+            Self::OutcomeUnknown => 504,
             Self::SlowConsumer | Self::HeartbeatTimeout => 408,
             Self::Internal => 500,
         }
@@ -150,8 +161,8 @@ impl ErrorCode {
             Self::NotSubscribed => FAILED_PRECONDITION,
             Self::MessageTooLarge | Self::BatchTooLarge | Self::LimitExceeded => RESOURCE_EXHAUSTED,
             Self::Unauthorized | Self::TokenExpired => UNAUTHENTICATED,
-            Self::Unavailable | Self::ShuttingDown => UNAVAILABLE,
-            Self::SlowConsumer | Self::HeartbeatTimeout => DEADLINE_EXCEEDED,
+            Self::Unavailable | Self::ShuttingDown | Self::Overloaded => UNAVAILABLE,
+            Self::SlowConsumer | Self::HeartbeatTimeout | Self::OutcomeUnknown => DEADLINE_EXCEEDED,
             Self::Internal => INTERNAL,
         }
     }

@@ -25,9 +25,23 @@ pub struct PublisherConfig {
     /// Largest `data` of one message, in bytes of JSON text. It bounds what every subscriber's
     /// socket and queue must carry per message.
     pub max_message_size: usize,
-    /// Most messages in one batch request. With `max_message_size` it bounds the size of one
-    /// request body, and the time one broker round trip takes.
+    /// Most messages in one batch request.
     pub max_batch: usize,
+    /// Largest body of a batch request (HTTP) and largest gRPC request message, in bytes. It
+    /// is also the most a single request can hold of `max_bytes_in_flight`.
+    pub max_batch_body_size: usize,
+    /// Most requests (HTTP and gRPC together) one replica works on at once; more are refused
+    /// at once with `overloaded`, never queued.
+    pub max_requests_in_flight: usize,
+    /// Most bytes of request bodies beyond the single-message body limit one replica holds at
+    /// once (in practice: batches). A request that would go over is refused with `overloaded`.
+    pub max_bytes_in_flight: usize,
+    /// Messages per second each API key may publish on this replica (a batch counts each of
+    /// its messages); `0` turns rate limiting off.
+    pub rate_limit: u32,
+    /// Messages a key may publish at once after a quiet spell: the depth of its token bucket.
+    /// At least `max_batch`, so a full batch can pass.
+    pub rate_burst: u32,
 }
 
 impl Default for PublisherConfig {
@@ -38,6 +52,11 @@ impl Default for PublisherConfig {
             api_keys: Vec::new(),
             max_message_size: 64 * 1024,
             max_batch: 1000,
+            max_batch_body_size: 16 * 1024 * 1024,
+            max_requests_in_flight: 512,
+            max_bytes_in_flight: 32 * 1024 * 1024,
+            rate_limit: 20_000,
+            rate_burst: 20_000,
         }
     }
 }
@@ -67,6 +86,28 @@ impl PublisherConfig {
         }
         if self.max_batch == 0 {
             return Err("publisher.max_batch: must be greater than 0".into());
+        }
+        if self.max_batch_body_size == 0 {
+            return Err("publisher.max_batch_body_size: must be greater than 0".into());
+        }
+        if self.max_requests_in_flight == 0 {
+            return Err("publisher.max_requests_in_flight: must be greater than 0".into());
+        }
+        if self.max_bytes_in_flight < self.max_batch_body_size {
+            return Err(format!(
+                "publisher.max_bytes_in_flight: must be at least publisher.max_batch_body_size ({}), \
+                 or the largest batch could never be taken",
+                self.max_batch_body_size
+            ));
+        }
+        if u32::try_from(self.max_bytes_in_flight).is_err() {
+            return Err("publisher.max_bytes_in_flight: must be below 4 GiB".into());
+        }
+        if self.rate_limit > 0 && (self.rate_burst as usize) < self.max_batch {
+            return Err(format!(
+                "publisher.rate_burst: must be at least publisher.max_batch ({}), or a full batch could never pass",
+                self.max_batch
+            ));
         }
         if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
             return Err(format!(
@@ -103,6 +144,13 @@ mod tests {
         assert!(batch.validate().unwrap_err().starts_with("publisher.max_batch:"));
         let size = PublisherConfig { max_message_size: 0, ..valid() };
         assert!(size.validate().unwrap_err().starts_with("publisher.max_message_size:"));
+        let burst = PublisherConfig { rate_burst: 10, ..valid() };
+        assert!(burst.validate().unwrap_err().starts_with("publisher.rate_burst:"));
+        assert_eq!(PublisherConfig { rate_burst: 10, rate_limit: 0, ..valid() }.validate(), Ok(()));
+        let bytes = PublisherConfig { max_bytes_in_flight: 1024, ..valid() };
+        assert!(bytes.validate().unwrap_err().starts_with("publisher.max_bytes_in_flight:"));
+        let requests = PublisherConfig { max_requests_in_flight: 0, ..valid() };
+        assert!(requests.validate().unwrap_err().starts_with("publisher.max_requests_in_flight:"));
         let same = PublisherConfig { grpc_listen: valid().http_listen, ..valid() };
         assert!(same.validate().unwrap_err().starts_with("publisher.grpc_listen:"));
     }

@@ -16,6 +16,22 @@ pub enum ApiError {
     /// retried. The cause is logged where it happened, not shown to the caller.
     #[error("the broker is unavailable, nothing was published; retry later")]
     Unavailable(#[source] BrokerError),
+    /// The broker got the message(s) and did not answer in time: they may or may not have
+    /// been published. Saying `unavailable` here would invite a retry that publishes twice.
+    #[error(
+        "the broker did not answer in time: {confirmed} of {total} message(s) are confirmed published, \
+         the rest may or may not have been; a retry may publish them twice"
+    )]
+    OutcomeUnknown {
+        confirmed: usize,
+        total: usize,
+        #[source]
+        source: BrokerError,
+    },
+    /// A limit of the replica or of the caller's key; nothing happened. The caller should wait
+    /// `retry_after` (sent as `Retry-After`) before trying again.
+    #[error("{message}")]
+    Limited { code: ErrorCode, message: String, retry_after: std::time::Duration },
 }
 
 impl ApiError {
@@ -29,6 +45,16 @@ impl ApiError {
     }
 
     /// Missing or wrong credentials.
+    /// The error for a failed broker publish of `total` messages.
+    pub fn broker(e: BrokerError, total: usize) -> Self {
+        match e {
+            BrokerError::OutcomeUnknown { confirmed, .. } => {
+                Self::OutcomeUnknown { confirmed, total, source: e }
+            }
+            e => Self::Unavailable(e),
+        }
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(ErrorCode::Unauthorized, "a valid API key is required: `Authorization: Bearer <key>`")
     }
@@ -37,6 +63,8 @@ impl ApiError {
         match self {
             Self::Request { code, .. } => *code,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
+            Self::Limited { code, .. } => *code,
         }
     }
 
@@ -55,6 +83,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
         let mut response = herald_api_common::error_response(code, &self.to_string());
+        if let Self::Limited { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry_after.as_secs().max(1).into());
+        }
         // Read by the metrics middleware, which labels requests by error code.
         response.extensions_mut().insert(code);
         response
@@ -63,7 +96,11 @@ impl IntoResponse for ApiError {
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        tonic::Status::new(tonic::Code::from_i32(e.code().grpc_code()), e.to_string())
+        let mut status = tonic::Status::new(tonic::Code::from_i32(e.code().grpc_code()), e.to_string());
+        if let ApiError::Limited { retry_after, .. } = &e {
+            status.metadata_mut().insert("retry-after", retry_after.as_secs().max(1).into());
+        }
+        status
     }
 }
 
@@ -85,5 +122,9 @@ mod tests {
         let status = tonic::Status::from(ApiError::Unavailable(BrokerError::Unavailable("down".into())));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(!status.message().contains("down"), "the cause is logged, not shown");
+        let unknown = BrokerError::OutcomeUnknown { confirmed: 2, reason: "no answer".into() };
+        let status = tonic::Status::from(ApiError::broker(unknown, 5));
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(status.message().contains("2 of 5"), "{}", status.message());
     }
 }

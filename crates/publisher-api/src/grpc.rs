@@ -1,33 +1,149 @@
 //! The gRPC transport: the generated `Publisher` service, implemented over the same
 //! [`Service`](crate::service::Service) as HTTP.
 //!
-//! The API key is checked by an interceptor ([`RequireApiKey`]), which runs before the request
-//! message is decoded. The generated request types are converted into [`Draft`]s here, at the
+//! Every call first passes [`Guarded`], which admits it under the replica's limits and meters
+//! the request body as it arrives (both before the message is decoded), and which gives the
+//! errors tonic itself produces our documented codes: a message that does not decode is
+//! INVALID_ARGUMENT (`malformed_frame`), not INTERNAL; one over the size limit is
+//! RESOURCE_EXHAUSTED (`message_too_large`), not OUT_OF_RANGE. The API key is then checked by
+//! an interceptor ([`RequireApiKey`]), which also runs before the request message is decoded. The generated request types are converted into [`Draft`]s here, at the
 //! edge (`data` is checked to be JSON text on the way), and nothing past this file sees a `pb`
 //! type.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use herald_protocol::ErrorCode;
+use tonic::body::Body;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::Shared;
 use crate::error::ApiError;
+use crate::limits::{KeyId, Metered};
 use crate::pb;
-use crate::service::{Draft, Target, json_data};
+use crate::service::{Draft, Prepared, Target, json_data};
 
 /// The complete gRPC service as [`PublisherApi::grpc_service`](crate::PublisherApi::grpc_service)
-/// returns it: the generated server behind the API key check. Add it to a
+/// returns it: the generated server behind the API key check, behind the limits. Add it to a
 /// `tonic::transport::Server` with `add_service`.
 pub type GrpcService =
-    InterceptedService<pb::publisher_server::PublisherServer<GrpcPublisher>, RequireApiKey>;
+    Guarded<InterceptedService<pb::publisher_server::PublisherServer<GrpcPublisher>, RequireApiKey>>;
 
 /// Builds the service, accepting request messages up to `max_message` bytes.
 pub(crate) fn service(shared: Arc<Shared>, max_message: usize) -> GrpcService {
     let keys = RequireApiKey { shared: shared.clone() };
-    let server = pb::publisher_server::PublisherServer::new(GrpcPublisher { shared })
+    let server = pb::publisher_server::PublisherServer::new(GrpcPublisher { shared: shared.clone() })
         .max_decoding_message_size(max_message);
-    InterceptedService::new(server, keys)
+    Guarded { inner: InterceptedService::new(server, keys), shared }
+}
+
+/// Admits each call under the replica's limits before anything is read, meters its body, and
+/// maps tonic's own decoding errors to the documented codes.
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<Body>> for Guarded<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The clone that was driven to readiness serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let method = request.uri().path().rsplit('/').next().unwrap_or("*").to_string();
+            let started = std::time::Instant::now();
+            let ticket = match shared.limits.admit(None, &shared.metrics, "grpc") {
+                Ok(ticket) => ticket,
+                Err(e) => {
+                    shared.metrics.record("grpc", &method, e.code().as_str(), started);
+                    return Ok(Status::from(e).into_http());
+                }
+            };
+            let authorization = request.headers().get("authorization").map(|v| v.as_bytes());
+            let key = shared.limits.key_of(authorization);
+            let (mut parts, body) = request.into_parts();
+            parts.extensions.insert(key);
+            let body = Body::new(Metered::new(body, ticket.clone(), bytes_in_flight));
+            let response = inner.call(http::Request::from_parts(parts, body)).await?;
+            // The call's slot and bytes are given back once it is answered.
+            drop(ticket);
+            Ok(remap(response, &shared, &method, started))
+        })
+    }
+}
+
+/// The status a [`Metered`] gRPC body fails with; tonic passes it on to the caller as it is.
+fn bytes_in_flight() -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(Status::from(ApiError::Limited {
+        code: ErrorCode::Overloaded,
+        message: "the replica is at publisher.max_bytes_in_flight; nothing was published, retry later".into(),
+        retry_after: crate::limits::OVERLOADED_RETRY_AFTER,
+    }))
+}
+
+/// Replaces the codes tonic gives errors of its own (the handler never ran) by documented
+/// ones: INTERNAL from decoding a malformed message becomes INVALID_ARGUMENT, OUT_OF_RANGE
+/// for a message over the size limit becomes RESOURCE_EXHAUSTED. Such calls are recorded in
+/// the metrics here, as the handler that would record them never ran.
+fn remap<B>(
+    response: http::Response<B>,
+    shared: &Shared,
+    method: &str,
+    started: std::time::Instant,
+) -> http::Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let replaced = response.extensions().get::<Status>().and_then(|status| match status.code() {
+        Code::Internal => Some(ApiError::malformed(format!(
+            "the request message could not be decoded: {}",
+            status.message()
+        ))),
+        Code::OutOfRange => {
+            shared.metrics.limited("grpc", "body_size");
+            Some(ApiError::new(ErrorCode::MessageTooLarge, format!("message: {}", status.message())))
+        }
+        Code::Unavailable if status.metadata().contains_key("retry-after") => {
+            shared.metrics.limited("grpc", "bytes_in_flight");
+            None
+        }
+        _ => None,
+    });
+    match replaced {
+        Some(e) => {
+            shared.metrics.record("grpc", method, e.code().as_str(), started);
+            Status::from(e).into_http()
+        }
+        None => response.map(Body::new),
+    }
 }
 
 /// Refuses calls whose `authorization` metadata is not `Bearer <api key>` with
@@ -60,8 +176,13 @@ pub struct GrpcPublisher {
 }
 
 impl GrpcPublisher {
-    async fn publish_one(&self, draft: Result<Draft<'_>, ApiError>) -> Result<pb::PublishReply, ApiError> {
+    async fn publish_one(
+        &self,
+        key: Option<&KeyId>,
+        draft: Result<Draft<'_>, ApiError>,
+    ) -> Result<pb::PublishReply, ApiError> {
         let prepared = self.shared.service.prepare(draft?)?;
+        self.shared.limits.take(key, 1, &self.shared.metrics, "grpc")?;
         let id = self.shared.service.publish(prepared).await?;
         Ok(pb::PublishReply { id })
     }
@@ -87,6 +208,24 @@ impl GrpcPublisher {
         }
         Ok(response)
     }
+}
+
+/// Checks and encodes every message of a batch; errors name the entry.
+fn prepare_batch(shared: &Shared, messages: &[pb::PublishRequest]) -> Result<Vec<Prepared>, ApiError> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            Draft::try_from(m)
+                .and_then(|d| shared.service.prepare(d))
+                .map_err(|e| e.at(&format!("messages[{i}]")))
+        })
+        .collect()
+}
+
+/// The API key a call authenticated with, as [`Guarded`] found it.
+fn key<M>(request: &Request<M>) -> Option<&KeyId> {
+    request.extensions().get::<Option<KeyId>>().and_then(Option::as_ref)
 }
 
 impl<'a> TryFrom<&'a pb::PublishRequest> for Draft<'a> {
@@ -120,27 +259,30 @@ impl pb::publisher_server::Publisher for GrpcPublisher {
         &self,
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
-        self.observed("Publish", &request, self.publish_one(Draft::try_from(request.get_ref()))).await
+        let work = self.publish_one(key(&request), Draft::try_from(request.get_ref()));
+        self.observed("Publish", &request, work).await
     }
 
     async fn publish_batch(
         &self,
-        request: Request<pb::PublishBatchRequest>,
+        mut request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchReply>, Status> {
+        let messages = std::mem::take(&mut request.get_mut().messages);
         let work = async {
-            let service = &self.shared.service;
-            let messages = &request.get_ref().messages;
-            service.check_batch_len(messages.len())?;
-            let prepared = messages
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    Draft::try_from(m)
-                        .and_then(|d| service.prepare(d))
-                        .map_err(|e| e.at(&format!("messages[{i}]")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let ids = service.publish_batch(prepared).await?;
+            let shared = &self.shared;
+            shared.service.check_batch_len(messages.len())?;
+            // As over HTTP: checking megabytes of JSON happens off the async workers.
+            let size: usize = messages.iter().map(|m| m.data.len()).sum();
+            let prepared = if size > shared.limits.single_body {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || prepare_batch(&shared, &messages)).await.map_err(
+                    |e| ApiError::new(ErrorCode::Internal, format!("preparing the batch failed: {e}")),
+                )??
+            } else {
+                prepare_batch(shared, &messages)?
+            };
+            shared.limits.take(key(&request), prepared.len(), &shared.metrics, "grpc")?;
+            let ids = shared.service.publish_batch(prepared).await?;
             Ok(pb::PublishBatchReply { ids })
         };
         self.observed("PublishBatch", &request, work).await
@@ -150,13 +292,15 @@ impl pb::publisher_server::Publisher for GrpcPublisher {
         &self,
         request: Request<pb::BroadcastRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
-        self.observed("Broadcast", &request, self.publish_one(Draft::try_from(request.get_ref()))).await
+        let work = self.publish_one(key(&request), Draft::try_from(request.get_ref()));
+        self.observed("Broadcast", &request, work).await
     }
 
     async fn notify(
         &self,
         request: Request<pb::NotifyRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
-        self.observed("Notify", &request, self.publish_one(Draft::try_from(request.get_ref()))).await
+        let work = self.publish_one(key(&request), Draft::try_from(request.get_ref()));
+        self.observed("Notify", &request, work).await
     }
 }

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 
 use crate::Shared;
 use crate::error::ApiError;
-use crate::service::{Draft, Target};
+use crate::limits::{BytesInFlight, KeyId, Metered};
+use crate::service::{Draft, Prepared, Target};
 
 /// The HTTP API: `/v1/*` needs an API key, the probes do not.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -33,7 +34,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/publish/batch", post(publish_batch).layer(batch))
         .route("/v1/broadcast", post(broadcast).layer(single))
         .route("/v1/users/{user}/notify", post(notify).layer(single))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
     let v1 = v1.layer(middleware::from_fn_with_state(shared.clone(), observe));
     Router::new()
         .route("/livez", get(livez))
@@ -63,16 +64,50 @@ async fn observe(State(shared): State<Arc<Shared>>, request: Request, next: Next
     response
 }
 
-/// Refuses `/v1` requests without a valid API key, before their body is read.
-async fn require_api_key(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+/// Refuses `/v1` requests without a valid API key, with a `Content-Length` over the
+/// endpoint's body limit, or over the replica's limits in flight, all before their body is
+/// read; then meters the body as it arrives ([`crate::limits`]).
+async fn admit(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match crate::auth::check(&shared.keys, authorization) {
-        Ok(()) => next.run(request).await,
-        Err(e) => {
-            tracing::debug!(path = %request.uri().path(), "request without a valid api key");
-            e.into_response()
-        }
+    if let Err(e) = crate::auth::check(&shared.keys, authorization) {
+        tracing::debug!(path = %request.uri().path(), "request without a valid api key");
+        return e.into_response();
     }
+    let key = shared.limits.key_of(authorization);
+    let limit = if request.uri().path() == "/v1/publish/batch" {
+        shared.limits.batch_body
+    } else {
+        shared.limits.single_body
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if let Some(size) = declared.filter(|size| *size > limit) {
+        shared.metrics.limited("http", "body_size");
+        return too_large(size, limit).into_response();
+    }
+    let ticket = match shared.limits.admit(declared, &shared.metrics, "http") {
+        Ok(ticket) => ticket,
+        Err(e) => return e.into_response(),
+    };
+    let (mut parts, body) = request.into_parts();
+    parts.extensions.insert(key);
+    let body = Metered::new(body, ticket.clone(), || Box::new(BytesInFlight));
+    let request = Request::from_parts(parts, axum::body::Body::new(body));
+    let response = next.run(request).await;
+    // The request's slot and bytes are given back only now, once it is answered.
+    drop(ticket);
+    response
+}
+
+fn too_large(size: usize, limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::MessageTooLarge,
+        format!("body: is {size} bytes, larger than the limit of {limit} bytes"),
+    )
 }
 
 /// `POST /v1/publish` and one entry of `POST /v1/publish/batch`. Unknown fields are refused,
@@ -124,21 +159,46 @@ struct Status {
 
 async fn publish(
     State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Option<KeyId>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdReply>, ApiError> {
-    let body = read(body, shared.limits.single_body)?;
-    let req: PublishBody = parse(&body, "body")?;
-    let draft = Draft { target: Target::Channel(&req.channel), data: req.data, event: req.event.as_deref() };
-    let prepared = shared.service.prepare(draft)?;
+    let prepared = {
+        let body = read(body, &shared, shared.limits.single_body)?;
+        let req: PublishBody = parse(&body, "body")?;
+        let draft =
+            Draft { target: Target::Channel(&req.channel), data: req.data, event: req.event.as_deref() };
+        let prepared = shared.service.prepare(draft)?;
+        shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
+        prepared
+    };
     Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
 }
 
 async fn publish_batch(
     State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Option<KeyId>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdsReply>, ApiError> {
-    let body = read(body, shared.limits.batch_body)?;
-    let req: BatchBody = parse(&body, "body")?;
+    let body = read(body, &shared, shared.limits.batch_body)?;
+    // Parsing and encoding megabytes of JSON takes a while; off the async workers it cannot
+    // hold up the small requests they serve meanwhile. The body and everything borrowing from
+    // it are dropped before the broker round trips, so a batch holds its bytes only once while
+    // it is published.
+    let prepared = if body.len() > shared.limits.single_body {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || prepare_batch(&shared, &body))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("preparing the batch failed: {e}")))??
+    } else {
+        prepare_batch(&shared, &body)?
+    };
+    shared.limits.take(key.as_ref(), prepared.len(), &shared.metrics, "http")?;
+    Ok(Json(IdsReply { ids: shared.service.publish_batch(prepared).await? }))
+}
+
+/// Reads and checks every entry of a batch body, and encodes them.
+fn prepare_batch(shared: &Shared, body: &[u8]) -> Result<Vec<Prepared>, ApiError> {
+    let req: BatchBody = parse(body, "body")?;
     shared.service.check_batch_len(req.messages.len())?;
     let mut prepared = Vec::with_capacity(req.messages.len());
     for (i, entry) in req.messages.iter().enumerate() {
@@ -151,34 +211,44 @@ async fn publish_batch(
         };
         prepared.push(shared.service.prepare(draft).map_err(|e| e.at(&at))?);
     }
-    Ok(Json(IdsReply { ids: shared.service.publish_batch(prepared).await? }))
+    Ok(prepared)
 }
 
 async fn broadcast(
     State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Option<KeyId>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdReply>, ApiError> {
-    let body = read(body, shared.limits.single_body)?;
-    let req: PayloadBody = parse(&body, "body")?;
-    let prepared = shared.service.prepare(Draft {
-        target: Target::Broadcast,
-        data: req.data,
-        event: req.event.as_deref(),
-    })?;
+    let prepared = {
+        let body = read(body, &shared, shared.limits.single_body)?;
+        let req: PayloadBody = parse(&body, "body")?;
+        let prepared = shared.service.prepare(Draft {
+            target: Target::Broadcast,
+            data: req.data,
+            event: req.event.as_deref(),
+        })?;
+        shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
+        prepared
+    };
     Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
 }
 
 async fn notify(
     State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Option<KeyId>>,
     user: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IdReply>, ApiError> {
     let Path(user) =
         user.map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("user: {}", e.body_text())))?;
-    let body = read(body, shared.limits.single_body)?;
-    let req: PayloadBody = parse(&body, "body")?;
-    let draft = Draft { target: Target::User(&user), data: req.data, event: req.event.as_deref() };
-    let prepared = shared.service.prepare(draft)?;
+    let prepared = {
+        let body = read(body, &shared, shared.limits.single_body)?;
+        let req: PayloadBody = parse(&body, "body")?;
+        let draft = Draft { target: Target::User(&user), data: req.data, event: req.event.as_deref() };
+        let prepared = shared.service.prepare(draft)?;
+        shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
+        prepared
+    };
     Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
 }
 
@@ -200,10 +270,22 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// The body, or our JSON error instead of axum's plain-text rejection.
-fn read(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+/// The body, or our JSON error instead of axum's plain-text rejection. `limit` is the route's
+/// body limit, which axum applied.
+fn read(body: Result<Bytes, BytesRejection>, shared: &Shared, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
+        if caused_by::<BytesInFlight>(&rejection) {
+            shared.metrics.limited("http", "bytes_in_flight");
+            return ApiError::Limited {
+                code: ErrorCode::Overloaded,
+                message:
+                    "the replica is at publisher.max_bytes_in_flight; nothing was published, retry later"
+                        .into(),
+                retry_after: crate::limits::OVERLOADED_RETRY_AFTER,
+            };
+        }
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            shared.metrics.limited("http", "body_size");
             ApiError::new(
                 ErrorCode::MessageTooLarge,
                 format!("body: is larger than the limit of {limit} bytes"),
@@ -212,6 +294,18 @@ fn read(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiE
             ApiError::malformed(format!("body: could not be read: {}", rejection.body_text()))
         }
     })
+}
+
+/// Whether an `E` is somewhere in the chain of `error`'s sources.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Parses a JSON object, saying whether the text is not JSON at all or JSON of the wrong shape.

@@ -12,12 +12,15 @@
 //!   receive, and publishes the bytes through the [`Broker`].
 //! - [`error`]: [`ApiError`], shown as a JSON body over HTTP and as a status over gRPC, both
 //!   coded by the shared [`herald_protocol::ErrorCode`] table.
+//! - [`limits`]: what one replica takes on: requests and body bytes in flight, and each API
+//!   key's rate. Both transports admit a request there before reading its body.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`) and request ids for the logs.
 //! - [`config`]: [`PublisherConfig`]; [`server`]: [`serve`], which runs both listeners until
 //!   shutdown.
 //!
-//! Data flow of one publish: request → auth → draft → `Service::prepare` (validate + encode)
-//! → `Broker::publish` → reply with the message id. A batch is prepared completely before
+//! Data flow of one publish: request → auth → admission (limits in flight) → draft →
+//! `Service::prepare` (validate + encode) → the key's rate → `Broker::publish` → reply with the
+//! message id, or an error saying whether the message may have been published. A batch is prepared completely before
 //! anything is published, so one bad entry publishes nothing.
 
 use std::sync::Arc;
@@ -30,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod service;
@@ -47,41 +51,11 @@ pub use error::ApiError;
 pub use grpc::{GrpcPublisher, GrpcService, RequireApiKey};
 pub use server::serve;
 
-/// Room around `data` in a single-message body: channel, event, keys and whitespace.
-const ENVELOPE: usize = 16 * 1024;
-/// Room around `data` per entry of a batch.
-const ENTRY_ENVELOPE: usize = 1024;
-/// Largest batch body (and gRPC message) accepted whatever the limits multiply to, so one
-/// request cannot make the process buffer an unbounded amount.
-const MAX_BODY: usize = 64 * 1024 * 1024;
-
-/// Request size limits derived from the configuration, applied before a body is parsed.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// Largest body of a single-message request.
-    single_body: usize,
-    /// Largest body of a batch request, and largest gRPC message.
-    batch_body: usize,
-}
-
-impl Limits {
-    fn new(config: &PublisherConfig) -> Self {
-        let single_body = config.max_message_size.saturating_add(ENVELOPE);
-        let batch_body = config
-            .max_batch
-            .saturating_mul(config.max_message_size.saturating_add(ENTRY_ENVELOPE))
-            .saturating_add(ENVELOPE)
-            .min(MAX_BODY)
-            .max(single_body);
-        Self { single_body, batch_body }
-    }
-}
-
 /// What both transports share.
 pub(crate) struct Shared {
     service: service::Service,
     keys: auth::ApiKeys,
-    limits: Limits,
+    limits: limits::Limits,
     metrics: metrics::PublisherMetrics,
 }
 
@@ -95,7 +69,7 @@ impl PublisherApi {
     /// Builds the API. `config` should have passed [`PublisherConfig::validate`]; with no API
     /// keys every `/v1` request is refused rather than let through.
     pub fn new(config: PublisherConfig, namespaces: Namespaces, broker: Arc<dyn Broker>) -> Self {
-        let limits = Limits::new(&config);
+        let limits = limits::Limits::new(&config);
         let service = service::Service::new(namespaces, broker, config.max_message_size, config.max_batch);
         let metrics = metrics::PublisherMetrics::new(service.messages_counter());
         let shared = Shared { service, keys: auth::ApiKeys::new(&config.api_keys), limits, metrics };

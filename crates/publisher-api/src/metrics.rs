@@ -21,6 +21,15 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `http` or `grpc`.
+    pub transport: &'static str,
+    /// Which limit refused the request: `requests_in_flight`, `bytes_in_flight`, `rate`,
+    /// `body_size`.
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabels {
     pub transport: &'static str,
 }
@@ -34,6 +43,8 @@ pub struct PublisherMetrics {
     pub duration: Family<TransportLabels, Histogram>,
     /// Messages handed to the broker successfully.
     pub messages: Counter,
+    /// Requests refused by a limit, by transport and limit.
+    pub limited: Family<LimitLabels, Counter>,
 }
 
 impl PublisherMetrics {
@@ -47,6 +58,7 @@ impl PublisherMetrics {
             requests: Family::default(),
             duration,
             messages,
+            limited: Family::default(),
         };
         let mut registry = Registry::with_prefix("herald_publisher");
         registry.register(
@@ -60,6 +72,12 @@ impl PublisherMetrics {
             metrics.duration.clone(),
         );
         registry.register("messages", "Messages accepted by the broker", metrics.messages.clone());
+        registry.register(
+            "limited",
+            "Requests refused by a limit (publisher.max_requests_in_flight, max_bytes_in_flight, \
+             rate_limit, or a body size limit)",
+            metrics.limited.clone(),
+        );
         *metrics.registry.lock().expect("registry lock poisoned") = registry;
         metrics
     }
@@ -69,6 +87,11 @@ impl PublisherMetrics {
         let labels = RequestLabels { transport, endpoint: endpoint.to_string(), outcome };
         self.requests.get_or_create(&labels).inc();
         self.duration.get_or_create(&TransportLabels { transport }).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Records one request refused by `limit`.
+    pub fn limited(&self, transport: &'static str, limit: &'static str) {
+        self.limited.get_or_create(&LimitLabels { transport, limit }).inc();
     }
 
     /// The text exposition format.

@@ -130,20 +130,24 @@ impl Service {
         let bytes = message.payload.len();
         if let Err(e) = self.broker.publish(&message.channel, message.payload).await {
             tracing::warn!(error = %e, channel = %message.channel, engine = self.broker.name(), "publish failed");
-            return Err(ApiError::Unavailable(e));
+            return Err(ApiError::broker(e, 1));
         }
         self.messages.inc();
         tracing::debug!(channel = %message.channel, id = %message.id, bytes, "published");
         Ok(message.id)
     }
 
-    /// Publishes prepared messages in order, in one broker round trip, and returns their ids.
+    /// Publishes prepared messages in order and returns their ids. The broker sends a large
+    /// batch in bounded pipelines, so other requests' messages interleave with it.
     pub async fn publish_batch(&self, messages: Vec<Prepared>) -> Result<Vec<String>, ApiError> {
         let (ids, batch): (Vec<String>, Vec<(ChannelName, Bytes)>) =
             messages.into_iter().map(|m| (m.id, (m.channel, m.payload))).unzip();
         if let Err(e) = self.broker.publish_batch(&batch).await {
             tracing::warn!(error = %e, messages = batch.len(), engine = self.broker.name(), "batch publish failed");
-            return Err(ApiError::Unavailable(e));
+            if let herald_broker::BrokerError::OutcomeUnknown { confirmed, .. } = &e {
+                self.messages.inc_by(*confirmed as u64);
+            }
+            return Err(ApiError::broker(e, ids.len()));
         }
         self.messages.inc_by(ids.len() as u64);
         tracing::debug!(messages = ids.len(), "published batch");

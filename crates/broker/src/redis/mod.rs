@@ -1,7 +1,10 @@
 //! The Redis Pub/Sub engine.
 //!
-//! Publishing shares one multiplexed connection per process, reconnected on demand; when Redis
-//! is unreachable a publish fails at once (or after `response_timeout`), never silently.
+//! Publishing shares one pipelined connection per process ([`publish`]), reconnected on
+//! demand. Every publish answers within `response_timeout`, and says whether its commands went
+//! out: "not sent" ([`BrokerError::Unavailable`]) or "sent, no answer"
+//! ([`BrokerError::OutcomeUnknown`]). Large batches go out as bounded pipelines so other
+//! publishes interleave.
 //!
 //! Each node ([`RedisBroker::subscriber`]) owns exactly one Pub/Sub connection, driven by one
 //! task ([`node`]). Subscribing registers interest synchronously and wakes the task, which
@@ -12,6 +15,7 @@
 //! only as fast as the node delivers, so a lagging node cannot queue messages without bound.
 
 mod node;
+mod publish;
 mod resp;
 pub mod sentinel;
 
@@ -19,14 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use herald_protocol::ChannelName;
 use rand::Rng;
-use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use self::node::{NodeShared, NodeTask, RedisSubscriber};
+use self::publish::{Publisher, Trip};
 use crate::{Broker, BrokerError, Delivery, Subscriber};
 
 /// Settings of the Redis engine (`[redis]` in the configuration file).
@@ -40,9 +44,15 @@ pub struct RedisConfig {
     /// How long to wait for a TCP connection to Redis.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// How long a publish may wait for Redis to answer before it fails.
+    /// How long a publish (and a readiness `PING`) may take, from the request to Redis's
+    /// answer, connecting included. A publish still unanswered then fails as "not sent" or,
+    /// once its command went out, as "outcome unknown".
     #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
+    /// Largest pipeline of `PUBLISH` commands one batch sends to Redis at a time (at least one
+    /// message). The next part of the batch goes out once Redis answered this one, so other
+    /// requests' publishes wait behind at most this much of a batch.
+    pub publish_pipeline_bytes: usize,
     /// How long a client's subscribe waits for Redis to confirm before it gets `unavailable`.
     #[serde(with = "humantime_serde")]
     pub subscribe_timeout: Duration,
@@ -82,6 +92,7 @@ impl std::fmt::Debug for RedisConfig {
             prefix,
             connect_timeout,
             response_timeout,
+            publish_pipeline_bytes,
             subscribe_timeout,
             subscribe_batch_interval,
             reconnect_min,
@@ -97,6 +108,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("prefix", prefix)
             .field("connect_timeout", connect_timeout)
             .field("response_timeout", response_timeout)
+            .field("publish_pipeline_bytes", publish_pipeline_bytes)
             .field("subscribe_timeout", subscribe_timeout)
             .field("subscribe_batch_interval", subscribe_batch_interval)
             .field("reconnect_min", reconnect_min)
@@ -116,6 +128,12 @@ impl RedisConfig {
         let client = redis::Client::open(self.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
         if !matches!(client.get_connection_info().addr(), redis::ConnectionAddr::Tcp(..)) {
             return Err("redis.url: only redis://host:port URLs are supported".into());
+        }
+        if self.response_timeout.is_zero() {
+            return Err("redis.response_timeout: must be greater than 0".into());
+        }
+        if self.publish_pipeline_bytes == 0 {
+            return Err("redis.publish_pipeline_bytes: must be greater than 0".into());
         }
         if self.subscribe_batch_interval >= self.subscribe_timeout {
             return Err("redis.subscribe_batch_interval: must be shorter than redis.subscribe_timeout".into());
@@ -148,7 +166,7 @@ impl RedisConfig {
 
     /// Opens a multiplexed connection to the current master: the URL's server, or with
     /// Sentinel the master the sentinels name (checked to really be a master).
-    pub async fn connect(&self, client: &redis::Client) -> Result<MultiplexedConnection, String> {
+    pub async fn connect(&self, client: &redis::Client) -> Result<redis::aio::MultiplexedConnection, String> {
         let info = client.get_connection_info();
         let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
             return Err("only redis://host:port URLs are supported".into());
@@ -185,6 +203,7 @@ impl Default for RedisConfig {
             prefix: "herald:".into(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            publish_pipeline_bytes: 1024 * 1024,
             subscribe_timeout: Duration::from_secs(5),
             subscribe_batch_interval: Duration::from_millis(2),
             reconnect_min: Duration::from_millis(100),
@@ -207,9 +226,9 @@ pub struct RedisBroker {
 struct Inner {
     client: redis::Client,
     config: RedisConfig,
-    /// The shared publishing connection, `None` until first used or after it broke.
-    publisher: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    /// Stops every node task when the broker is closed.
+    /// The publishing connection.
+    publisher: Publisher,
+    /// Stops every node task and the publishing connection when the broker is closed.
     shutdown: CancellationToken,
 }
 
@@ -219,74 +238,82 @@ impl RedisBroker {
         config.validate().map_err(BrokerError::Unavailable)?;
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| BrokerError::Unavailable(format!("invalid redis url: {e}")))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                client,
-                config,
-                publisher: tokio::sync::Mutex::new(None),
-                shutdown: CancellationToken::new(),
-            }),
-        })
+        let info = client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err(BrokerError::Unavailable(
+                "redis.url: only redis://host:port URLs are supported".into(),
+            ));
+        };
+        let shutdown = CancellationToken::new();
+        let publisher = Publisher::new(
+            config.clone(),
+            (host.clone(), *port),
+            info.redis_settings().username().map(String::from),
+            info.redis_settings().password().map(String::from),
+            shutdown.child_token(),
+        );
+        Ok(Self { inner: Arc::new(Inner { client, config, publisher, shutdown }) })
     }
 
     fn key(&self, channel: &ChannelName) -> String {
         format!("{}{}", self.inner.config.prefix, channel.as_str())
     }
 
-    /// The publishing connection, connecting if there is none.
-    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
-        let mut slot = self.inner.publisher.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let conn = self.inner.config.connect(&self.inner.client).await.map_err(BrokerError::Unavailable)?;
-        *slot = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Runs `cmd` on the publishing connection; a connection that failed is dropped so the
-    /// next call reconnects.
-    async fn run<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, BrokerError> {
-        let mut conn = self.connection().await?;
-        match pipe.query_async(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_unrecoverable_error()
-                {
-                    self.inner.publisher.lock().await.take();
-                }
-                Err(unavailable(e))
-            }
-        }
-    }
-
-    /// Stops every node's Pub/Sub task.
+    /// Stops every node's Pub/Sub task and the publishing connection.
     pub fn close(&self) {
         self.inner.shutdown.cancel();
     }
 }
 
-fn unavailable(e: redis::RedisError) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+/// The broker's error for a round trip that did not end in `Done`, after `confirmed` messages
+/// of the same request were published in earlier round trips.
+fn trip_error(trip: Trip, confirmed: usize) -> BrokerError {
+    match trip {
+        Trip::Done => unreachable!("not an error"),
+        Trip::NotSent(reason) if confirmed == 0 => BrokerError::Unavailable(reason),
+        Trip::Rejected { ok: 0, message } if confirmed == 0 => {
+            BrokerError::Unavailable(format!("redis refused the command: {message}"))
+        }
+        Trip::NotSent(reason) | Trip::Unknown(reason) => BrokerError::OutcomeUnknown { confirmed, reason },
+        Trip::Rejected { ok, message } => BrokerError::OutcomeUnknown {
+            confirmed: confirmed + ok,
+            reason: format!("redis refused part of the batch: {message}"),
+        },
+    }
 }
 
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError> {
-        let mut pipe = redis::pipe();
-        pipe.publish(self.key(channel), payload.as_ref()).ignore();
-        self.run::<()>(&pipe).await
+        let mut bytes = BytesMut::with_capacity(payload.len() + 64);
+        publish::encode(&mut bytes, &[b"PUBLISH", self.key(channel).as_bytes(), &payload]);
+        match self.inner.publisher.round_trip(bytes.freeze(), 1).await {
+            Trip::Done => Ok(()),
+            trip => Err(trip_error(trip, 0)),
+        }
     }
 
     async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError> {
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch {
-            pipe.publish(self.key(channel), payload.as_ref()).ignore();
+        let limit = self.inner.config.publish_pipeline_bytes;
+        let mut confirmed = 0;
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let mut bytes = BytesMut::new();
+            let mut count = 0;
+            for (channel, payload) in rest {
+                if count > 0 && bytes.len() + payload.len() > limit {
+                    break;
+                }
+                publish::encode(&mut bytes, &[b"PUBLISH", self.key(channel).as_bytes(), payload]);
+                count += 1;
+            }
+            match self.inner.publisher.round_trip(bytes.freeze(), count).await {
+                Trip::Done => confirmed += count,
+                trip => return Err(trip_error(trip, confirmed)),
+            }
+            rest = &rest[count..];
         }
-        self.run::<()>(&pipe).await
+        Ok(())
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {
@@ -308,9 +335,16 @@ impl Broker for RedisBroker {
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("PING");
-        self.run::<(String,)>(&pipe).await.map(|_| ())
+        let mut bytes = BytesMut::new();
+        publish::encode(&mut bytes, &[b"PING"]);
+        match self.inner.publisher.round_trip(bytes.freeze(), 1).await {
+            Trip::Done => Ok(()),
+            // A PING changes nothing: whatever became of it, the broker is not ready.
+            Trip::NotSent(reason) | Trip::Unknown(reason) => Err(BrokerError::Unavailable(reason)),
+            Trip::Rejected { message, .. } => {
+                Err(BrokerError::Unavailable(format!("redis refused PING: {message}")))
+            }
+        }
     }
 
     fn name(&self) -> &'static str {

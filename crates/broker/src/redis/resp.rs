@@ -114,6 +114,13 @@ impl PubSubConn {
         }
     }
 
+    /// The stream, for a connection that is done with its handshake. Nothing may be left
+    /// unread: Redis sends nothing on a plain connection that was not asked for.
+    pub fn into_stream(self) -> TcpStream {
+        debug_assert_eq!(self.buf.len(), self.consumed, "unread bytes after the handshake");
+        self.stream
+    }
+
     /// Whether the next event is already buffered, so [`PubSubConn::next_event`] returns it
     /// without reading (a malformed frame counts: reading it returns the error).
     pub fn has_event(&self) -> bool {
@@ -140,7 +147,7 @@ impl PubSubConn {
 }
 
 /// The length of the complete frame at the start of `buf`, or `None` if more bytes are needed.
-fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
+pub(super) fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
     let mut pos = 0;
     // Elements still to read, starting with the frame itself.
     let mut pending: usize = 1;

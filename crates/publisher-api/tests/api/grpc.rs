@@ -97,7 +97,8 @@ async fn the_key_is_checked_before_the_message_is_decoded() {
     let status = client.publish(tonic::Request::new(message("chat:lobby", &huge))).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     let status = client.publish(authed(message("chat:lobby", &huge))).await.unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "tonic's own limit: {status:?}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().starts_with("message: "), "{}", status.message());
     assert!(app.settled().await.is_empty());
 }
 
@@ -167,4 +168,67 @@ async fn a_batch_is_all_or_nothing_and_errors_name_the_entry() {
     assert!(status.message().starts_with("messages[2].channel: "), "{}", status.message());
     let got: Vec<(String, Value)> = app.settled().await;
     assert!(got.is_empty(), "part of a refused batch was published");
+}
+
+/// Sends request bytes as they are and reads nothing back: a malformed message on the wire.
+#[derive(Clone, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        bytes::Buf::advance(src, bytes::Buf::remaining(src));
+        Ok(Some(()))
+    }
+}
+
+/// Issue 23, finding 8: a message that is not valid protobuf is INVALID_ARGUMENT (it was
+/// INTERNAL, "a server bug"), and one over the message size limit is RESOURCE_EXHAUSTED (it was
+/// OUT_OF_RANGE); neither publishes anything.
+#[tokio::test]
+async fn malformed_and_oversized_messages_get_documented_codes() {
+    let app = spawn_app().await;
+    let channel = tonic::transport::Endpoint::from_shared(app.grpc.clone()).unwrap().connect().await.unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/herald.v1.Publisher/Publish");
+    // Field 1 (`channel`, a string) with bytes that are not UTF-8; then a length past the end.
+    for malformed in [vec![0x0a, 0x02, 0xff, 0xfe], vec![0x0a, 0xff, 0xff, 0xff, 0x0f]] {
+        raw.ready().await.unwrap();
+        let status = raw.unary(authed(malformed), path.clone(), RawCodec).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("could not be decoded"), "{}", status.message());
+    }
+    let mut client = app.grpc_client().await;
+    let huge = format!("\"{}\"", "x".repeat(crate::helpers::MAX_BATCH_BODY));
+    let batch = pb::PublishBatchRequest { messages: vec![message("chat:lobby", &huge)] };
+    let status = client.publish_batch(authed(batch)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too large"), "{}", status.message());
+    assert!(app.settled().await.is_empty());
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains(r#"outcome="malformed_frame""#), "{metrics}");
+    assert!(metrics.contains(r#"limit="body_size""#), "{metrics}");
 }

@@ -20,6 +20,8 @@ pub const KEY: &str = "test-key-0123456789";
 /// Limits small enough to exceed cheaply.
 pub const MAX_MESSAGE_SIZE: usize = 1024;
 pub const MAX_BATCH: usize = 5;
+/// Largest batch body (and gRPC message) of the test app.
+pub const MAX_BATCH_BODY: usize = 64 * 1024;
 /// Channels the test node subscribes to.
 pub const CHANNELS: [&str; 4] = ["chat:lobby", "chat:other", "broadcast", "user:alice"];
 
@@ -44,6 +46,8 @@ pub fn config() -> PublisherConfig {
         api_keys: vec!["another-key-abcdefgh".into(), KEY.into()],
         max_message_size: MAX_MESSAGE_SIZE,
         max_batch: MAX_BATCH,
+        max_batch_body_size: MAX_BATCH_BODY,
+        ..PublisherConfig::default()
     }
 }
 
@@ -54,7 +58,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// The app on `broker`; returns once the test node's subscriptions are confirmed.
 pub async fn spawn_app_with(broker: Arc<dyn Broker>) -> TestApp {
-    let config = config();
+    spawn_app_with_config(broker, config()).await
+}
+
+/// The app on `broker` with `config` (see [`config`] for the test defaults).
+pub async fn spawn_app_with_config(broker: Arc<dyn Broker>, config: PublisherConfig) -> TestApp {
     config.validate().unwrap();
     let mut namespaces = Namespaces::default();
     namespaces.0.insert("chat".into(), NamespaceConfig::default());
@@ -175,4 +183,36 @@ pub fn assert_message(frame: &Value, channel: &str, id: &str, data: &Value, even
         Some(e) => assert_eq!(frame["event"], e, "{frame}"),
         None => assert!(frame.get("event").is_none(), "{frame}"),
     }
+}
+
+/// A `redis-server` stopped with SIGSTOP, as a frozen host looks: connections stay open and
+/// nothing answers. Sent SIGCONT when dropped, so a failing test leaves no frozen server.
+pub struct Frozen {
+    pid: String,
+}
+
+impl Frozen {
+    /// Freezes `redis` (its pid from `INFO server`).
+    pub async fn freeze(redis: &herald_testkit::RedisServer) -> Self {
+        let info = redis.info("server").await;
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .expect("INFO server has process_id")
+            .trim()
+            .to_string();
+        signal("-STOP", &pid);
+        Self { pid }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.pid);
+    }
+}
+
+fn signal(signal: &str, pid: &str) {
+    let status = std::process::Command::new("kill").args([signal, pid]).status().expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid} failed");
 }

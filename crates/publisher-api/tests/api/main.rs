@@ -4,5 +4,8 @@
 mod grpc;
 mod helpers;
 mod http;
+mod limits;
+mod load;
 mod outage;
 mod shutdown;
+mod truth;

@@ -1,6 +1,7 @@
 //! Graceful shutdown.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,30 +13,52 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::helpers::{spawn_app, spawn_app_with};
 
-/// A memory broker whose publishes wait until the test opens the gate.
-struct GatedBroker {
+/// A memory broker whose publishes (single or batch) wait until the test opens the gate.
+pub struct GatedBroker {
     inner: MemoryBroker,
     /// One permit per publish allowed through.
-    gate: Semaphore,
+    pub gate: Semaphore,
     /// Signalled when a publish starts waiting at the gate.
-    waiting: Notify,
+    pub waiting: Notify,
+    /// Publishes that reached the gate so far.
+    arrived: AtomicUsize,
 }
 
 impl GatedBroker {
-    fn new() -> Self {
-        Self { inner: MemoryBroker::new(), gate: Semaphore::new(0), waiting: Notify::new() }
+    pub fn new() -> Self {
+        Self {
+            inner: MemoryBroker::new(),
+            gate: Semaphore::new(0),
+            waiting: Notify::new(),
+            arrived: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits until `n` publishes in all reached the gate.
+    pub async fn arrivals(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.arrived.load(Ordering::SeqCst) < n {
+            assert!(tokio::time::Instant::now() < deadline, "publishes did not reach the gate");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn pass(&self) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        self.waiting.notify_one();
+        self.gate.acquire().await.unwrap().forget();
     }
 }
 
 #[async_trait]
 impl Broker for GatedBroker {
     async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError> {
-        self.waiting.notify_one();
-        self.gate.acquire().await.unwrap().forget();
+        self.pass().await;
         self.inner.publish(channel, payload).await
     }
 
     async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError> {
+        self.pass().await;
         self.inner.publish_batch(batch).await
     }
 
