@@ -2,7 +2,7 @@
 // makes sure every process it started is killed at the end, on failure too.
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdtempSync, writeFileSync, existsSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -116,6 +116,19 @@ class Proc {
 
   signal(sig) {
     if (this.alive()) this.child.kill(sig);
+  }
+
+  /** SIGSTOP, then waits until every thread of the process is stopped: the signal takes
+   * effect asynchronously, and a thread already running could still answer a frame. */
+  async pause() {
+    this.signal("SIGSTOP");
+    await waitFor(() => {
+      const dir = `/proc/${this.pid}/task`;
+      return readdirSync(dir).every((task) => {
+        const stat = readFileSync(`${dir}/${task}/stat`, "utf8");
+        return /^\d+ \(.*\) [tT] /.test(stat);
+      });
+    }, `${this.name} to stop`, 5000);
   }
 
   async stop(sig = "SIGKILL", timeout = 15_000) {

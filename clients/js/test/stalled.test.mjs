@@ -38,7 +38,7 @@ test("a silent server: request timeout, ping timeout, connect timeout, then reco
   await new Promise((r) => setTimeout(r, 1500));
   assert.equal(herald.state, "connected");
 
-  server.proc.signal("SIGSTOP");
+  await server.proc.pause();
   try {
     const dropped = nextEvent(herald, "disconnected", 5000);
     const started = Date.now();
