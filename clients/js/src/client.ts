@@ -105,6 +105,9 @@ const STABLE_AFTER_MS = 10_000;
 /** Most bytes read of the JSON body of a refused upgrade. */
 const MAX_REFUSAL_BODY = 4096;
 
+/** The longest delay `setTimeout` takes; longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 const noop = () => {};
 
 export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
@@ -117,6 +120,9 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
   private _clientId: string | undefined;
   /** The application wants to be connected (between `connect()` and `disconnect()`). */
   private wanted = false;
+  /** Counts `disconnect()` calls, so a connect attempt that waited for `getToken` across one
+   * does not go on. */
+  private generation = 0;
   private attempt: Attempt | undefined;
   private token: string | undefined;
   private failures = 0;
@@ -202,6 +208,7 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
   disconnect(): void {
     const wasUp = this.wanted || this.attempt !== undefined;
     this.wanted = false;
+    this.generation++;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
     const attempt = this.attempt;
@@ -323,13 +330,14 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
   /** One connect attempt: token, URL, socket. Its end is handled by `onSocketGone`. */
   private async connectOnce(): Promise<void> {
     this.reconnectTimer = undefined;
+    const generation = this.generation;
     this.setState("connecting");
     let token = this.token;
     if (token === undefined || isExpired(token)) {
       try {
         token = await this.options.getToken();
       } catch (err) {
-        if (!this.wanted) return;
+        if (!this.wanted || generation !== this.generation) return;
         this.scheduleReconnect({
           code: 1006,
           reason: "token",
@@ -337,7 +345,7 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
         }, this.backoff(++this.failures));
         return;
       }
-      if (!this.wanted) return;
+      if (!this.wanted || generation !== this.generation) return;
       this.token = token;
     }
 
@@ -379,6 +387,15 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
     socket.onerror = (ev) => {
       const err = (ev as { error?: unknown })?.error;
       if (err instanceof Error && !attempt.error) attempt.error = err;
+      // A close event should follow, but Node 20's global WebSocket sends none after a refused
+      // upgrade: a failed connect is handled at once, an open socket gets a moment for its close.
+      if (!attempt.connected) {
+        if (this.attempt === attempt) this.dropSocket(attempt, 1006, "");
+      } else {
+        setTimeout(() => {
+          if (this.attempt === attempt) this.dropSocket(attempt, 1006, "");
+        }, 1000);
+      }
     };
     socket.onclose = (ev) => this.onSocketGone(attempt, ev.code, ev.reason);
     socket.onmessage = (ev) => this.onFrame(attempt, ev.data);
@@ -549,15 +566,21 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
     if (exp === undefined) return;
     const now = Date.now();
     const at = Math.max(now + (exp - now) / 2, exp - this.options.tokenRefreshMargin);
-    this.refreshTimer = setTimeout(async () => {
+    const refresh = async () => {
       if (this.attempt !== attempt || this.token !== attempt.token) return;
+      // Timers hold at most 2^31 - 1 ms (24.8 days); a longer wait is taken in steps.
+      if (Date.now() < at) {
+        this.refreshTimer = setTimeout(refresh, Math.min(MAX_TIMER_MS, at - Date.now()));
+        return;
+      }
       try {
         const fresh = await this.options.getToken();
         if (this.token === attempt.token) this.token = fresh;
       } catch (err) {
         this.emit("error", new HeraldError("token", `getToken failed: ${String(err)}`, { cause: err }));
       }
-    }, Math.max(0, at - now));
+    };
+    this.refreshTimer = setTimeout(refresh, Math.min(MAX_TIMER_MS, Math.max(0, at - now)));
   }
 
   /** The socket of `attempt` is gone: tell the application and plan the next attempt. */

@@ -42,6 +42,8 @@ export interface SubscriptionHost {
 /** Error codes after which subscribing again cannot succeed. */
 const RETRYABLE = new Set(["unavailable", "timeout", "internal"]);
 
+const noop = () => {};
+
 export class Subscription extends Emitter<SubscriptionEvents> {
   readonly channel: string;
   /** Server-managed channels (`broadcast`, the personal channel) are never subscribed by frame. */
@@ -53,6 +55,9 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** Counts subscribe attempts, so a late reply of an old one is recognised. */
   private attempt = 0;
   private waiters: { resolve: () => void; reject: (err: HeraldError) => void }[] = [];
+  /** The reply of the subscribe frame on its way, if one is: `unsubscribe` waits for it, so
+   * its frame cannot overtake the subscribe and leave the server subscribed. */
+  private inflight: Promise<unknown> | undefined;
   private _offset: number | undefined;
   private _epoch: string | undefined;
 
@@ -121,9 +126,13 @@ export class Subscription extends Emitter<SubscriptionEvents> {
    * the client is not connected). */
   async unsubscribe(): Promise<void> {
     if (this._state === "unsubscribed") return;
-    const wasLiveOrPending = this.host.isConnected();
+    if (this.managed) {
+      throw new HeraldError("forbidden", `${this.channel} is managed by the server and cannot be unsubscribed`);
+    }
+    const inflight = this.inflight;
     this.end(new HeraldError("unsubscribed", `${this.channel} was unsubscribed`));
-    if (wasLiveOrPending) {
+    if (inflight) await inflight;
+    if (this.host.isConnected()) {
       try {
         await this.host.request({ type: "unsubscribe", channel: this.channel });
       } catch (err) {
@@ -152,14 +161,14 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame(): void {
     const attempt = ++this.attempt;
-    this.host.request(this.subscribeFrame()).then(
+    const reply = this.host.request(this.subscribeFrame());
+    const inflight = reply.then(noop, noop).finally(() => {
+      if (this.inflight === inflight) this.inflight = undefined;
+    });
+    this.inflight = inflight;
+    reply.then(
       (reply) => {
         if (attempt !== this.attempt) return;
-        if (this._state === "unsubscribed") {
-          // Unsubscribed while the subscribe was on its way: undo it on the server.
-          this.host.request({ type: "unsubscribe", channel: this.channel }).catch(() => {});
-          return;
-        }
         this.live(reply);
       },
       (err: HeraldError) => {

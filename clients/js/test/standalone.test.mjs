@@ -104,6 +104,9 @@ describe("standalone", () => {
 
     await assert.rejects(carol.subscribe("user:dave").ready(), { code: "forbidden" });
     await assert.rejects(carol.subscribe("bad channel!").ready(), { code: "invalid_channel" });
+    // The server manages broadcast and the personal channel.
+    await assert.rejects(carol.broadcast.unsubscribe(), { code: "forbidden" });
+    assert.equal(carol.broadcast.state, "subscribed");
 
     const room = carol.subscribe("chat:history");
     await room.ready();
