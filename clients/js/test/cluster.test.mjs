@@ -104,7 +104,7 @@ describe("two gateways on Redis", () => {
     await cluster.gateways[1].exited;
   });
 
-  test("a gateway that cannot reach Redis refuses with 503: reported as unavailable, and the SDK connects once Redis is back", async () => {
+  test("a gateway that cannot reach Redis refuses with 503: reported as unavailable, and the SDK connects once Redis is back; the publisher's 503 carries its code", async () => {
     const [gw1] = cluster.wsUrls;
     const omar = client("omar", [gw1], { minDelay: 200, maxDelay: 500 });
     let reason;
@@ -112,6 +112,9 @@ describe("two gateways on Redis", () => {
       await cluster.redis.pause();
       const refused = nextEvent(omar, "disconnected", 20_000);
       omar.connect();
+      // The publisher API answers 503 too; without retries the Publisher passes it on.
+      const once = new Publisher({ url: cluster.httpUrl, apiKey: API_KEY, retries: 0 });
+      await assert.rejects(once.publish("chat:nobody", {}), { code: "unavailable", status: 503 });
       reason = await refused;
     } finally {
       cluster.redis.signal("SIGCONT");

@@ -265,6 +265,7 @@ export async function startCluster({ gateways = 2 } = {}) {
     HERALD_PUBLISHER__GRPC_LISTEN: `127.0.0.1:${grpc}`,
     HERALD_PUBLISHER__API_KEYS: API_KEY,
     HERALD_RUNTIME__WORKER_THREADS: "1",
+    HERALD_REDIS__RESPONSE_TIMEOUT: "500ms",
   });
   try {
     await Promise.all([
