@@ -299,14 +299,19 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
     if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
   }
 
+  /** @internal SubscriptionHost */
+  requestTimeoutMs(): number {
+    return this.options.requestTimeout;
+  }
+
   /** @internal SubscriptionHost: a subscribe failed for a passing reason; try again later. */
-  retrySubscribe(sub: Subscription): void {
+  retrySubscribe(sub: Subscription, retries: number): void {
     const attempt = this.attempt;
     setTimeout(() => {
       if (this.attempt === attempt && this._state === "connected" && sub.state === "subscribing") {
         sub.subscribeByFrame();
       }
-    }, this.backoff(1));
+    }, this.backoff(retries));
   }
 
   private sendRequest(id: number, req: PendingRequest): void {

@@ -35,8 +35,11 @@ export interface SubscriptionEvents {
 export interface SubscriptionHost {
   request(frame: Record<string, unknown>): Promise<ServerFrame>;
   isConnected(): boolean;
+  /** How long a request may wait for its reply (`requestTimeout`). */
+  requestTimeoutMs(): number;
   forget(subscription: Subscription): void;
-  retrySubscribe(subscription: Subscription): void;
+  /** Subscribes again after a backoff that grows with `retries`. */
+  retrySubscribe(subscription: Subscription, retries: number): void;
 }
 
 /** Error codes after which subscribing again cannot succeed. */
@@ -58,6 +61,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** The reply of the subscribe frame on its way, if one is: `unsubscribe` waits for it, so
    * its frame cannot overtake the subscribe and leave the server subscribed. */
   private inflight: Promise<unknown> | undefined;
+  /** Subscribe attempts that failed for a passing reason since it was last live. */
+  private retries = 0;
   private _offset: number | undefined;
   private _epoch: string | undefined;
 
@@ -104,7 +109,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** Who is in the channel (namespaces with `client_presence = true`). Waits until the
    * subscription is live, as the server answers only subscribers. */
   async presence(): Promise<Member[]> {
-    await this.ready();
+    await this.readyWithin(this.host.requestTimeoutMs());
     const reply = await this.host.request({ type: "presence", channel: this.channel });
     return reply.members as Member[];
   }
@@ -180,7 +185,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
           // The next connection subscribes it again.
         } else if (RETRYABLE.has(err.code)) {
           this.emit("error", err);
-          this.host.retrySubscribe(this);
+          this.host.retrySubscribe(this, ++this.retries);
         } else {
           this.end(err);
           this.emit("error", err);
@@ -200,6 +205,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       this._offset = typeof reply?.offset === "number" ? reply.offset : undefined;
     }
     this.everSubscribed = true;
+    this.retries = 0;
     this._state = "subscribed";
     for (const waiter of this.waiters.splice(0)) waiter.resolve();
     this.emit("subscribed", { resubscribed, recovered });
@@ -242,6 +248,27 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     } else {
       this.emit("leave", { channel: this.channel, user: frame.user as string });
     }
+  }
+
+  /** `ready()`, rejected with `timeout` when the subscription is not live within `ms`. */
+  private readyWithin(ms: number): Promise<void> {
+    if (this._state === "subscribed") return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new HeraldError("timeout", `${this.channel} was not subscribed within ${ms} ms`)),
+        ms,
+      );
+      this.ready().then(
+        () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        (err: HeraldError) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
   }
 
   private end(reason: HeraldError): void {

@@ -16,6 +16,7 @@ function host(reply) {
       return reply(frame);
     },
     isConnected: () => true,
+    requestTimeoutMs: () => 1000,
     forget() {},
     retrySubscribe() {},
   };
