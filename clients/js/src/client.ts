@@ -110,7 +110,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const noop = () => {};
 
-export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
+export class Herald extends Emitter<HeraldEvents> {
   private readonly urls: string[];
   private urlIndex = 0;
   private readonly options: Required<Omit<HeraldOptions, "WebSocket">>;
@@ -138,6 +138,16 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private lastReceived = 0;
+  /** What subscriptions may ask of this client. */
+  private readonly host: SubscriptionHost = {
+    request: (frame) => this.request(frame),
+    isConnected: () => this._state === "connected",
+    requestTimeoutMs: () => this.options.requestTimeout,
+    forget: (sub) => {
+      if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
+    },
+    retrySubscribe: (sub, retries) => this.retrySubscribe(sub, retries),
+  };
 
   /**
    * @param url the gateway's WebSocket URL (`ws://host:8080/ws`), or several: each new attempt
@@ -159,7 +169,7 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
     this.WebSocketImpl = impl;
     const { WebSocket: _ignored, ...rest } = options;
     this.options = { ...DEFAULTS, ...stripUndefined(rest) } as Required<Omit<HeraldOptions, "WebSocket">>;
-    this.subscriptions.set("broadcast", new Subscription(this, "broadcast", true));
+    this.subscriptions.set("broadcast", new Subscription(this.host, "broadcast", true));
   }
 
   get state(): ConnectionState {
@@ -237,7 +247,7 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
   subscribe(channel: string): Subscription {
     const existing = this.subscriptions.get(channel);
     if (existing) return existing;
-    const sub = new Subscription(this, channel, false);
+    const sub = new Subscription(this.host, channel, false);
     this.subscriptions.set(channel, sub);
     if (this._state === "connected") sub.subscribeByFrame();
     return sub;
@@ -289,23 +299,8 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
     });
   }
 
-  /** @internal SubscriptionHost */
-  isConnected(): boolean {
-    return this._state === "connected";
-  }
-
-  /** @internal SubscriptionHost */
-  forget(sub: Subscription): void {
-    if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
-  }
-
-  /** @internal SubscriptionHost */
-  requestTimeoutMs(): number {
-    return this.options.requestTimeout;
-  }
-
-  /** @internal SubscriptionHost: a subscribe failed for a passing reason; try again later. */
-  retrySubscribe(sub: Subscription, retries: number): void {
+  /** A subscribe failed for a passing reason: try again after a backoff, on this connection. */
+  private retrySubscribe(sub: Subscription, retries: number): void {
     const attempt = this.attempt;
     setTimeout(() => {
       if (this.attempt === attempt && this._state === "connected" && sub.state === "subscribing") {
@@ -523,7 +518,7 @@ export class Herald extends Emitter<HeraldEvents> implements SubscriptionHost {
     this._clientId = String(frame.client_id);
     const personal = `user:${this._user}`;
     if (!this.subscriptions.has(personal)) {
-      this.subscriptions.set(personal, new Subscription(this, personal, true));
+      this.subscriptions.set(personal, new Subscription(this.host, personal, true));
     }
     this.setState("connected");
     this.armPing();
