@@ -168,6 +168,7 @@ class Processes:
 class Standalone:
     ws_url: str
     http_url: str
+    grpc_addr: str
     process: Process
 
 
@@ -188,9 +189,7 @@ def start_standalone(procs: Processes) -> Standalone:
     )
     procs.wait_ready(proc, f"http://127.0.0.1:{gateway}/readyz")
     procs.wait_ready(proc, f"http://127.0.0.1:{http}/readyz")
-    standalone = Standalone(f"ws://127.0.0.1:{gateway}/ws", f"http://127.0.0.1:{http}", proc)
-    standalone.grpc_addr = f"127.0.0.1:{grpc}"  # type: ignore[attr-defined]
-    return standalone
+    return Standalone(f"ws://127.0.0.1:{gateway}/ws", f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}", proc)
 
 
 @dataclass

@@ -645,7 +645,7 @@ class Herald:
         # Anything else is a frame of a later protocol version: ignored, as the protocol asks.
 
 
-def _error_code(body: bytes | None) -> str | None:
+def _error_code(body: bytes | bytearray | None) -> str | None:
     """The `error.code` of a JSON error body, if it is one."""
     if not body:
         return None
