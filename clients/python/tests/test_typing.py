@@ -1,4 +1,5 @@
-"""The package is fully typed: mypy --strict passes on it (py.typed promises this)."""
+"""The package is fully typed: mypy --strict passes on it (py.typed promises this), and on
+the examples and the benchmark that use it."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "herald_client"
+ROOT = Path(__file__).resolve().parents[1]
+#: The package, and the examples and benchmark that show how it is used.
+CHECKED = [ROOT / "src" / "herald_client", ROOT / "examples", ROOT / "bench"]
 
 
 def test_mypy_strict_passes() -> None:
     pytest.importorskip("mypy")
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", str(SRC)],
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", *map(str, CHECKED)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -193,7 +193,8 @@ class Herald:
         for sub in [*self._subs.values(), self.broadcast, self.personal]:
             sub._close(None)
         self._subs.clear()
-        if self._state is not ConnectionState.DISCONNECTED:
+        if task is not None:
+            # Also when it was between attempts: the application learns it stopped trying.
             await self._set_state(ConnectionState.DISCONNECTED)
             await self._events.emit(
                 "disconnected", DisconnectReason(DisconnectKind.CLIENT, 1000, "client disconnect", False)
