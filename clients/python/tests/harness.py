@@ -3,6 +3,10 @@ redis-server, two `herald gateway` and one `herald publisher-api`, each on free 
 127.0.0.1, with a configuration written for the tests. Every process is killed when its
 fixture ends, also when the test failed.
 
+The cluster is started here rather than with scripts/local-cluster: that script stops the
+whole cluster as soon as one of its processes exits, and these tests kill a gateway and Redis
+on purpose and watch the rest carry on.
+
 The herald binary is $HERALD_BIN, or target/debug/herald of this repository
 (`cargo build -p herald`)."""
 
