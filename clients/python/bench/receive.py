@@ -139,7 +139,7 @@ async def main() -> None:
     elapsed = last - first
     rate = (received - 1) / elapsed if received > 1 and elapsed > 0 else 0.0
     print(f"herald-client receive benchmark ({args.mode}): python {platform.python_version()}, "
-          f"websockets {version("websockets")}, {os.cpu_count()} CPUs shared by publisher, server and client")
+          f"websockets {version('websockets')}, {os.cpu_count()} CPUs shared by publisher, server and client")
     print(f"  published {count} messages of ~{args.payload + 20} bytes of data in HTTP batches of {args.batch} "
           f"({args.in_flight} in flight) into {channel}")
     print(f"  received {received} ({count - received} missing), first to last in {elapsed:.3f} s")

@@ -16,6 +16,7 @@ import contextlib
 import json
 import shlex
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import DisconnectReason, Herald, HeraldError, Message
@@ -50,11 +51,11 @@ async def _run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"herald: {text}", file=sys.stderr, flush=True)
 
-    get_token = None
+    get_token: Callable[[], Awaitable[str]] | None = None
     if args.token_command:
         command = args.token_command
 
-        async def get_token() -> str:
+        async def run_token_command() -> str:
             process = await asyncio.create_subprocess_exec(
                 *shlex.split(command), stdout=asyncio.subprocess.PIPE
             )
@@ -62,6 +63,8 @@ async def _run(args: argparse.Namespace) -> int:
             if process.returncode != 0:
                 raise RuntimeError(f"token command exited with {process.returncode}")
             return out.decode().strip()
+
+        get_token = run_token_command
 
     herald = Herald(args.url, token=args.token, get_token=get_token)
     herald.on("message", lambda m: print(_frame(m), flush=True))
