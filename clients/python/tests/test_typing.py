@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,12 @@ def test_mypy_strict_passes() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_examples_and_benchmark_compile_on_this_python() -> None:
+    """mypy parses with its own grammar; this interpreter must accept them too."""
+    import py_compile
+
+    for directory in CHECKED[1:]:
+        for path in directory.glob("*.py"):
+            py_compile.compile(str(path), doraise=True, cfile=str(Path(tempfile.gettempdir()) / f"{path.stem}.pyc"))
