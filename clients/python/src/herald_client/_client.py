@@ -116,6 +116,7 @@ class Herald:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_received = 0.0
         self._ping_failed = False
+        self._conn_closed: asyncio.Future[None] | None = None
         self.client_id: str | None = None
         self.user: str | None = None
         #: Every connection's `broadcast` channel.
@@ -477,6 +478,10 @@ class Herald:
         close_code = 1006
         close_reason = "connection lost"
         self._ping_failed = False
+        # Completes when the socket is gone, so a reader held up by a full subscription buffer
+        # gets past it and sees the end (a ping timeout drops the socket of a client that
+        # stopped reading).
+        self._conn_closed = asyncio.ensure_future(ws.wait_closed())
         try:
             first = json.loads(await asyncio.wait_for(ws.recv(), self.connect_timeout))
             if not isinstance(first, dict) or first.get("type") != "connected":
@@ -509,6 +514,7 @@ class Herald:
         finally:
             for task in helpers:
                 task.cancel()
+            self._conn_closed.cancel()
             if ws.close_code is None:
                 ws.transport.abort()
             self._ws = None
@@ -623,7 +629,7 @@ class Herald:
         if kind == "message":
             message = self._parse_message(frame)
             sub = self._route(message.channel)
-            if sub is not None and not await sub._deliver(message):
+            if sub is not None and not await sub._deliver(message, self._conn_closed):
                 return
             await self._events.emit("message", message)
             return

@@ -70,10 +70,24 @@ class Buffer(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    async def put(self, item: T) -> None:
+    async def put(self, item: T, abort: asyncio.Future[None] | None = None) -> None:
+        """Appends `item`, waiting while the buffer is full. When `abort` (the connection's end)
+        completes meanwhile, the item is appended anyway: the reader must get past it to see
+        that the connection ended, and what it can still read is bounded by what the WebSocket
+        library read ahead (it stops reading at 16 queued frames)."""
         while len(self._items) >= self._maxsize and not self._ended:
+            if abort is not None and abort.done():
+                break
             self._not_full.clear()
-            await self._not_full.wait()
+            if abort is None:
+                await self._not_full.wait()
+            else:
+                room: asyncio.Future[Any] = asyncio.ensure_future(self._not_full.wait())
+                either: set[asyncio.Future[Any]] = {room, abort}
+                try:
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    room.cancel()
         if self._ended:
             return
         self._items.append(item)

@@ -3,6 +3,7 @@ what it remembers across reconnects (the last offset and epoch, for recovery).""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -179,7 +180,7 @@ class Subscription:
                 Recovery(self._channel, False, reason if isinstance(reason, str) else "unsupported"),
             )
 
-    async def _deliver(self, message: Message) -> bool:
+    async def _deliver(self, message: Message, abort: asyncio.Future[None] | None = None) -> bool:
         """Hands a message to the application, once: a message whose offset is not past the last
         one handed out is a duplicate of a recovered one and is dropped. Returns whether it was
         delivered."""
@@ -189,7 +190,7 @@ class Subscription:
             self.offset = message.offset
         await self._events.emit("message", message)
         if self._buffer is not None:
-            await self._buffer.put(message)
+            await self._buffer.put(message, abort)
         return True
 
     async def _presence_event(self, event: PresenceEvent) -> None:
