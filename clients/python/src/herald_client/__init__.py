@@ -1,0 +1,54 @@
+"""Herald's Python client.
+
+- `Herald`: a WebSocket client that reconnects, resubscribes, renews its token and pings by
+  itself; `Subscription`s are iterated with `async for` or read with callbacks.
+- `Publisher`: publishing from backends over the HTTP publisher API.
+- `herald_client.grpc.GrpcPublisher`: the same over gRPC (`pip install herald-client[grpc]`).
+- `python -m herald_client.cli`: a terminal client.
+"""
+
+from ._client import Herald
+from ._errors import (
+    ClientClosed,
+    ConnectionLost,
+    HeraldError,
+    NotConnected,
+    PublishError,
+    RequestError,
+    RequestTimeout,
+)
+from ._subscription import Subscription, SubscriptionState
+from ._types import (
+    ConnectionState,
+    DisconnectKind,
+    DisconnectReason,
+    HistoryPage,
+    Member,
+    Message,
+    PresenceEvent,
+    Recovery,
+)
+from .publisher import PublishMessage, Publisher
+
+__all__ = [
+    "ClientClosed",
+    "ConnectionLost",
+    "ConnectionState",
+    "DisconnectKind",
+    "DisconnectReason",
+    "Herald",
+    "HeraldError",
+    "HistoryPage",
+    "Member",
+    "Message",
+    "NotConnected",
+    "PresenceEvent",
+    "PublishError",
+    "PublishMessage",
+    "Publisher",
+    "Recovery",
+    "RequestError",
+    "RequestTimeout",
+    "Subscription",
+    "SubscriptionState",
+]

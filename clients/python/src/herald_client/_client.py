@@ -1,0 +1,664 @@
+"""The connection: connect with a token, keep it alive, reconnect by the close code, renew the
+token before it expires, match replies to requests, and route frames to subscriptions.
+
+One task (`_run`) owns the socket: it connects, reads every frame and dispatches it, and after
+the socket ends decides how long to wait before the next attempt. While connected, two helper
+tasks run beside it: the application ping (when nothing was received for `ping_interval`) and
+the token renewal (before the token's `exp`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from ._backoff import full_jitter
+from ._errors import ClientClosed, ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
+from ._events import Callback, Emitter
+from ._subscription import Subscription, SubscriptionState
+from ._token import token_expiry
+from ._types import ConnectionState, DisconnectKind, DisconnectReason, Member, Message, PresenceEvent
+
+log = logging.getLogger("herald_client")
+
+#: Error codes of a refused upgrade that name a channel of the URL's `subscribe=`.
+_CHANNEL_CODES = frozenset({"unknown_channel", "invalid_channel", "forbidden", "limit_exceeded"})
+
+TokenSource = Callable[[], Awaitable[str]]
+
+
+class Herald:
+    """A Herald client: one WebSocket connection that reconnects by itself.
+
+    ```python
+    async with Herald("ws://127.0.0.1:8080/ws", get_token=fetch_token) as herald:
+        news = await herald.subscribe("news:today")
+        async for message in news:
+            print(message.data)
+    ```
+
+    `url` is one gateway URL or several, tried in turn (one per attempt). `get_token` is an
+    async function returning a JWT; it is called before a connect when there is no token yet,
+    when the server refused or expired the last one, and ahead of the token's `exp` (see
+    `renew_margin`). `token` is a fixed token for clients without a token source.
+
+    Events (`on(name, callback)`): "state" (`ConnectionState`), "connecting", "connected"
+    (the `connected` frame as a dict), "disconnected" (`DisconnectReason`), "message" (every
+    `Message` of every channel), "error" (an `error` frame that answers no request, or a
+    failing token source).
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        get_token: TokenSource | None = None,
+        token: str | None = None,
+        min_delay: float = 0.5,
+        max_delay: float = 30.0,
+        drain_delay: float = 1.0,
+        ping_interval: float = 20.0,
+        pong_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        renew_margin: float = 30.0,
+        buffer: int = 1024,
+    ) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("Herald needs at least one URL")
+        if get_token is None and token is None:
+            raise ValueError("Herald needs get_token or token")
+        if not 0 <= min_delay <= max_delay:
+            raise ValueError("need 0 <= min_delay <= max_delay")
+        self._urls = urls
+        self._url_turn = itertools.count()
+        self._get_token = get_token
+        self._token = token
+        #: The token the current (or last) connection was opened with.
+        self._conn_token: str | None = None
+        #: The server refused or expired `_token`: fetch a fresh one before the next attempt.
+        self._token_stale = False
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.drain_delay = drain_delay
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.renew_margin = renew_margin
+        self._buffer = buffer
+
+        self._events = Emitter()
+        self._state = ConnectionState.DISCONNECTED
+        self._ws: ClientConnection | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._connected_event = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._subs: dict[str, Subscription] = {}
+        #: Subscribe by frames only on the next attempt: the last one was refused for a channel
+        #: of its URL, and frames tell which.
+        self._skip_url_channels = False
+        #: Tasks started outside the connection loop, kept so they are not collected early.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_received = 0.0
+        self._ping_failed = False
+        self._conn_closed: asyncio.Future[None] | None = None
+        self.client_id: str | None = None
+        self.user: str | None = None
+        #: Every connection's `broadcast` channel.
+        self.broadcast = Subscription(self, "broadcast", buffer=buffer, managed=True)
+        #: The user's personal channel `user:<sub>` (its name is known once connected):
+        #: notifications sent with the publisher's `notify`.
+        self.personal = Subscription(self, "user:", buffer=buffer, managed=True)
+
+    # --- public API ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        """The channels subscribed with `subscribe()`, by name (a copy)."""
+        return dict(self._subs)
+
+    def on(self, event: str, callback: Callback) -> Callable[[], None]:
+        """Calls `callback` on every `event`. Returns a function that removes it."""
+        return self._events.on(event, callback)
+
+    def off(self, event: str, callback: Callback) -> None:
+        self._events.off(event, callback)
+
+    async def __aenter__(self) -> Herald:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    async def connect(self, *, timeout: float | None = None) -> None:
+        """Starts the client and waits until it is connected. Failed attempts are retried with
+        backoff (each reported by a "disconnected" event). With `timeout`, raises
+        `TimeoutError` when not connected by then; the client keeps trying until
+        `disconnect()`."""
+        if self._closing:
+            raise ClientClosed("this client was disconnected; make a new one")
+        if self._run_task is None:
+            self._run_task = asyncio.create_task(self._run(), name="herald-client")
+        wait = asyncio.ensure_future(self._connected_event.wait())
+        try:
+            done, _ = await asyncio.wait({wait, self._run_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wait.cancel()
+        if self._run_task in done:
+            self._run_task.result()
+            raise ClientClosed("the client was disconnected while connecting")
+        if not done:
+            raise TimeoutError(f"not connected within {timeout:g} s (still trying)")
+
+    async def disconnect(self) -> None:
+        """Closes the connection with 1000 and stops: no reconnect, pending requests fail with
+        `ClientClosed`, subscriptions end (their `async for` loops finish)."""
+        if self._closing:
+            return
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(1000, "client disconnect"), self.connect_timeout)
+        task = self._run_task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_pending(ClientClosed("disconnect() was called"))
+        for sub in [*self._subs.values(), self.broadcast, self.personal]:
+            sub._close(None)
+        self._subs.clear()
+        if task is not None:
+            # Also when it was between attempts: the application learns it stopped trying.
+            await self._set_state(ConnectionState.DISCONNECTED)
+            await self._events.emit(
+                "disconnected", DisconnectReason(DisconnectKind.CLIENT, 1000, "client disconnect", False)
+            )
+
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        on_message: Callback | None = None,
+        buffer: int | None = None,
+    ) -> Subscription:
+        """Subscribes to `channel` and returns its `Subscription`, renewed after every
+        reconnect.
+
+        Before `connect()` it returns at once and the channel goes in the connect URL (its
+        error, if the server refuses it, reaches the subscription's "error" callbacks).
+        Afterwards it waits for the server's confirmation (at most `request_timeout`, also
+        across a reconnect) and raises `RequestError` ("unknown_channel", "forbidden", ...)
+        or `RequestTimeout`.
+
+        Messages are kept for `async for` in a buffer of `buffer` messages (the client's
+        `buffer`, 1024 by default); when it is full, reading the socket waits for the loop.
+        With `on_message` the buffer defaults to 0: callbacks only, no iteration."""
+        if self._closing:
+            raise ClientClosed("this client was disconnected")
+        if channel in self._subs or channel == "broadcast":
+            raise ValueError(f"already subscribed to {channel}")
+        size = buffer if buffer is not None else (0 if on_message is not None else self._buffer)
+        sub = Subscription(self, channel, buffer=size)
+        if on_message is not None:
+            sub.on("message", on_message)
+        self._subs[channel] = sub
+        if self._run_task is None:
+            return sub
+        if self._state is ConnectionState.CONNECTED:
+            # Not awaited here: the timeout below covers it, and a reconnect meanwhile renews
+            # the subscription by itself.
+            self._spawn(self._send_subscribe(sub))
+        confirmed = asyncio.Event()
+        failure: list[HeraldError] = []
+        off_ok = sub.on("subscribed", lambda _s: confirmed.set())
+
+        def on_error(error: HeraldError) -> None:
+            failure.append(error)
+            confirmed.set()
+
+        off_err = sub.on("error", on_error)
+        try:
+            await asyncio.wait_for(confirmed.wait(), self.request_timeout)
+        except TimeoutError:
+            self._forget(sub)
+            sub._close(None)
+            raise RequestTimeout(f"subscribe {channel}", self.request_timeout) from None
+        finally:
+            off_ok()
+            off_err()
+        if failure:
+            raise failure[0]
+        return sub
+
+    async def publish(self, channel: str, data: Any, *, event: str | None = None) -> str:
+        """Publishes over the connection into `channel` (no need to be subscribed; namespaces
+        with `publish = true`). Returns the message id."""
+        frame: dict[str, Any] = {"type": "publish", "channel": channel, "data": data}
+        if event is not None:
+            frame["event"] = event
+        reply = await self._request(frame, f"publish {channel}")
+        return str(reply.get("message_id"))
+
+    async def presence(self, channel: str) -> list[Member]:
+        """The members of a channel this connection is subscribed to (namespaces with
+        `client_presence = true`)."""
+        reply = await self._request({"type": "presence", "channel": channel}, f"presence {channel}")
+        return [
+            Member(user=m["user"], connections=int(m.get("connections", 0)), info=m.get("info"))
+            for m in reply.get("members", [])
+        ]
+
+    async def ping(self) -> float:
+        """Sends an application ping; returns the round trip in seconds."""
+        start = time.monotonic()
+        await self._request({"type": "ping"}, "ping")
+        return time.monotonic() - start
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def _request(self, frame: dict[str, Any], operation: str, timeout: float | None = None) -> dict[str, Any]:
+        """Sends a frame with a fresh `id` and waits for the reply carrying it."""
+        ws = self._ws
+        if self._closing:
+            raise ClientClosed("disconnect() was called")
+        if ws is None or self._state is not ConnectionState.CONNECTED:
+            raise NotConnected(f"{operation}: not connected")
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        limit = self.request_timeout if timeout is None else timeout
+        try:
+            await ws.send(json.dumps({**frame, "id": request_id}))
+            reply = await asyncio.wait_for(future, limit)
+        except TimeoutError:
+            raise RequestTimeout(operation, limit) from None
+        except ConnectionClosed:
+            raise ConnectionLost(f"{operation}: the connection dropped") from None
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.get("type") == "error":
+            raise RequestError(str(reply.get("code")), str(reply.get("message", "")), operation=operation)
+        return reply
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fail_pending(self, error: HeraldError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    async def _send_subscribe(self, sub: Subscription) -> None:
+        """Subscribes by frame on the current connection, with `since` when the subscription
+        knows where it left off. A refusal ends the subscription; a lost connection leaves it
+        for the next one; no answer drops the connection (it is renewed on the next)."""
+        frame: dict[str, Any] = {"type": "subscribe", "channel": sub.channel}
+        if sub.offset is not None and sub.epoch is not None:
+            frame["since"] = {"offset": sub.offset, "epoch": sub.epoch}
+        ws = self._ws
+        if ws is None or sub._inflight is ws:
+            return
+        sub._inflight = ws
+        try:
+            reply = await self._request(frame, f"subscribe {sub.channel}")
+        except RequestError as e:
+            if e.code == "already_subscribed":
+                reply = {}
+            elif e.code == "unavailable":
+                log.warning("herald_client: %s; reconnecting", e)
+                await self._drop(ws)
+                return
+            else:
+                if self._subs.get(sub.channel) is sub:
+                    self._forget(sub)
+                    await sub._failed(e)
+                return
+        except RequestTimeout as e:
+            log.warning("herald_client: %s; reconnecting", e)
+            await self._drop(ws)
+            return
+        except (ConnectionLost, NotConnected, ClientClosed):
+            return
+        finally:
+            sub._inflight = None
+        if self._subs.get(sub.channel) is sub and self._ws is ws:
+            await sub._confirmed(reply)
+
+    def _forget(self, sub: Subscription) -> None:
+        if self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+
+    async def _drop(self, ws: ClientConnection | None) -> None:
+        """Ends a connection without waiting for the peer (it may be gone)."""
+        if ws is not None and ws is self._ws:
+            ws.transport.abort()
+
+    # --- the connection loop --------------------------------------------------------------
+
+    async def _set_state(self, state: ConnectionState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        if state is ConnectionState.CONNECTED:
+            self._connected_event.set()
+        else:
+            self._connected_event.clear()
+        await self._events.emit("state", state)
+        # "connected" and "disconnected" are emitted by the callers, with what they carry.
+        if state is ConnectionState.CONNECTING:
+            await self._events.emit("connecting")
+
+    def _backoff(self, attempt: int) -> float:
+        return full_jitter(attempt, self.min_delay, self.max_delay)
+
+    async def _token_for_connect(self) -> str:
+        token = self._token
+        if self._get_token is None:
+            assert token is not None
+            return token
+        expiry = token_expiry(token) if token is not None else None
+        if token is None or self._token_stale or (expiry is not None and expiry - time.time() < 1.0):
+            token = await self._get_token()
+            self._token = token
+            self._token_stale = False
+        return token
+
+    def _connect_url(self, base: str, token: str, channels: list[str]) -> str:
+        parts = urlsplit(base)
+        query = [parts.query] if parts.query else []
+        query.append(urlencode({"token": token}))
+        if channels:
+            query.append(urlencode({"subscribe": ",".join(channels)}, safe=",:"))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path or "/ws", "&".join(query), ""))
+
+    async def _run(self) -> None:
+        attempt = 0
+        delay = 0.0
+        while not self._closing:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._set_state(ConnectionState.CONNECTING)
+            base = self._urls[next(self._url_turn) % len(self._urls)]
+            try:
+                token = await self._token_for_connect()
+            except Exception as e:  # the application's token source failed
+                delay = self._backoff(attempt)
+                attempt += 1
+                await self._events.emit("error", e)
+                await self._disconnected(DisconnectKind.UNAUTHORIZED, None, f"get_token failed: {e!r}", delay)
+                continue
+            url_subs = (
+                []
+                if self._skip_url_channels
+                # Channels that recover go by frame (with `since`); so does the own personal
+                # channel, which the server may hold already (`already_subscribed`).
+                else [
+                    s
+                    for s in self._subs.values()
+                    if (s.offset is None or s.epoch is None) and not s.channel.startswith("user:")
+                ]
+            )
+            self._skip_url_channels = False
+            url = self._connect_url(base, token, [s.channel for s in url_subs])
+            try:
+                ws = await connect(
+                    url,
+                    open_timeout=self.connect_timeout,
+                    # Herald pings; websockets answers. Liveness is the application ping's job.
+                    ping_interval=None,
+                    close_timeout=self.connect_timeout,
+                    max_size=None,
+                )
+            except InvalidStatus as e:
+                status = e.response.status_code
+                code = _error_code(e.response.body)
+                if status == 401:
+                    self._token_stale = True
+                    kind = DisconnectKind.UNAUTHORIZED
+                elif status == 503:
+                    kind = DisconnectKind.UNAVAILABLE
+                elif url_subs and code in _CHANNEL_CODES:
+                    # One of the URL's channels was refused: subscribe them by frames instead,
+                    # so each refusal reaches its own subscription. Not a reason to wait.
+                    self._skip_url_channels = True
+                    await self._disconnected(DisconnectKind.REFUSED, status, code or "refused", 0.0)
+                    delay = 0.0
+                    continue
+                else:
+                    kind = DisconnectKind.REFUSED
+                delay = self._backoff(attempt)
+                attempt += 1
+                await self._disconnected(kind, status, code or f"HTTP {status}", delay)
+                continue
+            except InvalidURI:
+                raise
+            except (OSError, TimeoutError, InvalidHandshake) as e:
+                delay = self._backoff(attempt)
+                attempt += 1
+                await self._disconnected(DisconnectKind.NETWORK, None, str(e) or type(e).__name__, delay)
+                continue
+
+            self._conn_token = token
+            delay, attempt = await self._serve(ws, url_subs, attempt)
+
+    async def _serve(self, ws: ClientConnection, url_subs: list[Subscription], attempt: int) -> tuple[float, int]:
+        """Runs one open connection to its end; returns the delay before the next attempt and
+        the backoff attempt number."""
+        helpers: list[asyncio.Task[None]] = []
+        close_code = 1006
+        close_reason = "connection lost"
+        self._ping_failed = False
+        # Completes when the socket is gone, so a reader held up by a full subscription buffer
+        # gets past it and sees the end (a ping timeout drops the socket of a client that
+        # stopped reading).
+        self._conn_closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            first = json.loads(await asyncio.wait_for(ws.recv(), self.connect_timeout))
+            if not isinstance(first, dict) or first.get("type") != "connected":
+                raise HeraldError(f"expected a connected frame, got {first!r}")
+            self._ws = ws
+            self._last_received = time.monotonic()
+            self.client_id = first.get("client_id")
+            self.user = first.get("user")
+            self.personal._channel = f"user:{self.user}"
+            await self._set_state(ConnectionState.CONNECTED)
+            await self._events.emit("connected", first)
+            attempt = 0
+            helpers.append(asyncio.create_task(self._pinger(ws)))
+            helpers.append(asyncio.create_task(self._renewer()))
+            confirmed = set(first.get("channels") or [])
+            for sub in url_subs:
+                if sub.channel in confirmed and self._subs.get(sub.channel) is sub:
+                    await sub._confirmed({})
+            for sub in list(self._subs.values()):
+                if not sub._live:
+                    helpers.append(asyncio.create_task(self._send_subscribe(sub)))
+            async for raw in ws:
+                self._last_received = time.monotonic()
+                await self._dispatch(raw)
+        except ConnectionClosed:
+            pass
+        except (TimeoutError, OSError, ValueError, HeraldError) as e:
+            close_reason = f"bad start of connection: {e}"
+            log.warning("herald_client: %s", close_reason)
+        finally:
+            for task in helpers:
+                task.cancel()
+            self._conn_closed.cancel()
+            if ws.close_code is None:
+                ws.transport.abort()
+            self._ws = None
+            for sub in self._subs.values():
+                sub._live = False
+                if sub.state is SubscriptionState.SUBSCRIBED:
+                    sub.state = SubscriptionState.SUBSCRIBING
+            self._fail_pending(ConnectionLost("the connection dropped"))
+        if ws.close_code is not None and ws.close_code != 1006:
+            close_code = ws.close_code
+            close_reason = ws.close_reason or ""
+        if self._closing:
+            return 0.0, attempt
+        if self._ping_failed:
+            kind = DisconnectKind.PING_TIMEOUT
+            close_reason = f"no pong within {self.pong_timeout:g} s"
+        else:
+            kind = DisconnectKind.CLOSED
+        if close_code == 1012:
+            # The gateway is draining and spreads its closes itself: go to another replica now.
+            delay = random.uniform(0.0, self.drain_delay)
+        elif close_code == 4001:
+            # The token expired (or went bad): reconnect at once with a fresh one. Renewal
+            # before `exp` normally has it ready.
+            if self._token == self._conn_token:
+                self._token_stale = True
+            delay = 0.0
+        else:
+            # 4008 (slow consumer), 4009 (heartbeat), 1011, lost connections: back off, and
+            # never from zero, so a client the server keeps closing does not hammer it.
+            attempt = max(attempt, 1)
+            delay = self._backoff(attempt)
+            attempt += 1
+        await self._disconnected(kind, close_code, close_reason, delay)
+        return delay, attempt
+
+    async def _disconnected(self, kind: DisconnectKind, code: int | None, reason: str, delay: float) -> None:
+        await self._set_state(ConnectionState.DISCONNECTED)
+        await self._events.emit("disconnected", DisconnectReason(kind, code, reason, True, delay))
+
+    async def _pinger(self, ws: ClientConnection) -> None:
+        """The application ping: when nothing arrived for `ping_interval`, ping; no pong within
+        `pong_timeout` drops the socket (a half-open TCP connection is otherwise silent)."""
+        while True:
+            idle = time.monotonic() - self._last_received
+            if idle < self.ping_interval:
+                await asyncio.sleep(self.ping_interval - idle)
+                continue
+            try:
+                await self._request({"type": "ping"}, "ping", timeout=self.pong_timeout)
+            except RequestTimeout:
+                self._ping_failed = True
+                await self._drop(ws)
+                return
+            except HeraldError:
+                return
+
+    async def _renewer(self) -> None:
+        """Fetches a fresh token ahead of the connection's token's `exp`, so the reconnect
+        after the server's 4001 at `exp` needs no round trip to the token source. The margin is
+        `renew_margin`, or half the token's remaining life when that is shorter. One fresh
+        token per connection is enough: it outlives the connection's."""
+        if self._get_token is None or self._conn_token is None:
+            return
+        expiry = token_expiry(self._conn_token)
+        if expiry is None:
+            return
+        remaining = expiry - time.time()
+        await asyncio.sleep(max(0.0, remaining - min(self.renew_margin, remaining / 2)))
+        while True:
+            try:
+                self._token = await self._get_token()
+                return
+            except Exception as e:
+                await self._events.emit("error", e)
+                await asyncio.sleep(min(5.0, max(0.2, (expiry - time.time()) / 4)))
+
+    # --- frames -------------------------------------------------------------------------
+
+    def _parse_message(self, frame: dict[str, Any]) -> Message:
+        offset = frame.get("offset")
+        return Message(
+            channel=str(frame.get("channel")),
+            id=str(frame.get("id")),
+            ts=int(frame.get("ts", 0)),
+            data=frame.get("data"),
+            event=frame.get("event"),
+            sender=frame.get("from"),
+            offset=offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
+            raw=frame,
+        )
+
+    def _route(self, channel: str) -> Subscription | None:
+        sub = self._subs.get(channel)
+        if sub is not None:
+            return sub
+        if channel == "broadcast":
+            return self.broadcast
+        if channel == self.personal.channel:
+            return self.personal
+        return None
+
+    async def _dispatch(self, raw: str | bytes) -> None:
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            log.warning("herald_client: ignoring a frame that is not JSON")
+            return
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("type")
+        if kind == "message":
+            message = self._parse_message(frame)
+            sub = self._route(message.channel)
+            if sub is not None and not await sub._deliver(message, self._conn_closed):
+                return
+            await self._events.emit("message", message)
+            return
+        if kind in ("join", "leave"):
+            channel = str(frame.get("channel"))
+            sub = self._route(channel)
+            if sub is not None:
+                await sub._presence_event(
+                    PresenceEvent(type=kind, channel=channel, user=str(frame.get("user")), info=frame.get("info"))
+                )
+            return
+        request_id = frame.get("id")
+        if isinstance(request_id, int) and request_id in self._pending:
+            future = self._pending.pop(request_id)
+            if not future.done():
+                future.set_result(frame)
+            return
+        if kind == "error":
+            await self._events.emit("error", RequestError(str(frame.get("code")), str(frame.get("message", ""))))
+        # Anything else is a frame of a later protocol version: ignored, as the protocol asks.
+
+
+def _error_code(body: bytes | bytearray | None) -> str | None:
+    """The `error.code` of a JSON error body, if it is one."""
+    if not body:
+        return None
+    try:
+        parsed = json.loads(body)
+        code = parsed["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
