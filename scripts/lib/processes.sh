@@ -54,16 +54,28 @@ wait_exit() {
   done
 }
 
-# Stops every started process still running: TERM, up to 5 s, then KILL.
+# Stops every started process still running: TERM to all, then up to 5 s each before KILL.
 stop_started() {
   local pid
   ((${#started_pids[@]})) || return 0
+  # Last started first: clients and proxies before the servers they use.
+  local reversed=()
   for pid in "${started_pids[@]}"; do
+    reversed=("$pid" "${reversed[@]}")
+  done
+  for pid in "${reversed[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
-  for pid in "${started_pids[@]}"; do
+  for pid in "${reversed[@]}"; do
     wait_exit "$pid" 5 || kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
   started_pids=()
+}
+
+# stop_pid PID [SECONDS]: TERM, up to SECONDS (default 5), then KILL; reaps it.
+stop_pid() {
+  kill -TERM "$1" 2>/dev/null || true
+  wait_exit "$1" "${2:-5}" || kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
