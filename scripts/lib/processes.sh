@@ -79,3 +79,12 @@ stop_pid() {
   wait_exit "$1" "${2:-5}" || kill -KILL "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
+
+# Fails unless node has a WebSocket client (Node 20.10 or later, behind --experimental-websocket;
+# built in from Node 22), which the WebSocket scripts in scripts/lib use.
+require_node_websocket() {
+  if ! node --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null; then
+    echo "node with a WebSocket client is needed (Node 20.10 or later): $(node --version 2>&1 || true)" >&2
+    return 1
+  fi
+}
