@@ -1,11 +1,9 @@
 //! Bad input at the gateway: each kind gets its documented error or close code, and the
 //! gateway goes on serving everyone else.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Cluster, Engine, SECRET, recv_messages};
+use crate::common::{Cluster, Engine, SECRET, recv_messages};
 use herald_testkit::WsClient;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;

@@ -1,14 +1,12 @@
 //! Presence end to end: a real redis-server, presence replicas on their own listeners, two
 //! in-process gateways reporting to them over gRPC, real WebSocket clients.
 
-mod presence_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::presence_support::*;
 use herald_broker::{Broker, RedisBroker};
 use herald_testkit::RedisServer;
-use presence_support::*;
 use serde_json::json;
 
 struct Setup {

@@ -2,16 +2,13 @@
 //! when its lease runs out: its users go offline and their leaves are sent, once, within the
 //! staleness bound.
 
-mod common;
-mod presence_support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::GatewayProcess;
+use crate::common::GatewayProcess;
+use crate::presence_support::*;
 use herald_broker::{Broker, RedisBroker};
 use herald_testkit::RedisServer;
-use presence_support::*;
 
 /// `herald gateway` reporting to `endpoint` with the test timings.
 async fn gateway_process(redis: &str, endpoint: &str) -> GatewayProcess {

@@ -2,9 +2,7 @@
 //! twice: on a real redis-server with two gateways on their own listeners (production), and on
 //! the in-memory engine (standalone).
 
-mod common;
-
-use common::{Cluster, Engine, assert_all_silent, assert_silent, grpc_request, recv_messages};
+use crate::common::{Cluster, Engine, assert_all_silent, assert_silent, grpc_request, recv_messages};
 use herald_publisher_api::pb;
 use serde_json::json;
 

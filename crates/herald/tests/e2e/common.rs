@@ -1,7 +1,6 @@
 //! Starts real Herald nodes for end-to-end tests: gateways and a publisher API on their own
 //! listeners (port 0), on a real redis-server or on the in-memory engine, and talks to them
 //! over real sockets.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,22 +26,15 @@ pub enum Engine {
     Memory,
 }
 
+/// One gateway of a [`Cluster`], served until the cluster is dropped.
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub gateway: Gateway,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl TestGateway {
     pub fn url(&self, token: &str) -> String {
         format!("ws://{}/ws?token={token}", self.addr)
-    }
-
-    /// Stops the gateway and waits until it drained.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
     }
 }
 
@@ -98,13 +90,8 @@ impl Cluster {
             let gateway = Gateway::new(config, &auth(), namespaces(), broker.clone()).unwrap();
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let node_stop = stop.child_token();
-            let task = tokio::spawn(herald_gateway::serve(
-                gateway.clone(),
-                listener,
-                node_stop.clone().cancelled_owned(),
-            ));
-            nodes.push(TestGateway { addr, gateway, stop: node_stop, task });
+            tokio::spawn(herald_gateway::serve(gateway.clone(), listener, stop.clone().cancelled_owned()));
+            nodes.push(TestGateway { addr, gateway });
         }
         let publisher = PublisherConfig { api_keys: vec![API_KEY.into()], ..Default::default() };
         let api = PublisherApi::new(publisher, namespaces(), broker.clone());

@@ -2,11 +2,9 @@
 //! starts it again on the same port. And Redis answering late: `CLIENT PAUSE` holds its
 //! replies.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Cluster, Engine, grpc_request, recv_messages};
+use crate::common::{Cluster, Engine, grpc_request, recv_messages};
 use herald_publisher_api::pb;
 use serde_json::{Value, json};
 
