@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_broker::{Broker, MemoryBroker, RedisBroker, RedisConfig};
@@ -183,17 +184,30 @@ pub async fn recv_messages(client: &mut WsClient, n: usize) -> Vec<Value> {
     out
 }
 
-/// Asserts that nothing arrives within a short while.
-pub async fn assert_silent(client: &mut WsClient) {
-    assert_all_silent(std::slice::from_mut(client)).await;
+/// Asserts that nothing published so far reaches `client`: see [`assert_all_silent`].
+pub async fn assert_silent(cluster: &Cluster, client: &mut WsClient) {
+    assert_all_silent(cluster, std::slice::from_mut(client)).await;
 }
 
-/// Asserts that none of `clients` receives anything within a short while (one wait for all).
-pub async fn assert_all_silent(clients: &mut [WsClient]) {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Asserts that nothing published so far reaches any of `clients`: broadcasts a marker and
+/// expects it to be each client's next frame. One publisher's messages reach a socket in
+/// publish order, so whatever was on its way arrives before the marker, however slow the
+/// machine. Markers of earlier calls (which reach every connection) are skipped.
+pub async fn assert_all_silent(cluster: &Cluster, clients: &mut [WsClient]) {
+    static MARKERS: AtomicU64 = AtomicU64::new(0);
+    let marker = MARKERS.fetch_add(1, Ordering::Relaxed);
+    let resp = cluster.post("/v1/broadcast", json!({"data": {"silence_marker": marker}})).await;
+    assert_eq!(resp.status(), 200, "marker broadcast failed: {:?}", resp.text().await);
     for client in clients {
-        if let Ok(frame) = client.recv_within(Duration::from_millis(5)).await {
-            panic!("expected no frame, got {frame}");
+        loop {
+            let frame = client.recv().await.unwrap_or_else(|e| panic!("waiting for marker {marker}: {e}"));
+            let seen = &frame["data"]["silence_marker"];
+            if frame["type"] != "message" || frame["channel"] != "broadcast" || !seen.is_u64() {
+                panic!("expected no frame before marker {marker}, got {frame}");
+            }
+            if seen == marker {
+                break;
+            }
         }
     }
 }
