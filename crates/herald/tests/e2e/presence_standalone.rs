@@ -21,6 +21,10 @@ async fn standalone_tracks_presence_in_memory() {
         ("HERALD_PRESENCE__GRPC_LISTEN", format!("127.0.0.1:{}", free_port())),
         ("HERALD_PRESENCE__FLUSH_INTERVAL", "20ms".into()),
         ("HERALD_PRESENCE__GRACE", "200ms".into()),
+        // The sweeper that sends the leave holds off for one ttl after start.
+        ("HERALD_PRESENCE__TTL", "1500ms".into()),
+        ("HERALD_PRESENCE__HEARTBEAT_INTERVAL", "300ms".into()),
+        ("HERALD_PRESENCE__SWEEP_INTERVAL", "100ms".into()),
         ("HERALD_NAMESPACES__CHAT__JOIN_LEAVE", "true".into()),
         ("HERALD_NAMESPACES__CHAT__CLIENT_PRESENCE", "true".into()),
         ("HERALD_AUTH__JWT_SECRET", crate::presence_support::SECRET.into()),
