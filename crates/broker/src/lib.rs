@@ -8,7 +8,8 @@
 //! - [`redis`]: the Redis Pub/Sub engine. Publishing goes over one pipelined connection whose
 //!   failures tell "not sent" from "sent, no answer"; each node holds exactly one Pub/Sub connection, reconciles the channels it wants against
 //!   the ones Redis confirmed, and resubscribes everything after a reconnect.
-//! - [`conformance`]: the behaviour both engines promise, as a test suite run against each.
+//! - `conformance` (feature `testing`, for tests only): the behaviour both engines promise, as a
+//!   test suite run against each.
 //!
 //! Payloads are opaque bytes: the publisher encodes a message once and every layer below passes
 //! the same bytes on.
@@ -24,6 +25,7 @@ use futures_util::future::BoxFuture;
 use herald_protocol::ChannelName;
 use tokio::sync::watch;
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod memory;
 pub mod redis;

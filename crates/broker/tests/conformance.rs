@@ -1,5 +1,6 @@
 //! The broker conformance suite, run against both engines.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use herald_broker::{Broker, MemoryBroker, RedisBroker, RedisConfig, conformance};
@@ -30,17 +31,47 @@ async fn redis_engine_authenticates() {
     conformance::run_all(Arc::new(broker), "auth").await;
 }
 
-/// With a wrong password nothing is published and the node never reports itself live.
+/// With a wrong password nothing is published, with Redis's refusal in the error, and the node,
+/// refused as well, never reports itself live.
 #[tokio::test]
 async fn redis_engine_refuses_a_wrong_password() {
     let redis = RedisServer::start_with(&["--requirepass", "s3cret"]).await;
     let url = format!("redis://:wrong@127.0.0.1:{}", redis.port());
     let broker: Arc<dyn Broker> =
         Arc::new(RedisBroker::new(RedisConfig { url, ..Default::default() }).unwrap());
-    assert!(broker.ping().await.is_err());
+    let err = broker.ping().await.expect_err("published with a wrong password");
+    let causes = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    // The redis crate's words for Redis's `WRONGPASS`, not a timeout or a refused connection.
+    assert!(
+        causes.to_lowercase().contains("password authentication failed"),
+        "not Redis's refusal of the password: {causes}"
+    );
+
+    let refused = auth_refusals(&redis).await;
     let (node, _) = conformance::node(&broker);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(!*node.status().borrow());
+    // Wait until Redis refused the node's own connection, however long it took to try.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while auth_refusals(&redis).await == refused {
+        assert!(tokio::time::Instant::now() < deadline, "the node never tried to authenticate");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!*node.status().borrow(), "a node refused by Redis reports itself live");
+    node.close();
+}
+
+/// How many times `redis` (password `s3cret`) refused a password, from its `ACL LOG`.
+async fn auth_refusals(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}", redis.port())).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let log: Vec<HashMap<String, String>> =
+        redis::cmd("ACL").arg("LOG").query_async(&mut conn).await.unwrap();
+    log.iter()
+        .filter(|entry| entry["reason"] == "auth")
+        .map(|entry| entry["count"].parse::<u64>().unwrap())
+        .sum()
 }
 
 /// Only plain `redis://host:port` URLs are accepted, with a clear error otherwise.

@@ -49,8 +49,13 @@ async fn subscribes_arriving_during_a_command_share_the_next() {
         let redis = redis.clone();
         tokio::spawn(async move { redis.command(&["DEBUG", "SLEEP", "2"]).await })
     };
-    // Time for the DEBUG command to reach Redis, which then answers nobody.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the DEBUG command reached Redis, which then answers nobody: a PING goes
+    // unanswered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::timeout(Duration::from_millis(100), redis.command(&["PING"])).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "Redis never went to sleep");
+        assert!(!sleeper.is_finished(), "Redis slept before a PING could notice");
+    }
     let mut pending = Vec::with_capacity(CHANNELS);
     for i in 0..CHANNELS {
         pending.push(node.subscribe(&channel(i)));
@@ -105,7 +110,7 @@ async fn subscribes_soon_after_a_command_wait_for_the_interval_and_share_one() {
 #[test]
 fn the_batch_interval_is_shorter_than_the_subscribe_timeout() {
     let config = RedisConfig { subscribe_batch_interval: Duration::from_secs(5), ..Default::default() };
-    let error = config.validate().unwrap_err();
+    let error = config.validate().unwrap_err().to_string();
     assert!(error.starts_with("redis.subscribe_batch_interval:"), "{error}");
     RedisConfig::default().validate().unwrap();
 }

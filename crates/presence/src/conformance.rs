@@ -1,5 +1,6 @@
 //! What every presence store promises, as one suite run against each engine (see
-//! `tests/conformance.rs`). Time is real (Redis keeps its own clock), with short timings.
+//! `tests/conformance.rs`). The in-memory engine runs it on tokio's paused clock; for Redis,
+//! which keeps its own clock, time is real, with short timings.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //!   transitions the store returns through the [`herald_broker::Broker`] ([`events`] encodes
 //!   them once), sweeps expired gateway leases, and validates queries.
 //! - [`store`]: the [`store::PresenceStore`] trait with its in-memory and Redis engines, and
-//!   [`conformance`], the suite both pass.
+//!   `conformance` (feature `testing`, for tests only), the suite both pass.
 //! - [`model`]: the domain types everyone speaks; [`config`]: `[presence]`; [`metrics`]: what
 //!   `GET /metrics` exports.
 //!
@@ -27,6 +27,7 @@ use herald_protocol::Namespaces;
 
 pub mod auth;
 pub mod config;
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod error;
 pub mod events;

@@ -1,10 +1,8 @@
 //! Graceful drain with real processes: SIGTERM to a `herald gateway` holding 1000 clients.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{GatewayProcess, recv_messages};
+use crate::common::{GatewayProcess, recv_messages};
 use futures_util::future::join_all;
 use herald_testkit::{RedisServer, WsClient};
 

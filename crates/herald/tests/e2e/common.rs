@@ -1,10 +1,10 @@
 //! Starts real Herald nodes for end-to-end tests: gateways and a publisher API on their own
 //! listeners (port 0), on a real redis-server or on the in-memory engine, and talks to them
 //! over real sockets.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_broker::{Broker, MemoryBroker, RedisBroker, RedisConfig};
@@ -27,22 +27,15 @@ pub enum Engine {
     Memory,
 }
 
+/// One gateway of a [`Cluster`], served until the cluster is dropped.
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub gateway: Gateway,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl TestGateway {
     pub fn url(&self, token: &str) -> String {
         format!("ws://{}/ws?token={token}", self.addr)
-    }
-
-    /// Stops the gateway and waits until it drained.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
     }
 }
 
@@ -98,13 +91,8 @@ impl Cluster {
             let gateway = Gateway::new(config, &auth(), namespaces(), broker.clone()).unwrap();
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let node_stop = stop.child_token();
-            let task = tokio::spawn(herald_gateway::serve(
-                gateway.clone(),
-                listener,
-                node_stop.clone().cancelled_owned(),
-            ));
-            nodes.push(TestGateway { addr, gateway, stop: node_stop, task });
+            tokio::spawn(herald_gateway::serve(gateway.clone(), listener, stop.clone().cancelled_owned()));
+            nodes.push(TestGateway { addr, gateway });
         }
         let publisher = PublisherConfig { api_keys: vec![API_KEY.into()], ..Default::default() };
         let api = PublisherApi::new(publisher, namespaces(), broker.clone());
@@ -196,17 +184,30 @@ pub async fn recv_messages(client: &mut WsClient, n: usize) -> Vec<Value> {
     out
 }
 
-/// Asserts that nothing arrives within a short while.
-pub async fn assert_silent(client: &mut WsClient) {
-    assert_all_silent(std::slice::from_mut(client)).await;
+/// Asserts that nothing published so far reaches `client`: see [`assert_all_silent`].
+pub async fn assert_silent(cluster: &Cluster, client: &mut WsClient) {
+    assert_all_silent(cluster, std::slice::from_mut(client)).await;
 }
 
-/// Asserts that none of `clients` receives anything within a short while (one wait for all).
-pub async fn assert_all_silent(clients: &mut [WsClient]) {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Asserts that nothing published so far reaches any of `clients`: broadcasts a marker and
+/// expects it to be each client's next frame. One publisher's messages reach a socket in
+/// publish order, so whatever was on its way arrives before the marker, however slow the
+/// machine. Markers of earlier calls (which reach every connection) are skipped.
+pub async fn assert_all_silent(cluster: &Cluster, clients: &mut [WsClient]) {
+    static MARKERS: AtomicU64 = AtomicU64::new(0);
+    let marker = MARKERS.fetch_add(1, Ordering::Relaxed);
+    let resp = cluster.post("/v1/broadcast", json!({"data": {"silence_marker": marker}})).await;
+    assert_eq!(resp.status(), 200, "marker broadcast failed: {:?}", resp.text().await);
     for client in clients {
-        if let Ok(frame) = client.recv_within(Duration::from_millis(5)).await {
-            panic!("expected no frame, got {frame}");
+        loop {
+            let frame = client.recv().await.unwrap_or_else(|e| panic!("waiting for marker {marker}: {e}"));
+            let seen = &frame["data"]["silence_marker"];
+            if frame["type"] != "message" || frame["channel"] != "broadcast" || !seen.is_u64() {
+                panic!("expected no frame before marker {marker}, got {frame}");
+            }
+            if seen == marker {
+                break;
+            }
         }
     }
 }

@@ -1,16 +1,14 @@
 //! The presence API of a real `herald presence` process: answers, and clear errors for bad
 //! input over HTTP and gRPC.
 
-mod presence_support;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::presence_support::{API_KEY, Api};
 use herald_presence::pb;
 use herald_presence::pb::presence_client::PresenceClient;
 use herald_testkit::{KillOnDrop, RedisServer, free_port};
-use presence_support::{API_KEY, Api};
 use serde_json::json;
 
 /// Starts `herald presence` on free ports (as deployments configure it, through `HERALD_*`

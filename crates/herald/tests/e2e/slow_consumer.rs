@@ -1,13 +1,11 @@
 //! A client that stops reading is cut off; nobody else notices, and the gateway's memory stays
 //! bounded. The gateway is the real `herald gateway` process, so its memory can be measured.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::{GatewayProcess, recv_messages};
 use bytes::Bytes;
-use common::{GatewayProcess, recv_messages};
 use herald_broker::{Broker, RedisBroker, RedisConfig};
 use herald_protocol::{ChannelName, Publication};
 use herald_testkit::{RedisServer, WsClient};
@@ -83,7 +81,7 @@ async fn slow_consumers_are_cut_off_without_slowing_others() {
 /// stops reading is cut off once 64 KiB of large messages wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_is_bounded_in_bytes_too() {
-    let cluster = common::Cluster::start_with(common::Engine::Memory, 1, |c| {
+    let cluster = crate::common::Cluster::start_with(crate::common::Engine::Memory, 1, |c| {
         c.outbound_queue = 1000;
         c.outbound_queue_bytes = 64 * 1024;
         c.close_timeout = Duration::from_secs(5);

@@ -1,7 +1,5 @@
 //! `herald standalone`: the whole system in one process on the in-memory engine, no Redis.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -57,7 +55,7 @@ async fn the_quickstart_works_without_redis() {
     assert_eq!(resp.status(), 200);
     let resp = publish("/v1/users/alice/notify", json!({"data": {"text": "just for you"}})).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let got = common::recv_messages(&mut client, 2).await;
+    let got = crate::common::recv_messages(&mut client, 2).await;
     assert_eq!(got[0]["data"]["title"], "hello");
     assert_eq!(got[1]["channel"], "user:alice");
 }

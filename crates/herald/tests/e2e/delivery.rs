@@ -2,9 +2,7 @@
 //! twice: on a real redis-server with two gateways on their own listeners (production), and on
 //! the in-memory engine (standalone).
 
-mod common;
-
-use common::{Cluster, Engine, assert_all_silent, assert_silent, grpc_request, recv_messages};
+use crate::common::{Cluster, Engine, assert_all_silent, assert_silent, grpc_request, recv_messages};
 use herald_publisher_api::pb;
 use serde_json::json;
 
@@ -68,7 +66,7 @@ async fn room_messages_reach_every_subscriber_once_in_order_over_http_and_grpc(e
         assert!(got.iter().all(|m| m["channel"] == "room:lobby"));
         assert_eq!(got[25]["event"], "tick");
     }
-    assert_all_silent(&mut clients).await;
+    assert_all_silent(&cluster, &mut clients).await;
 }
 
 /// A notification reaches all of a user's connections on both gateways, and no one else.
@@ -92,7 +90,7 @@ async fn notify_reaches_every_connection_of_the_user_and_nobody_else(engine: Eng
         assert_eq!(got[1]["data"]["n"], 2);
     }
     alice.push(bob);
-    assert_all_silent(&mut alice).await;
+    assert_all_silent(&cluster, &mut alice).await;
 }
 
 /// With `gateway.personal_channel = false` no connection is subscribed to its personal
@@ -114,7 +112,7 @@ async fn without_managed_personal_channels_users_subscribe_to_their_own(engine: 
         assert_eq!(resp.status(), 200);
     };
     notify(1).await;
-    assert_silent(&mut plain).await;
+    assert_silent(&cluster, &mut plain).await;
 
     let url = format!("{}&subscribe=user:alice", cluster.gateways[0].url(&cluster.token("alice")));
     let (mut listening, hello) = herald_testkit::WsClient::connect(&url).await.unwrap();
@@ -137,7 +135,7 @@ async fn without_managed_personal_channels_users_subscribe_to_their_own(engine: 
     assert_eq!(reply["code"], "forbidden", "{reply}");
     notify(3).await;
     assert_eq!(recv_messages(&mut listening, 1).await[0]["data"], 3);
-    assert_silent(&mut plain).await;
+    assert_silent(&cluster, &mut plain).await;
     // The broadcast channel is still subscribed for everyone.
     let resp = cluster.post("/v1/broadcast", json!({"data": "all"})).await;
     assert_eq!(resp.status(), 200);
@@ -198,7 +196,7 @@ async fn clients_publish_only_where_the_namespace_allows(engine: Engine) {
         let reply = alice.request(json!({"type": "publish", "channel": channel, "data": 1})).await.unwrap();
         assert_eq!(reply["code"], "forbidden", "{channel}: {reply}");
     }
-    assert_silent(&mut bob).await;
+    assert_silent(&cluster, &mut bob).await;
 }
 
 /// After `unsubscribe` a client gets no more messages of that channel; others still do.
@@ -212,7 +210,7 @@ async fn unsubscribed_clients_stop_receiving(engine: Engine) {
     assert_eq!(reply["type"], "unsubscribed");
     cluster.publish_http("room:x", json!(1)).await;
     assert_eq!(recv_messages(&mut b, 1).await[0]["data"], 1);
-    assert_silent(&mut a).await;
+    assert_silent(&cluster, &mut a).await;
     let reply = a.request(json!({"type": "unsubscribe", "channel": "room:x"})).await.unwrap();
     assert_eq!(reply["code"], "not_subscribed");
 }
@@ -242,7 +240,7 @@ async fn channels_in_the_connect_url_are_live_at_connected(engine: Engine) {
     assert_eq!(reply["type"], "unsubscribed");
     cluster.publish_http("room:a", json!("after")).await;
     assert_eq!(recv_messages(&mut clients[1], 1).await[0]["data"], "after");
-    assert_silent(&mut clients[0]).await;
+    assert_silent(&cluster, &mut clients[0]).await;
     // Without the parameter, `connected` has no `channels`.
     let (_, hello) =
         herald_testkit::WsClient::connect(&cluster.gateways[0].url(&cluster.token("v"))).await.unwrap();

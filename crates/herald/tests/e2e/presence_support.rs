@@ -1,6 +1,5 @@
 //! Starts presence end to end for tests: a real redis-server, presence replicas on their own
 //! listeners, and gateways that report to them over gRPC, with short timings.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -131,7 +130,6 @@ async fn bind(addr: SocketAddr) -> TcpListener {
 /// An in-process gateway reporting to a presence endpoint.
 pub struct TestGateway {
     pub addr: SocketAddr,
-    pub gateway: Gateway,
     pub reporter: Reporter,
     stop: CancellationToken,
 }
@@ -158,7 +156,7 @@ impl TestGateway {
             assert!(tokio::time::Instant::now() < deadline, "gateway did not become ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Self { addr, gateway, reporter, stop }
+        Self { addr, reporter, stop }
     }
 
     pub async fn connect(&self, user: &str) -> WsClient {

@@ -1,11 +1,9 @@
 //! Bad input at the gateway: each kind gets its documented error or close code, and the
 //! gateway goes on serving everyone else.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Cluster, Engine, SECRET, recv_messages};
+use crate::common::{Cluster, Engine, SECRET, recv_messages};
 use herald_testkit::WsClient;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
@@ -169,10 +167,19 @@ async fn fast_heartbeat_cluster() -> Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_clients_are_closed_with_4009() {
     let cluster = fast_heartbeat_cluster().await;
-    let client = cluster.connect(0, "quiet").await;
-    // Not reading means the client library answers no pings.
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    let mut client = client;
+    let mut client = cluster.connect(0, "quiet").await;
+    // Not reading means the client library answers no pings: wait, without reading, until the
+    // gateway counts the connection closed for silence, then read what it said.
+    let metrics = format!("http://{}/metrics", cluster.gateways[0].addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if text.lines().any(|l| l == r#"herald_gateway_closes_total{code="4009"} 1"#) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the silent client was never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(client.closed().await.unwrap().code, 4009);
 }
 

@@ -2,11 +2,9 @@
 //! starts it again on the same port. And Redis answering late: `CLIENT PAUSE` holds its
 //! replies.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Cluster, Engine, grpc_request, recv_messages};
+use crate::common::{Cluster, Engine, grpc_request, recv_messages};
 use herald_publisher_api::pb;
 use serde_json::{Value, json};
 
@@ -43,7 +41,13 @@ async fn gateways_resubscribe_after_redis_restarts() {
     let readyz = reqwest::get(format!("http://{}/readyz", cluster.gateways[0].addr)).await.unwrap();
     assert_eq!(readyz.status(), 503);
     let refused = herald_testkit::WsClient::connect(&cluster.gateways[0].url(&cluster.token("carol"))).await;
-    assert!(refused.is_err(), "a new connection was accepted while Redis is down");
+    let Err(refused) = refused else { panic!("a new connection was accepted while Redis is down") };
+    match refused.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+        Some(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503, "{response:?}")
+        }
+        _ => panic!("refused for another reason than 503: {refused}"),
+    }
 
     cluster.redis().restart().await;
     cluster.wait_ready().await;
@@ -70,9 +74,20 @@ async fn clients_joining_a_channel_are_answered_once_redis_confirmed_it() {
     let mut a = cluster.connect(0, "alice").await;
     let mut b = cluster.connect(0, "bob").await;
     assert_eq!(cluster.redis().command(&["CLIENT", "PAUSE", "1200", "ALL"]).await, "+OK");
+    let gateway = cluster.gateways[0].gateway.clone();
+    let channel = "room:late".parse().unwrap();
+    let joined = async |n: usize| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while gateway.hub().subscriber_count(&channel) < n {
+            assert!(tokio::time::Instant::now() < deadline, "subscriber {n} never joined room:late");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
     a.send_json(json!({"type": "subscribe", "channel": "room:late"})).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first subscriber's join sent the node's SUBSCRIBE; the second joins behind it.
+    joined(1).await;
     b.send_json(json!({"type": "subscribe", "channel": "room:late"})).await.unwrap();
+    joined(2).await;
     for client in [&mut a, &mut b] {
         let early = client.recv_within(Duration::from_millis(300)).await;
         assert!(early.is_err(), "answered while Redis held the subscription: {early:?}");

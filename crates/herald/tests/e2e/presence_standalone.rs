@@ -1,8 +1,6 @@
 //! Presence in `herald standalone`: the in-memory store, the gateway reporting in process, and
 //! the presence API on its own listeners with the publisher's API key.
 
-mod presence_support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -23,16 +21,20 @@ async fn standalone_tracks_presence_in_memory() {
         ("HERALD_PRESENCE__GRPC_LISTEN", format!("127.0.0.1:{}", free_port())),
         ("HERALD_PRESENCE__FLUSH_INTERVAL", "20ms".into()),
         ("HERALD_PRESENCE__GRACE", "200ms".into()),
+        // The sweeper that sends the leave holds off for one ttl after start.
+        ("HERALD_PRESENCE__TTL", "1500ms".into()),
+        ("HERALD_PRESENCE__HEARTBEAT_INTERVAL", "300ms".into()),
+        ("HERALD_PRESENCE__SWEEP_INTERVAL", "100ms".into()),
         ("HERALD_NAMESPACES__CHAT__JOIN_LEAVE", "true".into()),
         ("HERALD_NAMESPACES__CHAT__CLIENT_PRESENCE", "true".into()),
-        ("HERALD_AUTH__JWT_SECRET", presence_support::SECRET.into()),
+        ("HERALD_AUTH__JWT_SECRET", crate::presence_support::SECRET.into()),
         ("HERALD_LOG__LEVEL", "warn".into()),
     ];
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.args(["--config", config, "standalone"]).envs(env.iter().map(|(k, v)| (k, v))).stdout(Stdio::null());
     let _server = KillOnDrop(cmd.spawn().unwrap());
     let url = |user: &str, info: Value| {
-        format!("ws://127.0.0.1:{ws}/ws?token={}", presence_support::token(user, Some(info)))
+        format!("ws://127.0.0.1:{ws}/ws?token={}", crate::presence_support::token(user, Some(info)))
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let mut alice = loop {
@@ -45,9 +47,12 @@ async fn standalone_tracks_presence_in_memory() {
     alice.subscribe("chat:lobby").await.unwrap();
     let (mut bob, _) = WsClient::connect(&url("bob", json!({"name": "Bob"}))).await.unwrap();
     bob.subscribe("chat:lobby").await.unwrap();
-    let join = presence_support::next_of(&mut alice, "join").await;
-    let join =
-        if join["user"] == "alice" { presence_support::next_of(&mut alice, "join").await } else { join };
+    let join = crate::presence_support::next_of(&mut alice, "join").await;
+    let join = if join["user"] == "alice" {
+        crate::presence_support::next_of(&mut alice, "join").await
+    } else {
+        join
+    };
     assert_eq!(
         join,
         json!({"type": "join", "channel": "chat:lobby", "user": "bob", "info": {"name": "Bob"}})
@@ -68,6 +73,6 @@ async fn standalone_tracks_presence_in_memory() {
     assert_eq!(resp.json::<Value>().await.unwrap()["count"], 2);
 
     bob.close().await;
-    let leave = presence_support::next_of(&mut alice, "leave").await;
+    let leave = crate::presence_support::next_of(&mut alice, "leave").await;
     assert_eq!(leave, json!({"type": "leave", "channel": "chat:lobby", "user": "bob"}));
 }

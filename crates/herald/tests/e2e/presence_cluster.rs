@@ -1,14 +1,12 @@
 //! Presence end to end: a real redis-server, presence replicas on their own listeners, two
 //! in-process gateways reporting to them over gRPC, real WebSocket clients.
 
-mod presence_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::presence_support::*;
 use herald_broker::{Broker, RedisBroker};
 use herald_testkit::RedisServer;
-use presence_support::*;
 use serde_json::json;
 
 struct Setup {
@@ -150,8 +148,9 @@ async fn clients_see_members_and_join_leave_follows_the_namespace() {
         members,
         json!([{"user": "carol", "connections": 1, "info": {"name": "Carol"}}, {"user": "dan", "connections": 1}])
     );
-    let (_, chat) = s.api.get("/v1/presence/channels/chat:x").await;
-    assert_eq!(chat["count"], 2, "chat tracks members by default: {chat}");
+    // Both of chat:x's members are tracked by default; gateway 0 may report carol's chat:x
+    // subscription in a later batch than dan's arrival in room:x.
+    s.api.wait_channel("chat:x", bound(), |c| c["count"] == 2).await;
     dan.close().await;
     s.api.wait_user("dan", bound(), |u| u["online"] == false).await;
     // The leave follows the grace period, in room:x only.
@@ -197,9 +196,17 @@ async fn two_replicas_emit_each_event_once_and_converge_after_a_restart() {
     s.api.wait_user("u3", bound(), |u| u["connections"] == 1).await;
     let (_, stats) = s.api.get("/v1/presence/stats").await;
     assert_eq!(stats, json!({"online_users": 3, "connections": 3}), "watcher, u3, u5");
-    tokio::time::sleep(config().grace + config().sweep_interval * 3).await;
-
-    let frames = drain(&mut watcher, Duration::from_millis(300)).await;
+    // Every leave arrives, then a while longer in which a second one would show.
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + bound();
+    for user in ["u1", "u2", "u4"] {
+        while !frames.iter().any(|f: &serde_json::Value| f["type"] == "leave" && f["user"] == user) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = watcher.recv_within(left).await.unwrap_or_else(|e| panic!("no leave of {user}: {e}"));
+            frames.push(frame);
+        }
+    }
+    frames.extend(drain(&mut watcher, config().grace + config().sweep_interval * 3).await);
     for user in ["u1", "u2", "u3", "u4", "u5"] {
         assert_eq!(events.count("online", user), 1, "{user}: {:?}", events.all());
         assert_eq!(events.count("offline", user), usize::from(["u1", "u2", "u4"].contains(&user)), "{user}");
@@ -227,15 +234,18 @@ async fn delivery_goes_on_while_presence_is_down_and_state_is_right_after() {
     s.broker.publish(&"room:down".parse().unwrap(), bytes::Bytes::from_static(payload)).await.unwrap();
     let frame = next_of(&mut fay, "message").await;
     assert_eq!(frame["data"], 1, "delivery does not wait for presence");
-    tokio::time::sleep(config().ttl).await;
-    assert!(s.gateways[1].reporter.stats().failures.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let failures = || s.gateways[1].reporter.stats().failures.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + bound();
+    while failures() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway never noticed presence was down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     s.replicas[0].resume().await;
     s.api.wait_user("fay", bound(), |u| u["online"] == true).await;
     s.api.wait_user("erin", bound(), |u| u["online"] == false).await;
     let down = s.api.wait_channel("room:down", bound(), |c| c["count"] == 1).await;
     assert_eq!(down["members"][0]["user"], "fay");
-    let _ = &s.redis;
 }
 
 /// With presence's Redis down, gateways keep serving; when Redis is back the gateways'
@@ -248,7 +258,14 @@ async fn a_redis_outage_is_survived_and_state_resynchronised() {
     s.redis.kill().await;
     let (status, body) = s.api.get("/v1/presence/users/gus").await;
     assert_eq!((status, body["error"]["code"].clone()), (503, json!("unavailable")));
-    tokio::time::sleep(config().ttl + config().heartbeat_interval).await;
+    // The outage lasts until the gateway's reports have failed twice: its state must be
+    // reported again once Redis is back.
+    let failures = || s.gateways[0].reporter.stats().failures.load(std::sync::atomic::Ordering::Relaxed);
+    let (before, deadline) = (failures(), tokio::time::Instant::now() + bound());
+    while failures() < before + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway's reports never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     s.redis.restart().await;
     s.api.wait_user("gus", bound() * 2, |u| u["online"] == true).await;
 }

@@ -1,10 +1,8 @@
 //! Metrics and readiness as an operator sees them: over HTTP, from real nodes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Cluster, Engine, grpc_request, recv_messages};
+use crate::common::{Cluster, Engine, grpc_request, recv_messages};
 use herald_publisher_api::pb;
 use serde_json::json;
 

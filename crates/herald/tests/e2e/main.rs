@@ -1,0 +1,29 @@
+//! Herald end to end, as one test binary: real gateways, publisher APIs and presence services
+//! (in process or as `herald` child processes), real `redis-server`s started by the harness,
+//! real sockets. One binary links the workspace once instead of once per file.
+//!
+//! Layout:
+//! - [`common`] starts gateways and a publisher API on one engine ([`common::Cluster`]) or a
+//!   `herald gateway` child process; [`presence_support`] adds presence replicas and gateways
+//!   that report to them.
+//! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
+//!   observability, configuration, the standalone mode, presence, and the local cluster script.
+//!
+//! Run one area with `cargo test -p herald --test e2e -- delivery::`.
+
+mod common;
+mod presence_support;
+
+mod bad_input;
+mod config;
+mod delivery;
+mod drain;
+mod local_cluster;
+mod observability;
+mod presence_api;
+mod presence_cluster;
+mod presence_kill;
+mod presence_standalone;
+mod redis_outage;
+mod slow_consumer;
+mod standalone;
