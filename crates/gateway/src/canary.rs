@@ -11,11 +11,9 @@ use herald_protocol::{ChannelName, Publication};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{ConnHandle, ConnId, Hub};
-use crate::queue::OutQueue;
-
-/// The hub connection id of the canary; real connections are numbered from 1.
-pub(crate) const CANARY_CONN: ConnId = 0;
+use crate::gateway::CANARY_CONN;
+use crate::hub::{ConnHandle, Hub};
+use crate::writer::Writer;
 
 /// The canary channel of node `node_id`. The `herald` namespace is reserved, so clients can
 /// neither subscribe to it nor publish into it.
@@ -33,7 +31,7 @@ pub(crate) async fn run(
     healthy: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let queue = Arc::new(OutQueue::new(64, 64 * 1024));
+    let queue = Arc::new(Writer::new(64, 64 * 1024));
     let handle = ConnHandle::new(CANARY_CONN, queue.clone());
     let mut joined = false;
     let mut seq: u64 = 0;
@@ -69,7 +67,7 @@ pub(crate) async fn run(
 }
 
 /// Publishes canary `seq` and waits for it to come back.
-async fn round_trip(hub: &Hub, channel: &ChannelName, seq: u64, queue: &OutQueue, timeout: Duration) -> bool {
+async fn round_trip(hub: &Hub, channel: &ChannelName, seq: u64, queue: &Writer, timeout: Duration) -> bool {
     let data = RawValue::from_string(seq.to_string()).expect("a number is JSON");
     let publication = Publication::new(channel, &data, None).expect("no event name");
     let expected = format!("\"data\":{seq}}}");

@@ -1,8 +1,8 @@
 //! One client connection: a single task that owns its state and reads its socket.
 //!
-//! The task waits on three things: a frame from the client, its queue's close request (slow
-//! consumer, heartbeat timeout, token expiry, shutdown, from the hub and the gateway's
-//! sweeper), and queued frames ([`crate::queue`]): those of large channels, and whatever a
+//! The task waits on three things: a frame from the client, a close request on its writer
+//! (slow consumer, heartbeat timeout, token expiry, shutdown, from the hub and the gateway's
+//! sweeper), and queued frames ([`crate::writer`]): those of large channels, and whatever a
 //! full socket did not take. It writes them several per system call (write coalescing).
 //! Messages of small channels and pings are written by the hub and the sweeper themselves.
 //! Nothing the task writes waits for the client, so a client that stopped reading is cut off
@@ -24,14 +24,14 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Identity;
+use crate::close::CloseReason;
+use crate::gateway::{ConnectionGuard, Shared};
+use crate::handshake::{self, Upgrade};
 use crate::hub::ConnHandle;
 use crate::observer::ConnectionInfo;
 use crate::policy;
-use crate::queue::{CloseReason, OutQueue, Socket};
-use crate::server::{self, Upgrade};
-use crate::{ConnectionGuard, Shared};
-
-pub(crate) type WebSocket = WebSocketStream<Socket>;
+use crate::socket::{Socket, WebSocket};
+use crate::writer::Writer;
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -52,7 +52,7 @@ pub(crate) struct Connection {
     identity: Identity,
     /// What observers (presence) know of this connection.
     info: ConnectionInfo,
-    /// What the hub holds of this connection: its id and outbound queue.
+    /// What the hub holds of this connection: its id and outbound writer.
     handle: ConnHandle,
     /// Every channel this connection is in, the server-managed ones included.
     subscriptions: HashSet<ChannelName>,
@@ -67,7 +67,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.registry.unregister(self.handle.id);
         self.shared.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
-        self.handle.queue.close();
+        self.handle.writer.close();
         for channel in self.subscriptions.drain() {
             self.shared.hub.leave(&channel, self.handle.id);
         }
@@ -80,7 +80,7 @@ impl Drop for Connection {
 impl Connection {
     pub(crate) fn new(shared: Shared, identity: Identity) -> Self {
         let id = shared.next_conn_id();
-        let queue = OutQueue::new(shared.config.outbound_queue, shared.config.outbound_queue_bytes);
+        let writer = Writer::new(shared.config.outbound_queue, shared.config.outbound_queue_bytes);
         let info = ConnectionInfo {
             conn_id: id,
             client_id: format!("{}-{id}", shared.node_id).into(),
@@ -89,7 +89,7 @@ impl Connection {
         };
         Self {
             info,
-            handle: ConnHandle::new(id, Arc::new(queue)),
+            handle: ConnHandle::new(id, Arc::new(writer)),
             subscriptions: HashSet::new(),
             greeted: false,
             _open: shared.connection_opened(),
@@ -122,7 +122,7 @@ impl Connection {
             if let Exit::Close(code, reason) = exit {
                 tracing::debug!(code, %reason, "closing connection");
                 let frame = CloseFrame { code: code.into(), reason: reason.into() };
-                let closing = close(&mut socket, &self.handle.queue, frame);
+                let closing = close(&mut socket, &self.handle.writer, frame);
                 // Boxed: needed once, at the end, and inline it would make every task larger.
                 let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, closing)).await;
             }
@@ -135,8 +135,8 @@ impl Connection {
     /// concurrently; if one fails, the client gets HTTP 503 instead of an upgrade. `None`
     /// when the client is not connected (what was joined is left when `self` drops).
     pub(crate) async fn open(&mut self, mut stream: TcpStream, upgrade: Upgrade) -> Option<WebSocket> {
-        let (id, queue) = (self.handle.id, self.handle.queue.clone());
-        self.shared.registry.register(id, queue, self.identity.expires_at, self.shared.config.ping_interval);
+        let (id, writer) = (self.handle.id, self.handle.writer.clone());
+        self.shared.registry.register(id, writer, self.identity.expires_at, self.shared.config.ping_interval);
         let personal =
             self.shared.config.personal_channel.then(|| ChannelName::personal(&self.identity.user));
         let joins: Vec<_> = personal
@@ -148,7 +148,7 @@ impl Connection {
         for confirmed in joins {
             if let Err(e) = confirmed.await {
                 let message = format!("broker unavailable: {e}");
-                server::refuse(&mut stream, ErrorCode::Unavailable, &message).await;
+                handshake::refuse(&mut stream, ErrorCode::Unavailable, &message).await;
                 return None;
             }
         }
@@ -157,11 +157,11 @@ impl Connection {
             user: &self.identity.user,
             channels: &upgrade.requested,
         };
-        let answer = server::switching_protocols(&upgrade, &hello.to_json());
+        let answer = handshake::switching_protocols(&upgrade, &hello.to_json());
         if stream.write_all(&answer).await.is_err() {
             return None;
         }
-        self.handle.queue.attach(stream);
+        self.handle.writer.attach(stream);
         self.greeted = true;
         self.shared.observer.connected(&self.info);
         for channel in &upgrade.requested {
@@ -169,7 +169,7 @@ impl Connection {
         }
         Some(
             WebSocketStream::from_partially_read(
-                Socket(self.handle.queue.clone()),
+                Socket(self.handle.writer.clone()),
                 upgrade.leftover,
                 Role::Server,
                 Some(upgrade.config),
@@ -179,16 +179,16 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
-        let queue = self.handle.queue.clone();
+        let writer = self.handle.writer.clone();
         let batch = self.shared.config.write_batch;
         loop {
             tokio::select! {
                 biased;
-                reason = queue.closing() => return Exit::from(reason),
-                Err(_) = queue.drain(batch) => return Exit::Gone,
+                reason = writer.closing() => return Exit::from(reason),
+                Err(_) = writer.drain(batch) => return Exit::Gone,
                 msg = socket.next() => {
                     let Some(Ok(msg)) = msg else { return read_error(msg) };
-                    queue.seen(self.shared.registry.now());
+                    writer.seen(self.shared.registry.now());
                     let reply = match msg {
                         // Boxed: a request's future is large and rarely alive, and inline it
                         // would make every idle connection's task that much larger.
@@ -336,7 +336,7 @@ impl Connection {
 /// socket at once would reset the TCP connection while the client still has frames in flight
 /// to us, and a reset makes the client's kernel discard what it had not read yet, our close
 /// frame included.
-async fn close(socket: &mut WebSocket, queue: &OutQueue, frame: CloseFrame) {
+async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame) {
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
@@ -349,7 +349,7 @@ async fn close(socket: &mut WebSocket, queue: &OutQueue, frame: CloseFrame) {
     };
     tokio::select! {
         _ = read_until_close => {}
-        _ = queue.drain(usize::MAX) => {}
+        _ = writer.drain(usize::MAX) => {}
     }
 }
 

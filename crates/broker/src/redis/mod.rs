@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use herald_protocol::ChannelName;
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
@@ -290,6 +291,12 @@ impl Broker for RedisBroker {
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {
+        let (subscriber, task) = self.subscriber_task(delivery);
+        tokio::spawn(task);
+        subscriber
+    }
+
+    fn subscriber_task(&self, delivery: Arc<dyn Delivery>) -> (Arc<dyn Subscriber>, BoxFuture<'static, ()>) {
         let shared = NodeShared::new(self.inner.shutdown.child_token(), self.inner.config.subscribe_timeout);
         let info = self.inner.client.get_connection_info();
         let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
@@ -303,8 +310,8 @@ impl Broker for RedisBroker {
             shared: shared.clone(),
             delivery,
         };
-        tokio::spawn(task.run());
-        Arc::new(RedisSubscriber { shared, prefix: self.inner.config.prefix.clone() })
+        let subscriber = Arc::new(RedisSubscriber { shared, prefix: self.inner.config.prefix.clone() });
+        (subscriber, Box::pin(task.run()))
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
