@@ -25,13 +25,16 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Identity;
 use crate::close::CloseReason;
+use crate::config::GatewayConfig;
 use crate::gateway::{ConnectionGuard, Shared};
 use crate::handshake::{self, Upgrade};
 use crate::hub::ConnHandle;
 use crate::observer::ConnectionInfo;
 use crate::policy;
+use crate::rate::{self, FrameRate, Verdict};
 use crate::socket::{Socket, WebSocket};
-use crate::writer::Writer;
+use crate::wire;
+use crate::writer::{Overflow, Writer};
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -58,6 +61,8 @@ pub(crate) struct Connection {
     subscriptions: HashSet<ChannelName>,
     /// Whether the client got `connected` (and observers heard of it).
     greeted: bool,
+    /// The client's frame rate limit.
+    rate: FrameRate,
     /// Counts the connection in the gauge while it exists.
     _open: ConnectionGuard,
 }
@@ -92,6 +97,7 @@ impl Connection {
             handle: ConnHandle::new(id, Arc::new(writer)),
             subscriptions: HashSet::new(),
             greeted: false,
+            rate: FrameRate::new(&rate_limit(&shared.config)),
             _open: shared.connection_opened(),
             identity,
             shared,
@@ -189,20 +195,43 @@ impl Connection {
                 msg = socket.next() => {
                     let Some(Ok(msg)) = msg else { return read_error(msg) };
                     writer.seen(self.shared.registry.now());
-                    let reply = match msg {
+                    match self.rate.take(&rate_limit(&self.shared.config)) {
+                        Verdict::Allow => {}
+                        Verdict::Refuse => {
+                            self.shared.metrics.limit_hit("frame_rate");
+                            if !matches!(msg, Message::Text(_)) {
+                                continue;
+                            }
+                            let rate = self.shared.config.frame_rate;
+                            let refusal = error_frame(None, ErrorCode::RateLimited,
+                                &format!("frame not handled: more than {rate} frames per second"));
+                            if let Err(exit) = reply(&writer, &refusal) {
+                                return exit;
+                            }
+                            continue;
+                        }
+                        Verdict::Close => {
+                            self.shared.metrics.limit_hit("frame_rate_close");
+                            return Exit::error(ErrorCode::RateLimited, "frame rate limit exceeded for too long");
+                        }
+                    }
+                    let answer = match msg {
                         // Boxed: a request's future is large and rarely alive, and inline it
                         // would make every idle connection's task that much larger.
                         Message::Text(text) => Box::pin(self.handle_text(&text)).await,
                         Message::Binary(_) => Some(error_frame(None, ErrorCode::MalformedFrame,
                             "binary frames are not supported; send JSON text frames")),
-                        Message::Close(_) => return Exit::Gone,
+                        Message::Close(_) => {
+                            // Sends the library's answer to the client's close frame.
+                            let _ = socket.flush().await;
+                            return Exit::Gone;
+                        }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
-                    // Queued behind what is waiting, never waiting for the client itself.
-                    if let Some(reply) = reply
-                        && socket.send(Message::text(reply)).await.is_err()
+                    if let Some(answer) = answer
+                        && let Err(exit) = reply(&writer, &answer)
                     {
-                        return Exit::Gone;
+                        return exit;
                     }
                 }
             }
@@ -320,6 +349,11 @@ impl Connection {
         event: Option<&str>,
     ) -> Result<String, policy::Denied> {
         policy::can_publish(&self.identity, channel, &self.shared.namespaces)?;
+        let max_depth = self.shared.config.max_data_depth;
+        if herald_protocol::frame::json_depth(data.get()) > max_depth {
+            self.shared.metrics.limit_hit("max_data_depth");
+            return Err((ErrorCode::MalformedFrame, format!("`data` nests deeper than {max_depth} levels")));
+        }
         let publication = Publication::new(channel, data, event)
             .map_err(|e| (ErrorCode::MalformedFrame, e.to_string()))?
             .from_user(&self.identity.user);
@@ -341,9 +375,14 @@ async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame) {
         return;
     }
     let read_until_close = async {
-        while let Some(Ok(msg)) = socket.next().await {
-            if matches!(msg, Message::Close(_)) {
-                break;
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+                // The stream ended, after a protocol error most likely: what follows means
+                // nothing, but it is read until the client closes, because closing with
+                // unread bytes would reset the connection and lose our close frame.
+                Some(Err(_)) | None => return discard(writer).await,
             }
         }
     };
@@ -370,8 +409,47 @@ impl From<CloseReason> for Exit {
     }
 }
 
-/// Maps a failed read to how the connection ends: an oversized frame is answered with 1009,
-/// anything else means the client is gone.
+/// Reads and drops whatever the client still sends, until it closes.
+async fn discard(writer: &Writer) {
+    let mut scratch = [0u8; 1024];
+    loop {
+        if writer.socket().readable().await.is_err() {
+            return;
+        }
+        match writer.socket().try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends a reply of the connection's own, behind what is waiting, never waiting for the
+/// client itself. A reply is written by the gateway, not the WebSocket library, so that a long
+/// one (a member list) is not held to the library's write buffer. `Err` ends the connection.
+fn reply(writer: &Writer, text: &str) -> Result<(), Exit> {
+    match writer.push_control(wire::text(text.as_bytes())) {
+        Ok(()) => Ok(()),
+        // A full queue asked for the close already; so may the sweeper or a drain have.
+        Err(Overflow::Full | Overflow::Closed) => {
+            Err(writer.close_requested().map_or(Exit::Gone, Exit::from))
+        }
+    }
+}
+
+/// The frame rate limit of `config`.
+fn rate_limit(config: &GatewayConfig) -> rate::Limit {
+    rate::Limit {
+        per_second: config.frame_rate,
+        burst: config.frame_burst,
+        close_after: config.rate_limit_close_after,
+    }
+}
+
+/// Maps a failed read to how the connection ends, with the close code RFC 6455 asks for: an
+/// oversized frame 1009, a text frame that is not UTF-8 1007, a broken frame (unmasked,
+/// reserved bits, unknown opcode) 1002. Anything else means the client is gone.
 fn read_error(msg: Option<Result<Message, WsError>>) -> Exit {
     use tokio_tungstenite::tungstenite::error::CapacityError;
     match msg {
@@ -379,6 +457,10 @@ fn read_error(msg: Option<Result<Message, WsError>>) -> Exit {
             Exit::error(ErrorCode::MessageTooLarge, "message too large")
         }
         Some(Err(WsError::Capacity(e))) => Exit::error(ErrorCode::MessageTooLarge, e.to_string()),
+        Some(Err(WsError::Utf8(_))) => {
+            Exit::Close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8".into())
+        }
+        Some(Err(WsError::Protocol(e))) => Exit::Close(CloseCode::PROTOCOL_ERROR, e.to_string()),
         _ => Exit::Gone,
     }
 }

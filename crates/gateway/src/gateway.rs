@@ -2,7 +2,7 @@
 //! Building one starts nothing; [`crate::serve`] runs it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use herald_broker::Broker;
 use herald_protocol::Namespaces;
@@ -37,6 +37,8 @@ pub(crate) struct Inner {
     /// Prefix of this node's client ids, random per start, so ids are unique across replicas.
     pub(crate) node_id: String,
     next_conn: AtomicU64,
+    /// Handshakes in progress, bounded by `gateway.max_handshakes`.
+    handshakes: AtomicUsize,
     pub(crate) metrics: Arc<GatewayMetrics>,
     /// Whether the last delivery canary came back in time.
     pub(crate) canary_ok: Arc<AtomicBool>,
@@ -88,6 +90,7 @@ impl Gateway {
                 observer,
                 node_id,
                 next_conn: AtomicU64::new(CANARY_CONN + 1),
+                handshakes: AtomicUsize::new(0),
                 metrics,
                 canary_ok,
                 shutdown,
@@ -149,6 +152,27 @@ impl Inner {
         self.metrics.connections.inc();
         self.metrics.connections_opened.inc();
         ConnectionGuard(self.clone())
+    }
+}
+
+/// A handshake in progress, counted against `gateway.max_handshakes` until dropped.
+pub(crate) struct HandshakeSlot(Shared);
+
+impl HandshakeSlot {
+    /// A slot, unless `gateway.max_handshakes` handshakes are in progress already.
+    pub(crate) fn acquire(shared: &Shared) -> Option<Self> {
+        let max = shared.config.max_handshakes;
+        shared
+            .handshakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(shared.clone()))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -49,6 +49,9 @@ pub struct RequestHead {
     pub version: Option<String>,
     pub key: Option<String>,
     pub authorization: Option<String>,
+    /// How many `Authorization` headers the request has: more than one is refused, since
+    /// which of them counts would be a guess.
+    pub authorizations: usize,
 }
 
 /// Why a request head was not read.
@@ -89,6 +92,7 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
         version: None,
         key: None,
         authorization: None,
+        authorizations: 0,
     };
     for header in request.headers.iter() {
         let slot = match header.name.to_ascii_lowercase().as_str() {
@@ -96,7 +100,10 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
             "connection" => &mut head.connection,
             "sec-websocket-version" => &mut head.version,
             "sec-websocket-key" => &mut head.key,
-            "authorization" => &mut head.authorization,
+            "authorization" => {
+                head.authorizations += 1;
+                &mut head.authorization
+            }
             _ => continue,
         };
         *slot = std::str::from_utf8(header.value).ok().map(|v| v.trim().to_string());
@@ -153,6 +160,9 @@ pub(crate) fn check(
     let Some(key) = head.key.as_deref() else {
         return Err((ErrorCode::MalformedFrame, "missing Sec-WebSocket-Key".into()));
     };
+    if head.authorizations > 1 {
+        return Err((ErrorCode::MalformedFrame, "more than one Authorization header".into()));
+    }
     let params: ConnectParams = serde_urlencoded::from_str(&head.query)
         .map_err(|e| (ErrorCode::MalformedFrame, format!("malformed query string: {e}")))?;
     let bearer = head.authorization.as_deref().and_then(|v| v.strip_prefix("Bearer "));
@@ -189,10 +199,21 @@ pub(crate) fn check(
 
 /// Answers with an HTTP error and a JSON body `{"error": {"code", "message"}}`, then closes.
 pub(crate) async fn refuse(stream: &mut TcpStream, code: ErrorCode, message: &str) {
+    refuse_with(stream, code, message, None).await
+}
+
+/// As [`refuse`], with a `Retry-After` of `retry_after` seconds when given.
+pub(crate) async fn refuse_with(
+    stream: &mut TcpStream,
+    code: ErrorCode,
+    message: &str,
+    retry_after: Option<u32>,
+) {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let retry = retry_after.map(|s| format!("retry-after: {s}\r\n")).unwrap_or_default();
     let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len(),
@@ -232,7 +253,14 @@ mod tests {
         );
         assert_eq!(head.upgrade.as_deref(), Some("websocket"));
         assert_eq!(head.authorization.as_deref(), Some("Bearer abc"));
+        assert_eq!(head.authorizations, 1);
         assert_eq!(&request[head.len..], b"frames");
+    }
+
+    #[test]
+    fn repeated_authorization_headers_are_counted() {
+        let request = b"GET /ws HTTP/1.1\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n";
+        assert_eq!(parse_request_head(request).unwrap().unwrap().authorizations, 2);
     }
 
     #[test]

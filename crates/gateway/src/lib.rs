@@ -6,8 +6,9 @@
 //!   read to route a request).
 //! - [`handshake`]: the HTTP request head of `GET /ws` ([`handshake::parse_request_head`]),
 //!   its checks (token, channels, readiness), the `101` answer and the HTTP refusals.
-//! - `connection`: one task per socket: client frames in, replies and queued frames out,
-//!   through `socket`, the adapter the WebSocket library reads and writes.
+//! - `connection`: one task per socket: client frames in (held to the frame rate limit of
+//!   `rate`), replies and queued frames out, through `socket`, the adapter the WebSocket
+//!   library reads and writes.
 //! - `wire`: the WebSocket frames the gateway encodes itself (messages, pings).
 //! - [`writer`]: each connection's outbound writer: direct writes while the socket takes
 //!   them, and behind them `queue`, the bounded frame queue. Others reach a connection
@@ -43,6 +44,7 @@ pub mod observer;
 pub mod policy;
 mod prefixed;
 mod queue;
+mod rate;
 pub mod registry;
 pub mod server;
 mod socket;

@@ -33,9 +33,16 @@ impl FrameQueue {
         self.frames.is_empty()
     }
 
-    /// Whether `frames` more frames of `bytes` in all stay within the bounds.
-    pub(crate) fn fits(&self, frames: usize, bytes: usize) -> bool {
-        self.frames.len() + frames <= self.max_len && self.bytes + bytes <= self.max_bytes
+    /// Whether `frames` more frames of `bytes` in all stay within the bounds. A frame of the
+    /// connection's own (`own`: a reply, a ping, the close frame) needs only the bytes already
+    /// waiting to be within the bound, so that a reply larger than the bound (a long member
+    /// list) is sent rather than taken for a slow client; the queue then holds at most the
+    /// bound plus that reply, and nothing more until it drained below the bound again.
+    pub(crate) fn fits(&self, frames: usize, bytes: usize, own: bool) -> bool {
+        if self.frames.len() + frames > self.max_len {
+            return false;
+        }
+        if own { self.bytes <= self.max_bytes } else { self.bytes + bytes <= self.max_bytes }
     }
 
     /// Appends `frame` minus its first `skip` bytes, which were written already.
@@ -142,13 +149,25 @@ mod tests {
 
     #[test]
     fn bounded_by_count_and_by_bytes() {
-        let mut q = FrameQueue::new(2, 10);
-        assert!(!q.fits(1, 11));
+        let mut q = FrameQueue::new(3, 10);
+        assert!(!q.fits(1, 11, false));
         q.push(&frame("12345"), 0);
-        assert!(q.fits(1, 5));
-        assert!(!q.fits(1, 6));
+        assert!(q.fits(1, 5, false));
+        assert!(!q.fits(1, 6, false));
         q.push(&frame("1"), 0);
-        assert!(!q.fits(1, 1), "two frames at most");
+        q.push(&frame("1"), 0);
+        assert!(!q.fits(1, 1, false), "three frames at most");
+        assert!(!q.fits(1, 1, true), "three frames at most, replies included");
+    }
+
+    #[test]
+    fn a_reply_larger_than_the_byte_bound_fits_while_the_queue_is_within_it() {
+        let mut q = FrameQueue::new(100, 10);
+        q.push(&frame("12345"), 0);
+        assert!(!q.fits(1, 100, false), "a message must fit the bound");
+        assert!(q.fits(1, 100, true), "a reply only needs the queue within the bound");
+        q.push(&Bytes::from(vec![b'x'; 100]), 0);
+        assert!(!q.fits(1, 1, true), "nothing more until the queue drained below the bound");
     }
 
     #[test]

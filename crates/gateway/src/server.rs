@@ -30,14 +30,11 @@ use tracing::Instrument;
 
 use crate::canary;
 use crate::connection::Connection;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, HandshakeSlot};
 use crate::handshake::{self, HeadError};
 use crate::prefixed::Prefixed;
 use crate::socket::WebSocket;
 use crate::sweeper;
-
-/// How long a client may take to send its request head (slow clients hold no slot forever).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Gateway {
     /// The routes besides `/ws`: `GET /livez`, `GET /readyz`, `GET /metrics`.
@@ -160,19 +157,31 @@ async fn open(
     mut stream: TcpStream,
     tracked: TaskTrackerToken,
 ) -> Option<(Connection, WebSocket, tracing::Span, TaskTrackerToken)> {
+    let shared = gateway.shared();
+    let Some(slot) = HandshakeSlot::acquire(shared) else {
+        shared.metrics.limit_hit("max_handshakes");
+        let message = "too many connections being set up at once, retry";
+        handshake::refuse_with(&mut stream, ErrorCode::Unavailable, message, Some(1)).await;
+        return None;
+    };
     let mut buf = Vec::with_capacity(1024);
     let read = Box::pin(handshake::read_head(&mut stream, &mut buf));
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read).await {
+    let head = match tokio::time::timeout(shared.config.handshake_timeout, read).await {
         Ok(Ok(head)) => head,
-        Ok(Err(HeadError::Closed)) | Err(_) => return None,
+        Ok(Err(HeadError::Closed)) => return None,
+        Err(_) => {
+            shared.metrics.limit_hit("handshake_timeout");
+            return None;
+        }
         Ok(Err(e)) => {
             handshake::refuse(&mut stream, ErrorCode::MalformedFrame, &e.to_string()).await;
             return None;
         }
     };
     if head.path != "/ws" {
-        // Shutdown does not wait for health checks and scrapes on keep-alive connections.
-        drop(tracked);
+        // Shutdown does not wait for health checks and scrapes on keep-alive connections,
+        // and they hold no handshake slot.
+        drop((tracked, slot));
         // Boxed, so that every handshake does not carry an HTTP/1 connection's state.
         Box::pin(serve_http(router, Prefixed { prefix: buf, at: 0, inner: stream })).await;
         return None;
@@ -186,6 +195,7 @@ async fn open(
             let mut conn = Connection::new(gateway.shared().clone(), identity);
             let span = tracing::debug_span!("conn", client = %conn.client_id(), user = %conn.user());
             let socket = conn.open(stream, upgrade).instrument(span.clone()).await?;
+            drop(slot);
             Some((conn, socket, span, tracked))
         }
         Err((code, message)) => {

@@ -128,7 +128,9 @@ impl Writer {
     }
 
     /// Sends one frame of the connection's own (a reply, a ping, the close frame). Refused
-    /// only once the connection ended, or when the queue is full.
+    /// only once the connection ended, or when the queue is full; it may be larger than
+    /// `gateway.outbound_queue_bytes` while what waits is within it (see
+    /// [`crate::queue::FrameQueue::fits`]).
     pub fn push_control(&self, frame: Bytes) -> Result<(), Overflow> {
         self.send(std::slice::from_ref(&frame), Mode::Control)
     }
@@ -160,7 +162,7 @@ impl Writer {
             }
         }
         let len: usize = rest.iter().map(Bytes::len).sum::<usize>() - skip;
-        if !state.queue.fits(rest.len(), len) {
+        if !state.queue.fits(rest.len(), len, mode == Mode::Control) {
             if skip > 0 {
                 // Part of a frame is out already: it must be finished, whatever follows.
                 state.queue.push(&rest[0], skip);
