@@ -44,9 +44,10 @@ pub struct GatewayConfig {
     /// it is small by default (the WebSocket library's default of 128 KiB would cost 1.2 GiB
     /// at 10k connections). Client frames are small; a larger one grows the buffer as needed.
     pub read_buffer_size: usize,
-    /// Bytes collected before a write is flushed to the socket.
+    /// Bytes the WebSocket library collects before a write is flushed to the socket. It
+    /// writes only pongs and close frames; messages and replies are written by the gateway.
     pub write_buffer_size: usize,
-    /// Most bytes that may wait in a connection's write buffer before writes fail.
+    /// Most bytes that may wait in the WebSocket library's write buffer before its writes fail.
     pub max_write_buffer_size: usize,
     /// How long writing the close frame to a departing client may take.
     #[serde(with = "humantime_serde")]

@@ -195,7 +195,12 @@ impl Connection {
                 msg = socket.next() => {
                     let Some(Ok(msg)) = msg else { return read_error(msg) };
                     writer.seen(self.shared.registry.now());
-                    match self.rate.take(&rate_limit(&self.shared.config)) {
+                    // A close frame is answered whatever the rate.
+                    let verdict = match msg {
+                        Message::Close(_) => Verdict::Allow,
+                        _ => self.rate.take(&rate_limit(&self.shared.config)),
+                    };
+                    match verdict {
                         Verdict::Allow => {}
                         Verdict::Refuse => {
                             self.shared.metrics.limit_hit("frame_rate");

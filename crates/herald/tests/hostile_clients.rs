@@ -274,12 +274,13 @@ async fn a_frame_flood_is_rate_limited_then_closed() {
             _ => panic!("unexpected {reply}"),
         }
     }
-    assert!((50..100).contains(&pongs), "the burst and what refilled meanwhile: {pongs} pongs");
+    assert!(pongs >= 50 && limited > 0, "the burst and what refilled meanwhile: {pongs} pongs");
     assert_eq!(pongs + limited, 200);
     assert!(node.limit_hits("frame_rate") >= limited as f64);
-    // Keeps going at four times the rate: closed once a second of it passed.
+    // Keeps going at eight times the rate: closed once a second of it passed.
     let mut ending = None;
     for _ in 0..2000 {
+        flooder.send_text(r#"{"type":"ping"}"#).await;
         flooder.send_text(r#"{"type":"ping"}"#).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         ending = flooder.ended();
