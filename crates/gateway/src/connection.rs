@@ -456,7 +456,7 @@ fn rate_limit(config: &GatewayConfig) -> rate::Limit {
 /// oversized frame 1009, a text frame that is not UTF-8 1007, a broken frame (unmasked,
 /// reserved bits, unknown opcode) 1002. Anything else means the client is gone.
 fn read_error(msg: Option<Result<Message, WsError>>) -> Exit {
-    use tokio_tungstenite::tungstenite::error::CapacityError;
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
     match msg {
         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
             Exit::error(ErrorCode::MessageTooLarge, "message too large")
@@ -465,6 +465,8 @@ fn read_error(msg: Option<Result<Message, WsError>>) -> Exit {
         Some(Err(WsError::Utf8(_))) => {
             Exit::Close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8".into())
         }
+        // The client vanished without a close frame: nobody to tell.
+        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => Exit::Gone,
         Some(Err(WsError::Protocol(e))) => Exit::Close(CloseCode::PROTOCOL_ERROR, e.to_string()),
         _ => Exit::Gone,
     }
