@@ -71,10 +71,9 @@ async fn a_slow_consumer_reads_4008_not_eof() {
     witness.finish().await;
 }
 
-/// Presence with 3000 members of 300-byte `info`: the asker gets the whole list (over the
-/// 1 MiB write buffer) instead of a connection closed with 1006.
-#[tokio::test]
-async fn a_member_list_over_a_mebibyte_is_delivered() {
+/// A gateway with presence in process (as in standalone mode), where another gateway's
+/// `members` members of 300-byte `info` are in `room:big`.
+async fn gateway_with_a_big_channel(members: u64) -> Node {
     let broker = memory();
     let config = PresenceConfig::default();
     let store = Arc::new(MemoryStore::new(config.timings()));
@@ -89,14 +88,11 @@ async fn a_member_list_over_a_mebibyte_is_delivered() {
     let transport = Arc::new(LocalTransport(api.service().clone()));
     let reporter = Reporter::spawn(config.clone(), namespaces(), transport.clone());
     let node = Node::start_observed(broker, Arc::new(reporter), |_| {}).await;
-    let witness = Witness::start(&node).await;
-
-    // Another gateway's 3000 members of room:big, as presence learns of them.
     let others = Reporter::spawn(config, namespaces(), transport);
     let channel = ChannelName::parse("room:big").unwrap();
     let info =
         serde_json::value::RawValue::from_string(json!({"name": "n".repeat(300)}).to_string()).unwrap();
-    for i in 0..3000u64 {
+    for i in 0..members {
         let conn = ConnectionInfo {
             conn_id: i + 1,
             client_id: format!("other-{i}").into(),
@@ -106,24 +102,60 @@ async fn a_member_list_over_a_mebibyte_is_delivered() {
         others.connected(&conn);
         others.subscribed(&conn, &channel);
     }
+    // Its task keeps reporting them; presence learns of them in the background, and the
+    // tests wait until it lists all of them.
+    drop(others);
+    node
+}
 
+/// Asks for the members of `room:big` until all `expected` are listed; returns the reply's
+/// length. Every reply must be a `presence` frame.
+async fn wait_for_members(client: &mut WsClient, expected: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let reply =
+            client.request(json!({"type": "presence", "id": 1, "channel": "room:big"})).await.unwrap();
+        let text = reply.to_string();
+        assert_eq!(reply["type"], "presence", "{:.200}", text);
+        if reply["members"].as_array().unwrap().len() == expected {
+            return text.len();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "presence never listed {expected} members");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Presence with 3000 members of 300-byte `info`: the asker gets the whole list (over the
+/// 1 MiB write buffer) instead of a connection closed with 1006.
+#[tokio::test]
+async fn a_member_list_over_a_mebibyte_is_delivered() {
+    let node = gateway_with_a_big_channel(3000).await;
+    let witness = Witness::start(&node).await;
     let mut asker = node.connect("asker").await;
     asker.subscribe("room:big").await.unwrap();
-    let deadline = tokio::time::Instant::now() + BOUND;
-    let members = loop {
-        let reply = asker.request(json!({"type": "presence", "id": 1, "channel": "room:big"})).await.unwrap();
-        assert_eq!(reply["type"], "presence", "{}", &reply.to_string()[..200.min(reply.to_string().len())]);
-        let members = reply["members"].as_array().unwrap().len();
-        if members == 3001 || tokio::time::Instant::now() > deadline {
-            break (members, reply.to_string().len());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(members.0, 3001, "every member and the asker");
-    assert!(members.1 > 1 << 20, "the reply ({} bytes) is over the 1 MiB write buffer", members.1);
+    let len = wait_for_members(&mut asker, 3001).await;
+    assert!(len > 1 << 20, "the reply ({len} bytes) is over the 1 MiB write buffer");
     // The connection is still usable.
     assert_eq!(asker.request(json!({"type": "ping", "id": 2})).await.unwrap()["type"], "pong");
     witness.finish().await;
+}
+
+/// A client that asks for a mebibyte of members again and again without reading overflows its
+/// queue with the replies, and is told so with 4008 when it reads, not with a bare EOF.
+#[tokio::test]
+async fn replies_that_overflow_the_queue_close_with_4008() {
+    let node = gateway_with_a_big_channel(3000).await;
+    let mut asker = node.connect("asker").await;
+    asker.subscribe("room:big").await.unwrap();
+    wait_for_members(&mut asker, 3001).await;
+    let mut greedy = Raw::open(node.addr, &token("greedy")).await;
+    greedy.send_text(&json!({"type": "subscribe", "channel": "room:big"}).to_string()).await;
+    assert_eq!(greedy.next_json().await["type"], "subscribed");
+    // 64 MiB of replies asked for, far beyond every buffer on the way.
+    for _ in 0..64 {
+        greedy.send_text(&json!({"type": "presence", "channel": "room:big"}).to_string()).await;
+    }
+    assert_eq!(greedy.ending().await, Ending::Close(4008));
 }
 
 /// Once `/readyz` says ready after a Redis restart it stays ready, and connections made right
