@@ -29,6 +29,7 @@ use crate::config::GatewayConfig;
 use crate::gateway::{ConnectionGuard, Shared};
 use crate::handshake::{self, Upgrade};
 use crate::hub::ConnHandle;
+use crate::metrics::GatewayMetrics;
 use crate::observer::ConnectionInfo;
 use crate::policy;
 use crate::rate::{self, FrameRate, Verdict};
@@ -210,7 +211,7 @@ impl Connection {
                             let rate = self.shared.config.frame_rate;
                             let refusal = error_frame(None, ErrorCode::RateLimited,
                                 &format!("frame not handled: more than {rate} frames per second"));
-                            if let Err(exit) = reply(&writer, &refusal) {
+                            if let Err(exit) = reply(&writer, &self.shared.metrics, &refusal) {
                                 return exit;
                             }
                             continue;
@@ -234,7 +235,7 @@ impl Connection {
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
                     if let Some(answer) = answer
-                        && let Err(exit) = reply(&writer, &answer)
+                        && let Err(exit) = reply(&writer, &self.shared.metrics, &answer)
                     {
                         return exit;
                     }
@@ -433,11 +434,14 @@ async fn discard(writer: &Writer) {
 /// Sends a reply of the connection's own, behind what is waiting, never waiting for the
 /// client itself. A reply is written by the gateway, not the WebSocket library, so that a long
 /// one (a member list) is not held to the library's write buffer. `Err` ends the connection.
-fn reply(writer: &Writer, text: &str) -> Result<(), Exit> {
+fn reply(writer: &Writer, metrics: &GatewayMetrics, text: &str) -> Result<(), Exit> {
     match writer.push_control(wire::text(text.as_bytes())) {
         Ok(()) => Ok(()),
         // A full queue asked for the close already; so may the sweeper or a drain have.
-        Err(Overflow::Full | Overflow::Closed) => {
+        Err(overflow) => {
+            if overflow == Overflow::Full {
+                metrics.slow_consumers.inc();
+            }
             Err(writer.close_requested().map_or(Exit::Gone, Exit::from))
         }
     }
