@@ -81,6 +81,14 @@ pub trait Broker: Send + Sync + 'static {
     /// channel it subscribes to is handed to `delivery`.
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber>;
 
+    /// As [`Broker::subscriber`], but the subscription's background task (the Redis node's
+    /// connection) is returned to the caller to run instead of spawned, so that a server can
+    /// run it on its own task tracker and wait for it at shutdown. The task ends after
+    /// [`Subscriber::close`]. Engines without a background task return one that is done.
+    fn subscriber_task(&self, delivery: Arc<dyn Delivery>) -> (Arc<dyn Subscriber>, BoxFuture<'static, ()>) {
+        (self.subscriber(delivery), Box::pin(std::future::ready(())))
+    }
+
     /// Whether publishing currently works, for readiness.
     async fn ping(&self) -> Result<(), BrokerError>;
 

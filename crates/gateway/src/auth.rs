@@ -51,11 +51,19 @@ pub struct Claims {
 #[derive(Deserialize)]
 struct TokenClaims {
     sub: Option<String>,
-    exp: Option<u64>,
+    /// `None` when absent (no expiry), `Some(None)` for `"exp": null`, which is refused: a
+    /// token that means to expire and says so wrongly must not live forever.
+    #[serde(default, deserialize_with = "present")]
+    exp: Option<Option<u64>>,
     nbf: Option<u64>,
     iss: Option<String>,
     aud: Option<Audience>,
     info: Option<Box<RawValue>>,
+}
+
+/// Tells a claim given as `null` (`Some(None)`) from one left out (`None`, by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 /// `aud` is one string or an array of them (RFC 7519, section 4.1.3).
@@ -153,7 +161,14 @@ impl TokenVerifier {
         }
         let claims: TokenClaims = decode_part(payload, "claims")?;
         let now = herald_protocol::publication::now_millis() / 1000;
-        if claims.exp.is_some_and(|exp| exp.saturating_add(self.leeway) < now) {
+        let exp = match claims.exp {
+            None => None,
+            Some(None) => {
+                return Err(refused("token `exp` is null: leave it out for a token that does not expire"));
+            }
+            Some(Some(exp)) => Some(exp),
+        };
+        if exp.is_some_and(|exp| exp.saturating_add(self.leeway) < now) {
             return Err(AuthError { code: ErrorCode::TokenExpired, message: "token has expired".into() });
         }
         if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
@@ -174,7 +189,7 @@ impl TokenVerifier {
         };
         let user =
             UserId::parse(&sub).map_err(|e| refused(format!("token `sub` is not a valid user id: {e}")))?;
-        Ok(Identity { user, expires_at: claims.exp, info: claims.info.map(Arc::from) })
+        Ok(Identity { user, expires_at: exp, info: claims.info.map(Arc::from) })
     }
 }
 
@@ -311,6 +326,17 @@ mod tests {
         assert_eq!(refusal(&v, &no_sub).1, "token lacks the `sub` claim");
         let string_exp = signed(&json!({"alg": "HS256"}), &json!({"sub": "a", "exp": "soon"}));
         assert!(refusal(&v, &string_exp).1.contains("malformed claims"));
+    }
+
+    #[test]
+    fn a_null_exp_is_refused_rather_than_taken_as_no_expiry() {
+        let v = verifier();
+        let null_exp = signed(&json!({"alg": "HS256"}), &json!({"sub": "a", "exp": null}));
+        let (code, message) = refusal(&v, &null_exp);
+        assert_eq!(code, ErrorCode::Unauthorized);
+        assert!(message.contains("`exp` is null"), "{message}");
+        let no_exp = signed(&json!({"alg": "HS256"}), &json!({"sub": "a"}));
+        assert_eq!(v.verify(&no_exp).unwrap().expires_at, None, "a token without `exp` does not expire");
     }
 
     #[test]

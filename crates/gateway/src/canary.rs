@@ -2,6 +2,12 @@
 //! broker to a channel only it subscribes to, and is ready only while the canary comes back in
 //! time. A gateway whose Redis connection looks healthy but delivers nothing (a failover gone
 //! wrong, a paused server) reports not ready instead of silently dropping messages.
+//!
+//! A canary counts only if the node's subscriptions stayed live from its publish to its
+//! return. One that was out when they went down (Redis died) is abandoned, and none is sent
+//! until they are back: its loss would say nothing about the connection live after the
+//! recovery, and counting it would turn a gateway that just became ready not ready again,
+//! exactly when every client of the blip reconnects.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +17,9 @@ use herald_protocol::{ChannelName, Publication};
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{ConnHandle, ConnId, Hub};
-use crate::queue::OutQueue;
-
-/// The hub connection id of the canary; real connections are numbered from 1.
-pub(crate) const CANARY_CONN: ConnId = 0;
+use crate::gateway::CANARY_CONN;
+use crate::hub::{ConnHandle, Hub};
+use crate::writer::Writer;
 
 /// The canary channel of node `node_id`. The `herald` namespace is reserved, so clients can
 /// neither subscribe to it nor publish into it.
@@ -33,16 +37,23 @@ pub(crate) async fn run(
     healthy: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let queue = Arc::new(OutQueue::new(64, 64 * 1024));
+    let queue = Arc::new(Writer::new(64, 64 * 1024));
     let handle = ConnHandle::new(CANARY_CONN, queue.clone());
     let mut joined = false;
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status = hub.subscriber().status();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // Back from an outage: the first canary goes out at once.
+            Ok(()) = status.changed(), if !*status.borrow() => {}
             _ = stop.cancelled() => break,
+        }
+        if !*status.borrow_and_update() {
+            // Not ready anyway while the subscriptions are down.
+            continue;
         }
         if !joined {
             joined = hub.join(&channel, handle.clone()).await.is_ok();
@@ -55,6 +66,8 @@ pub(crate) async fn run(
         seq += 1;
         let ok = tokio::select! {
             ok = round_trip(&hub, &channel, seq, &queue, timeout) => ok,
+            // The subscriptions went down while this canary was out: it does not count.
+            Ok(()) = status.changed() => continue,
             _ = stop.cancelled() => break,
         };
         if ok != healthy.swap(ok, Ordering::Relaxed) {
@@ -69,12 +82,17 @@ pub(crate) async fn run(
 }
 
 /// Publishes canary `seq` and waits for it to come back.
-async fn round_trip(hub: &Hub, channel: &ChannelName, seq: u64, queue: &OutQueue, timeout: Duration) -> bool {
+async fn round_trip(hub: &Hub, channel: &ChannelName, seq: u64, queue: &Writer, timeout: Duration) -> bool {
     let data = RawValue::from_string(seq.to_string()).expect("a number is JSON");
     let publication = Publication::new(channel, &data, None).expect("no event name");
     let expected = format!("\"data\":{seq}}}");
     let wait = async {
-        if hub.broker().publish(channel, publication.encode()).await.is_err() {
+        let payload = publication.encode();
+        // A publishing connection that broke in an outage fails once and is replaced on the
+        // next call: only a second failure means publishing does not work.
+        if hub.broker().publish(channel, payload.clone()).await.is_err()
+            && hub.broker().publish(channel, payload).await.is_err()
+        {
             return false;
         }
         loop {

@@ -44,9 +44,10 @@ pub struct GatewayConfig {
     /// it is small by default (the WebSocket library's default of 128 KiB would cost 1.2 GiB
     /// at 10k connections). Client frames are small; a larger one grows the buffer as needed.
     pub read_buffer_size: usize,
-    /// Bytes collected before a write is flushed to the socket.
+    /// Bytes the WebSocket library collects before a write is flushed to the socket. It
+    /// writes only pongs and close frames; messages and replies are written by the gateway.
     pub write_buffer_size: usize,
-    /// Most bytes that may wait in a connection's write buffer before writes fail.
+    /// Most bytes that may wait in the WebSocket library's write buffer before its writes fail.
     pub max_write_buffer_size: usize,
     /// How long writing the close frame to a departing client may take.
     #[serde(with = "humantime_serde")]
@@ -61,6 +62,27 @@ pub struct GatewayConfig {
     /// How long a canary may take to come back before the gateway reports not ready.
     #[serde(with = "humantime_serde")]
     pub canary_timeout: Duration,
+    /// How long a client may take to send its request head; a slower one (slowloris) is
+    /// disconnected without an answer and holds no slot longer.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Most handshakes in progress at once (request head read, token checked, channels
+    /// subscribed). Over it a new connection is answered 503 with `Retry-After` at once, so
+    /// a reconnect storm or a flood of idle sockets cannot hold every slot.
+    pub max_handshakes: usize,
+    /// Client frames per second a connection may send on average (a token bucket refilled at
+    /// this rate). A frame over the limit is not handled and is answered with an `error`
+    /// frame `rate_limited`.
+    pub frame_rate: u32,
+    /// How many frames a connection may send at once beyond `frame_rate` (the bucket's size).
+    pub frame_burst: u32,
+    /// A connection kept over its frame rate this long (its bucket never refilled) is closed
+    /// with 4029.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_close_after: Duration,
+    /// Deepest nesting of arrays and objects in the `data` of a client `publish`; deeper data
+    /// is refused with `malformed_frame`. Every subscriber parses it again.
+    pub max_data_depth: usize,
 }
 
 impl Default for GatewayConfig {
@@ -82,6 +104,12 @@ impl Default for GatewayConfig {
             drain_window: Duration::from_secs(10),
             canary_interval: Duration::from_secs(2),
             canary_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 1024,
+            frame_rate: 100,
+            frame_burst: 200,
+            rate_limit_close_after: Duration::from_secs(10),
+            max_data_depth: 32,
         }
     }
 }
@@ -95,11 +123,18 @@ impl GatewayConfig {
             ("gateway.write_batch", self.write_batch),
             ("gateway.max_message_size", self.max_message_size),
             ("gateway.read_buffer_size", self.read_buffer_size),
+            ("gateway.max_handshakes", self.max_handshakes),
+            ("gateway.frame_rate", self.frame_rate as usize),
+            ("gateway.frame_burst", self.frame_burst as usize),
+            ("gateway.max_data_depth", self.max_data_depth),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err(format!("{key}: must be greater than 0"));
             }
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("gateway.handshake_timeout: must be greater than 0".into());
         }
         if self.ping_interval.is_zero() {
             return Err("gateway.ping_interval: must be greater than 0".into());

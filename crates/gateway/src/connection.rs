@@ -1,8 +1,8 @@
 //! One client connection: a single task that owns its state and reads its socket.
 //!
-//! The task waits on three things: a frame from the client, its queue's close request (slow
-//! consumer, heartbeat timeout, token expiry, shutdown, from the hub and the gateway's
-//! sweeper), and queued frames ([`crate::queue`]): those of large channels, and whatever a
+//! The task waits on three things: a frame from the client, a close request on its writer
+//! (slow consumer, heartbeat timeout, token expiry, shutdown, from the hub and the gateway's
+//! sweeper), and queued frames ([`crate::writer`]): those of large channels, and whatever a
 //! full socket did not take. It writes them several per system call (write coalescing).
 //! Messages of small channels and pings are written by the hub and the sweeper themselves.
 //! Nothing the task writes waits for the client, so a client that stopped reading is cut off
@@ -24,14 +24,18 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::auth::Identity;
+use crate::close::CloseReason;
+use crate::config::GatewayConfig;
+use crate::gateway::{ConnectionGuard, Shared};
+use crate::handshake::{self, Upgrade};
 use crate::hub::ConnHandle;
+use crate::metrics::GatewayMetrics;
 use crate::observer::ConnectionInfo;
 use crate::policy;
-use crate::queue::{CloseReason, OutQueue, Socket};
-use crate::server::{self, Upgrade};
-use crate::{ConnectionGuard, Shared};
-
-pub(crate) type WebSocket = WebSocketStream<Socket>;
+use crate::rate::{self, FrameRate, Verdict};
+use crate::socket::{Socket, WebSocket};
+use crate::wire;
+use crate::writer::{Overflow, Writer};
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -52,12 +56,14 @@ pub(crate) struct Connection {
     identity: Identity,
     /// What observers (presence) know of this connection.
     info: ConnectionInfo,
-    /// What the hub holds of this connection: its id and outbound queue.
+    /// What the hub holds of this connection: its id and outbound writer.
     handle: ConnHandle,
     /// Every channel this connection is in, the server-managed ones included.
     subscriptions: HashSet<ChannelName>,
     /// Whether the client got `connected` (and observers heard of it).
     greeted: bool,
+    /// The client's frame rate limit.
+    rate: FrameRate,
     /// Counts the connection in the gauge while it exists.
     _open: ConnectionGuard,
 }
@@ -67,7 +73,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.registry.unregister(self.handle.id);
         self.shared.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
-        self.handle.queue.close();
+        self.handle.writer.close();
         for channel in self.subscriptions.drain() {
             self.shared.hub.leave(&channel, self.handle.id);
         }
@@ -80,7 +86,7 @@ impl Drop for Connection {
 impl Connection {
     pub(crate) fn new(shared: Shared, identity: Identity) -> Self {
         let id = shared.next_conn_id();
-        let queue = OutQueue::new(shared.config.outbound_queue, shared.config.outbound_queue_bytes);
+        let writer = Writer::new(shared.config.outbound_queue, shared.config.outbound_queue_bytes);
         let info = ConnectionInfo {
             conn_id: id,
             client_id: format!("{}-{id}", shared.node_id).into(),
@@ -89,9 +95,10 @@ impl Connection {
         };
         Self {
             info,
-            handle: ConnHandle::new(id, Arc::new(queue)),
+            handle: ConnHandle::new(id, Arc::new(writer)),
             subscriptions: HashSet::new(),
             greeted: false,
+            rate: FrameRate::new(&rate_limit(&shared.config)),
             _open: shared.connection_opened(),
             identity,
             shared,
@@ -122,7 +129,7 @@ impl Connection {
             if let Exit::Close(code, reason) = exit {
                 tracing::debug!(code, %reason, "closing connection");
                 let frame = CloseFrame { code: code.into(), reason: reason.into() };
-                let closing = close(&mut socket, &self.handle.queue, frame);
+                let closing = close(&mut socket, &self.handle.writer, frame);
                 // Boxed: needed once, at the end, and inline it would make every task larger.
                 let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, closing)).await;
             }
@@ -135,8 +142,8 @@ impl Connection {
     /// concurrently; if one fails, the client gets HTTP 503 instead of an upgrade. `None`
     /// when the client is not connected (what was joined is left when `self` drops).
     pub(crate) async fn open(&mut self, mut stream: TcpStream, upgrade: Upgrade) -> Option<WebSocket> {
-        let (id, queue) = (self.handle.id, self.handle.queue.clone());
-        self.shared.registry.register(id, queue, self.identity.expires_at, self.shared.config.ping_interval);
+        let (id, writer) = (self.handle.id, self.handle.writer.clone());
+        self.shared.registry.register(id, writer, self.identity.expires_at, self.shared.config.ping_interval);
         let personal =
             self.shared.config.personal_channel.then(|| ChannelName::personal(&self.identity.user));
         let joins: Vec<_> = personal
@@ -148,7 +155,7 @@ impl Connection {
         for confirmed in joins {
             if let Err(e) = confirmed.await {
                 let message = format!("broker unavailable: {e}");
-                server::refuse(&mut stream, ErrorCode::Unavailable, &message).await;
+                handshake::refuse(&mut stream, ErrorCode::Unavailable, &message).await;
                 return None;
             }
         }
@@ -157,11 +164,11 @@ impl Connection {
             user: &self.identity.user,
             channels: &upgrade.requested,
         };
-        let answer = server::switching_protocols(&upgrade, &hello.to_json());
+        let answer = handshake::switching_protocols(&upgrade, &hello.to_json());
         if stream.write_all(&answer).await.is_err() {
             return None;
         }
-        self.handle.queue.attach(stream);
+        self.handle.writer.attach(stream);
         self.greeted = true;
         self.shared.observer.connected(&self.info);
         for channel in &upgrade.requested {
@@ -169,7 +176,7 @@ impl Connection {
         }
         Some(
             WebSocketStream::from_partially_read(
-                Socket(self.handle.queue.clone()),
+                Socket(self.handle.writer.clone()),
                 upgrade.leftover,
                 Role::Server,
                 Some(upgrade.config),
@@ -179,30 +186,58 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Exit {
-        let queue = self.handle.queue.clone();
+        let writer = self.handle.writer.clone();
         let batch = self.shared.config.write_batch;
         loop {
             tokio::select! {
                 biased;
-                reason = queue.closing() => return Exit::from(reason),
-                Err(_) = queue.drain(batch) => return Exit::Gone,
+                reason = writer.closing() => return Exit::from(reason),
+                Err(_) = writer.drain(batch) => return Exit::Gone,
                 msg = socket.next() => {
                     let Some(Ok(msg)) = msg else { return read_error(msg) };
-                    queue.seen(self.shared.registry.now());
-                    let reply = match msg {
+                    writer.seen(self.shared.registry.now());
+                    // A close frame is answered whatever the rate.
+                    let verdict = match msg {
+                        Message::Close(_) => Verdict::Allow,
+                        _ => self.rate.take(&rate_limit(&self.shared.config)),
+                    };
+                    match verdict {
+                        Verdict::Allow => {}
+                        Verdict::Refuse => {
+                            self.shared.metrics.limit_hit("frame_rate");
+                            if !matches!(msg, Message::Text(_)) {
+                                continue;
+                            }
+                            let rate = self.shared.config.frame_rate;
+                            let refusal = error_frame(None, ErrorCode::RateLimited,
+                                &format!("frame not handled: more than {rate} frames per second"));
+                            if let Err(exit) = reply(&writer, &self.shared.metrics, &refusal) {
+                                return exit;
+                            }
+                            continue;
+                        }
+                        Verdict::Close => {
+                            self.shared.metrics.limit_hit("frame_rate_close");
+                            return Exit::error(ErrorCode::RateLimited, "frame rate limit exceeded for too long");
+                        }
+                    }
+                    let answer = match msg {
                         // Boxed: a request's future is large and rarely alive, and inline it
                         // would make every idle connection's task that much larger.
                         Message::Text(text) => Box::pin(self.handle_text(&text)).await,
                         Message::Binary(_) => Some(error_frame(None, ErrorCode::MalformedFrame,
                             "binary frames are not supported; send JSON text frames")),
-                        Message::Close(_) => return Exit::Gone,
+                        Message::Close(_) => {
+                            // Sends the library's answer to the client's close frame.
+                            let _ = socket.flush().await;
+                            return Exit::Gone;
+                        }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
                     };
-                    // Queued behind what is waiting, never waiting for the client itself.
-                    if let Some(reply) = reply
-                        && socket.send(Message::text(reply)).await.is_err()
+                    if let Some(answer) = answer
+                        && let Err(exit) = reply(&writer, &self.shared.metrics, &answer)
                     {
-                        return Exit::Gone;
+                        return exit;
                     }
                 }
             }
@@ -320,6 +355,11 @@ impl Connection {
         event: Option<&str>,
     ) -> Result<String, policy::Denied> {
         policy::can_publish(&self.identity, channel, &self.shared.namespaces)?;
+        let max_depth = self.shared.config.max_data_depth;
+        if herald_protocol::frame::json_depth(data.get()) > max_depth {
+            self.shared.metrics.limit_hit("max_data_depth");
+            return Err((ErrorCode::MalformedFrame, format!("`data` nests deeper than {max_depth} levels")));
+        }
         let publication = Publication::new(channel, data, event)
             .map_err(|e| (ErrorCode::MalformedFrame, e.to_string()))?
             .from_user(&self.identity.user);
@@ -336,20 +376,25 @@ impl Connection {
 /// socket at once would reset the TCP connection while the client still has frames in flight
 /// to us, and a reset makes the client's kernel discard what it had not read yet, our close
 /// frame included.
-async fn close(socket: &mut WebSocket, queue: &OutQueue, frame: CloseFrame) {
+async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame) {
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
     let read_until_close = async {
-        while let Some(Ok(msg)) = socket.next().await {
-            if matches!(msg, Message::Close(_)) {
-                break;
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+                // The stream ended, after a protocol error most likely: what follows means
+                // nothing, but it is read until the client closes, because closing with
+                // unread bytes would reset the connection and lose our close frame.
+                Some(Err(_)) | None => return discard(writer).await,
             }
         }
     };
     tokio::select! {
         _ = read_until_close => {}
-        _ = queue.drain(usize::MAX) => {}
+        _ = writer.drain(usize::MAX) => {}
     }
 }
 
@@ -370,15 +415,63 @@ impl From<CloseReason> for Exit {
     }
 }
 
-/// Maps a failed read to how the connection ends: an oversized frame is answered with 1009,
-/// anything else means the client is gone.
+/// Reads and drops whatever the client still sends, until it closes.
+async fn discard(writer: &Writer) {
+    let mut scratch = [0u8; 1024];
+    loop {
+        if writer.socket().readable().await.is_err() {
+            return;
+        }
+        match writer.socket().try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends a reply of the connection's own, behind what is waiting, never waiting for the
+/// client itself. A reply is written by the gateway, not the WebSocket library, so that a long
+/// one (a member list) is not held to the library's write buffer. `Err` ends the connection.
+fn reply(writer: &Writer, metrics: &GatewayMetrics, text: &str) -> Result<(), Exit> {
+    match writer.push_control(wire::text(text.as_bytes())) {
+        Ok(()) => Ok(()),
+        // A full queue asked for the close already; so may the sweeper or a drain have.
+        Err(overflow) => {
+            if overflow == Overflow::Full {
+                metrics.slow_consumers.inc();
+            }
+            Err(writer.close_requested().map_or(Exit::Gone, Exit::from))
+        }
+    }
+}
+
+/// The frame rate limit of `config`.
+fn rate_limit(config: &GatewayConfig) -> rate::Limit {
+    rate::Limit {
+        per_second: config.frame_rate,
+        burst: config.frame_burst,
+        close_after: config.rate_limit_close_after,
+    }
+}
+
+/// Maps a failed read to how the connection ends, with the close code RFC 6455 asks for: an
+/// oversized frame 1009, a text frame that is not UTF-8 1007, a broken frame (unmasked,
+/// reserved bits, unknown opcode) 1002. Anything else means the client is gone.
 fn read_error(msg: Option<Result<Message, WsError>>) -> Exit {
-    use tokio_tungstenite::tungstenite::error::CapacityError;
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
     match msg {
         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
             Exit::error(ErrorCode::MessageTooLarge, "message too large")
         }
         Some(Err(WsError::Capacity(e))) => Exit::error(ErrorCode::MessageTooLarge, e.to_string()),
+        Some(Err(WsError::Utf8(_))) => {
+            Exit::Close(CloseCode::INVALID_PAYLOAD, "text frame is not UTF-8".into())
+        }
+        // The client vanished without a close frame: nobody to tell.
+        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => Exit::Gone,
+        Some(Err(WsError::Protocol(e))) => Exit::Close(CloseCode::PROTOCOL_ERROR, e.to_string()),
         _ => Exit::Gone,
     }
 }

@@ -21,17 +21,19 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use herald_broker::{Broker, Confirmation, Delivery, Subscriber};
 use herald_protocol::ChannelName;
 use herald_protocol::support::shrink;
 
 use crate::metrics::GatewayMetrics;
-use crate::queue::{MAX_BATCH, OutQueue, Overflow};
+use crate::registry::{ConnId, ConnMap};
 use crate::wire;
+use crate::writer::{MAX_BATCH, Overflow, Writer};
 
 /// Number of independently locked parts of the channel map, so that joins and deliveries on
 /// different channels do not contend.
@@ -42,50 +44,19 @@ const SHARDS: usize = 64;
 /// runtime thread writes a share.
 const DIRECT_MAX: usize = 64;
 
-/// Identifies a connection within this gateway.
-pub type ConnId = u64;
-
-/// A map keyed by connection id.
-pub type ConnMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnIdHasher>>;
-
-/// Hashes a [`ConnId`] with one multiplication (Fibonacci hashing) instead of SipHash. The
-/// gateway hands ids out in sequence and clients cannot choose them, so no one can aim
-/// collisions at a map, which is what SipHash guards against. The multiplier is odd, so the
-/// low bits that pick a bucket stay distinct for consecutive ids, and the high bits the map
-/// uses as tags are mixed from all of them.
-#[derive(Default, Clone, Copy)]
-pub struct ConnIdHasher(u64);
-
-impl Hasher for ConnIdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // Not used by `u64` keys; correct for anything else, just not fast.
-        for &b in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// What the hub keeps of a subscribed connection: where to queue its frames, and how to tell
+/// What the hub keeps of a subscribed connection: where to write its frames, and how to tell
 /// it that it fell behind.
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
     /// Where the hub puts the connection's frames; bounded, and marks the connection slow
     /// when full.
-    pub queue: Arc<OutQueue>,
+    pub writer: Arc<Writer>,
 }
 
 impl ConnHandle {
-    pub fn new(id: ConnId, queue: Arc<OutQueue>) -> Self {
-        Self { id, queue }
+    pub fn new(id: ConnId, writer: Arc<Writer>) -> Self {
+        Self { id, writer }
     }
 }
 
@@ -120,6 +91,9 @@ struct HubInner {
     /// The node's broker subscription; set once, right after the hub is built, because the
     /// subscriber needs the hub (as its [`Delivery`]) to exist first.
     subscriber: OnceLock<Arc<dyn Subscriber>>,
+    /// The subscription's background task (the Redis node's connection), until
+    /// [`crate::serve`] takes it to run on its task tracker.
+    task: Mutex<Option<BoxFuture<'static, ()>>>,
     /// Messages delivered by the broker and not yet flushed; at most [`MAX_BATCH`].
     batch: Mutex<Vec<Received>>,
     metrics: Arc<GatewayMetrics>,
@@ -143,19 +117,28 @@ impl Delivery for HubDelivery {
 }
 
 impl Hub {
-    /// Builds the hub and starts the node's broker subscription.
+    /// Builds the hub and the node's broker subscription. Spawns nothing: the subscription's
+    /// background task is run by whoever takes it with [`Hub::take_task`] ([`crate::serve`]).
     pub fn new(broker: Arc<dyn Broker>, metrics: Arc<GatewayMetrics>) -> Self {
         let inner = Arc::new(HubInner {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             broker,
             subscriber: OnceLock::new(),
+            task: Mutex::default(),
             batch: Mutex::default(),
             metrics,
         });
-        let subscriber = inner.broker.subscriber(Arc::new(HubDelivery(Arc::downgrade(&inner))));
+        let (subscriber, task) = inner.broker.subscriber_task(Arc::new(HubDelivery(Arc::downgrade(&inner))));
         let _ = inner.subscriber.set(subscriber);
+        *inner.task.lock().expect("hub task lock poisoned") = Some(task);
         Self { inner }
+    }
+
+    /// The node subscription's background task, once: it must run for subscriptions to be
+    /// confirmed and messages to arrive, and ends after [`Subscriber::close`].
+    pub fn take_task(&self) -> Option<BoxFuture<'static, ()>> {
+        self.inner.task.lock().expect("hub task lock poisoned").take()
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -257,7 +240,7 @@ impl HubInner {
         let direct = entry.conns.len() <= DIRECT_MAX;
         let mut delivered = 0;
         for conn in entry.conns.values() {
-            let pushed = if direct { conn.queue.push(frames) } else { conn.queue.push_queued(frames) };
+            let pushed = if direct { conn.writer.push(frames) } else { conn.writer.push_queued(frames) };
             match pushed {
                 Ok(()) => delivered += frames.len(),
                 // `Full` is reported once per connection; later pushes find it closed.
@@ -301,16 +284,7 @@ mod tests {
         assert_eq!(publish_time(b"not a frame"), 0);
     }
 
-    #[test]
-    fn consecutive_conn_ids_land_in_distinct_buckets_with_mixed_tags() {
-        let hash = |id: ConnId| BuildHasherDefault::<ConnIdHasher>::default().hash_one(id);
-        let buckets: std::collections::HashSet<u64> = (1000..2024).map(|id| hash(id) & 1023).collect();
-        assert_eq!(buckets.len(), 1024, "the low bits are a bijection of the id's");
-        let tags: std::collections::HashSet<u64> = (1000..2024).map(|id| hash(id) >> 57).collect();
-        assert_eq!(tags.len(), 128, "every 7-bit tag occurs");
-    }
-
-    use crate::queue::{CloseReason, MAX_BATCH};
+    use crate::close::CloseReason;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
@@ -321,12 +295,12 @@ mod tests {
         channel: &ChannelName,
         n: u64,
         first_len: usize,
-    ) -> Vec<(Arc<OutQueue>, TcpStream)> {
+    ) -> Vec<(Arc<Writer>, TcpStream)> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut out = Vec::new();
         for id in 1..=n {
             let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let queue = Arc::new(OutQueue::new(if id == 1 { first_len } else { 1024 }, 1 << 20));
+            let queue = Arc::new(Writer::new(if id == 1 { first_len } else { 1024 }, 1 << 20));
             queue.attach(listener.accept().await.unwrap().0);
             hub.join(channel, ConnHandle::new(id, queue.clone())).await.unwrap();
             out.push((queue, client));

@@ -19,6 +19,15 @@ pub struct CloseLabels {
     pub code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// Which limit: `frame_rate` (a client frame refused), `frame_rate_close` (a connection
+    /// closed with 4029), `max_handshakes` (a connection refused with 503),
+    /// `handshake_timeout` (a request head not complete in time), `max_data_depth` (a
+    /// publish refused).
+    pub limit: &'static str,
+}
+
 /// Every metric a gateway exports.
 pub struct GatewayMetrics {
     registry: Mutex<Registry>,
@@ -38,6 +47,8 @@ pub struct GatewayMetrics {
     pub slow_consumers: Counter,
     /// Connections closed by the server, by close code.
     pub closes: Family<CloseLabels, Counter>,
+    /// Times a limit was hit, by limit.
+    pub limit_hits: Family<LimitLabels, Counter>,
     /// Times the node's broker subscription connection was re-established.
     pub broker_reconnects: Counter,
     /// Seconds from a message's publish timestamp to the gateway having written or queued it
@@ -63,6 +74,7 @@ impl Default for GatewayMetrics {
             frames_delivered: Counter::default(),
             slow_consumers: Counter::default(),
             closes: Family::default(),
+            limit_hits: Family::default(),
             broker_reconnects: Counter::default(),
             delivery_latency: Histogram::new([
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -94,6 +106,7 @@ impl Default for GatewayMetrics {
             "Connections closed by the server, by close code",
             metrics.closes.clone(),
         );
+        registry.register("limit_hits", "Times a limit was hit, by limit", metrics.limit_hits.clone());
         registry.register(
             "broker_reconnects",
             "Re-established broker (Redis Pub/Sub) connections",
@@ -122,6 +135,11 @@ impl GatewayMetrics {
     pub(crate) fn closed(&self, code: Option<u16>) {
         let code = code.map_or_else(|| "gone".to_string(), |c| c.to_string());
         self.closes.get_or_create(&CloseLabels { code }).inc();
+    }
+
+    /// Counts a hit of `limit` (see [`LimitLabels`]).
+    pub(crate) fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits.get_or_create(&LimitLabels { limit }).inc();
     }
 
     /// The text exposition format.

@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use herald_protocol::{ChannelName, ErrorCode, UserId};
 use serde_json::value::RawValue;
 
-use crate::hub::ConnId;
+use crate::registry::ConnId;
 
 /// What an observer knows of a connection.
 #[derive(Debug, Clone)]

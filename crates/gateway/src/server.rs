@@ -1,18 +1,17 @@
-//! The gateway's listener: WebSocket upgrades on `/ws`, and health checks and metrics.
+//! The gateway's listener: the accept loop, the background tasks, and the plain HTTP routes.
 //!
-//! `/ws` is handled here, without an HTTP framework: the request head is parsed once, the
-//! token and the channels in the URL are checked, the channels are subscribed, and only then
-//! is the `101 Switching Protocols` answer written, in the same write as the `connected`
-//! frame. A refusal (bad token, bad channel, broker unavailable) is a plain HTTP error with a
-//! JSON body, before any WebSocket exists. Connecting is the gateway's most frequent costly
-//! operation (every deploy and network blip reconnects everyone), and this keeps it to one
-//! task, one read and one write per client. Every other path is served by hyper and the
-//! router of [`Gateway::router`].
+//! Each accepted connection gets one task. It reads the request head ([`crate::handshake`]);
+//! `/ws` is checked and upgraded there, and the same task then serves the open connection.
+//! Connecting is the gateway's most frequent costly operation (every deploy and network blip
+//! reconnects everyone), and this keeps it to one task, one read and one write per client.
+//! Every other path is served by hyper and the router of [`Gateway::router`].
+//!
+//! [`serve`] owns every task of the gateway: connections, the delivery canary, the sweeper
+//! and the broker subscription's background task. It starts them, and at shutdown waits for
+//! them to end.
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -22,46 +21,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::FutureExt;
 use futures_util::future::Either;
-use herald_protocol::{ChannelName, ErrorCode};
+use herald_protocol::ErrorCode;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
-use crate::Gateway;
-use crate::auth::Identity;
-use crate::connection::{Connection, WebSocket};
-use crate::policy;
-
-/// Longest request head accepted.
-const MAX_HEAD: usize = 8 * 1024;
-/// Most request headers accepted.
-const MAX_HEADERS: usize = 48;
-/// How long a client may take to send its request head (slow clients hold no slot forever).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Deserialize)]
-struct ConnectParams {
-    token: Option<String>,
-    /// Channels to subscribe before `connected`, comma-separated.
-    subscribe: Option<String>,
-}
-
-/// A checked `/ws` request, ready to be answered with `101`.
-pub(crate) struct Upgrade {
-    /// The `Sec-WebSocket-Accept` value.
-    pub accept: String,
-    /// The channels of `?subscribe=`, checked.
-    pub requested: Vec<ChannelName>,
-    /// Bytes the client sent after the request head (its first frames, if it did not wait).
-    pub leftover: Vec<u8>,
-    pub config: WebSocketConfig,
-}
+use crate::canary;
+use crate::connection::Connection;
+use crate::gateway::{Gateway, HandshakeSlot};
+use crate::handshake::{self, HeadError};
+use crate::prefixed::Prefixed;
+use crate::socket::WebSocket;
+use crate::sweeper;
 
 impl Gateway {
     /// The routes besides `/ws`: `GET /livez`, `GET /readyz`, `GET /metrics`.
@@ -75,16 +48,33 @@ impl Gateway {
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, closes
-/// every connection with 1012 over the drain window and waits for their tasks to end.
+/// every connection with 1012 over the drain window and waits for every task to end.
 pub async fn serve(
     gateway: Gateway,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let token = gateway.shared.shutdown.clone();
+    let shared = gateway.shared().clone();
+    let token = shared.shutdown.clone();
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    // The broker subscription's task runs until the subscriber is closed, after every
+    // connection ended, so it is awaited apart from the tracker's tasks.
+    let node = gateway.hub().take_task().map(tokio::spawn);
+    shared.tasks.spawn(canary::run(
+        gateway.hub().clone(),
+        canary::channel(&shared.node_id),
+        shared.config.canary_interval,
+        shared.config.canary_timeout,
+        shared.canary_ok.clone(),
+        token.clone(),
+    ));
+    shared.tasks.spawn(sweeper::run(
+        std::sync::Arc::downgrade(&shared.registry),
+        shared.config.clone(),
+        token.clone(),
+    ));
     let stop = token.clone();
-    tokio::spawn(async move {
+    let signal = tokio::spawn(async move {
         shutdown.await;
         stop.cancel();
     });
@@ -108,14 +98,18 @@ pub async fn serve(
             let _ = stream.set_nodelay(true);
         }
         // Counted from here, so shutdown waits for a connection accepted just before it.
-        let tracked = gateway.shared.tasks.token();
+        let tracked = shared.tasks.token();
         let (gateway, router) = (gateway.clone(), router.clone());
         tokio::spawn(handle(gateway, router, stream, tracked));
     }
     drop(listener);
-    gateway.shared.tasks.close();
-    gateway.shared.tasks.wait().await;
+    signal.abort();
+    shared.tasks.close();
+    shared.tasks.wait().await;
     gateway.hub().subscriber().close();
+    if let Some(node) = node {
+        let _ = node.await;
+    }
     Ok(())
 }
 
@@ -146,7 +140,7 @@ fn handle(
     stream: TcpStream,
     tracked: TaskTrackerToken,
 ) -> impl Future<Output = ()> + Send {
-    Box::pin(handshake(gateway, router, stream, tracked)).then(|opened| match opened {
+    Box::pin(open(gateway, router, stream, tracked)).then(|opened| match opened {
         Some((conn, socket, span, tracked)) => {
             Either::Left(conn.run(socket).instrument(span).map(move |()| drop(tracked)))
         }
@@ -157,42 +151,55 @@ fn handle(
 /// Reads the request head and routes it: `/ws` is upgraded here, anything else goes to hyper.
 /// Returns an opened connection, to be served, and the token that keeps shutdown waiting
 /// for it.
-async fn handshake(
+async fn open(
     gateway: Gateway,
     router: Router,
     mut stream: TcpStream,
     tracked: TaskTrackerToken,
 ) -> Option<(Connection, WebSocket, tracing::Span, TaskTrackerToken)> {
+    let shared = gateway.shared();
+    let Some(slot) = HandshakeSlot::acquire(shared) else {
+        shared.metrics.limit_hit("max_handshakes");
+        let message = "too many connections being set up at once, retry";
+        handshake::refuse_with(&mut stream, ErrorCode::Unavailable, message, Some(1)).await;
+        return None;
+    };
     let mut buf = Vec::with_capacity(1024);
-    let read = Box::pin(read_head(&mut stream, &mut buf));
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read).await {
+    let read = Box::pin(handshake::read_head(&mut stream, &mut buf));
+    let head = match tokio::time::timeout(shared.config.handshake_timeout, read).await {
         Ok(Ok(head)) => head,
-        Ok(Err(HeadError::Closed)) | Err(_) => return None,
-        Ok(Err(HeadError::Invalid(message))) => {
-            refuse(&mut stream, ErrorCode::MalformedFrame, &message).await;
+        Ok(Err(HeadError::Closed)) => return None,
+        Err(_) => {
+            shared.metrics.limit_hit("handshake_timeout");
+            return None;
+        }
+        Ok(Err(e)) => {
+            handshake::refuse(&mut stream, ErrorCode::MalformedFrame, &e.to_string()).await;
             return None;
         }
     };
     if head.path != "/ws" {
-        // Shutdown does not wait for health checks and scrapes on keep-alive connections.
-        drop(tracked);
+        // Shutdown does not wait for health checks and scrapes on keep-alive connections,
+        // and they hold no handshake slot.
+        drop((tracked, slot));
         // Boxed, so that every handshake does not carry an HTTP/1 connection's state.
         Box::pin(serve_http(router, Prefixed { prefix: buf, at: 0, inner: stream })).await;
         return None;
     }
     let leftover = buf.split_off(head.len);
-    let checked = check(&gateway, &head, leftover);
+    let checked = handshake::check(&gateway, &head, leftover);
     // Freed before waiting for the broker: a connection keeps only what it needs.
     drop((buf, head));
     match checked {
         Ok((identity, upgrade)) => {
-            let mut conn = Connection::new(gateway.shared.clone(), identity);
+            let mut conn = Connection::new(gateway.shared().clone(), identity);
             let span = tracing::debug_span!("conn", client = %conn.client_id(), user = %conn.user());
             let socket = conn.open(stream, upgrade).instrument(span.clone()).await?;
+            drop(slot);
             Some((conn, socket, span, tracked))
         }
         Err((code, message)) => {
-            refuse(&mut stream, code, &message).await;
+            handshake::refuse(&mut stream, code, &message).await;
             None
         }
     }
@@ -203,201 +210,6 @@ async fn handshake(
 async fn serve_http(router: Router, stream: Prefixed) {
     let service = TowerToHyperService::new(router);
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-}
-
-/// What the request head says, as far as the gateway cares.
-struct Head {
-    /// Bytes of the head, up to and including the blank line.
-    len: usize,
-    method: String,
-    path: String,
-    query: String,
-    /// Lower-cased names of the few headers read.
-    upgrade: Option<String>,
-    connection: Option<String>,
-    version: Option<String>,
-    key: Option<String>,
-    authorization: Option<String>,
-}
-
-enum HeadError {
-    /// The client went away or sent nothing.
-    Closed,
-    Invalid(String),
-}
-
-/// Reads until the request head is complete (at most [`MAX_HEAD`] bytes) and parses it.
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Head, HeadError> {
-    loop {
-        if buf.len() >= MAX_HEAD {
-            return Err(HeadError::Invalid(format!("request head larger than {MAX_HEAD} bytes")));
-        }
-        let read = stream.read_buf(buf).await.map_err(|_| HeadError::Closed)?;
-        if read == 0 {
-            return Err(HeadError::Closed);
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let len = match request.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => continue,
-            Err(e) => return Err(HeadError::Invalid(format!("malformed HTTP request: {e}"))),
-        };
-        let target = request.path.unwrap_or("/");
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let mut head = Head {
-            len,
-            method: request.method.unwrap_or("").to_string(),
-            path: path.to_string(),
-            query: query.to_string(),
-            upgrade: None,
-            connection: None,
-            version: None,
-            key: None,
-            authorization: None,
-        };
-        for header in request.headers.iter() {
-            let slot = match header.name.to_ascii_lowercase().as_str() {
-                "upgrade" => &mut head.upgrade,
-                "connection" => &mut head.connection,
-                "sec-websocket-version" => &mut head.version,
-                "sec-websocket-key" => &mut head.key,
-                "authorization" => &mut head.authorization,
-                _ => continue,
-            };
-            *slot = std::str::from_utf8(header.value).ok().map(|v| v.trim().to_string());
-        }
-        return Ok(head);
-    }
-}
-
-/// Checks a `/ws` request: a WebSocket upgrade, a valid token, permitted channels, a ready
-/// gateway. Any refusal comes with the error code and message for the client.
-fn check(gateway: &Gateway, head: &Head, leftover: Vec<u8>) -> Result<(Identity, Upgrade), policy::Denied> {
-    let has = |value: &Option<String>, token: &str| {
-        value.as_deref().is_some_and(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
-    };
-    if head.method != "GET"
-        || !has(&head.upgrade, "websocket")
-        || !has(&head.connection, "upgrade")
-        || head.version.as_deref() != Some("13")
-    {
-        return Err((
-            ErrorCode::MalformedFrame,
-            "expected a WebSocket upgrade: GET with Upgrade: websocket, Connection: Upgrade, \
-             Sec-WebSocket-Version: 13"
-                .into(),
-        ));
-    }
-    let Some(key) = head.key.as_deref() else {
-        return Err((ErrorCode::MalformedFrame, "missing Sec-WebSocket-Key".into()));
-    };
-    let params: ConnectParams = serde_urlencoded::from_str(&head.query)
-        .map_err(|e| (ErrorCode::MalformedFrame, format!("malformed query string: {e}")))?;
-    let bearer = head.authorization.as_deref().and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = params.token.as_deref().or(bearer) else {
-        return Err((
-            ErrorCode::Unauthorized,
-            "missing token: pass ?token=<JWT> or Authorization: Bearer".into(),
-        ));
-    };
-    let identity = gateway.shared.verifier.verify(token).map_err(|e| (e.code, e.message))?;
-    let config = &gateway.shared.config;
-    let requested = match params.subscribe.as_deref() {
-        None => Vec::new(),
-        Some(list) => policy::connect_subscriptions(
-            &identity,
-            list,
-            &gateway.shared.namespaces,
-            config.personal_channel,
-            config.max_subscriptions,
-        )?,
-    };
-    if !gateway.is_ready() {
-        return Err((ErrorCode::Unavailable, "gateway not ready: broker unavailable, retry later".into()));
-    }
-    let ws = WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        .write_buffer_size(config.write_buffer_size)
-        .max_write_buffer_size(config.max_write_buffer_size)
-        .max_message_size(Some(config.max_message_size))
-        .max_frame_size(Some(config.max_message_size));
-    Ok((identity, Upgrade { accept: derive_accept_key(key.as_bytes()), requested, leftover, config: ws }))
-}
-
-/// Answers with an HTTP error and a JSON body `{"error": {"code", "message"}}`, then closes.
-pub(crate) async fn refuse(stream: &mut TcpStream, code: ErrorCode, message: &str) {
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-    let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len(),
-    );
-    let write = async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(HEAD_TIMEOUT, write).await;
-}
-
-/// The `101` answer to `upgrade` followed by `first`, a text frame, ready for one write.
-pub(crate) fn switching_protocols(upgrade: &Upgrade, first: &str) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
-         sec-websocket-accept: {}\r\n\r\n",
-        upgrade.accept
-    )
-    .into_bytes();
-    crate::wire::put_text(first.as_bytes(), &mut out);
-    out
-}
-
-/// A stream whose first bytes were already read: they are read again first.
-struct Prefixed {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.prefix.len() {
-            let n = buf.remaining().min(this.prefix.len() - this.at);
-            buf.put_slice(&this.prefix[this.at..this.at + n]);
-            this.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
 }
 
 #[cfg(test)]

@@ -7,124 +7,32 @@
 //! fan-out is once per delivered message; walking every connection once per tick costs a
 //! few atomic loads each.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use herald_protocol::support::shrink;
-use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 
+use crate::close::CloseReason;
 use crate::config::GatewayConfig;
-use crate::hub::{ConnId, ConnMap};
-use crate::queue::{CloseReason, OutQueue};
+use crate::registry::Registry;
+use crate::writer::Writer;
 
-/// Independently locked parts of the registry, so that connects do not contend.
-const SHARDS: usize = 16;
-
-/// Every live connection of the gateway, and the gateway's coarse clock.
-pub(crate) struct Registry {
-    shards: Box<[Mutex<ConnMap<Entry>>]>,
-    /// Milliseconds since `epoch`, advanced by the sweeper every tick.
-    clock: AtomicU64,
-    epoch: Instant,
-    /// Set once the drain started: connections registering later are closed at once.
-    draining: AtomicBool,
-}
-
-struct Entry {
-    queue: Arc<OutQueue>,
-    /// The token's `exp`, seconds since the Unix epoch.
-    expires_at: Option<u64>,
-    /// When the next ping is due, on the registry's clock.
-    next_ping: u64,
-}
-
-impl Registry {
-    pub(crate) fn new() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            clock: AtomicU64::new(0),
-            epoch: Instant::now(),
-            draining: AtomicBool::new(false),
+/// Advances the registry's clock and checks every connection once.
+fn tick(registry: &Registry, config: &GatewayConfig) {
+    let now = registry.clock.advance();
+    let unix = herald_protocol::publication::now_millis() / 1000;
+    let pong_timeout = config.pong_timeout.as_millis() as u64;
+    let ping_interval = config.ping_interval.as_millis() as u64;
+    registry.for_each(|entry| {
+        if entry.expires_at.is_some_and(|exp| exp <= unix) {
+            entry.writer.request_close(CloseReason::TokenExpired);
+        } else if now.saturating_sub(entry.writer.last_seen()) > pong_timeout {
+            entry.writer.request_close(CloseReason::HeartbeatTimeout);
+        } else if now >= entry.next_ping {
+            entry.next_ping = now + ping_interval;
+            entry.writer.ping();
         }
-    }
-
-    /// The gateway's clock, milliseconds, as of the last tick.
-    pub(crate) fn now(&self) -> u64 {
-        self.clock.load(Ordering::Relaxed)
-    }
-
-    fn shard(&self, id: ConnId) -> &Mutex<ConnMap<Entry>> {
-        &self.shards[id as usize % SHARDS]
-    }
-
-    /// Starts keeping time for connection `id`; its first ping is due `ping_interval` from now.
-    pub(crate) fn register(
-        &self,
-        id: ConnId,
-        queue: Arc<OutQueue>,
-        expires_at: Option<u64>,
-        ping_interval: Duration,
-    ) {
-        let now = self.now();
-        queue.seen(now);
-        let next_ping = now + ping_interval.as_millis() as u64;
-        self.shard(id)
-            .lock()
-            .expect("registry lock poisoned")
-            .insert(id, Entry { queue: queue.clone(), expires_at, next_ping });
-        // Checked after the insert: the drain sets the flag before it collects connections,
-        // so a connection is either collected or sees the flag.
-        if self.draining.load(Ordering::SeqCst) {
-            queue.request_close(CloseReason::ShuttingDown);
-        }
-    }
-
-    pub(crate) fn unregister(&self, id: ConnId) {
-        let mut shard = self.shard(id).lock().expect("registry lock poisoned");
-        shard.remove(&id);
-        shrink(&mut shard);
-    }
-
-    /// Connections registered now.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().expect("registry lock poisoned").len()).sum()
-    }
-
-    /// Advances the clock and checks every connection once.
-    fn tick(&self, config: &GatewayConfig) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.clock.store(now, Ordering::Relaxed);
-        let unix = herald_protocol::publication::now_millis() / 1000;
-        let pong_timeout = config.pong_timeout.as_millis() as u64;
-        let ping_interval = config.ping_interval.as_millis() as u64;
-        for shard in &self.shards {
-            let mut shard = shard.lock().expect("registry lock poisoned");
-            for entry in shard.values_mut() {
-                if entry.expires_at.is_some_and(|exp| exp <= unix) {
-                    entry.queue.request_close(CloseReason::TokenExpired);
-                } else if now.saturating_sub(entry.queue.last_seen()) > pong_timeout {
-                    entry.queue.request_close(CloseReason::HeartbeatTimeout);
-                } else if now >= entry.next_ping {
-                    entry.next_ping = now + ping_interval;
-                    entry.queue.ping();
-                }
-            }
-        }
-    }
-
-    /// Every registered connection, in random order, and from now on closes late comers.
-    fn start_drain(&self) -> Vec<Arc<OutQueue>> {
-        self.draining.store(true, Ordering::SeqCst);
-        let mut all: Vec<Arc<OutQueue>> = Vec::new();
-        for shard in &self.shards {
-            all.extend(shard.lock().expect("registry lock poisoned").values().map(|e| e.queue.clone()));
-        }
-        all.shuffle(&mut rand::rng());
-        all
-    }
+    });
 }
 
 /// How often the sweeper looks at every connection: a quarter of the shortest heartbeat
@@ -142,7 +50,7 @@ pub(crate) async fn run(registry: Weak<Registry>, config: Arc<GatewayConfig>, sh
         tokio::select! {
             _ = ticks.tick() => {
                 let Some(registry) = registry.upgrade() else { return };
-                registry.tick(&config);
+                tick(&registry, &config);
             }
             _ = shutdown.cancelled() => break,
         }
@@ -153,7 +61,7 @@ pub(crate) async fn run(registry: Weak<Registry>, config: Arc<GatewayConfig>, sh
 
 /// Closes `queues` one after another, evenly spread over `window`, so their clients do not
 /// all reconnect elsewhere at once.
-async fn drain(queues: Vec<Arc<OutQueue>>, window: Duration) {
+async fn drain(queues: Vec<Arc<Writer>>, window: Duration) {
     let start = tokio::time::Instant::now();
     let n = queues.len().max(1) as f64;
     for (i, queue) in queues.into_iter().enumerate() {
@@ -169,6 +77,7 @@ async fn drain(queues: Vec<Arc<OutQueue>>, window: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::ConnId;
 
     fn config(ping: u64, pong: u64) -> GatewayConfig {
         GatewayConfig {
@@ -178,12 +87,12 @@ mod tests {
         }
     }
 
-    fn queue() -> Arc<OutQueue> {
-        Arc::new(OutQueue::new(10, 1000))
+    fn queue() -> Arc<Writer> {
+        Arc::new(Writer::new(10, 1000))
     }
 
-    fn close_reason(queue: &OutQueue) -> Option<CloseReason> {
-        futures_util::FutureExt::now_or_never(queue.closing())
+    fn close_reason(queue: &Writer) -> Option<CloseReason> {
+        queue.close_requested()
     }
 
     #[test]
@@ -197,15 +106,15 @@ mod tests {
         registry.register(2, quiet.clone(), None, config.ping_interval);
         registry.register(3, expired.clone(), Some(1), config.ping_interval);
         std::thread::sleep(Duration::from_millis(30));
-        registry.tick(&config);
-        let pinged = |q: &OutQueue| q.pop().is_some_and(|f| f == crate::wire::PING);
+        tick(&registry, &config);
+        let pinged = |q: &Writer| q.pop().is_some_and(|f| f == crate::wire::PING);
         assert!(pinged(&talker) && pinged(&quiet), "a ping is due after ping_interval");
         assert_eq!(close_reason(&expired), Some(CloseReason::TokenExpired));
         std::thread::sleep(Duration::from_millis(250));
-        registry.tick(&config);
+        tick(&registry, &config);
         talker.seen(registry.now());
         std::thread::sleep(Duration::from_millis(200));
-        registry.tick(&config);
+        tick(&registry, &config);
         assert_eq!(close_reason(&quiet), Some(CloseReason::HeartbeatTimeout));
         assert_eq!(close_reason(&talker), None, "the talker was seen within pong_timeout");
         registry.unregister(2);

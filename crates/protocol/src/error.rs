@@ -31,6 +31,9 @@ pub enum ErrorCode {
     BatchTooLarge,
     /// A per-connection limit was reached (for example the number of subscriptions).
     LimitExceeded,
+    /// The connection sent frames faster than `gateway.frame_rate` allows; the frame was not
+    /// handled. Sustained, it ends the connection with 4029.
+    RateLimited,
     /// The credentials (token or API key) are missing or invalid.
     Unauthorized,
     /// The connection token has expired.
@@ -59,6 +62,11 @@ pub struct CloseCode;
 impl CloseCode {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
+    /// The client broke the WebSocket protocol (an unmasked frame, reserved bits, an unknown
+    /// opcode).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame exceeded the configured maximum message size.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// Unexpected server failure.
@@ -73,11 +81,13 @@ impl CloseCode {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The client stopped answering pings.
     pub const HEARTBEAT_TIMEOUT: u16 = 4009;
+    /// The client kept sending frames faster than its rate limit.
+    pub const RATE_LIMITED: u16 = 4029;
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::MalformedFrame,
         Self::UnknownType,
         Self::InvalidChannel,
@@ -88,6 +98,7 @@ impl ErrorCode {
         Self::MessageTooLarge,
         Self::BatchTooLarge,
         Self::LimitExceeded,
+        Self::RateLimited,
         Self::Unauthorized,
         Self::TokenExpired,
         Self::Unavailable,
@@ -112,6 +123,7 @@ impl ErrorCode {
             Self::MessageTooLarge => "message_too_large",
             Self::BatchTooLarge => "batch_too_large",
             Self::LimitExceeded => "limit_exceeded",
+            Self::RateLimited => "rate_limited",
             Self::Unauthorized => "unauthorized",
             Self::TokenExpired => "token_expired",
             Self::Unavailable => "unavailable",
@@ -132,7 +144,7 @@ impl ErrorCode {
             Self::AlreadySubscribed | Self::NotSubscribed => 409,
             Self::Forbidden => 403,
             Self::MessageTooLarge | Self::BatchTooLarge => 413,
-            Self::LimitExceeded => 429,
+            Self::LimitExceeded | Self::RateLimited => 429,
             Self::Unauthorized | Self::TokenExpired => 401,
             Self::Unavailable | Self::ShuttingDown | Self::Overloaded => 503,
             Self::OutcomeUnknown => 504,
@@ -159,7 +171,9 @@ impl ErrorCode {
             Self::Forbidden => PERMISSION_DENIED,
             Self::AlreadySubscribed => ALREADY_EXISTS,
             Self::NotSubscribed => FAILED_PRECONDITION,
-            Self::MessageTooLarge | Self::BatchTooLarge | Self::LimitExceeded => RESOURCE_EXHAUSTED,
+            Self::MessageTooLarge | Self::BatchTooLarge | Self::LimitExceeded | Self::RateLimited => {
+                RESOURCE_EXHAUSTED
+            }
             Self::Unauthorized | Self::TokenExpired => UNAUTHENTICATED,
             Self::Unavailable | Self::ShuttingDown | Self::Overloaded => UNAVAILABLE,
             Self::SlowConsumer | Self::HeartbeatTimeout | Self::OutcomeUnknown => DEADLINE_EXCEEDED,
@@ -169,13 +183,15 @@ impl ErrorCode {
 
     /// The close code used when this error ends a WebSocket connection. Errors without one never
     /// end a connection: they are answered with an `error` frame and the connection stays open.
-    /// `unavailable` ends a connection only while it is being set up.
+    /// `unavailable` ends a connection only while it is being set up; `rate_limited` is an
+    /// `error` frame first and ends the connection only when the abuse goes on.
     pub fn close_code(self) -> Option<u16> {
         match self {
             Self::Unauthorized | Self::TokenExpired => Some(CloseCode::UNAUTHORIZED),
             Self::MessageTooLarge => Some(CloseCode::MESSAGE_TOO_BIG),
             Self::SlowConsumer => Some(CloseCode::SLOW_CONSUMER),
             Self::HeartbeatTimeout => Some(CloseCode::HEARTBEAT_TIMEOUT),
+            Self::RateLimited => Some(CloseCode::RATE_LIMITED),
             Self::ShuttingDown => Some(CloseCode::SERVICE_RESTART),
             Self::Unavailable => Some(CloseCode::TRY_AGAIN_LATER),
             Self::Internal => Some(CloseCode::INTERNAL),
@@ -208,7 +224,7 @@ mod tests {
         for code in ErrorCode::ALL {
             assert!(doc.contains(&format!("`{}`", code.as_str())), "{code} missing from docs/protocol.md");
         }
-        for close in ["1009", "1011", "1012", "1013", "4001", "4008", "4009"] {
+        for close in ["1002", "1007", "1009", "1011", "1012", "1013", "4001", "4008", "4009", "4029"] {
             assert!(doc.contains(close), "close code {close} missing from docs/protocol.md");
         }
     }

@@ -177,9 +177,47 @@ impl ServerFrame<'_> {
     }
 }
 
+/// How deeply arrays and objects nest in `json`, which must be valid JSON: `0` for a scalar,
+/// `1` for `[1]` or `{"a":1}`, `2` for `[[1]]`. Brackets inside strings do not count. For
+/// limiting the depth of client `data`, which is passed on untouched and parsed again by
+/// every subscriber.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#""[[[""#), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"["\"[", [2]]"#), 2);
+        assert_eq!(json_depth(&format!("{}{}", "[".repeat(100), "]".repeat(100))), 100);
+    }
 
     fn code(text: &str) -> ErrorCode {
         ClientFrame::parse(text).unwrap_err().code

@@ -12,7 +12,7 @@
 //!   deep); a batch takes one token per message.
 //!
 //! Over a limit the answer is `overloaded` (503, gRPC UNAVAILABLE) for the replica's limits and
-//! `limit_exceeded` (429, gRPC RESOURCE_EXHAUSTED) for a key's rate, both with a `Retry-After`.
+//! `rate_limited` (429, gRPC RESOURCE_EXHAUSTED) for a key's rate, both with a `Retry-After`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -116,7 +116,7 @@ impl Limits {
         Some(KeyId(rest.strip_prefix(b" ")?.trim_ascii().into()))
     }
 
-    /// Takes `messages` tokens from `key`'s bucket, or refuses with `limit_exceeded` and how
+    /// Takes `messages` tokens from `key`'s bucket, or refuses with `rate_limited` and how
     /// long until there are enough.
     pub fn take(
         &self,
@@ -132,7 +132,7 @@ impl Limits {
             metrics.limited(transport, "rate");
             let retry_after = Duration::from_secs(wait.as_secs_f64().ceil().max(1.0) as u64);
             ApiError::Limited {
-                code: ErrorCode::LimitExceeded,
+                code: ErrorCode::RateLimited,
                 message: format!(
                     "this API key is over publisher.rate_limit ({messages} message(s) asked); retry after {}s",
                     retry_after.as_secs()

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use herald_protocol::ChannelName;
 use rand::Rng;
 use serde::Deserialize;
@@ -317,6 +318,12 @@ impl Broker for RedisBroker {
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {
+        let (subscriber, task) = self.subscriber_task(delivery);
+        tokio::spawn(task);
+        subscriber
+    }
+
+    fn subscriber_task(&self, delivery: Arc<dyn Delivery>) -> (Arc<dyn Subscriber>, BoxFuture<'static, ()>) {
         let shared = NodeShared::new(self.inner.shutdown.child_token(), self.inner.config.subscribe_timeout);
         let info = self.inner.client.get_connection_info();
         let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
@@ -330,8 +337,8 @@ impl Broker for RedisBroker {
             shared: shared.clone(),
             delivery,
         };
-        tokio::spawn(task.run());
-        Arc::new(RedisSubscriber { shared, prefix: self.inner.config.prefix.clone() })
+        let subscriber = Arc::new(RedisSubscriber { shared, prefix: self.inner.config.prefix.clone() });
+        (subscriber, Box::pin(task.run()))
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

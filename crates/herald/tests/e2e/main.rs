@@ -5,19 +5,22 @@
 //! Layout:
 //! - [`common`] starts gateways and a publisher API on one engine ([`common::Cluster`]) or a
 //!   `herald gateway` child process; [`presence_support`] adds presence replicas and gateways
-//!   that report to them.
+//!   that report to them; [`hostile_support`] has gateways of a test's own configuration, a
+//!   witness client and a raw TCP client that writes broken WebSocket frames.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
-//!   observability, configuration, the standalone mode, presence, and the local cluster script.
+//!   observability, configuration, hostile clients, the standalone mode, presence, and the local cluster script.
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
 mod common;
+mod hostile_support;
 mod presence_support;
 
 mod bad_input;
 mod config;
 mod delivery;
 mod drain;
+mod hostile_clients;
 mod local_cluster;
 mod observability;
 mod presence_api;

@@ -135,7 +135,7 @@ async fn batch_bodies_over_the_size_limit_are_413() {
     assert!(app.settled().await.is_empty());
 }
 
-/// Each API key has its own token bucket of messages: over it, 429 `limit_exceeded` with
+/// Each API key has its own token bucket of messages: over it, 429 `rate_limited` with
 /// `Retry-After` (gRPC: RESOURCE_EXHAUSTED with `retry-after`), while another key still
 /// publishes; a batch takes a token per message.
 #[tokio::test]
@@ -149,7 +149,7 @@ async fn each_key_is_rate_limited_on_its_own() {
     }
     let response = app.post("/v1/publish", json!({"channel": "chat:lobby", "data": "over"})).await;
     assert_eq!(response.headers()["retry-after"], "1");
-    let message = assert_error(response, 429, "limit_exceeded").await;
+    let message = assert_error(response, 429, "rate_limited").await;
     assert!(message.contains("rate_limit"), "{message}");
     let mut client = app.grpc_client().await;
     let status = client.publish(authed(publish("\"over\""))).await.unwrap_err();

@@ -1,0 +1,190 @@
+//! The gateway node: its settings, hub, registry and metrics in one cheap-to-clone handle.
+//! Building one starts nothing; [`crate::serve`] runs it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use herald_broker::Broker;
+use herald_protocol::Namespaces;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenVerifier;
+use crate::config::{AuthConfig, GatewayConfig};
+use crate::hub::Hub;
+use crate::metrics::GatewayMetrics;
+use crate::observer::{ConnectionObserver, NoObserver};
+use crate::registry::{ConnId, Registry};
+
+/// The hub connection id of the delivery canary; real connections are numbered after it.
+pub(crate) const CANARY_CONN: ConnId = 0;
+
+/// A running gateway node. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Shared,
+}
+
+pub(crate) type Shared = Arc<Inner>;
+
+pub(crate) struct Inner {
+    pub(crate) config: Arc<GatewayConfig>,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) namespaces: Namespaces,
+    pub(crate) hub: Hub,
+    /// Told of every connection and subscription change (presence).
+    pub(crate) observer: Arc<dyn ConnectionObserver>,
+    /// Prefix of this node's client ids, random per start, so ids are unique across replicas.
+    pub(crate) node_id: String,
+    next_conn: AtomicU64,
+    /// Handshakes in progress, bounded by `gateway.max_handshakes`.
+    handshakes: AtomicUsize,
+    pub(crate) metrics: Arc<GatewayMetrics>,
+    /// Whether the last delivery canary came back in time.
+    pub(crate) canary_ok: Arc<AtomicBool>,
+    /// Cancelled when the gateway shuts down; every connection closes with 1012.
+    pub(crate) shutdown: CancellationToken,
+    /// Handshake and connection tasks and the background tasks (canary, sweeper), so
+    /// shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+    /// Every live connection, for the sweeper.
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl Gateway {
+    /// Builds the gateway and its node's broker subscription; nothing runs until [`crate::serve`]
+    /// starts it. Fails, naming the key, when the configuration is invalid.
+    pub fn new(
+        config: GatewayConfig,
+        auth: &AuthConfig,
+        namespaces: Namespaces,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Self, String> {
+        Self::with_observer(config, auth, namespaces, broker, Arc::new(NoObserver))
+    }
+
+    /// As [`Gateway::new`], reporting connections and subscriptions to `observer`.
+    pub fn with_observer(
+        config: GatewayConfig,
+        auth: &AuthConfig,
+        namespaces: Namespaces,
+        broker: Arc<dyn Broker>,
+        observer: Arc<dyn ConnectionObserver>,
+    ) -> Result<Self, String> {
+        config.validate()?;
+        namespaces.validate().map_err(|e| format!("namespaces: {e}"))?;
+        let verifier = TokenVerifier::new(auth)?;
+        let node_id = format!("{:08x}", rand_u32());
+        let metrics = Arc::new(GatewayMetrics::default());
+        let hub = Hub::new(broker, metrics.clone());
+        let canary_ok = Arc::new(AtomicBool::new(false));
+        let shutdown = CancellationToken::new();
+        let config = Arc::new(config);
+        let registry = Arc::new(Registry::new());
+        Ok(Self {
+            shared: Arc::new(Inner {
+                config,
+                verifier,
+                namespaces,
+                hub,
+                observer,
+                node_id,
+                next_conn: AtomicU64::new(CANARY_CONN + 1),
+                handshakes: AtomicUsize::new(0),
+                metrics,
+                canary_ok,
+                shutdown,
+                tasks: TaskTracker::new(),
+                registry,
+            }),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.shared.hub
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.shared.metrics.connections.get() as usize
+    }
+
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.shared.metrics
+    }
+
+    /// Whether the node delivers: its broker subscriptions are live, its last delivery canary
+    /// came back in time, and it is not shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.shared.shutdown.is_cancelled()
+            && *self.shared.hub.subscriber().status().borrow()
+            && self.shared.canary_ok.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining: `/readyz` turns 503 and the connections close with 1012 one after
+    /// another, spread evenly over `gateway.drain_window` in random order. [`crate::serve`] does
+    /// this when its shutdown resolves.
+    pub fn drain(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// The metrics in Prometheus text format, with state gauges refreshed.
+    pub fn render_metrics(&self) -> String {
+        let metrics = &self.shared.metrics;
+        metrics.channels.set(self.shared.hub.channel_count() as i64);
+        metrics.observe_reconnects(self.shared.hub.subscriber().reconnects());
+        metrics.ready.set(i64::from(self.is_ready()));
+        metrics.encode()
+    }
+}
+
+impl Inner {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts an open connection until the guard drops.
+    pub(crate) fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.metrics.connections.inc();
+        self.metrics.connections_opened.inc();
+        ConnectionGuard(self.clone())
+    }
+}
+
+/// A handshake in progress, counted against `gateway.max_handshakes` until dropped.
+pub(crate) struct HandshakeSlot(Shared);
+
+impl HandshakeSlot {
+    /// A slot, unless `gateway.max_handshakes` handshakes are in progress already.
+    pub(crate) fn acquire(shared: &Shared) -> Option<Self> {
+        let max = shared.config.max_handshakes;
+        shared
+            .handshakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(shared.clone()))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pub(crate) struct ConnectionGuard(Shared);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connections.dec();
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}

@@ -1,0 +1,272 @@
+//! The WebSocket handshake: the HTTP request head, its checks, and the answers.
+//!
+//! `/ws` is handled without an HTTP framework: the request head is parsed once
+//! ([`parse_request_head`]), the token and the channels in the URL are checked, and, once the
+//! connection subscribed its channels, the `101 Switching Protocols` answer is written in the
+//! same write as the `connected` frame ([`switching_protocols`]). A refusal (bad token, bad
+//! channel, broker unavailable) is a plain HTTP error with a JSON body ([`refuse`]), before
+//! any WebSocket exists.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use herald_protocol::{ChannelName, ErrorCode};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::auth::Identity;
+use crate::gateway::Gateway;
+use crate::policy;
+
+/// Longest request head accepted.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Most request headers accepted.
+const MAX_HEADERS: usize = 48;
+/// How long writing a refusal may take.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+struct ConnectParams {
+    token: Option<String>,
+    /// Channels to subscribe before `connected`, comma-separated.
+    subscribe: Option<String>,
+}
+
+/// What a request head says, as far as the gateway cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the head, up to and including the blank line.
+    pub len: usize,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// The values of the few headers read, trimmed.
+    pub upgrade: Option<String>,
+    pub connection: Option<String>,
+    pub version: Option<String>,
+    pub key: Option<String>,
+    pub authorization: Option<String>,
+    /// How many `Authorization` headers the request has: more than one is refused, since
+    /// which of them counts would be a guess.
+    pub authorizations: usize,
+}
+
+/// Why a request head was not read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadError {
+    /// The client went away or sent nothing.
+    #[error("the client closed the connection before its request head was complete")]
+    Closed,
+    #[error("request head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("malformed HTTP request: {0}")]
+    Malformed(#[from] httparse::Error),
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` while it is incomplete. Bytes
+/// after the head (the client's first frames) are left alone; [`RequestHead::len`] says where
+/// they start. Never panics, whatever `buf` holds.
+pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+        httparse::Status::Partial => return Ok(None),
+    };
+    if len > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut head = RequestHead {
+        len,
+        method: request.method.unwrap_or("").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        upgrade: None,
+        connection: None,
+        version: None,
+        key: None,
+        authorization: None,
+        authorizations: 0,
+    };
+    for header in request.headers.iter() {
+        let slot = match header.name.to_ascii_lowercase().as_str() {
+            "upgrade" => &mut head.upgrade,
+            "connection" => &mut head.connection,
+            "sec-websocket-version" => &mut head.version,
+            "sec-websocket-key" => &mut head.key,
+            "authorization" => {
+                head.authorizations += 1;
+                &mut head.authorization
+            }
+            _ => continue,
+        };
+        *slot = std::str::from_utf8(header.value).ok().map(|v| v.trim().to_string());
+    }
+    Ok(Some(head))
+}
+
+/// Reads until the request head is complete (at most [`MAX_HEAD`] bytes) and parses it.
+pub(crate) async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<RequestHead, HeadError> {
+    loop {
+        let read = stream.read_buf(buf).await.map_err(|_| HeadError::Closed)?;
+        if read == 0 {
+            return Err(HeadError::Closed);
+        }
+        if let Some(head) = parse_request_head(buf)? {
+            return Ok(head);
+        }
+    }
+}
+
+/// A checked `/ws` request, ready to be answered with `101`.
+pub(crate) struct Upgrade {
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept: String,
+    /// The channels of `?subscribe=`, checked.
+    pub requested: Vec<ChannelName>,
+    /// Bytes the client sent after the request head (its first frames, if it did not wait).
+    pub leftover: Vec<u8>,
+    pub config: WebSocketConfig,
+}
+
+/// Checks a `/ws` request: a WebSocket upgrade, a valid token, permitted channels, a ready
+/// gateway. Any refusal comes with the error code and message for the client.
+pub(crate) fn check(
+    gateway: &Gateway,
+    head: &RequestHead,
+    leftover: Vec<u8>,
+) -> Result<(Identity, Upgrade), policy::Denied> {
+    let has = |value: &Option<String>, token: &str| {
+        value.as_deref().is_some_and(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    };
+    if head.method != "GET"
+        || !has(&head.upgrade, "websocket")
+        || !has(&head.connection, "upgrade")
+        || head.version.as_deref() != Some("13")
+    {
+        return Err((
+            ErrorCode::MalformedFrame,
+            "expected a WebSocket upgrade: GET with Upgrade: websocket, Connection: Upgrade, \
+             Sec-WebSocket-Version: 13"
+                .into(),
+        ));
+    }
+    let Some(key) = head.key.as_deref() else {
+        return Err((ErrorCode::MalformedFrame, "missing Sec-WebSocket-Key".into()));
+    };
+    if head.authorizations > 1 {
+        return Err((ErrorCode::MalformedFrame, "more than one Authorization header".into()));
+    }
+    let params: ConnectParams = serde_urlencoded::from_str(&head.query)
+        .map_err(|e| (ErrorCode::MalformedFrame, format!("malformed query string: {e}")))?;
+    let bearer = head.authorization.as_deref().and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = params.token.as_deref().or(bearer) else {
+        return Err((
+            ErrorCode::Unauthorized,
+            "missing token: pass ?token=<JWT> or Authorization: Bearer".into(),
+        ));
+    };
+    let shared = gateway.shared();
+    let identity = shared.verifier.verify(token).map_err(|e| (e.code, e.message))?;
+    let config = &shared.config;
+    let requested = match params.subscribe.as_deref() {
+        None => Vec::new(),
+        Some(list) => policy::connect_subscriptions(
+            &identity,
+            list,
+            &shared.namespaces,
+            config.personal_channel,
+            config.max_subscriptions,
+        )?,
+    };
+    if !gateway.is_ready() {
+        return Err((ErrorCode::Unavailable, "gateway not ready: broker unavailable, retry later".into()));
+    }
+    let ws = WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        .write_buffer_size(config.write_buffer_size)
+        .max_write_buffer_size(config.max_write_buffer_size)
+        .max_message_size(Some(config.max_message_size))
+        .max_frame_size(Some(config.max_message_size));
+    Ok((identity, Upgrade { accept: derive_accept_key(key.as_bytes()), requested, leftover, config: ws }))
+}
+
+/// Answers with an HTTP error and a JSON body `{"error": {"code", "message"}}`, then closes.
+pub(crate) async fn refuse(stream: &mut TcpStream, code: ErrorCode, message: &str) {
+    refuse_with(stream, code, message, None).await
+}
+
+/// As [`refuse`], with a `Retry-After` of `retry_after` seconds when given.
+pub(crate) async fn refuse_with(
+    stream: &mut TcpStream,
+    code: ErrorCode,
+    message: &str,
+    retry_after: Option<u32>,
+) {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let retry = retry_after.map(|s| format!("retry-after: {s}\r\n")).unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    );
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, write).await;
+}
+
+/// The `101` answer to `upgrade` followed by `first`, a text frame, ready for one write.
+pub(crate) fn switching_protocols(upgrade: &Upgrade, first: &str) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-accept: {}\r\n\r\n",
+        upgrade.accept
+    )
+    .into_bytes();
+    crate::wire::put_text(first.as_bytes(), &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_parsed_once_complete_and_its_leftover_is_not_touched() {
+        let request = b"GET /ws?token=t HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                        Authorization:  Bearer abc \r\n\r\nframes";
+        assert_eq!(parse_request_head(&request[..20]), Ok(None));
+        let head = parse_request_head(request).unwrap().unwrap();
+        assert_eq!(
+            (head.method.as_str(), head.path.as_str(), head.query.as_str()),
+            ("GET", "/ws", "token=t")
+        );
+        assert_eq!(head.upgrade.as_deref(), Some("websocket"));
+        assert_eq!(head.authorization.as_deref(), Some("Bearer abc"));
+        assert_eq!(head.authorizations, 1);
+        assert_eq!(&request[head.len..], b"frames");
+    }
+
+    #[test]
+    fn repeated_authorization_headers_are_counted() {
+        let request = b"GET /ws HTTP/1.1\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n";
+        assert_eq!(parse_request_head(request).unwrap().unwrap().authorizations, 2);
+    }
+
+    #[test]
+    fn garbage_and_oversized_heads_are_refused() {
+        assert!(matches!(parse_request_head(b"\x00\x01 nonsense\r\n\r\n"), Err(HeadError::Malformed(_))));
+        let endless = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_HEAD]].concat();
+        assert_eq!(parse_request_head(&endless), Err(HeadError::TooLarge));
+    }
+}
