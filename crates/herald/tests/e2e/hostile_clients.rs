@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::hostile_support::*;
 use herald_broker::{Broker, MemoryBroker, RedisBroker, RedisConfig};
 use herald_gateway::{ConnectionInfo, ConnectionObserver};
 use herald_presence::{LocalTransport, MemoryStore, PresenceApi, PresenceConfig, Reporter};
 use herald_protocol::{ChannelName, UserId};
 use herald_testkit::{RedisServer, WsClient};
-use crate::hostile_support::*;
 use serde_json::json;
 
 fn memory() -> Arc<dyn Broker> {
