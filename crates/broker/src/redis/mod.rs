@@ -12,7 +12,7 @@
 //! only as fast as the node delivers, so a lagging node cannot queue messages without bound.
 
 mod node;
-mod resp;
+pub mod resp;
 pub mod sentinel;
 
 use std::sync::Arc;
