@@ -49,6 +49,11 @@ pub use metrics::GatewayMetrics;
 pub use observer::{ConnectionInfo, ConnectionObserver, NoObserver};
 pub use server::serve;
 
+/// The request-head parser of the listener, reachable for the fuzz targets in `fuzz/`.
+pub mod handshake {
+    pub use crate::server::{Head, HeadError, parse_request_head};
+}
+
 /// A running gateway node. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {

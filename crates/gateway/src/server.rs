@@ -206,21 +206,23 @@ async fn serve_http(router: Router, stream: Prefixed) {
 }
 
 /// What the request head says, as far as the gateway cares.
-struct Head {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
     /// Bytes of the head, up to and including the blank line.
-    len: usize,
-    method: String,
-    path: String,
-    query: String,
+    pub len: usize,
+    pub method: String,
+    pub path: String,
+    pub query: String,
     /// Lower-cased names of the few headers read.
-    upgrade: Option<String>,
-    connection: Option<String>,
-    version: Option<String>,
-    key: Option<String>,
-    authorization: Option<String>,
+    pub upgrade: Option<String>,
+    pub connection: Option<String>,
+    pub version: Option<String>,
+    pub key: Option<String>,
+    pub authorization: Option<String>,
 }
 
-enum HeadError {
+#[derive(Debug)]
+pub enum HeadError {
     /// The client went away or sent nothing.
     Closed,
     Invalid(String),
@@ -236,39 +238,46 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Head, He
         if read == 0 {
             return Err(HeadError::Closed);
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let len = match request.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => continue,
-            Err(e) => return Err(HeadError::Invalid(format!("malformed HTTP request: {e}"))),
-        };
-        let target = request.path.unwrap_or("/");
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let mut head = Head {
-            len,
-            method: request.method.unwrap_or("").to_string(),
-            path: path.to_string(),
-            query: query.to_string(),
-            upgrade: None,
-            connection: None,
-            version: None,
-            key: None,
-            authorization: None,
-        };
-        for header in request.headers.iter() {
-            let slot = match header.name.to_ascii_lowercase().as_str() {
-                "upgrade" => &mut head.upgrade,
-                "connection" => &mut head.connection,
-                "sec-websocket-version" => &mut head.version,
-                "sec-websocket-key" => &mut head.key,
-                "authorization" => &mut head.authorization,
-                _ => continue,
-            };
-            *slot = std::str::from_utf8(header.value).ok().map(|v| v.trim().to_string());
+        if let Some(head) = parse_request_head(buf)? {
+            return Ok(head);
         }
-        return Ok(head);
     }
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` while it is incomplete.
+pub fn parse_request_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HeadError::Invalid(format!("malformed HTTP request: {e}"))),
+    };
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut head = Head {
+        len,
+        method: request.method.unwrap_or("").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        upgrade: None,
+        connection: None,
+        version: None,
+        key: None,
+        authorization: None,
+    };
+    for header in request.headers.iter() {
+        let slot = match header.name.to_ascii_lowercase().as_str() {
+            "upgrade" => &mut head.upgrade,
+            "connection" => &mut head.connection,
+            "sec-websocket-version" => &mut head.version,
+            "sec-websocket-key" => &mut head.key,
+            "authorization" => &mut head.authorization,
+            _ => continue,
+        };
+        *slot = std::str::from_utf8(header.value).ok().map(|v| v.trim().to_string());
+    }
+    Ok(Some(head))
 }
 
 /// Checks a `/ws` request: a WebSocket upgrade, a valid token, permitted channels, a ready
