@@ -10,6 +10,7 @@ use herald_protocol::frame::MAX_REQUEST_ID_LEN;
 use herald_protocol::{ChannelName, ClientFrame, ErrorCode, RequestId};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -20,8 +21,9 @@ fuzz_target!(|data: &[u8]| {
             let shape = Shape::of(&frame);
             let start = text.trim_start_matches([' ', '\t', '\n', '\r']);
             assert!(start.starts_with('{'), "accepted a frame that is not a JSON object: {text:?}");
-            // `serde_json::Value` refuses `\u` escapes of lone surrogates, which the JSON grammar
-            // allows and `data` passes through untouched; such frames skip this comparison.
+            // `serde_json::Value` refuses some texts the JSON grammar allows and `data` passes
+            // through untouched (`\u` escapes of lone surrogates, numbers beyond f64); such
+            // frames must still have the grammar, but skip this comparison.
             match serde_json::from_str::<Value>(text) {
                 Ok(Value::Object(object)) => {
                     assert_eq!(object.get("type").and_then(Value::as_str), Some(shape.kind));
@@ -30,7 +32,9 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 Ok(other) => panic!("accepted a frame that is not a JSON object: {other}"),
-                Err(e) => assert!(e.to_string().contains("surrogate"), "accepted {text:?}, not JSON: {e}"),
+                Err(_) => {
+                    assert!(serde_json::from_str::<IgnoredAny>(text).is_ok(), "accepted {text:?}, not JSON");
+                }
             }
             if let Some(RequestId::Str(id)) = &shape.id {
                 assert!(id.len() <= MAX_REQUEST_ID_LEN, "accepted an id of {} bytes", id.len());

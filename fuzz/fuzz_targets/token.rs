@@ -19,6 +19,7 @@ use herald_gateway::{AuthConfig, TokenVerifier};
 use herald_protocol::{ErrorCode, UserId};
 use hmac::{Hmac, KeyInit, Mac};
 use libfuzzer_sys::fuzz_target;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 use sha2::Sha256;
 
@@ -178,10 +179,12 @@ fuzz_target!(|data: &[u8]| {
             };
             let token = sign(header, claims);
             if let Ok(identity) = verifier(strict).verify(&token) {
-                let header: Value = serde_json::from_slice(header).expect("an accepted header is JSON");
-                assert_eq!(header["alg"], "HS256");
-                let claims: Value = serde_json::from_slice(claims).expect("accepted claims are JSON");
-                assert_eq!(claims["sub"], identity.user.as_str());
+                if let Some(header) = accepted_json(header) {
+                    assert_eq!(header["alg"], "HS256");
+                }
+                if let Some(claims) = accepted_json(claims) {
+                    assert_eq!(claims["sub"], identity.user.as_str());
+                }
             }
         }
         b'c' => {
@@ -192,6 +195,18 @@ fuzz_target!(|data: &[u8]| {
         _ => {}
     }
 });
+
+/// A part of an accepted token, read as JSON. Like `serde_json` itself, the verifier does not
+/// look inside what it ignores or passes through (unknown claims, `info`): invalid UTF-8 or
+/// `\u` escapes of lone surrogates there, which `serde_json::Value` refuses, do not refuse the
+/// token. Such a part must still have the JSON grammar, but is not compared.
+fn accepted_json(part: &[u8]) -> Option<Value> {
+    let value = serde_json::from_slice(part).ok();
+    if value.is_none() {
+        assert!(serde_json::from_slice::<IgnoredAny>(part).is_ok(), "accepted a token part that is not JSON");
+    }
+    value
+}
 
 fn check_claims(claims: &Claims, header: &Header, strict: bool, tamper: Option<(u16, u8)>) {
     let now = now();
