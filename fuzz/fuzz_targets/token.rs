@@ -1,9 +1,9 @@
 //! The connection-token verifier (`TokenVerifier`, HS256 with a fixed secret).
 //!
 //! Three kinds of input (see the first byte below): any string as a token; a correctly signed
-//! token whose claims are fuzzed field by field (wrong types, times around now, audiences and issuers that match or
-//! not, arbitrary `info`); a correctly signed token whose header and claims are arbitrary
-//! bytes. Properties: nothing panics; an accepted token carries a valid signature under the
+//! token whose claims are fuzzed field by field (wrong types, times around now, audiences and
+//! issuers that match or not, arbitrary `info`); a correctly signed token whose header and
+//! claims are arbitrary bytes. Properties: nothing panics; an accepted token carries a valid signature under the
 //! secret and the user of its `sub`; for fuzzed claims the outcome (accepted, or refused with
 //! `unauthorized` or `token_expired`) is the one the rules of `docs/protocol.md` give, and any
 //! single changed character makes a token that was accepted refused.
