@@ -67,15 +67,29 @@ struct RawFrame<'a> {
     id: Option<RequestId>,
     #[serde(default, borrow)]
     channel: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
+    /// `null` is a value like any other here: only a missing `data` is refused.
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     #[serde(default)]
     event: Option<String>,
 }
 
+/// Reads a field that is present, `null` included (serde's `Option` would read `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
 impl ClientFrame {
     /// Parses one text frame.
     pub fn parse(text: &str) -> Result<Self, FrameError> {
+        // serde reads a struct from a JSON array as well (`["ping"]`); a frame is an object.
+        if !text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+            return Err(FrameError {
+                id: None,
+                code: ErrorCode::MalformedFrame,
+                message: "frame is not a valid JSON object".into(),
+            });
+        }
         let raw: RawFrame = serde_json::from_str(text).map_err(|e| FrameError {
             id: None,
             code: ErrorCode::MalformedFrame,
@@ -237,12 +251,20 @@ mod tests {
             panic!("not a publish")
         };
         assert_eq!(data.get(), r#"{"t":"hi"}"#);
+        let ClientFrame::Publish { data, .. } =
+            ClientFrame::parse(r#"{"type":"publish","channel":"chat:a","data":null}"#).unwrap()
+        else {
+            panic!("not a publish")
+        };
+        assert_eq!(data.get(), "null");
     }
 
     #[test]
     fn each_problem_has_its_own_code_and_keeps_the_id() {
         assert_eq!(code("not json"), ErrorCode::MalformedFrame);
         assert_eq!(code("[1,2]"), ErrorCode::MalformedFrame);
+        assert_eq!(code(r#"["ping"]"#), ErrorCode::MalformedFrame);
+        assert_eq!(code(r#"["subscribe",null,"chat:a"]"#), ErrorCode::MalformedFrame);
         assert_eq!(code(r#"{"id":3}"#), ErrorCode::MalformedFrame);
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"subscribe"}"#), ErrorCode::MalformedFrame);

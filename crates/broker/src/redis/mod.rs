@@ -16,7 +16,7 @@
 
 mod node;
 mod publish;
-mod resp;
+pub mod resp;
 pub mod sentinel;
 
 use std::sync::Arc;

@@ -147,7 +147,7 @@ impl PubSubConn {
 }
 
 /// The length of the complete frame at the start of `buf`, or `None` if more bytes are needed.
-pub(super) fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
     let mut pos = 0;
     // Elements still to read, starting with the frame itself.
     let mut pending: usize = 1;
@@ -175,6 +175,11 @@ pub(super) fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
             }
             Some(b'*') => {
                 let n = parse_int(&line[1..])?;
+                // Every element takes at least 3 bytes; a larger count cannot fit, and the
+                // count of pending elements must not overflow.
+                if n > MAX_FRAME as i64 {
+                    return Err(RespError::Protocol("array longer than the frame limit"));
+                }
                 if n > 0 {
                     pending += n as usize;
                 }
@@ -190,7 +195,7 @@ pub(super) fn frame_len(buf: &[u8]) -> Result<Option<usize>, RespError> {
 }
 
 /// Interprets one complete frame.
-fn parse_event(frame: &[u8]) -> Result<Event<'_>, RespError> {
+pub fn parse_event(frame: &[u8]) -> Result<Event<'_>, RespError> {
     match frame[0] {
         b'+' => {
             let text = &frame[1..frame.len() - 2];
@@ -290,5 +295,7 @@ mod tests {
         assert!(frame_len(b"$999999999999\r\n").is_err());
         assert!(frame_len(b"$abc\r\n").is_err());
         assert!(frame_len(b"?\r\n").is_err());
+        assert!(frame_len(b"*9223372036854775807\r\n").is_err());
+        assert!(frame_len(&b"*67108864\r\n".repeat(3)).unwrap().is_none());
     }
 }
