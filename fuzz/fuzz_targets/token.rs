@@ -242,6 +242,11 @@ fn check_claims(claims: &Claims, header: &Header, strict: bool, tamper: Option<(
         // Within a minute of the edge, the clock may move on between here and the verifier.
         uncertain |= value.as_u64().is_some_and(|at| at.abs_diff(now) < LEEWAY + 60);
         let read = match &value {
+            // `"exp": null` is refused, not taken as "no expiry"; a null `nbf` is no `nbf`.
+            Value::Null if name == "exp" => {
+                malformed = true;
+                None
+            }
             Value::Null => None,
             v => match v.as_u64() {
                 Some(at) => Some(at),
