@@ -64,8 +64,8 @@ impl Publisher {
         })
     }
 
-    /// Publishes `data` to `dest`; the error is a short text for the report.
-    pub async fn send(&self, dest: &Destination, data: String) -> Result<(), String> {
+    /// Publishes `data` to `dest`; the report counts failures by the error's text.
+    pub async fn send(&self, dest: &Destination, data: String) -> Result<(), PublishError> {
         match self {
             Publisher::Http { client, base, auth } => {
                 let (url, body) = match dest {
@@ -87,7 +87,7 @@ impl Publisher {
                 check_http(request.send().await).await
             }
             Publisher::Nchan { client, base } => {
-                let Destination::Channel(c) = dest else { return Err("nchan publishes to channels".into()) };
+                let Destination::Channel(c) = dest else { return Err(PublishError::NchanNeedsChannel) };
                 check_http(client.post(format!("{base}/{c}")).body(data).send().await).await
             }
             Publisher::Grpc { client, auth } => {
@@ -107,7 +107,7 @@ impl Publisher {
                         .await
                         .map(drop),
                 };
-                result.map_err(|s| format!("grpc {:?}: {}", s.code(), s.message()))
+                result.map_err(|s| PublishError::Grpc(Box::new(s)))
             }
         }
     }
@@ -119,15 +119,31 @@ fn with_auth<T>(msg: T, auth: &tonic::metadata::MetadataValue<tonic::metadata::A
     request
 }
 
-async fn check_http(response: reqwest::Result<reqwest::Response>) -> Result<(), String> {
+/// Why one publish failed. Its text is what the report counts, so it stays short.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("nchan publishes to channels")]
+    NchanNeedsChannel,
+    #[error("http timeout")]
+    HttpTimeout(#[source] reqwest::Error),
+    #[error("http error: {0}")]
+    Http(#[source] reqwest::Error),
+    /// The server answered with an error; `body` is the start of its answer.
+    #[error("http {status}: {body}")]
+    Status { status: reqwest::StatusCode, body: String },
+    #[error("grpc {:?}: {}", .0.code(), .0.message())]
+    Grpc(#[source] Box<tonic::Status>),
+}
+
+async fn check_http(response: reqwest::Result<reqwest::Response>) -> Result<(), PublishError> {
     let response = response
-        .map_err(|e| if e.is_timeout() { "http timeout".to_string() } else { format!("http error: {e}") })?;
+        .map_err(|e| if e.is_timeout() { PublishError::HttpTimeout(e) } else { PublishError::Http(e) })?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
     }
     let body = response.text().await.unwrap_or_default();
-    Err(format!("http {status}: {}", body.chars().take(120).collect::<String>()))
+    Err(PublishError::Status { status, body: body.chars().take(120).collect() })
 }
 
 /// What the publisher did.
@@ -189,7 +205,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     progress.failed.fetch_add(1, Ordering::Relaxed);
-                    *errors.lock().expect("errors lock").entry(e).or_default() += 1;
+                    *errors.lock().expect("errors lock").entry(e.to_string()).or_default() += 1;
                 }
             }
             drop(slot);

@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use herald_protocol::ChannelName;
+use herald_protocol::{ChannelName, ConfigError};
 use tokio::sync::watch;
 
 #[cfg(feature = "testing")]
@@ -33,13 +33,22 @@ pub mod redis;
 pub use memory::MemoryBroker;
 pub use redis::{RedisBroker, RedisConfig};
 
+/// What an engine's failure carries: its own typed error (for the Redis engine a
+/// [`redis::ConnectError`], a [`redis::NotSent`] or a [`redis::Refused`]), kept as the source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The engine cannot reach its backend, or the backend refused the command. Nothing was
-    /// published: retrying is safe.
-    #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    /// published: retrying is safe. `operation` names what failed (`publish`, `ping`); the
+    /// message includes the source's, since callers log this error on one line.
+    #[error("broker unavailable: {operation}: {source}")]
+    Unavailable {
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
     /// The command went out and no answer came in time (or the connection broke before it
     /// did): the messages may or may not have been published. `confirmed` counts the messages
     /// of a batch known to be published; the rest are unknown. A retry may publish twice.
@@ -48,6 +57,17 @@ pub enum BrokerError {
     /// The subscription was not confirmed in time (typically: Redis is down).
     #[error("subscription to {0} was not confirmed in time")]
     SubscribeTimeout(ChannelName),
+    /// The engine's configuration is invalid; the error names the key. Only constructors
+    /// return it.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl BrokerError {
+    /// [`BrokerError::Unavailable`] for `operation`, caused by `source`.
+    pub fn unavailable(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable { operation, source: source.into() }
+    }
 }
 
 /// Receives the messages of every channel a node subscribed to.

@@ -9,7 +9,7 @@ use figment::providers::{Env, Format, Toml};
 use herald_broker::RedisConfig;
 use herald_gateway::{AuthConfig, GatewayConfig};
 use herald_presence::PresenceConfig;
-use herald_protocol::Namespaces;
+use herald_protocol::{ConfigError, Namespaces};
 use herald_publisher_api::PublisherConfig;
 use serde::Deserialize;
 
@@ -63,34 +63,37 @@ impl Default for LogConfig {
 impl Config {
     /// Loads the layered configuration. Errors name the offending key (`gateway.listen`) and
     /// where its value came from.
-    pub fn load(file: Option<&Path>) -> Result<Self, String> {
+    pub fn load(file: Option<&Path>) -> Result<Self, LoadError> {
         let mut figment = Figment::new();
         if let Some(path) = file {
             if !path.exists() {
-                return Err(format!("config file {} does not exist", path.display()));
+                let problem = format!("config file {} does not exist", path.display());
+                return Err(LoadError(vec![ConfigError::new("--config", problem)]));
             }
             figment = figment.merge(Toml::file_exact(path));
         }
         // Only `HERALD_<SECTION>__<KEY>` variables are configuration; others that share the
         // prefix (`HERALD_CONFIG_FILE`) are not.
         let env = Env::prefixed("HERALD_").filter(|key| key.as_str().contains("__")).split("__");
-        figment.merge(env).extract().map_err(describe)
+        figment.merge(env).extract().map_err(|e| LoadError(describe(e)))
     }
 
-    /// The key a figment error is about, in lower case, for messages.
     /// Checks the sections the gateway role needs.
-    pub fn validate_gateway(&self) -> Result<(), String> {
-        self.gateway.validate()?;
-        self.auth.validate()?;
-        self.namespaces.validate().map_err(|e| format!("namespaces: {e}"))
+    pub fn validate_gateway(&self) -> Result<(), ConfigError> {
+        self.gateway.validate().map_err(keyed)?;
+        self.auth.validate().map_err(keyed)?;
+        self.namespaces.validate()
     }
 
     /// Checks the presence section, and that an API key exists for it (its own, or the
     /// publisher's).
-    pub fn validate_presence(&self) -> Result<(), String> {
+    pub fn validate_presence(&self) -> Result<(), ConfigError> {
         self.presence.validate(&self.namespaces)?;
         if self.presence_keys().is_empty() {
-            return Err("presence.api_keys: at least one key is required (or set publisher.api_keys)".into());
+            return Err(ConfigError::new(
+                "presence.api_keys",
+                "at least one key is required (or set publisher.api_keys)",
+            ));
         }
         Ok(())
     }
@@ -101,22 +104,82 @@ impl Config {
     }
 
     /// Checks the sections the publisher role needs.
-    pub fn validate_publisher(&self) -> Result<(), String> {
+    pub fn validate_publisher(&self) -> Result<(), ConfigError> {
         self.publisher.validate()?;
-        self.namespaces.validate().map_err(|e| format!("namespaces: {e}"))
+        self.namespaces.validate()
     }
 }
 
-/// One line per problem: `key: what is wrong (where the value came from)`.
-fn describe(errors: figment::Error) -> String {
+/// Why the configuration could not be loaded: every problem found, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError(pub Vec<ConfigError>);
+
+/// One problem per `; `-separated part: `key: what is wrong (where the value came from)`.
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Each figment error as the key it is about, in lower case, and what is wrong with its value
+/// and where that came from. An error about no key (a file that is not TOML) is keyed by the
+/// file.
+fn describe(errors: figment::Error) -> Vec<ConfigError> {
     errors
         .into_iter()
         .map(|e| {
             let key = e.path.join(".").to_lowercase();
-            let source = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
-            let what = e.kind.to_string();
-            if key.is_empty() { format!("{what}{source}") } else { format!("{key}: {what}{source}") }
+            let source = e.metadata.as_ref().map(|m| m.name.to_string());
+            let problem = match &source {
+                Some(source) if !key.is_empty() => format!("{} (from {source})", e.kind),
+                _ => e.kind.to_string(),
+            };
+            let file = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| s.to_string());
+            let key = match file.or(source) {
+                _ if !key.is_empty() => key,
+                Some(source) => source,
+                None => "configuration".into(),
+            };
+            ConfigError::new(key, problem)
         })
-        .collect::<Vec<_>>()
-        .join("; ")
+        .collect()
+}
+
+/// The gateway's checks still report `key: problem` as text; this splits it back into the key
+/// and the problem. Goes once they return [`ConfigError`].
+fn keyed(message: String) -> ConfigError {
+    match message.split_once(": ") {
+        Some((key, problem)) if key.starts_with("gateway.") || key.starts_with("auth.") => {
+            ConfigError::new(key, problem)
+        }
+        _ => ConfigError::new("gateway", message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_messages_keep_their_key() {
+        let e = keyed("gateway.ping_interval: must be greater than 0".into());
+        assert_eq!((e.key(), e.problem.as_str()), ("gateway.ping_interval", "must be greater than 0"));
+        let e = keyed("gateway.canary_interval, gateway.canary_timeout: must be greater than 0".into());
+        assert_eq!(e.key(), "gateway.canary_interval, gateway.canary_timeout");
+    }
+
+    #[test]
+    fn a_missing_key_is_named() {
+        let config = Config::default();
+        assert_eq!(config.validate_publisher().unwrap_err().key, "publisher.api_keys");
+        assert_eq!(config.validate_presence().unwrap_err().key, "presence.api_keys");
+    }
 }

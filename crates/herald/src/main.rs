@@ -50,9 +50,7 @@ fn main() -> anyhow::Result<()> {
     if let Command::Bench(args) = cli.command {
         return herald_bench::run(*args);
     }
-    let config = Config::load(cli.config.as_deref())
-        .map_err(|e| anyhow::anyhow!(e))
-        .context("invalid configuration")?;
+    let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
     if let Command::Token { user, ttl } = &cli.command {
         config.auth.validate().map_err(anyhow::Error::msg)?;
         println!("{}", herald_gateway::mint(&config.auth.jwt_secret, user, *ttl)?);

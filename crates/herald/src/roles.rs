@@ -20,9 +20,9 @@ pub async fn standalone(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate_gateway().map_err(anyhow::Error::msg)?;
-    config.validate_publisher().map_err(anyhow::Error::msg)?;
-    config.validate_presence().map_err(anyhow::Error::msg)?;
+    config.validate_gateway()?;
+    config.validate_publisher()?;
+    config.validate_presence()?;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     tracing::info!("standalone mode: gateway, publisher API and presence on the in-memory engines");
     run_both(config, broker, shutdown).await
@@ -33,14 +33,13 @@ pub async fn gateway(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate_gateway().map_err(anyhow::Error::msg)?;
+    config.validate_gateway()?;
     let broker = redis_broker(&config)?;
     let listener = bind(config.gateway.listen, "gateway.listen").await?;
     let reporter = match &config.presence.endpoint {
         Some(endpoint) => {
-            config.validate_presence().map_err(anyhow::Error::msg)?;
-            let transport =
-                GrpcTransport::new(endpoint, &config.presence_keys()[0]).map_err(anyhow::Error::msg)?;
+            config.validate_presence()?;
+            let transport = GrpcTransport::new(endpoint, &config.presence_keys()[0])?;
             tracing::info!(%endpoint, "reporting presence");
             Some(Reporter::spawn(config.presence.clone(), config.namespaces.clone(), Arc::new(transport)))
         }
@@ -66,9 +65,9 @@ pub async fn presence(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate_presence().map_err(anyhow::Error::msg)?;
+    config.validate_presence()?;
     let broker = redis_broker(&config)?;
-    let store = RedisStore::new(config.redis.clone(), config.presence.timings()).context("redis.url")?;
+    let store = RedisStore::new(config.redis.clone(), config.presence.timings())?;
     let http = bind(config.presence.http_listen, "presence.http_listen").await?;
     let grpc = bind(config.presence.grpc_listen, "presence.grpc_listen").await?;
     let keys = config.presence_keys();
@@ -83,7 +82,7 @@ pub async fn publisher(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate_publisher().map_err(anyhow::Error::msg)?;
+    config.validate_publisher()?;
     let broker = redis_broker(&config)?;
     let http = bind(config.publisher.http_listen, "publisher.http_listen").await?;
     let grpc = bind(config.publisher.grpc_listen, "publisher.grpc_listen").await?;
@@ -141,7 +140,7 @@ async fn run_both(
 }
 
 fn redis_broker(config: &Config) -> anyhow::Result<Arc<dyn Broker>> {
-    let broker = RedisBroker::new(config.redis.clone()).context("redis.url")?;
+    let broker = RedisBroker::new(config.redis.clone())?;
     Ok(Arc::new(broker))
 }
 

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use herald_protocol::{ChannelName, Namespaces};
+use herald_protocol::{ChannelName, ConfigError, Namespaces};
 use serde::Deserialize;
 
 use crate::store::Timings;
@@ -100,13 +100,14 @@ impl PresenceConfig {
     }
 
     /// The events channel, parsed.
-    pub fn events_channel(&self) -> Result<ChannelName, String> {
-        ChannelName::parse(&self.events_channel)
-            .map_err(|e| format!("presence.events_channel: {:?} {e}", self.events_channel))
+    pub fn events_channel(&self) -> Result<ChannelName, ConfigError> {
+        ChannelName::parse(&self.events_channel).map_err(|e| {
+            ConfigError::new("presence.events_channel", format!("{:?} {e}", self.events_channel))
+        })
     }
 
     /// Refuses settings presence cannot keep its promises with; messages name the key.
-    pub fn validate(&self, namespaces: &Namespaces) -> Result<(), String> {
+    pub fn validate(&self, namespaces: &Namespaces) -> Result<(), ConfigError> {
         let positive = [
             ("presence.ttl", self.ttl),
             ("presence.heartbeat_interval", self.heartbeat_interval),
@@ -116,18 +117,24 @@ impl PresenceConfig {
         ];
         for (key, value) in positive {
             if value.is_zero() {
-                return Err(format!("{key}: must be greater than 0"));
+                return Err(ConfigError::new(key, "must be greater than 0"));
             }
         }
         if self.heartbeat_interval * 2 > self.ttl {
-            return Err(format!(
-                "presence.heartbeat_interval: {:?} must be at most half of presence.ttl ({:?}), so one lost \
+            return Err(ConfigError::new(
+                "presence.heartbeat_interval",
+                format!(
+                    "{:?} must be at most half of presence.ttl ({:?}), so one lost \
                  report does not expire a live gateway",
-                self.heartbeat_interval, self.ttl
+                    self.heartbeat_interval, self.ttl
+                ),
             ));
         }
         if self.flush_interval > self.heartbeat_interval {
-            return Err("presence.flush_interval: must not be longer than presence.heartbeat_interval".into());
+            return Err(ConfigError::new(
+                "presence.flush_interval",
+                "must not be longer than presence.heartbeat_interval",
+            ));
         }
         for (key, value) in [
             ("presence.max_backlog", self.max_backlog),
@@ -135,40 +142,50 @@ impl PresenceConfig {
             ("presence.max_members", self.max_members),
         ] {
             if value == 0 {
-                return Err(format!("{key}: must be greater than 0"));
+                return Err(ConfigError::new(key, "must be greater than 0"));
             }
         }
         let channel = self.events_channel()?;
         let Some(ns) = channel.namespace() else {
-            return Err(format!(
-                "presence.events_channel: {:?} needs a namespace (`presence:events`), one that is not configured",
-                self.events_channel
+            return Err(ConfigError::new(
+                "presence.events_channel",
+                format!(
+                    "{:?} needs a namespace (`presence:events`), one that is not configured",
+                    self.events_channel
+                ),
             ));
         };
         if namespaces.0.contains_key(ns) || !matches!(channel.kind(), herald_protocol::ChannelKind::Regular) {
-            return Err(format!(
-                "presence.events_channel: namespace {ns:?} is a client namespace; clients could read every \
+            return Err(ConfigError::new(
+                "presence.events_channel",
+                format!(
+                    "namespace {ns:?} is a client namespace; clients could read every \
                  online/offline event"
+                ),
             ));
         }
         for (i, key) in self.api_keys.iter().enumerate() {
             if key.chars().count() < MIN_API_KEY_LEN
                 || key.chars().any(|c| c.is_whitespace() || c.is_control())
             {
-                return Err(format!(
-                    "presence.api_keys[{i}]: keys must be at least {MIN_API_KEY_LEN} characters, without whitespace"
+                return Err(ConfigError::new(
+                    format!("presence.api_keys[{i}]"),
+                    format!("keys must be at least {MIN_API_KEY_LEN} characters, without whitespace"),
                 ));
             }
         }
         if let Some(endpoint) = &self.endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
-            return Err(format!("presence.endpoint: {endpoint:?} must be an http:// or https:// URL"));
+            return Err(ConfigError::new(
+                "presence.endpoint",
+                format!("{endpoint:?} must be an http:// or https:// URL"),
+            ));
         }
         if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
-            return Err(format!(
-                "presence.grpc_listen: {} is already presence.http_listen; they need different ports",
-                self.grpc_listen
+            return Err(ConfigError::new(
+                "presence.grpc_listen",
+                format!("{} is already presence.http_listen; they need different ports", self.grpc_listen),
             ));
         }
         Ok(())
@@ -189,15 +206,13 @@ mod tests {
     #[test]
     fn bad_values_are_refused_naming_the_key() {
         let slow = PresenceConfig { heartbeat_interval: Duration::from_secs(6), ..Default::default() };
-        assert!(
-            slow.validate(&Namespaces::default()).unwrap_err().starts_with("presence.heartbeat_interval:")
-        );
+        assert_eq!(slow.validate(&Namespaces::default()).unwrap_err().key, "presence.heartbeat_interval");
         let mut ns = Namespaces::default();
         ns.0.insert("presence".into(), Default::default());
-        assert!(PresenceConfig::default().validate(&ns).unwrap_err().starts_with("presence.events_channel:"));
+        assert_eq!(PresenceConfig::default().validate(&ns).unwrap_err().key, "presence.events_channel");
         let keys = PresenceConfig { api_keys: vec!["short".into()], ..Default::default() };
-        assert!(keys.validate(&Namespaces::default()).unwrap_err().starts_with("presence.api_keys[0]:"));
+        assert_eq!(keys.validate(&Namespaces::default()).unwrap_err().key, "presence.api_keys[0]");
         let endpoint = PresenceConfig { endpoint: Some("presence:8084".into()), ..Default::default() };
-        assert!(endpoint.validate(&Namespaces::default()).unwrap_err().starts_with("presence.endpoint:"));
+        assert_eq!(endpoint.validate(&Namespaces::default()).unwrap_err().key, "presence.endpoint");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use herald_protocol::{ChannelName, ErrorCode, UserId};
+use herald_protocol::{ChannelName, ConfigError, ErrorCode, UserId};
 use serde_json::value::RawValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -18,7 +18,7 @@ use crate::model::{
     Ack, Change, ChannelPresence, ConnState, Info, Member, Report, ReportBody, Stats, UserPresence,
 };
 use crate::pb;
-use crate::reporter::Transport;
+use crate::reporter::{ReportError, Transport};
 
 /// Largest gRPC message accepted: a full-state report of a busy gateway.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -288,15 +288,15 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     /// Does not connect yet, so a gateway starts while presence is down.
-    pub fn new(endpoint: &str, api_key: &str) -> Result<Self, String> {
+    pub fn new(endpoint: &str, api_key: &str) -> Result<Self, ConfigError> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| format!("presence.endpoint: {e}"))?
+            .map_err(|e| ConfigError::new("presence.endpoint", e))?
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
         let authorization = format!("Bearer {api_key}")
             .parse()
-            .map_err(|_| "presence.api_keys: the key cannot travel in a header".to_string())?;
+            .map_err(|_| ConfigError::new("presence.api_keys", "the key cannot travel in a header"))?;
         let client = pb::presence_client::PresenceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -311,11 +311,11 @@ impl GrpcTransport {
 }
 
 impl Transport for GrpcTransport {
-    fn report(&self, report: Report) -> BoxFuture<'static, Result<Ack, String>> {
+    fn report(&self, report: Report) -> BoxFuture<'static, Result<Ack, ReportError>> {
         let mut client = self.client.clone();
         let request = self.request(pb::ReportRequest::from(&report));
         async move {
-            let reply = client.report(request).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+            let reply = client.report(request).await?;
             Ok(if reply.get_ref().resync { Ack::Resync } else { Ack::Applied })
         }
         .boxed()

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::PresenceConfig;
 use crate::model::{Ack, Change, ChannelPresence, ConnId, ConnState, Info, Report, ReportBody};
+use crate::store::StoreError;
 
 /// Most changes in one report. A longer backlog (after an outage) goes out in several reports,
 /// back to back, so no single store operation grows without bound.
@@ -36,8 +37,31 @@ pub const MAX_CHANGES_PER_REPORT: usize = 2000;
 /// How a gateway reaches presence: the gRPC client of a remote service, or the service itself
 /// in the same process (standalone).
 pub trait Transport: Send + Sync + 'static {
-    fn report(&self, report: Report) -> BoxFuture<'static, Result<Ack, String>>;
+    fn report(&self, report: Report) -> BoxFuture<'static, Result<Ack, ReportError>>;
     fn members(&self, channel: &ChannelName) -> BoxFuture<'static, Result<ChannelPresence, ErrorCode>>;
+}
+
+/// Why a report was not applied. The reporter keeps the changes and sends them again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The service in the same process could not reach its store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The remote service refused the report or could not be reached.
+    #[error("presence answered {}: {}", .0.code(), .0.message())]
+    Status(#[source] Box<tonic::Status>),
+    /// No answer within the report's timeout (`presence.request_timeout`).
+    #[error("timed out")]
+    Timeout,
+    /// Another transport's failure.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl From<tonic::Status> for ReportError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Status(Box::new(status))
+    }
 }
 
 /// Counters for metrics and tests.
@@ -251,7 +275,7 @@ impl Reporter {
                 }
                 Err(_) => {
                     hurry = false;
-                    self.failed(&report, &mut inflight, &mut failures, "timed out".into())
+                    self.failed(&report, &mut inflight, &mut failures, ReportError::Timeout)
                 }
             }
             if stopping {
@@ -260,7 +284,7 @@ impl Reporter {
         }
     }
 
-    fn failed(&self, report: &Report, inflight: &mut Option<Report>, failures: &mut u32, error: String) {
+    fn failed(&self, report: &Report, inflight: &mut Option<Report>, failures: &mut u32, error: ReportError) {
         if *failures == 0 {
             tracing::warn!(%error, "presence report failed; delivery goes on, changes are kept for later");
         }
@@ -370,9 +394,9 @@ pub fn members_json(presence: &ChannelPresence) -> Box<RawValue> {
 pub struct LocalTransport(pub crate::PresenceService);
 
 impl Transport for LocalTransport {
-    fn report(&self, report: Report) -> BoxFuture<'static, Result<Ack, String>> {
+    fn report(&self, report: Report) -> BoxFuture<'static, Result<Ack, ReportError>> {
         let service = self.0.clone();
-        async move { service.report(&report).await.map_err(|e| e.to_string()) }.boxed()
+        async move { Ok(service.report(&report).await?) }.boxed()
     }
 
     fn members(&self, channel: &ChannelName) -> BoxFuture<'static, Result<ChannelPresence, ErrorCode>> {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use herald_broker::Broker;
-use herald_protocol::{ChannelKind, ChannelName, ErrorCode, Namespaces, UserId};
+use herald_protocol::{ChannelKind, ChannelName, ConfigError, ErrorCode, Namespaces, UserId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,7 @@ impl PresenceService {
         namespaces: Namespaces,
         store: Arc<dyn PresenceStore>,
         broker: Arc<dyn Broker>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         config.validate(&namespaces)?;
         let events_channel = config.events_channel()?;
         Ok(Self {

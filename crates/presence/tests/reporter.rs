@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use herald_gateway::{ConnectionInfo, ConnectionObserver};
 use herald_presence::model::{Ack, Change, ChannelPresence, Report, ReportBody};
+use herald_presence::reporter::ReportError;
 use herald_presence::{PresenceConfig, Reporter, Transport};
 use herald_protocol::{ChannelName, ErrorCode, NamespaceConfig, Namespaces, UserId};
 
@@ -24,13 +25,13 @@ struct Fake {
 struct Handle(Arc<Fake>);
 
 impl Transport for Handle {
-    fn report(&self, report: Report) -> BoxFuture<'static, Result<Ack, String>> {
+    fn report(&self, report: Report) -> BoxFuture<'static, Result<Ack, ReportError>> {
         let up = !self.0.down.load(Ordering::SeqCst);
         self.0.reports.lock().unwrap().push((report, up));
         let resync = up && self.0.resync_once.swap(false, Ordering::SeqCst);
         async move {
             match (up, resync) {
-                (false, _) => Err("down".to_string()),
+                (false, _) => Err(ReportError::Other("down".into())),
                 (true, true) => Ok(Ack::Resync),
                 (true, false) => Ok(Ack::Applied),
             }

@@ -9,12 +9,15 @@
 //!   once at the edge and are valid everywhere after.
 //! - [`namespace`]: what clients may do in each channel namespace ([`Namespaces`]).
 //! - [`api_key`]: the API keys backends present to the publisher and presence APIs.
+//! - [`config_error`]: [`ConfigError`], what every configuration check returns: the key to fix
+//!   and what is wrong with it.
 //! - [`support`]: helpers every service uses the same way (config lists, shrinking maps).
 //! - [`error`]: the one list of error codes, each mapped to its HTTP status, gRPC code and
 //!   WebSocket close code.
 
 pub mod api_key;
 pub mod channel;
+pub mod config_error;
 pub mod error;
 pub mod frame;
 pub mod namespace;
@@ -24,6 +27,7 @@ pub mod user;
 
 pub use api_key::ApiKeys;
 pub use channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, InvalidName, PERSONAL_NAMESPACE};
+pub use config_error::ConfigError;
 pub use error::{CloseCode, ErrorCode};
 pub use frame::{ClientFrame, FrameError, RequestId, ServerFrame};
 pub use namespace::{DEFAULT_NAMESPACE, INTERNAL_NAMESPACE, NamespaceConfig, Namespaces};

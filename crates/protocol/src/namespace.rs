@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, PERSONAL_NAMESPACE};
+use crate::config_error::ConfigError;
 use crate::error::ErrorCode;
 
 /// Reserved for Herald's own channels (the gateways' delivery canaries).
@@ -48,13 +49,21 @@ pub struct Namespaces(pub HashMap<String, NamespaceConfig>);
 
 impl Namespaces {
     /// Refuses names that collide with the built-in channels or could never match a channel.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The error names the key, `namespaces.<name>`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for name in self.0.keys() {
+            let key = || format!("namespaces.{name}");
             if name == PERSONAL_NAMESPACE || name == BROADCAST_CHANNEL || name == INTERNAL_NAMESPACE {
-                return Err(format!("namespace {name:?} is built in and cannot be configured"));
+                return Err(ConfigError::new(
+                    key(),
+                    format!("namespace {name:?} is built in and cannot be configured"),
+                ));
             }
             if ChannelName::parse(&format!("{name}:x")).is_err() || name.contains(':') {
-                return Err(format!("namespace {name:?} is not a valid channel namespace"));
+                return Err(ConfigError::new(
+                    key(),
+                    format!("namespace {name:?} is not a valid channel namespace"),
+                ));
             }
         }
         Ok(())
@@ -96,9 +105,9 @@ mod tests {
     fn built_in_namespaces_cannot_be_configured() {
         let mut ns = Namespaces::default();
         ns.0.insert("user".into(), NamespaceConfig::default());
-        assert!(ns.validate().is_err());
+        assert_eq!(ns.validate().unwrap_err().key, "namespaces.user");
         let mut ns = Namespaces::default();
         ns.0.insert("bad name".into(), NamespaceConfig::default());
-        assert!(ns.validate().is_err());
+        assert_eq!(ns.validate().unwrap_err().key, "namespaces.bad name");
     }
 }

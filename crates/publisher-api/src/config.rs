@@ -2,6 +2,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use herald_protocol::ConfigError;
 use serde::Deserialize;
 
 /// Shortest API key accepted. Keys are bearer secrets compared on every request; a short key
@@ -64,55 +65,62 @@ impl Default for PublisherConfig {
 impl PublisherConfig {
     /// Refuses settings the API cannot run safely with. The message names the offending key,
     /// so a bad configuration stops start-up with a pointer to the line to fix.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.api_keys.is_empty() {
-            return Err("publisher.api_keys: at least one key is required".into());
+            return Err(ConfigError::new("publisher.api_keys", "at least one key is required"));
         }
         for (i, key) in self.api_keys.iter().enumerate() {
             if key.chars().count() < MIN_API_KEY_LEN {
-                return Err(format!(
-                    "publisher.api_keys[{i}]: keys must be at least {MIN_API_KEY_LEN} characters long"
+                return Err(ConfigError::new(
+                    format!("publisher.api_keys[{i}]"),
+                    format!("keys must be at least {MIN_API_KEY_LEN} characters long"),
                 ));
             }
             if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(format!(
-                    "publisher.api_keys[{i}]: keys must not contain whitespace or control characters \
-                     (they travel in an HTTP header)"
+                return Err(ConfigError::new(
+                    format!("publisher.api_keys[{i}]"),
+                    "keys must not contain whitespace or control characters (they travel in an HTTP header)",
                 ));
             }
         }
         if self.max_message_size == 0 {
-            return Err("publisher.max_message_size: must be greater than 0".into());
+            return Err(ConfigError::new("publisher.max_message_size", "must be greater than 0"));
         }
         if self.max_batch == 0 {
-            return Err("publisher.max_batch: must be greater than 0".into());
+            return Err(ConfigError::new("publisher.max_batch", "must be greater than 0"));
         }
         if self.max_batch_body_size == 0 {
-            return Err("publisher.max_batch_body_size: must be greater than 0".into());
+            return Err(ConfigError::new("publisher.max_batch_body_size", "must be greater than 0"));
         }
         if self.max_requests_in_flight == 0 {
-            return Err("publisher.max_requests_in_flight: must be greater than 0".into());
+            return Err(ConfigError::new("publisher.max_requests_in_flight", "must be greater than 0"));
         }
         if self.max_bytes_in_flight < self.max_batch_body_size {
-            return Err(format!(
-                "publisher.max_bytes_in_flight: must be at least publisher.max_batch_body_size ({}), \
+            return Err(ConfigError::new(
+                "publisher.max_bytes_in_flight",
+                format!(
+                    "must be at least publisher.max_batch_body_size ({}), \
                  or the largest batch could never be taken",
-                self.max_batch_body_size
+                    self.max_batch_body_size
+                ),
             ));
         }
         if u32::try_from(self.max_bytes_in_flight).is_err() {
-            return Err("publisher.max_bytes_in_flight: must be below 4 GiB".into());
+            return Err(ConfigError::new("publisher.max_bytes_in_flight", "must be below 4 GiB"));
         }
         if self.rate_limit > 0 && (self.rate_burst as usize) < self.max_batch {
-            return Err(format!(
-                "publisher.rate_burst: must be at least publisher.max_batch ({}), or a full batch could never pass",
-                self.max_batch
+            return Err(ConfigError::new(
+                "publisher.rate_burst",
+                format!(
+                    "must be at least publisher.max_batch ({}), or a full batch could never pass",
+                    self.max_batch
+                ),
             ));
         }
         if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
-            return Err(format!(
-                "publisher.grpc_listen: {} is already publisher.http_listen; they need different ports",
-                self.grpc_listen
+            return Err(ConfigError::new(
+                "publisher.grpc_listen",
+                format!("{} is already publisher.http_listen; they need different ports", self.grpc_listen),
             ));
         }
         Ok(())
@@ -131,28 +139,28 @@ mod tests {
     fn defaults_need_only_a_key() {
         assert_eq!(valid().validate(), Ok(()));
         let err = PublisherConfig::default().validate().unwrap_err();
-        assert_eq!(err, "publisher.api_keys: at least one key is required");
+        assert_eq!(err.to_string(), "publisher.api_keys: at least one key is required");
     }
 
     #[test]
     fn bad_values_are_refused_naming_the_key() {
         let short = PublisherConfig { api_keys: vec!["0123456789abcdef".into(), "short".into()], ..valid() };
-        assert!(short.validate().unwrap_err().starts_with("publisher.api_keys[1]:"));
+        assert_eq!(short.validate().unwrap_err().key, "publisher.api_keys[1]");
         let spaced = PublisherConfig { api_keys: vec!["0123456789 abcdef".into()], ..valid() };
-        assert!(spaced.validate().unwrap_err().starts_with("publisher.api_keys[0]:"));
+        assert_eq!(spaced.validate().unwrap_err().key, "publisher.api_keys[0]");
         let batch = PublisherConfig { max_batch: 0, ..valid() };
-        assert!(batch.validate().unwrap_err().starts_with("publisher.max_batch:"));
+        assert_eq!(batch.validate().unwrap_err().key, "publisher.max_batch");
         let size = PublisherConfig { max_message_size: 0, ..valid() };
-        assert!(size.validate().unwrap_err().starts_with("publisher.max_message_size:"));
+        assert_eq!(size.validate().unwrap_err().key, "publisher.max_message_size");
         let burst = PublisherConfig { rate_burst: 10, ..valid() };
-        assert!(burst.validate().unwrap_err().starts_with("publisher.rate_burst:"));
+        assert_eq!(burst.validate().unwrap_err().key, "publisher.rate_burst");
         assert_eq!(PublisherConfig { rate_burst: 10, rate_limit: 0, ..valid() }.validate(), Ok(()));
         let bytes = PublisherConfig { max_bytes_in_flight: 1024, ..valid() };
-        assert!(bytes.validate().unwrap_err().starts_with("publisher.max_bytes_in_flight:"));
+        assert_eq!(bytes.validate().unwrap_err().key, "publisher.max_bytes_in_flight");
         let requests = PublisherConfig { max_requests_in_flight: 0, ..valid() };
-        assert!(requests.validate().unwrap_err().starts_with("publisher.max_requests_in_flight:"));
+        assert_eq!(requests.validate().unwrap_err().key, "publisher.max_requests_in_flight");
         let same = PublisherConfig { grpc_listen: valid().http_listen, ..valid() };
-        assert!(same.validate().unwrap_err().starts_with("publisher.grpc_listen:"));
+        assert_eq!(same.validate().unwrap_err().key, "publisher.grpc_listen");
     }
 
     #[test]

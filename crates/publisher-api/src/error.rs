@@ -119,7 +119,7 @@ mod tests {
     fn grpc_status_uses_the_shared_code_table() {
         let status = tonic::Status::from(ApiError::unauthorized());
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        let status = tonic::Status::from(ApiError::Unavailable(BrokerError::Unavailable("down".into())));
+        let status = tonic::Status::from(ApiError::Unavailable(BrokerError::unavailable("publish", "down")));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(!status.message().contains("down"), "the cause is logged, not shown");
         let unknown = BrokerError::OutcomeUnknown { confirmed: 2, reason: "no answer".into() };

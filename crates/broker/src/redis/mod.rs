@@ -13,7 +13,12 @@
 //! exponential backoff and resubscribes everything still wanted; `status` is `false`
 //! meanwhile, so readiness shows it. The Pub/Sub connection itself ([`resp`]) reads from Redis
 //! only as fast as the node delivers, so a lagging node cannot queue messages without bound.
+//!
+//! Every connection opens through one [`Endpoint`] ([`connect`]): Sentinel-aware, authenticated,
+//! bounded by `connect_timeout`. [`LazyConnection`], the shared multiplexed connection
+//! presence runs its scripts on, is built on it too.
 
+pub mod connect;
 mod node;
 mod publish;
 pub mod resp;
@@ -25,13 +30,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use herald_protocol::ChannelName;
+use herald_protocol::{ChannelName, ConfigError};
 use rand::Rng;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+pub use self::connect::{ConnectError, Endpoint, LazyConnection, QueryError};
 use self::node::{NodeShared, NodeTask, RedisSubscriber};
+pub use self::publish::{NotSent, Refused, Unanswered};
 use self::publish::{Publisher, Trip};
+pub use self::resp::RespError;
 use crate::{Broker, BrokerError, Delivery, Subscriber};
 
 /// Settings of the Redis engine (`[redis]` in the configuration file).
@@ -125,75 +133,53 @@ impl std::fmt::Debug for RedisConfig {
 
 impl RedisConfig {
     /// Checks the URL and the Sentinel settings; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| ConfigError::new("redis.url", e))?;
         if !matches!(client.get_connection_info().addr(), redis::ConnectionAddr::Tcp(..)) {
-            return Err("redis.url: only redis://host:port URLs are supported".into());
+            return Err(ConfigError::new("redis.url", "only redis://host:port URLs are supported"));
         }
         if self.response_timeout.is_zero() {
-            return Err("redis.response_timeout: must be greater than 0".into());
+            return Err(ConfigError::new("redis.response_timeout", "must be greater than 0"));
         }
         if self.publish_pipeline_bytes == 0 {
-            return Err("redis.publish_pipeline_bytes: must be greater than 0".into());
+            return Err(ConfigError::new("redis.publish_pipeline_bytes", "must be greater than 0"));
         }
         if self.subscribe_batch_interval >= self.subscribe_timeout {
-            return Err("redis.subscribe_batch_interval: must be shorter than redis.subscribe_timeout".into());
+            return Err(ConfigError::new(
+                "redis.subscribe_batch_interval",
+                "must be shorter than redis.subscribe_timeout",
+            ));
         }
         match (&self.sentinel_master, self.sentinel_addresses.is_empty()) {
             (Some(_), true) => {
-                return Err("redis.sentinel_addresses: required with redis.sentinel_master".into());
+                return Err(ConfigError::new(
+                    "redis.sentinel_addresses",
+                    "required with redis.sentinel_master",
+                ));
             }
             (None, false) => {
-                return Err("redis.sentinel_master: required with redis.sentinel_addresses".into());
+                return Err(ConfigError::new(
+                    "redis.sentinel_master",
+                    "required with redis.sentinel_addresses",
+                ));
             }
             _ => {}
         }
         if self.sentinel_master.is_none()
             && (self.sentinel_password.is_some() || self.sentinel_username.is_some())
         {
-            return Err(
-                "redis.sentinel_master: required with redis.sentinel_password or redis.sentinel_username"
-                    .into(),
-            );
+            return Err(ConfigError::new(
+                "redis.sentinel_master",
+                "required with redis.sentinel_password or redis.sentinel_username",
+            ));
         }
         if self.sentinel_username.is_some() && self.sentinel_password.is_none() {
-            return Err("redis.sentinel_password: required with redis.sentinel_username".into());
+            return Err(ConfigError::new("redis.sentinel_password", "required with redis.sentinel_username"));
         }
         for addr in &self.sentinel_addresses {
-            sentinel::split_addr(addr).map_err(|e| format!("redis.sentinel_addresses: {e}"))?;
+            sentinel::split_addr(addr).map_err(|e| ConfigError::new("redis.sentinel_addresses", e))?;
         }
         Ok(())
-    }
-
-    /// Opens a multiplexed connection to the current master: the URL's server, or with
-    /// Sentinel the master the sentinels name (checked to really be a master).
-    pub async fn connect(&self, client: &redis::Client) -> Result<redis::aio::MultiplexedConnection, String> {
-        let info = client.get_connection_info();
-        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err("only redis://host:port URLs are supported".into());
-        };
-        let (host, port) = sentinel::current_address(self, (host, *port)).await?;
-        // Without TCP_NODELAY (the crate's default is off) a command written while an earlier
-        // one's reply is outstanding waits for that reply before it leaves: Nagle's algorithm.
-        let info = info
-            .clone()
-            .set_addr(redis::ConnectionAddr::Tcp(host, port))
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout));
-        let mut conn =
-            client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| e.to_string())?;
-        if self.sentinel_master.is_some() {
-            let role: Vec<redis::Value> =
-                redis::cmd("ROLE").query_async(&mut conn).await.map_err(|e| e.to_string())?;
-            let is_master = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
-            if !is_master {
-                return Err("the server the sentinels named is not a master (failover in progress)".into());
-            }
-        }
-        Ok(conn)
     }
 }
 
@@ -225,7 +211,7 @@ pub struct RedisBroker {
 }
 
 struct Inner {
-    client: redis::Client,
+    endpoint: Endpoint,
     config: RedisConfig,
     /// The publishing connection.
     publisher: Publisher,
@@ -234,26 +220,13 @@ struct Inner {
 }
 
 impl RedisBroker {
-    /// Validates the URL; connections are made lazily, so this works while Redis is down.
+    /// Validates the configuration (the error names the key); connections are made lazily, so
+    /// this works while Redis is down.
     pub fn new(config: RedisConfig) -> Result<Self, BrokerError> {
-        config.validate().map_err(BrokerError::Unavailable)?;
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| BrokerError::Unavailable(format!("invalid redis url: {e}")))?;
-        let info = client.get_connection_info();
-        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Err(BrokerError::Unavailable(
-                "redis.url: only redis://host:port URLs are supported".into(),
-            ));
-        };
+        let endpoint = Endpoint::new(config.clone())?;
         let shutdown = CancellationToken::new();
-        let publisher = Publisher::new(
-            config.clone(),
-            (host.clone(), *port),
-            info.redis_settings().username().map(String::from),
-            info.redis_settings().password().map(String::from),
-            shutdown.child_token(),
-        );
-        Ok(Self { inner: Arc::new(Inner { client, config, publisher, shutdown }) })
+        let publisher = Publisher::new(endpoint.clone(), shutdown.child_token());
+        Ok(Self { inner: Arc::new(Inner { endpoint, config, publisher, shutdown }) })
     }
 
     fn key(&self, channel: &ChannelName) -> String {
@@ -266,16 +239,17 @@ impl RedisBroker {
     }
 }
 
-/// The broker's error for a round trip that did not end in `Done`, after `confirmed` messages
-/// of the same request were published in earlier round trips.
-fn trip_error(trip: Trip, confirmed: usize) -> BrokerError {
+/// The broker's error for a round trip of `operation` that did not end in `Done`, after
+/// `confirmed` messages of the same request were published in earlier round trips.
+fn trip_error(operation: &'static str, trip: Trip, confirmed: usize) -> BrokerError {
     match trip {
         Trip::Done => unreachable!("not an error"),
-        Trip::NotSent(reason) if confirmed == 0 => BrokerError::Unavailable(reason),
+        Trip::NotSent(reason) if confirmed == 0 => BrokerError::unavailable(operation, reason),
         Trip::Rejected { ok: 0, message } if confirmed == 0 => {
-            BrokerError::Unavailable(format!("redis refused the command: {message}"))
+            BrokerError::unavailable(operation, Refused { message })
         }
-        Trip::NotSent(reason) | Trip::Unknown(reason) => BrokerError::OutcomeUnknown { confirmed, reason },
+        Trip::NotSent(reason) => BrokerError::OutcomeUnknown { confirmed, reason: reason.to_string() },
+        Trip::Unknown(reason) => BrokerError::OutcomeUnknown { confirmed, reason: reason.to_string() },
         Trip::Rejected { ok, message } => BrokerError::OutcomeUnknown {
             confirmed: confirmed + ok,
             reason: format!("redis refused part of the batch: {message}"),
@@ -290,7 +264,7 @@ impl Broker for RedisBroker {
         publish::encode(&mut bytes, &[b"PUBLISH", self.key(channel).as_bytes(), &payload]);
         match self.inner.publisher.round_trip(bytes.freeze(), 1).await {
             Trip::Done => Ok(()),
-            trip => Err(trip_error(trip, 0)),
+            trip => Err(trip_error("publish", trip, 0)),
         }
     }
 
@@ -310,7 +284,7 @@ impl Broker for RedisBroker {
             }
             match self.inner.publisher.round_trip(bytes.freeze(), count).await {
                 Trip::Done => confirmed += count,
-                trip => return Err(trip_error(trip, confirmed)),
+                trip => return Err(trip_error("publish batch", trip, confirmed)),
             }
             rest = &rest[count..];
         }
@@ -325,15 +299,9 @@ impl Broker for RedisBroker {
 
     fn subscriber_task(&self, delivery: Arc<dyn Delivery>) -> (Arc<dyn Subscriber>, BoxFuture<'static, ()>) {
         let shared = NodeShared::new(self.inner.shutdown.child_token(), self.inner.config.subscribe_timeout);
-        let info = self.inner.client.get_connection_info();
-        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
-            unreachable!("RedisBroker::new accepts TCP addresses only")
-        };
         let task = NodeTask {
             config: self.inner.config.clone(),
-            url_addr: (host.clone(), *port),
-            username: info.redis_settings().username().map(String::from),
-            password: info.redis_settings().password().map(String::from),
+            endpoint: self.inner.endpoint.clone(),
             shared: shared.clone(),
             delivery,
         };
@@ -347,10 +315,9 @@ impl Broker for RedisBroker {
         match self.inner.publisher.round_trip(bytes.freeze(), 1).await {
             Trip::Done => Ok(()),
             // A PING changes nothing: whatever became of it, the broker is not ready.
-            Trip::NotSent(reason) | Trip::Unknown(reason) => Err(BrokerError::Unavailable(reason)),
-            Trip::Rejected { message, .. } => {
-                Err(BrokerError::Unavailable(format!("redis refused PING: {message}")))
-            }
+            Trip::NotSent(reason) => Err(BrokerError::unavailable("ping", reason)),
+            Trip::Unknown(reason) => Err(BrokerError::unavailable("ping", reason)),
+            Trip::Rejected { message, .. } => Err(BrokerError::unavailable("ping", Refused { message })),
         }
     }
 

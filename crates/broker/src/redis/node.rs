@@ -27,6 +27,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::connect::{ConnectError, Endpoint};
 use super::resp::{Event, PubSubConn, RespError};
 use super::{RedisConfig, backoff, redact};
 use crate::{BrokerError, Confirmation, Delivery, Subscriber};
@@ -333,12 +334,25 @@ enum Ended {
     /// The node was stopped.
     Stopped,
     /// The connection failed; reconnect.
-    Failed(String),
+    Failed(Lost),
+}
+
+/// Why a node's connection failed, for the log.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Resp(#[from] RespError),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("no answer to PING")]
+    NoPong,
 }
 
 impl From<RespError> for Ended {
     fn from(e: RespError) -> Self {
-        Ended::Failed(e.to_string())
+        Ended::Failed(Lost::Resp(e))
     }
 }
 
@@ -346,9 +360,8 @@ impl From<RespError> for Ended {
 pub(super) struct NodeTask {
     pub(super) config: RedisConfig,
     /// The URL's host and port; with Sentinel the master is looked up on every connect.
-    pub(super) url_addr: (String, u16),
-    pub(super) username: Option<String>,
-    pub(super) password: Option<String>,
+    /// Where to connect; with Sentinel the master is looked up on every connect.
+    pub(super) endpoint: Endpoint,
     pub(super) shared: Arc<NodeShared>,
     pub(super) delivery: Arc<dyn Delivery>,
 }
@@ -378,17 +391,12 @@ impl NodeTask {
     }
 
     async fn connect(&self) -> Result<PubSubConn, Ended> {
-        let connect = async {
-            let (host, port) =
-                super::sentinel::current_address(&self.config, (&self.url_addr.0, self.url_addr.1))
-                    .await
-                    .map_err(|e| RespError::Io(std::io::Error::other(e)))?;
-            PubSubConn::connect(&host, port, self.username.as_deref(), self.password.as_deref()).await
-        };
+        let connect = self.endpoint.open_resp();
         tokio::select! {
             r = tokio::time::timeout(self.config.connect_timeout, connect) => match r {
-                Ok(conn) => Ok(conn?),
-                Err(_) => Err(Ended::Failed("connect timed out".into())),
+                Ok(Ok((conn, _))) => Ok(conn),
+                Ok(Err(e)) => Err(Ended::Failed(e.into())),
+                Err(_) => Err(Ended::Failed(Lost::ConnectTimeout)),
             },
             _ = self.shared.stop.cancelled() => Err(Ended::Stopped),
         }
@@ -461,7 +469,7 @@ impl NodeTask {
                 }
                 _ = ping.tick() => {
                     if awaiting_pong.is_some_and(|since| since.elapsed() > self.config.response_timeout) {
-                        return Ended::Failed("no answer to PING".into());
+                        return Ended::Failed(Lost::NoPong);
                     }
                     if awaiting_pong.is_none() {
                         if let Err(e) = conn.send(&[b"PING"]).await {

@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::RedisConfig;
-use super::resp::{PubSubConn, frame_len};
+use super::connect::{ConnectError, Endpoint};
+use super::resp::{RespError, frame_len};
 
 /// Round trips queued on one connection before a requester has to wait for room (and gives
 /// up as "not sent" at its deadline). The publisher API's in-flight limits keep it far below.
@@ -48,24 +48,54 @@ const WRITTEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
 /// How one round trip ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Trip {
     /// Redis answered every command without an error.
     Done,
     /// Redis answered, and refused `count - ok` of the commands with an error.
     Rejected { ok: usize, message: String },
     /// The commands were never written: nothing happened.
-    NotSent(String),
+    NotSent(NotSent),
     /// The commands were written and no (complete) answer came: they may have taken effect.
-    Unknown(String),
+    Unknown(Unanswered),
+}
+
+/// Why commands were never written to Redis: nothing happened, a retry is safe.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotSent {
+    /// No connection could be opened. Shared by every request that waited for the attempt.
+    #[error(transparent)]
+    Connect(Arc<ConnectError>),
+    #[error("no connection to redis within redis.response_timeout")]
+    ConnectTimeout,
+    #[error("the connection to redis closed")]
+    Closed,
+    #[error("redis is not keeping up: the publish queue stayed full")]
+    QueueFull,
+    #[error("redis did not take the command within redis.response_timeout")]
+    NotTaken,
+}
+
+/// Why commands that were written got no answer: they may have taken effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unanswered {
+    #[error("the connection to redis closed before it answered")]
+    Closed,
+    #[error("redis did not answer within redis.response_timeout")]
+    Timeout,
+}
+
+/// Redis answered a command with an error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("redis refused the command: {message}")]
+pub struct Refused {
+    /// Redis's error reply, such as `NOPERM ...`.
+    pub message: String,
 }
 
 /// The publishing side of the Redis engine: at most one connection, made on demand.
 pub(super) struct Publisher {
-    config: RedisConfig,
-    url_addr: (String, u16),
-    username: Option<String>,
-    password: Option<String>,
+    endpoint: Endpoint,
     slot: Mutex<Slot>,
     /// Numbers connection attempts, so a finished attempt only replaces itself.
     attempts: AtomicU64,
@@ -75,7 +105,7 @@ pub(super) struct Publisher {
 
 enum Slot {
     Idle,
-    Connecting(u64, Shared<BoxFuture<'static, Result<Conn, String>>>),
+    Connecting(u64, Shared<BoxFuture<'static, Result<Conn, Arc<ConnectError>>>>),
     Ready(Conn),
 }
 
@@ -107,28 +137,14 @@ struct Pending {
 }
 
 impl Publisher {
-    pub(super) fn new(
-        config: RedisConfig,
-        url_addr: (String, u16),
-        username: Option<String>,
-        password: Option<String>,
-        stop: CancellationToken,
-    ) -> Self {
-        Self {
-            config,
-            url_addr,
-            username,
-            password,
-            slot: Mutex::new(Slot::Idle),
-            attempts: AtomicU64::new(0),
-            stop,
-        }
+    pub(super) fn new(endpoint: Endpoint, stop: CancellationToken) -> Self {
+        Self { endpoint, slot: Mutex::new(Slot::Idle), attempts: AtomicU64::new(0), stop }
     }
 
     /// Publishes `commands` (already encoded, `count` of them) in one round trip, answering by
     /// `response_timeout` from now.
     pub(super) async fn round_trip(&self, bytes: Bytes, count: usize) -> Trip {
-        let deadline = Instant::now() + self.config.response_timeout;
+        let deadline = Instant::now() + self.endpoint.config().response_timeout;
         let conn = match self.connection(deadline).await {
             Ok(conn) => conn,
             Err(reason) => return Trip::NotSent(reason),
@@ -138,26 +154,26 @@ impl Publisher {
         let job = Job { bytes, count, state: state.clone(), reply: tx };
         match tokio::time::timeout_at(deadline, conn.jobs.send(job)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Trip::NotSent("the connection to redis closed".into()),
-            Err(_) => return Trip::NotSent("redis is not keeping up: the publish queue stayed full".into()),
+            Ok(Err(_)) => return Trip::NotSent(NotSent::Closed),
+            Err(_) => return Trip::NotSent(NotSent::QueueFull),
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(trip)) => trip,
             // The connection ended without answering: what it did depends on whether it
             // wrote the job.
             Ok(Err(_)) => match state.load(Ordering::Acquire) {
-                QUEUED => Trip::NotSent("the connection to redis closed".into()),
-                _ => Trip::Unknown("the connection to redis closed before it answered".into()),
+                QUEUED => Trip::NotSent(NotSent::Closed),
+                _ => Trip::Unknown(Unanswered::Closed),
             },
             Err(_) => match state.compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => Trip::NotSent("redis did not take the command within redis.response_timeout".into()),
-                Err(_) => Trip::Unknown("redis did not answer within redis.response_timeout".into()),
+                Ok(_) => Trip::NotSent(NotSent::NotTaken),
+                Err(_) => Trip::Unknown(Unanswered::Timeout),
             },
         }
     }
 
     /// The live connection, or a new one; waits at most until `deadline`.
-    async fn connection(&self, deadline: Instant) -> Result<Conn, String> {
+    async fn connection(&self, deadline: Instant) -> Result<Conn, NotSent> {
         let (id, attempt) = {
             let mut slot = self.slot.lock().expect("publisher slot poisoned");
             match &*slot {
@@ -165,15 +181,7 @@ impl Publisher {
                 Slot::Connecting(id, attempt) => (*id, attempt.clone()),
                 _ => {
                     let id = self.attempts.fetch_add(1, Ordering::Relaxed);
-                    let attempt = connect(
-                        self.config.clone(),
-                        self.url_addr.clone(),
-                        self.username.clone(),
-                        self.password.clone(),
-                        self.stop.child_token(),
-                    )
-                    .boxed()
-                    .shared();
+                    let attempt = connect(self.endpoint.clone(), self.stop.child_token()).boxed().shared();
                     *slot = Slot::Connecting(id, attempt.clone());
                     (id, attempt)
                 }
@@ -181,7 +189,7 @@ impl Publisher {
         };
         let result = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(result) => result,
-            Err(_) => return Err("no connection to redis within redis.response_timeout".into()),
+            Err(_) => return Err(NotSent::ConnectTimeout),
         };
         let mut slot = self.slot.lock().expect("publisher slot poisoned");
         if matches!(&*slot, Slot::Connecting(current, _) if *current == id) {
@@ -190,39 +198,32 @@ impl Publisher {
                 Err(_) => Slot::Idle,
             };
         }
-        result
+        result.map_err(NotSent::Connect)
     }
 }
 
 /// Connects, authenticates, checks Redis answers (`PING`, and `ROLE` with Sentinel) within
 /// `connect_timeout`, and starts the connection task.
-async fn connect(
-    config: RedisConfig,
-    url_addr: (String, u16),
-    username: Option<String>,
-    password: Option<String>,
-    stop: CancellationToken,
-) -> Result<Conn, String> {
+async fn connect(endpoint: Endpoint, stop: CancellationToken) -> Result<Conn, Arc<ConnectError>> {
+    let config = endpoint.config();
     let handshake = async {
-        let (host, port) = super::sentinel::current_address(&config, (&url_addr.0, url_addr.1)).await?;
-        let mut conn = PubSubConn::connect(&host, port, username.as_deref(), password.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.send(&[b"PING"]).await.map_err(|e| e.to_string())?;
-        conn.next_event().await.map_err(|e| e.to_string())?;
+        let (mut conn, addr) = endpoint.open_resp().await?;
+        let failed = |source| ConnectError::Resp { addr: addr.clone(), source };
+        conn.send(&[b"PING"]).await.map_err(failed)?;
+        conn.next_event().await.map_err(failed)?;
         if config.sentinel_master.is_some() {
-            conn.send(&[b"ROLE"]).await.map_err(|e| e.to_string())?;
-            let role = conn.reply_strings().await.map_err(|e| e.to_string())?;
+            conn.send(&[b"ROLE"]).await.map_err(failed)?;
+            let role = conn.reply_strings().await.map_err(failed)?;
             if role.as_deref().and_then(<[_]>::first).is_none_or(|r| r != b"master") {
-                return Err("the server the sentinels named is not a master (failover in progress)".into());
+                return Err(ConnectError::NotMaster { addr });
             }
         }
         Ok(conn.into_stream())
     };
     let stream = match tokio::time::timeout(config.connect_timeout, handshake).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err("redis did not answer within redis.connect_timeout".into()),
+        Ok(Err(e)) => return Err(Arc::new(e)),
+        Err(_) => return Err(Arc::new(ConnectError::Timeout)),
     };
     let (jobs, rx) = mpsc::channel(QUEUE);
     let closed = CancellationToken::new();
@@ -258,7 +259,7 @@ impl ConnTask {
             () = stop.cancelled() => None,
         };
         match ended {
-            Some(reason) => tracing::warn!(%reason, "redis publishing connection lost"),
+            Some(reason) => tracing::warn!(reason = %reason, "redis publishing connection lost"),
             None => tracing::debug!("redis publishing connection closed"),
         }
         closed.cancel();
@@ -271,7 +272,7 @@ impl ConnTask {
 
     /// Writes jobs in order. Like the other parts of the task, it returns why the connection
     /// failed, or `None` when it ended because the broker went away.
-    async fn write_loop(&self, mut write: OwnedWriteHalf, jobs: &mut mpsc::Receiver<Job>) -> Option<String> {
+    async fn write_loop(&self, mut write: OwnedWriteHalf, jobs: &mut mpsc::Receiver<Job>) -> Option<Lost> {
         while let Some(job) = jobs.recv().await {
             if job.state.compare_exchange(QUEUED, WRITTEN, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 continue;
@@ -285,20 +286,20 @@ impl ConnTask {
                 reply: job.reply,
             });
             if let Err(e) = write.write_all(&job.bytes).await {
-                return Some(format!("write failed: {e}"));
+                return Some(Lost::Write(e));
             }
         }
         None
     }
 
-    async fn read_loop(&self, mut read: OwnedReadHalf) -> Option<String> {
+    async fn read_loop(&self, mut read: OwnedReadHalf) -> Option<Lost> {
         let mut buf = BytesMut::with_capacity(4096);
         loop {
             loop {
                 let used = match frame_len(&buf) {
                     Ok(Some(used)) => used,
                     Ok(None) => break,
-                    Err(e) => return Some(e.to_string()),
+                    Err(e) => return Some(Lost::Protocol(e)),
                 };
                 let error = (buf[0] == b'-').then(|| String::from_utf8_lossy(&buf[1..used - 2]).into_owned());
                 buf.advance(used);
@@ -307,18 +308,18 @@ impl ConnTask {
                 }
             }
             match read.read_buf(&mut buf).await {
-                Ok(0) => return Some("redis closed the connection".into()),
+                Ok(0) => return Some(Lost::Closed),
                 Ok(_) => {}
-                Err(e) => return Some(format!("read failed: {e}")),
+                Err(e) => return Some(Lost::Read(e)),
             }
         }
     }
 
     /// Counts one reply towards the oldest written job, and answers the job when it is
     /// complete.
-    fn answer(&self, error: Option<String>) -> Result<(), String> {
+    fn answer(&self, error: Option<String>) -> Result<(), Lost> {
         let mut pending = self.pending.lock().expect("pending lock poisoned");
-        let job = pending.front_mut().ok_or("a reply to no command")?;
+        let job = pending.front_mut().ok_or(Lost::StrayReply)?;
         job.seen += 1;
         match error {
             Some(e) => job.error = job.error.take().or(Some(e)),
@@ -337,17 +338,34 @@ impl ConnTask {
 
     /// Ends the connection once its oldest written job has waited `response_timeout` for its
     /// replies. Checked four times per `response_timeout`.
-    async fn watchdog(&self) -> Option<String> {
+    async fn watchdog(&self) -> Option<Lost> {
         let mut tick = tokio::time::interval(self.response_timeout / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let oldest = self.pending.lock().expect("pending lock poisoned").front().map(|p| p.written_at);
             if oldest.is_some_and(|at| at.elapsed() >= self.response_timeout) {
-                return Some("redis did not answer within redis.response_timeout".into());
+                return Some(Lost::Unanswered);
             }
         }
     }
+}
+
+/// Why a publishing connection ended, for the log.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error("write failed: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("read failed: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] RespError),
+    #[error("redis closed the connection")]
+    Closed,
+    #[error("a reply to no command")]
+    StrayReply,
+    #[error("redis did not answer within redis.response_timeout")]
+    Unanswered,
 }
 
 /// Appends one command in RESP to `out`.
@@ -389,8 +407,8 @@ mod tests {
         task.answer(None).unwrap();
         task.answer(Some("NOPERM".into())).unwrap();
         task.answer(None).unwrap();
-        assert_eq!(rx1.await.unwrap(), Trip::Rejected { ok: 1, message: "NOPERM".into() });
-        assert_eq!(rx2.await.unwrap(), Trip::Done);
+        assert!(matches!(rx1.await.unwrap(), Trip::Rejected { ok: 1, message } if message == "NOPERM"));
+        assert!(matches!(rx2.await.unwrap(), Trip::Done));
         assert!(task.answer(None).is_err(), "a reply nobody asked for ends the connection");
     }
 }

@@ -6,18 +6,62 @@
 //! connections break, and the reconnects find the new master.
 
 use super::RedisConfig;
-use super::resp::PubSubConn;
+use super::resp::{PubSubConn, RespError};
+
+/// Why the sentinels did not name a master: what the last sentinel asked answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SentinelError {
+    /// `redis.sentinel_master` is set without sentinels (validation refuses that).
+    #[error("no sentinel configured")]
+    NoSentinel,
+    /// Every sentinel failed; this is the last one's failure.
+    #[error("sentinel {sentinel}: {source}")]
+    Ask {
+        sentinel: String,
+        #[source]
+        source: AskError,
+    },
+}
+
+/// Why one sentinel did not name the master.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error(transparent)]
+    Address(#[from] AddrError),
+    #[error(transparent)]
+    Resp(#[from] RespError),
+    #[error("invalid port in reply")]
+    InvalidPort,
+    #[error("does not know a master named {0:?}")]
+    UnknownMaster(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Why an address is not `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    #[error("{0:?} is not host:port")]
+    NotHostPort(String),
+    #[error("{0:?} has an invalid port")]
+    InvalidPort(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+}
 
 /// Where commands go now: the URL's host and port, or the master the sentinels name.
-pub async fn current_address(config: &RedisConfig, url_addr: (&str, u16)) -> Result<(String, u16), String> {
+pub async fn current_address(
+    config: &RedisConfig,
+    url_addr: (&str, u16),
+) -> Result<(String, u16), SentinelError> {
     let Some(master) = &config.sentinel_master else {
         return Ok((url_addr.0.to_string(), url_addr.1));
     };
-    let mut last_error = String::from("no sentinel configured");
+    let mut last_error = SentinelError::NoSentinel;
     for sentinel in &config.sentinel_addresses {
         match ask(sentinel, master, config).await {
             Ok(addr) => return Ok(addr),
-            Err(e) => last_error = format!("sentinel {sentinel}: {e}"),
+            Err(source) => last_error = SentinelError::Ask { sentinel: sentinel.clone(), source },
         }
     }
     Err(last_error)
@@ -25,34 +69,31 @@ pub async fn current_address(config: &RedisConfig, url_addr: (&str, u16)) -> Res
 
 /// `SENTINEL get-master-addr-by-name` on one sentinel, authenticated when the sentinels have
 /// a password.
-async fn ask(sentinel: &str, master: &str, config: &RedisConfig) -> Result<(String, u16), String> {
+async fn ask(sentinel: &str, master: &str, config: &RedisConfig) -> Result<(String, u16), AskError> {
     let (host, port) = split_addr(sentinel)?;
     let query = async {
         let (user, password) = (config.sentinel_username.as_deref(), config.sentinel_password.as_deref());
-        let mut conn = PubSubConn::connect(&host, port, user, password).await.map_err(|e| e.to_string())?;
-        conn.send(&[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()])
-            .await
-            .map_err(|e| e.to_string())?;
-        let reply = conn.reply_strings().await.map_err(|e| e.to_string())?;
+        let mut conn = PubSubConn::connect(&host, port, user, password).await?;
+        conn.send(&[b"SENTINEL", b"get-master-addr-by-name", master.as_bytes()]).await?;
+        let reply = conn.reply_strings().await?;
         match reply.as_deref() {
             Some([host, port]) => {
                 let host = String::from_utf8_lossy(host).into_owned();
-                let port =
-                    String::from_utf8_lossy(port).parse().map_err(|_| "invalid port in reply".to_string())?;
+                let port = String::from_utf8_lossy(port).parse().map_err(|_| AskError::InvalidPort)?;
                 Ok((host, port))
             }
-            _ => Err(format!("does not know a master named {master:?}")),
+            _ => Err(AskError::UnknownMaster(master.to_string())),
         }
     };
-    tokio::time::timeout(config.connect_timeout, query).await.map_err(|_| "timed out".to_string())?
+    tokio::time::timeout(config.connect_timeout, query).await.map_err(|_| AskError::Timeout)?
 }
 
 /// `host:port`.
-pub fn split_addr(addr: &str) -> Result<(String, u16), String> {
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("{addr:?} is not host:port"))?;
-    let port = port.parse().map_err(|_| format!("{addr:?} has an invalid port"))?;
+pub fn split_addr(addr: &str) -> Result<(String, u16), AddrError> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| AddrError::NotHostPort(addr.to_string()))?;
+    let port = port.parse().map_err(|_| AddrError::InvalidPort(addr.to_string()))?;
     if host.is_empty() {
-        return Err(format!("{addr:?} has no host"));
+        return Err(AddrError::NoHost(addr.to_string()));
     }
     Ok((host.to_string(), port))
 }

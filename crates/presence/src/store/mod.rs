@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_protocol::{ChannelName, UserId};
+use herald_protocol::{ChannelName, ConfigError, UserId};
 
 use crate::model::{Ack, ChannelPresence, Event, Report, Stats, UserPresence};
 
@@ -25,9 +25,33 @@ pub use redis::RedisStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend (Redis) cannot be reached or answered with an error. Nothing was applied
-    /// (scripts are atomic), so the caller may retry.
-    #[error("presence store unavailable: {0}")]
-    Unavailable(String),
+    /// (scripts are atomic), so the caller may retry. `operation` names what failed
+    /// (`report`, `sweep`, `users`); the message includes the source's, since callers log
+    /// this error on one line.
+    #[error("presence store unavailable: {operation}: {source}")]
+    Unavailable {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A script answered in a shape it never does (a script of another version running
+    /// against the same keys, say). Like `Unavailable`, nothing is known to be applied.
+    #[error("presence store unavailable: unexpected reply from the presence script: {0}")]
+    UnexpectedReply(String),
+    /// The store's configuration is invalid; the error names the key. Only constructors
+    /// return it.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl StoreError {
+    /// [`StoreError::Unavailable`] for `operation`, caused by `source`.
+    pub fn unavailable(
+        operation: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self::Unavailable { operation, source: source.into() }
+    }
 }
 
 /// The timings both engines apply.

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_broker::RedisConfig;
+use herald_broker::redis::{Endpoint, LazyConnection};
 use herald_protocol::{ChannelName, UserId};
-use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 use serde_json::json;
 
@@ -32,13 +32,11 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: redis::Client,
-    config: RedisConfig,
+    /// The shared connection, opened on first use and again after it broke.
+    redis: LazyConnection,
     /// Key prefix: the Redis prefix plus `presence:`.
     prefix: String,
     timings: Timings,
-    /// The shared connection, `None` until first used or after it broke.
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     report: Script,
     full: Script,
     full_end: Script,
@@ -68,7 +66,7 @@ impl RedisStore {
             .arg(millis(self.inner.timings.ttl))
             .arg(millis(self.inner.timings.grace))
             .arg(encode_changes(changes));
-        match status_and_events(self.run(invocation).await?)? {
+        match status_and_events(self.run("report", invocation).await?)? {
             (status, events) if status == "ok" => Ok((Ack::Applied, events)),
             (status, _) if status == "resync" => Ok((Ack::Resync, vec![])),
             (status, _) => Err(bad(&status)),
@@ -89,21 +87,19 @@ impl RedisStore {
             .arg(millis(self.inner.timings.ttl))
             .arg(millis(self.inner.timings.grace))
             .arg(encode_conns(part));
-        Ok(status_and_events(self.run(invocation).await?)?.1)
+        Ok(status_and_events(self.run("full report", invocation).await?)?.1)
     }
 
-    /// Validates the URL; connections are made lazily, so this works while Redis is down.
+    /// Validates the configuration (the error names the key); connections are made lazily, so
+    /// this works while Redis is down.
     pub fn new(config: RedisConfig, timings: Timings) -> Result<Self, StoreError> {
-        config.validate().map_err(StoreError::Unavailable)?;
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("invalid redis url: {e}")))?;
+        let prefix = format!("{}presence:", config.prefix);
+        let redis = LazyConnection::new(Endpoint::new(config)?);
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                prefix: format!("{}presence:", config.prefix),
-                config,
+                redis,
+                prefix,
                 timings,
-                conn: tokio::sync::Mutex::new(None),
                 report: script(include_str!("lua/report.lua")),
                 full: script(include_str!("lua/full.lua")),
                 full_end: script(include_str!("lua/full_end.lua")),
@@ -112,38 +108,30 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        let mut slot = self.inner.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let conn = self.inner.config.connect(&self.inner.client).await.map_err(StoreError::Unavailable)?;
-        *slot = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Maps a Redis error, dropping a broken connection so the next call reconnects.
-    async fn failed(&self, e: redis::RedisError) -> StoreError {
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-            self.inner.conn.lock().await.take();
-        }
-        StoreError::Unavailable(e.to_string())
-    }
-
-    async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
-        let mut conn = self.connection().await?;
+    /// Runs a script for `operation`; a connection that broke is dropped so the next call
+    /// reconnects.
+    async fn run(
+        &self,
+        operation: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
+        let redis = &self.inner.redis;
+        let mut conn = redis.get().await.map_err(|e| StoreError::unavailable(operation, e))?;
         match invocation.invoke_async(&mut conn).await {
             Ok(v) => Ok(v),
-            Err(e) => Err(self.failed(e).await),
+            Err(e) => {
+                redis.failed(&e).await;
+                Err(StoreError::unavailable(operation, e))
+            }
         }
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        let mut conn = self.connection().await?;
-        match pipe.query_async(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => Err(self.failed(e).await),
-        }
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        operation: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        self.inner.redis.query(pipe).await.map_err(|e| StoreError::unavailable(operation, e))
     }
 }
 
@@ -212,7 +200,7 @@ fn text(v: &Value) -> Option<String> {
 }
 
 fn bad(what: &str) -> StoreError {
-    StoreError::Unavailable(format!("unexpected reply from the presence script: {what}"))
+    StoreError::UnexpectedReply(what.to_string())
 }
 
 /// Reads the events a script returned: arrays like `["join", channel, user, info]`.
@@ -271,7 +259,9 @@ impl PresenceStore for RedisStore {
                 .arg(millis(self.inner.timings.ttl))
                 .arg(millis(self.inner.timings.grace))
                 .arg(CHUNK);
-            let Ok(reply) = self.run(invocation).await else { return Ok((Ack::Resync, events)) };
+            let Ok(reply) = self.run("full report", invocation).await else {
+                return Ok((Ack::Resync, events));
+            };
             let (status, more) = status_and_events(reply)?;
             events.extend(more);
             if status == "ok" {
@@ -288,7 +278,7 @@ impl PresenceStore for RedisStore {
         for round in 0..2000 {
             let mut invocation = self.inner.sweep.prepare_invoke();
             invocation.arg(&self.inner.prefix).arg(millis(self.inner.timings.grace)).arg(CHUNK);
-            let reply = match self.run(invocation).await {
+            let reply = match self.run("sweep", invocation).await {
                 Ok(reply) => reply,
                 Err(e) if round == 0 => return Err(e),
                 Err(_) => return Ok(events),
@@ -310,7 +300,7 @@ impl PresenceStore for RedisStore {
         for user in users {
             pipe.hgetall(format!("{}u:{}", self.inner.prefix, user));
         }
-        let replies: Vec<BTreeMap<String, i64>> = self.query(&pipe).await?;
+        let replies: Vec<BTreeMap<String, i64>> = self.query("users", &pipe).await?;
         Ok(users
             .iter()
             .zip(replies)
@@ -333,20 +323,20 @@ impl PresenceStore for RedisStore {
         let key = format!("{}c:{}", self.inner.prefix, channel);
         let mut pipe = redis::pipe();
         pipe.hlen(&key);
-        let (count,): (u64,) = self.query(&pipe).await?;
+        let (count,): (u64,) = self.query("channel", &pipe).await?;
         let mut pairs: Vec<(String, u64)> = Vec::new();
         if limit > 0 && count > 0 {
             if count <= limit as u64 {
                 let mut pipe = redis::pipe();
                 pipe.hgetall(&key);
-                (pairs,) = self.query(&pipe).await?;
+                (pairs,) = self.query("channel", &pipe).await?;
             } else {
                 // More members than listed: scan just enough of them (each step is short).
                 let mut cursor = 0u64;
                 for _ in 0..count / 100 + 10 {
                     let mut pipe = redis::pipe();
                     pipe.cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000);
-                    let ((next, found),): ((u64, Vec<(String, u64)>),) = self.query(&pipe).await?;
+                    let ((next, found),): ((u64, Vec<(String, u64)>),) = self.query("channel", &pipe).await?;
                     pairs.extend(found);
                     cursor = next;
                     if cursor == 0 || pairs.len() >= limit {
@@ -367,7 +357,7 @@ impl PresenceStore for RedisStore {
         for part in pairs.chunks(1000) {
             pipe.cmd("HMGET").arg(&info_key).arg(part.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>());
         }
-        let infos: Vec<Vec<Option<String>>> = self.query(&pipe).await?;
+        let infos: Vec<Vec<Option<String>>> = self.query("channel", &pipe).await?;
         let members = pairs
             .into_iter()
             .zip(infos.into_iter().flatten())
@@ -381,7 +371,7 @@ impl PresenceStore for RedisStore {
     async fn stats(&self) -> Result<Stats, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET").arg(format!("{}stats", self.inner.prefix)).arg("users").arg("conns");
-        let ((users, conns),): ((Option<i64>, Option<i64>),) = self.query(&pipe).await?;
+        let ((users, conns),): ((Option<i64>, Option<i64>),) = self.query("stats", &pipe).await?;
         Ok(Stats {
             online_users: users.unwrap_or(0).max(0) as u64,
             connections: conns.unwrap_or(0).max(0) as u64,
@@ -391,7 +381,7 @@ impl PresenceStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("PING");
-        self.query::<(String,)>(&pipe).await.map(|_| ())
+        self.query::<(String,)>("ping", &pipe).await.map(|_| ())
     }
 
     fn name(&self) -> &'static str {
