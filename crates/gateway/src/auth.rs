@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use herald_protocol::{ErrorCode, UserId};
+use herald_protocol::{ConfigError, ErrorCode, UserId};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -126,7 +126,7 @@ pub struct TokenVerifier {
 
 impl TokenVerifier {
     /// Fails when the configuration is invalid (see [`AuthConfig::validate`]).
-    pub fn new(config: &AuthConfig) -> Result<Self, String> {
+    pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
             mac: keyed(&config.jwt_secret),

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use herald_protocol::ConfigError;
 use serde::Deserialize;
 
 /// Settings of the WebSocket gateway.
@@ -116,7 +117,7 @@ impl Default for GatewayConfig {
 
 impl GatewayConfig {
     /// Checks the values that would make the gateway misbehave; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("gateway.outbound_queue", self.outbound_queue),
             ("gateway.outbound_queue_bytes", self.outbound_queue_bytes),
@@ -130,25 +131,32 @@ impl GatewayConfig {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(format!("{key}: must be greater than 0"));
+                return Err(ConfigError::new(key, "must be greater than 0"));
             }
         }
         if self.handshake_timeout.is_zero() {
-            return Err("gateway.handshake_timeout: must be greater than 0".into());
+            return Err(ConfigError::new("gateway.handshake_timeout", "must be greater than 0"));
         }
         if self.ping_interval.is_zero() {
-            return Err("gateway.ping_interval: must be greater than 0".into());
+            return Err(ConfigError::new("gateway.ping_interval", "must be greater than 0"));
         }
         if self.pong_timeout <= self.ping_interval {
-            return Err("gateway.pong_timeout: must be longer than gateway.ping_interval".into());
+            return Err(ConfigError::new(
+                "gateway.pong_timeout",
+                "must be longer than gateway.ping_interval",
+            ));
         }
-        if self.canary_interval.is_zero() || self.canary_timeout.is_zero() {
-            return Err("gateway.canary_interval, gateway.canary_timeout: must be greater than 0".into());
+        if self.canary_interval.is_zero() {
+            return Err(ConfigError::new("gateway.canary_interval", "must be greater than 0"));
+        }
+        if self.canary_timeout.is_zero() {
+            return Err(ConfigError::new("gateway.canary_timeout", "must be greater than 0"));
         }
         if self.max_write_buffer_size <= self.write_buffer_size + self.max_message_size {
-            return Err(
-                "gateway.max_write_buffer_size: must exceed write_buffer_size + max_message_size".into()
-            );
+            return Err(ConfigError::new(
+                "gateway.max_write_buffer_size",
+                "must exceed write_buffer_size + max_message_size",
+            ));
         }
         Ok(())
     }
@@ -181,16 +189,39 @@ impl std::fmt::Debug for AuthConfig {
 }
 
 impl AuthConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that clients can be authenticated at all; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_secret.is_empty() {
-            return Err(
-                "auth.jwt_secret: required (HERALD_AUTH__JWT_SECRET); clients cannot connect without it"
-                    .into(),
-            );
+            return Err(ConfigError::new(
+                "auth.jwt_secret",
+                "required (HERALD_AUTH__JWT_SECRET); clients cannot connect without it",
+            ));
         }
         if self.jwt_secret.len() < 32 {
-            return Err("auth.jwt_secret: must be at least 32 bytes long for HS256".into());
+            return Err(ConfigError::new("auth.jwt_secret", "must be at least 32 bytes long for HS256"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each refused value is reported under the one key to fix.
+    #[test]
+    fn errors_name_the_key_to_fix() {
+        GatewayConfig::default().validate().unwrap();
+        let key = |config: GatewayConfig| config.validate().unwrap_err().key;
+        assert_eq!(key(GatewayConfig { outbound_queue: 0, ..Default::default() }), "gateway.outbound_queue");
+        assert_eq!(key(GatewayConfig { frame_rate: 0, ..Default::default() }), "gateway.frame_rate");
+        let silent = GatewayConfig { pong_timeout: Duration::from_secs(1), ..Default::default() };
+        assert_eq!(key(silent), "gateway.pong_timeout");
+        let canary = GatewayConfig { canary_timeout: Duration::ZERO, ..Default::default() };
+        assert_eq!(key(canary), "gateway.canary_timeout");
+
+        let auth = AuthConfig { jwt_secret: "short".into(), ..Default::default() };
+        assert_eq!(auth.validate().unwrap_err().key, "auth.jwt_secret");
+        assert_eq!(AuthConfig::default().validate().unwrap_err().key, "auth.jwt_secret");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use herald_broker::Broker;
-use herald_protocol::Namespaces;
+use herald_protocol::{ConfigError, Namespaces};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,7 +59,7 @@ impl Gateway {
         auth: &AuthConfig,
         namespaces: Namespaces,
         broker: Arc<dyn Broker>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         Self::with_observer(config, auth, namespaces, broker, Arc::new(NoObserver))
     }
 
@@ -70,9 +70,9 @@ impl Gateway {
         namespaces: Namespaces,
         broker: Arc<dyn Broker>,
         observer: Arc<dyn ConnectionObserver>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
-        namespaces.validate().map_err(|e| format!("namespaces: {e}"))?;
+        namespaces.validate()?;
         let verifier = TokenVerifier::new(auth)?;
         let node_id = format!("{:08x}", rand_u32());
         let metrics = Arc::new(GatewayMetrics::default());

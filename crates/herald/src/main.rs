@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     }
     let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
     if let Command::Token { user, ttl } = &cli.command {
-        config.auth.validate().map_err(anyhow::Error::msg)?;
+        config.auth.validate()?;
         println!("{}", herald_gateway::mint(&config.auth.jwt_secret, user, *ttl)?);
         return Ok(());
     }

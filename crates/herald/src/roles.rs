@@ -49,8 +49,7 @@ pub async fn gateway(
         Some(reporter) => Arc::new(reporter.clone()),
         None => Arc::new(NoObserver),
     };
-    let gateway = Gateway::with_observer(config.gateway, &config.auth, config.namespaces, broker, observer)
-        .map_err(anyhow::Error::msg)?;
+    let gateway = Gateway::with_observer(config.gateway, &config.auth, config.namespaces, broker, observer)?;
     let served = herald_gateway::serve(gateway, listener, shutdown).await;
     if let Some(reporter) = reporter {
         reporter.shutdown().await;
@@ -114,8 +113,7 @@ async fn run_both(
         config.namespaces.clone(),
         broker.clone(),
         Arc::new(reporter.clone()),
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let api = PublisherApi::new(config.publisher, config.namespaces, broker);
     let stop = CancellationToken::new();
     let trigger = stop.clone();
