@@ -79,6 +79,26 @@ pub fn assert_metrics_bodies(role: &str, (text_type, text): (&str, &str), (open_
     assert!(open.contains("# TYPE process_cpu_seconds counter\n"), "{open}");
     assert!(open.contains("# TYPE herald_build info\n"), "{open}");
     assert!(open.ends_with("# EOF\n") && open.matches("# EOF").count() == 1, "{open}");
+    assert_documented(text);
+}
+
+/// Asserts that every metric in `text` (a text-format body) has its row in the metrics table
+/// of `docs/operations.md`, with the help text it is exported with.
+fn assert_documented(text: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/operations.md");
+    let docs = std::fs::read_to_string(path).expect("docs/operations.md is readable");
+    for help in text.lines().filter_map(|l| l.strip_prefix("# HELP ")) {
+        let (name, help) = help.split_once(' ').unwrap_or((help, ""));
+        let help = help.strip_suffix('.').unwrap_or(help);
+        let row = docs
+            .lines()
+            .find(|l| l.strip_prefix(&format!("| `{name}")).is_some_and(|rest| rest.starts_with(['`', '{'])));
+        let row = row.unwrap_or_else(|| panic!("{name} has no row in docs/operations.md"));
+        assert!(
+            row.contains(&format!("| {help} |")),
+            "docs/operations.md: {name}'s help is not {help:?}:\n{row}"
+        );
+    }
 }
 
 /// The `Accept` header Prometheus sends when it scrapes.
