@@ -132,13 +132,13 @@ impl Gateway {
         self.shared.shutdown.cancel();
     }
 
-    /// The metrics in Prometheus text format, with state gauges refreshed.
-    pub fn render_metrics(&self) -> String {
+    /// The metrics in `format`, with state gauges refreshed.
+    pub fn render_metrics(&self, format: herald_api_common::metrics::Format) -> String {
         let metrics = &self.shared.metrics;
         metrics.channels.set(self.shared.hub.channel_count() as i64);
         metrics.observe_reconnects(self.shared.hub.subscriber().reconnects());
         metrics.ready.set(i64::from(self.is_ready()));
-        metrics.encode()
+        metrics.encode(format)
     }
 }
 

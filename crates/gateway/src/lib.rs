@@ -56,6 +56,7 @@ pub use auth::{TokenVerifier, mint};
 pub use close::CloseReason;
 pub use config::{AuthConfig, GatewayConfig};
 pub use gateway::Gateway;
+pub use herald_api_common::metrics::Format as MetricsFormat;
 pub use hub::Hub;
 pub use metrics::GatewayMetrics;
 pub use observer::{ConnectionInfo, ConnectionObserver, NoObserver};

@@ -3,15 +3,14 @@
 //! Counters are plain atomics (cloning a handle is an `Arc` bump), bumped where things happen;
 //! gauges that mirror state (channels, Redis reconnects) are refreshed at scrape time.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use herald_api_common::metrics::{Format, MetricsRegistry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
@@ -30,7 +29,7 @@ pub struct LimitLabels {
 
 /// Every metric a gateway exports.
 pub struct GatewayMetrics {
-    registry: Mutex<Registry>,
+    registry: MetricsRegistry,
     /// Open WebSocket connections.
     pub connections: Gauge,
     /// Connections accepted since start.
@@ -63,9 +62,8 @@ pub struct GatewayMetrics {
 
 impl Default for GatewayMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("herald_gateway");
-        let metrics = Self {
-            registry: Mutex::new(Registry::default()),
+        let mut metrics = Self {
+            registry: MetricsRegistry::new("gateway", "herald_gateway"),
             connections: Gauge::default(),
             connections_opened: Counter::default(),
             subscriptions: Gauge::default(),
@@ -82,6 +80,7 @@ impl Default for GatewayMetrics {
             ready: Gauge::default(),
             reconnects_seen: AtomicU64::new(0),
         };
+        let registry = metrics.registry.registry_mut();
         registry.register("connections", "Open WebSocket connections", metrics.connections.clone());
         registry.register("connections_opened", "Connections accepted", metrics.connections_opened.clone());
         registry.register(
@@ -118,7 +117,6 @@ impl Default for GatewayMetrics {
             metrics.delivery_latency.clone(),
         );
         registry.register("ready", "1 while the gateway reports ready", metrics.ready.clone());
-        *metrics.registry.lock().expect("registry lock poisoned") = registry;
         metrics
     }
 }
@@ -142,12 +140,8 @@ impl GatewayMetrics {
         self.limit_hits.get_or_create(&LimitLabels { limit }).inc();
     }
 
-    /// The text exposition format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().expect("registry lock poisoned");
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-            .expect("writing to a String cannot fail");
-        out
+    /// Every metric, `process_*` and `herald_build_info` included, in `format`.
+    pub fn encode(&self, format: Format) -> String {
+        self.registry.encode(format)
     }
 }

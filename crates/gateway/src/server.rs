@@ -42,9 +42,15 @@ impl Gateway {
         Router::new()
             .route("/livez", get(|| async { "ok" }))
             .route("/readyz", get(ready))
-            .route("/metrics", get(|State(gateway): State<Gateway>| async move { gateway.render_metrics() }))
+            .route("/metrics", get(metrics))
             .with_state(self.clone())
     }
+}
+
+/// `GET /metrics`, in the format the `Accept` header asks for.
+async fn metrics(State(gateway): State<Gateway>, headers: axum::http::HeaderMap) -> Response {
+    let format = herald_api_common::metrics::Format::from_accept(&headers);
+    herald_api_common::metrics::response(format, gateway.render_metrics(format))
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, closes

@@ -1,7 +1,9 @@
-//! The one error type of the presence API, shown to HTTP clients as a JSON body and to gRPC
-//! clients as a status, both coded by the shared [`ErrorCode`] table.
+//! The one error type of the presence API. What it shows the caller (an HTTP JSON body or a
+//! gRPC status, both coded by the shared [`ErrorCode`] table) is written once, in
+//! [`herald_api_common::error`]; this file says what can go wrong here.
 
 use axum::response::{IntoResponse, Response};
+use herald_api_common::{ApiFailure, Refusal};
 use herald_protocol::ErrorCode;
 
 use crate::store::StoreError;
@@ -10,8 +12,8 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request itself is wrong; the message says what to fix.
-    #[error("{message}")]
-    Request { code: ErrorCode, message: String },
+    #[error(transparent)]
+    Request(#[from] Refusal),
     /// The store (Redis) cannot be reached. The cause is logged, not shown.
     #[error("presence is unavailable right now; retry later")]
     Unavailable(#[source] StoreError),
@@ -19,16 +21,12 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Request { code, message: message.into() }
-    }
-
-    pub fn unauthorized() -> Self {
-        Self::new(ErrorCode::Unauthorized, "a valid API key is required: `Authorization: Bearer <key>`")
+        Self::Request(Refusal::new(code, message))
     }
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Request { code, .. } => *code,
+            Self::Request(refusal) => refusal.code,
             Self::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
@@ -41,14 +39,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiFailure for ApiError {
+    fn code(&self) -> ErrorCode {
+        ApiError::code(self)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        herald_api_common::error_response(self.code(), &self.to_string())
+        herald_api_common::error::http_response(&self)
     }
 }
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        tonic::Status::new(tonic::Code::from_i32(e.code().grpc_code()), e.to_string())
+        herald_api_common::error::grpc_status(&e)
     }
 }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+pub use herald_api_common::auth::RequireApiKey;
 use herald_protocol::{ChannelName, ConfigError, ErrorCode, UserId};
 use serde_json::value::RawValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::Shared;
-use crate::auth::ApiKeys;
 use crate::error::ApiError;
 use crate::model::{
     Ack, Change, ChannelPresence, ConnState, Info, Member, Report, ReportBody, Stats, UserPresence,
@@ -26,24 +26,11 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub type GrpcService = InterceptedService<pb::presence_server::PresenceServer<GrpcPresence>, RequireApiKey>;
 
 pub(crate) fn service(shared: Arc<Shared>) -> GrpcService {
-    let keys = RequireApiKey { keys: shared.keys.clone() };
+    let keys = RequireApiKey::new(shared.keys.clone());
     let server = pb::presence_server::PresenceServer::new(GrpcPresence { shared })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     InterceptedService::new(server, keys)
-}
-
-/// Refuses calls without a valid API key before their message is decoded.
-#[derive(Clone)]
-pub struct RequireApiKey {
-    keys: ApiKeys,
-}
-
-impl tonic::service::Interceptor for RequireApiKey {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let value = request.metadata().get("authorization").map(|v| v.as_bytes());
-        crate::auth::check(&self.keys, value).map(|()| request).map_err(Status::from)
-    }
 }
 
 #[derive(Clone)]

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use herald_api_common::metrics::Format;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -32,20 +33,28 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|State(shared): State<Arc<Shared>>| async move { shared.service.render_metrics().await }),
-        )
+        .route("/metrics", get(metrics))
         .merge(v1)
         .with_state(shared)
 }
 
 async fn require_api_key(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    match crate::auth::check(&shared.keys, authorization) {
+    let authorization = herald_api_common::auth::authorization(request.headers());
+    match herald_api_common::auth::check(&shared.keys, authorization) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /metrics`, with the state gauges refreshed from the store, in the format the `Accept`
+/// header asks for.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let metrics = shared.service.metrics();
+    if let Ok(stats) = shared.service.store().stats().await {
+        metrics.set_state(&stats);
+    }
+    let format = Format::from_accept(&headers);
+    herald_api_common::metrics::response(format, metrics.encode_as(format))
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,9 @@
 //!   round trip per interval) through a [`reporter::Transport`]: [`grpc::GrpcTransport`] to a
 //!   remote presence role, or [`reporter::LocalTransport`] in the standalone mode.
 //! - [`http`] and [`grpc`] (generated from `proto/herald/v1/presence.proto` into [`pb`]): the
-//!   API backends query and gateways report to, both behind the API key ([`auth`]).
+//!   API backends query and gateways report to, both behind the API key
+//!   ([`herald_api_common::auth`]); beside them on the gRPC listener, health (following
+//!   readiness) and reflection.
 //! - [`service`]: the core both transports share. It applies reports to the store, emits the
 //!   transitions the store returns through the [`herald_broker::Broker`] ([`events`] encodes
 //!   them once), sweeps expired gateway leases, and validates queries.
@@ -25,7 +27,6 @@ use std::sync::Arc;
 use herald_broker::Broker;
 use herald_protocol::Namespaces;
 
-pub mod auth;
 pub mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
@@ -44,6 +45,10 @@ pub mod store;
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("herald.v1");
+
+    /// The encoded `FileDescriptorSet` of `presence.proto`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/presence_descriptor.bin"));
 }
 
 pub use config::PresenceConfig;
@@ -57,7 +62,7 @@ pub use store::{MemoryStore, PresenceStore, RedisStore, StoreError};
 /// What both transports share.
 pub(crate) struct Shared {
     service: PresenceService,
-    keys: auth::ApiKeys,
+    keys: herald_api_common::auth::ApiKeys,
 }
 
 /// The presence API, ready to be served. Cheap to clone.
@@ -77,7 +82,9 @@ impl PresenceApi {
         broker: Arc<dyn Broker>,
     ) -> Result<Self, String> {
         let service = PresenceService::new(config, namespaces, store, broker)?;
-        Ok(Self { shared: Arc::new(Shared { service, keys: auth::ApiKeys::new(api_keys) }) })
+        Ok(Self {
+            shared: Arc::new(Shared { service, keys: herald_api_common::auth::ApiKeys::new(api_keys) }),
+        })
     }
 
     pub fn service(&self) -> &PresenceService {
@@ -90,5 +97,14 @@ impl PresenceApi {
 
     pub fn grpc_service(&self) -> grpc::GrpcService {
         grpc::service(self.shared.clone())
+    }
+
+    /// Whether the store answers a ping, as `GET /readyz` asks; what gRPC health reports.
+    pub fn readiness(&self) -> herald_api_common::grpc::Probe {
+        let service = self.shared.service.clone();
+        Arc::new(move || {
+            let service = service.clone();
+            Box::pin(async move { service.ping().await.is_ok() })
+        })
     }
 }

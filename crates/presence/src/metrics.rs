@@ -1,12 +1,12 @@
 //! Prometheus metrics of the presence service, served at `GET /metrics` on its HTTP listener.
 
-use std::sync::Mutex;
-
+use herald_api_common::metrics::{Format, MetricsRegistry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+
+use crate::model::Stats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -22,7 +22,7 @@ pub struct KindLabels {
 
 /// Every metric the presence service exports.
 pub struct PresenceMetrics {
-    registry: Mutex<Registry>,
+    registry: MetricsRegistry,
     /// Gateway reports applied (or failed: the store was unavailable).
     pub reports: Family<OutcomeLabels, Counter>,
     /// Events published, by kind.
@@ -39,8 +39,8 @@ pub struct PresenceMetrics {
 
 impl Default for PresenceMetrics {
     fn default() -> Self {
-        let metrics = Self {
-            registry: Mutex::new(Registry::default()),
+        let mut metrics = Self {
+            registry: MetricsRegistry::new("presence", "herald_presence"),
             reports: Family::default(),
             events: Family::default(),
             events_lost: Counter::default(),
@@ -48,7 +48,7 @@ impl Default for PresenceMetrics {
             online_users: Gauge::default(),
             connections: Gauge::default(),
         };
-        let mut registry = Registry::with_prefix("herald_presence");
+        let registry = metrics.registry.registry_mut();
         registry.register("reports", "Gateway reports by outcome", metrics.reports.clone());
         registry.register("events", "Presence events published, by kind", metrics.events.clone());
         registry.register(
@@ -63,7 +63,6 @@ impl Default for PresenceMetrics {
         );
         registry.register("online_users", "Online users (refreshed at scrape)", metrics.online_users.clone());
         registry.register("connections", "Connections (refreshed at scrape)", metrics.connections.clone());
-        *metrics.registry.lock().expect("registry lock poisoned") = registry;
         metrics
     }
 }
@@ -73,12 +72,21 @@ impl PresenceMetrics {
         OutcomeLabels { outcome: if result.is_ok() { "ok" } else { "error" } }
     }
 
-    /// The text exposition format.
+    /// Sets the gauges that mirror the store's state.
+    pub fn set_state(&self, stats: &Stats) {
+        self.online_users.set(stats.online_users as i64);
+        self.connections.set(stats.connections as i64);
+    }
+
+    /// Every metric, `process_*` and `herald_build_info` included, in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        self.registry.encode(format)
+    }
+
+    /// Every metric in OpenMetrics text, as [`crate::PresenceService::render_metrics`] has
+    /// always returned it; `GET /metrics` uses [`Self::encode_as`] with the format the
+    /// scraper asks for.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().expect("registry lock poisoned");
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-            .expect("writing to a String cannot fail");
-        out
+        self.encode_as(Format::OpenMetrics)
     }
 }

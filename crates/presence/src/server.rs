@@ -8,8 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::PresenceApi;
 
-/// Serves the HTTP API on `http` and the gRPC API on `grpc`, and sweeps expired gateways,
-/// until `shutdown` resolves. If one server fails the other is stopped too.
+/// Serves the HTTP API on `http` and the gRPC API on `grpc` (with, beside it and without an
+/// API key, `grpc.health.v1.Health` following the store as `/readyz` does, and reflection),
+/// and sweeps expired gateways, until `shutdown` resolves. If one server fails the other is
+/// stopped too.
 pub async fn serve(
     api: PresenceApi,
     http: TcpListener,
@@ -23,7 +25,14 @@ pub async fn serve(
     let served = herald_api_common::serve_http_and_grpc(
         "presence",
         (http, api.http_router()),
-        (grpc, tonic::service::Routes::new(api.grpc_service())),
+        (
+            grpc,
+            herald_api_common::grpc::routes(
+                api.grpc_service(),
+                crate::pb::FILE_DESCRIPTOR_SET,
+                api.readiness(),
+            ),
+        ),
         stop,
         shutdown,
     )

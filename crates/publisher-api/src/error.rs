@@ -1,7 +1,11 @@
-//! The one error type of the API, shown to HTTP clients as a JSON body and to gRPC clients as a
-//! status. Both take their code from [`ErrorCode`], so a failure means the same on both.
+//! The one error type of the API. What it shows the caller (an HTTP JSON body or a gRPC
+//! status, both coded by the shared [`ErrorCode`] table) is written once, in
+//! [`herald_api_common::error`]; this file says what can go wrong here.
+
+use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
+use herald_api_common::{ApiFailure, Refusal};
 use herald_broker::BrokerError;
 use herald_protocol::ErrorCode;
 
@@ -10,8 +14,8 @@ use herald_protocol::ErrorCode;
 pub enum ApiError {
     /// The request itself is wrong; the message tells the caller what to fix. Messages start
     /// with the path of the offending field (`messages[3].channel: ...`) when there is one.
-    #[error("{message}")]
-    Request { code: ErrorCode, message: String },
+    #[error(transparent)]
+    Request(#[from] Refusal),
     /// The broker could not take the message: nothing was published and the call may be
     /// retried. The cause is logged where it happened, not shown to the caller.
     #[error("the broker is unavailable, nothing was published; retry later")]
@@ -31,12 +35,12 @@ pub enum ApiError {
     /// A limit of the replica or of the caller's key; nothing happened. The caller should wait
     /// `retry_after` (sent as `Retry-After`) before trying again.
     #[error("{message}")]
-    Limited { code: ErrorCode, message: String, retry_after: std::time::Duration },
+    Limited { code: ErrorCode, message: String, retry_after: Duration },
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Request { code, message: message.into() }
+        Self::Request(Refusal::new(code, message))
     }
 
     /// A request whose body could not be read as the JSON the endpoint expects.
@@ -44,7 +48,6 @@ impl ApiError {
         Self::new(ErrorCode::MalformedFrame, message)
     }
 
-    /// Missing or wrong credentials.
     /// The error for a failed broker publish of `total` messages.
     pub fn broker(e: BrokerError, total: usize) -> Self {
         match e {
@@ -55,13 +58,14 @@ impl ApiError {
         }
     }
 
+    /// Missing or wrong credentials.
     pub fn unauthorized() -> Self {
-        Self::new(ErrorCode::Unauthorized, "a valid API key is required: `Authorization: Bearer <key>`")
+        Refusal::unauthorized().into()
     }
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Request { code, .. } => *code,
+            Self::Request(refusal) => refusal.code,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
             Self::Limited { code, .. } => *code,
@@ -69,38 +73,37 @@ impl ApiError {
     }
 
     /// Prefixes the message with where the problem is (`messages[3]`), so a batch error points
-    /// at its entry. Field messages already start with their field name, giving
-    /// `messages[3].channel: ...`.
+    /// at its entry ([`Refusal::at`]).
     pub fn at(self, path: &str) -> Self {
         match self {
-            Self::Request { code, message } => Self::Request { code, message: format!("{path}.{message}") },
+            Self::Request(refusal) => Self::Request(refusal.at(path)),
             other => other,
+        }
+    }
+}
+
+impl ApiFailure for ApiError {
+    fn code(&self) -> ErrorCode {
+        ApiError::code(self)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Limited { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = self.code();
-        let mut response = herald_api_common::error_response(code, &self.to_string());
-        if let Self::Limited { retry_after, .. } = &self {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, retry_after.as_secs().max(1).into());
-        }
-        // Read by the metrics middleware, which labels requests by error code.
-        response.extensions_mut().insert(code);
-        response
+        herald_api_common::error::http_response(&self)
     }
 }
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        let mut status = tonic::Status::new(tonic::Code::from_i32(e.code().grpc_code()), e.to_string());
-        if let ApiError::Limited { retry_after, .. } = &e {
-            status.metadata_mut().insert("retry-after", retry_after.as_secs().max(1).into());
-        }
-        status
+        herald_api_common::error::grpc_status(&e)
     }
 }
 

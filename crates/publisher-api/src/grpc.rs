@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+pub use herald_api_common::auth::RequireApiKey;
 use herald_protocol::ErrorCode;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -35,7 +36,10 @@ pub type GrpcService =
 
 /// Builds the service, accepting request messages up to `max_message` bytes.
 pub(crate) fn service(shared: Arc<Shared>, max_message: usize) -> GrpcService {
-    let keys = RequireApiKey { shared: shared.clone() };
+    let metrics = shared.clone();
+    // The method is not known to an interceptor; refused calls are counted under `*`.
+    let keys = RequireApiKey::new(shared.keys.clone())
+        .on_refused(move || metrics.metrics.record("grpc", "*", "unauthorized", std::time::Instant::now()));
     let server = pb::publisher_server::PublisherServer::new(GrpcPublisher { shared: shared.clone() })
         .max_decoding_message_size(max_message);
     Guarded { inner: InterceptedService::new(server, keys), shared }
@@ -143,29 +147,6 @@ where
             Status::from(e).into_http()
         }
         None => response.map(Body::new),
-    }
-}
-
-/// Refuses calls whose `authorization` metadata is not `Bearer <api key>` with
-/// UNAUTHENTICATED. As an interceptor it runs before the request message is read, so a caller
-/// without a key cannot make the server buffer and decode a large message.
-#[derive(Clone)]
-pub struct RequireApiKey {
-    shared: Arc<Shared>,
-}
-
-impl tonic::service::Interceptor for RequireApiKey {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let value = request.metadata().get("authorization").map(|v| v.as_bytes());
-        match crate::auth::check(&self.shared.keys, value) {
-            Ok(()) => Ok(request),
-            Err(e) => {
-                tracing::debug!("grpc call without a valid api key");
-                // The method is not known here; refused calls are counted under `*`.
-                self.shared.metrics.record("grpc", "*", "unauthorized", std::time::Instant::now());
-                Err(e.into())
-            }
-        }
     }
 }
 

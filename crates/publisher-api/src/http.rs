@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use herald_api_common::metrics::Format;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -39,9 +40,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|State(shared): State<Arc<Shared>>| async move { shared.metrics.encode() }))
+        .route("/metrics", get(metrics))
         .merge(v1)
         .with_state(shared)
+}
+
+/// `GET /metrics`, in the format the `Accept` header asks for.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    let format = Format::from_accept(&headers);
+    herald_api_common::metrics::response(format, shared.metrics.encode_as(format))
 }
 
 /// Gives every `/v1` request an id (the caller's `x-request-id`, or a new one) that its log
@@ -68,8 +75,8 @@ async fn observe(State(shared): State<Arc<Shared>>, request: Request, next: Next
 /// endpoint's body limit, or over the replica's limits in flight, all before their body is
 /// read; then meters the body as it arrives ([`crate::limits`]).
 async fn admit(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    if let Err(e) = crate::auth::check(&shared.keys, authorization) {
+    let authorization = herald_api_common::auth::authorization(request.headers());
+    if let Err(e) = herald_api_common::auth::check(&shared.keys, authorization) {
         tracing::debug!(path = %request.uri().path(), "request without a valid api key");
         return e.into_response();
     }

@@ -5,7 +5,8 @@
 //!
 //! Layout, from the wire inwards:
 //! - [`http`] (axum) and [`grpc`] (tonic, generated from `proto/herald/v1/publisher.proto`
-//!   into [`pb`]): the two transports. Each checks the API key ([`auth`]), reads its request
+//!   into [`pb`]): the two transports. Each checks the API key
+//!   ([`herald_api_common::auth`]), reads its request
 //!   into a [`service::Draft`] and hands it to the core.
 //! - [`service`]: the transport-independent core. It validates a draft (channel name,
 //!   namespace, sizes, event name), encodes it once into the `message` frame subscribers
@@ -16,7 +17,7 @@
 //!   key's rate. Both transports admit a request there before reading its body.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`) and request ids for the logs.
 //! - [`config`]: [`PublisherConfig`]; [`server`]: [`serve`], which runs both listeners until
-//!   shutdown.
+//!   shutdown, with gRPC health (following readiness) and reflection beside the API.
 //!
 //! Data flow of one publish: request → auth → admission (limits in flight) → draft →
 //! `Service::prepare` (validate + encode) → the key's rate → `Broker::publish` → reply with the
@@ -28,7 +29,6 @@ use std::sync::Arc;
 use herald_broker::Broker;
 use herald_protocol::Namespaces;
 
-pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -44,6 +44,10 @@ pub mod pb {
     // Generated code: its style is tonic's, not ours to lint.
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("herald.v1");
+
+    /// The encoded `FileDescriptorSet` of `publisher.proto`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/publisher_descriptor.bin"));
 }
 
 pub use config::PublisherConfig;
@@ -54,7 +58,7 @@ pub use server::serve;
 /// What both transports share.
 pub(crate) struct Shared {
     service: service::Service,
-    keys: auth::ApiKeys,
+    keys: herald_api_common::auth::ApiKeys,
     limits: limits::Limits,
     metrics: metrics::PublisherMetrics,
 }
@@ -72,7 +76,12 @@ impl PublisherApi {
         let limits = limits::Limits::new(&config);
         let service = service::Service::new(namespaces, broker, config.max_message_size, config.max_batch);
         let metrics = metrics::PublisherMetrics::new(service.messages_counter());
-        let shared = Shared { service, keys: auth::ApiKeys::new(&config.api_keys), limits, metrics };
+        let shared = Shared {
+            service,
+            keys: herald_api_common::auth::ApiKeys::new(&config.api_keys),
+            limits,
+            metrics,
+        };
         Self { shared: Arc::new(shared) }
     }
 
@@ -88,9 +97,18 @@ impl PublisherApi {
         grpc::service(self.shared.clone(), self.shared.limits.batch_body)
     }
 
-    /// The metrics in Prometheus text format.
-    pub fn render_metrics(&self) -> String {
-        self.shared.metrics.encode()
+    /// The metrics in `format`.
+    pub fn render_metrics(&self, format: herald_api_common::metrics::Format) -> String {
+        self.shared.metrics.encode_as(format)
+    }
+
+    /// Whether the broker answers a ping, as `GET /readyz` asks; what gRPC health reports.
+    pub fn readiness(&self) -> herald_api_common::grpc::Probe {
+        let broker = self.shared.service.broker().clone();
+        Arc::new(move || {
+            let broker = broker.clone();
+            Box::pin(async move { broker.ping().await.is_ok() })
+        })
     }
 
     /// The broker engine's name, for logs.

@@ -1,14 +1,14 @@
 //! Prometheus metrics of the publisher API, served at `GET /metrics` on the HTTP listener, and
 //! the request ids that tie a request's log lines together.
 
-use std::sync::Mutex;
 use std::time::Instant;
+
+use herald_api_common::metrics::{Format, MetricsRegistry};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -36,7 +36,7 @@ pub struct TransportLabels {
 
 /// Every metric the publisher API exports.
 pub struct PublisherMetrics {
-    registry: Mutex<Registry>,
+    registry: MetricsRegistry,
     /// Requests by transport, endpoint and outcome.
     pub requests: Family<RequestLabels, Counter>,
     /// Request handling time by transport.
@@ -53,14 +53,14 @@ impl PublisherMetrics {
         let duration = Family::<TransportLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
         });
-        let metrics = Self {
-            registry: Mutex::new(Registry::default()),
+        let mut metrics = Self {
+            registry: MetricsRegistry::new("publisher", "herald_publisher"),
             requests: Family::default(),
             duration,
             messages,
             limited: Family::default(),
         };
-        let mut registry = Registry::with_prefix("herald_publisher");
+        let registry = metrics.registry.registry_mut();
         registry.register(
             "requests",
             "Publish requests by transport, endpoint and outcome",
@@ -78,7 +78,6 @@ impl PublisherMetrics {
              rate_limit, or a body size limit)",
             metrics.limited.clone(),
         );
-        *metrics.registry.lock().expect("registry lock poisoned") = registry;
         metrics
     }
 
@@ -94,13 +93,14 @@ impl PublisherMetrics {
         self.limited.get_or_create(&LimitLabels { transport, limit }).inc();
     }
 
-    /// The text exposition format.
+    /// Every metric, `process_*` and `herald_build_info` included, in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
+        self.registry.encode(format)
+    }
+
+    /// Every metric in OpenMetrics text.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().expect("registry lock poisoned");
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-            .expect("writing to a String cannot fail");
-        out
+        self.encode_as(Format::OpenMetrics)
     }
 }
 

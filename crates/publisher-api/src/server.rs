@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::PublisherApi;
 
-/// Serves the HTTP API on `http` and the gRPC API on `grpc` until `shutdown` resolves.
+/// Serves the HTTP API on `http` and the gRPC API on `grpc` (with, beside it and without an
+/// API key, `grpc.health.v1.Health` following the broker as `/readyz` does, and reflection) until `shutdown` resolves.
 ///
 /// Shutdown is graceful on both: the listeners stop accepting, requests in flight run to
 /// completion (their messages are published and answered), then this returns. If one server
@@ -25,7 +26,14 @@ pub async fn serve(
     herald_api_common::serve_http_and_grpc(
         "publisher api",
         (http, api.http_router()),
-        (grpc, tonic::service::Routes::new(api.grpc_service())),
+        (
+            grpc,
+            herald_api_common::grpc::routes(
+                api.grpc_service(),
+                crate::pb::FILE_DESCRIPTOR_SET,
+                api.readiness(),
+            ),
+        ),
         CancellationToken::new(),
         shutdown,
     )

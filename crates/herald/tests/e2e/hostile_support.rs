@@ -102,7 +102,7 @@ impl Node {
     /// The value of the metric line starting with `series` (name and labels), 0 if absent.
     pub fn metric(&self, series: &str) -> f64 {
         self.gateway
-            .render_metrics()
+            .render_metrics(herald_gateway::MetricsFormat::Prometheus)
             .lines()
             .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
             .unwrap_or(0.0)

@@ -6,6 +6,7 @@ mod helpers;
 mod http;
 mod limits;
 mod load;
+mod ops;
 mod outage;
 mod shutdown;
 mod truth;
