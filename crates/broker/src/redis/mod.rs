@@ -13,7 +13,12 @@
 //! exponential backoff and resubscribes everything still wanted; `status` is `false`
 //! meanwhile, so readiness shows it. The Pub/Sub connection itself ([`resp`]) reads from Redis
 //! only as fast as the node delivers, so a lagging node cannot queue messages without bound.
+//!
+//! Channels with history ([`history`]) publish through a script on a separate multiplexed
+//! connection, whose reply carries the offset; their Pub/Sub messages carry a position header
+//! that the node strips before delivery.
 
+mod history;
 mod node;
 mod publish;
 mod resp;
@@ -30,8 +35,12 @@ use rand::Rng;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use self::history::HistoryStore;
 use self::node::{NodeShared, NodeTask, RedisSubscriber};
 use self::publish::{Publisher, Trip};
+use crate::history::{
+    HistoryFilter, HistoryOptions, HistoryResult, PublishResult, check_filter, check_publish,
+};
 use crate::{Broker, BrokerError, Delivery, Subscriber};
 
 /// Settings of the Redis engine (`[redis]` in the configuration file).
@@ -229,6 +238,8 @@ struct Inner {
     config: RedisConfig,
     /// The publishing connection.
     publisher: Publisher,
+    /// Channel histories: their scripts and connection.
+    history: HistoryStore,
     /// Stops every node task and the publishing connection when the broker is closed.
     shutdown: CancellationToken,
 }
@@ -253,7 +264,8 @@ impl RedisBroker {
             info.redis_settings().password().map(String::from),
             shutdown.child_token(),
         );
-        Ok(Self { inner: Arc::new(Inner { client, config, publisher, shutdown }) })
+        let history = HistoryStore::new(client.clone(), config.clone());
+        Ok(Self { inner: Arc::new(Inner { client, config, publisher, history, shutdown }) })
     }
 
     fn key(&self, channel: &ChannelName) -> String {
@@ -315,6 +327,26 @@ impl Broker for RedisBroker {
             rest = &rest[count..];
         }
         Ok(())
+    }
+
+    async fn publish_with_history(
+        &self,
+        channel: &ChannelName,
+        message_id: &str,
+        payload: Bytes,
+        options: &HistoryOptions,
+    ) -> Result<PublishResult, BrokerError> {
+        check_publish(&payload, options)?;
+        self.inner.history.publish(channel, message_id, &payload, options).await
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryResult, BrokerError> {
+        check_filter(filter)?;
+        self.inner.history.read(channel, filter).await
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {
