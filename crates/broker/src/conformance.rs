@@ -1,6 +1,9 @@
 //! What every engine promises, as one suite run against each engine (see `tests/` of this
 //! crate). A node is a [`Subscriber`] with its own [`Delivery`]; two nodes on one engine stand
-//! for two gateway replicas.
+//! for two gateway replicas. Channel history has its own part ([`history`]), run with
+//! [`history::run_history`].
+
+pub mod history;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,12 +15,14 @@ use tokio::sync::Notify;
 use crate::{Broker, Delivery, Subscriber};
 
 /// How long a suite step waits for messages before it fails.
-const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 
 /// Records what a node received.
 #[derive(Default)]
 pub struct Collector {
     received: Mutex<Vec<(String, Bytes)>>,
+    /// `(channel, offset, epoch)` of each message delivered with a position, in arrival order.
+    positions: Mutex<Vec<(String, u64, String)>>,
     arrived: Notify,
 }
 
@@ -25,6 +30,11 @@ impl Delivery for Collector {
     fn deliver(&self, channel: &str, payload: Bytes) {
         self.received.lock().unwrap().push((channel.to_string(), payload));
         self.arrived.notify_waiters();
+    }
+
+    fn deliver_at(&self, channel: &str, payload: Bytes, offset: u64, epoch: &str) {
+        self.positions.lock().unwrap().push((channel.to_string(), offset, epoch.to_string()));
+        self.deliver(channel, payload);
     }
 }
 
@@ -56,6 +66,12 @@ impl Collector {
 
     pub fn clear(&self) {
         self.received.lock().unwrap().clear();
+        self.positions.lock().unwrap().clear();
+    }
+
+    /// The positions of the messages delivered with one so far.
+    pub fn positions(&self) -> Vec<(String, u64, String)> {
+        self.positions.lock().unwrap().clone()
     }
 }
 
@@ -65,7 +81,7 @@ pub fn node(broker: &Arc<dyn Broker>) -> (Arc<dyn Subscriber>, Arc<Collector>) {
     (broker.subscriber(collector.clone()), collector)
 }
 
-fn ch(name: &str) -> ChannelName {
+pub(crate) fn ch(name: &str) -> ChannelName {
     ChannelName::parse(name).unwrap()
 }
 
@@ -73,7 +89,7 @@ fn ch(name: &str) -> ChannelName {
 /// node received up to and including it. Messages from one publisher reach a node in publish
 /// order across channels, so anything published before the marker that the node was going to
 /// receive has arrived by then.
-async fn until_marker(
+pub(crate) async fn until_marker(
     broker: &Arc<dyn Broker>,
     got: &Collector,
     barrier: &ChannelName,

@@ -8,6 +8,8 @@
 //! - [`redis`]: the Redis Pub/Sub engine. Publishing goes over one pipelined connection whose
 //!   failures tell "not sent" from "sent, no answer"; each node holds exactly one Pub/Sub connection, reconciles the channels it wants against
 //!   the ones Redis confirmed, and resubscribes everything after a reconnect.
+//! - [`history`]: channel history (offsets, epochs, recovery, idempotent publish): the types
+//!   and rules both engines share; each engine keeps the state itself.
 //! - `conformance` (feature `testing`, for tests only): the behaviour both engines promise, as a
 //!   test suite run against each.
 //!
@@ -27,9 +29,14 @@ use tokio::sync::watch;
 
 #[cfg(feature = "testing")]
 pub mod conformance;
+pub mod history;
 pub mod memory;
 pub mod redis;
 
+pub use history::{
+    HistoryFilter, HistoryOptions, HistoryPublication, HistoryResult, PublishResult, RecoveryFailure,
+    StreamPosition,
+};
 pub use memory::MemoryBroker;
 pub use redis::{RedisBroker, RedisConfig};
 
@@ -61,6 +68,17 @@ pub enum BrokerError {
     /// return it.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A history read cannot return every entry after the position it was given; `current`
+    /// is where the channel stands now, for a client that reloads its state and goes on
+    /// from there. Not an outage: retrying gives the same answer.
+    #[error("cannot recover the history after that position: {reason}")]
+    Unrecoverable { reason: RecoveryFailure, current: StreamPosition },
+    /// A history request the engine cannot serve as asked (see the message); nothing was done.
+    #[error("invalid history request: {0}")]
+    InvalidHistoryRequest(&'static str),
+    /// The engine (a test double) keeps no history.
+    #[error("the {0} broker keeps no history")]
+    HistoryUnsupported(&'static str),
 }
 
 impl BrokerError {
@@ -79,6 +97,15 @@ impl BrokerError {
 /// share in one system call, so under load several messages share a write.
 pub trait Delivery: Send + Sync + 'static {
     fn deliver(&self, channel: &str, payload: Bytes);
+
+    /// A message of a channel with history, at `offset` of `epoch`; the payload carries the
+    /// offset too. Engines call this instead of [`Delivery::deliver`] so that a gateway can
+    /// notice a gap or an epoch change without reading the frame. By default the position
+    /// is ignored.
+    fn deliver_at(&self, channel: &str, payload: Bytes, offset: u64, epoch: &str) {
+        let _ = (offset, epoch);
+        self.deliver(channel, payload);
+    }
 
     /// Every message delivered so far is complete; send them on.
     fn flush(&self) {}
@@ -107,6 +134,34 @@ pub trait Broker: Send + Sync + 'static {
     /// [`Subscriber::close`]. Engines without a background task return one that is done.
     fn subscriber_task(&self, delivery: Arc<dyn Delivery>) -> (Arc<dyn Subscriber>, BoxFuture<'static, ()>) {
         (self.subscriber(delivery), Box::pin(std::future::ready(())))
+    }
+
+    /// Publishes one encoded message (a JSON object) to a channel with history: assigns the
+    /// next offset, writes it into the frame, appends the frame to the history and delivers
+    /// it, all in one atomic step, so no subscriber sees a message the history lacks nor the
+    /// reverse, and offsets reach every node in order. With an idempotency key already seen,
+    /// nothing is published and the first publish's result comes back. Errors as for
+    /// [`Broker::publish`], plus [`BrokerError::InvalidHistoryRequest`].
+    async fn publish_with_history(
+        &self,
+        channel: &ChannelName,
+        message_id: &str,
+        payload: Bytes,
+        options: &HistoryOptions,
+    ) -> Result<PublishResult, BrokerError> {
+        let _ = (channel, message_id, payload, options);
+        Err(BrokerError::HistoryUnsupported(self.name()))
+    }
+
+    /// Reads a channel's history and its current position in one consistent step. With
+    /// `since`, fails with [`BrokerError::Unrecoverable`] unless every entry after it is kept.
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryResult, BrokerError> {
+        let _ = (channel, filter);
+        Err(BrokerError::HistoryUnsupported(self.name()))
     }
 
     /// Whether publishing currently works, for readiness.

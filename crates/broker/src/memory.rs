@@ -3,6 +3,11 @@
 //! It backs the standalone mode, where gateway and publisher-api share one process. Several
 //! nodes may attach to one [`MemoryBroker`] (its clones share the same bus), which is how the
 //! conformance suite checks cross-node delivery without Redis.
+//!
+//! Channel histories live in [`history`], behind one lock that a publish with history holds
+//! until it has delivered, so every node sees a channel's offsets in order.
+
+mod history;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,6 +19,10 @@ use herald_protocol::ChannelName;
 use herald_protocol::support::shrink;
 use tokio::sync::watch;
 
+use self::history::{Histories, Published};
+use crate::history::{
+    HistoryFilter, HistoryOptions, HistoryResult, PublishResult, check_filter, check_publish,
+};
 use crate::{Broker, BrokerError, Confirmation, Delivery, Subscriber};
 
 /// The in-memory engine. Cheap to clone; clones share one bus.
@@ -30,6 +39,8 @@ struct Bus {
     /// delivery takes the hub's locks, and the hub subscribes while holding them).
     channels: RwLock<HashMap<ChannelName, Arc<[Arc<Node>]>>>,
     next_node: Mutex<u64>,
+    /// Channel histories. Taken before `channels` when both are needed, never the reverse.
+    histories: Mutex<Histories>,
 }
 
 struct Node {
@@ -62,6 +73,37 @@ impl Broker for MemoryBroker {
             self.publish(channel, payload.clone()).await?;
         }
         Ok(())
+    }
+
+    async fn publish_with_history(
+        &self,
+        channel: &ChannelName,
+        message_id: &str,
+        payload: Bytes,
+        options: &HistoryOptions,
+    ) -> Result<PublishResult, BrokerError> {
+        check_publish(&payload, options)?;
+        let mut histories = self.bus.histories.lock().expect("history lock poisoned");
+        let (result, frame) = match histories.publish(channel, message_id, &payload, options) {
+            Published::Duplicate(result) => return Ok(result),
+            Published::New { result, frame } => (result, frame),
+        };
+        let nodes = self.bus.channels.read().expect("bus lock poisoned").get(channel).cloned();
+        for node in nodes.iter().flat_map(|n| n.iter()) {
+            node.delivery.deliver_at(channel.as_str(), frame.clone(), result.offset, &result.epoch);
+            node.delivery.flush();
+        }
+        drop(histories);
+        Ok(result)
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryResult, BrokerError> {
+        check_filter(filter)?;
+        self.bus.histories.lock().expect("history lock poisoned").read(channel, filter)
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {

@@ -14,6 +14,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Extra `redis-server` arguments, such as `--requirepass`.
     args: Vec<String>,
+    /// The data directory of a persistent server, removed when dropped.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -25,7 +27,24 @@ impl RedisServer {
     /// Starts a server with extra arguments (`["--requirepass", "secret"]`).
     pub async fn start_with(args: &[&str]) -> Self {
         let args = args.iter().map(|a| a.to_string()).collect();
-        let mut server = Self { port: crate::free_port(), child: None, args };
+        let mut server = Self { port: crate::free_port(), child: None, args, dir: None };
+        server.restart().await;
+        server
+    }
+
+    /// Starts a server that writes every command to its append-only file before answering
+    /// (`appendonly yes`, `appendfsync always`), in a directory of its own, so a
+    /// [`RedisServer::kill`] and [`RedisServer::restart`] lose nothing it acknowledged.
+    pub async fn start_persistent() -> Self {
+        let port = crate::free_port();
+        let dir = std::env::temp_dir().join(format!("herald-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cannot create the redis data directory");
+        let args = ["--appendonly", "yes", "--appendfsync", "always", "--dir"]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.display().to_string()])
+            .collect();
+        let mut server = Self { port, child: None, args, dir: Some(dir) };
         server.restart().await;
         server
     }
@@ -120,6 +139,18 @@ impl RedisServer {
             tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut buf)).await,
             Ok(Ok(_)) if buf[0] == b'+' || buf[0] == b'-'
         )
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            // The child is killed on drop as well; its files may outlive it by a moment.
+            if let Some(child) = &mut self.child {
+                let _ = child.start_kill();
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

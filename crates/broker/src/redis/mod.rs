@@ -17,8 +17,13 @@
 //! Every connection opens through one [`Endpoint`] ([`connect`]): Sentinel-aware, authenticated,
 //! bounded by `connect_timeout`. [`LazyConnection`], the shared multiplexed connection
 //! presence runs its scripts on, is built on it too.
+//!
+//! Channels with history ([`history`]) publish through a script on their own
+//! [`LazyConnection`], whose reply carries the offset; their Pub/Sub messages carry a position
+//! header that the node strips before delivery.
 
 pub mod connect;
+mod history;
 mod node;
 mod publish;
 pub mod resp;
@@ -36,10 +41,14 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 pub use self::connect::{ConnectError, Endpoint, LazyConnection, QueryError};
+use self::history::HistoryStore;
 use self::node::{NodeShared, NodeTask, RedisSubscriber};
 pub use self::publish::{NotSent, Refused, Unanswered};
 use self::publish::{Publisher, Trip};
 pub use self::resp::RespError;
+use crate::history::{
+    HistoryFilter, HistoryOptions, HistoryResult, PublishResult, check_filter, check_publish,
+};
 use crate::{Broker, BrokerError, Delivery, Subscriber};
 
 /// Settings of the Redis engine (`[redis]` in the configuration file).
@@ -215,6 +224,8 @@ struct Inner {
     config: RedisConfig,
     /// The publishing connection.
     publisher: Publisher,
+    /// Channel histories: their scripts and connection.
+    history: HistoryStore,
     /// Stops every node task and the publishing connection when the broker is closed.
     shutdown: CancellationToken,
 }
@@ -226,7 +237,8 @@ impl RedisBroker {
         let endpoint = Endpoint::new(config.clone())?;
         let shutdown = CancellationToken::new();
         let publisher = Publisher::new(endpoint.clone(), shutdown.child_token());
-        Ok(Self { inner: Arc::new(Inner { endpoint, config, publisher, shutdown }) })
+        let history = HistoryStore::new(LazyConnection::new(endpoint.clone()), config.clone());
+        Ok(Self { inner: Arc::new(Inner { endpoint, config, publisher, history, shutdown }) })
     }
 
     fn key(&self, channel: &ChannelName) -> String {
@@ -289,6 +301,26 @@ impl Broker for RedisBroker {
             rest = &rest[count..];
         }
         Ok(())
+    }
+
+    async fn publish_with_history(
+        &self,
+        channel: &ChannelName,
+        message_id: &str,
+        payload: Bytes,
+        options: &HistoryOptions,
+    ) -> Result<PublishResult, BrokerError> {
+        check_publish(&payload, options)?;
+        self.inner.history.publish(channel, message_id, &payload, options).await
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryResult, BrokerError> {
+        check_filter(filter)?;
+        self.inner.history.read(channel, filter).await
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::connect::{ConnectError, Endpoint};
+use super::history::{Payload, split_payload};
 use super::resp::{Event, PubSubConn, RespError};
 use super::{RedisConfig, backoff, redact};
 use crate::{BrokerError, Confirmation, Delivery, Subscriber};
@@ -443,7 +444,13 @@ impl NodeTask {
                     Ok(Event::Message { channel, payload }) => {
                         let name = channel.get(prefix_len..).and_then(|c| std::str::from_utf8(c).ok());
                         if let Some(name) = name {
-                            self.delivery.deliver(name, Bytes::copy_from_slice(payload));
+                            match split_payload(payload) {
+                                Payload::Plain(frame) => self.delivery.deliver(name, Bytes::copy_from_slice(frame)),
+                                Payload::Positioned { offset, epoch, frame } => {
+                                    self.delivery.deliver_at(name, Bytes::copy_from_slice(frame), offset, epoch);
+                                }
+                                Payload::Malformed => tracing::warn!(channel = name, "dropped a message with a malformed position header"),
+                            }
                         }
                     }
                     Ok(Event::Subscribed(channel)) => self.confirmed(channel, true),
