@@ -365,7 +365,16 @@ impl Connection {
             .from_user(&self.identity.user);
         self.shared.hub.broker().publish(channel, publication.encode()).await.map_err(|e| {
             tracing::warn!(%channel, error = %e, "client publish failed");
-            (ErrorCode::Unavailable, "message not published: broker unavailable".to_string())
+            match e {
+                // The command went out and Redis did not answer in time: saying "not
+                // published" would be a guess, and a client that retries would send it twice.
+                BrokerError::OutcomeUnknown { .. } => (
+                    ErrorCode::OutcomeUnknown,
+                    "no answer from the broker in time: the message may or may not have been published"
+                        .to_string(),
+                ),
+                _ => (ErrorCode::Unavailable, "message not published: broker unavailable".to_string()),
+            }
         })?;
         Ok(publication.id)
     }

@@ -4,7 +4,7 @@
 mod redis_server;
 mod ws;
 
-pub use redis_server::{RedisSentinel, RedisServer};
+pub use redis_server::{Frozen, RedisSentinel, RedisServer};
 pub use ws::{Closed, WsClient};
 
 /// A free TCP port on 127.0.0.1, found by binding port 0.

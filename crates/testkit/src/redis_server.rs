@@ -127,6 +127,21 @@ impl RedisServer {
         stream
     }
 
+    /// Freezes the server with SIGSTOP, as a hung host looks: connections stay open and
+    /// nothing answers. It runs again when the returned guard is dropped, so a failing test
+    /// leaves no frozen server behind.
+    pub async fn freeze(&self) -> Frozen {
+        let info = self.info("server").await;
+        let pid = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .expect("INFO server has process_id")
+            .trim()
+            .to_string();
+        signal("-STOP", &pid);
+        Frozen { pid }
+    }
+
     /// Whether the server answers `PING` right now.
     pub async fn ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)).await else { return false };
@@ -216,4 +231,20 @@ async fn read_line(stream: &mut TcpStream) -> String {
         line.push(byte[0]);
     }
     String::from_utf8_lossy(&line[..line.len() - 2]).into_owned()
+}
+
+/// A `redis-server` stopped by [`RedisServer::freeze`]; sent SIGCONT when dropped.
+pub struct Frozen {
+    pid: String,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.pid);
+    }
+}
+
+fn signal(signal: &str, pid: &str) {
+    let status = std::process::Command::new("kill").args([signal, pid]).status().expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid} failed");
 }

@@ -101,3 +101,34 @@ async fn clients_joining_a_channel_are_answered_once_redis_confirmed_it() {
         assert_eq!(recv_messages(client, 1).await[0]["data"], "live");
     }
 }
+
+/// A client publish whose command reached a Redis that then froze is answered
+/// `outcome_unknown` within `redis.response_timeout`, not `unavailable`: Redis runs the command
+/// when it wakes (the publisher API's `truth` tests show the message arriving), so "not
+/// published" would be untrue and a retry could send it twice. Publishing works again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_publish_redis_never_answered_is_outcome_unknown() {
+    let mut cluster = Cluster::start(Engine::Redis, 1).await;
+    let mut alice = cluster.connect(0, "alice").await;
+    alice.subscribe("chat:x").await.unwrap();
+    let publish =
+        |id: u32, data: u32| json!({"type": "publish", "id": id, "channel": "chat:x", "data": data});
+    assert_eq!(alice.request(publish(1, 1)).await.unwrap()["type"], "published");
+    assert_eq!(recv_messages(&mut alice, 1).await[0]["data"], 1);
+
+    let frozen = cluster.redis().freeze().await;
+    let started = tokio::time::Instant::now();
+    let reply = alice.request(publish(2, 2)).await.unwrap();
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("outcome_unknown")),
+        "{reply}"
+    );
+    // redis.response_timeout is 2 s; the answer comes then, not after Redis wakes.
+    assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
+
+    drop(frozen);
+    cluster.wait_ready().await;
+    let reply = alice.request(publish(3, 3)).await.unwrap();
+    assert_eq!(reply["type"], "published", "{reply}");
+}

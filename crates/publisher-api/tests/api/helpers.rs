@@ -184,35 +184,3 @@ pub fn assert_message(frame: &Value, channel: &str, id: &str, data: &Value, even
         None => assert!(frame.get("event").is_none(), "{frame}"),
     }
 }
-
-/// A `redis-server` stopped with SIGSTOP, as a frozen host looks: connections stay open and
-/// nothing answers. Sent SIGCONT when dropped, so a failing test leaves no frozen server.
-pub struct Frozen {
-    pid: String,
-}
-
-impl Frozen {
-    /// Freezes `redis` (its pid from `INFO server`).
-    pub async fn freeze(redis: &herald_testkit::RedisServer) -> Self {
-        let info = redis.info("server").await;
-        let pid = info
-            .lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .expect("INFO server has process_id")
-            .trim()
-            .to_string();
-        signal("-STOP", &pid);
-        Self { pid }
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        signal("-CONT", &self.pid);
-    }
-}
-
-fn signal(signal: &str, pid: &str) {
-    let status = std::process::Command::new("kill").args([signal, pid]).status().expect("kill runs");
-    assert!(status.success(), "kill {signal} {pid} failed");
-}

@@ -11,7 +11,7 @@ use herald_testkit::RedisServer;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::helpers::{Frozen, TestApp, authed, spawn_app_with};
+use crate::helpers::{TestApp, authed, spawn_app_with};
 
 /// `redis.response_timeout` of these tests.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -55,7 +55,7 @@ async fn a_publish_that_went_out_unanswered_is_outcome_unknown() {
     assert_eq!(response.status(), 200);
     app.received(1).await;
 
-    let frozen = Frozen::freeze(&redis).await;
+    let frozen = redis.freeze().await;
     let http = app.client.post(format!("{}/v1/publish", app.http)).bearer_auth(crate::helpers::KEY);
     let http = http.body(json!({"channel": "chat:lobby", "data": "maybe http"}).to_string());
     let grpc =
@@ -87,7 +87,7 @@ async fn with_redis_frozen_every_answer_comes_within_the_response_timeout() {
     let mut client = app.grpc_client().await;
     assert_eq!(app.post("/v1/publish", json!({"channel": "chat:lobby", "data": 0})).await.status(), 200);
 
-    let frozen = Frozen::freeze(&redis).await;
+    let frozen = redis.freeze().await;
     // Three waves: the first finds the connection open, the later ones find it given up and
     // have to connect to a server that accepts and never answers.
     for wave in 0..3 {
