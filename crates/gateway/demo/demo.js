@@ -8,8 +8,8 @@
 // - The bell counts the messages of the personal channel `user:<you>`, which a backend fills
 //   with POST /v1/users/<you>/notify.
 // - "Disconnect the network" drops the socket from this side (`DroppableSocket`); the SDK
-//   reconnects, subscribes the room again and says, with `recovery`, that what was sent
-//   meanwhile was not recovered, so the page reloads the member list.
+//   reconnects, subscribes the room again and says whether what was sent meanwhile was
+//   recovered; when it was not (`recovery`), the page says so and reloads the member list.
 //
 // Tokens come from /demo/token (gateway.demo), a stand-in for the application's backend.
 import { Herald } from "/demo/herald-client.js";
@@ -61,7 +61,7 @@ class DroppableSocket {
 }
 
 /** What the browser test reads: counts of what happened, beside what the page shows. */
-const stats = (window.heraldDemo = { connects: 0, disconnects: 0, recoveries: 0, subscribed: 0, memberLoads: 0 });
+const stats = (window.heraldDemo = { connects: 0, disconnects: 0, resubscribes: 0, recovered: 0, recoveries: 0, memberLoads: 0 });
 
 const NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const params = new URLSearchParams(location.search);
@@ -122,9 +122,13 @@ function start(user, room) {
   const sub = herald.subscribe(channel);
   const members = new Map();
   sub.on("subscribed", ({ resubscribed, recovered }) => {
-    stats.subscribed++;
-    if (resubscribed) log(`subscribed to ${channel} again (recovered: ${recovered})`, "good");
-    else log(`subscribed to ${channel}`, "good");
+    if (resubscribed) {
+      stats.resubscribes++;
+      if (recovered) stats.recovered++;
+      log(`subscribed to ${channel} again (recovered: ${recovered})`, "good");
+    } else {
+      log(`subscribed to ${channel}`, "good");
+    }
     loadMembers();
   });
   sub.on("recovery", ({ reason }) => {
