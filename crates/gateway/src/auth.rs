@@ -136,6 +136,12 @@ impl TokenVerifier {
         })
     }
 
+    /// A token for `user`, valid for `ttl`, signed with the secret this verifier checks: for
+    /// the demo's token endpoint (`gateway.demo`), which has no secret of its own.
+    pub(crate) fn mint(&self, user: &UserId, ttl: Duration) -> String {
+        sign(self.mac.clone(), user.as_str(), ttl)
+    }
+
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
@@ -212,15 +218,19 @@ pub fn mint(secret: &str, user: &str, ttl: Duration) -> Result<String, EmptySecr
     if secret.is_empty() {
         return Err(EmptySecret);
     }
+    Ok(sign(keyed(secret), user, ttl))
+}
+
+/// A token for `user`, valid for `ttl`, signed with `mac` (keyed, nothing hashed yet).
+fn sign(mut mac: Hmac<Sha256>, user: &str, ttl: Duration) -> String {
     let exp = herald_protocol::publication::now_millis() / 1000 + ttl.as_secs();
     let claims = Claims { sub: user.to_string(), exp: Some(exp), info: None };
     let payload = serde_json::to_vec(&claims).expect("claims serialize");
     let mut token = format!("{MINTED_HEADER}.{}", URL_SAFE_NO_PAD.encode(payload));
-    let mut mac = keyed(secret);
     mac.update(token.as_bytes());
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(mac.finalize().into_bytes(), &mut token);
-    Ok(token)
+    token
 }
 
 #[cfg(test)]

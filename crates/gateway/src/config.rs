@@ -84,6 +84,10 @@ pub struct GatewayConfig {
     /// Deepest nesting of arrays and objects in the `data` of a client `publish`; deeper data
     /// is refused with `malformed_frame`. Every subscriber parses it again.
     pub max_data_depth: usize,
+    /// Serves the demo page at `/demo` and, for it, `GET /demo/token?user=<name>`, which
+    /// hands anyone who asks a token for any user. A development aid for `herald standalone`
+    /// on one's own machine: never on in production. A warning is logged at start when on.
+    pub demo: bool,
 }
 
 impl Default for GatewayConfig {
@@ -111,6 +115,7 @@ impl Default for GatewayConfig {
             frame_burst: 200,
             rate_limit_close_after: Duration::from_secs(10),
             max_data_depth: 32,
+            demo: false,
         }
     }
 }

@@ -24,6 +24,7 @@
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
 //!   a message through the broker to itself.
 //! - [`gateway`]: the [`Gateway`] handle that holds it all; building one starts nothing.
+//! - `demo`: the demo page at `/demo` and its token endpoint, served only with `gateway.demo`.
 //!
 //! Data flow: client frame -> `connection` (checked by `policy`) -> broker; publisher ->
 //! broker -> [`hub::Hub`] (one delivery per node) -> [`writer::Writer`] -> the socket,
@@ -35,6 +36,7 @@ mod canary;
 mod close;
 pub mod config;
 mod connection;
+mod demo;
 pub mod gateway;
 pub mod handshake;
 mod heartbeat;

@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::canary;
 use crate::connection::Connection;
+use crate::demo;
 use crate::gateway::{Gateway, HandshakeSlot};
 use crate::handshake::{self, HeadError};
 use crate::prefixed::Prefixed;
@@ -37,13 +38,19 @@ use crate::socket::WebSocket;
 use crate::sweeper;
 
 impl Gateway {
-    /// The routes besides `/ws`: `GET /livez`, `GET /readyz`, `GET /metrics`.
+    /// The routes besides `/ws`: `GET /livez`, `GET /readyz`, `GET /metrics`, and with
+    /// `gateway.demo` the demo page under `/demo`.
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/livez", get(|| async { "ok" }))
             .route("/readyz", get(ready))
             .route("/metrics", get(metrics))
-            .with_state(self.clone())
+            .with_state(self.clone());
+        if self.shared().config.demo {
+            router.merge(demo::router(self.shared().verifier.clone()))
+        } else {
+            router
+        }
     }
 }
 
@@ -63,6 +70,9 @@ pub async fn serve(
     let shared = gateway.shared().clone();
     let token = shared.shutdown.clone();
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    if shared.config.demo {
+        tracing::warn!("{}", demo::WARNING);
+    }
     // The broker subscription's task runs until the subscriber is closed, after every
     // connection ended, so it is awaited apart from the tracker's tasks.
     let node = gateway.hub().take_task().map(tokio::spawn);
