@@ -30,7 +30,7 @@ use crate::gateway::{ConnectionGuard, Shared};
 use crate::handshake::{self, Upgrade};
 use crate::hub::ConnHandle;
 use crate::metrics::GatewayMetrics;
-use crate::observer::ConnectionInfo;
+use herald_protocol::observer::ConnectionInfo;
 use crate::policy;
 use crate::rate::{self, FrameRate, Verdict};
 use crate::socket::{Socket, WebSocket};

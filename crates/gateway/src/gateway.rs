@@ -13,7 +13,7 @@ use crate::auth::TokenVerifier;
 use crate::config::{AuthConfig, GatewayConfig};
 use crate::hub::Hub;
 use crate::metrics::GatewayMetrics;
-use crate::observer::{ConnectionObserver, NoObserver};
+use herald_protocol::observer::{ConnectionObserver, NoObserver};
 use crate::registry::{ConnId, Registry};
 
 /// The hub connection id of the delivery canary; real connections are numbered after it.

@@ -20,7 +20,6 @@
 //!   broker and hands each message's bytes, encoded once, to every local subscriber.
 //! - [`policy`]: who may subscribe and publish where. [`auth`]: connection tokens into an
 //!   [`auth::Identity`].
-//! - [`observer`]: the seam through which presence learns of connections and subscriptions.
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
 //!   a message through the broker to itself.
 //! - [`gateway`]: the [`Gateway`] handle that holds it all; building one starts nothing.
@@ -42,7 +41,6 @@ pub mod handshake;
 mod heartbeat;
 pub mod hub;
 pub mod metrics;
-pub mod observer;
 pub mod policy;
 mod prefixed;
 mod queue;
@@ -61,5 +59,7 @@ pub use gateway::Gateway;
 pub use herald_api_common::metrics::Format as MetricsFormat;
 pub use hub::Hub;
 pub use metrics::GatewayMetrics;
-pub use observer::{ConnectionInfo, ConnectionObserver, NoObserver};
+/// The seam presence implements, defined in `herald-protocol` so presence need not depend on
+/// the gateway; re-exported for the gateway's callers.
+pub use herald_protocol::observer::{ConnectionInfo, ConnectionObserver, NoObserver};
 pub use server::serve;

@@ -2,7 +2,7 @@
 //! channel, across every gateway replica, with a guaranteed staleness bound.
 //!
 //! Layout, from the wire inwards:
-//! - [`reporter`]: the gateway side. A [`herald_gateway::ConnectionObserver`] that records
+//! - [`reporter`]: the gateway side. A [`herald_protocol::ConnectionObserver`] that records
 //!   changes without blocking, and one task per gateway that reports them in batches (one
 //!   round trip per interval) through a [`reporter::Transport`]: [`grpc::GrpcTransport`] to a
 //!   remote presence role, or [`reporter::LocalTransport`] in the standalone mode.

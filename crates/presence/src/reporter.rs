@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use herald_gateway::{ConnectionInfo, ConnectionObserver};
+use herald_protocol::{ConnectionInfo, ConnectionObserver};
 use herald_protocol::{ChannelName, ErrorCode, Namespaces, UserId};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use herald_gateway::{ConnectionInfo, ConnectionObserver};
+use herald_protocol::{ConnectionInfo, ConnectionObserver};
 use herald_presence::model::{Ack, Change, ChannelPresence, Report, ReportBody};
 use herald_presence::reporter::ReportError;
 use herald_presence::{PresenceConfig, Reporter, Transport};

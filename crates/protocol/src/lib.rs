@@ -11,6 +11,8 @@
 //! - [`api_key`]: the API keys backends present to the publisher and presence APIs.
 //! - [`config_error`]: [`ConfigError`], what every configuration check returns: the key to fix
 //!   and what is wrong with it.
+//! - [`observer`]: [`ConnectionObserver`], the seam through which presence learns of a
+//!   gateway's connections and subscriptions.
 //! - [`support`]: helpers every service uses the same way (config lists, shrinking maps).
 //! - [`error`]: the one list of error codes, each mapped to its HTTP status, gRPC code and
 //!   WebSocket close code.
@@ -21,6 +23,7 @@ pub mod config_error;
 pub mod error;
 pub mod frame;
 pub mod namespace;
+pub mod observer;
 pub mod publication;
 pub mod support;
 pub mod user;
@@ -31,5 +34,6 @@ pub use config_error::ConfigError;
 pub use error::{CloseCode, ErrorCode};
 pub use frame::{ClientFrame, FrameError, RequestId, ServerFrame};
 pub use namespace::{DEFAULT_NAMESPACE, INTERNAL_NAMESPACE, NamespaceConfig, Namespaces};
+pub use observer::{ConnectionInfo, ConnectionObserver, NoObserver};
 pub use publication::{Publication, PublicationError};
 pub use user::UserId;

@@ -1,16 +1,25 @@
-//! The seam through which other services learn what happens to connections: presence tracks
-//! who is online and in which channel from these calls.
+//! The seam through which other services learn what happens to a gateway's connections:
+//! presence tracks who is online and in which channel from these calls. It lives here, not in
+//! the gateway, so that presence (which implements it) and the gateway (which calls it) share
+//! it without one depending on the other.
 //!
 //! Calls are made from connection tasks and must not block: an observer records the change
 //! (for example in a bounded buffer it flushes in the background) and returns.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
-use herald_protocol::{ChannelName, ErrorCode, UserId};
 use serde_json::value::RawValue;
 
-use crate::registry::ConnId;
+use crate::{ChannelName, ErrorCode, UserId};
+
+/// A gateway connection's id, unique within its gateway process.
+pub type ConnId = u64;
+
+/// The answer to a member-list request: the members as a JSON array, or the error code the
+/// client is told.
+pub type MembersFuture = Pin<Box<dyn Future<Output = Result<Box<RawValue>, ErrorCode>> + Send + 'static>>;
 
 /// What an observer knows of a connection.
 #[derive(Debug, Clone)]
@@ -36,7 +45,7 @@ pub trait ConnectionObserver: Send + Sync + 'static {
 
     /// The members of `channel` as a JSON array, for a client's `presence` request. `None`
     /// means this observer cannot answer (the request gets `unavailable`).
-    fn members(&self, channel: &ChannelName) -> Option<BoxFuture<'static, Result<Box<RawValue>, ErrorCode>>> {
+    fn members(&self, channel: &ChannelName) -> Option<MembersFuture> {
         let _ = channel;
         None
     }
