@@ -22,6 +22,11 @@
 #                                      clients subscribe their own personal channel);
 #                                      herald-standalone is `herald standalone`, every role in
 #                                      one process on the in-memory engine, no Redis
+#   bench/run.sh flood R NAME SERVER "FLOOD ARGS" <herald bench args...>
+#                                      R rounds of two runs on fresh SERVER processes, without
+#                                      and with the flood arguments (such as "--flood 4"),
+#                                      alternating (A B A B ...); results NAME-quiet-r<round>.json
+#                                      and NAME-flood-r<round>.json
 #   bench/run.sh table                 medians and ranges of $WORK/results, grouped over rounds
 #                                      (needs jq)
 #   bench/run.sh suite                 the scenarios of docs/benchmarks.md, all servers
@@ -203,6 +208,7 @@ bench() { # name, target, args...
     "${CLIENT_BIN:-$BIN}" bench "$@" "${extra[@]}" --target "$target" "${urls[@]}" --publish-url "$publish" \
         --jwt-secret "$SECRET" --api-key "$API_KEY" "${pid_args[@]}" --json "$WORK/results/$name.json" \
         | grep -v '^{' | tee -a "$WORK/results/summary.txt"
+    echo "   (load after: $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$WORK/results/summary.txt"
 }
 
 start_server() { # server, gateways or workers
@@ -232,6 +238,23 @@ rounds() { # rounds, name, servers, args...
     done
 }
 
+# R rounds of the same run on fresh servers, without the flood (A) and with it (B), A B A B ...,
+# so that the machine's drift during the sitting hits both alike.
+flood() { # rounds, name, server, flood args (one word), args...
+    local rounds=$1 name=$2 server=$3 flood_args=$4; shift 4
+    local size=${PROCESSES:-1}
+    trap stop EXIT
+    for r in $(seq 1 "$rounds"); do
+        start_server "$server" "$size"
+        bench "$name-quiet-r$r" "$server" "$@"
+        stop
+        start_server "$server" "$size"
+        # shellcheck disable=SC2086 # the flood arguments are several words on purpose
+        bench "$name-flood-r$r" "$server" "$@" $flood_args
+        stop
+    done
+}
+
 # One line per scenario and server: the median over its rounds, with the range in brackets.
 table() {
     jq -rn '
@@ -250,6 +273,10 @@ table() {
               + " p50 \($runs | cell(.latency.p50_ms; 2)), p99 \($runs | cell(.latency.p99_ms; 2)),"
               + " p99.9 \($runs | cell(.latency.p999_ms; 2)) ms,"
               + " CPU/M \($runs | cell(.server_total.cpu_s_per_million_deliveries; 1))" end
+          + if $runs[0].flood == null then "" else
+              "; flood \($runs | cell(.flood.frames_per_second; 0)) frames/s,"
+              + " rate_limited \($runs | cell(.flood.replies["error rate_limited"] // 0; 0)),"
+              + " 4029 closes \($runs | cell(.flood.closes["close 4029"] // 0; 0))" end
     ' "$WORK"/results/*.json
 }
 
@@ -275,7 +302,8 @@ case ${1:-} in
     stop) stop ;;
     bench) shift; bench "$@" ;;
     rounds) shift; rounds "$@" ;;
+    flood) shift; flood "$@" ;;
     table) table ;;
     suite) suite ;;
-    *) sed -n '2,30p' "$0"; exit 2 ;;
+    *) sed -n '2,35p' "$0"; exit 2 ;;
 esac

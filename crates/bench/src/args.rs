@@ -101,6 +101,18 @@ pub struct BenchArgs {
     /// connecting, because ephemeral ports run out at about 28000 per address pair.
     #[arg(long, default_value_t = 20000)]
     pub per_source_addr: u64,
+    /// Abusive connections to open beside the measured ones (Herald only), from the end of the
+    /// connect phase to the end of the run. Each sends frames as fast as the socket takes them
+    /// (or at `--flood-rate`), reads what it is answered, and reconnects when it is closed. They
+    /// are not measured, but counted: frames sent, replies by kind, closes by code.
+    #[arg(long, default_value_t = 0)]
+    pub flood: u64,
+    /// What the flood sends; flood connection i sends the i-th kind of the list, round robin.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ping,ws-ping,malformed,subscribe")]
+    pub flood_kind: Vec<FloodKind>,
+    /// Frames per second each flood connection sends; 0: as fast as the socket takes them.
+    #[arg(long, default_value_t = 0.0)]
+    pub flood_rate: f64,
     /// A server process whose memory and CPU time to sample (with its children). Repeat it.
     #[arg(long = "pid")]
     pub pids: Vec<u32>,
@@ -136,6 +148,21 @@ impl Scenario {
     pub fn publishes(self) -> bool {
         !matches!(self, Scenario::Idle | Scenario::Worker)
     }
+}
+
+/// What an abusive connection of `--flood` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloodKind {
+    /// Client `ping` frames, each answered `pong` when handled.
+    Ping,
+    /// WebSocket ping control frames (answered with a WebSocket pong when handled).
+    WsPing,
+    /// Text frames that are not JSON, each answered `malformed_frame` when handled.
+    Malformed,
+    /// `subscribe` and `unsubscribe` of a few dozen channels in turn: subscriptions made and
+    /// dropped, the most work a frame can ask of a gateway.
+    Subscribe,
 }
 
 /// The server under test.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::args::BenchArgs;
+use crate::flood::FloodReport;
 use crate::procstat::{self, Sample};
 use crate::publish;
 use crate::report::{Connections, Deliveries, Messages, Report, ServerReport, ServerTotal};
@@ -26,6 +27,8 @@ pub(crate) struct Measured {
     pub reports: Vec<WorkerReport>,
     /// The coordinator's own notes (a phase that ran out of time), counted with the errors.
     pub notes: BTreeMap<String, u64>,
+    /// What the `--flood` connections did, when there were any.
+    pub flood: Option<FloodReport>,
 }
 
 /// The end of the connect phase.
@@ -161,6 +164,7 @@ pub(crate) fn report(args: &BenchArgs, m: Measured) -> Report {
         client_cpu_s_connect: m.connected.client_cpu_s,
         client_cpu_s_publish: m.published.as_ref().map_or(0.0, |p| p.client_cpu_s),
         errors: total.errors,
+        flood: m.flood,
     }
 }
 

@@ -14,6 +14,8 @@
 //!   greeting, subscription, then reading and recording.
 //! - [`publish`]: offers messages at a fixed rate over HTTP or gRPC with bounded in-flight
 //!   requests, counting per stream what was published.
+//! - [`flood`]: with `--flood N`, abusive connections on a thread of their own that send
+//!   frames as fast as the socket takes them, reconnect when closed, and count the answers.
 //! - [`payload`]: each message's sequence number and send time; [`stats`]: latency
 //!   histograms and per-connection loss, duplicate and reorder accounting.
 //!
@@ -23,6 +25,7 @@
 pub mod args;
 mod assemble;
 mod client;
+pub mod flood;
 mod launch;
 pub mod payload;
 pub mod plan;
@@ -34,7 +37,7 @@ pub mod stats;
 mod tally;
 pub mod worker;
 
-pub use args::{BenchArgs, Scenario, Target, Via};
+pub use args::{BenchArgs, FloodKind, Scenario, Target, Via};
 pub use report::Report;
 pub use run::execute;
 

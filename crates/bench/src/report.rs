@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::args::{Scenario, SubscribeWith, Target, Via};
+use crate::flood::FloodReport;
 use crate::procstat::Sample;
 use crate::stats::Percentiles;
 
@@ -38,6 +39,10 @@ pub struct Report {
     /// CPU time of the bench itself and its workers while publishing, seconds.
     pub client_cpu_s_publish: f64,
     pub errors: BTreeMap<String, u64>,
+    /// The abusive connections of `--flood`, when there were any. Not part of the figures
+    /// above, which are the measured clients' alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodReport>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -175,6 +180,9 @@ impl Report {
         );
         for (error, n) in &self.errors {
             let _ = writeln!(s, "  error x{n}: {error}");
+        }
+        if let Some(flood) = &self.flood {
+            flood.human(&mut s);
         }
         s
     }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::args::{BenchArgs, Scenario};
 use crate::assemble::{self, Connected, Measured, Published, ServerSamples};
+use crate::flood::Flood;
 use crate::launch::{self, WorkerLink};
 use crate::plan::Plan;
 use crate::procstat;
@@ -58,11 +59,18 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let connected =
         Connected { counts: tally.total(), seconds, client_cpu_s: client_cpu_s() - client_at_start };
 
+    // The flood starts once the measured clients are connected, so it disturbs what is
+    // measured after (delivery), not the connect phase, and ends with the drain or the hold.
+    let flood = Flood::start(&args, &plan)?;
     let published = if args.scenario.publishes() {
         Some(publish_and_drain(&args, &plan, messages, &mut tally, &bar).await?)
     } else {
         hold(&args, &mut tally, &bar).await;
         None
+    };
+    let flood = match flood {
+        Some(flood) => Some(flood.stop().await),
+        None => None,
     };
     let end_sample = procstat::sample(&pids);
 
@@ -80,6 +88,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         servers: ServerSamples { pids, before, connected: connected_sample, end: end_sample, peaks },
         reports: tally.into_reports(),
         notes,
+        flood,
     };
     Ok(assemble::report(&args, measured))
 }
@@ -90,6 +99,11 @@ fn check(args: &BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(!args.urls.is_empty(), "at least one --url is needed");
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    anyhow::ensure!(
+        args.flood == 0 || args.target == crate::args::Target::Herald,
+        "--flood speaks Herald's protocol: only with --target herald"
+    );
+    anyhow::ensure!(args.flood == 0 || !args.flood_kind.is_empty(), "--flood needs a --flood-kind");
     Ok(())
 }
 

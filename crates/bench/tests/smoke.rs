@@ -200,3 +200,30 @@ async fn rooms_deliver_to_their_members() {
         assert_eq!((report.deliveries.delivered, report.deliveries.lost), (600, 0), "{}", report.human());
     }
 }
+
+/// A flood of every kind beside a fan-out is refused `rate_limited` and closed with 4029 after
+/// sustained abuse, reconnects, and the measured clients still receive every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_rate_limited_and_the_other_clients_lose_nothing() {
+    let config = GatewayConfig {
+        frame_rate: 50,
+        frame_burst: 200,
+        rate_limit_close_after: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let system = start_with(config).await;
+    let args = ["fanout", "-n", "50", "--rate", "20", "-m", "60", "--flood", "4"];
+    let report = bench(&system, &args, &system.http).await;
+    assert_eq!(report.connections.connected, 50, "{}", report.human());
+    assert_eq!(report.connections.closed_early, 0, "{}", report.human());
+    assert_eq!(report.messages.published, 60, "{}", report.human());
+    assert_eq!((report.deliveries.delivered, report.deliveries.lost), (50 * 60, 0), "{}", report.human());
+    let flood = report.flood.as_ref().expect("a flood report");
+    assert_eq!(flood.connections, 4);
+    assert!(flood.frames_sent > 1000, "{}", report.human());
+    assert!(flood.replies.get("error rate_limited").copied().unwrap_or(0) > 100, "{}", report.human());
+    assert!(flood.replies.contains_key("pong"), "pings within the limit are answered: {}", report.human());
+    assert!(flood.closes.get("close 4029").copied().unwrap_or(0) >= 4, "{}", report.human());
+    assert!(flood.connects > 4, "closed flood connections reconnect: {}", report.human());
+    assert!(report.human().contains("flood: 4 connections"), "{}", report.human());
+}
