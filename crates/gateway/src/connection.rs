@@ -14,7 +14,8 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use herald_broker::{BrokerError, Confirmation};
 use herald_protocol::{
-    ChannelKind, ChannelName, ClientFrame, CloseCode, ErrorCode, Publication, RequestId, ServerFrame,
+    ChannelKind, ChannelName, ClientFrame, CloseCode, ConnectionInfo, ErrorCode, Publication, RequestId,
+    ServerFrame,
 };
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
@@ -30,7 +31,6 @@ use crate::gateway::{ConnectionGuard, Shared};
 use crate::handshake::{self, Upgrade};
 use crate::hub::ConnHandle;
 use crate::metrics::GatewayMetrics;
-use herald_protocol::observer::ConnectionInfo;
 use crate::policy;
 use crate::rate::{self, FrameRate, Verdict};
 use crate::socket::{Socket, WebSocket};

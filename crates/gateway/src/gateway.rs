@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use herald_broker::Broker;
-use herald_protocol::{ConfigError, Namespaces};
+use herald_protocol::{ConfigError, ConnectionObserver, Namespaces, NoObserver};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -13,7 +13,6 @@ use crate::auth::TokenVerifier;
 use crate::config::{AuthConfig, GatewayConfig};
 use crate::hub::Hub;
 use crate::metrics::GatewayMetrics;
-use herald_protocol::observer::{ConnectionObserver, NoObserver};
 use crate::registry::{ConnId, Registry};
 
 /// The hub connection id of the delivery canary; real connections are numbered after it.

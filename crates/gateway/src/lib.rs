@@ -57,9 +57,9 @@ pub use close::CloseReason;
 pub use config::{AuthConfig, GatewayConfig};
 pub use gateway::Gateway;
 pub use herald_api_common::metrics::Format as MetricsFormat;
-pub use hub::Hub;
-pub use metrics::GatewayMetrics;
 /// The seam presence implements, defined in `herald-protocol` so presence need not depend on
 /// the gateway; re-exported for the gateway's callers.
 pub use herald_protocol::observer::{ConnectionInfo, ConnectionObserver, NoObserver};
+pub use hub::Hub;
+pub use metrics::GatewayMetrics;
 pub use server::serve;

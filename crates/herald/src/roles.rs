@@ -70,8 +70,7 @@ pub async fn presence(
     let http = bind(config.presence.http_listen, "presence.http_listen").await?;
     let grpc = bind(config.presence.grpc_listen, "presence.grpc_listen").await?;
     let keys = config.presence_keys();
-    let api = PresenceApi::new(config.presence, &keys, config.namespaces, Arc::new(store), broker)
-        .map_err(anyhow::Error::msg)?;
+    let api = PresenceApi::new(config.presence, &keys, config.namespaces, Arc::new(store), broker)?;
     herald_presence::serve(api, http, grpc, shutdown).await?;
     Ok(())
 }
@@ -103,8 +102,7 @@ async fn run_both(
     let store = Arc::new(MemoryStore::new(config.presence.timings()));
     let keys = config.presence_keys();
     let presence =
-        PresenceApi::new(config.presence.clone(), &keys, config.namespaces.clone(), store, broker.clone())
-            .map_err(anyhow::Error::msg)?;
+        PresenceApi::new(config.presence.clone(), &keys, config.namespaces.clone(), store, broker.clone())?;
     let transport = Arc::new(LocalTransport(presence.service().clone()));
     let reporter = Reporter::spawn(config.presence.clone(), config.namespaces.clone(), transport);
     let gateway = Gateway::with_observer(

@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use herald_broker::Broker;
-use herald_protocol::Namespaces;
+use herald_protocol::{ConfigError, Namespaces};
 
 pub mod config;
 #[cfg(feature = "testing")]
@@ -73,14 +73,15 @@ pub struct PresenceApi {
 
 impl PresenceApi {
     /// Builds the service and its API. `api_keys` are the keys accepted (the caller resolves
-    /// the fallback to the publisher's keys).
+    /// the fallback to the publisher's keys). Fails, naming the key, when the configuration is
+    /// invalid.
     pub fn new(
         config: PresenceConfig,
         api_keys: &[String],
         namespaces: Namespaces,
         store: Arc<dyn PresenceStore>,
         broker: Arc<dyn Broker>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let service = PresenceService::new(config, namespaces, store, broker)?;
         Ok(Self {
             shared: Arc::new(Shared { service, keys: herald_api_common::auth::ApiKeys::new(api_keys) }),

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use herald_protocol::{ConnectionInfo, ConnectionObserver};
 use herald_protocol::{ChannelName, ErrorCode, Namespaces, UserId};
+use herald_protocol::{ConnectionInfo, ConnectionObserver};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio::time::Instant;

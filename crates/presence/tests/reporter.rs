@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use herald_protocol::{ConnectionInfo, ConnectionObserver};
 use herald_presence::model::{Ack, Change, ChannelPresence, Report, ReportBody};
 use herald_presence::reporter::ReportError;
 use herald_presence::{PresenceConfig, Reporter, Transport};
 use herald_protocol::{ChannelName, ErrorCode, NamespaceConfig, Namespaces, UserId};
+use herald_protocol::{ConnectionInfo, ConnectionObserver};
 
 /// Records reports; fails them while `down`; answers `resync` once when asked to.
 #[derive(Default)]

@@ -30,13 +30,6 @@ impl ConfigError {
     }
 }
 
-/// For callers that still report errors as text: the same `key: problem` line.
-impl From<ConfigError> for String {
-    fn from(e: ConfigError) -> Self {
-        e.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +39,5 @@ mod tests {
         let e = ConfigError::new("publisher.max_batch", "must be greater than 0");
         assert_eq!(e.key(), "publisher.max_batch");
         assert_eq!(e.to_string(), "publisher.max_batch: must be greater than 0");
-        assert_eq!(String::from(e), "publisher.max_batch: must be greater than 0");
     }
 }
