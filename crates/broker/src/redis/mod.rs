@@ -22,6 +22,7 @@
 //! [`LazyConnection`], whose reply carries the offset; their Pub/Sub messages carry a position
 //! header that the node strips before delivery.
 
+mod channels;
 pub mod connect;
 mod history;
 mod node;
