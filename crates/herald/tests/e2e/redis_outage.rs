@@ -113,8 +113,8 @@ async fn a_client_publish_redis_never_answered_is_outcome_unknown() {
     alice.subscribe("chat:x").await.unwrap();
     let publish =
         |id: u32, data: u32| json!({"type": "publish", "id": id, "channel": "chat:x", "data": data});
+    // The first publish opens the publishing connection, so the next one's command goes out.
     assert_eq!(alice.request(publish(1, 1)).await.unwrap()["type"], "published");
-    assert_eq!(recv_messages(&mut alice, 1).await[0]["data"], 1);
 
     let frozen = cluster.redis().freeze().await;
     let started = tokio::time::Instant::now();
