@@ -104,6 +104,19 @@ pub struct PublishResult {
     pub deduplicated: bool,
 }
 
+/// Where an inbox (a channel's history and its acknowledgement) stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxStatus {
+    /// The top: the offset of the last message, and the epoch.
+    pub position: StreamPosition,
+    /// Everything up to this offset of `position.epoch` is acknowledged; 0 when nothing is
+    /// (or the acknowledgement was of an earlier epoch).
+    pub acked: u64,
+    /// Messages after `acked` that are still kept: what a device recovering from the
+    /// acknowledged position receives.
+    pub unread: u64,
+}
+
 /// Why a history read could not return every entry after a position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecoveryFailure {

@@ -34,8 +34,8 @@ pub mod memory;
 pub mod redis;
 
 pub use history::{
-    HistoryFilter, HistoryOptions, HistoryPublication, HistoryResult, PublishResult, RecoveryFailure,
-    StreamPosition,
+    HistoryFilter, HistoryOptions, HistoryPublication, HistoryResult, InboxStatus, PublishResult,
+    RecoveryFailure, StreamPosition,
 };
 pub use memory::MemoryBroker;
 pub use redis::{RedisBroker, RedisConfig};
@@ -161,6 +161,33 @@ pub trait Broker: Send + Sync + 'static {
         filter: &HistoryFilter,
     ) -> Result<HistoryResult, BrokerError> {
         let _ = (channel, filter);
+        Err(BrokerError::HistoryUnsupported(self.name()))
+    }
+
+    /// Records that everything up to `position` of `channel` (a personal channel: the
+    /// user's inbox) was processed, and returns the acknowledged position now. It never moves
+    /// backwards: an older offset leaves it as it is. Fails with
+    /// [`BrokerError::Unrecoverable`] when `position` is of another epoch than the channel's
+    /// (`epoch_changed`) or beyond its top (`position_ahead`). The acknowledgement lives as
+    /// long as the channel's history (`ttl`, renewed by each ack).
+    async fn ack(
+        &self,
+        channel: &ChannelName,
+        position: &StreamPosition,
+        ttl: std::time::Duration,
+    ) -> Result<StreamPosition, BrokerError> {
+        let _ = (channel, position, ttl);
+        Err(BrokerError::HistoryUnsupported(self.name()))
+    }
+
+    /// Where `channel`'s history and its acknowledgement stand, read in one consistent step.
+    /// Like [`Broker::history`] on a channel without history yet, it creates the epoch.
+    async fn inbox(
+        &self,
+        channel: &ChannelName,
+        ttl: std::time::Duration,
+    ) -> Result<InboxStatus, BrokerError> {
+        let _ = (channel, ttl);
         Err(BrokerError::HistoryUnsupported(self.name()))
     }
 

@@ -163,6 +163,8 @@ impl Connection {
             client_id: &self.info.client_id,
             user: &self.identity.user,
             channels: &upgrade.requested,
+            positions: &[],
+            inbox: None,
         };
         let answer = handshake::switching_protocols(&upgrade, &hello.to_json());
         if stream.write_all(&answer).await.is_err() {
@@ -252,8 +254,10 @@ impl Connection {
         };
         Some(match frame {
             ClientFrame::Ping { id } => ServerFrame::Pong { id: id.as_ref() }.to_json(),
-            ClientFrame::Subscribe { id, channel } => match self.subscribe(&channel).await {
-                Ok(()) => ServerFrame::Subscribed { id: id.as_ref(), channel: &channel }.to_json(),
+            ClientFrame::Subscribe { id, channel, .. } => match self.subscribe(&channel).await {
+                Ok(()) => {
+                    ServerFrame::Subscribed { id: id.as_ref(), channel: &channel, state: None }.to_json()
+                }
                 Err((code, message)) => error_frame(id.as_ref(), code, &message),
             },
             ClientFrame::Unsubscribe { id, channel } => match self.unsubscribe(&channel) {
@@ -266,14 +270,22 @@ impl Connection {
                 }
                 Err((code, message)) => error_frame(id.as_ref(), code, &message),
             },
-            ClientFrame::Publish { id, channel, data, event } => {
+            ClientFrame::Publish { id, channel, data, event, .. } => {
                 match self.publish(&channel, &data, event.as_deref()).await {
-                    Ok(message_id) => {
-                        ServerFrame::Published { id: id.as_ref(), channel: &channel, message_id: &message_id }
-                            .to_json()
+                    Ok(message_id) => ServerFrame::Published {
+                        id: id.as_ref(),
+                        channel: &channel,
+                        message_id: &message_id,
+                        offset: None,
+                        epoch: None,
+                        deduplicated: false,
                     }
+                    .to_json(),
                     Err((code, message)) => error_frame(id.as_ref(), code, &message),
                 }
+            }
+            ClientFrame::History { id, .. } | ClientFrame::Ack { id, .. } => {
+                error_frame(id.as_ref(), ErrorCode::NoHistory, "history is not served yet")
             }
         })
     }

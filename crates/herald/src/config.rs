@@ -9,7 +9,7 @@ use figment::providers::{Env, Format, Toml};
 use herald_broker::RedisConfig;
 use herald_gateway::{AuthConfig, GatewayConfig};
 use herald_presence::PresenceConfig;
-use herald_protocol::{ConfigError, Namespaces};
+use herald_protocol::{ConfigError, HistoryConfig, InboxConfig, Namespaces};
 use herald_publisher_api::PublisherConfig;
 use serde::Deserialize;
 
@@ -23,6 +23,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub auth: AuthConfig,
     pub namespaces: Namespaces,
+    pub inbox: InboxConfig,
+    pub history: HistoryConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
 }
@@ -82,7 +84,15 @@ impl Config {
     pub fn validate_gateway(&self) -> Result<(), ConfigError> {
         self.gateway.validate()?;
         self.auth.validate()?;
-        self.namespaces.validate()
+        self.validate_channels()
+    }
+
+    /// Checks what every role that publishes or subscribes must agree on: the namespaces,
+    /// the inbox and the history limits.
+    pub fn validate_channels(&self) -> Result<(), ConfigError> {
+        self.namespaces.validate()?;
+        self.inbox.validate()?;
+        self.history.validate()
     }
 
     /// Checks the presence section, and that an API key exists for it (its own, or the
@@ -106,7 +116,7 @@ impl Config {
     /// Checks the sections the publisher role needs.
     pub fn validate_publisher(&self) -> Result<(), ConfigError> {
         self.publisher.validate()?;
-        self.namespaces.validate()
+        self.validate_channels()
     }
 }
 

@@ -43,6 +43,13 @@ pub enum ErrorCode {
     /// The publish went out to the broker and no answer came in time: it may or may not have
     /// taken effect. A retry may publish twice.
     OutcomeUnknown,
+    /// The channel keeps no history (its namespace has no `history_size`), or clients may not
+    /// read it (no `client_history`), or the inbox is off.
+    NoHistory,
+    /// A history read from a position cannot return every message after it (the history
+    /// was lost or trimmed since); the message names the reason. Reload and read without
+    /// `since`.
+    Unrecoverable,
     /// The server is at a limit of work in flight (requests or bytes); nothing happened.
     /// Retry after the `Retry-After` delay.
     Overloaded,
@@ -87,7 +94,7 @@ impl CloseCode {
 
 impl ErrorCode {
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::MalformedFrame,
         Self::UnknownType,
         Self::InvalidChannel,
@@ -103,6 +110,8 @@ impl ErrorCode {
         Self::TokenExpired,
         Self::Unavailable,
         Self::OutcomeUnknown,
+        Self::NoHistory,
+        Self::Unrecoverable,
         Self::Overloaded,
         Self::SlowConsumer,
         Self::HeartbeatTimeout,
@@ -128,6 +137,8 @@ impl ErrorCode {
             Self::TokenExpired => "token_expired",
             Self::Unavailable => "unavailable",
             Self::OutcomeUnknown => "outcome_unknown",
+            Self::NoHistory => "no_history",
+            Self::Unrecoverable => "unrecoverable",
             Self::Overloaded => "overloaded",
             Self::SlowConsumer => "slow_consumer",
             Self::HeartbeatTimeout => "heartbeat_timeout",
@@ -140,7 +151,8 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::MalformedFrame | Self::UnknownType => 400,
-            Self::InvalidChannel | Self::UnknownChannel => 422,
+            Self::InvalidChannel | Self::UnknownChannel | Self::NoHistory => 422,
+            Self::Unrecoverable => 410,
             Self::AlreadySubscribed | Self::NotSubscribed => 409,
             Self::Forbidden => 403,
             Self::MessageTooLarge | Self::BatchTooLarge => 413,
@@ -162,6 +174,7 @@ impl ErrorCode {
         const RESOURCE_EXHAUSTED: i32 = 8;
         const FAILED_PRECONDITION: i32 = 9;
         const DEADLINE_EXCEEDED: i32 = 4;
+        const OUT_OF_RANGE: i32 = 11;
         const INTERNAL: i32 = 13;
         const UNAVAILABLE: i32 = 14;
         const UNAUTHENTICATED: i32 = 16;
@@ -170,7 +183,8 @@ impl ErrorCode {
             Self::UnknownChannel => NOT_FOUND,
             Self::Forbidden => PERMISSION_DENIED,
             Self::AlreadySubscribed => ALREADY_EXISTS,
-            Self::NotSubscribed => FAILED_PRECONDITION,
+            Self::NotSubscribed | Self::NoHistory => FAILED_PRECONDITION,
+            Self::Unrecoverable => OUT_OF_RANGE,
             Self::MessageTooLarge | Self::BatchTooLarge | Self::LimitExceeded | Self::RateLimited => {
                 RESOURCE_EXHAUSTED
             }

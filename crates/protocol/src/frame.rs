@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 
 use crate::channel::{ChannelName, InvalidName};
 use crate::error::ErrorCode;
+use crate::history::{MAX_EPOCH_LEN, Position, Since};
 use crate::user::UserId;
 
 /// A client-chosen request id, echoed in the reply: a string (at most 64 bytes) or an integer.
@@ -25,6 +26,9 @@ pub enum ClientFrame {
     Subscribe {
         id: Option<RequestId>,
         channel: ChannelName,
+        /// Resume after this position: the reply is followed by every message missed since,
+        /// or says `recovered: false` with the reason. Only for channels with history.
+        since: Option<Since>,
     },
     Unsubscribe {
         id: Option<RequestId>,
@@ -39,11 +43,35 @@ pub enum ClientFrame {
         channel: ChannelName,
         data: Box<RawValue>,
         event: Option<String>,
+        /// A retry with the same key (within `history.idempotency_ttl`) publishes nothing and
+        /// returns the first publish's result. Only for channels with history.
+        idempotency_key: Option<String>,
     },
     /// Ask for the members of a channel the client is subscribed to.
     Presence {
         id: Option<RequestId>,
         channel: ChannelName,
+    },
+    /// Page through a channel's history (namespaces with `client_history`).
+    History {
+        id: Option<RequestId>,
+        channel: ChannelName,
+        /// Only messages after this position (which must still be fully kept).
+        since: Option<Position>,
+        /// At most this many messages; the server's `history.read_limit` when absent.
+        limit: Option<usize>,
+        /// Newest first.
+        reverse: bool,
+    },
+    /// Everything up to `offset` of the personal channel is processed: stored per user,
+    /// shared by all of the user's devices, never moved backwards.
+    Ack {
+        id: Option<RequestId>,
+        channel: ChannelName,
+        offset: u64,
+        /// The epoch the offset belongs to; an ack of another epoch than the inbox's is
+        /// refused.
+        epoch: Option<String>,
     },
 }
 
@@ -72,6 +100,18 @@ struct RawFrame<'a> {
     data: Option<Box<RawValue>>,
     #[serde(default)]
     event: Option<String>,
+    #[serde(default)]
+    since: Option<serde_json::Value>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    reverse: Option<bool>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
 }
 
 /// Reads a field that is present, `null` included (serde's `Option` would read `null` as absent).
@@ -119,7 +159,42 @@ impl ClientFrame {
             return Err(err(ErrorCode::MalformedFrame, "missing field `type`".into()));
         };
         match kind {
-            "subscribe" => Ok(Self::Subscribe { channel: channel()?, id }),
+            "subscribe" => {
+                let since = raw
+                    .since
+                    .as_ref()
+                    .filter(|v| !v.is_null())
+                    .map(Since::from_json)
+                    .transpose()
+                    .map_err(|e| err(ErrorCode::MalformedFrame, format!("invalid `since`: {e}")))?;
+                Ok(Self::Subscribe { channel: channel()?, id, since })
+            }
+            "history" => {
+                let since = match raw.since.as_ref().filter(|v| !v.is_null()).map(Since::from_json) {
+                    None => None,
+                    Some(Ok(Since::Position(p))) => Some(p),
+                    Some(Ok(Since::Acked)) | Some(Err(_)) => {
+                        return Err(err(
+                            ErrorCode::MalformedFrame,
+                            "invalid `since`: expected {\"offset\": <integer>, \"epoch\": <string>}".into(),
+                        ));
+                    }
+                };
+                let reverse = raw.reverse.unwrap_or(false);
+                Ok(Self::History { channel: channel()?, id, since, limit: raw.limit, reverse })
+            }
+            "ack" => {
+                let channel = channel()?;
+                let offset = raw
+                    .offset
+                    .ok_or_else(|| err(ErrorCode::MalformedFrame, "missing field `offset`".into()))?;
+                if let Some(epoch) = &raw.epoch
+                    && (epoch.is_empty() || epoch.len() > MAX_EPOCH_LEN)
+                {
+                    return Err(err(ErrorCode::MalformedFrame, "invalid `epoch`".into()));
+                }
+                Ok(Self::Ack { id, channel, offset, epoch: raw.epoch })
+            }
             "unsubscribe" => Ok(Self::Unsubscribe { channel: channel()?, id }),
             "ping" => Ok(Self::Ping { id }),
             "presence" => Ok(Self::Presence { channel: channel()?, id }),
@@ -127,12 +202,19 @@ impl ClientFrame {
                 let channel = channel()?;
                 let data =
                     raw.data.ok_or_else(|| err(ErrorCode::MalformedFrame, "missing field `data`".into()))?;
-                Ok(Self::Publish { id, channel, data, event: raw.event })
+                Ok(Self::Publish {
+                    id,
+                    channel,
+                    data,
+                    event: raw.event,
+                    idempotency_key: raw.idempotency_key,
+                })
             }
             other => Err(err(
                 ErrorCode::UnknownType,
                 format!(
-                    "unknown frame type {other:?}; expected subscribe, unsubscribe, publish, presence or ping"
+                    "unknown frame type {other:?}; expected subscribe, unsubscribe, publish, presence, \
+                     history, ack or ping"
                 ),
             )),
         }
@@ -150,11 +232,22 @@ pub enum ServerFrame<'a> {
         /// The channels asked for in the connect URL (`?subscribe=`), all live by now.
         #[serde(skip_serializing_if = "<[_]>::is_empty")]
         channels: &'a [ChannelName],
+        /// Where each subscribed channel with history stands (those of the connect URL and
+        /// the personal channel), and whether its `since` was recovered. Missed messages
+        /// follow this frame.
+        #[serde(skip_serializing_if = "<[_]>::is_empty", serialize_with = "as_map")]
+        positions: &'a [(ChannelName, StreamState<'a>)],
+        /// The personal channel's inbox, when the inbox is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        inbox: Option<&'a InboxState<'a>>,
     },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
         channel: &'a ChannelName,
+        /// For a channel with history: where it stands, and whether `since` was recovered.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        state: Option<&'a StreamState<'a>>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +259,15 @@ pub enum ServerFrame<'a> {
         id: Option<&'a RequestId>,
         channel: &'a ChannelName,
         message_id: &'a str,
+        /// For a channel with history: the message's offset and the channel's epoch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        /// The idempotency key was seen before: nothing was published now, and this is the
+        /// first publish's result.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deduplicated: bool,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,12 +279,68 @@ pub enum ServerFrame<'a> {
         channel: &'a ChannelName,
         members: &'a RawValue,
     },
+    /// A page of history: `publications` holds message frames as subscribers received them.
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        channel: &'a ChannelName,
+        /// The channel's top: the offset of its last message, and its epoch.
+        offset: u64,
+        epoch: &'a str,
+        publications: &'a RawValue,
+    },
+    /// The acknowledged position of the personal channel now (never lower than before).
+    Acked {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        channel: &'a ChannelName,
+        offset: u64,
+        epoch: &'a str,
+    },
+    /// Messages of a subscribed channel with history were lost and cannot be recovered (the
+    /// history expired, was trimmed, or a Redis without persistence restarted): the client
+    /// should reload its state. The stream goes on after `offset` of `epoch`.
+    Reset { channel: &'a ChannelName, reason: &'a str, offset: u64, epoch: &'a str },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
         code: ErrorCode,
         message: &'a str,
     },
+}
+
+/// Where a channel with history stands for one subscriber: `offset` and `epoch` of the last
+/// message before its live stream, and, when it asked to resume, whether that worked.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamState<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
+    /// Present when the subscription gave `since`: `true` when every missed message follows,
+    /// `false` (with `reason`) when they cannot be recovered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// Why recovery failed: `epoch_changed`, `position_too_old` or `position_ahead`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+/// The offline inbox of a connecting user.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboxState<'a> {
+    /// The offset of the newest notification, and the inbox's epoch.
+    pub offset: u64,
+    pub epoch: &'a str,
+    /// Everything up to here is acknowledged (0: nothing of this epoch).
+    pub acked: u64,
+    /// Notifications after `acked` still kept.
+    pub unread: u64,
+}
+
+fn as_map<S: serde::Serializer>(
+    entries: &&[(ChannelName, StreamState<'_>)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(entries.iter().map(|(channel, state)| (channel.as_str(), state)))
 }
 
 impl ServerFrame<'_> {
@@ -260,6 +418,35 @@ mod tests {
     }
 
     #[test]
+    fn recovery_frames_parse() {
+        let ClientFrame::Subscribe { since, .. } = ClientFrame::parse(
+            r#"{"type":"subscribe","channel":"chat:a","since":{"offset":4,"epoch":"e1"}}"#,
+        )
+        .unwrap() else {
+            panic!("not a subscribe")
+        };
+        assert_eq!(since, Some(Since::Position(Position { offset: 4, epoch: "e1".into() })));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"subscribe","channel":"user:bob","since":"acked"}"#).unwrap(),
+            ClientFrame::Subscribe { since: Some(Since::Acked), .. }
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"history","channel":"chat:a","limit":10,"reverse":true}"#).unwrap(),
+            ClientFrame::History { limit: Some(10), reverse: true, since: None, .. }
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"ack","channel":"user:bob","offset":30}"#).unwrap(),
+            ClientFrame::Ack { offset: 30, epoch: None, .. }
+        ));
+        assert_eq!(code(r#"{"type":"ack","channel":"user:bob"}"#), ErrorCode::MalformedFrame);
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":"a","since":{"offset":-1,"epoch":"e"}}"#),
+            ErrorCode::MalformedFrame
+        );
+        assert_eq!(code(r#"{"type":"history","channel":"a","since":"acked"}"#), ErrorCode::MalformedFrame);
+    }
+
+    #[test]
     fn each_problem_has_its_own_code_and_keeps_the_id() {
         assert_eq!(code("not json"), ErrorCode::MalformedFrame);
         assert_eq!(code("[1,2]"), ErrorCode::MalformedFrame);
@@ -279,8 +466,29 @@ mod tests {
         let ch = ChannelName::parse("chat:a").unwrap();
         let id = RequestId::Num(7);
         assert_eq!(
-            ServerFrame::Subscribed { id: Some(&id), channel: &ch }.to_json(),
+            ServerFrame::Subscribed { id: Some(&id), channel: &ch, state: None }.to_json(),
             r#"{"type":"subscribed","id":7,"channel":"chat:a"}"#
+        );
+        let state =
+            StreamState { offset: 3, epoch: "e", recovered: Some(false), reason: Some("epoch_changed") };
+        assert_eq!(
+            ServerFrame::Subscribed { id: None, channel: &ch, state: Some(&state) }.to_json(),
+            r#"{"type":"subscribed","channel":"chat:a","offset":3,"epoch":"e","recovered":false,"reason":"epoch_changed"}"#
+        );
+        let user = UserId::parse("bob").unwrap();
+        let positions =
+            [(ch.clone(), StreamState { offset: 3, epoch: "e", recovered: Some(true), reason: None })];
+        let inbox = InboxState { offset: 50, epoch: "i", acked: 30, unread: 20 };
+        assert_eq!(
+            ServerFrame::Connected {
+                client_id: "c",
+                user: &user,
+                channels: &[],
+                positions: &positions,
+                inbox: Some(&inbox)
+            }
+            .to_json(),
+            r#"{"type":"connected","client_id":"c","user":"bob","positions":{"chat:a":{"offset":3,"epoch":"e","recovered":true}},"inbox":{"offset":50,"epoch":"i","acked":30,"unread":20}}"#
         );
         assert_eq!(
             ServerFrame::Error { id: None, code: ErrorCode::Forbidden, message: "no" }.to_json(),

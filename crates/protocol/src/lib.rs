@@ -8,6 +8,8 @@
 //! - [`channel`] and [`user`]: validated names ([`ChannelName`], [`UserId`]). They are parsed
 //!   once at the edge and are valid everywhere after.
 //! - [`namespace`]: what clients may do in each channel namespace ([`Namespaces`]).
+//! - [`history`]: which channels keep history ([`InboxConfig`] for personal channels,
+//!   [`HistoryConfig`] for the limits) and the positions clients resume from ([`Since`]).
 //! - [`api_key`]: the API keys backends present to the publisher and presence APIs.
 //! - [`config_error`]: [`ConfigError`], what every configuration check returns: the key to fix
 //!   and what is wrong with it.
@@ -22,6 +24,7 @@ pub mod channel;
 pub mod config_error;
 pub mod error;
 pub mod frame;
+pub mod history;
 pub mod namespace;
 pub mod observer;
 pub mod publication;
@@ -32,7 +35,8 @@ pub use api_key::ApiKeys;
 pub use channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, InvalidName, PERSONAL_NAMESPACE};
 pub use config_error::ConfigError;
 pub use error::{CloseCode, ErrorCode};
-pub use frame::{ClientFrame, FrameError, RequestId, ServerFrame};
+pub use frame::{ClientFrame, FrameError, InboxState, RequestId, ServerFrame, StreamState};
+pub use history::{ChannelHistory, HistoryConfig, InboxConfig, Position, Since};
 pub use namespace::{DEFAULT_NAMESPACE, INTERNAL_NAMESPACE, NamespaceConfig, Namespaces};
 pub use observer::{ConnectionInfo, ConnectionObserver, NoObserver};
 pub use publication::{Publication, PublicationError};

@@ -6,12 +6,14 @@
 //! (`user:<id>`) and the broadcast channel are built in and cannot be configured.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, PERSONAL_NAMESPACE};
 use crate::config_error::ConfigError;
 use crate::error::ErrorCode;
+use crate::history::{ChannelHistory, InboxConfig, MAX_HISTORY_SIZE};
 
 /// Reserved for Herald's own channels (the gateways' delivery canaries).
 pub const INTERNAL_NAMESPACE: &str = "herald";
@@ -34,11 +36,29 @@ pub struct NamespaceConfig {
     pub join_leave: bool,
     /// Subscribed clients may ask for the channel's members with a `presence` frame.
     pub client_presence: bool,
+    /// Messages kept per channel for recovery and history reads; 0 keeps none (at most once
+    /// delivery, the default). With history, messages carry an `offset` and subscribers can
+    /// recover what they missed (see `docs/protocol.md`, Recovery).
+    pub history_size: usize,
+    /// How long a channel's history lives after its last publish. Needed with `history_size`.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Subscribed clients may page through the channel's history with a `history` frame.
+    pub client_history: bool,
 }
 
 impl Default for NamespaceConfig {
     fn default() -> Self {
-        Self { subscribe: true, publish: false, presence: true, join_leave: false, client_presence: false }
+        Self {
+            subscribe: true,
+            publish: false,
+            presence: true,
+            join_leave: false,
+            client_presence: false,
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            client_history: false,
+        }
     }
 }
 
@@ -65,6 +85,14 @@ impl Namespaces {
                     format!("namespace {name:?} is not a valid channel namespace"),
                 ));
             }
+            let config = &self.0[name];
+            check_history(&key(), config.history_size, config.history_ttl)?;
+            if config.client_history && config.history_size == 0 {
+                return Err(ConfigError::new(
+                    format!("{}.client_history", key()),
+                    "needs history_size: the namespace keeps no history to read",
+                ));
+            }
         }
         Ok(())
     }
@@ -77,6 +105,35 @@ impl Namespaces {
         }
         let ns = channel.namespace().unwrap_or(DEFAULT_NAMESPACE);
         self.0.get(ns).map(Some).ok_or(ErrorCode::UnknownChannel)
+    }
+
+    /// How `channel` keeps history: its namespace's, the inbox's for a personal channel, none
+    /// for the broadcast channel, Herald's own channels and unknown namespaces.
+    pub fn history(&self, channel: &ChannelName, inbox: &InboxConfig) -> Option<ChannelHistory> {
+        let (size, ttl) = match channel.kind() {
+            ChannelKind::Personal(_) => (inbox.history_size, inbox.history_ttl),
+            ChannelKind::Broadcast => return None,
+            ChannelKind::Regular => {
+                let config = self.lookup(channel).ok()??;
+                (config.history_size, config.history_ttl)
+            }
+        };
+        (size > 0 && !ttl.is_zero()).then_some(ChannelHistory { size, ttl })
+    }
+}
+
+/// `history_size` and `history_ttl` go together: both set, or neither.
+pub(crate) fn check_history(section: &str, size: usize, ttl: Duration) -> Result<(), ConfigError> {
+    if size > MAX_HISTORY_SIZE {
+        return Err(ConfigError::new(
+            format!("{section}.history_size"),
+            format!("{size} is more than the {MAX_HISTORY_SIZE} messages a channel may keep"),
+        ));
+    }
+    match (size, ttl.is_zero()) {
+        (0, false) => Err(ConfigError::new(format!("{section}.history_size"), "needed with history_ttl")),
+        (1.., true) => Err(ConfigError::new(format!("{section}.history_ttl"), "needed with history_size")),
+        _ => Ok(()),
     }
 }
 

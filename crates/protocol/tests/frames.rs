@@ -99,13 +99,14 @@ fn encode(parts: &Parts) -> String {
 fn decoded(frame: ClientFrame) -> Parts {
     let bare = |kind, id, channel| Parts { kind, id, channel: Some(channel), data: None, event: None };
     match frame {
-        ClientFrame::Subscribe { id, channel } => bare("subscribe", id, channel),
+        ClientFrame::Subscribe { id, channel, .. } => bare("subscribe", id, channel),
         ClientFrame::Unsubscribe { id, channel } => bare("unsubscribe", id, channel),
         ClientFrame::Presence { id, channel } => bare("presence", id, channel),
         ClientFrame::Ping { id } => Parts { kind: "ping", id, channel: None, data: None, event: None },
-        ClientFrame::Publish { id, channel, data, event } => {
+        ClientFrame::Publish { id, channel, data, event, .. } => {
             Parts { data: Some(data.get().to_string()), event, ..bare("publish", id, channel) }
         }
+        ClientFrame::History { .. } | ClientFrame::Ack { .. } => unreachable!("not generated"),
     }
 }
 
@@ -189,7 +190,13 @@ fn server_round_trip(p: &ServerParts) -> (String, Read) {
     let members = RawValue::from_string(p.members.to_string()).unwrap();
     let (frame, read) = match p.variant {
         0 => (
-            ServerFrame::Connected { client_id: &p.text, user: &p.user, channels: &p.channels },
+            ServerFrame::Connected {
+                client_id: &p.text,
+                user: &p.user,
+                channels: &p.channels,
+                positions: &[],
+                inbox: None,
+            },
             Read::Connected {
                 client_id: p.text.clone(),
                 user: p.user.to_string(),
@@ -197,7 +204,7 @@ fn server_round_trip(p: &ServerParts) -> (String, Read) {
             },
         ),
         1 => (
-            ServerFrame::Subscribed { id, channel: &p.channel },
+            ServerFrame::Subscribed { id, channel: &p.channel, state: None },
             Read::Subscribed { id: p.id.clone(), channel: p.channel.to_string() },
         ),
         2 => (
@@ -205,7 +212,14 @@ fn server_round_trip(p: &ServerParts) -> (String, Read) {
             Read::Unsubscribed { id: p.id.clone(), channel: p.channel.to_string() },
         ),
         3 => (
-            ServerFrame::Published { id, channel: &p.channel, message_id: &p.text },
+            ServerFrame::Published {
+                id,
+                channel: &p.channel,
+                message_id: &p.text,
+                offset: None,
+                epoch: None,
+                deduplicated: false,
+            },
             Read::Published { id: p.id.clone(), channel: p.channel.to_string(), message_id: p.text.clone() },
         ),
         4 => (ServerFrame::Pong { id }, Read::Pong { id: p.id.clone() }),
