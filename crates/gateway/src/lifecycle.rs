@@ -22,8 +22,8 @@ const DRAIN_PROGRESS: Duration = Duration::from_secs(1);
 
 /// Logs each readiness change of `gateway` until it shuts down. Just after start the gateway
 /// is not ready until its broker subscriptions are live and its first canary came back; that
-/// is not news, so a `not ready` is logged only once the first canary had time to come back
-/// (`gateway.canary_interval` + `gateway.canary_timeout`), and `ready` as soon as it is.
+/// is not news, so until it was first ready a `not ready` is logged only once the first
+/// canary had time to come back (`gateway.canary_interval` + `gateway.canary_timeout`).
 pub(crate) async fn log_readiness(gateway: Gateway) {
     let shared = gateway.shared().clone();
     let mut status = gateway.hub().subscriber().status();
@@ -38,7 +38,9 @@ pub(crate) async fn log_readiness(gateway: Gateway) {
             // The drain's lines take over.
             return;
         }
-        if logged != Some(now) && (started || now.is_ok()) {
+        // Ready once, started for good.
+        started |= now.is_ok();
+        if logged != Some(now) && started {
             match now {
                 Ok(()) => tracing::info!(service = SERVICE, "ready"),
                 Err(reason) => tracing::warn!(service = SERVICE, reason = %reason, "not ready"),
