@@ -8,7 +8,8 @@
 //!   that report to them; [`hostile_support`] has gateways of a test's own configuration, a
 //!   witness client and a raw TCP client that writes broken WebSocket frames.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
-//!   observability, configuration, hostile clients, the standalone mode, presence, and the local cluster script.
+//!   observability, configuration, hostile clients, the standalone mode, presence, history
+//!   reads and idempotent publishes, the offline inbox, and the local cluster script.
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -20,7 +21,9 @@ mod bad_input;
 mod config;
 mod delivery;
 mod drain;
+mod history_frames;
 mod hostile_clients;
+mod inbox;
 mod local_cluster;
 mod observability;
 mod presence_api;
