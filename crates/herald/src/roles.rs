@@ -84,7 +84,7 @@ pub async fn publisher(
     let broker = redis_broker(&config)?;
     let http = bind(config.publisher.http_listen, "publisher.http_listen").await?;
     let grpc = bind(config.publisher.grpc_listen, "publisher.grpc_listen").await?;
-    let api = PublisherApi::new(config.publisher, config.namespaces, broker);
+    let api = PublisherApi::new(config.publisher, config.namespaces, config.inbox, config.history, broker);
     herald_publisher_api::serve(api, http, grpc, shutdown).await?;
     Ok(())
 }
@@ -112,7 +112,13 @@ async fn run_both(
         broker.clone(),
         Arc::new(reporter.clone()),
     )?;
-    let api = PublisherApi::new(config.publisher, config.namespaces, broker);
+    let api = PublisherApi::new(
+        config.publisher,
+        config.namespaces,
+        config.inbox.clone(),
+        config.history.clone(),
+        broker,
+    );
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     tokio::spawn(async move {

@@ -15,7 +15,12 @@ fn keyed<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
 }
 
 fn message(channel: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest { channel: channel.into(), data: data.as_bytes().to_vec(), event: None }
+    pb::PublishRequest {
+        channel: channel.into(),
+        data: data.as_bytes().to_vec(),
+        event: None,
+        idempotency_key: None,
+    }
 }
 
 /// `Publish` sends one message frame carrying the returned id, the data and the event.
@@ -62,7 +67,12 @@ async fn broadcast_and_notify_reach_their_channels() {
     let mut client = app.grpc_client().await;
     let request = pb::BroadcastRequest { data: br#""hello all""#.to_vec(), event: Some("notice".into()) };
     let broadcast = client.broadcast(authed(request)).await.unwrap().into_inner().id;
-    let request = pb::NotifyRequest { user: "alice".into(), data: br#"{"unread": 3}"#.to_vec(), event: None };
+    let request = pb::NotifyRequest {
+        user: "alice".into(),
+        data: br#"{"unread": 3}"#.to_vec(),
+        event: None,
+        idempotency_key: None,
+    };
     let notify = client.notify(authed(request)).await.unwrap().into_inner().id;
     let got = app.received(2).await;
     assert_message(&got[0].1, "broadcast", &broadcast, &json!("hello all"), Some("notice"));
@@ -81,7 +91,12 @@ async fn calls_without_a_valid_key_are_unauthenticated() {
         assert_eq!(client.publish_batch(keyed(batch, key)).await.unwrap_err().code(), Code::Unauthenticated);
         let broadcast = pb::BroadcastRequest { data: b"1".to_vec(), event: None };
         assert_eq!(client.broadcast(keyed(broadcast, key)).await.unwrap_err().code(), Code::Unauthenticated);
-        let notify = pb::NotifyRequest { user: "alice".into(), data: b"1".to_vec(), event: None };
+        let notify = pb::NotifyRequest {
+            user: "alice".into(),
+            data: b"1".to_vec(),
+            event: None,
+            idempotency_key: None,
+        };
         assert_eq!(client.notify(keyed(notify, key)).await.unwrap_err().code(), Code::Unauthenticated);
     }
     assert!(app.settled().await.is_empty(), "an unauthenticated call was published");
@@ -124,7 +139,8 @@ async fn invalid_requests_are_refused_with_the_shared_codes() {
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().starts_with(prefix), "{:?} should start with {prefix:?}", status.message());
     }
-    let request = pb::NotifyRequest { user: "a b".into(), data: b"1".to_vec(), event: None };
+    let request =
+        pb::NotifyRequest { user: "a b".into(), data: b"1".to_vec(), event: None, idempotency_key: None };
     let status = client.notify(authed(request)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("user: invalid user id"), "{}", status.message());

@@ -73,7 +73,7 @@ pub async fn spawn_app_with_config(broker: Arc<dyn Broker>, config: PublisherCon
     let http = TcpListener::bind(config.http_listen).await.unwrap();
     let grpc = TcpListener::bind(config.grpc_listen).await.unwrap();
     let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-    let api = PublisherApi::new(config, namespaces, broker);
+    let api = PublisherApi::new(config, namespaces, Default::default(), Default::default(), broker);
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(herald_publisher_api::serve(api, http, grpc, async move {
         let _ = rx.await;
