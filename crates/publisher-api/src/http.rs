@@ -350,7 +350,9 @@ async fn history(
         (Some(offset), Some(epoch)) => Some((offset, epoch)),
         (None, None) => None,
         _ => {
-            return Err(ApiError::malformed("since_offset and since_epoch go together: give both or neither"));
+            return Err(ApiError::malformed(
+                "since_offset and since_epoch go together: give both or neither",
+            ));
         }
     };
     let query = HistoryQuery { channel: &channel, limit: params.limit, reverse: params.reverse, since };
