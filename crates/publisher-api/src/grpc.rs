@@ -95,14 +95,26 @@ where
             let key = shared.limits.key_of(authorization);
             let (mut parts, body) = request.into_parts();
             parts.extensions.insert(key);
+            let answered = Answered::default();
+            parts.extensions.insert(answered.clone());
             let body = Body::new(Metered::new(body, ticket.clone(), bytes_in_flight));
             let response = inner.call(http::Request::from_parts(parts, body)).await?;
             // The call's slot and bytes are given back once it is answered.
             drop(ticket);
+            if answered.0.load(std::sync::atomic::Ordering::Relaxed) {
+                // The handler's own status: already coded and recorded.
+                return Ok(response.map(Body::new));
+            }
             Ok(remap(response, &shared, &method, started))
         })
     }
 }
+
+/// Set by the handler once it runs, so that [`remap`] leaves its statuses alone: only errors
+/// tonic raised before the handler (decoding, size) need their codes replaced, and the
+/// handler's own OUT_OF_RANGE (`unrecoverable`) or INTERNAL must pass as they are.
+#[derive(Clone, Default)]
+struct Answered(Arc<std::sync::atomic::AtomicBool>);
 
 /// The status a [`Metered`] gRPC body fails with; tonic passes it on to the caller as it is.
 fn bytes_in_flight() -> Box<dyn std::error::Error + Send + Sync> {
@@ -177,6 +189,9 @@ impl GrpcPublisher {
         work: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
         let started = std::time::Instant::now();
+        if let Some(answered) = request.extensions().get::<Answered>() {
+            answered.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let id = crate::metrics::request_id(request.metadata().get("x-request-id").map(|v| v.as_bytes()));
         let span = tracing::info_span!("request", id = %id, transport = "grpc", endpoint = method);
         let result = tracing::Instrument::instrument(work, span.clone()).await;
