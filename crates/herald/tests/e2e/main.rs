@@ -8,7 +8,8 @@
 //!   that report to them; [`hostile_support`] has gateways of a test's own configuration, a
 //!   witness client and a raw TCP client that writes broken WebSocket frames.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
-//!   observability, configuration, hostile clients, the standalone mode, presence, and the local cluster script.
+//!   observability, configuration, hostile clients, the standalone mode, presence, the publisher
+//!   API's history features, and the local cluster script.
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -27,6 +28,7 @@ mod presence_api;
 mod presence_cluster;
 mod presence_kill;
 mod presence_standalone;
+mod publisher_history;
 mod redis_outage;
 mod slow_consumer;
 mod standalone;
