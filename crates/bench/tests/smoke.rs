@@ -201,8 +201,9 @@ async fn rooms_deliver_to_their_members() {
     }
 }
 
-/// A flood of every kind beside a fan-out is refused `rate_limited` and closed with 4029 after
-/// sustained abuse, reconnects, and the measured clients still receive every message.
+/// A flood of every kind beside a fan-out is read at the frame rate, told `rate_limited` and
+/// closed with 4029 after sustained abuse, reconnects, and the measured clients still receive
+/// every message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_rate_limited_and_the_other_clients_lose_nothing() {
     let config = GatewayConfig {

@@ -6,7 +6,9 @@
 //! full socket did not take. It writes them several per system call (write coalescing).
 //! Messages of small channels and pings are written by the hub and the sweeper themselves.
 //! Nothing the task writes waits for the client, so a client that stopped reading is cut off
-//! as soon as its queue overflows.
+//! as soon as its queue overflows. The other way round, a client over its frame rate is read
+//! no faster than the rate (`rate`): a frame over it is held until its token comes,
+//! and the socket is not read meanwhile.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use herald_protocol::{
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -203,18 +206,22 @@ impl Connection {
                     };
                     match verdict {
                         Verdict::Allow => {}
-                        Verdict::Refuse => {
+                        Verdict::Hold { until, first } => {
                             self.shared.metrics.limit_hit("frame_rate");
-                            if !matches!(msg, Message::Text(_)) {
-                                continue;
+                            if first {
+                                let rate = self.shared.config.frame_rate;
+                                let notice = error_frame(None, ErrorCode::RateLimited, &format!(
+                                    "more than {rate} frames per second: the connection is read no faster"
+                                ));
+                                if let Err(exit) = reply(&writer, &self.shared.metrics, &notice) {
+                                    return exit;
+                                }
                             }
-                            let rate = self.shared.config.frame_rate;
-                            let refusal = error_frame(None, ErrorCode::RateLimited,
-                                &format!("frame not handled: more than {rate} frames per second"));
-                            if let Err(exit) = reply(&writer, &self.shared.metrics, &refusal) {
+                            // Boxed: alive only while a client is over its rate, and inline it
+                            // would make every idle connection's task larger by a timer.
+                            if let Some(exit) = Box::pin(hold(&writer, batch, until)).await {
                                 return exit;
                             }
-                            continue;
                         }
                         Verdict::Close => {
                             self.shared.metrics.limit_hit("frame_rate_close");
@@ -377,6 +384,20 @@ impl Connection {
             }
         })?;
         Ok(publication.id)
+    }
+}
+
+/// Holds a connection's reading back until `until`, while the frame in hand waits for its
+/// token. What the client sends meanwhile stays in the kernel's buffers and, once they are
+/// full, TCP flow control stops the client's writes: a flood costs the gateway no more than
+/// the frames the rate lets through. Queued frames are still written and a close request
+/// still ends the connection. `Some` when the connection ends meanwhile.
+async fn hold(writer: &Writer, batch: usize, until: Instant) -> Option<Exit> {
+    tokio::select! {
+        biased;
+        reason = writer.closing() => Some(Exit::from(reason)),
+        Err(_) = writer.drain(batch) => Some(Exit::Gone),
+        () = tokio::time::sleep_until(until) => None,
     }
 }
 
