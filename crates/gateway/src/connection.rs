@@ -132,7 +132,10 @@ impl Connection {
             if let Exit::Close(code, reason) = exit {
                 tracing::debug!(code, %reason, "closing connection");
                 let frame = CloseFrame { code: code.into(), reason: reason.into() };
-                let closing = close(&mut socket, &self.handle.writer, frame);
+                // A client closed for its frame rate is most likely still flooding: what it
+                // sent is not worth decoding, only reading out of the way.
+                let decode = code != CloseCode::RATE_LIMITED;
+                let closing = close(&mut socket, &self.handle.writer, frame, decode);
                 // Boxed: needed once, at the end, and inline it would make every task larger.
                 let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, closing)).await;
             }
@@ -406,11 +409,19 @@ async fn hold(writer: &Writer, batch: usize, until: Instant) -> Option<Exit> {
 /// socket at once would reset the TCP connection while the client still has frames in flight
 /// to us, and a reset makes the client's kernel discard what it had not read yet, our close
 /// frame included.
-async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame) {
+///
+/// Without `decode`, what the client sends is read and dropped as bytes until it hangs up or
+/// the close timeout passes: a flood's backlog in the kernel's buffers (megabytes of frames)
+/// would otherwise be decoded at full speed, undoing what holding the flooder back saved. A
+/// client that answers our close frame and waits for us to hang up then waits the timeout.
+async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame, decode: bool) {
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
     let read_until_close = async {
+        if !decode {
+            return discard(writer).await;
+        }
         loop {
             match socket.next().await {
                 Some(Ok(Message::Close(_))) => return,
