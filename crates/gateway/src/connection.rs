@@ -6,7 +6,9 @@
 //! full socket did not take. It writes them several per system call (write coalescing).
 //! Messages of small channels and pings are written by the hub and the sweeper themselves.
 //! Nothing the task writes waits for the client, so a client that stopped reading is cut off
-//! as soon as its queue overflows.
+//! as soon as its queue overflows. The other way round, a client over its frame rate is read
+//! no faster than the rate (`rate`): a frame over it is held until its token comes,
+//! and the socket is not read meanwhile.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use herald_protocol::{
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -130,7 +133,10 @@ impl Connection {
             if let Exit::Close(code, reason) = exit {
                 tracing::debug!(code, %reason, "closing connection");
                 let frame = CloseFrame { code: code.into(), reason: reason.into() };
-                let closing = close(&mut socket, &self.handle.writer, frame);
+                // A client closed for its frame rate is most likely still flooding: what it
+                // sent is not worth decoding, only reading out of the way.
+                let decode = code != CloseCode::RATE_LIMITED;
+                let closing = close(&mut socket, &self.handle.writer, frame, decode);
                 // Boxed: needed once, at the end, and inline it would make every task larger.
                 let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, closing)).await;
             }
@@ -206,18 +212,22 @@ impl Connection {
                     };
                     match verdict {
                         Verdict::Allow => {}
-                        Verdict::Refuse => {
+                        Verdict::Hold { until, first } => {
                             self.shared.metrics.limit_hit("frame_rate");
-                            if !matches!(msg, Message::Text(_)) {
-                                continue;
+                            if first {
+                                let rate = self.shared.config.frame_rate;
+                                let notice = error_frame(None, ErrorCode::RateLimited, &format!(
+                                    "more than {rate} frames per second: the connection is read no faster"
+                                ));
+                                if let Err(exit) = reply(&writer, &self.shared.metrics, &notice) {
+                                    return exit;
+                                }
                             }
-                            let rate = self.shared.config.frame_rate;
-                            let refusal = error_frame(None, ErrorCode::RateLimited,
-                                &format!("frame not handled: more than {rate} frames per second"));
-                            if let Err(exit) = reply(&writer, &self.shared.metrics, &refusal) {
+                            // Boxed: alive only while a client is over its rate, and inline it
+                            // would make every idle connection's task larger by a timer.
+                            if let Some(exit) = Box::pin(hold(&writer, batch, until)).await {
                                 return exit;
                             }
-                            continue;
                         }
                         Verdict::Close => {
                             self.shared.metrics.limit_hit("frame_rate_close");
@@ -419,16 +429,38 @@ impl Connection {
     }
 }
 
+/// Holds a connection's reading back until `until`, while the frame in hand waits for its
+/// token. What the client sends meanwhile stays in the kernel's buffers and, once they are
+/// full, TCP flow control stops the client's writes: a flood costs the gateway no more than
+/// the frames the rate lets through. Queued frames are still written and a close request
+/// still ends the connection. `Some` when the connection ends meanwhile.
+async fn hold(writer: &Writer, batch: usize, until: Instant) -> Option<Exit> {
+    tokio::select! {
+        biased;
+        reason = writer.closing() => Some(Exit::from(reason)),
+        Err(_) = writer.drain(batch) => Some(Exit::Gone),
+        () = tokio::time::sleep_until(until) => None,
+    }
+}
+
 /// The closing handshake: send our close frame (after the rest of a frame already begun),
 /// then read until the client's close arrives, writing what is queued meanwhile. Dropping the
 /// socket at once would reset the TCP connection while the client still has frames in flight
 /// to us, and a reset makes the client's kernel discard what it had not read yet, our close
 /// frame included.
-async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame) {
+///
+/// Without `decode`, what the client sends is read and dropped as bytes until it hangs up or
+/// the close timeout passes: a flood's backlog in the kernel's buffers (megabytes of frames)
+/// would otherwise be decoded at full speed, undoing what holding the flooder back saved. A
+/// client that answers our close frame and waits for us to hang up then waits the timeout.
+async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame, decode: bool) {
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
     let read_until_close = async {
+        if !decode {
+            return discard(writer).await;
+        }
         loop {
             match socket.next().await {
                 Some(Ok(Message::Close(_))) => return,

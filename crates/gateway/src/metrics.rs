@@ -20,7 +20,7 @@ pub struct CloseLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
-    /// Which limit: `frame_rate` (a client frame refused), `frame_rate_close` (a connection
+    /// Which limit: `frame_rate` (a client frame held back), `frame_rate_close` (a connection
     /// closed with 4029), `max_handshakes` (a connection refused with 503),
     /// `handshake_timeout` (a request head not complete in time), `max_data_depth` (a
     /// publish refused).
