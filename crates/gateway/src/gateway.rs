@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use herald_broker::Broker;
-use herald_protocol::{ConfigError, ConnectionObserver, Namespaces, NoObserver};
+use herald_protocol::{ConfigError, ConnectionObserver, HistoryConfig, InboxConfig, Namespaces, NoObserver};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,6 +17,22 @@ use crate::registry::{ConnId, Registry};
 
 /// The hub connection id of the delivery canary; real connections are numbered after it.
 pub(crate) const CANARY_CONN: ConnId = 0;
+
+/// What the gateway knows of channels: the namespaces, the offline inbox of personal channels
+/// (`[inbox]`) and the limits of history reads (`[history]`). Built from [`Namespaces`] alone,
+/// the inbox and history limits take their defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelConfig {
+    pub namespaces: Namespaces,
+    pub inbox: InboxConfig,
+    pub history: HistoryConfig,
+}
+
+impl From<Namespaces> for ChannelConfig {
+    fn from(namespaces: Namespaces) -> Self {
+        Self { namespaces, ..Self::default() }
+    }
+}
 
 /// A running gateway node. Cheap to clone.
 #[derive(Clone)]
@@ -30,6 +46,10 @@ pub(crate) struct Inner {
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) verifier: TokenVerifier,
     pub(crate) namespaces: Namespaces,
+    /// The offline inbox: the history of personal channels.
+    pub(crate) inbox: InboxConfig,
+    /// Limits of history reads and idempotent publishing.
+    pub(crate) history: HistoryConfig,
     pub(crate) hub: Hub,
     /// Told of every connection and subscription change (presence).
     pub(crate) observer: Arc<dyn ConnectionObserver>,
@@ -56,22 +76,25 @@ impl Gateway {
     pub fn new(
         config: GatewayConfig,
         auth: &AuthConfig,
-        namespaces: Namespaces,
+        channels: impl Into<ChannelConfig>,
         broker: Arc<dyn Broker>,
     ) -> Result<Self, ConfigError> {
-        Self::with_observer(config, auth, namespaces, broker, Arc::new(NoObserver))
+        Self::with_observer(config, auth, channels, broker, Arc::new(NoObserver))
     }
 
     /// As [`Gateway::new`], reporting connections and subscriptions to `observer`.
     pub fn with_observer(
         config: GatewayConfig,
         auth: &AuthConfig,
-        namespaces: Namespaces,
+        channels: impl Into<ChannelConfig>,
         broker: Arc<dyn Broker>,
         observer: Arc<dyn ConnectionObserver>,
     ) -> Result<Self, ConfigError> {
+        let ChannelConfig { namespaces, inbox, history } = channels.into();
         config.validate()?;
         namespaces.validate()?;
+        inbox.validate()?;
+        history.validate()?;
         let verifier = TokenVerifier::new(auth)?;
         let node_id = format!("{:08x}", rand_u32());
         let metrics = Arc::new(GatewayMetrics::default());
@@ -85,6 +108,8 @@ impl Gateway {
                 config,
                 verifier,
                 namespaces,
+                inbox,
+                history,
                 hub,
                 observer,
                 node_id,

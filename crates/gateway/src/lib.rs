@@ -55,7 +55,7 @@ pub mod writer;
 pub use auth::{TokenVerifier, mint};
 pub use close::CloseReason;
 pub use config::{AuthConfig, GatewayConfig};
-pub use gateway::Gateway;
+pub use gateway::{ChannelConfig, Gateway};
 pub use herald_api_common::metrics::Format as MetricsFormat;
 /// The seam presence implements, defined in `herald-protocol` so presence need not depend on
 /// the gateway; re-exported for the gateway's callers.
