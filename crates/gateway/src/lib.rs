@@ -18,6 +18,8 @@
 //!   for pings, heartbeat timeouts, token expiry, and the spread-out closes of a drain.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
 //!   broker and hands each message's bytes, encoded once, to every local subscriber.
+//!   `stream` keeps its state of channels with history: the node's position, gap repair,
+//!   resets, and the subscribers still recovering.
 //! - [`policy`]: who may subscribe and publish where. [`auth`]: connection tokens into an
 //!   [`auth::Identity`].
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
@@ -48,6 +50,7 @@ mod rate;
 pub mod registry;
 pub mod server;
 mod socket;
+mod stream;
 mod sweeper;
 mod wire;
 pub mod writer;

@@ -6,8 +6,9 @@
 //! reconnects everyone), and this keeps it to one task, one read and one write per client.
 //! Every other path is served by hyper and the router of [`Gateway::router`].
 //!
-//! [`serve`] owns every task of the gateway: connections, the delivery canary, the sweeper
-//! and the broker subscription's background task. It starts them, and at shutdown waits for
+//! [`serve`] owns every task of the gateway: connections, the delivery canary, the sweeper,
+//! the hub's watch of the broker subscription (and the repairs it starts) and the broker
+//! subscription's background task. It starts them, and at shutdown waits for
 //! them to end.
 
 use std::future::Future;
@@ -89,6 +90,7 @@ pub async fn serve(
         shared.config.clone(),
         token.clone(),
     ));
+    shared.tasks.spawn(gateway.hub().clone().watch_reconnects(token.clone()));
     let stop = token.clone();
     let signal = tokio::spawn(async move {
         shutdown.await;
@@ -122,6 +124,7 @@ pub async fn serve(
     signal.abort();
     shared.tasks.close();
     shared.tasks.wait().await;
+    gateway.hub().shutdown().await;
     gateway.hub().subscriber().close();
     if let Some(node) = node {
         let _ = node.await;
