@@ -49,6 +49,7 @@ pub(crate) struct Inner {
     /// The offline inbox: the history of personal channels.
     pub(crate) inbox: InboxConfig,
     /// Limits of history reads and idempotent publishing.
+    #[allow(dead_code, reason = "read by the history, ack and publish frames")]
     pub(crate) history: HistoryConfig,
     pub(crate) hub: Hub,
     /// Told of every connection and subscription change (presence).

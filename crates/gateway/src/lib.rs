@@ -9,6 +9,8 @@
 //! - `connection`: one task per socket: client frames in (held to the frame rate limit of
 //!   `rate`), replies and queued frames out, through `socket`, the adapter the WebSocket
 //!   library reads and writes.
+//! - `recovery`: the history read of a subscription to a channel with history (`since`),
+//!   at connect and for `subscribe` frames.
 //! - `wire`: the WebSocket frames the gateway encodes itself (messages, pings).
 //! - [`writer`]: each connection's outbound writer: direct writes while the socket takes
 //!   them, and behind them `queue`, the bounded frame queue. Others reach a connection
@@ -47,6 +49,7 @@ pub mod policy;
 mod prefixed;
 mod queue;
 mod rate;
+mod recovery;
 pub mod registry;
 pub mod server;
 mod socket;
