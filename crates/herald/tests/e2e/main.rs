@@ -6,15 +6,19 @@
 //! - [`common`] starts gateways and a publisher API on one engine ([`common::Cluster`]) or a
 //!   `herald gateway` child process; [`presence_support`] adds presence replicas and gateways
 //!   that report to them; [`hostile_support`] has gateways of a test's own configuration, a
-//!   witness client and a raw TCP client that writes broken WebSocket frames.
+//!   witness client and a raw TCP client that writes broken WebSocket frames;
+//!   [`recovery_support`] has gateways with a history namespace (in process or as child
+//!   processes that can be drained and killed) and a publisher that publishes with history.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
-//!   observability, configuration, hostile clients, the standalone mode, presence, and the local cluster script.
+//!   observability, configuration, hostile clients, the standalone mode, presence, recovery of
+//!   channels with history, and the local cluster script.
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
 mod common;
 mod hostile_support;
 mod presence_support;
+mod recovery_support;
 
 mod bad_input;
 mod config;
@@ -27,6 +31,7 @@ mod presence_api;
 mod presence_cluster;
 mod presence_kill;
 mod presence_standalone;
+mod recovery;
 mod redis_outage;
 mod slow_consumer;
 mod standalone;
