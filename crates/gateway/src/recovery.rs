@@ -6,6 +6,8 @@
 //! just the channel's position (`limit` 0). The personal channel at connect reads its inbox
 //! state instead, which carries the position too, so a plain connect costs one round trip.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use herald_broker::{Broker, BrokerError, HistoryFilter, InboxStatus, StreamPosition};
 use herald_protocol::{ChannelHistory, ChannelName, InboxState, Since, StreamState};
@@ -49,7 +51,7 @@ pub(crate) async fn read(
         None => None,
         Some(Since::Position(p)) => Some(StreamPosition { offset: p.offset, epoch: p.epoch.clone() }),
         Some(Since::Acked) => {
-            let inbox = broker.inbox(channel, history.ttl).await?;
+            let inbox = retried(|| broker.inbox(channel, history.ttl)).await?;
             Some(StreamPosition { offset: inbox.acked, epoch: inbox.position.epoch })
         }
     };
@@ -71,7 +73,7 @@ pub(crate) async fn read_personal(
         Err(e) => Err(e),
     };
     match since {
-        None => match inbox(broker.inbox(channel, history.ttl).await)? {
+        None => match inbox(retried(|| broker.inbox(channel, history.ttl)).await)? {
             Some(status) => {
                 let top = status.position.clone();
                 Ok((Recovered { missed: Vec::new(), top, recovered: None, reason: None }, Some(status)))
@@ -79,13 +81,15 @@ pub(crate) async fn read_personal(
             None => Ok((read_since(broker, channel, None, history).await?, None)),
         },
         Some(Since::Acked) => {
-            let status = broker.inbox(channel, history.ttl).await?;
+            let status = retried(|| broker.inbox(channel, history.ttl)).await?;
             let after = StreamPosition { offset: status.acked, epoch: status.position.epoch.clone() };
             Ok((read_since(broker, channel, Some(after), history).await?, Some(status)))
         }
         Some(Since::Position(_)) => {
-            let (recovered, status) =
-                tokio::join!(read(broker, channel, since, history), broker.inbox(channel, history.ttl));
+            let (recovered, status) = tokio::join!(
+                read(broker, channel, since, history),
+                retried(|| broker.inbox(channel, history.ttl))
+            );
             Ok((recovered?, inbox(status)?))
         }
     }
@@ -114,7 +118,7 @@ async fn read_since(
         reverse: false,
         ttl: history.ttl,
     };
-    match broker.history(channel, &filter).await {
+    match retried(|| broker.history(channel, &filter)).await {
         Ok(read) => Ok(Recovered {
             missed: read.publications.iter().map(|p| wire::text(&p.payload)).collect(),
             top: read.position,
@@ -129,4 +133,29 @@ async fn read_since(
         }),
         Err(e) => Err(e),
     }
+}
+
+/// Attempts of a history read before its error is the answer.
+const READ_ATTEMPTS: usize = 3;
+
+/// Runs `read` again when the broker was unreachable or did not answer: a read changes
+/// nothing (but creating a channel's epoch, once), and right after Redis came back the first
+/// command on the broker's old connection fails while the next one reconnects. Without this, a
+/// gateway that says ready again would refuse the first connections after a Redis restart.
+async fn retried<T, F, Fut>(mut read: F) -> Result<T, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BrokerError>>,
+{
+    let mut delay = Duration::from_millis(20);
+    for _ in 1..READ_ATTEMPTS {
+        match read().await {
+            Err(BrokerError::Unavailable { .. } | BrokerError::OutcomeUnknown { .. }) => {
+                tokio::time::sleep(delay).await;
+                delay *= 5;
+            }
+            answer => return answer,
+        }
+    }
+    read().await
 }
