@@ -259,7 +259,7 @@ impl Hub {
         }
         self.inner.metrics.history_resets.inc_by(resets as u64);
         if !missed.is_empty() {
-            match conn.writer.push(&missed) {
+            match conn.writer.push_recovered(&missed) {
                 Ok(()) => {
                     self.inner.metrics.frames_delivered.inc_by(missed.len() as u64);
                 }

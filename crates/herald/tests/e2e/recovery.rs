@@ -275,3 +275,139 @@ async fn wait_ready(gateway: &InProcess) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Seconds of publishing in [`a_drain_and_a_crash_lose_nothing_for_200_clients`]
+/// (`HERALD_E2E_RECOVERY_SECS`, 6 by default; the full run is 20).
+fn storm_seconds() -> u64 {
+    std::env::var("HERALD_E2E_RECOVERY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6)
+}
+
+/// 200 clients over two `herald gateway` processes, subscribed to a channel with history,
+/// while a publisher publishes 500 messages a second: gateway A is drained (SIGTERM) and
+/// started again, then gateway B is killed (`kill -9`) and started again. Every client
+/// reconnects with `since` and ends with every acknowledged message exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_and_a_crash_lose_nothing_for_200_clients() {
+    use crate::recovery_support::Process;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let redis = RedisServer::start().await;
+    let broker = redis_broker(&redis.url());
+    let ports = [herald_testkit::free_port(), herald_testkit::free_port()];
+    let mut a = Process::start(&redis.url(), ports[0]).await;
+    let mut b = Process::start(&redis.url(), ports[1]).await;
+    let addrs = [a.addr, b.addr];
+    let (target_tx, target) = tokio::sync::watch::channel(None::<u64>);
+    let connected = Arc::new(AtomicUsize::new(0));
+    let reconnects = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            let (target, connected, reconnects) = (target.clone(), connected.clone(), reconnects.clone());
+            tokio::spawn(storm_client(i, addrs, target, connected, reconnects))
+        })
+        .collect();
+    while connected.load(Ordering::Relaxed) < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let publisher = Publisher::start(broker.clone(), "feed:storm", Duration::from_millis(2));
+    let seconds = storm_seconds();
+    tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
+    a.terminate();
+    a.wait().await;
+    let _a = Process::start(&redis.url(), ports[0]).await;
+    tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
+    b.kill();
+    let _b = Process::start(&redis.url(), ports[1]).await;
+    tokio::time::sleep(Duration::from_secs(seconds - 2 * (seconds / 3))).await;
+    let acked = publisher.finish().await;
+    assert_eq!(acked, (1..=acked.len() as u64).collect::<Vec<_>>(), "offsets 1, 2, 3, ...");
+    target_tx.send_replace(acked.last().copied());
+    for (i, client) in clients.into_iter().enumerate() {
+        let seen = tokio::time::timeout(Duration::from_secs(120), client)
+            .await
+            .unwrap_or_else(|_| panic!("client {i} did not catch up"))
+            .unwrap();
+        assert_eq!(seen.start, 0, "client {i} subscribed before the first publish");
+        assert_eq!(seen.offsets.len(), acked.len(), "client {i}");
+        assert!(seen.offsets == acked, "client {i}: every acknowledged message once, in order");
+    }
+    assert!(reconnects.load(Ordering::Relaxed) >= 200, "every client reconnected at least once");
+}
+
+/// One client of the storm: connects to its gateway, reconnects with `since` (to the other
+/// gateway when its own refuses) until it holds `target`, and returns what it received.
+async fn storm_client(
+    i: usize,
+    addrs: [std::net::SocketAddr; 2],
+    target: tokio::sync::watch::Receiver<Option<u64>>,
+    connected: Arc<std::sync::atomic::AtomicUsize>,
+    reconnects: Arc<std::sync::atomic::AtomicUsize>,
+) -> Seen {
+    use futures_util::StreamExt;
+    use std::sync::atomic::Ordering;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let user = format!("s{i}");
+    let mut gw = i % 2;
+    let mut seen: Option<Seen> = None;
+    let done =
+        |seen: &Option<Seen>| matches!((&*target.borrow(), seen), (Some(t), Some(s)) if s.last() >= *t);
+    loop {
+        if done(&seen) {
+            return seen.unwrap();
+        }
+        let query = match &seen {
+            None => "&subscribe=feed:storm".to_string(),
+            Some(s) => format!("&subscribe=feed:storm&since=feed:storm~{}~{}", s.last(), s.epoch),
+        };
+        let Ok((client, hello)) =
+            WsClient::connect(&crate::recovery_support::url(addrs[gw], &user, &query)).await
+        else {
+            gw = 1 - gw;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let position = &hello["positions"]["feed:storm"];
+        match &seen {
+            None => {
+                seen = Some(seen_from(position));
+                connected.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(s) => {
+                assert_eq!(position["recovered"], true, "{user}: {hello}");
+                assert_eq!(position["epoch"], s.epoch.as_str(), "{user}");
+                reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let s = seen.as_mut().unwrap();
+        let mut ws = client.into_inner();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+            let Ok(next) = next else {
+                if matches!(*target.borrow(), Some(t) if s.last() >= t) {
+                    break;
+                }
+                continue;
+            };
+            let Some(Ok(Message::Text(text))) = next else {
+                if matches!(next, Some(Ok(Message::Ping(_) | Message::Pong(_)))) {
+                    continue;
+                }
+                if std::env::var("HERALD_E2E_DEBUG").is_ok() {
+                    eprintln!("{user} at {}: {next:?}", s.last());
+                }
+                break; // closed or gone: reconnect
+            };
+            // Messages of the channel lead with their offset; anything else is parsed.
+            if let Some(rest) = text.strip_prefix("{\"offset\":") {
+                let offset: u64 = rest[..rest.find(',').unwrap()].parse().unwrap();
+                assert!(text.contains("\"channel\":\"feed:storm\""), "{user}: {text}");
+                assert_eq!(offset, s.last() + 1, "{user}: offset {offset} after {}", s.last());
+                s.offsets.push(offset);
+            } else {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                assert_ne!(frame["type"], "reset", "{user}: {frame}");
+            }
+        }
+    }
+}
