@@ -245,7 +245,8 @@ fn check_since(
             Since::from_url(text).map_err(|e| malformed(format!("invalid `since` {text}: {e}")))?;
         let personal =
             matches!(channel.kind(), ChannelKind::Personal(user) if user == identity.user.as_str());
-        if !requested.contains(&channel) && !(personal && shared.config.personal_channel) {
+        let subscribed = requested.contains(&channel) || (personal && shared.config.personal_channel);
+        if !subscribed {
             return Err(malformed(format!("`since` for {channel}, which the connection does not subscribe")));
         }
         if positions.iter().any(|(c, _)| *c == channel) {
