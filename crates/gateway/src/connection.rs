@@ -52,6 +52,15 @@ fn unconfirmed(channel: &ChannelName, e: &BrokerError) -> policy::Denied {
     (ErrorCode::Unavailable, format!("subscription could not be confirmed: {e}"))
 }
 
+/// The error of a history read that failed: `no_history` where the broker keeps none (an
+/// acknowledged position asked of an engine without acknowledgements), else `unavailable`.
+fn unread(channel: &ChannelName, e: &BrokerError) -> policy::Denied {
+    match e {
+        BrokerError::HistoryUnsupported(_) => (ErrorCode::NoHistory, format!("{channel}: {e}")),
+        _ => (ErrorCode::Unavailable, format!("history of {channel} could not be read: {e}")),
+    }
+}
+
 /// Why the loop ended, and what to tell the client.
 enum Exit {
     /// The client closed or vanished; nothing more to send.
@@ -208,8 +217,8 @@ impl Connection {
                 }
                 Err(e) => {
                     tracing::warn!(%channel, error = %e, "history read at connect failed");
-                    let message = format!("broker unavailable: {e}");
-                    handshake::refuse(&mut stream, ErrorCode::Unavailable, &message).await;
+                    let (code, message) = unread(&channel, &e);
+                    handshake::refuse(&mut stream, code, &message).await;
                     return None;
                 }
             }
@@ -408,16 +417,15 @@ impl Connection {
             self.abandon(channel);
             return Err(unconfirmed(channel, &e));
         }
-        let read: Recovered = match recovery::read(self.shared.hub.broker().as_ref(), channel, since, history)
-            .await
-        {
-            Ok(read) => read,
-            Err(e) => {
-                self.abandon(channel);
-                tracing::warn!(%channel, error = %e, "history read for a subscription failed");
-                return Err((ErrorCode::Unavailable, format!("history of {channel} could not be read: {e}")));
-            }
-        };
+        let read: Recovered =
+            match recovery::read(self.shared.hub.broker().as_ref(), channel, since, history).await {
+                Ok(read) => read,
+                Err(e) => {
+                    self.abandon(channel);
+                    tracing::warn!(%channel, error = %e, "history read for a subscription failed");
+                    return Err(unread(channel, &e));
+                }
+            };
         let state = read.state();
         let reply = ServerFrame::Subscribed { id, channel, state: Some(&state) }.to_json();
         let top = (read.top.offset, read.top.epoch.as_str());

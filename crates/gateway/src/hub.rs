@@ -189,22 +189,7 @@ impl Hub {
     /// channel are guaranteed to reach this node; on error the caller must [`Hub::leave`]
     /// again.
     pub fn join(&self, channel: &ChannelName, conn: ConnHandle) -> Confirmation {
-        let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
-        let entry = shard.entry(channel.clone());
-        let confirmation = match &entry {
-            // The first local subscriber subscribes the node.
-            Entry::Vacant(_) => self.subscriber().subscribe(channel),
-            Entry::Occupied(known) if known.get().confirmed => Confirmation::confirmed(),
-            Entry::Occupied(_) => self.subscriber().confirmation(channel),
-        };
-        let entry = entry.or_insert_with(|| ChannelEntry {
-            conns: ConnMap::default(),
-            confirmed: false,
-            stream: None,
-        });
-        entry.conns.insert(conn.id, conn);
-        entry.confirmed = confirmation.is_confirmed();
-        confirmation
+        self.join_as(channel, conn, None)
     }
 
     /// Adds `conn` to `channel`, a channel with history, as a subscriber that recovers: until
@@ -218,14 +203,37 @@ impl Hub {
         history: ChannelHistory,
         max: usize,
     ) -> Confirmation {
-        let id = conn.id;
-        let confirmation = self.join(channel, conn);
+        self.join_as(channel, conn, Some((history, max)))
+    }
+
+    /// Joins `conn`, recovering when `recovering` is given, in one step under the shard's
+    /// lock: no delivery may reach a recovering connection directly before it is marked so.
+    fn join_as(
+        &self,
+        channel: &ChannelName,
+        conn: ConnHandle,
+        recovering: Option<(ChannelHistory, usize)>,
+    ) -> Confirmation {
         let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
-        if let Some(entry) = shard.get_mut(channel) {
+        let entry = shard.entry(channel.clone());
+        let confirmation = match &entry {
+            // The first local subscriber subscribes the node.
+            Entry::Vacant(_) => self.subscriber().subscribe(channel),
+            Entry::Occupied(known) if known.get().confirmed => Confirmation::confirmed(),
+            Entry::Occupied(_) => self.subscriber().confirmation(channel),
+        };
+        let entry = entry.or_insert_with(|| ChannelEntry {
+            conns: ConnMap::default(),
+            confirmed: false,
+            stream: None,
+        });
+        if let Some((history, max)) = recovering {
             let stream =
                 entry.stream.get_or_insert_with(|| Box::new(Stream::new(channel.clone(), history.ttl)));
-            stream.joined.insert(id, Joined::Recovering { events: Vec::new(), max });
+            stream.joined.insert(conn.id, Joined::Recovering { events: Vec::new(), max });
         }
+        entry.conns.insert(conn.id, conn);
+        entry.confirmed = confirmation.is_confirmed();
         confirmation
     }
 
