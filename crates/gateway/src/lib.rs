@@ -2,8 +2,9 @@
 //!
 //! Layout, from the wire inwards:
 //! - [`server`]: the accept loop ([`serve`]), which also starts and awaits the background
-//!   tasks, and `/livez`, `/readyz`, `/metrics` through hyper (`prefixed` replays the bytes
-//!   read to route a request).
+//!   tasks; [`http`]: `/livez`, `/readyz`, `/metrics` through the router, several requests
+//!   per connection (keep-alive, bounded), any of which may be the upgrade to `/ws`;
+//!   `lifecycle`: readiness changes and the drain, in the logs.
 //! - [`handshake`]: the HTTP request head of `GET /ws` ([`handshake::parse_request_head`]),
 //!   its checks (token, channels, readiness), the `101` answer and the HTTP refusals.
 //! - `connection`: one task per socket: client frames in (held to the frame rate limit of
@@ -22,6 +23,8 @@
 //!   broker and hands each message's bytes, encoded once, to every local subscriber.
 //!   `stream` keeps its state of channels with history: the node's position, gap repair,
 //!   resets, and the subscribers still recovering.
+//! - `history`: the `history` and `ack` frames and a client's publish into a channel with
+//!   history (idempotency keys): who may, the broker call, the reply.
 //! - [`policy`]: who may subscribe and publish where. [`auth`]: connection tokens into an
 //!   [`auth::Identity`].
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
@@ -43,10 +46,12 @@ mod demo;
 pub mod gateway;
 pub mod handshake;
 mod heartbeat;
+mod history;
+pub mod http;
 pub mod hub;
+mod lifecycle;
 pub mod metrics;
 pub mod policy;
-mod prefixed;
 mod queue;
 mod rate;
 mod recovery;
@@ -61,7 +66,7 @@ pub mod writer;
 pub use auth::{TokenVerifier, mint};
 pub use close::CloseReason;
 pub use config::{AuthConfig, GatewayConfig};
-pub use gateway::{ChannelConfig, Gateway};
+pub use gateway::{ChannelConfig, Gateway, NotReady};
 pub use herald_api_common::metrics::Format as MetricsFormat;
 /// The seam presence implements, defined in `herald-protocol` so presence need not depend on
 /// the gateway; re-exported for the gateway's callers.

@@ -10,8 +10,10 @@
 //!   [`recovery_support`] has gateways with a history namespace (in process or as child
 //!   processes that can be drained and killed) and a publisher that publishes with history.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
-//!   observability, configuration, hostile clients, the standalone mode, presence, recovery of
-//!   channels with history, and the local cluster script.
+//!   observability, configuration, hostile clients, the standalone mode, presence, history
+//!   reads and idempotent publishes (client and publisher API), the offline inbox, recovery of
+//!   channels with history, the local cluster script, and what a process logs about its life
+//!   (`lifecycle_logs`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -24,13 +26,17 @@ mod bad_input;
 mod config;
 mod delivery;
 mod drain;
+mod history_frames;
 mod hostile_clients;
+mod inbox;
+mod lifecycle_logs;
 mod local_cluster;
 mod observability;
 mod presence_api;
 mod presence_cluster;
 mod presence_kill;
 mod presence_standalone;
+mod publisher_history;
 mod recovery;
 mod redis_outage;
 mod slow_consumer;
