@@ -251,7 +251,17 @@ impl Stream {
                 }
             }
             Outcome::Lost { reason, current } => {
-                let at = Pos::new(current.offset, &current.epoch);
+                // Messages held since the gap that the channel's current history continues
+                // are still delivered: the stream goes on from just before the first of them.
+                let offset = match repair.pending.first() {
+                    Some((first, _))
+                        if *first.epoch == *current.epoch && first.offset <= current.offset + 1 =>
+                    {
+                        first.offset - 1
+                    }
+                    _ => current.offset,
+                };
+                let at = Pos::new(offset, &current.epoch);
                 events.push(Event::Reset {
                     frame: reset_frame(&self.channel, reason.code(), &at),
                     at: at.clone(),
@@ -376,6 +386,16 @@ mod tests {
         };
         s.finish(start.generation, lost, &mut events, &mut next);
         assert_eq!(labels(&events), ["7e", "reset0x", "1x", "reset3x", "4x"]);
+        // Lost again, with the held message already in the history read's top: it is still
+        // delivered, after a reset to just before it.
+        let (at, f) = msg(6, "x");
+        let start = s.accept(at, f, &mut events, &mut next).unwrap();
+        let lost = Outcome::Lost {
+            reason: RecoveryFailure::EpochChanged,
+            current: StreamPosition { offset: 6, epoch: "x".into() },
+        };
+        s.finish(start.generation, lost, &mut events, &mut next);
+        assert_eq!(labels(&events)[5..], ["reset5x", "6x"]);
     }
 
     #[test]
