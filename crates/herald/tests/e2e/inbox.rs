@@ -137,3 +137,62 @@ async fn acks_outside_the_own_inbox_are_refused() {
     let status = broker.inbox(&inbox, InboxConfig::default().history_ttl).await.unwrap();
     assert_eq!((status.acked, status.unread), (0, 3), "a refused ack moved the inbox");
 }
+
+/// The scenario at connect, in one round trip each: a user offline while 50
+/// notifications are sent; two new devices connect asking for everything since the
+/// acknowledged position (`since=user:<id>~acked`, nothing acknowledged yet) and both get all
+/// 50 after `connected`; one acknowledges 30; the other, reconnecting, is told by `connected`
+/// that 20 are unread; a third device recovering from the acknowledged position gets exactly
+/// the last 20.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_recover_the_inbox_at_connect_from_the_acknowledged_position() {
+    let redis = RedisServer::start().await;
+    let broker: Arc<dyn Broker> =
+        Arc::new(RedisBroker::new(RedisConfig { url: redis.url(), ..Default::default() }).unwrap());
+    let inbox = ChannelName::parse("user:jo").unwrap();
+    let mut last = None;
+    for n in 1..=50 {
+        last = Some(notify(&broker, &inbox, n).await);
+    }
+    let epoch = last.unwrap().epoch;
+    let gateways =
+        [GatewayProcess::start(&redis.url(), &[]).await, GatewayProcess::start(&redis.url(), &[]).await];
+    let since_acked = |gateway: &GatewayProcess| format!("{}&since=user:jo~acked", gateway.url("jo"));
+
+    let mut devices = Vec::new();
+    for gateway in &gateways {
+        let (mut device, hello) = WsClient::connect(&since_acked(gateway)).await.unwrap();
+        assert_eq!(
+            hello["inbox"],
+            json!({"offset": 50, "epoch": epoch, "acked": 0, "unread": 50}),
+            "{hello}"
+        );
+        assert_eq!(hello["positions"]["user:jo"]["recovered"], true, "{hello}");
+        let missed = recv_messages(&mut device, 50).await;
+        let offsets: Vec<u64> = missed.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+        assert_eq!(offsets, (1..=50).collect::<Vec<_>>());
+        devices.push(device);
+    }
+
+    let acked = devices[0]
+        .request(json!({"type": "ack", "channel": "user:jo", "offset": 30, "epoch": epoch}))
+        .await
+        .unwrap();
+    assert_eq!(acked["offset"], 30, "{acked}");
+
+    // The second device comes back without a position of its own: `connected` says what is
+    // unread.
+    drop(devices.pop());
+    let (_again, hello) = WsClient::connect(&gateways[1].url("jo")).await.unwrap();
+    assert_eq!(hello["inbox"], json!({"offset": 50, "epoch": epoch, "acked": 30, "unread": 20}), "{hello}");
+
+    let (mut third, hello) = WsClient::connect(&since_acked(&gateways[0])).await.unwrap();
+    assert_eq!(hello["positions"]["user:jo"]["recovered"], true, "{hello}");
+    let unread = recv_messages(&mut third, 20).await;
+    let got: Vec<(u64, u64)> =
+        unread.iter().map(|m| (m["offset"].as_u64().unwrap(), m["data"]["n"].as_u64().unwrap())).collect();
+    assert_eq!(got, (31..=50).map(|n| (n, n)).collect::<Vec<_>>());
+    // Nothing else was on its way: the next frame is the next notification.
+    notify(&broker, &inbox, 51).await;
+    assert_eq!(recv_messages(&mut third, 1).await[0]["offset"], 51);
+}
