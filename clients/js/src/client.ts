@@ -6,16 +6,26 @@
  * `onSocketGone` turns every kind of loss into a `disconnected` event and schedules the next
  * attempt (`nextDelay` holds the reconnect policy per close code). Timers: the reconnect delay,
  * the connect timeout, the application ping, and the token refresh.
+ *
+ * Recovery: each subscription keeps its position (subscription.ts); `connectOnce` puts the
+ * positions in the URL (`since=<channel>~<offset>~<epoch>`, for the URL's channels and the
+ * personal channel), `onConnected` hands each its entry of `connected.positions`, and
+ * channels subscribed later carry `since` in their `subscribe` frame. The inbox state of
+ * `connected` is kept in `inbox` and moved by the personal channel's messages and by `ack`.
  */
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
-import { tokenExpiry } from "./jwt.js";
+import { tokenExpiry, tokenSubject } from "./jwt.js";
 import { Subscription, type SubscriptionHost } from "./subscription.js";
 import type {
   ConnectionState,
   DisconnectReason,
+  InboxState,
   Message,
+  Position,
   ServerFrame,
+  Since,
+  SubscribeOptions,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";
@@ -50,6 +60,9 @@ export interface HeraldOptions {
   /** Fetch the next token this long before the current one's `exp` (ms; at the latest half
    * way through its life). Default 60000. */
   tokenRefreshMargin?: number;
+  /** In channels with history, how often a publish whose outcome is unknown is retried (with
+   * the same idempotency key, so it is delivered once). Default 2. */
+  publishRetries?: number;
 }
 
 export interface HeraldEvents {
@@ -61,6 +74,8 @@ export interface HeraldEvents {
   message: (message: Message) => void;
   /** An `error` frame that answers no request, or a failed token refresh. */
   error: (error: HeraldError) => void;
+  /** The inbox state changed: from `connected`, a new notification, or an `ack`. */
+  inbox: (inbox: InboxState) => void;
 }
 
 interface PendingRequest {
@@ -78,6 +93,8 @@ interface Attempt {
   token: string;
   /** The channels named in the URL. */
   urlChannels: string[];
+  /** The URL carried `since` parameters. */
+  urlSince: boolean;
   /** The `connected` frame arrived. */
   connected: boolean;
   connectedAt: number;
@@ -98,6 +115,7 @@ const DEFAULTS = {
   connectTimeout: 10_000,
   maxPendingRequests: 1000,
   tokenRefreshMargin: 60_000,
+  publishRetries: 2,
 };
 
 /** A connection that lived this long resets the backoff. */
@@ -138,6 +156,7 @@ export class Herald extends Emitter<HeraldEvents> {
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private lastReceived = 0;
+  private _inbox: InboxState | undefined;
   /** What subscriptions may ask of this client. */
   private readonly host: SubscriptionHost = {
     request: (frame) => this.request(frame),
@@ -147,6 +166,12 @@ export class Herald extends Emitter<HeraldEvents> {
       if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
     },
     retrySubscribe: (sub, retries) => this.retrySubscribe(sub, retries),
+    publishRetries: () => this.options.publishRetries,
+    retryPause: (retries) => new Promise((resolve) => setTimeout(resolve, this.backoff(retries))),
+    ackedOffset: (channel, epoch) => {
+      const inbox = this._inbox;
+      return channel === this.personalChannel() && inbox?.epoch === epoch ? inbox.acked : undefined;
+    },
   };
 
   /**
@@ -196,6 +221,37 @@ export class Herald extends Emitter<HeraldEvents> {
     return this._user === undefined ? undefined : this.subscriptions.get(`user:${this._user}`);
   }
 
+  /** The user's offline inbox (`connected.inbox`, kept current), when the server keeps one. */
+  get inbox(): InboxState | undefined {
+    return this._inbox === undefined ? undefined : { ...this._inbox };
+  }
+
+  /**
+   * Acknowledges the personal channel up to `offset` (default: the last notification handed
+   * out), for all of the user's devices. Resolves with the acknowledged position now, which
+   * never moves backwards. Rejects with `unrecoverable` for an offset beyond the inbox's top
+   * or of another epoch, `no_history` when the server keeps no inbox.
+   */
+  async ack(offset?: number): Promise<Position> {
+    const channel = this.personalChannel();
+    if (channel === undefined) throw new HeraldError("disconnected", "not connected yet: the personal channel is not known");
+    const position = this.subscriptions.get(channel)?.position;
+    const upTo = offset ?? position?.offset;
+    if (upTo === undefined) throw new HeraldError("no_history", `${channel} has no position to acknowledge`);
+    const frame: Record<string, unknown> = { type: "ack", channel, offset: upTo };
+    const epoch = position?.epoch ?? this._inbox?.epoch;
+    if (epoch !== undefined) frame.epoch = epoch;
+    const reply = await this.request(frame);
+    const acked = { offset: reply.offset as number, epoch: reply.epoch as string };
+    const inbox = this._inbox;
+    if (inbox && inbox.epoch === acked.epoch && acked.offset > inbox.acked) {
+      inbox.unread = Math.max(0, inbox.unread - (acked.offset - inbox.acked));
+      inbox.acked = acked.offset;
+      this.emit("inbox", { ...inbox });
+    }
+    return acked;
+  }
+
   /**
    * Starts connecting (and reconnecting whenever the connection is lost, until
    * `disconnect()`). Resolves once connected; rejects only if `disconnect()` comes first.
@@ -243,11 +299,19 @@ export class Herald extends Emitter<HeraldEvents> {
    * Subscribes to a channel, or returns the existing subscription of it. The subscription
    * becomes live when connected (`ready()`), and stays across reconnects until
    * `unsubscribe()`.
+   *
+   * `since` resumes from a position the application kept (`sub.position`, persisted), or,
+   * for the personal channel, `"acked"`: from the user's acknowledged position. It counts
+   * while the subscription is not live yet; for the personal channel, which the server
+   * subscribes at connect, call this before `connect()`.
    */
-  subscribe(channel: string): Subscription {
+  subscribe(channel: string, options: SubscribeOptions = {}): Subscription {
     const existing = this.subscriptions.get(channel);
-    if (existing) return existing;
-    const sub = new Subscription(this.host, channel, false);
+    if (existing) {
+      if (options.since !== undefined) existing.requestSince(options.since);
+      return existing;
+    }
+    const sub = new Subscription(this.host, channel, false, options.since);
     this.subscriptions.set(channel, sub);
     if (this._state === "connected") sub.subscribeByFrame();
     return sub;
@@ -352,14 +416,20 @@ export class Herald extends Emitter<HeraldEvents> {
     const url = new URL(this.urls[this.urlIndex % this.urls.length] as string);
     url.searchParams.set("token", token);
     const urlChannels: string[] = [];
-    if (this.urlSubscribe) {
-      for (const sub of this.subscriptions.values()) {
-        if (!sub.managed && sub.state === "subscribing" && sub.since() === undefined) {
-          urlChannels.push(sub.channel);
-        }
-      }
-      if (urlChannels.length > 0) url.searchParams.set("subscribe", urlChannels.join(","));
+    const sinces: string[] = [];
+    // The personal channel is the token's; the server subscribes it, and takes its `since`.
+    const subject = tokenSubject(token);
+    const personal = subject === undefined ? undefined : `user:${subject}`;
+    for (const sub of this.subscriptions.values()) {
+      const inUrl = this.urlSubscribe && (sub.channel === personal || (!sub.managed && sub.state === "subscribing"));
+      const since = inUrl ? sub.since() : undefined;
+      sub.sentInUrl(since);
+      if (!inUrl) continue;
+      if (sub.channel !== personal) urlChannels.push(sub.channel);
+      if (since !== undefined) sinces.push(sinceParam(sub.channel, since));
     }
+    if (urlChannels.length > 0) url.searchParams.set("subscribe", urlChannels.join(","));
+    for (const since of sinces) url.searchParams.append("since", since);
 
     let socket: WebSocketLike;
     try {
@@ -377,6 +447,7 @@ export class Herald extends Emitter<HeraldEvents> {
       socket,
       token,
       urlChannels,
+      urlSince: sinces.length > 0,
       connected: false,
       connectedAt: 0,
       statusVisible: false,
@@ -484,6 +555,9 @@ export class Herald extends Emitter<HeraldEvents> {
       case "leave":
         if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.presenceEvent(frame);
         return;
+      case "reset":
+        if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.reset(frame);
+        return;
     }
     const id = frame.id;
     const req = typeof id === "number" ? this.requests.get(id) : undefined;
@@ -504,9 +578,25 @@ export class Herald extends Emitter<HeraldEvents> {
     const sub = this.subscriptions.get(message.channel);
     if (sub) {
       if (!sub.accept(message)) return;
+      if (message.channel === this.personalChannel()) this.countNotification(message);
       sub.deliver(message);
     }
     this.emit("message", message);
+  }
+
+  /** The user's personal channel, once connected. */
+  private personalChannel(): string | undefined {
+    return this._user === undefined ? undefined : `user:${this._user}`;
+  }
+
+  /** A new notification moves the inbox's top (and what is unread). */
+  private countNotification(message: Message): void {
+    const inbox = this._inbox;
+    const offset = message.offset;
+    if (!inbox || typeof offset !== "number" || offset <= inbox.offset) return;
+    inbox.offset = offset;
+    if (offset > inbox.acked) inbox.unread += 1;
+    this.emit("inbox", { ...inbox });
   }
 
   private onConnected(attempt: Attempt, frame: ServerFrame): void {
@@ -520,13 +610,24 @@ export class Herald extends Emitter<HeraldEvents> {
     if (!this.subscriptions.has(personal)) {
       this.subscriptions.set(personal, new Subscription(this.host, personal, true));
     }
+    const inbox = frame.inbox as InboxState | undefined;
+    this._inbox =
+      inbox && typeof inbox.offset === "number" && typeof inbox.epoch === "string"
+        ? { offset: inbox.offset, epoch: inbox.epoch, acked: Number(inbox.acked) || 0, unread: Number(inbox.unread) || 0 }
+        : undefined;
     this.setState("connected");
     this.armPing();
     this.scheduleTokenRefresh(attempt);
+    if (this._inbox) this.emit("inbox", { ...this._inbox });
 
     const inUrl = new Set(Array.isArray(frame.channels) ? (frame.channels as string[]) : []);
+    const positions = (typeof frame.positions === "object" && frame.positions !== null ? frame.positions : {}) as Record<
+      string,
+      Record<string, unknown>
+    >;
     for (const sub of [...this.subscriptions.values()]) {
-      if (sub.managed || inUrl.has(sub.channel)) sub.live(undefined);
+      const position = Object.hasOwn(positions, sub.channel) ? positions[sub.channel] : undefined;
+      if (sub.managed || inUrl.has(sub.channel) || position !== undefined) sub.live(position);
       else if (sub.state === "subscribing") sub.subscribeByFrame();
     }
     for (const [id, req] of this.requests) {
@@ -621,7 +722,7 @@ export class Herald extends Emitter<HeraldEvents> {
       }
       // The refusal may be one of the channels in the URL: subscribe by frames next time, so
       // a refused channel fails alone.
-      if (attempt.urlChannels.length > 0 && reason.reason !== "unauthorized" && reason.reason !== "unavailable") {
+      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && reason.reason !== "unauthorized" && reason.reason !== "unavailable") {
         this.urlSubscribe = false;
       }
       delay = this.backoff(++this.failures);
@@ -663,6 +764,11 @@ export class Herald extends Emitter<HeraldEvents> {
     const ceiling = Math.min(this.options.maxDelay, this.options.minDelay * 2 ** Math.max(0, failures - 1));
     return Math.random() * ceiling;
   }
+}
+
+/** One `since` parameter of the connect URL: `<channel>~<offset>~<epoch>` or `<channel>~acked`. */
+export function sinceParam(channel: string, since: Since): string {
+  return since === "acked" ? `${channel}~acked` : `${channel}~${since.offset}~${since.epoch}`;
 }
 
 function isExpired(token: string): boolean {

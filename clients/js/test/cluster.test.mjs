@@ -45,7 +45,7 @@ describe("two gateways on Redis", () => {
     const stream = mia.subscribe("chat:stream");
     const seqs = [];
     stream.on("message", (m) => seqs.push(m.data.seq));
-    const recovery = nextEvent(stream, "recovery", 20_000);
+    const recovery = nextEvent(stream, "recovery_failed", 20_000);
     await mia.connect();
     await stream.ready();
     assert.equal(lastPort(mia), new URL(gw1).port);
@@ -69,7 +69,7 @@ describe("two gateways on Redis", () => {
       const atKill = seqs.length;
       await nextEvent(mia, "connected", 20_000);
       assert.equal(lastPort(mia), new URL(gw2).port);
-      assert.deepEqual(await recovery, { recovered: false, reason: "unsupported" });
+      assert.deepEqual(await recovery, { channel: "chat:stream", reason: "no_history", reset: false });
       await waitFor(() => seqs.length >= atKill + 30, "30 messages through the other gateway", 20_000);
     } finally {
       publishing = false;

@@ -106,7 +106,7 @@ async def test_client_publish_where_allowed_and_forbidden_elsewhere(standalone: 
 
 async def test_request_errors_carry_the_server_code(standalone: Standalone) -> None:
     """Refused subscribes raise `RequestError` with the server's code and leave the connection
-    and other subscriptions alone; `history()` needs a server with history."""
+    and other subscriptions alone; `history()` of a channel without history is `no_history`."""
     async with Herald(standalone.ws_url, token=mint_token("dave")) as herald:
         for name, code in [
             ("nowhere:x", "unknown_channel"),
@@ -120,7 +120,7 @@ async def test_request_errors_carry_the_server_code(standalone: Standalone) -> N
         sub = await herald.subscribe(channel("chat"))
         with pytest.raises(RequestError) as no_history:
             await sub.history(limit=10)
-        assert no_history.value.code == "unknown_type"
+        assert no_history.value.code == "no_history"
         assert herald.state is ConnectionState.CONNECTED
         assert await herald.ping() >= 0
 
