@@ -9,7 +9,7 @@ import contextlib
 import signal
 import uuid
 
-from herald_client import ConnectionState, DisconnectKind, Herald, Message, PublishError, Publisher, Recovery
+from herald_client import ConnectionState, DisconnectKind, Herald, Message, PublishError, Publisher, RecoveryFailed
 
 from .conftest import Events
 from .harness import API_KEY, Cluster, mint_token
@@ -28,14 +28,14 @@ async def publish_stream(publisher: Publisher, channel: str, sent: list[int], st
 
 async def test_sigkill_of_the_gateway_mid_stream_reconnects_through_the_other(cluster: Cluster) -> None:
     """The client's gateway dies with SIGKILL while messages stream in: the client reconnects
-    through the other gateway, renews the subscription, reports `recovered: false` (the server
-    has no recovery yet), and the stream goes on, every message at most once and in order."""
+    through the other gateway, renews the subscription, reports `recovery_failed` (the namespace
+    keeps no history), and the stream goes on, every message at most once and in order."""
     stream = f"news:{uuid.uuid4().hex[:8]}"
     herald = Herald(cluster.gateway_urls, token=mint_token("ivan"), min_delay=0.05, max_delay=0.5)
     events = Events(herald)
     sub = await herald.subscribe(stream)
-    recoveries: list[Recovery] = []
-    sub.on("recovery", recoveries.append)
+    recoveries: list[RecoveryFailed] = []
+    sub.on("recovery_failed", recoveries.append)
     received: list[int] = []
     sub.on("message", lambda m: received.append(m.data))
     stop = asyncio.Event()
@@ -52,7 +52,7 @@ async def test_sigkill_of_the_gateway_mid_stream_reconnects_through_the_other(cl
             at_kill = len(received)
             await events.wait(lambda: len(events.of("connected")) == 2, what="the reconnect")
             await events.wait(lambda: bool(recoveries), what="the recovery event")
-            assert recoveries == [Recovery(stream, False, "unsupported")]
+            assert recoveries == [RecoveryFailed(stream, "no_history")]
             await events.wait(lambda: len(received) >= at_kill + 50, what="50 messages after the reconnect")
         finally:
             stop.set()
