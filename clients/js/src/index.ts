@@ -10,7 +10,13 @@
  */
 export { Herald, type HeraldOptions, type HeraldEvents } from "./client.js";
 export { Subscription, type SubscriptionEvents, type SubscriptionState } from "./subscription.js";
-export { Publisher, type PublisherOptions, type BatchMessage } from "./publisher.js";
+export {
+  Publisher,
+  type PublisherOptions,
+  type BatchMessage,
+  type PublishAnswer,
+  type PublishRequestOptions,
+} from "./publisher.js";
 export { HeraldError } from "./errors.js";
 export { tokenExpiry, tokenSubject } from "./jwt.js";
 export type {

@@ -1033,6 +1033,7 @@ function stripUndefined(value) {
 }
 
 // clients/js/src/publisher.ts
+var OUTCOME_UNKNOWN2 = /* @__PURE__ */ new Set(["outcome_unknown", "timeout", "network"]);
 var Publisher = class {
   base;
   apiKey;
@@ -1050,30 +1051,37 @@ var Publisher = class {
     if (typeof impl !== "function") throw new TypeError("Publisher: no fetch implementation");
     this.fetchImpl = impl.bind(globalThis);
   }
-  /** Publishes one message; resolves with the id subscribers see. */
+  /** Publishes one message; resolves with the id subscribers see (and, in channels with
+   * history, its offset). */
   async publish(channel, data, options = {}) {
-    return await this.post("/v1/publish", withEvent({ channel, data }, options.event));
+    return await this.post("/v1/publish", withOptions({ channel, data }, options), options.idempotencyKey !== void 0);
   }
-  /** Publishes several messages in one request, all or nothing, in order. */
+  /** Publishes several messages in one request, all or nothing, in order. Retried after an
+   * unknown outcome when every message carries an `idempotency_key`. */
   async publishBatch(messages) {
-    return await this.post("/v1/publish/batch", { messages });
+    const keyed = messages.length > 0 && messages.every((m) => m.idempotency_key !== void 0);
+    return await this.post("/v1/publish/batch", { messages }, keyed);
   }
   /** Sends a message to every connected client (channel `broadcast`). */
   async broadcast(data, options = {}) {
-    return await this.post("/v1/broadcast", withEvent({ data }, options.event));
+    return await this.post("/v1/broadcast", withOptions({ data }, options), false);
   }
-  /** Sends a message to every connection of one user (their channel `user:<id>`). */
+  /** Sends a message to every connection of one user (their channel `user:<id>`, kept in
+   * their offline inbox). */
   async notify(user, data, options = {}) {
     const path = `/v1/users/${encodeURIComponent(user)}/notify`;
-    return await this.post(path, withEvent({ data }, options.event));
+    return await this.post(path, withOptions({ data }, options), options.idempotencyKey !== void 0);
   }
-  async post(path, body) {
+  /** Posts, retrying what surely did not happen and, when the body carries idempotency keys
+   * (`keyed`), what may have: the same body goes out again, and the server delivers it once. */
+  async post(path, body, keyed) {
     const text = JSON.stringify(body);
+    const retryable = (code) => code === "unavailable" || keyed && OUTCOME_UNKNOWN2.has(code);
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.postOnce(path, text);
       } catch (err) {
-        if (!(err instanceof HeraldError) || err.code !== "unavailable" || attempt >= this.retries) throw err;
+        if (!(err instanceof HeraldError) || !retryable(err.code) || attempt >= this.retries) throw err;
         const ceiling = this.retryDelay * 2 ** attempt;
         await new Promise((resolve) => setTimeout(resolve, Math.random() * ceiling));
       }
@@ -1115,8 +1123,11 @@ var Publisher = class {
     );
   }
 };
-function withEvent(body, event) {
-  return event === void 0 ? body : { ...body, event };
+function withOptions(body, options) {
+  const out = { ...body };
+  if (options.event !== void 0) out.event = options.event;
+  if (options.idempotencyKey !== void 0) out.idempotency_key = options.idempotencyKey;
+  return out;
 }
 export {
   Herald,
