@@ -27,6 +27,13 @@
 #                                      and with the flood arguments (such as "--flood 4"),
 #                                      alternating (A B A B ...); results NAME-quiet-r<round>.json
 #                                      and NAME-flood-r<round>.json
+#   bench/run.sh storm NAME <herald bench args...>
+#                                      a reconnect storm on fresh servers (Redis, two gateways, a
+#                                      publisher): every client connects to gateway 0 with
+#                                      --resume, gateway 0 is killed (SIGKILL) KILL_AFTER (5s)
+#                                      into the publish phase, and the clients reconnect to
+#                                      gateway 1 with `since`. Then prints Redis's memory per
+#                                      stored message (use a namespace with history, `hist`)
 #   bench/run.sh table                 medians and ranges of $WORK/results, grouped over rounds
 #                                      (needs jq)
 #   bench/run.sh suite                 the scenarios of docs/benchmarks.md, all servers
@@ -255,6 +262,36 @@ flood() { # rounds, name, server, flood args (one word), args...
     done
 }
 
+# A reconnect storm: see the usage at the top.
+storm() { # name, args...
+    local name=$1; shift
+    trap stop EXIT
+    start_herald 2
+    local redis=(redis-cli -p "$REDIS_PORT")
+    local used_before
+    used_before=$("${redis[@]}" info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
+    local pids pid_args=()
+    pids=$(pids_of herald-gateway)$(pids_of redis)$(pids_of herald-publisher)
+    for p in $pids; do pid_args+=(--pid "$p"); done
+    echo "== $name: herald bench $* (storm; $(cut -d' ' -f1-3 /proc/loadavg) load)" | tee -a "$WORK/results/summary.txt"
+    "${CLIENT_BIN:-$BIN}" bench "$@" --target herald --resume \
+        --url "ws://127.0.0.1:$GATEWAY_PORT/ws" --reconnect-url "ws://127.0.0.1:$((GATEWAY_PORT + 1))/ws" \
+        --kill-pid "$(cat "$WORK/pids/herald-gateway-0.pid")" --kill-after "${KILL_AFTER:-5s}" \
+        --publish-url "http://127.0.0.1:$HTTP_PORT" --jwt-secret "$SECRET" --api-key "$API_KEY" \
+        "${pid_args[@]}" --json "$WORK/results/$name.json" | grep -v '^{' | tee -a "$WORK/results/summary.txt"
+    # What the histories hold now, and what they cost Redis.
+    local stored=0 key used_after
+    for key in $("${redis[@]}" --scan --pattern '*.stream'); do
+        stored=$((stored + $("${redis[@]}" xlen "$key")))
+    done
+    used_after=$("${redis[@]}" info memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
+    echo "redis: $stored messages stored, used_memory $used_before -> $used_after bytes," \
+        "$(( (used_after - used_before) / (stored > 0 ? stored : 1) )) bytes per stored message" \
+        | tee -a "$WORK/results/summary.txt"
+    rm -f "$WORK/pids/herald-gateway-0.pid"
+    stop
+}
+
 # One line per scenario and server: the median over its rounds, with the range in brackets.
 table() {
     jq -rn '
@@ -303,7 +340,8 @@ case ${1:-} in
     bench) shift; bench "$@" ;;
     rounds) shift; rounds "$@" ;;
     flood) shift; flood "$@" ;;
+    storm) shift; storm "$@" ;;
     table) table ;;
     suite) suite ;;
-    *) sed -n '2,35p' "$0"; exit 2 ;;
+    *) sed -n '2,42p' "$0"; exit 2 ;;
 esac

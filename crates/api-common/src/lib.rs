@@ -11,7 +11,9 @@
 //!   `process` reads the `process_*` values from `/proc/self`.
 //! - [`grpc`]: health (following readiness) and reflection, added to each gRPC server.
 //! - `testing` (feature `testing`): promtool, health and reflection checks for tests.
-//! - [`serve_http_and_grpc`]: both listeners served together until shutdown.
+//! - [`serve_http_and_grpc`]: both listeners served together until shutdown, the drain
+//!   logged; [`lifecycle`]: readiness changes in the logs, and the connection count a drain
+//!   reports.
 //!
 //! Each API keeps its own error enum and metric set; what they have in common goes through
 //! here, so an error or a scrape looks the same on every role.
@@ -19,6 +21,7 @@
 pub mod auth;
 pub mod error;
 pub mod grpc;
+pub mod lifecycle;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 mod process;
@@ -27,4 +30,5 @@ mod serve;
 pub mod testing;
 
 pub use error::{ApiFailure, Refusal};
+pub use lifecycle::ReadinessLog;
 pub use serve::serve_http_and_grpc;

@@ -1,44 +1,61 @@
-//! Serving an HTTP and a gRPC API side by side until shutdown.
+//! Serving an HTTP and a gRPC API side by side until shutdown, and logging the drain.
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::grpc::Probe;
+use crate::lifecycle::{Counted, CountingListener};
+
+/// How often a drain says how many connections it has left.
+const DRAIN_PROGRESS: Duration = Duration::from_secs(1);
+
 /// Serves `http` on the first listener and `grpc` on the second until `shutdown` resolves or
-/// `stop` is cancelled; `name` labels the logs.
+/// `stop` is cancelled; `service` (`publisher-api`, `presence`) labels the logs.
+/// `readiness` is probed once at start, so that `ready`, or `not ready` and why, is logged
+/// whether or not anything probes.
 ///
 /// Shutdown is graceful on both: the listeners stop accepting, requests in flight run to
-/// completion, then this returns. If one server fails, `stop` is cancelled so the other shuts
-/// down too, and the error is returned: a caller never keeps running with half of its API
-/// gone.
+/// completion, then this returns. The drain is logged: `drain started` with the open
+/// connections (both listeners'), `draining` with those left every second, `drained`. If one
+/// server fails, `stop` is cancelled so the other shuts down too, and the error is returned:
+/// a caller never keeps running with half of its API gone.
 pub async fn serve_http_and_grpc(
-    name: &str,
+    service: &'static str,
     (http_listener, http): (TcpListener, Router),
     (grpc_listener, grpc): (TcpListener, tonic::service::Routes),
+    readiness: Probe,
     stop: CancellationToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let open = Arc::new(AtomicUsize::new(0));
     // TCP_NODELAY on both, so a response written while the client's ACK of the previous one
     // is delayed leaves at once instead of waiting for it.
-    let http_listener = http_listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
+    let http_listener = CountingListener { inner: http_listener, open: open.clone() };
     let http_server = axum::serve(http_listener, http).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let grpc_server = tonic::transport::Server::builder().add_routes(grpc).serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-        stop.clone().cancelled_owned(),
-    );
+    let grpc_open = open.clone();
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|stream| Counted::new(stream, &grpc_open)));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_routes(grpc)
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    let drain_started = std::sync::OnceLock::new();
     let trigger = async {
         tokio::select! {
-            () = shutdown => tracing::info!("{name} shutting down"),
+            () = shutdown => {}
             () = stop.cancelled() => {}
         }
+        drain_started.get_or_init(Instant::now);
+        tracing::info!(service, connections = open.load(Ordering::Relaxed), "drain started");
         stop.cancel();
     };
     let http_done = async {
@@ -51,13 +68,35 @@ pub async fn serve_http_and_grpc(
         stop.cancel();
         result
     };
-    let ((), http_result, grpc_result) = tokio::join!(trigger, http_done, grpc_done);
+    let progress = async {
+        stop.cancelled().await;
+        let started = *drain_started.get_or_init(Instant::now);
+        let mut ticks = tokio::time::interval_at(started + DRAIN_PROGRESS, DRAIN_PROGRESS);
+        loop {
+            ticks.tick().await;
+            let connections = open.load(Ordering::Relaxed);
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(service, connections, elapsed_ms, "draining");
+        }
+    };
+    let first_probe = async {
+        tokio::select! {
+            _ = readiness() => {}
+            () = stop.cancelled() => {}
+        }
+    };
+    let served = async { tokio::join!(trigger, http_done, grpc_done, first_probe) };
+    let ((), http_result, grpc_result, ()) = tokio::select! {
+        served = served => served,
+        () = progress => unreachable!("the drain's progress is logged until the servers are done"),
+    };
     if let Err(e) = &http_result {
-        tracing::error!(error = %e, "{name} http server failed");
+        tracing::error!(service, error = %e, "http server failed");
     }
     if let Err(e) = &grpc_result {
-        tracing::error!(error = %e, "{name} grpc server failed");
+        tracing::error!(service, error = %e, "grpc server failed");
     }
-    tracing::info!("{name} stopped");
+    let elapsed_ms = drain_started.get().map_or(0, |started| started.elapsed().as_millis() as u64);
+    tracing::info!(service, elapsed_ms, "drained");
     http_result.and(grpc_result)
 }

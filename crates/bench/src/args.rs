@@ -113,6 +113,24 @@ pub struct BenchArgs {
     /// Frames per second each flood connection sends; 0: as fast as the socket takes them.
     #[arg(long, default_value_t = 0.0)]
     pub flood_rate: f64,
+    /// Herald, channels with history: a connection the server closes or that breaks
+    /// reconnects at once (to the next `--url`, round robin, retrying every 100 ms to 1 s)
+    /// with `since` set to the last message it received, and so recovers what it missed.
+    /// For reconnect storms: kill a gateway during the run. The report counts reconnects and
+    /// failed recoveries and times how long until every connection was live again; loss and
+    /// duplicates are judged over the whole run as always. Needs `--subscribe-with url`.
+    #[arg(long)]
+    pub resume: bool,
+    /// `--resume`: where reconnects go, round robin (repeat it); by default the `--url`s. A
+    /// storm sends every client to one gateway, kills it, and reconnects them to others.
+    #[arg(long = "reconnect-url")]
+    pub reconnect_urls: Vec<String>,
+    /// A process to kill with SIGKILL during the publish phase (a gateway, for a reconnect
+    /// storm), `--kill-after` into it.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub kill_after: Duration,
     /// A server process whose memory and CPU time to sample (with its children). Repeat it.
     #[arg(long = "pid")]
     pub pids: Vec<u32>,

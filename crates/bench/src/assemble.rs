@@ -7,7 +7,7 @@ use crate::args::BenchArgs;
 use crate::flood::FloodReport;
 use crate::procstat::{self, Sample};
 use crate::publish;
-use crate::report::{Connections, Deliveries, Messages, Report, ServerReport, ServerTotal};
+use crate::report::{Connections, Deliveries, Messages, Report, Resumes, ServerReport, ServerTotal};
 use crate::stats::{self, Percentiles};
 use crate::worker::{Counts, WorkerReport};
 
@@ -84,10 +84,12 @@ pub(crate) fn report(args: &BenchArgs, m: Measured) -> Report {
     let servers = m.servers.reports();
     let mut latency = stats::histogram();
     let mut setup_latency = stats::histogram();
+    let mut reconnect_latency = stats::histogram();
     let mut total = WorkerReport::default();
     for r in &m.reports {
         stats::add_buckets(&mut latency, &r.latency);
         stats::add_buckets(&mut setup_latency, &r.connect_latency);
+        stats::add_buckets(&mut reconnect_latency, &r.reconnect_latency);
         merge(&mut total, r);
     }
     let no_publish = publish::Outcome::default();
@@ -163,6 +165,16 @@ pub(crate) fn report(args: &BenchArgs, m: Measured) -> Report {
         servers,
         client_cpu_s_connect: m.connected.client_cpu_s,
         client_cpu_s_publish: m.published.as_ref().map_or(0.0, |p| p.client_cpu_s),
+        resumes: args.resume.then(|| Resumes {
+            reconnects: total.reconnects,
+            recovery_failed: total.recovery_failed,
+            latency: Percentiles::of(&reconnect_latency),
+            all_back_seconds: if total.first_down_us > 0 && total.last_up_us > total.first_down_us {
+                (total.last_up_us - total.first_down_us) as f64 / 1e6
+            } else {
+                0.0
+            },
+        }),
         errors: total.errors,
         flood: m.flood,
     }
@@ -176,6 +188,13 @@ fn merge(total: &mut WorkerReport, r: &WorkerReport) {
     total.lost += r.lost;
     total.conns_with_loss += r.conns_with_loss;
     total.other_frames += r.other_frames;
+    total.reconnects += r.reconnects;
+    total.recovery_failed += r.recovery_failed;
+    total.first_down_us = match (total.first_down_us, r.first_down_us) {
+        (0, t) | (t, 0) => t,
+        (a, b) => a.min(b),
+    };
+    total.last_up_us = total.last_up_us.max(r.last_up_us);
     for (k, v) in &r.errors {
         *total.errors.entry(k.clone()).or_default() += v;
     }

@@ -1,5 +1,6 @@
 //! One client connection: connect (from its source address), handshake, wait for the
 //! server's greeting and subscription, then read until told to stop, recording every message.
+//! With `--resume`, a connection that ends reconnects with `since` and goes on reading.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
@@ -31,20 +33,20 @@ pub(crate) async fn run(shared: Arc<Shared>, conn: u64, url: String, gate: Arc<S
         let _permit = gate.acquire().await.map_err(|_| SetupError::GateClosed)?;
         let started = Instant::now();
         shared.setup_started();
-        let ws = tokio::time::timeout(SETUP_TIMEOUT, setup(&shared, conn, &url))
+        let set_up = tokio::time::timeout(SETUP_TIMEOUT, setup(&shared, conn, &url))
             .await
             .map_err(|_| SetupError::Timeout)??;
-        Ok::<_, SetupError>((ws, started.elapsed()))
+        Ok::<_, SetupError>((set_up, started.elapsed()))
     };
-    let ws = tokio::select! {
+    let set_up = tokio::select! {
         r = setup => r,
         _ = shared.end_connect.cancelled() => Err(SetupError::PhaseEnded),
         _ = shared.stop.cancelled() => Err(SetupError::Stopped),
     };
-    let mut ws = match ws {
-        Ok((ws, took)) => {
+    let (mut ws, greeting) = match set_up {
+        Ok((set_up, took)) => {
             shared.record_connect(took);
-            ws
+            set_up
         }
         Err(e) => {
             shared.error(e.to_string());
@@ -54,42 +56,134 @@ pub(crate) async fn run(shared: Arc<Shared>, conn: u64, url: String, gate: Arc<S
         }
     };
     let mut seen = Seen::default();
-    let mut closed = None;
+    let mut resume = Resume::new(shared.plan.resume_channel(conn));
+    resume.greeted(&greeting);
+    let mut attempt = 0;
     loop {
-        let msg = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => break,
-            msg = ws.next() => msg,
-        };
-        match msg {
-            Some(Ok(Message::Text(text))) => receive(&shared, &mut seen, text.as_bytes()),
-            Some(Ok(Message::Binary(data))) => receive(&shared, &mut seen, &data),
-            Some(Ok(Message::Close(frame))) => {
-                closed =
-                    Some(frame.map_or("close without code".to_string(), |f| format!("close {}", f.code)));
-                break;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                closed = Some(format!("read error: {e}"));
-                break;
-            }
-            None => {
-                closed = Some("connection ended".to_string());
-                break;
-            }
+        let Some(reason) = read(&shared, &mut ws, &mut seen, &mut resume).await else { break };
+        if !shared.plan.resume {
+            shared.counters.closed.fetch_add(1, Ordering::Relaxed);
+            shared.error(reason);
+            break;
         }
-    }
-    if let Some(reason) = closed {
-        shared.counters.closed.fetch_add(1, Ordering::Relaxed);
-        shared.error(reason);
+        match reconnect(&shared, conn, &mut attempt, &resume).await {
+            Some((again, greeting)) => {
+                ws = again;
+                if !resume.greeted(&greeting) {
+                    shared.counters.recovery_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => break,
+        }
     }
     // Wait for the published counts, then judge this connection's stream.
     shared.stop.cancelled().await;
     shared.finish(shared.plan.stream_of(conn), &seen);
 }
 
-fn receive(shared: &Shared, seen: &mut Seen, frame: &[u8]) {
+/// Reads and records messages until the worker stops (`None`) or the connection ends (why).
+async fn read(shared: &Shared, ws: &mut Ws, seen: &mut Seen, resume: &mut Resume) -> Option<String> {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return None,
+            msg = ws.next() => msg,
+        };
+        match msg {
+            Some(Ok(Message::Text(text))) => receive(shared, seen, resume, text.as_bytes()),
+            Some(Ok(Message::Binary(data))) => receive(shared, seen, resume, &data),
+            Some(Ok(Message::Close(frame))) => {
+                return Some(frame.map_or("close without code".to_string(), |f| format!("close {}", f.code)));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Some(format!("read error: {e}")),
+            None => return Some("connection ended".to_string()),
+        }
+    }
+}
+
+/// Connects `conn` again after its connection ended, with `since` of the last message it
+/// received, trying the next gateway each time until one takes it or the worker stops.
+async fn reconnect(shared: &Shared, conn: u64, attempt: &mut u64, resume: &Resume) -> Option<(Ws, Value)> {
+    let down = Instant::now();
+    shared.record_down();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        *attempt += 1;
+        let url = resume.url(shared.plan.url_at(conn, *attempt));
+        let tried = tokio::select! {
+            r = tokio::time::timeout(SETUP_TIMEOUT, setup(shared, conn, &url)) => r,
+            _ = shared.stop.cancelled() => return None,
+        };
+        match tried {
+            Ok(Ok(set_up)) => {
+                shared.record_up(down.elapsed());
+                return Some(set_up);
+            }
+            Ok(Err(e)) => shared.error(format!("reconnect: {e}")),
+            Err(_) => shared.error("reconnect: setup timed out".into()),
+        }
+        // Spread the retries of many connections that lost the same gateway.
+        let jitter = Duration::from_millis((conn * 37 + *attempt * 11) % 100);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = shared.stop.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Where a connection stands in its channel with history, to resume from.
+struct Resume {
+    channel: Option<String>,
+    /// The offset of the last message received (or the position the server reported).
+    offset: u64,
+    epoch: Option<String>,
+}
+
+impl Resume {
+    fn new(channel: Option<String>) -> Self {
+        Self { channel, offset: 0, epoch: None }
+    }
+
+    /// Takes the position from a `connected` (or `subscribed`) frame; `false` when the server
+    /// said it could not recover.
+    fn greeted(&mut self, frame: &Value) -> bool {
+        let Some(channel) = &self.channel else { return true };
+        let state = match frame["type"].as_str() {
+            Some("subscribed") => frame,
+            _ => &frame["positions"][channel.as_str()],
+        };
+        let (Some(offset), Some(epoch)) = (state["offset"].as_u64(), state["epoch"].as_str()) else {
+            return true;
+        };
+        let recovered = state["recovered"].as_bool().unwrap_or(true);
+        if !recovered || self.epoch.is_none() {
+            self.offset = offset;
+        }
+        self.epoch = Some(epoch.to_string());
+        recovered
+    }
+
+    /// A message frame: its `offset` leads it (`{"offset":N,`).
+    fn received(&mut self, frame: &[u8]) {
+        if let Some(rest) = frame.strip_prefix(b"{\"offset\":") {
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit());
+            self.offset = digits.fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')));
+        }
+    }
+
+    /// `url` with `since` of this position, once there is one.
+    fn url(&self, url: String) -> String {
+        match (&self.channel, &self.epoch) {
+            (Some(channel), Some(epoch)) => format!("{url}&since={channel}~{}~{epoch}", self.offset),
+            _ => url,
+        }
+    }
+}
+
+fn receive(shared: &Shared, seen: &mut Seen, resume: &mut Resume, frame: &[u8]) {
+    resume.received(frame);
     let Some((seq, sent)) = payload::decode(frame) else {
         shared.counters.other_frames.fetch_add(1, Ordering::Relaxed);
         return;
@@ -105,8 +199,9 @@ fn receive(shared: &Shared, seen: &mut Seen, frame: &[u8]) {
 }
 
 /// TCP connect from the planned source address, WebSocket handshake, and for Herald the
-/// `connected` greeting and, with `--subscribe-with frame`, the subscription.
-async fn setup(shared: &Shared, conn: u64, url: &str) -> Result<Ws, SetupError> {
+/// `connected` greeting and, with `--subscribe-with frame`, the subscription. Returns the
+/// greeting, or the `subscribed` reply when there was one (`null` for nchan).
+async fn setup(shared: &Shared, conn: u64, url: &str) -> Result<(Ws, Value), SetupError> {
     let plan = &shared.plan;
     let request = url.into_client_request().map_err(|e| SetupError::Url(Box::new(e)))?;
     let host = request.uri().host().unwrap_or("127.0.0.1").to_string();
@@ -137,26 +232,26 @@ async fn setup(shared: &Shared, conn: u64, url: &str) -> Result<Ws, SetupError> 
         .await
         .map_err(|e| SetupError::Handshake(Box::new(e)))?;
     if plan.target == Target::Nchan {
-        return Ok(ws);
+        return Ok((ws, Value::Null));
     }
-    expect(&mut ws, "connected").await?;
+    let mut greeting = expect(&mut ws, "connected").await?;
     if let Some(channel) = plan.subscribe_frame(conn) {
         let frame = serde_json::json!({"type": "subscribe", "channel": channel}).to_string();
         ws.send(Message::text(frame)).await.map_err(|e| SetupError::Subscribe(Box::new(e)))?;
-        expect(&mut ws, "subscribed").await?;
+        greeting = expect(&mut ws, "subscribed").await?;
     }
-    Ok(ws)
+    Ok((ws, greeting))
 }
 
 /// Reads the next text frame and checks its `type`.
-async fn expect(ws: &mut Ws, kind: &'static str) -> Result<(), SetupError> {
+async fn expect(ws: &mut Ws, kind: &'static str) -> Result<Value, SetupError> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(text))) => {
-                let frame: serde_json::Value =
+                let frame: Value =
                     serde_json::from_str(&text).map_err(|source| SetupError::BadFrame { kind, source })?;
                 if frame["type"] == kind {
-                    return Ok(());
+                    return Ok(frame);
                 }
                 return Err(SetupError::Unexpected { kind, got: frame["type"].to_string() });
             }
@@ -207,4 +302,35 @@ enum SetupError {
     Read { kind: &'static str, source: Box<tungstenite::Error> },
     #[error("connection ended while waiting for {kind}")]
     Ended { kind: &'static str },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resuming_connection_keeps_the_last_offset_and_the_epoch() {
+        let mut resume = Resume::new(Some("hist:a".into()));
+        assert_eq!(resume.url("ws://g/ws?token=t".into()), "ws://g/ws?token=t", "no position yet");
+        let greeting = serde_json::json!({
+            "type": "connected", "positions": {"hist:a": {"offset": 4, "epoch": "E1"}}
+        });
+        assert!(resume.greeted(&greeting));
+        resume.received(br#"{"offset":5,"type":"message"}"#);
+        resume.received(br#"{"type":"pong"}"#);
+        assert_eq!(resume.url("ws://g/ws?token=t".into()), "ws://g/ws?token=t&since=hist:a~5~E1");
+        // Recovered: the missed messages follow, the position stays until they come.
+        let back = serde_json::json!({
+            "type": "connected", "positions": {"hist:a": {"offset": 9, "epoch": "E1", "recovered": true}}
+        });
+        assert!(resume.greeted(&back));
+        assert_eq!(resume.offset, 5);
+        // Not recovered: the live stream goes on from the server's position.
+        let lost = serde_json::json!({
+            "type": "connected",
+            "positions": {"hist:a": {"offset": 2, "epoch": "E2", "recovered": false, "reason": "epoch_changed"}}
+        });
+        assert!(!resume.greeted(&lost));
+        assert_eq!((resume.offset, resume.epoch.as_deref()), (2, Some("E2")));
+    }
 }

@@ -41,6 +41,12 @@ pub struct Plan {
     pub connect_concurrency: usize,
     /// Longest time a worker lives, whatever happens: the last bound on every loop.
     pub max_runtime: Duration,
+    /// Connections reconnect with `since` when closed (`--resume`).
+    #[serde(default)]
+    pub resume: bool,
+    /// Where reconnects go; empty: `urls`.
+    #[serde(default)]
+    pub reconnect_urls: Vec<String>,
 }
 
 /// One worker's share: connections `first .. first + count`.
@@ -81,6 +87,8 @@ impl Plan {
             per_source_addr,
             connect_concurrency: args.connect_concurrency.max(1),
             max_runtime,
+            resume: args.resume,
+            reconnect_urls: args.reconnect_urls.clone(),
         }
     }
 
@@ -158,9 +166,27 @@ impl Plan {
         }
     }
 
+    /// The channel with history whose position a Herald connection keeps to resume: the one
+    /// it subscribes to, or its personal channel (the inbox). `None` for broadcast.
+    pub fn resume_channel(&self, conn: u64) -> Option<String> {
+        match self.destination(self.stream_of(conn)) {
+            Destination::Channel(channel) => Some(channel),
+            Destination::User(user) => Some(format!("{PERSONAL_NAMESPACE}:{user}")),
+            Destination::Broadcast => None,
+        }
+    }
+
     /// The URL connection `conn` opens, token included.
     pub fn url(&self, conn: u64) -> String {
-        let base = self.urls[(conn % self.urls.len() as u64) as usize].trim_end_matches('/');
+        self.url_at(conn, 0)
+    }
+
+    /// The URL of connection `conn`'s `attempt`-th reconnect: the next gateway of `--url`
+    /// each time, with a fresh token.
+    pub fn url_at(&self, conn: u64, attempt: u64) -> String {
+        let urls =
+            if attempt > 0 && !self.reconnect_urls.is_empty() { &self.reconnect_urls } else { &self.urls };
+        let base = urls[((conn + attempt) % urls.len() as u64) as usize].trim_end_matches('/');
         match self.target {
             Target::Herald => {
                 let token = herald_gateway::mint(&self.jwt_secret, &self.user_of(conn), self.max_runtime * 2)

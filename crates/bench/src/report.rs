@@ -43,6 +43,25 @@ pub struct Report {
     /// above, which are the measured clients' alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flood: Option<FloodReport>,
+    /// What `--resume` connections did after theirs ended, when it was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumes: Option<Resumes>,
+}
+
+/// Reconnects with `since` (`--resume`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Resumes {
+    /// Connections that ended and were connected again.
+    pub reconnects: u64,
+    /// Reconnects the server could not recover (`recovered: false`): their clients would
+    /// reload their state. Whatever they missed shows as loss.
+    pub recovery_failed: u64,
+    /// From a connection's end to its `connected` again; the missed messages follow that
+    /// frame at once.
+    pub latency: Percentiles,
+    /// From the first connection's end to the last one's `connected` again: how long until
+    /// every connection was live.
+    pub all_back_seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -180,6 +199,19 @@ impl Report {
         );
         for (error, n) in &self.errors {
             let _ = writeln!(s, "  error x{n}: {error}");
+        }
+        if let Some(r) = &self.resumes {
+            let _ = writeln!(
+                s,
+                "resumed: {} reconnects ({} not recovered), every connection back {:.2} s after the first \
+                 ended; reconnect p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                r.reconnects,
+                r.recovery_failed,
+                r.all_back_seconds,
+                r.latency.p50_ms,
+                r.latency.p99_ms,
+                r.latency.max_ms,
+            );
         }
         if let Some(flood) = &self.flood {
             flood.human(&mut s);

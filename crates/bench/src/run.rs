@@ -104,6 +104,12 @@ fn check(args: &BenchArgs) -> anyhow::Result<()> {
         "--flood speaks Herald's protocol: only with --target herald"
     );
     anyhow::ensure!(args.flood == 0 || !args.flood_kind.is_empty(), "--flood needs a --flood-kind");
+    anyhow::ensure!(
+        !args.resume
+            || (args.target == crate::args::Target::Herald
+                && args.subscribe_with == crate::args::SubscribeWith::Url),
+        "--resume recovers with `since` in the connect URL: only with --target herald and --subscribe-with url"
+    );
     Ok(())
 }
 
@@ -201,6 +207,17 @@ async fn publish_and_drain(
         let progress = progress.clone();
         async move { publish::run(publisher, &plan2, messages, rate, payload, in_flight, progress).await }
     });
+    let kill = args.kill_pid.map(|pid| {
+        let after = args.kill_after;
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // The fault a storm measures: the process dies without closing its sockets.
+            let killed = tokio::process::Command::new("kill").args(["-9", &pid.to_string()]).status().await;
+            if !killed.is_ok_and(|s| s.success()) {
+                eprintln!("herald bench: could not kill process {pid}");
+            }
+        })
+    });
     let mut tick = tokio::time::interval(TICK);
     let mut deliveries = DeliveryClock::default();
     let outcome = loop {
@@ -211,6 +228,9 @@ async fn publish_and_drain(
         }
         bar.set_position(deliveries.observe(tally));
     };
+    if let Some(kill) = kill {
+        kill.abort();
+    }
     let listeners = plan.listeners_per_stream();
     let expected: u64 = outcome.published.iter().zip(&listeners).map(|(p, l)| p * l).sum();
     bar.set_length(expected.max(1));

@@ -99,6 +99,21 @@ pub struct WorkerReport {
     /// Time to connect, be greeted and subscribed, microseconds.
     pub connect_latency: Vec<(u64, u64)>,
     pub errors: BTreeMap<String, u64>,
+    /// `--resume`: connections that reconnected after their connection ended.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// `--resume`: reconnects whose `since` the server could not recover.
+    #[serde(default)]
+    pub recovery_failed: u64,
+    /// `--resume`: from a connection's end to its `connected` again, microseconds.
+    #[serde(default)]
+    pub reconnect_latency: Vec<(u64, u64)>,
+    /// `--resume`: when the first connection ended and the last one was back, microseconds
+    /// since the Unix epoch (0: none).
+    #[serde(default)]
+    pub first_down_us: u64,
+    #[serde(default)]
+    pub last_up_us: u64,
 }
 
 #[derive(Default)]
@@ -115,6 +130,10 @@ pub(crate) struct Counters {
     reordered: AtomicU64,
     lost: AtomicU64,
     conns_with_loss: AtomicU64,
+    reconnects: AtomicU64,
+    pub recovery_failed: AtomicU64,
+    first_down_us: AtomicU64,
+    last_up_us: AtomicU64,
 }
 
 /// State shared by a worker's connection tasks.
@@ -126,6 +145,7 @@ pub(crate) struct Shared {
     pub end_connect: CancellationToken,
     latency: Mutex<Histogram<u64>>,
     connect_latency: Mutex<Histogram<u64>>,
+    reconnect_latency: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Set just before `stop` is cancelled.
     published: OnceLock<Vec<u64>>,
@@ -140,6 +160,7 @@ impl Shared {
             end_connect: CancellationToken::new(),
             latency: Mutex::new(stats::histogram()),
             connect_latency: Mutex::new(stats::histogram()),
+            reconnect_latency: Mutex::new(stats::histogram()),
             errors: Mutex::default(),
             published: OnceLock::new(),
         }
@@ -167,6 +188,25 @@ impl Shared {
         self.setup_done();
         self.counters.connected.fetch_add(1, Ordering::Relaxed);
         self.connect_latency
+            .lock()
+            .expect("histogram lock")
+            .saturating_record((took.as_micros() as u64).max(1));
+    }
+
+    /// `--resume`: a connection ended and starts reconnecting.
+    pub fn record_down(&self) {
+        let now = crate::payload::now_micros();
+        let _ = self
+            .counters
+            .first_down_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t == 0 || now < t).then_some(now));
+    }
+
+    /// `--resume`: a connection is back (greeted), `took` after it ended.
+    pub fn record_up(&self, took: Duration) {
+        self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.counters.last_up_us.fetch_max(crate::payload::now_micros(), Ordering::Relaxed);
+        self.reconnect_latency
             .lock()
             .expect("histogram lock")
             .saturating_record((took.as_micros() as u64).max(1));
@@ -220,6 +260,11 @@ impl Shared {
             latency: stats::to_buckets(&self.latency.lock().expect("histogram lock")),
             connect_latency: stats::to_buckets(&self.connect_latency.lock().expect("histogram lock")),
             errors: self.errors.lock().expect("errors lock").clone(),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            recovery_failed: c.recovery_failed.load(Ordering::Relaxed),
+            reconnect_latency: stats::to_buckets(&self.reconnect_latency.lock().expect("histogram lock")),
+            first_down_us: c.first_down_us.load(Ordering::Relaxed),
+            last_up_us: c.last_up_us.load(Ordering::Relaxed),
         }
     }
 }

@@ -168,6 +168,31 @@ pub(crate) fn check_since(
     }
 }
 
+/// Whether an acknowledgement of `position` can be taken, given the current top. An empty
+/// epoch stands for the current one.
+pub(crate) fn check_ack(position: &StreamPosition, current: &StreamPosition) -> Result<(), BrokerError> {
+    let refuse = |reason| Err(BrokerError::Unrecoverable { reason, current: current.clone() });
+    if !position.epoch.is_empty() && position.epoch != current.epoch {
+        return refuse(RecoveryFailure::EpochChanged);
+    }
+    if position.offset > current.offset {
+        return refuse(RecoveryFailure::PositionAhead);
+    }
+    Ok(())
+}
+
+/// An inbox at `position` with `acked` of its epoch acknowledged and `oldest` the oldest
+/// offset still kept (`None`: nothing kept). Unread is what a device recovering from the
+/// acknowledged position receives: the kept entries after it.
+pub(crate) fn inbox_status(position: StreamPosition, acked: u64, oldest: Option<u64>) -> InboxStatus {
+    let acked = acked.min(position.offset);
+    let unread = match oldest {
+        Some(oldest) => position.offset - acked.max(oldest.saturating_sub(1)).min(position.offset),
+        None => 0,
+    };
+    InboxStatus { position, acked, unread }
+}
+
 /// Refuses what neither engine could store the same way.
 pub(crate) fn check_publish(payload: &[u8], options: &HistoryOptions) -> Result<(), BrokerError> {
     if payload.len() < 2 || payload[0] != b'{' || payload[1] == b'}' || payload.last() != Some(&b'}') {
@@ -194,7 +219,12 @@ pub(crate) fn check_publish(payload: &[u8], options: &HistoryOptions) -> Result<
 }
 
 pub(crate) fn check_filter(filter: &HistoryFilter) -> Result<(), BrokerError> {
-    if filter.ttl.is_zero() {
+    check_ttl(filter.ttl)
+}
+
+/// The TTL a read gives a history it creates must let it live.
+pub(crate) fn check_ttl(ttl: Duration) -> Result<(), BrokerError> {
+    if ttl.is_zero() {
         return Err(BrokerError::InvalidHistoryRequest("history ttl must be more than zero"));
     }
     Ok(())
@@ -233,6 +263,30 @@ mod tests {
         assert_eq!(check_since(&pos(4, "e"), &top, None), Err(RecoveryFailure::PositionTooOld));
         assert_eq!(check_since(&pos(11, "e"), &top, Some(6)), Err(RecoveryFailure::PositionAhead));
         assert_eq!(check_since(&pos(10, "x"), &top, Some(6)), Err(RecoveryFailure::EpochChanged));
+    }
+
+    #[test]
+    fn unread_counts_the_kept_entries_after_the_acknowledgement() {
+        let unread = |acked, oldest| inbox_status(pos(50, "e"), acked, oldest).unread;
+        assert_eq!(unread(0, Some(1)), 50);
+        assert_eq!(unread(30, Some(1)), 20);
+        assert_eq!(unread(5, Some(11)), 40, "trimmed entries are not unread");
+        assert_eq!(unread(50, Some(1)), 0);
+        assert_eq!(unread(0, None), 0, "nothing kept, nothing to read");
+        assert_eq!(inbox_status(pos(50, "e"), 60, Some(1)).acked, 50, "an ack beyond the top");
+    }
+
+    #[test]
+    fn an_ack_must_be_of_the_epoch_and_within_the_top() {
+        let top = pos(10, "e");
+        assert!(check_ack(&pos(10, "e"), &top).is_ok());
+        assert!(check_ack(&pos(3, ""), &top).is_ok(), "an empty epoch is the current one");
+        let reason = |p| match check_ack(&p, &top) {
+            Err(BrokerError::Unrecoverable { reason, current }) if current == top => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(pos(11, "e")), RecoveryFailure::PositionAhead);
+        assert_eq!(reason(pos(1, "x")), RecoveryFailure::EpochChanged);
     }
 
     #[test]

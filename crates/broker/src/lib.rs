@@ -166,10 +166,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Records that everything up to `position` of `channel` (a personal channel: the
     /// user's inbox) was processed, and returns the acknowledged position now. It never moves
-    /// backwards: an older offset leaves it as it is. Fails with
+    /// backwards: an older offset leaves it as it is. An empty `position.epoch` stands for
+    /// the channel's current one (a client that sent no epoch). Fails with
     /// [`BrokerError::Unrecoverable`] when `position` is of another epoch than the channel's
-    /// (`epoch_changed`) or beyond its top (`position_ahead`). The acknowledgement lives as
-    /// long as the channel's history (`ttl`, renewed by each ack).
+    /// (`epoch_changed`) or beyond its top (`position_ahead`). The acknowledgement belongs to
+    /// the epoch and lives exactly as long as the channel's history: an ack does not renew
+    /// the history, and a history that is lost takes its acknowledgement along. `ttl` is the
+    /// history's, for a channel that has none yet (whose epoch the ack creates, as a read
+    /// does).
     async fn ack(
         &self,
         channel: &ChannelName,

@@ -11,6 +11,7 @@ mod history;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,7 +22,8 @@ use tokio::sync::watch;
 
 use self::history::{Histories, Published};
 use crate::history::{
-    HistoryFilter, HistoryOptions, HistoryResult, PublishResult, check_filter, check_publish,
+    HistoryFilter, HistoryOptions, HistoryResult, InboxStatus, PublishResult, StreamPosition, check_filter,
+    check_publish, check_ttl,
 };
 use crate::{Broker, BrokerError, Confirmation, Delivery, Subscriber};
 
@@ -104,6 +106,21 @@ impl Broker for MemoryBroker {
     ) -> Result<HistoryResult, BrokerError> {
         check_filter(filter)?;
         self.bus.histories.lock().expect("history lock poisoned").read(channel, filter)
+    }
+
+    async fn ack(
+        &self,
+        channel: &ChannelName,
+        position: &StreamPosition,
+        ttl: Duration,
+    ) -> Result<StreamPosition, BrokerError> {
+        check_ttl(ttl)?;
+        self.bus.histories.lock().expect("history lock poisoned").ack(channel, position, ttl)
+    }
+
+    async fn inbox(&self, channel: &ChannelName, ttl: Duration) -> Result<InboxStatus, BrokerError> {
+        check_ttl(ttl)?;
+        Ok(self.bus.histories.lock().expect("history lock poisoned").inbox(channel, ttl))
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {

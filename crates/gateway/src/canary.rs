@@ -10,11 +10,11 @@
 //! exactly when every client of the blip reconnects.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use herald_protocol::{ChannelName, Publication};
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::CANARY_CONN;
@@ -28,13 +28,14 @@ pub(crate) fn channel(node_id: &str) -> ChannelName {
 }
 
 /// Sends canaries every `interval` and sets `healthy` to whether the last one came back
-/// within `timeout`. Runs until `stop` is cancelled.
+/// within `timeout`. Runs until `stop` is cancelled. The readiness it changes is logged by
+/// `crate::lifecycle`, with the other reasons a gateway may not be ready.
 pub(crate) async fn run(
     hub: Hub,
     channel: ChannelName,
     interval: Duration,
     timeout: Duration,
-    healthy: Arc<AtomicBool>,
+    healthy: Arc<watch::Sender<bool>>,
     stop: CancellationToken,
 ) {
     let queue = Arc::new(Writer::new(64, 64 * 1024));
@@ -59,7 +60,7 @@ pub(crate) async fn run(
             joined = hub.join(&channel, handle.clone()).await.is_ok();
             if !joined {
                 hub.leave(&channel, CANARY_CONN);
-                healthy.store(false, Ordering::Relaxed);
+                healthy.send_if_modified(|ok| std::mem::replace(ok, false));
                 continue;
             }
         }
@@ -70,13 +71,7 @@ pub(crate) async fn run(
             Ok(()) = status.changed() => continue,
             _ = stop.cancelled() => break,
         };
-        if ok != healthy.swap(ok, Ordering::Relaxed) {
-            if ok {
-                tracing::info!("delivery canary is back: gateway ready");
-            } else {
-                tracing::warn!(?timeout, "delivery canary did not come back: gateway not ready");
-            }
-        }
+        healthy.send_if_modified(|was| std::mem::replace(was, ok) != ok);
     }
     hub.leave(&channel, CANARY_CONN);
 }

@@ -2,10 +2,11 @@
 //! Building one starts nothing; [`crate::serve`] runs it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use herald_broker::Broker;
 use herald_protocol::{ConfigError, ConnectionObserver, Namespaces, NoObserver};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,8 +40,9 @@ pub(crate) struct Inner {
     /// Handshakes in progress, bounded by `gateway.max_handshakes`.
     handshakes: AtomicUsize,
     pub(crate) metrics: Arc<GatewayMetrics>,
-    /// Whether the last delivery canary came back in time.
-    pub(crate) canary_ok: Arc<AtomicBool>,
+    /// Whether the last delivery canary came back in time; a watch, so that readiness
+    /// changes are logged when they happen.
+    pub(crate) canary_ok: Arc<watch::Sender<bool>>,
     /// Cancelled when the gateway shuts down; every connection closes with 1012.
     pub(crate) shutdown: CancellationToken,
     /// Handshake and connection tasks and the background tasks (canary, sweeper), so
@@ -76,7 +78,7 @@ impl Gateway {
         let node_id = format!("{:08x}", rand_u32());
         let metrics = Arc::new(GatewayMetrics::default());
         let hub = Hub::new(broker, metrics.clone());
-        let canary_ok = Arc::new(AtomicBool::new(false));
+        let canary_ok = Arc::new(watch::Sender::new(false));
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);
         let registry = Arc::new(Registry::new());
@@ -119,9 +121,20 @@ impl Gateway {
     /// Whether the node delivers: its broker subscriptions are live, its last delivery canary
     /// came back in time, and it is not shutting down.
     pub fn is_ready(&self) -> bool {
-        !self.shared.shutdown.is_cancelled()
-            && *self.shared.hub.subscriber().status().borrow()
-            && self.shared.canary_ok.load(Ordering::Relaxed)
+        self.readiness().is_ok()
+    }
+
+    /// As [`Gateway::is_ready`], saying why not.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if self.shared.shutdown.is_cancelled() {
+            Err(NotReady::ShuttingDown)
+        } else if !*self.shared.hub.subscriber().status().borrow() {
+            Err(NotReady::BrokerUnavailable)
+        } else if !*self.shared.canary_ok.borrow() {
+            Err(NotReady::CanaryLate)
+        } else {
+            Ok(())
+        }
     }
 
     /// Starts draining: `/readyz` turns 503 and the connections close with 1012 one after
@@ -139,6 +152,22 @@ impl Gateway {
         metrics.ready.set(i64::from(self.is_ready()));
         metrics.encode(format)
     }
+}
+
+/// Why a gateway is not ready: what `/readyz` answers with its 503 and the logs say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// It is draining and takes no new connections.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// Its broker (Redis Pub/Sub) subscriptions are down or being restored: messages would
+    /// not reach it.
+    #[error("broker unavailable: the node's subscriptions are not live")]
+    BrokerUnavailable,
+    /// Its delivery canary has not come back within `gateway.canary_timeout` (the first one
+    /// just after start, or the last one): the broker accepts but does not deliver.
+    #[error("delivery canary did not come back within gateway.canary_timeout")]
+    CanaryLate,
 }
 
 impl Inner {

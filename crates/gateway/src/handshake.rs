@@ -24,7 +24,7 @@ use crate::policy;
 /// Longest request head accepted.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Most request headers accepted.
-const MAX_HEADERS: usize = 48;
+pub(crate) const MAX_HEADERS: usize = 48;
 /// How long writing a refusal may take.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -52,6 +52,14 @@ pub struct RequestHead {
     /// How many `Authorization` headers the request has: more than one is refused, since
     /// which of them counts would be a guess.
     pub authorizations: usize,
+    /// The HTTP minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Whether the client keeps the connection open after the answer: in HTTP/1.1 unless it
+    /// sent `Connection: close`, in HTTP/1.0 only if it sent `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// Whether a body follows the head: a `Content-Length` other than 0, or any
+    /// `Transfer-Encoding`.
+    pub has_body: bool,
 }
 
 /// Why a request head was not read.
@@ -93,9 +101,20 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
         key: None,
         authorization: None,
         authorizations: 0,
+        minor_version: request.version.unwrap_or(1),
+        keep_alive: false,
+        has_body: false,
     };
     for header in request.headers.iter() {
         let slot = match header.name.to_ascii_lowercase().as_str() {
+            "content-length" => {
+                head.has_body |= header.value.trim_ascii() != b"0";
+                continue;
+            }
+            "transfer-encoding" => {
+                head.has_body = true;
+                continue;
+            }
             "upgrade" => &mut head.upgrade,
             "connection" => &mut head.connection,
             "sec-websocket-version" => &mut head.version,
@@ -108,18 +127,30 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
         };
         *slot = std::str::from_utf8(header.value).ok().map(|v| v.trim().to_string());
     }
+    head.keep_alive = if head.minor_version == 0 {
+        has_token(&head.connection, "keep-alive")
+    } else {
+        !has_token(&head.connection, "close")
+    };
     Ok(Some(head))
 }
 
-/// Reads until the request head is complete (at most [`MAX_HEAD`] bytes) and parses it.
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn has_token(value: &Option<String>, token: &str) -> bool {
+    value.as_deref().is_some_and(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Reads until the request head at the start of `buf` is complete (at most [`MAX_HEAD`]
+/// bytes) and parses it. Bytes already in `buf` (a pipelined request) are parsed before
+/// anything is read.
 pub(crate) async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<RequestHead, HeadError> {
     loop {
+        if let Some(head) = parse_request_head(buf)? {
+            return Ok(head);
+        }
         let read = stream.read_buf(buf).await.map_err(|_| HeadError::Closed)?;
         if read == 0 {
             return Err(HeadError::Closed);
-        }
-        if let Some(head) = parse_request_head(buf)? {
-            return Ok(head);
         }
     }
 }
@@ -142,12 +173,9 @@ pub(crate) fn check(
     head: &RequestHead,
     leftover: Vec<u8>,
 ) -> Result<(Identity, Upgrade), policy::Denied> {
-    let has = |value: &Option<String>, token: &str| {
-        value.as_deref().is_some_and(|v| v.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
-    };
     if head.method != "GET"
-        || !has(&head.upgrade, "websocket")
-        || !has(&head.connection, "upgrade")
+        || !has_token(&head.upgrade, "websocket")
+        || !has_token(&head.connection, "upgrade")
         || head.version.as_deref() != Some("13")
     {
         return Err((
@@ -185,8 +213,8 @@ pub(crate) fn check(
             config.max_subscriptions,
         )?,
     };
-    if !gateway.is_ready() {
-        return Err((ErrorCode::Unavailable, "gateway not ready: broker unavailable, retry later".into()));
+    if let Err(reason) = gateway.readiness() {
+        return Err((ErrorCode::Unavailable, format!("gateway not ready: {reason}, retry later")));
     }
     let ws = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_size)
@@ -255,6 +283,19 @@ mod tests {
         assert_eq!(head.authorization.as_deref(), Some("Bearer abc"));
         assert_eq!(head.authorizations, 1);
         assert_eq!(&request[head.len..], b"frames");
+    }
+
+    #[test]
+    fn keep_alive_and_bodies_follow_the_version_and_headers() {
+        let head = |raw: &[u8]| parse_request_head(raw).unwrap().unwrap();
+        let keep = |raw: &[u8]| head(raw).keep_alive;
+        assert!(keep(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        assert!(!head(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").has_body);
+        assert!(head(b"GET / HTTP/1.1\r\nContent-Length: 1\r\n\r\n").has_body);
+        assert!(head(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").has_body);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Layout, from the wire inwards:
 //! - [`server`]: the accept loop ([`serve`]), which also starts and awaits the background
-//!   tasks, and `/livez`, `/readyz`, `/metrics` through hyper (`prefixed` replays the bytes
-//!   read to route a request).
+//!   tasks; [`http`]: `/livez`, `/readyz`, `/metrics` through the router, several requests
+//!   per connection (keep-alive, bounded), any of which may be the upgrade to `/ws`;
+//!   `lifecycle`: readiness changes and the drain, in the logs.
 //! - [`handshake`]: the HTTP request head of `GET /ws` ([`handshake::parse_request_head`]),
 //!   its checks (token, channels, readiness), the `101` answer and the HTTP refusals.
 //! - `connection`: one task per socket: client frames in (held to the frame rate limit of
@@ -39,10 +40,11 @@ mod demo;
 pub mod gateway;
 pub mod handshake;
 mod heartbeat;
+pub mod http;
 pub mod hub;
+mod lifecycle;
 pub mod metrics;
 pub mod policy;
-mod prefixed;
 mod queue;
 mod rate;
 pub mod registry;
@@ -55,7 +57,7 @@ pub mod writer;
 pub use auth::{TokenVerifier, mint};
 pub use close::CloseReason;
 pub use config::{AuthConfig, GatewayConfig};
-pub use gateway::Gateway;
+pub use gateway::{Gateway, NotReady};
 pub use herald_api_common::metrics::Format as MetricsFormat;
 /// The seam presence implements, defined in `herald-protocol` so presence need not depend on
 /// the gateway; re-exported for the gateway's callers.

@@ -4,11 +4,12 @@
 //! `/ws` is checked and upgraded there, and the same task then serves the open connection.
 //! Connecting is the gateway's most frequent costly operation (every deploy and network blip
 //! reconnects everyone), and this keeps it to one task, one read and one write per client.
-//! Every other path is served by hyper and the router of [`Gateway::router`].
+//! Every other path is answered by the router of [`Gateway::router`], with keep-alive, and a
+//! later request on the same connection may still be the upgrade ([`crate::http`]).
 //!
-//! [`serve`] owns every task of the gateway: connections, the delivery canary, the sweeper
-//! and the broker subscription's background task. It starts them, and at shutdown waits for
-//! them to end.
+//! [`serve`] owns every task of the gateway: connections, the delivery canary, the sweeper,
+//! the readiness log and the broker subscription's background task. It starts them, and at
+//! shutdown waits for them to end.
 
 use std::future::Future;
 use std::io;
@@ -22,8 +23,6 @@ use axum::routing::get;
 use futures_util::FutureExt;
 use futures_util::future::Either;
 use herald_protocol::ErrorCode;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
@@ -32,10 +31,9 @@ use crate::canary;
 use crate::connection::Connection;
 use crate::demo;
 use crate::gateway::{Gateway, HandshakeSlot};
-use crate::handshake::{self, HeadError};
-use crate::prefixed::Prefixed;
+use crate::handshake;
 use crate::socket::WebSocket;
-use crate::sweeper;
+use crate::{http, lifecycle, sweeper};
 
 impl Gateway {
     /// The routes besides `/ws`: `GET /livez`, `GET /readyz`, `GET /metrics`, and with
@@ -69,7 +67,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let shared = gateway.shared().clone();
     let token = shared.shutdown.clone();
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    tracing::debug!(addr = %listener.local_addr()?, "gateway listening");
     if shared.config.demo {
         tracing::warn!("{}", demo::WARNING);
     }
@@ -89,6 +87,7 @@ pub async fn serve(
         shared.config.clone(),
         token.clone(),
     ));
+    shared.tasks.spawn(lifecycle::log_readiness(gateway.clone()));
     let stop = token.clone();
     let signal = tokio::spawn(async move {
         shutdown.await;
@@ -121,7 +120,7 @@ pub async fn serve(
     drop(listener);
     signal.abort();
     shared.tasks.close();
-    shared.tasks.wait().await;
+    lifecycle::log_drain(&gateway, shared.tasks.wait()).await;
     gateway.hub().subscriber().close();
     if let Some(node) = node {
         let _ = node.await;
@@ -136,10 +135,9 @@ fn nodelay_inherited(listener: &tokio::net::TcpListener) -> bool {
 }
 
 async fn ready(State(gateway): State<Gateway>) -> Response {
-    if gateway.is_ready() {
-        "ready".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: broker subscriptions are not live").into_response()
+    match gateway.readiness() {
+        Ok(()) => "ready".into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")).into_response(),
     }
 }
 
@@ -164,9 +162,9 @@ fn handle(
     })
 }
 
-/// Reads the request head and routes it: `/ws` is upgraded here, anything else goes to hyper.
-/// Returns an opened connection, to be served, and the token that keeps shutdown waiting
-/// for it.
+/// Reads the request heads and routes them: plain requests are answered by `router`
+/// ([`http::serve`]), `/ws` is upgraded here. Returns an opened connection, to be served, and
+/// the token that keeps shutdown waiting for it.
 async fn open(
     gateway: Gateway,
     router: Router,
@@ -181,27 +179,9 @@ async fn open(
         return None;
     };
     let mut buf = Vec::with_capacity(1024);
-    let read = Box::pin(handshake::read_head(&mut stream, &mut buf));
-    let head = match tokio::time::timeout(shared.config.handshake_timeout, read).await {
-        Ok(Ok(head)) => head,
-        Ok(Err(HeadError::Closed)) => return None,
-        Err(_) => {
-            shared.metrics.limit_hit("handshake_timeout");
-            return None;
-        }
-        Ok(Err(e)) => {
-            handshake::refuse(&mut stream, ErrorCode::MalformedFrame, &e.to_string()).await;
-            return None;
-        }
-    };
-    if head.path != "/ws" {
-        // Shutdown does not wait for health checks and scrapes on keep-alive connections,
-        // and they hold no handshake slot.
-        drop((tracked, slot));
-        // Boxed, so that every handshake does not carry an HTTP/1 connection's state.
-        Box::pin(serve_http(router, Prefixed { prefix: buf, at: 0, inner: stream })).await;
-        return None;
-    }
+    // Boxed, so that a connection's task does not carry room for plain requests' answers.
+    let (head, slot) = Box::pin(http::serve(&gateway, &router, &mut stream, &mut buf, slot)).await?;
+    drop(router);
     let leftover = buf.split_off(head.len);
     let checked = handshake::check(&gateway, &head, leftover);
     // Freed before waiting for the broker: a connection keeps only what it needs.
@@ -219,13 +199,6 @@ async fn open(
             None
         }
     }
-}
-
-/// Serves plain HTTP requests (health checks, metrics) on a connection whose first request
-/// head was already read.
-async fn serve_http(router: Router, stream: Prefixed) {
-    let service = TowerToHyperService::new(router);
-    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
 }
 
 #[cfg(test)]

@@ -62,6 +62,27 @@ impl Default for LogConfig {
     }
 }
 
+impl LogConfig {
+    /// Reads only `[log]` from the same layers as [`Config::load`], skipping a file that does
+    /// not exist. It is read first, so that every later problem, a missing file or a bad value
+    /// anywhere else in the configuration included, is logged in the configured format. Fails
+    /// only when `[log]` itself is bad or the file is not TOML.
+    pub fn load(file: Option<&Path>) -> Result<Self, LoadError> {
+        /// The configuration with every section but `[log]` ignored.
+        #[derive(Deserialize)]
+        struct LogOnly {
+            #[serde(default)]
+            log: LogConfig,
+        }
+        let mut figment = Figment::new();
+        if let Some(path) = file.filter(|path| path.exists()) {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let only: LogOnly = figment.merge(env()).extract().map_err(|e| LoadError(describe(e)))?;
+        Ok(only.log)
+    }
+}
+
 impl Config {
     /// Loads the layered configuration. Errors name the offending key (`gateway.listen`) and
     /// where its value came from.
@@ -74,10 +95,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        // Only `HERALD_<SECTION>__<KEY>` variables are configuration; others that share the
-        // prefix (`HERALD_CONFIG_FILE`) are not.
-        let env = Env::prefixed("HERALD_").filter(|key| key.as_str().contains("__")).split("__");
-        figment.merge(env).extract().map_err(|e| LoadError(describe(e)))
+        figment.merge(env()).extract().map_err(|e| LoadError(describe(e)))
     }
 
     /// Checks the sections the gateway role needs.
@@ -118,6 +136,12 @@ impl Config {
         self.publisher.validate()?;
         self.validate_channels()
     }
+}
+
+/// The `HERALD_<SECTION>__<KEY>` variables. Others that share the prefix
+/// (`HERALD_CONFIG_FILE`) are not configuration.
+fn env() -> Env {
+    Env::prefixed("HERALD_").filter(|key| key.as_str().contains("__")).split("__")
 }
 
 /// Why the configuration could not be loaded: every problem found, each naming its key.

@@ -1,11 +1,14 @@
 //! `herald`: one binary for every role.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herald::{Config, roles, telemetry};
+use herald::config::LogConfig;
+use herald::lifecycle::{self, Role};
+use herald::{Config, telemetry};
 
 /// jemalloc instead of the system allocator; see the `jemalloc` feature.
 #[cfg(feature = "jemalloc")]
@@ -45,65 +48,42 @@ enum Command {
     Bench(Box<herald_bench::BenchArgs>),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Bench(args) = cli.command {
-        return herald_bench::run(*args);
-    }
-    let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
-    if let Command::Token { user, ttl } = &cli.command {
-        config.auth.validate()?;
-        println!("{}", herald_gateway::mint(&config.auth.jwt_secret, user, *ttl)?);
-        return Ok(());
-    }
-    telemetry::init(&config.log)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        runtime.worker_threads(config.runtime.worker_threads);
-    }
-    let runtime = runtime.enable_all().build()?;
-    let role = async move {
-        match cli.command {
-            Command::Standalone => roles::standalone(config, shutdown_signal()).await,
-            Command::Gateway => roles::gateway(config, shutdown_signal()).await,
-            Command::PublisherApi => roles::publisher(config, shutdown_signal()).await,
-            Command::Presence => roles::presence(config, shutdown_signal()).await,
-            Command::Token { .. } | Command::Bench(_) => unreachable!("handled above"),
+    let file = cli.config.as_deref();
+    let role = match cli.command {
+        Command::Standalone => Role::Standalone,
+        Command::Gateway => Role::Gateway,
+        Command::PublisherApi => Role::PublisherApi,
+        Command::Presence => Role::Presence,
+        // Tools for people at a terminal: their errors are plain text.
+        Command::Bench(args) => return tool(herald_bench::run(*args)),
+        Command::Token { user, ttl } => {
+            return tool((|| {
+                let config = Config::load(file).context("invalid configuration")?;
+                config.auth.validate()?;
+                println!("{}", herald_gateway::mint(&config.auth.jwt_secret, &user, ttl)?);
+                Ok(())
+            })());
         }
     };
-    // The role runs on a worker thread, not on this one: `block_on` polls its future outside
-    // the worker pool, so every accepted connection would wake this thread and then, to be
-    // spawned, a worker. On a worker, a connection's task starts on the thread that accepted it.
-    let result = runtime.block_on(async move {
-        match tokio::spawn(role).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(anyhow::anyhow!("the role's task was cancelled: {e}")),
-        }
-    });
-    if let Err(e) = &result {
-        tracing::error!(error = format!("{e:#}"), "herald stopped");
+    // The log configuration first, so that whatever goes wrong next is logged as configured.
+    // When it is what is wrong, plain text is all there is.
+    let logging = LogConfig::load(file).map_err(|e| e.to_string());
+    if let Err(e) = logging.and_then(|log| telemetry::init(&log).map_err(|e| e.to_string())) {
+        eprintln!("herald: the log configuration is invalid, so this is plain text: {e}");
+        return ExitCode::FAILURE;
     }
-    result
+    lifecycle::run(role, file)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// The exit of a command run at a terminal: its error, if any, on standard error.
+fn tool(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
-    tracing::info!("shutdown signal received");
 }

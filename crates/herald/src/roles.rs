@@ -1,5 +1,5 @@
-//! The roles the `herald` binary runs. Each binds its listeners, serves until `shutdown`
-//! resolves and then drains.
+//! The roles the `herald` binary runs. Each binds its listeners, logs `herald started` with
+//! their addresses, serves until `shutdown` resolves and then drains.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
+/// The version in `herald started`, as `herald_build_info` has it.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Gateway, publisher API and presence in one process on the in-memory engines: no Redis needed.
 pub async fn standalone(
     config: Config,
@@ -24,7 +27,6 @@ pub async fn standalone(
     config.validate_publisher()?;
     config.validate_presence()?;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    tracing::info!("standalone mode: gateway, publisher API and presence on the in-memory engines");
     run_both(config, broker, shutdown).await
 }
 
@@ -50,6 +52,13 @@ pub async fn gateway(
         None => Arc::new(NoObserver),
     };
     let gateway = Gateway::with_observer(config.gateway, &config.auth, config.namespaces, broker, observer)?;
+    tracing::info!(
+        role = "gateway",
+        version = VERSION,
+        engine = "redis",
+        gateway.listen = %listener.local_addr()?,
+        "herald started"
+    );
     let served = herald_gateway::serve(gateway, listener, shutdown).await;
     if let Some(reporter) = reporter {
         reporter.shutdown().await;
@@ -71,6 +80,14 @@ pub async fn presence(
     let grpc = bind(config.presence.grpc_listen, "presence.grpc_listen").await?;
     let keys = config.presence_keys();
     let api = PresenceApi::new(config.presence, &keys, config.namespaces, Arc::new(store), broker)?;
+    tracing::info!(
+        role = "presence",
+        version = VERSION,
+        engine = "redis",
+        presence.http_listen = %http.local_addr()?,
+        presence.grpc_listen = %grpc.local_addr()?,
+        "herald started"
+    );
     herald_presence::serve(api, http, grpc, shutdown).await?;
     Ok(())
 }
@@ -85,6 +102,14 @@ pub async fn publisher(
     let http = bind(config.publisher.http_listen, "publisher.http_listen").await?;
     let grpc = bind(config.publisher.grpc_listen, "publisher.grpc_listen").await?;
     let api = PublisherApi::new(config.publisher, config.namespaces, broker);
+    tracing::info!(
+        role = "publisher-api",
+        version = VERSION,
+        engine = "redis",
+        publisher.http_listen = %http.local_addr()?,
+        publisher.grpc_listen = %grpc.local_addr()?,
+        "herald started"
+    );
     herald_publisher_api::serve(api, http, grpc, shutdown).await?;
     Ok(())
 }
@@ -113,6 +138,17 @@ async fn run_both(
         Arc::new(reporter.clone()),
     )?;
     let api = PublisherApi::new(config.publisher, config.namespaces, broker);
+    tracing::info!(
+        role = "standalone",
+        version = VERSION,
+        engine = "memory",
+        gateway.listen = %gateway_listener.local_addr()?,
+        publisher.http_listen = %http.local_addr()?,
+        publisher.grpc_listen = %grpc.local_addr()?,
+        presence.http_listen = %presence_http.local_addr()?,
+        presence.grpc_listen = %presence_grpc.local_addr()?,
+        "herald started"
+    );
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     tokio::spawn(async move {

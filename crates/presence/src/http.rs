@@ -157,7 +157,7 @@ async fn livez() -> Json<Status> {
 
 /// Ready while the store answers.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.service.ping().await {
+    match shared.probe().await {
         Ok(()) => Json(Status { status: "ready" }).into_response(),
         Err(e) => e.into_response(),
     }

@@ -63,6 +63,18 @@ pub use store::{MemoryStore, PresenceStore, RedisStore, StoreError};
 pub(crate) struct Shared {
     service: PresenceService,
     keys: herald_api_common::auth::ApiKeys,
+    /// Logs readiness changes seen by `/readyz` and gRPC health.
+    readiness: herald_api_common::ReadinessLog,
+}
+
+impl Shared {
+    /// Pings the store, as `/readyz` and gRPC health do, and logs a change of readiness.
+    /// The store is pinged directly, not through the service, whose errors are each logged.
+    async fn probe(&self) -> Result<(), ApiError> {
+        let outcome = self.service.store().ping().await;
+        self.readiness.observe(&outcome);
+        outcome.map_err(ApiError::Unavailable)
+    }
 }
 
 /// The presence API, ready to be served. Cheap to clone.
@@ -84,7 +96,11 @@ impl PresenceApi {
     ) -> Result<Self, ConfigError> {
         let service = PresenceService::new(config, namespaces, store, broker)?;
         Ok(Self {
-            shared: Arc::new(Shared { service, keys: herald_api_common::auth::ApiKeys::new(api_keys) }),
+            shared: Arc::new(Shared {
+                service,
+                keys: herald_api_common::auth::ApiKeys::new(api_keys),
+                readiness: herald_api_common::ReadinessLog::new("presence"),
+            }),
         })
     }
 
@@ -101,11 +117,12 @@ impl PresenceApi {
     }
 
     /// Whether the store answers a ping, as `GET /readyz` asks; what gRPC health reports.
+    /// Changes are logged.
     pub fn readiness(&self) -> herald_api_common::grpc::Probe {
-        let service = self.shared.service.clone();
+        let shared = self.shared.clone();
         Arc::new(move || {
-            let service = service.clone();
-            Box::pin(async move { service.ping().await.is_ok() })
+            let shared = shared.clone();
+            Box::pin(async move { shared.probe().await.is_ok() })
         })
     }
 }

@@ -21,7 +21,7 @@ pub async fn serve(
     let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
     let stop = CancellationToken::new();
     let sweeper = tokio::spawn(api.service().clone().run_sweeper(stop.clone()));
-    tracing::info!(http = %http_addr, grpc = %grpc_addr, store = api.service().store().name(), "presence listening");
+    tracing::debug!(http = %http_addr, grpc = %grpc_addr, store = api.service().store().name(), "presence listening");
     let served = herald_api_common::serve_http_and_grpc(
         "presence",
         (http, api.http_router()),
@@ -33,6 +33,7 @@ pub async fn serve(
                 api.readiness(),
             ),
         ),
+        api.readiness(),
         stop,
         shutdown,
     )

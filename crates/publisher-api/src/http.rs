@@ -267,13 +267,9 @@ async fn livez() -> Json<Status> {
 
 /// Readiness: the broker accepts commands, so publishing would work right now.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let broker = shared.service.broker();
-    match broker.ping().await {
+    match shared.probe().await {
         Ok(()) => Json(Status { status: "ready" }).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, engine = broker.name(), "not ready: broker ping failed");
-            ApiError::Unavailable(e).into_response()
-        }
+        Err(e) => ApiError::Unavailable(e).into_response(),
     }
 }
 

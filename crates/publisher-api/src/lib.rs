@@ -61,6 +61,17 @@ pub(crate) struct Shared {
     keys: herald_api_common::auth::ApiKeys,
     limits: limits::Limits,
     metrics: metrics::PublisherMetrics,
+    /// Logs readiness changes seen by `/readyz` and gRPC health.
+    readiness: herald_api_common::ReadinessLog,
+}
+
+impl Shared {
+    /// Pings the broker, as `/readyz` and gRPC health do, and logs a change of readiness.
+    async fn probe(&self) -> Result<(), herald_broker::BrokerError> {
+        let outcome = self.service.broker().ping().await;
+        self.readiness.observe(&outcome);
+        outcome
+    }
 }
 
 /// The publisher API, ready to be served. Cheap to clone: clones share one state.
@@ -81,6 +92,7 @@ impl PublisherApi {
             keys: herald_api_common::auth::ApiKeys::new(&config.api_keys),
             limits,
             metrics,
+            readiness: herald_api_common::ReadinessLog::new("publisher-api"),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -103,11 +115,12 @@ impl PublisherApi {
     }
 
     /// Whether the broker answers a ping, as `GET /readyz` asks; what gRPC health reports.
+    /// Changes are logged.
     pub fn readiness(&self) -> herald_api_common::grpc::Probe {
-        let broker = self.shared.service.broker().clone();
+        let shared = self.shared.clone();
         Arc::new(move || {
-            let broker = broker.clone();
-            Box::pin(async move { broker.ping().await.is_ok() })
+            let shared = shared.clone();
+            Box::pin(async move { shared.probe().await.is_ok() })
         })
     }
 

@@ -22,9 +22,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
-    tracing::info!(http = %http_addr, grpc = %grpc_addr, engine = api.broker_name(), "publisher api listening");
+    tracing::debug!(http = %http_addr, grpc = %grpc_addr, engine = api.broker_name(), "publisher api listening");
     herald_api_common::serve_http_and_grpc(
-        "publisher api",
+        "publisher-api",
         (http, api.http_router()),
         (
             grpc,
@@ -34,6 +34,7 @@ pub async fn serve(
                 api.readiness(),
             ),
         ),
+        api.readiness(),
         CancellationToken::new(),
         shutdown,
     )

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use super::{WAIT, ch, node, until_marker};
 use crate::history::frame_at;
 use crate::{
-    Broker, BrokerError, HistoryFilter, HistoryOptions, HistoryResult, PublishResult, RecoveryFailure,
-    StreamPosition,
+    Broker, BrokerError, HistoryFilter, HistoryOptions, HistoryResult, InboxStatus, PublishResult,
+    RecoveryFailure, StreamPosition,
 };
 
 /// Runs every history check against `broker`; channel names are made unique with `tag`.
@@ -24,6 +24,10 @@ pub async fn run_history(broker: Arc<dyn Broker>, tag: &str) {
     a_read_before_the_first_publish_fixes_the_epoch(&broker, tag).await;
     expiry_starts_a_new_epoch(&broker, tag).await;
     requests_the_engines_cannot_serve_are_refused(&broker, tag).await;
+    an_inbox_counts_what_is_not_acknowledged(&broker, tag).await;
+    acknowledgements_are_refused_beyond_the_top_or_epoch(&broker, tag).await;
+    an_inbox_read_before_the_first_publish_fixes_the_epoch(&broker, tag).await;
+    an_expired_inbox_forgets_its_acknowledgement(&broker, tag).await;
 }
 
 /// History options keeping `size` messages for a minute.
@@ -252,4 +256,110 @@ pub async fn requests_the_engines_cannot_serve_are_refused(broker: &Arc<dyn Brok
     assert!(refused(broker.publish_with_history(&room, "m", payload(1), &long_key).await));
     let history = broker.history(&room, &filter(None, None, false)).await.unwrap();
     assert_eq!(history.position.offset, 0, "a refused publish was stored");
+}
+
+/// The TTL the inbox checks give a channel they create.
+const INBOX_TTL: Duration = Duration::from_secs(60);
+
+/// An inbox counts the kept messages after the acknowledged position, which all devices
+/// share and which never moves backwards; a read since it returns exactly those messages,
+/// and what the size bound trimmed is not counted.
+pub async fn an_inbox_counts_what_is_not_acknowledged(broker: &Arc<dyn Broker>, tag: &str) {
+    let name = format!("user:inbox-{tag}");
+    let inbox = ch(&name);
+    let last = publish_n(broker, &name, 50, &options(1000)).await;
+    let at = |offset| StreamPosition { offset, epoch: last.epoch.clone() };
+    let status = broker.inbox(&inbox, INBOX_TTL).await.unwrap();
+    assert_eq!(status, InboxStatus { position: at(50), acked: 0, unread: 50 });
+
+    assert_eq!(broker.ack(&inbox, &at(30), INBOX_TTL).await.unwrap(), at(30));
+    let status = broker.inbox(&inbox, INBOX_TTL).await.unwrap();
+    assert_eq!(status, InboxStatus { position: at(50), acked: 30, unread: 20 });
+    let unread = broker.history(&inbox, &filter(Some(at(status.acked)), None, false)).await.unwrap();
+    assert_eq!(offsets(&unread), (31..=50).collect::<Vec<u64>>(), "not exactly the unread messages");
+
+    assert_eq!(broker.ack(&inbox, &at(10), INBOX_TTL).await.unwrap(), at(30), "the ack moved backwards");
+    let no_epoch = StreamPosition { offset: 35, epoch: String::new() };
+    assert_eq!(broker.ack(&inbox, &no_epoch, INBOX_TTL).await.unwrap(), at(35), "no epoch: the current one");
+
+    // 50 published with a size of 40: 11..=50 are kept; acknowledged up to 35, 15 are left.
+    let trimmed_name = format!("user:inbox-trimmed-{tag}");
+    let trimmed = ch(&trimmed_name);
+    let last = publish_n(broker, &trimmed_name, 50, &options(40)).await;
+    let at = |offset| StreamPosition { offset, epoch: last.epoch.clone() };
+    assert_eq!(broker.inbox(&trimmed, INBOX_TTL).await.unwrap().unread, 40, "trimmed messages counted");
+    broker.ack(&trimmed, &at(5), INBOX_TTL).await.unwrap();
+    assert_eq!(broker.inbox(&trimmed, INBOX_TTL).await.unwrap().unread, 40);
+    broker.ack(&trimmed, &at(35), INBOX_TTL).await.unwrap();
+    assert_eq!(broker.inbox(&trimmed, INBOX_TTL).await.unwrap().unread, 15);
+}
+
+/// An acknowledgement of another epoch or beyond the top is refused with the reason and the
+/// current top, and leaves the acknowledged position as it was.
+pub async fn acknowledgements_are_refused_beyond_the_top_or_epoch(broker: &Arc<dyn Broker>, tag: &str) {
+    let name = format!("user:ack-refused-{tag}");
+    let inbox = ch(&name);
+    let last = publish_n(broker, &name, 5, &options(100)).await;
+    let current = StreamPosition { offset: 5, epoch: last.epoch.clone() };
+    broker.ack(&inbox, &StreamPosition { offset: 2, epoch: last.epoch.clone() }, INBOX_TTL).await.unwrap();
+    for (position, reason) in [
+        (StreamPosition { offset: 6, epoch: last.epoch.clone() }, RecoveryFailure::PositionAhead),
+        (StreamPosition { offset: 6, epoch: String::new() }, RecoveryFailure::PositionAhead),
+        (StreamPosition { offset: 3, epoch: format!("{}x", last.epoch) }, RecoveryFailure::EpochChanged),
+    ] {
+        match broker.ack(&inbox, &position, INBOX_TTL).await {
+            Err(BrokerError::Unrecoverable { reason: got, current: now }) => {
+                assert_eq!((got, &now), (reason, &current), "ack of {position:?}");
+            }
+            other => panic!("ack of {position:?}: expected {reason}, got {other:?}"),
+        }
+    }
+    assert_eq!(broker.inbox(&inbox, INBOX_TTL).await.unwrap().acked, 2, "a refused ack moved it");
+}
+
+/// Reading the inbox of a user who never got anything fixes its epoch, so a device that took
+/// its position then recovers the first notification; acknowledging offset 0 there is fine.
+pub async fn an_inbox_read_before_the_first_publish_fixes_the_epoch(broker: &Arc<dyn Broker>, tag: &str) {
+    let name = format!("user:inbox-fresh-{tag}");
+    let inbox = ch(&name);
+    let before = broker.inbox(&inbox, INBOX_TTL).await.unwrap();
+    assert_eq!((before.position.offset, before.acked, before.unread), (0, 0, 0));
+    assert_eq!(broker.ack(&inbox, &before.position, INBOX_TTL).await.unwrap(), before.position);
+    let first = publish_n(broker, &name, 1, &options(10)).await;
+    assert_eq!(first.epoch, before.position.epoch, "the first publish began another epoch");
+    assert_eq!(broker.inbox(&inbox, INBOX_TTL).await.unwrap().unread, 1);
+    let acked_fresh = format!("user:ack-fresh-{tag}");
+    let nothing = StreamPosition { offset: 0, epoch: String::new() };
+    let fresh = broker.ack(&ch(&acked_fresh), &nothing, INBOX_TTL).await.unwrap();
+    let first = publish_n(broker, &acked_fresh, 1, &options(10)).await;
+    assert_eq!((fresh.offset, &fresh.epoch), (0, &first.epoch), "an ack did not fix the epoch");
+}
+
+/// An inbox whose history expired starts a new epoch with nothing acknowledged: the old
+/// acknowledgement went with the history it was about.
+pub async fn an_expired_inbox_forgets_its_acknowledgement(broker: &Arc<dyn Broker>, tag: &str) {
+    let name = format!("user:inbox-expiry-{tag}");
+    let inbox = ch(&name);
+    let ttl = Duration::from_secs(1);
+    let short = HistoryOptions { ttl, ..options(10) };
+    let last = publish_n(broker, &name, 3, &short).await;
+    let acked = broker.ack(&inbox, &StreamPosition { offset: 2, epoch: last.epoch.clone() }, ttl).await;
+    assert_eq!(acked.unwrap().offset, 2);
+    let deadline = Instant::now() + WAIT + ttl;
+    let renewed = loop {
+        let now = broker.inbox(&inbox, ttl).await.unwrap();
+        if now.position.epoch != last.epoch {
+            break now;
+        }
+        assert_eq!((now.acked, now.unread), (2, 1), "the inbox changed without a new epoch");
+        assert!(Instant::now() < deadline, "the inbox outlived its TTL of {ttl:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((renewed.position.offset, renewed.acked, renewed.unread), (0, 0, 0));
+    let next = publish_n(broker, &name, 1, &short).await;
+    let status = broker.inbox(&inbox, ttl).await.unwrap();
+    assert_eq!(
+        status,
+        InboxStatus { position: StreamPosition { offset: 1, epoch: next.epoch }, acked: 0, unread: 1 }
+    );
 }

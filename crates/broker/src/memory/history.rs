@@ -8,6 +8,7 @@
 //! as a Redis key would be: the next publish or read starts a new epoch at offset 0.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
 
 use bytes::Bytes;
 use herald_protocol::ChannelName;
@@ -16,8 +17,8 @@ use tokio::time::Instant;
 
 use crate::BrokerError;
 use crate::history::{
-    HistoryFilter, HistoryOptions, HistoryPublication, HistoryResult, PublishResult, StreamPosition,
-    check_since, frame_at, new_epoch,
+    HistoryFilter, HistoryOptions, HistoryPublication, HistoryResult, InboxStatus, PublishResult,
+    StreamPosition, check_ack, check_since, frame_at, inbox_status, new_epoch,
 };
 
 /// Every channel's history and every idempotency key, behind the engine's history lock.
@@ -37,6 +38,9 @@ struct Stream {
     top: u64,
     /// `(offset, frame)`, oldest first, at most the publish's `size`.
     entries: VecDeque<(u64, Bytes)>,
+    /// The acknowledged offset of an inbox. Part of the stream, as the Redis engine keeps it
+    /// in the meta hash: it goes with its epoch.
+    acked: u64,
     deadline: Instant,
 }
 
@@ -92,6 +96,7 @@ impl Histories {
             epoch: new_epoch(),
             top: 0,
             entries: VecDeque::new(),
+            acked: 0,
             deadline,
         });
         if let Some(new_deadline) = new_deadline {
@@ -174,5 +179,32 @@ impl Histories {
             wanted.take(limit).map(take).collect()
         };
         Ok(HistoryResult { publications, position })
+    }
+
+    /// Moves `channel`'s acknowledgement forwards to `position`, if it is of the current
+    /// epoch and not beyond the top; returns the acknowledged position now.
+    pub(super) fn ack(
+        &mut self,
+        channel: &ChannelName,
+        position: &StreamPosition,
+        ttl: Duration,
+    ) -> Result<StreamPosition, BrokerError> {
+        let now = Instant::now();
+        self.expire(now);
+        let stream = self.stream(channel, now + ttl, false);
+        let current = StreamPosition { offset: stream.top, epoch: stream.epoch.clone() };
+        check_ack(position, &current)?;
+        stream.acked = stream.acked.max(position.offset);
+        Ok(StreamPosition { offset: stream.acked, epoch: current.epoch })
+    }
+
+    /// Where `channel`'s history and its acknowledgement stand.
+    pub(super) fn inbox(&mut self, channel: &ChannelName, ttl: Duration) -> InboxStatus {
+        let now = Instant::now();
+        self.expire(now);
+        let stream = self.stream(channel, now + ttl, false);
+        let position = StreamPosition { offset: stream.top, epoch: stream.epoch.clone() };
+        let oldest = stream.entries.front().map(|(offset, _)| *offset);
+        inbox_status(position, stream.acked, oldest)
     }
 }

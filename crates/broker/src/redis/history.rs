@@ -9,7 +9,17 @@
 //!   `o`, the offset counter. Created by the first publish, or by a read of a channel that
 //!   has none yet so the reader's position stays valid across the first publish. A missing
 //!   meta means a lost history: creating it deletes whatever stream is left.
+//!   A third field, `a`, is the acknowledged offset of an inbox (see below).
 //! - `p{c}.idem:<key>`: the first result of an idempotency key, with its own TTL.
+//!
+//! The acknowledgement of an inbox (`Broker::ack`) is the field `a` of the meta hash rather
+//! than a key of its own: an acknowledged offset means something only within its epoch, and
+//! in the meta it lives and dies with the epoch it belongs to. It needs no epoch of its own,
+//! no TTL of its own (an ack does not renew the history, so it cannot outlive it either way,
+//! and a publish that renews the history renews it too), and a lost meta (a new epoch) takes
+//! it along. `lua/ack.lua` checks the epoch and the top and moves `a` only forwards;
+//! `lua/inbox.lua` reads epoch, top, `a` and the oldest kept offset in one step. Both create
+//! the epoch of a channel that has none yet, as a history read does.
 //!
 //! The publish script (`lua/publish.lua`): (1) if the idempotency key is known, return its
 //! result and do nothing else; (2) read or create the epoch; (3) `HINCRBY` the offset;
@@ -45,8 +55,8 @@ use redis::{Script, Value};
 use super::{LazyConnection, RedisConfig};
 use crate::BrokerError;
 use crate::history::{
-    HistoryFilter, HistoryOptions, HistoryPublication, HistoryResult, PublishResult, StreamPosition,
-    check_since, new_epoch,
+    HistoryFilter, HistoryOptions, HistoryPublication, HistoryResult, InboxStatus, PublishResult,
+    StreamPosition, check_ack, check_since, inbox_status, new_epoch,
 };
 
 /// Prefix of the Pub/Sub header of a message with history.
@@ -61,6 +71,8 @@ pub(super) struct HistoryStore {
     config: RedisConfig,
     publish: Script,
     read: Script,
+    ack: Script,
+    inbox: Script,
 }
 
 impl HistoryStore {
@@ -70,6 +82,8 @@ impl HistoryStore {
             config,
             publish: Script::new(include_str!("lua/publish.lua")),
             read: Script::new(include_str!("lua/history.lua")),
+            ack: Script::new(include_str!("lua/ack.lua")),
+            inbox: Script::new(include_str!("lua/inbox.lua")),
         }
     }
 
@@ -153,6 +167,57 @@ impl HistoryStore {
                 .map_err(|reason| BrokerError::Unrecoverable { reason, current: position.clone() })?;
         }
         Ok(HistoryResult { publications, position })
+    }
+
+    pub(super) async fn ack(
+        &self,
+        channel: &ChannelName,
+        position: &StreamPosition,
+        ttl: std::time::Duration,
+    ) -> Result<StreamPosition, BrokerError> {
+        let mut invocation = self.ack.prepare_invoke();
+        invocation
+            .key(self.key(channel, "stream"))
+            .key(self.key(channel, "meta"))
+            .arg(position.offset)
+            .arg(&position.epoch)
+            .arg(new_epoch())
+            .arg(millis(ttl));
+        let mut conn = self.connection().await?;
+        let (epoch, top, acked) = match invocation.invoke_async::<(String, u64, u64)>(&mut conn).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.broken(&e).await;
+                return Err(BrokerError::unavailable("ack", e));
+            }
+        };
+        let current = StreamPosition { offset: top, epoch };
+        check_ack(position, &current)?;
+        Ok(StreamPosition { offset: acked, epoch: current.epoch })
+    }
+
+    pub(super) async fn inbox(
+        &self,
+        channel: &ChannelName,
+        ttl: std::time::Duration,
+    ) -> Result<InboxStatus, BrokerError> {
+        let mut invocation = self.inbox.prepare_invoke();
+        invocation
+            .key(self.key(channel, "stream"))
+            .key(self.key(channel, "meta"))
+            .arg(new_epoch())
+            .arg(millis(ttl));
+        let mut conn = self.connection().await?;
+        let (epoch, top, acked, oldest) =
+            match invocation.invoke_async::<(String, u64, u64, u64)>(&mut conn).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.broken(&e).await;
+                    return Err(BrokerError::unavailable("inbox", e));
+                }
+            };
+        let position = StreamPosition { offset: top, epoch };
+        Ok(inbox_status(position, acked, Some(oldest).filter(|o| *o > 0)))
     }
 }
 

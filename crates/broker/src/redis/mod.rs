@@ -48,7 +48,8 @@ pub use self::publish::{NotSent, Refused, Unanswered};
 use self::publish::{Publisher, Trip};
 pub use self::resp::RespError;
 use crate::history::{
-    HistoryFilter, HistoryOptions, HistoryResult, PublishResult, check_filter, check_publish,
+    HistoryFilter, HistoryOptions, HistoryResult, InboxStatus, PublishResult, StreamPosition, check_filter,
+    check_publish, check_ttl,
 };
 use crate::{Broker, BrokerError, Delivery, Subscriber};
 
@@ -322,6 +323,21 @@ impl Broker for RedisBroker {
     ) -> Result<HistoryResult, BrokerError> {
         check_filter(filter)?;
         self.inner.history.read(channel, filter).await
+    }
+
+    async fn ack(
+        &self,
+        channel: &ChannelName,
+        position: &StreamPosition,
+        ttl: Duration,
+    ) -> Result<StreamPosition, BrokerError> {
+        check_ttl(ttl)?;
+        self.inner.history.ack(channel, position, ttl).await
+    }
+
+    async fn inbox(&self, channel: &ChannelName, ttl: Duration) -> Result<InboxStatus, BrokerError> {
+        check_ttl(ttl)?;
+        self.inner.history.inbox(channel, ttl).await
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {

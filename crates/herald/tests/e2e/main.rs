@@ -8,7 +8,8 @@
 //!   that report to them; [`hostile_support`] has gateways of a test's own configuration, a
 //!   witness client and a raw TCP client that writes broken WebSocket frames.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
-//!   observability, configuration, hostile clients, the standalone mode, presence, and the local cluster script.
+//!   observability, configuration, hostile clients, the standalone mode, presence, the local
+//!   cluster script, and what a process logs about its life (`lifecycle_logs`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -21,6 +22,7 @@ mod config;
 mod delivery;
 mod drain;
 mod hostile_clients;
+mod lifecycle_logs;
 mod local_cluster;
 mod observability;
 mod presence_api;
