@@ -51,6 +51,8 @@ log = logging.getLogger("herald_client")
 
 #: Error codes of a refused upgrade that name a channel of the URL's `subscribe=`.
 _CHANNEL_CODES = frozenset({"unknown_channel", "invalid_channel", "forbidden", "limit_exceeded"})
+#: Error codes of a refused upgrade that may be about one of the URL's `since` positions.
+_SINCE_CODES = frozenset({"malformed_frame", "no_history", *_CHANNEL_CODES})
 
 TokenSource = Callable[[], Awaitable[str]]
 
@@ -566,9 +568,9 @@ class Herald:
                     kind = DisconnectKind.UNAUTHORIZED
                 elif status == 503:
                     kind = DisconnectKind.UNAVAILABLE
-                elif (url_subs or sinces) and (code in _CHANNEL_CODES or (sinces and status == 400)):
-                    # One of the URL's channels was refused: subscribe them by frames instead,
-                    # so each refusal reaches its own subscription. Not a reason to wait.
+                elif (url_subs and code in _CHANNEL_CODES) or (sinces and code in _SINCE_CODES):
+                    # One of the URL's channels or positions was refused: subscribe by frames
+                    # instead, so each refusal reaches its own subscription. Not a reason to wait.
                     self._skip_url_channels = True
                     await self._disconnected(DisconnectKind.REFUSED, status, code or "refused", 0.0)
                     delay = 0.0
