@@ -29,6 +29,7 @@ use crate::close::CloseReason;
 use crate::config::GatewayConfig;
 use crate::gateway::{ConnectionGuard, Shared};
 use crate::handshake::{self, Upgrade};
+use crate::history;
 use crate::hub::ConnHandle;
 use crate::metrics::GatewayMetrics;
 use crate::policy;
@@ -270,22 +271,48 @@ impl Connection {
                 }
                 Err((code, message)) => error_frame(id.as_ref(), code, &message),
             },
-            ClientFrame::Publish { id, channel, data, event, .. } => {
-                match self.publish(&channel, &data, event.as_deref()).await {
-                    Ok(message_id) => ServerFrame::Published {
+            ClientFrame::Publish { id, channel, data, event, idempotency_key } => {
+                match self.publish(&channel, &data, event.as_deref(), idempotency_key.as_deref()).await {
+                    Ok(published) => ServerFrame::Published {
                         id: id.as_ref(),
                         channel: &channel,
-                        message_id: &message_id,
-                        offset: None,
-                        epoch: None,
-                        deduplicated: false,
+                        message_id: &published.message_id,
+                        offset: published.position.as_ref().map(|(offset, _)| *offset),
+                        epoch: published.position.as_ref().map(|(_, epoch)| epoch.as_str()),
+                        deduplicated: published.deduplicated,
                     }
                     .to_json(),
                     Err((code, message)) => error_frame(id.as_ref(), code, &message),
                 }
             }
-            ClientFrame::History { id, .. } | ClientFrame::Ack { id, .. } => {
-                error_frame(id.as_ref(), ErrorCode::NoHistory, "history is not served yet")
+            ClientFrame::History { id, channel, since, limit, reverse } => {
+                let request = history::Read {
+                    id: id.as_ref(),
+                    channel: &channel,
+                    since: since.as_ref(),
+                    limit,
+                    reverse,
+                };
+                let subscribed = self.subscriptions.contains(&channel);
+                let broker = self.shared.hub.broker().as_ref();
+                history::read(broker, self.history_settings(), &self.identity.user, subscribed, request)
+                    .await
+                    .unwrap_or_else(|(code, message)| error_frame(id.as_ref(), code, &message))
+            }
+            ClientFrame::Ack { id, channel, offset, epoch } => {
+                let broker = self.shared.hub.broker().as_ref();
+                let user = &self.identity.user;
+                history::ack(
+                    broker,
+                    self.history_settings(),
+                    user,
+                    id.as_ref(),
+                    &channel,
+                    offset,
+                    epoch.as_deref(),
+                )
+                .await
+                .unwrap_or_else(|(code, message)| error_frame(id.as_ref(), code, &message))
             }
         })
     }
@@ -365,7 +392,8 @@ impl Connection {
         channel: &ChannelName,
         data: &RawValue,
         event: Option<&str>,
-    ) -> Result<String, policy::Denied> {
+        idempotency_key: Option<&str>,
+    ) -> Result<history::Published, policy::Denied> {
         policy::can_publish(&self.identity, channel, &self.shared.namespaces)?;
         let max_depth = self.shared.config.max_data_depth;
         if herald_protocol::frame::json_depth(data.get()) > max_depth {
@@ -375,20 +403,19 @@ impl Connection {
         let publication = Publication::new(channel, data, event)
             .map_err(|e| (ErrorCode::MalformedFrame, e.to_string()))?
             .from_user(&self.identity.user);
-        self.shared.hub.broker().publish(channel, publication.encode()).await.map_err(|e| {
-            tracing::warn!(%channel, error = %e, "client publish failed");
-            match e {
-                // The command went out and Redis did not answer in time: saying "not
-                // published" would be a guess, and a client that retries would send it twice.
-                BrokerError::OutcomeUnknown { .. } => (
-                    ErrorCode::OutcomeUnknown,
-                    "no answer from the broker in time: the message may or may not have been published"
-                        .to_string(),
-                ),
-                _ => (ErrorCode::Unavailable, "message not published: broker unavailable".to_string()),
-            }
-        })?;
-        Ok(publication.id)
+        let frame = publication.encode();
+        let broker = self.shared.hub.broker().as_ref();
+        history::publish(broker, self.history_settings(), channel, publication.id, frame, idempotency_key)
+            .await
+    }
+
+    /// How channels keep history on this gateway, for the history frames.
+    fn history_settings(&self) -> history::Settings<'_> {
+        history::Settings {
+            namespaces: &self.shared.namespaces,
+            inbox: &self.shared.inbox,
+            limits: &self.shared.history,
+        }
     }
 }
 

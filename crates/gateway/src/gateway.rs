@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use herald_broker::Broker;
-use herald_protocol::{ConfigError, ConnectionObserver, Namespaces, NoObserver};
+use herald_protocol::{ConfigError, ConnectionObserver, HistoryConfig, InboxConfig, Namespaces, NoObserver};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +31,10 @@ pub(crate) struct Inner {
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) verifier: TokenVerifier,
     pub(crate) namespaces: Namespaces,
+    /// The history of personal channels (the offline inbox).
+    pub(crate) inbox: InboxConfig,
+    /// Limits of history reads and idempotent publishes.
+    pub(crate) history: HistoryConfig,
     pub(crate) hub: Hub,
     /// Told of every connection and subscription change (presence).
     pub(crate) observer: Arc<dyn ConnectionObserver>,
@@ -87,6 +91,8 @@ impl Gateway {
                 config,
                 verifier,
                 namespaces,
+                inbox: InboxConfig::default(),
+                history: HistoryConfig::default(),
                 hub,
                 observer,
                 node_id,

@@ -19,6 +19,8 @@
 //!   for pings, heartbeat timeouts, token expiry, and the spread-out closes of a drain.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
 //!   broker and hands each message's bytes, encoded once, to every local subscriber.
+//! - `history`: the `history` and `ack` frames and a client's publish into a channel with
+//!   history (idempotency keys): who may, the broker call, the reply.
 //! - [`policy`]: who may subscribe and publish where. [`auth`]: connection tokens into an
 //!   [`auth::Identity`].
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
@@ -40,6 +42,7 @@ mod demo;
 pub mod gateway;
 pub mod handshake;
 mod heartbeat;
+mod history;
 pub mod http;
 pub mod hub;
 mod lifecycle;

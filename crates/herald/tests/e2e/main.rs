@@ -8,8 +8,9 @@
 //!   that report to them; [`hostile_support`] has gateways of a test's own configuration, a
 //!   witness client and a raw TCP client that writes broken WebSocket frames.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
-//!   observability, configuration, hostile clients, the standalone mode, presence, the local
-//!   cluster script, and what a process logs about its life (`lifecycle_logs`).
+//!   observability, configuration, hostile clients, the standalone mode, presence, history
+//!   reads and idempotent publishes, the offline inbox, the local cluster script, and what a
+//!   process logs about its life (`lifecycle_logs`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -21,7 +22,9 @@ mod bad_input;
 mod config;
 mod delivery;
 mod drain;
+mod history_frames;
 mod hostile_clients;
+mod inbox;
 mod lifecycle_logs;
 mod local_cluster;
 mod observability;
