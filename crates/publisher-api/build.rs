@@ -13,6 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The encoded descriptors, which gRPC server reflection serves (`grpcurl` without a proto).
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("publisher_descriptor.bin"), protox::prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // Stored frames go out as the `Bytes` the broker returned, without a copy each.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .bytes(".herald.v1.HistoryReply.publications")
+        .bytes(".herald.v1.InboxReply.publications")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -95,11 +95,12 @@ impl Publisher {
                 let data = data.into_bytes();
                 let result = match dest {
                     Destination::Channel(c) => {
-                        let msg = PublishRequest { channel: c.clone(), data, event: None };
+                        let msg =
+                            PublishRequest { channel: c.clone(), data, event: None, idempotency_key: None };
                         client.publish(with_auth(msg, auth)).await.map(drop)
                     }
                     Destination::User(u) => {
-                        let msg = NotifyRequest { user: u.clone(), data, event: None };
+                        let msg = NotifyRequest { user: u.clone(), data, event: None, idempotency_key: None };
                         client.notify(with_auth(msg, auth)).await.map(drop)
                     }
                     Destination::Broadcast => client

@@ -58,6 +58,8 @@ async fn start_with(config: GatewayConfig) -> System {
     let api = PublisherApi::new(
         PublisherConfig { api_keys: vec![API_KEY.into()], ..Default::default() },
         namespaces,
+        Default::default(),
+        Default::default(),
         broker,
     );
     let (http, grpc) =

@@ -101,7 +101,7 @@ pub async fn publisher(
     let broker = redis_broker(&config)?;
     let http = bind(config.publisher.http_listen, "publisher.http_listen").await?;
     let grpc = bind(config.publisher.grpc_listen, "publisher.grpc_listen").await?;
-    let api = PublisherApi::new(config.publisher, config.namespaces, broker);
+    let api = PublisherApi::new(config.publisher, config.namespaces, config.inbox, config.history, broker);
     tracing::info!(
         role = "publisher-api",
         version = VERSION,
@@ -137,7 +137,13 @@ async fn run_both(
         broker.clone(),
         Arc::new(reporter.clone()),
     )?;
-    let api = PublisherApi::new(config.publisher, config.namespaces, broker);
+    let api = PublisherApi::new(
+        config.publisher,
+        config.namespaces,
+        config.inbox.clone(),
+        config.history.clone(),
+        broker,
+    );
     tracing::info!(
         role = "standalone",
         version = VERSION,

@@ -20,11 +20,17 @@ pub enum ApiError {
     /// retried. The cause is logged where it happened, not shown to the caller.
     #[error("the broker is unavailable, nothing was published; retry later")]
     Unavailable(#[source] BrokerError),
+    /// A history or inbox read failed for want of the broker; nothing changed, and the read
+    /// may be retried. The cause is logged where it happened.
+    #[error("the broker is unavailable; retry later")]
+    ReadUnavailable(#[source] BrokerError),
     /// The broker got the message(s) and did not answer in time: they may or may not have
-    /// been published. Saying `unavailable` here would invite a retry that publishes twice.
+    /// been published. Saying `unavailable` here would invite a retry that publishes twice;
+    /// a retry with the same idempotency keys cannot.
     #[error(
         "the broker did not answer in time: {confirmed} of {total} message(s) are confirmed published, \
-         the rest may or may not have been; a retry may publish them twice"
+         the rest may or may not have been; a retry may publish them twice, unless it carries the same \
+         idempotency_key (channels with history)"
     )]
     OutcomeUnknown {
         confirmed: usize,
@@ -36,6 +42,10 @@ pub enum ApiError {
     /// `retry_after` (sent as `Retry-After`) before trying again.
     #[error("{message}")]
     Limited { code: ErrorCode, message: String, retry_after: Duration },
+    /// The broker refused a request it should have taken (a history request it cannot serve,
+    /// an engine that keeps no history): a bug or a misconfiguration, not the caller's fault.
+    #[error("the broker cannot serve this request: {0}")]
+    Internal(#[source] BrokerError),
 }
 
 impl ApiError {
@@ -54,7 +64,38 @@ impl ApiError {
             BrokerError::OutcomeUnknown { confirmed, .. } => {
                 Self::OutcomeUnknown { confirmed, total, source: e }
             }
+            BrokerError::InvalidHistoryRequest(_) | BrokerError::HistoryUnsupported(_) => Self::Internal(e),
             e => Self::Unavailable(e),
+        }
+    }
+
+    /// The error for a failed step of a batch after its first `done` messages were
+    /// published. Whatever the step's error, the batch as a whole is then only partly
+    /// published: `outcome_unknown`, with the messages known to be published counted.
+    pub fn broker_after(e: BrokerError, done: usize, total: usize) -> Self {
+        if done == 0 {
+            return Self::broker(e, total);
+        }
+        let confirmed = match &e {
+            BrokerError::OutcomeUnknown { confirmed, .. } => done + confirmed,
+            _ => done,
+        };
+        Self::OutcomeUnknown { confirmed, total, source: e }
+    }
+
+    /// The error for a failed history or inbox read.
+    pub fn broker_read(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Unrecoverable { reason, current } => Self::new(
+                ErrorCode::Unrecoverable,
+                format!(
+                    "since: the history after that position is no longer fully kept ({reason}); \
+                     the channel is at offset {} of epoch {:?}: read without since and go on from there",
+                    current.offset, current.epoch
+                ),
+            ),
+            BrokerError::InvalidHistoryRequest(_) | BrokerError::HistoryUnsupported(_) => Self::Internal(e),
+            e => Self::ReadUnavailable(e),
         }
     }
 
@@ -66,9 +107,10 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Request(refusal) => refusal.code,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::ReadUnavailable(_) => ErrorCode::Unavailable,
             Self::OutcomeUnknown { .. } => ErrorCode::OutcomeUnknown,
             Self::Limited { code, .. } => *code,
+            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 

@@ -26,7 +26,8 @@ use crate::Shared;
 use crate::error::ApiError;
 use crate::limits::{KeyId, Metered};
 use crate::pb;
-use crate::service::{Draft, Prepared, Target, json_data};
+use crate::reads::HistoryQuery;
+use crate::service::{Draft, Prepared, Published, Target, json_data};
 
 /// The complete gRPC service as [`PublisherApi::grpc_service`](crate::PublisherApi::grpc_service)
 /// returns it: the generated server behind the API key check, behind the limits. Add it to a
@@ -94,14 +95,26 @@ where
             let key = shared.limits.key_of(authorization);
             let (mut parts, body) = request.into_parts();
             parts.extensions.insert(key);
+            let answered = Answered::default();
+            parts.extensions.insert(answered.clone());
             let body = Body::new(Metered::new(body, ticket.clone(), bytes_in_flight));
             let response = inner.call(http::Request::from_parts(parts, body)).await?;
             // The call's slot and bytes are given back once it is answered.
             drop(ticket);
+            if answered.0.load(std::sync::atomic::Ordering::Relaxed) {
+                // The handler's own status: already coded and recorded.
+                return Ok(response.map(Body::new));
+            }
             Ok(remap(response, &shared, &method, started))
         })
     }
 }
+
+/// Set by the handler once it runs, so that [`remap`] leaves its statuses alone: only errors
+/// tonic raised before the handler (decoding, size) need their codes replaced, and the
+/// handler's own OUT_OF_RANGE (`unrecoverable`) or INTERNAL must pass as they are.
+#[derive(Clone, Default)]
+struct Answered(Arc<std::sync::atomic::AtomicBool>);
 
 /// The status a [`Metered`] gRPC body fails with; tonic passes it on to the caller as it is.
 fn bytes_in_flight() -> Box<dyn std::error::Error + Send + Sync> {
@@ -164,8 +177,7 @@ impl GrpcPublisher {
     ) -> Result<pb::PublishReply, ApiError> {
         let prepared = self.shared.service.prepare(draft?)?;
         self.shared.limits.take(key, 1, &self.shared.metrics, "grpc")?;
-        let id = self.shared.service.publish(prepared).await?;
-        Ok(pb::PublishReply { id })
+        Ok(self.shared.service.publish(prepared).await?.into())
     }
 
     /// Runs one call inside a span carrying its request id (the caller's `x-request-id`
@@ -177,6 +189,9 @@ impl GrpcPublisher {
         work: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<Response<T>, Status> {
         let started = std::time::Instant::now();
+        if let Some(answered) = request.extensions().get::<Answered>() {
+            answered.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let id = crate::metrics::request_id(request.metadata().get("x-request-id").map(|v| v.as_bytes()));
         let span = tracing::info_span!("request", id = %id, transport = "grpc", endpoint = method);
         let result = tracing::Instrument::instrument(work, span.clone()).await;
@@ -216,6 +231,7 @@ impl<'a> TryFrom<&'a pb::PublishRequest> for Draft<'a> {
             target: Target::Channel(&m.channel),
             data: json_data(&m.data)?,
             event: m.event.as_deref(),
+            idempotency_key: m.idempotency_key.as_deref(),
         })
     }
 }
@@ -223,15 +239,47 @@ impl<'a> TryFrom<&'a pb::PublishRequest> for Draft<'a> {
 impl<'a> TryFrom<&'a pb::BroadcastRequest> for Draft<'a> {
     type Error = ApiError;
     fn try_from(m: &'a pb::BroadcastRequest) -> Result<Self, ApiError> {
-        Ok(Draft { target: Target::Broadcast, data: json_data(&m.data)?, event: m.event.as_deref() })
+        Ok(Draft {
+            target: Target::Broadcast,
+            data: json_data(&m.data)?,
+            event: m.event.as_deref(),
+            idempotency_key: None,
+        })
     }
 }
 
 impl<'a> TryFrom<&'a pb::NotifyRequest> for Draft<'a> {
     type Error = ApiError;
     fn try_from(m: &'a pb::NotifyRequest) -> Result<Self, ApiError> {
-        Ok(Draft { target: Target::User(&m.user), data: json_data(&m.data)?, event: m.event.as_deref() })
+        Ok(Draft {
+            target: Target::User(&m.user),
+            data: json_data(&m.data)?,
+            event: m.event.as_deref(),
+            idempotency_key: m.idempotency_key.as_deref(),
+        })
     }
+}
+
+impl From<Published> for pb::PublishReply {
+    fn from(p: Published) -> Self {
+        Self { id: p.id, offset: p.offset, epoch: p.epoch, deduplicated: p.deduplicated }
+    }
+}
+
+impl<'a> From<&'a pb::HistoryRequest> for HistoryQuery<'a> {
+    fn from(m: &'a pb::HistoryRequest) -> Self {
+        HistoryQuery {
+            channel: &m.channel,
+            limit: m.limit.map(u64::from),
+            reverse: m.reverse,
+            since: m.since.as_ref().map(|p| (p.offset, p.epoch.as_str())),
+        }
+    }
+}
+
+/// The stored frames, as the broker returned them.
+fn frames(publications: Vec<herald_broker::HistoryPublication>) -> Vec<bytes::Bytes> {
+    publications.into_iter().map(|p| p.payload).collect()
 }
 
 #[tonic::async_trait]
@@ -263,8 +311,9 @@ impl pb::publisher_server::Publisher for GrpcPublisher {
                 prepare_batch(shared, &messages)?
             };
             shared.limits.take(key(&request), prepared.len(), &shared.metrics, "grpc")?;
-            let ids = shared.service.publish_batch(prepared).await?;
-            Ok(pb::PublishBatchReply { ids })
+            let published = shared.service.publish_batch(prepared).await?;
+            let ids = published.iter().map(|p| p.id.clone()).collect();
+            Ok(pb::PublishBatchReply { ids, results: published.into_iter().map(Into::into).collect() })
         };
         self.observed("PublishBatch", &request, work).await
     }
@@ -283,5 +332,35 @@ impl pb::publisher_server::Publisher for GrpcPublisher {
     ) -> Result<Response<pb::PublishReply>, Status> {
         let work = self.publish_one(key(&request), Draft::try_from(request.get_ref()));
         self.observed("Notify", &request, work).await
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryReply>, Status> {
+        let work = async {
+            let page = self.shared.service.history(HistoryQuery::from(request.get_ref())).await?;
+            Ok(pb::HistoryReply {
+                offset: page.position.offset,
+                epoch: page.position.epoch,
+                publications: frames(page.publications),
+            })
+        };
+        self.observed("History", &request, work).await
+    }
+
+    async fn inbox(&self, request: Request<pb::InboxRequest>) -> Result<Response<pb::InboxReply>, Status> {
+        let work = async {
+            let m = request.get_ref();
+            let page = self.shared.service.inbox(&m.user, m.limit.map(u64::from)).await?;
+            Ok(pb::InboxReply {
+                offset: page.status.position.offset,
+                epoch: page.status.position.epoch,
+                acked: page.status.acked,
+                unread: page.status.unread,
+                publications: frames(page.publications),
+            })
+        };
+        self.observed("Inbox", &request, work).await
     }
 }

@@ -3,19 +3,20 @@
 //! Handlers take the body as raw [`Bytes`] and parse it with `serde_json` themselves, so every
 //! problem gets a precise JSON error (`missing field `data``) and a wrong or missing
 //! `Content-Type` does not matter. Bodies borrow from those bytes: `data` is never copied or
-//! re-serialized before it is encoded into the message frame.
+//! re-serialized before it is encoded into the message frame. History and inbox replies carry
+//! the stored message frames as they are, as JSON objects inside the reply.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use herald_api_common::metrics::Format;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,8 @@ use serde_json::value::RawValue;
 use crate::Shared;
 use crate::error::ApiError;
 use crate::limits::{BytesInFlight, KeyId, Metered};
-use crate::service::{Draft, Prepared, Target};
+use crate::reads::{HistoryQuery, publications_json};
+use crate::service::{Draft, Prepared, Published, Target};
 
 /// The HTTP API: `/v1/*` needs an API key, the probes do not.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -35,6 +37,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/publish/batch", post(publish_batch).layer(batch))
         .route("/v1/broadcast", post(broadcast).layer(single))
         .route("/v1/users/{user}/notify", post(notify).layer(single))
+        .route("/v1/channels/{channel}/history", get(history))
+        .route("/v1/users/{user}/inbox", get(inbox))
         .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
     let v1 = v1.layer(middleware::from_fn_with_state(shared.clone(), observe));
     Router::new()
@@ -120,7 +124,10 @@ fn too_large(size: usize, limit: usize) -> ApiError {
 /// `POST /v1/publish` and one entry of `POST /v1/publish/batch`. Unknown fields are refused,
 /// so a misspelt `event` is an error rather than silently dropped.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "an object with `channel`, `data` and optionally `event`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with `channel`, `data` and optionally `event` and `idempotency_key`"
+)]
 struct PublishBody<'a> {
     #[serde(borrow)]
     channel: Cow<'a, str>,
@@ -128,6 +135,19 @@ struct PublishBody<'a> {
     data: &'a RawValue,
     #[serde(default, borrow)]
     event: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    idempotency_key: Option<Cow<'a, str>>,
+}
+
+impl<'a> PublishBody<'a> {
+    fn draft(&'a self) -> Draft<'a> {
+        Draft {
+            target: Target::Channel(&self.channel),
+            data: self.data,
+            event: self.event.as_deref(),
+            idempotency_key: self.idempotency_key.as_deref(),
+        }
+    }
 }
 
 /// `POST /v1/publish/batch`. Entries stay raw until the batch size is checked, then each is
@@ -139,24 +159,92 @@ struct BatchBody<'a> {
     messages: Vec<&'a RawValue>,
 }
 
-/// `POST /v1/broadcast` and `POST /v1/users/{user}/notify`.
+/// `POST /v1/broadcast` and `POST /v1/users/{user}/notify`. An `idempotency_key` is read for
+/// both and refused (`no_history`) for the broadcast channel, which keeps no history.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "an object with `data` and optionally `event`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with `data` and optionally `event` and `idempotency_key`"
+)]
 struct PayloadBody<'a> {
     #[serde(borrow)]
     data: &'a RawValue,
     #[serde(default, borrow)]
     event: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    idempotency_key: Option<Cow<'a, str>>,
 }
 
+impl<'a> PayloadBody<'a> {
+    fn draft(&'a self, target: Target<'a>) -> Draft<'a> {
+        Draft {
+            target,
+            data: self.data,
+            event: self.event.as_deref(),
+            idempotency_key: self.idempotency_key.as_deref(),
+        }
+    }
+}
+
+/// What publishing one message did: `{"id"}`, plus `offset` and `epoch` on a channel with
+/// history and `deduplicated: true` for a retry whose key was seen.
 #[derive(Serialize)]
-struct IdReply {
+struct PublishReply {
     id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deduplicated: bool,
 }
 
+impl From<Published> for PublishReply {
+    fn from(p: Published) -> Self {
+        Self { id: p.id, offset: p.offset, epoch: p.epoch, deduplicated: p.deduplicated }
+    }
+}
+
+/// `{"ids": [...], "results": [...]}`: the ids alone (as before results existed) and each
+/// message's full outcome, both in request order.
 #[derive(Serialize)]
-struct IdsReply {
+struct BatchReply {
     ids: Vec<String>,
+    results: Vec<PublishReply>,
+}
+
+/// `GET /v1/channels/{channel}/history?limit=&reverse=&since_offset=&since_epoch=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    limit: Option<u64>,
+    #[serde(default)]
+    reverse: bool,
+    since_offset: Option<u64>,
+    since_epoch: Option<String>,
+}
+
+/// `GET /v1/users/{user}/inbox?limit=`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxParams {
+    limit: Option<u64>,
+}
+
+/// The fixed fields of a history reply; `publications` is appended as raw frames.
+#[derive(Serialize)]
+struct HistoryHead<'a> {
+    offset: u64,
+    epoch: &'a str,
+}
+
+/// The fixed fields of an inbox reply.
+#[derive(Serialize)]
+struct InboxHead<'a> {
+    offset: u64,
+    epoch: &'a str,
+    acked: u64,
+    unread: u64,
 }
 
 #[derive(Serialize)]
@@ -168,24 +256,22 @@ async fn publish(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Option<KeyId>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<IdReply>, ApiError> {
+) -> Result<Json<PublishReply>, ApiError> {
     let prepared = {
         let body = read(body, &shared, shared.limits.single_body)?;
         let req: PublishBody = parse(&body, "body")?;
-        let draft =
-            Draft { target: Target::Channel(&req.channel), data: req.data, event: req.event.as_deref() };
-        let prepared = shared.service.prepare(draft)?;
+        let prepared = shared.service.prepare(req.draft())?;
         shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
         prepared
     };
-    Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
+    Ok(Json(shared.service.publish(prepared).await?.into()))
 }
 
 async fn publish_batch(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Option<KeyId>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<IdsReply>, ApiError> {
+) -> Result<Json<BatchReply>, ApiError> {
     let body = read(body, &shared, shared.limits.batch_body)?;
     // Parsing and encoding megabytes of JSON takes a while; off the async workers it cannot
     // hold up the small requests they serve meanwhile. The body and everything borrowing from
@@ -200,7 +286,9 @@ async fn publish_batch(
         prepare_batch(&shared, &body)?
     };
     shared.limits.take(key.as_ref(), prepared.len(), &shared.metrics, "http")?;
-    Ok(Json(IdsReply { ids: shared.service.publish_batch(prepared).await? }))
+    let published = shared.service.publish_batch(prepared).await?;
+    let ids = published.iter().map(|p| p.id.clone()).collect();
+    Ok(Json(BatchReply { ids, results: published.into_iter().map(PublishReply::from).collect() }))
 }
 
 /// Reads and checks every entry of a batch body, and encodes them.
@@ -211,12 +299,7 @@ fn prepare_batch(shared: &Shared, body: &[u8]) -> Result<Vec<Prepared>, ApiError
     for (i, entry) in req.messages.iter().enumerate() {
         let at = format!("messages[{i}]");
         let entry: PublishBody = parse(entry.get().as_bytes(), &at)?;
-        let draft = Draft {
-            target: Target::Channel(&entry.channel),
-            data: entry.data,
-            event: entry.event.as_deref(),
-        };
-        prepared.push(shared.service.prepare(draft).map_err(|e| e.at(&at))?);
+        prepared.push(shared.service.prepare(entry.draft()).map_err(|e| e.at(&at))?);
     }
     Ok(prepared)
 }
@@ -225,19 +308,15 @@ async fn broadcast(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Option<KeyId>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<IdReply>, ApiError> {
+) -> Result<Json<PublishReply>, ApiError> {
     let prepared = {
         let body = read(body, &shared, shared.limits.single_body)?;
         let req: PayloadBody = parse(&body, "body")?;
-        let prepared = shared.service.prepare(Draft {
-            target: Target::Broadcast,
-            data: req.data,
-            event: req.event.as_deref(),
-        })?;
+        let prepared = shared.service.prepare(req.draft(Target::Broadcast))?;
         shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
         prepared
     };
-    Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
+    Ok(Json(shared.service.publish(prepared).await?.into()))
 }
 
 async fn notify(
@@ -245,18 +324,78 @@ async fn notify(
     Extension(key): Extension<Option<KeyId>>,
     user: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<IdReply>, ApiError> {
+) -> Result<Json<PublishReply>, ApiError> {
     let Path(user) =
         user.map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("user: {}", e.body_text())))?;
     let prepared = {
         let body = read(body, &shared, shared.limits.single_body)?;
         let req: PayloadBody = parse(&body, "body")?;
-        let draft = Draft { target: Target::User(&user), data: req.data, event: req.event.as_deref() };
-        let prepared = shared.service.prepare(draft)?;
+        let prepared = shared.service.prepare(req.draft(Target::User(&user)))?;
         shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
         prepared
     };
-    Ok(Json(IdReply { id: shared.service.publish(prepared).await? }))
+    Ok(Json(shared.service.publish(prepared).await?.into()))
+}
+
+/// `GET /v1/channels/{channel}/history`: `{"offset", "epoch", "publications": [frames]}`.
+async fn history(
+    State(shared): State<Arc<Shared>>,
+    channel: Result<Path<String>, PathRejection>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(channel) = channel
+        .map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("channel: {}", e.body_text())))?;
+    let Query(params) = params.map_err(query_error)?;
+    let since = match (params.since_offset, params.since_epoch.as_deref()) {
+        (Some(offset), Some(epoch)) => Some((offset, epoch)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::malformed(
+                "since_offset and since_epoch go together: give both or neither",
+            ));
+        }
+    };
+    let query = HistoryQuery { channel: &channel, limit: params.limit, reverse: params.reverse, since };
+    let page = shared.service.history(query).await?;
+    let head = HistoryHead { offset: page.position.offset, epoch: &page.position.epoch };
+    Ok(with_publications(&head, &page.publications))
+}
+
+/// `GET /v1/users/{user}/inbox`: `{"offset", "epoch", "acked", "unread", "publications"}`.
+async fn inbox(
+    State(shared): State<Arc<Shared>>,
+    user: Result<Path<String>, PathRejection>,
+    params: Result<Query<InboxParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(user) =
+        user.map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("user: {}", e.body_text())))?;
+    let Query(params) = params.map_err(query_error)?;
+    let page = shared.service.inbox(&user, params.limit).await?;
+    let status = &page.status;
+    let head = InboxHead {
+        offset: status.position.offset,
+        epoch: &status.position.epoch,
+        acked: status.acked,
+        unread: status.unread,
+    };
+    Ok(with_publications(&head, &page.publications))
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::malformed(format!("query: {}", rejection.body_text()))
+}
+
+/// A JSON reply of `head`'s fields followed by `"publications": [frames]`, the frames copied
+/// as they are stored rather than parsed and re-encoded.
+fn with_publications(head: &impl Serialize, publications: &[herald_broker::HistoryPublication]) -> Response {
+    let head = serde_json::to_vec(head).expect("a struct of numbers and strings serializes");
+    let mut body = BytesMut::with_capacity(head.len() + 20);
+    // `{...}` without its closing brace, then the array.
+    body.extend_from_slice(&head[..head.len() - 1]);
+    body.extend_from_slice(b",\"publications\":");
+    publications_json(&mut body, publications);
+    body.extend_from_slice(b"}");
+    ([(header::CONTENT_TYPE, "application/json")], body.freeze()).into_response()
 }
 
 /// Liveness: the process answers. Says nothing about the broker, so an orchestrator does not

@@ -9,8 +9,10 @@
 //!   ([`herald_api_common::auth`]), reads its request
 //!   into a [`service::Draft`] and hands it to the core.
 //! - [`service`]: the transport-independent core. It validates a draft (channel name,
-//!   namespace, sizes, event name), encodes it once into the `message` frame subscribers
-//!   receive, and publishes the bytes through the [`Broker`].
+//!   namespace, sizes, event name, idempotency key), encodes it once into the `message` frame
+//!   subscribers receive, and publishes the bytes through the [`Broker`]: with history
+//!   (numbered, kept, deduplicated by key) when the channel keeps history, plainly otherwise.
+//! - [`reads`]: history reads and the offline inbox for backends, over the same core.
 //! - [`error`]: [`ApiError`], shown as a JSON body over HTTP and as a status over gRPC, both
 //!   coded by the shared [`herald_protocol::ErrorCode`] table.
 //! - [`limits`]: what one replica takes on: requests and body bytes in flight, and each API
@@ -20,14 +22,15 @@
 //!   shutdown, with gRPC health (following readiness) and reflection beside the API.
 //!
 //! Data flow of one publish: request → auth → admission (limits in flight) → draft →
-//! `Service::prepare` (validate + encode) → the key's rate → `Broker::publish` → reply with the
-//! message id, or an error saying whether the message may have been published. A batch is prepared completely before
+//! `Service::prepare` (validate + encode) → the key's rate → `Broker::publish` (or
+//! `Broker::publish_with_history`) → reply with the message id (and offset, epoch), or an error
+//! saying whether the message may have been published. A batch is prepared completely before
 //! anything is published, so one bad entry publishes nothing.
 
 use std::sync::Arc;
 
 use herald_broker::Broker;
-use herald_protocol::Namespaces;
+use herald_protocol::{HistoryConfig, InboxConfig, Namespaces};
 
 pub mod config;
 pub mod error;
@@ -35,6 +38,7 @@ pub mod grpc;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod reads;
 pub mod server;
 pub mod service;
 
@@ -82,10 +86,19 @@ pub struct PublisherApi {
 
 impl PublisherApi {
     /// Builds the API. `config` should have passed [`PublisherConfig::validate`]; with no API
-    /// keys every `/v1` request is refused rather than let through.
-    pub fn new(config: PublisherConfig, namespaces: Namespaces, broker: Arc<dyn Broker>) -> Self {
+    /// keys every `/v1` request is refused rather than let through. `inbox` says how personal
+    /// channels keep history (the namespaces say it for the others); `history` bounds reads
+    /// and how long idempotency keys are remembered.
+    pub fn new(
+        config: PublisherConfig,
+        namespaces: Namespaces,
+        inbox: InboxConfig,
+        history: HistoryConfig,
+        broker: Arc<dyn Broker>,
+    ) -> Self {
         let limits = limits::Limits::new(&config);
-        let service = service::Service::new(namespaces, broker, config.max_message_size, config.max_batch);
+        let sizes = service::Sizes { max_message_size: config.max_message_size, max_batch: config.max_batch };
+        let service = service::Service::new(namespaces, inbox, history, broker, sizes);
         let metrics = metrics::PublisherMetrics::new(service.messages_counter());
         let shared = Shared {
             service,

@@ -95,7 +95,13 @@ impl Cluster {
             nodes.push(TestGateway { addr, gateway });
         }
         let publisher = PublisherConfig { api_keys: vec![API_KEY.into()], ..Default::default() };
-        let api = PublisherApi::new(publisher, namespaces(), broker.clone());
+        let api = PublisherApi::new(
+            publisher,
+            namespaces(),
+            Default::default(),
+            Default::default(),
+            broker.clone(),
+        );
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());

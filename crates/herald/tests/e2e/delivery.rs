@@ -55,7 +55,12 @@ async fn room_messages_reach_every_subscriber_once_in_order_over_http_and_grpc(e
     let mut grpc = cluster.grpc().await;
     for seq in 20..40 {
         let data = serde_json::to_vec(&json!({"seq": seq})).unwrap();
-        let request = pb::PublishRequest { channel: "room:lobby".into(), data, event: Some("tick".into()) };
+        let request = pb::PublishRequest {
+            channel: "room:lobby".into(),
+            data,
+            event: Some("tick".into()),
+            idempotency_key: None,
+        };
         let reply = grpc.publish(grpc_request(request)).await.unwrap().into_inner();
         assert_eq!(reply.id.len(), 36);
     }
@@ -79,7 +84,12 @@ async fn notify_reaches_every_connection_of_the_user_and_nobody_else(engine: Eng
     let resp = cluster.post("/v1/users/alice/notify", json!({"data": {"n": 1}, "event": "ping"})).await;
     assert_eq!(resp.status(), 200);
     let mut grpc = cluster.grpc().await;
-    let request = pb::NotifyRequest { user: "alice".into(), data: b"{\"n\":2}".to_vec(), event: None };
+    let request = pb::NotifyRequest {
+        user: "alice".into(),
+        data: b"{\"n\":2}".to_vec(),
+        event: None,
+        idempotency_key: None,
+    };
     grpc.notify(grpc_request(request)).await.unwrap();
 
     for conn in &mut alice {

@@ -9,8 +9,8 @@
 //!   witness client and a raw TCP client that writes broken WebSocket frames.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
 //!   observability, configuration, hostile clients, the standalone mode, presence, history
-//!   reads and idempotent publishes, the offline inbox, the local cluster script, and what a
-//!   process logs about its life (`lifecycle_logs`).
+//!   reads and idempotent publishes (client and publisher API), the offline inbox, the local
+//!   cluster script, and what a process logs about its life (`lifecycle_logs`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -32,6 +32,7 @@ mod presence_api;
 mod presence_cluster;
 mod presence_kill;
 mod presence_standalone;
+mod publisher_history;
 mod redis_outage;
 mod slow_consumer;
 mod standalone;

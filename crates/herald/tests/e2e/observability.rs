@@ -29,7 +29,12 @@ async fn metrics_count_what_flows() {
         cluster.publish_http("room:m", json!(i)).await;
     }
     let mut grpc = cluster.grpc().await;
-    let request = pb::PublishRequest { channel: "room:m".into(), data: b"3".to_vec(), event: None };
+    let request = pb::PublishRequest {
+        channel: "room:m".into(),
+        data: b"3".to_vec(),
+        event: None,
+        idempotency_key: None,
+    };
     grpc.publish(grpc_request(request)).await.unwrap();
     let bad = cluster.post("/v1/publish", json!({"channel": "nope:x", "data": 1})).await;
     assert_eq!(bad.status(), 422);

@@ -29,7 +29,12 @@ async fn gateways_resubscribe_after_redis_restarts() {
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unavailable");
     let mut grpc = cluster.grpc().await;
-    let request = pb::PublishRequest { channel: "room:r".into(), data: b"2".to_vec(), event: None };
+    let request = pb::PublishRequest {
+        channel: "room:r".into(),
+        data: b"2".to_vec(),
+        event: None,
+        idempotency_key: None,
+    };
     let status = grpc.publish(grpc_request(request)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
 

@@ -15,7 +15,12 @@ fn keyed<T>(message: T, key: Option<&str>) -> tonic::Request<T> {
 }
 
 fn message(channel: &str, data: &str) -> pb::PublishRequest {
-    pb::PublishRequest { channel: channel.into(), data: data.as_bytes().to_vec(), event: None }
+    pb::PublishRequest {
+        channel: channel.into(),
+        data: data.as_bytes().to_vec(),
+        event: None,
+        idempotency_key: None,
+    }
 }
 
 /// `Publish` sends one message frame carrying the returned id, the data and the event.
@@ -62,7 +67,12 @@ async fn broadcast_and_notify_reach_their_channels() {
     let mut client = app.grpc_client().await;
     let request = pb::BroadcastRequest { data: br#""hello all""#.to_vec(), event: Some("notice".into()) };
     let broadcast = client.broadcast(authed(request)).await.unwrap().into_inner().id;
-    let request = pb::NotifyRequest { user: "alice".into(), data: br#"{"unread": 3}"#.to_vec(), event: None };
+    let request = pb::NotifyRequest {
+        user: "alice".into(),
+        data: br#"{"unread": 3}"#.to_vec(),
+        event: None,
+        idempotency_key: None,
+    };
     let notify = client.notify(authed(request)).await.unwrap().into_inner().id;
     let got = app.received(2).await;
     assert_message(&got[0].1, "broadcast", &broadcast, &json!("hello all"), Some("notice"));
@@ -81,7 +91,12 @@ async fn calls_without_a_valid_key_are_unauthenticated() {
         assert_eq!(client.publish_batch(keyed(batch, key)).await.unwrap_err().code(), Code::Unauthenticated);
         let broadcast = pb::BroadcastRequest { data: b"1".to_vec(), event: None };
         assert_eq!(client.broadcast(keyed(broadcast, key)).await.unwrap_err().code(), Code::Unauthenticated);
-        let notify = pb::NotifyRequest { user: "alice".into(), data: b"1".to_vec(), event: None };
+        let notify = pb::NotifyRequest {
+            user: "alice".into(),
+            data: b"1".to_vec(),
+            event: None,
+            idempotency_key: None,
+        };
         assert_eq!(client.notify(keyed(notify, key)).await.unwrap_err().code(), Code::Unauthenticated);
     }
     assert!(app.settled().await.is_empty(), "an unauthenticated call was published");
@@ -124,7 +139,8 @@ async fn invalid_requests_are_refused_with_the_shared_codes() {
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().starts_with(prefix), "{:?} should start with {prefix:?}", status.message());
     }
-    let request = pb::NotifyRequest { user: "a b".into(), data: b"1".to_vec(), event: None };
+    let request =
+        pb::NotifyRequest { user: "a b".into(), data: b"1".to_vec(), event: None, idempotency_key: None };
     let status = client.notify(authed(request)).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("user: invalid user id"), "{}", status.message());
@@ -231,4 +247,75 @@ async fn malformed_and_oversized_messages_get_documented_codes() {
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains(r#"outcome="malformed_frame""#), "{metrics}");
     assert!(metrics.contains(r#"limit="body_size""#), "{metrics}");
+}
+
+/// Over gRPC as over HTTP: publishes on a channel with history answer offset and epoch, a
+/// retried idempotency key is deduplicated (in `Publish`, `PublishBatch` and `Notify`), and
+/// `History` and `Inbox` return the stored frames; refusals carry their documented codes.
+#[tokio::test]
+async fn history_fields_and_reads_over_grpc() {
+    let app = spawn_app().await;
+    let mut client = app.grpc_client().await;
+    let keyed_message = |data: &str, key: &str| pb::PublishRequest {
+        idempotency_key: Some(key.into()),
+        ..message("log:a", &format!("{{\"v\":{data:?}}}"))
+    };
+    let first = client.publish(authed(keyed_message("a", "k1"))).await.unwrap().into_inner();
+    assert_eq!((first.offset, first.deduplicated), (Some(1), false));
+    let epoch = first.epoch.clone().expect("an epoch");
+    let again = client.publish(authed(keyed_message("b", "k1"))).await.unwrap().into_inner();
+    assert_eq!(again, pb::PublishReply { deduplicated: true, ..first.clone() });
+    let plain = client.publish(authed(message("chat:lobby", "1"))).await.unwrap().into_inner();
+    assert_eq!((plain.offset, plain.epoch, plain.deduplicated), (None, None, false));
+
+    let batch = vec![keyed_message("c", "k1"), message("chat:lobby", "2"), keyed_message("d", "k2")];
+    let reply = client.publish_batch(authed(pb::PublishBatchRequest { messages: batch })).await.unwrap();
+    let reply = reply.into_inner();
+    assert_eq!(reply.results.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), reply.ids);
+    assert_eq!(
+        reply.results.iter().map(|r| (r.offset, r.deduplicated)).collect::<Vec<_>>(),
+        [(Some(1), true), (None, false), (Some(2), false)]
+    );
+    let notify = pb::NotifyRequest {
+        user: "alice".into(),
+        data: b"{\"n\":1}".to_vec(),
+        event: None,
+        idempotency_key: Some("n1".into()),
+    };
+    let first_notify = client.notify(authed(notify.clone())).await.unwrap().into_inner();
+    let second_notify = client.notify(authed(notify)).await.unwrap().into_inner();
+    assert_eq!((second_notify.id, second_notify.deduplicated), (first_notify.id, true));
+
+    let read = pb::HistoryRequest { channel: "log:a".into(), limit: None, reverse: true, since: None };
+    let page = client.history(authed(read.clone())).await.unwrap().into_inner();
+    assert_eq!((page.offset, page.epoch.as_str()), (2, epoch.as_str()));
+    let frames: Vec<Value> = page.publications.iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
+    assert_eq!(
+        frames.iter().map(|f| (f["offset"].as_u64(), f["data"]["v"].as_str())).collect::<Vec<_>>(),
+        [(Some(2), Some("d")), (Some(1), Some("a"))]
+    );
+    let since = Some(pb::Position { offset: 1, epoch: epoch.clone() });
+    let after = client.history(authed(pb::HistoryRequest { since, reverse: false, ..read.clone() })).await;
+    assert_eq!(after.unwrap().into_inner().publications.len(), 1);
+    let lost = Some(pb::Position { offset: 1, epoch: "Other1".into() });
+    let status =
+        client.history(authed(pb::HistoryRequest { since: lost, ..read.clone() })).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("epoch_changed"), "{}", status.message());
+    let over = client.history(authed(pb::HistoryRequest { limit: Some(1001), ..read.clone() })).await;
+    assert_eq!(over.unwrap_err().code(), Code::InvalidArgument);
+    let none =
+        client.history(authed(pb::HistoryRequest { channel: "chat:lobby".into(), ..read.clone() })).await;
+    assert_eq!(none.unwrap_err().code(), Code::FailedPrecondition);
+    let keyed_plain = pb::PublishRequest { idempotency_key: Some("k".into()), ..message("chat:lobby", "1") };
+    assert_eq!(client.publish(authed(keyed_plain)).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(client.history(tonic::Request::new(read)).await.unwrap_err().code(), Code::Unauthenticated);
+
+    let inbox = client.inbox(authed(pb::InboxRequest { user: "alice".into(), limit: Some(10) })).await;
+    let inbox = inbox.unwrap().into_inner();
+    assert_eq!((inbox.offset, inbox.acked, inbox.unread, inbox.publications.len()), (1, 0, 1, 1));
+    let frame: Value = serde_json::from_slice(&inbox.publications[0]).unwrap();
+    assert_eq!((frame["channel"].as_str(), frame["data"]["n"].as_u64()), (Some("user:alice"), Some(1)));
+    let bad = client.inbox(authed(pb::InboxRequest { user: "a b".into(), limit: None })).await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
 }

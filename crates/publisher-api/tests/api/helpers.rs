@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use herald_broker::conformance::{Collector, node};
 use herald_broker::{Broker, MemoryBroker, Subscriber};
-use herald_protocol::{ChannelName, NamespaceConfig, Namespaces};
+use herald_protocol::{ChannelName, HistoryConfig, InboxConfig, NamespaceConfig, Namespaces};
 use herald_publisher_api::pb::publisher_client::PublisherClient;
 use herald_publisher_api::{PublisherApi, PublisherConfig};
 use serde_json::Value;
@@ -23,7 +23,9 @@ pub const MAX_BATCH: usize = 5;
 /// Largest batch body (and gRPC message) of the test app.
 pub const MAX_BATCH_BODY: usize = 64 * 1024;
 /// Channels the test node subscribes to.
-pub const CHANNELS: [&str; 4] = ["chat:lobby", "chat:other", "broadcast", "user:alice"];
+pub const CHANNELS: [&str; 5] = ["chat:lobby", "chat:other", "broadcast", "user:alice", "log:a"];
+/// Messages each channel of the `log` namespace keeps.
+pub const LOG_HISTORY: usize = 5;
 
 pub struct TestApp {
     /// `http://127.0.0.1:<port>` of the HTTP API.
@@ -63,9 +65,25 @@ pub async fn spawn_app_with(broker: Arc<dyn Broker>) -> TestApp {
 
 /// The app on `broker` with `config` (see [`config`] for the test defaults).
 pub async fn spawn_app_with_config(broker: Arc<dyn Broker>, config: PublisherConfig) -> TestApp {
+    spawn_app_with_inbox(broker, config, InboxConfig::default()).await
+}
+
+/// The app with `inbox` as the personal channels' history. Namespaces: `chat` without
+/// history, `log` with [`LOG_HISTORY`] messages for a minute.
+pub async fn spawn_app_with_inbox(
+    broker: Arc<dyn Broker>,
+    config: PublisherConfig,
+    inbox: InboxConfig,
+) -> TestApp {
     config.validate().unwrap();
     let mut namespaces = Namespaces::default();
     namespaces.0.insert("chat".into(), NamespaceConfig::default());
+    let log = NamespaceConfig {
+        history_size: LOG_HISTORY,
+        history_ttl: Duration::from_secs(60),
+        ..NamespaceConfig::default()
+    };
+    namespaces.0.insert("log".into(), log);
     let (node, got) = node(&broker);
     for channel in CHANNELS {
         node.subscribe(&ChannelName::parse(channel).unwrap()).await.unwrap();
@@ -73,7 +91,7 @@ pub async fn spawn_app_with_config(broker: Arc<dyn Broker>, config: PublisherCon
     let http = TcpListener::bind(config.http_listen).await.unwrap();
     let grpc = TcpListener::bind(config.grpc_listen).await.unwrap();
     let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-    let api = PublisherApi::new(config, namespaces, broker);
+    let api = PublisherApi::new(config, namespaces, inbox, HistoryConfig::default(), broker);
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(herald_publisher_api::serve(api, http, grpc, async move {
         let _ = rx.await;
@@ -106,6 +124,13 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(format!("{}{path}", self.http)).send().await.unwrap()
+    }
+
+    /// GETs `path` with the API key and returns the status and the JSON body.
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(format!("{}{path}", self.http)).bearer_auth(KEY).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
     }
 
     /// A gRPC client (connected lazily, so it survives server restarts of the broker).

@@ -18,7 +18,12 @@ use crate::shutdown::GatedBroker;
 const AT_ONCE: Duration = Duration::from_millis(500);
 
 fn publish(data: &str) -> pb::PublishRequest {
-    pb::PublishRequest { channel: "chat:lobby".into(), data: data.as_bytes().to_vec(), event: None }
+    pb::PublishRequest {
+        channel: "chat:lobby".into(),
+        data: data.as_bytes().to_vec(),
+        event: None,
+        idempotency_key: None,
+    }
 }
 
 /// A request over `max_requests_in_flight` is refused at once with 503 `overloaded` and

@@ -51,7 +51,7 @@ async fn publisher_process() {
     let http = TcpListener::bind(config.http_listen).await.unwrap();
     let grpc = TcpListener::bind(config.grpc_listen).await.unwrap();
     println!("LISTENING {} {}", http.local_addr().unwrap(), grpc.local_addr().unwrap());
-    let api = PublisherApi::new(config, namespaces, broker);
+    let api = PublisherApi::new(config, namespaces, Default::default(), Default::default(), broker);
     herald_publisher_api::serve(api, http, grpc, std::future::pending()).await.unwrap();
 }
 
@@ -140,6 +140,7 @@ async fn huge_batches_are_bounded_and_a_witness_is_not_starved() {
                 channel: "load:heavy".into(),
                 data: format!("\"{}\"", "x".repeat(HEAVY_DATA - 2)).into_bytes(),
                 event: None,
+                idempotency_key: None,
             })
             .collect(),
     };

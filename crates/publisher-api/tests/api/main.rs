@@ -3,6 +3,7 @@
 
 mod grpc;
 mod helpers;
+mod history;
 mod http;
 mod limits;
 mod load;

@@ -48,8 +48,12 @@ async fn publishing_while_redis_is_down_fails_loudly_and_recovers() {
         assert!(message.contains("nothing was published"), "{message}");
     }
     assert_error(app.post("/v1/users/alice/notify", json!({"data": 1})).await, 503, "unavailable").await;
-    let request =
-        pb::PublishRequest { channel: "chat:lobby".into(), data: b"\"lost\"".to_vec(), event: None };
+    let request = pb::PublishRequest {
+        channel: "chat:lobby".into(),
+        data: b"\"lost\"".to_vec(),
+        event: None,
+        idempotency_key: None,
+    };
     let status = client.publish(authed(request)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let request = pb::BroadcastRequest { data: b"1".to_vec(), event: None };
@@ -64,8 +68,12 @@ async fn publishing_while_redis_is_down_fails_loudly_and_recovers() {
     let response = app.post("/v1/publish", json!({"channel": "chat:lobby", "data": "after"})).await;
     assert_eq!(response.status(), 200);
     let http_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
-    let request =
-        pb::PublishRequest { channel: "chat:lobby".into(), data: b"\"after grpc\"".to_vec(), event: None };
+    let request = pb::PublishRequest {
+        channel: "chat:lobby".into(),
+        data: b"\"after grpc\"".to_vec(),
+        event: None,
+        idempotency_key: None,
+    };
     let grpc_id = client.publish(authed(request)).await.unwrap().into_inner().id;
     let got = app.received(2).await;
     assert_message(&got[0].1, "chat:lobby", &http_id, &json!("after"), None);

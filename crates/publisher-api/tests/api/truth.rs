@@ -58,8 +58,12 @@ async fn a_publish_that_went_out_unanswered_is_outcome_unknown() {
     let frozen = redis.freeze().await;
     let http = app.client.post(format!("{}/v1/publish", app.http)).bearer_auth(crate::helpers::KEY);
     let http = http.body(json!({"channel": "chat:lobby", "data": "maybe http"}).to_string());
-    let grpc =
-        pb::PublishRequest { channel: "chat:lobby".into(), data: b"\"maybe grpc\"".to_vec(), event: None };
+    let grpc = pb::PublishRequest {
+        channel: "chat:lobby".into(),
+        data: b"\"maybe grpc\"".to_vec(),
+        event: None,
+        idempotency_key: None,
+    };
     let ((status, code, took), grpc) = tokio::join!(timed(http), client.publish(authed(grpc)));
     assert_eq!((status, code.as_str()), (504, "outcome_unknown"));
     assert!(took <= RESPONSE_TIMEOUT + MARGIN, "answered after {took:?}");
@@ -116,6 +120,7 @@ async fn with_redis_frozen_every_answer_comes_within_the_response_timeout() {
                     channel: "chat:lobby".into(),
                     data: i.to_string().into_bytes(),
                     event: None,
+                    idempotency_key: None,
                 };
                 let status = client.publish(authed(request)).await.unwrap_err();
                 (status.code(), started.elapsed())
@@ -149,6 +154,7 @@ async fn with_redis_frozen_every_answer_comes_within_the_response_timeout() {
             channel: "chat:lobby".into(),
             data: b"1".to_vec(),
             event: None,
+            idempotency_key: None,
         }))
         .await
         .unwrap();
