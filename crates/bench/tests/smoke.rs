@@ -203,8 +203,9 @@ async fn rooms_deliver_to_their_members() {
     }
 }
 
-/// A flood of every kind beside a fan-out is refused `rate_limited` and closed with 4029 after
-/// sustained abuse, reconnects, and the measured clients still receive every message.
+/// A flood of every kind beside a fan-out is read at the frame rate, told `rate_limited` and
+/// closed with 4029 after sustained abuse, reconnects, and the measured clients still receive
+/// every message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_rate_limited_and_the_other_clients_lose_nothing() {
     let config = GatewayConfig {
@@ -223,7 +224,9 @@ async fn a_flood_is_rate_limited_and_the_other_clients_lose_nothing() {
     let flood = report.flood.as_ref().expect("a flood report");
     assert_eq!(flood.connections, 4);
     assert!(flood.frames_sent > 1000, "{}", report.human());
-    assert!(flood.replies.get("error rate_limited").copied().unwrap_or(0) > 100, "{}", report.human());
+    // Told once per spell of holding, not once per frame: the frames over the rate wait.
+    let told = flood.replies.get("error rate_limited").copied().unwrap_or(0);
+    assert!((4..=flood.connects).contains(&told), "{}", report.human());
     assert!(flood.replies.contains_key("pong"), "pings within the limit are answered: {}", report.human());
     assert!(flood.closes.get("close 4029").copied().unwrap_or(0) >= 4, "{}", report.human());
     assert!(flood.connects > 4, "closed flood connections reconnect: {}", report.human());

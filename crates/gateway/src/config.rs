@@ -71,14 +71,16 @@ pub struct GatewayConfig {
     /// subscribed). Over it a new connection is answered 503 with `Retry-After` at once, so
     /// a reconnect storm or a flood of idle sockets cannot hold every slot.
     pub max_handshakes: usize,
-    /// Client frames per second a connection may send on average (a token bucket refilled at
-    /// this rate). A frame over the limit is not handled and is answered with an `error`
-    /// frame `rate_limited`.
+    /// Client frames per second a connection is read at, on average (a token bucket refilled
+    /// at this rate). A frame over it is held until its token comes and the socket is not
+    /// read meanwhile, so a faster client is slowed down by TCP flow control and costs the
+    /// gateway no more than this rate. The first frame held in a spell is answered with an
+    /// `error` frame `rate_limited`.
     pub frame_rate: u32,
     /// How many frames a connection may send at once beyond `frame_rate` (the bucket's size).
     pub frame_burst: u32,
-    /// A connection kept over its frame rate this long (its bucket never refilled) is closed
-    /// with 4029.
+    /// A connection held to its frame rate this long (its bucket never refilled to half) is
+    /// closed with 4029.
     #[serde(with = "humantime_serde")]
     pub rate_limit_close_after: Duration,
     /// Deepest nesting of arrays and objects in the `data` of a client `publish`; deeper data

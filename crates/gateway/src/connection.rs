@@ -6,7 +6,9 @@
 //! full socket did not take. It writes them several per system call (write coalescing).
 //! Messages of small channels and pings are written by the hub and the sweeper themselves.
 //! Nothing the task writes waits for the client, so a client that stopped reading is cut off
-//! as soon as its queue overflows.
+//! as soon as its queue overflows. The other way round, a client over its frame rate is read
+//! no faster than the rate (`rate`): a frame over it is held until its token comes,
+//! and the socket is not read meanwhile.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,12 +16,13 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use herald_broker::{BrokerError, Confirmation};
 use herald_protocol::{
-    ChannelKind, ChannelName, ClientFrame, CloseCode, ConnectionInfo, ErrorCode, Publication, RequestId,
-    ServerFrame,
+    ChannelHistory, ChannelKind, ChannelName, ClientFrame, CloseCode, ConnectionInfo, ErrorCode, Publication,
+    RequestId, ServerFrame, Since,
 };
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -34,9 +37,33 @@ use crate::hub::ConnHandle;
 use crate::metrics::GatewayMetrics;
 use crate::policy;
 use crate::rate::{self, FrameRate, Verdict};
+use crate::recovery::{self, Recovered};
 use crate::socket::{Socket, WebSocket};
 use crate::wire;
 use crate::writer::{Overflow, Writer};
+
+/// How a subscription was answered.
+enum Subscribed {
+    /// With a plain `subscribed` reply, still to be sent.
+    Reply,
+    /// Written already, with the recovered messages after it.
+    Written,
+}
+
+/// The error of a subscription the broker did not confirm.
+fn unconfirmed(channel: &ChannelName, e: &BrokerError) -> policy::Denied {
+    tracing::warn!(%channel, error = %e, "subscription not confirmed by the broker");
+    (ErrorCode::Unavailable, format!("subscription could not be confirmed: {e}"))
+}
+
+/// The error of a history read that failed: `no_history` where the broker keeps none (an
+/// acknowledged position asked of an engine without acknowledgements), else `unavailable`.
+fn unread(channel: &ChannelName, e: &BrokerError) -> policy::Denied {
+    match e {
+        BrokerError::HistoryUnsupported(_) => (ErrorCode::NoHistory, format!("{channel}: {e}")),
+        _ => (ErrorCode::Unavailable, format!("history of {channel} could not be read: {e}")),
+    }
+}
 
 /// Why the loop ended, and what to tell the client.
 enum Exit {
@@ -130,7 +157,10 @@ impl Connection {
             if let Exit::Close(code, reason) = exit {
                 tracing::debug!(code, %reason, "closing connection");
                 let frame = CloseFrame { code: code.into(), reason: reason.into() };
-                let closing = close(&mut socket, &self.handle.writer, frame);
+                // A client closed for its frame rate is most likely still flooding: what it
+                // sent is not worth decoding, only reading out of the way.
+                let decode = code != CloseCode::RATE_LIMITED;
+                let closing = close(&mut socket, &self.handle.writer, frame, decode);
                 // Boxed: needed once, at the end, and inline it would make every task larger.
                 let _ = Box::pin(tokio::time::timeout(self.shared.config.close_timeout, closing)).await;
             }
@@ -140,18 +170,29 @@ impl Connection {
     /// Subscribes the server-managed channels and the requested ones, then answers the
     /// upgrade and greets the client in one write. Once the client reads `connected`,
     /// messages on all of them are guaranteed to reach it. The broker confirms the channels
-    /// concurrently; if one fails, the client gets HTTP 503 instead of an upgrade. `None`
-    /// when the client is not connected (what was joined is left when `self` drops).
+    /// concurrently; if one fails, the client gets HTTP 503 instead of an upgrade. Channels
+    /// with history (the personal channel's inbox, and those of the URL in namespaces with
+    /// history) are read once confirmed, from the URL's `since` if it gave one: `connected`
+    /// says where each stands, and the missed messages follow it, before anything live of
+    /// theirs. `None` when the client is not connected (what was joined is left when `self`
+    /// drops).
     pub(crate) async fn open(&mut self, mut stream: TcpStream, upgrade: Upgrade) -> Option<WebSocket> {
         let (id, writer) = (self.handle.id, self.handle.writer.clone());
         self.shared.registry.register(id, writer, self.identity.expires_at, self.shared.config.ping_interval);
         let personal =
             self.shared.config.personal_channel.then(|| ChannelName::personal(&self.identity.user));
+        let mut recovering: Vec<(ChannelName, ChannelHistory)> = Vec::new();
         let joins: Vec<_> = personal
             .into_iter()
             .chain([ChannelName::broadcast()])
             .chain(upgrade.requested.iter().cloned())
-            .map(|channel| self.enter(channel))
+            .map(|channel| match self.shared.namespaces.history(&channel, &self.shared.inbox) {
+                Some(history) => {
+                    recovering.push((channel.clone(), history));
+                    self.enter_recovering(channel, history)
+                }
+                None => self.enter(channel),
+            })
             .collect();
         for confirmed in joins {
             if let Err(e) = confirmed.await {
@@ -160,14 +201,52 @@ impl Connection {
                 return None;
             }
         }
+        let broker = self.shared.hub.broker().as_ref();
+        let reads = recovering.iter().map(|(channel, history)| {
+            let since = upgrade.since.iter().find(|(c, _)| c == channel).map(|(_, since)| since);
+            let personal =
+                matches!(channel.kind(), ChannelKind::Personal(user) if user == self.identity.user.as_str());
+            async move {
+                if personal {
+                    recovery::read_personal(broker, channel, since, *history).await
+                } else {
+                    Ok((recovery::read(broker, channel, since, *history).await?, None))
+                }
+            }
+        });
+        let mut inbox = None;
+        let mut recovered = Vec::with_capacity(recovering.len());
+        for (read, (channel, _)) in futures_util::future::join_all(reads).await.into_iter().zip(recovering) {
+            match read {
+                Ok((read, status)) => {
+                    inbox = inbox.or(status);
+                    recovered.push((channel, read));
+                }
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "history read at connect failed");
+                    let (code, message) = unread(&channel, &e);
+                    handshake::refuse(&mut stream, code, &message).await;
+                    return None;
+                }
+            }
+        }
+        let positions: Vec<_> =
+            recovered.iter().map(|(channel, read)| (channel.clone(), read.state())).collect();
+        let inbox_state = inbox.as_ref().map(recovery::inbox_state);
         let hello = ServerFrame::Connected {
             client_id: &self.info.client_id,
             user: &self.identity.user,
             channels: &upgrade.requested,
-            positions: &[],
-            inbox: None,
+            positions: &positions,
+            inbox: inbox_state.as_ref(),
         };
         let answer = handshake::switching_protocols(&upgrade, &hello.to_json());
+        drop(positions);
+        // The writer is not attached yet: what it is given now goes out after `connected`.
+        for (channel, read) in recovered {
+            let top = (read.top.offset, read.top.epoch.as_str());
+            self.shared.hub.finish_recovery(&channel, id, None, read.missed, top);
+        }
         if stream.write_all(&answer).await.is_err() {
             return None;
         }
@@ -206,18 +285,22 @@ impl Connection {
                     };
                     match verdict {
                         Verdict::Allow => {}
-                        Verdict::Refuse => {
+                        Verdict::Hold { until, first } => {
                             self.shared.metrics.limit_hit("frame_rate");
-                            if !matches!(msg, Message::Text(_)) {
-                                continue;
+                            if first {
+                                let rate = self.shared.config.frame_rate;
+                                let notice = error_frame(None, ErrorCode::RateLimited, &format!(
+                                    "more than {rate} frames per second: the connection is read no faster"
+                                ));
+                                if let Err(exit) = reply(&writer, &self.shared.metrics, &notice) {
+                                    return exit;
+                                }
                             }
-                            let rate = self.shared.config.frame_rate;
-                            let refusal = error_frame(None, ErrorCode::RateLimited,
-                                &format!("frame not handled: more than {rate} frames per second"));
-                            if let Err(exit) = reply(&writer, &self.shared.metrics, &refusal) {
+                            // Boxed: alive only while a client is over its rate, and inline it
+                            // would make every idle connection's task larger by a timer.
+                            if let Some(exit) = Box::pin(hold(&writer, batch, until)).await {
                                 return exit;
                             }
-                            continue;
                         }
                         Verdict::Close => {
                             self.shared.metrics.limit_hit("frame_rate_close");
@@ -255,12 +338,16 @@ impl Connection {
         };
         Some(match frame {
             ClientFrame::Ping { id } => ServerFrame::Pong { id: id.as_ref() }.to_json(),
-            ClientFrame::Subscribe { id, channel, .. } => match self.subscribe(&channel).await {
-                Ok(()) => {
-                    ServerFrame::Subscribed { id: id.as_ref(), channel: &channel, state: None }.to_json()
+            ClientFrame::Subscribe { id, channel, since } => {
+                match self.subscribe(id.as_ref(), &channel, since.as_ref()).await {
+                    Ok(Subscribed::Reply) => {
+                        ServerFrame::Subscribed { id: id.as_ref(), channel: &channel, state: None }.to_json()
+                    }
+                    // Written with the recovered messages, before anything live.
+                    Ok(Subscribed::Written) => return None,
+                    Err((code, message)) => error_frame(id.as_ref(), code, &message),
                 }
-                Err((code, message)) => error_frame(id.as_ref(), code, &message),
-            },
+            }
             ClientFrame::Unsubscribe { id, channel } => match self.unsubscribe(&channel) {
                 Ok(()) => ServerFrame::Unsubscribed { id: id.as_ref(), channel: &channel }.to_json(),
                 Err((code, message)) => error_frame(id.as_ref(), code, &message),
@@ -317,7 +404,12 @@ impl Connection {
         })
     }
 
-    async fn subscribe(&mut self, channel: &ChannelName) -> Result<(), policy::Denied> {
+    async fn subscribe(
+        &mut self,
+        id: Option<&RequestId>,
+        channel: &ChannelName,
+        since: Option<&Since>,
+    ) -> Result<Subscribed, policy::Denied> {
         let config = &self.shared.config;
         policy::can_subscribe(&self.identity, channel, &self.shared.namespaces, config.personal_channel)?;
         if self.subscriptions.contains(channel) {
@@ -330,12 +422,78 @@ impl Connection {
             let max = config.max_subscriptions;
             return Err((ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection")));
         }
-        self.join(channel.clone()).await.map_err(|e| {
-            tracing::warn!(%channel, error = %e, "subscription not confirmed by the broker");
-            (ErrorCode::Unavailable, format!("subscription could not be confirmed: {e}"))
-        })?;
+        let Some(history) = self.shared.namespaces.history(channel, &self.shared.inbox) else {
+            if since.is_some() {
+                return Err((ErrorCode::NoHistory, format!("{channel} keeps no history to resume from")));
+            }
+            self.join(channel.clone()).await.map_err(|e| unconfirmed(channel, &e))?;
+            self.shared.observer.subscribed(&self.info, channel);
+            return Ok(Subscribed::Reply);
+        };
+        if matches!(since, Some(Since::Acked)) && !matches!(channel.kind(), ChannelKind::Personal(_)) {
+            let message = "`since: \"acked\"` is for the personal channel only";
+            return Err((ErrorCode::MalformedFrame, message.into()));
+        }
+        self.recover(id, channel, since, history).await?;
         self.shared.observer.subscribed(&self.info, channel);
+        Ok(Subscribed::Written)
+    }
+
+    /// Joins `channel`, a channel with history, recovering: once the broker confirmed, reads
+    /// the history (after `since`, or just the position) and writes `subscribed`, the missed
+    /// messages and what arrived live meanwhile, each once and in order.
+    async fn recover(
+        &mut self,
+        id: Option<&RequestId>,
+        channel: &ChannelName,
+        since: Option<&Since>,
+        history: ChannelHistory,
+    ) -> Result<(), policy::Denied> {
+        let confirmation = self.enter_recovering(channel.clone(), history);
+        if let Err(e) = confirmation.await {
+            self.abandon(channel);
+            return Err(unconfirmed(channel, &e));
+        }
+        let read: Recovered =
+            match recovery::read(self.shared.hub.broker().as_ref(), channel, since, history).await {
+                Ok(read) => read,
+                Err(e) => {
+                    self.abandon(channel);
+                    tracing::warn!(%channel, error = %e, "history read for a subscription failed");
+                    return Err(unread(channel, &e));
+                }
+            };
+        let state = read.state();
+        let reply = ServerFrame::Subscribed { id, channel, state: Some(&state) }.to_json();
+        let top = (read.top.offset, read.top.epoch.as_str());
+        // `false`: the connection is closing (a slow consumer); its task sees that next.
+        let _ = self.shared.hub.finish_recovery(
+            channel,
+            self.handle.id,
+            Some(wire::text(reply.as_bytes())),
+            read.missed,
+            top,
+        );
         Ok(())
+    }
+
+    /// Joins `channel` (a channel with history) recovering and records it; returns the
+    /// broker's confirmation. Live messages wait for [`crate::hub::Hub::finish_recovery`],
+    /// at most `gateway.outbound_queue` of them (then the connection closes with 4008).
+    fn enter_recovering(&mut self, channel: ChannelName, history: ChannelHistory) -> Confirmation {
+        let max = self.shared.config.outbound_queue;
+        let confirmed = self.shared.hub.join_recovering(&channel, self.handle.clone(), history, max);
+        self.subscriptions.insert(channel);
+        self.shared.metrics.subscriptions.inc();
+        confirmed
+    }
+
+    /// Undoes [`Connection::enter`] after a failure.
+    fn abandon(&mut self, channel: &ChannelName) {
+        if self.subscriptions.remove(channel) {
+            self.shared.metrics.subscriptions.dec();
+            self.shared.hub.leave(channel, self.handle.id);
+        }
     }
 
     /// Joins `channel` in the hub and records it; returns the broker's confirmation.
@@ -350,9 +508,7 @@ impl Connection {
     async fn join(&mut self, channel: ChannelName) -> Result<(), BrokerError> {
         let result = self.enter(channel.clone()).await;
         if result.is_err() {
-            self.subscriptions.remove(&channel);
-            self.shared.metrics.subscriptions.dec();
-            self.shared.hub.leave(&channel, self.handle.id);
+            self.abandon(&channel);
         }
         result
     }
@@ -419,16 +575,38 @@ impl Connection {
     }
 }
 
+/// Holds a connection's reading back until `until`, while the frame in hand waits for its
+/// token. What the client sends meanwhile stays in the kernel's buffers and, once they are
+/// full, TCP flow control stops the client's writes: a flood costs the gateway no more than
+/// the frames the rate lets through. Queued frames are still written and a close request
+/// still ends the connection. `Some` when the connection ends meanwhile.
+async fn hold(writer: &Writer, batch: usize, until: Instant) -> Option<Exit> {
+    tokio::select! {
+        biased;
+        reason = writer.closing() => Some(Exit::from(reason)),
+        Err(_) = writer.drain(batch) => Some(Exit::Gone),
+        () = tokio::time::sleep_until(until) => None,
+    }
+}
+
 /// The closing handshake: send our close frame (after the rest of a frame already begun),
 /// then read until the client's close arrives, writing what is queued meanwhile. Dropping the
 /// socket at once would reset the TCP connection while the client still has frames in flight
 /// to us, and a reset makes the client's kernel discard what it had not read yet, our close
 /// frame included.
-async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame) {
+///
+/// Without `decode`, what the client sends is read and dropped as bytes until it hangs up or
+/// the close timeout passes: a flood's backlog in the kernel's buffers (megabytes of frames)
+/// would otherwise be decoded at full speed, undoing what holding the flooder back saved. A
+/// client that answers our close frame and waits for us to hang up then waits the timeout.
+async fn close(socket: &mut WebSocket, writer: &Writer, frame: CloseFrame, decode: bool) {
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }
     let read_until_close = async {
+        if !decode {
+            return discard(writer).await;
+        }
         loop {
             match socket.next().await {
                 Some(Ok(Message::Close(_))) => return,

@@ -19,6 +19,22 @@ use crate::registry::{ConnId, Registry};
 /// The hub connection id of the delivery canary; real connections are numbered after it.
 pub(crate) const CANARY_CONN: ConnId = 0;
 
+/// What the gateway knows of channels: the namespaces, the offline inbox of personal channels
+/// (`[inbox]`) and the limits of history reads (`[history]`). Built from [`Namespaces`] alone,
+/// the inbox and history limits take their defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelConfig {
+    pub namespaces: Namespaces,
+    pub inbox: InboxConfig,
+    pub history: HistoryConfig,
+}
+
+impl From<Namespaces> for ChannelConfig {
+    fn from(namespaces: Namespaces) -> Self {
+        Self { namespaces, ..Self::default() }
+    }
+}
+
 /// A running gateway node. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -31,9 +47,9 @@ pub(crate) struct Inner {
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) verifier: TokenVerifier,
     pub(crate) namespaces: Namespaces,
-    /// The history of personal channels (the offline inbox).
+    /// The offline inbox: the history of personal channels.
     pub(crate) inbox: InboxConfig,
-    /// Limits of history reads and idempotent publishes.
+    /// Limits of history reads and idempotent publishing.
     pub(crate) history: HistoryConfig,
     pub(crate) hub: Hub,
     /// Told of every connection and subscription change (presence).
@@ -62,22 +78,25 @@ impl Gateway {
     pub fn new(
         config: GatewayConfig,
         auth: &AuthConfig,
-        namespaces: Namespaces,
+        channels: impl Into<ChannelConfig>,
         broker: Arc<dyn Broker>,
     ) -> Result<Self, ConfigError> {
-        Self::with_observer(config, auth, namespaces, broker, Arc::new(NoObserver))
+        Self::with_observer(config, auth, channels, broker, Arc::new(NoObserver))
     }
 
     /// As [`Gateway::new`], reporting connections and subscriptions to `observer`.
     pub fn with_observer(
         config: GatewayConfig,
         auth: &AuthConfig,
-        namespaces: Namespaces,
+        channels: impl Into<ChannelConfig>,
         broker: Arc<dyn Broker>,
         observer: Arc<dyn ConnectionObserver>,
     ) -> Result<Self, ConfigError> {
+        let ChannelConfig { namespaces, inbox, history } = channels.into();
         config.validate()?;
         namespaces.validate()?;
+        inbox.validate()?;
+        history.validate()?;
         let verifier = TokenVerifier::new(auth)?;
         let node_id = format!("{:08x}", rand_u32());
         let metrics = Arc::new(GatewayMetrics::default());
@@ -91,8 +110,8 @@ impl Gateway {
                 config,
                 verifier,
                 namespaces,
-                inbox: InboxConfig::default(),
-                history: HistoryConfig::default(),
+                inbox,
+                history,
                 hub,
                 observer,
                 node_id,

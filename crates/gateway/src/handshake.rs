@@ -10,8 +10,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use herald_protocol::{ChannelName, ErrorCode};
-use serde::Deserialize;
+use herald_protocol::{ChannelKind, ChannelName, ErrorCode, Since};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -28,11 +27,40 @@ pub(crate) const MAX_HEADERS: usize = 48;
 /// How long writing a refusal may take.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Deserialize)]
+/// The query string of `/ws`.
+#[derive(Default)]
 struct ConnectParams {
     token: Option<String>,
     /// Channels to subscribe before `connected`, comma-separated.
     subscribe: Option<String>,
+    /// Positions to resume from, one per channel: `<channel>~<offset>~<epoch>` or
+    /// `<channel>~acked`; the parameter may repeat.
+    since: Vec<String>,
+}
+
+impl ConnectParams {
+    /// Reads the query string; `token` and `subscribe` at most once, other names ignored.
+    fn parse(query: &str) -> Result<Self, policy::Denied> {
+        let malformed = |message: String| (ErrorCode::MalformedFrame, message);
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| malformed(format!("malformed query string: {e}")))?;
+        let mut params = Self::default();
+        for (key, value) in pairs {
+            let slot = match key.as_str() {
+                "token" => &mut params.token,
+                "subscribe" => &mut params.subscribe,
+                "since" => {
+                    params.since.push(value);
+                    continue;
+                }
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(malformed(format!("malformed query string: duplicate field `{key}`")));
+            }
+        }
+        Ok(params)
+    }
 }
 
 /// What a request head says, as far as the gateway cares.
@@ -161,6 +189,8 @@ pub(crate) struct Upgrade {
     pub accept: String,
     /// The channels of `?subscribe=`, checked.
     pub requested: Vec<ChannelName>,
+    /// The positions of `?since=`, each for a channel with history the connection subscribes.
+    pub since: Vec<(ChannelName, Since)>,
     /// Bytes the client sent after the request head (its first frames, if it did not wait).
     pub leftover: Vec<u8>,
     pub config: WebSocketConfig,
@@ -191,8 +221,7 @@ pub(crate) fn check(
     if head.authorizations > 1 {
         return Err((ErrorCode::MalformedFrame, "more than one Authorization header".into()));
     }
-    let params: ConnectParams = serde_urlencoded::from_str(&head.query)
-        .map_err(|e| (ErrorCode::MalformedFrame, format!("malformed query string: {e}")))?;
+    let params = ConnectParams::parse(&head.query)?;
     let bearer = head.authorization.as_deref().and_then(|v| v.strip_prefix("Bearer "));
     let Some(token) = params.token.as_deref().or(bearer) else {
         return Err((
@@ -213,6 +242,7 @@ pub(crate) fn check(
             config.max_subscriptions,
         )?,
     };
+    let since = check_since(gateway, &identity, &requested, &params.since)?;
     if let Err(reason) = gateway.readiness() {
         return Err((ErrorCode::Unavailable, format!("gateway not ready: {reason}, retry later")));
     }
@@ -222,7 +252,43 @@ pub(crate) fn check(
         .max_write_buffer_size(config.max_write_buffer_size)
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
-    Ok((identity, Upgrade { accept: derive_accept_key(key.as_bytes()), requested, leftover, config: ws }))
+    let accept = derive_accept_key(key.as_bytes());
+    Ok((identity, Upgrade { accept, requested, since, leftover, config: ws }))
+}
+
+/// Checks the URL's `since` parameters: each parses, names a channel the connection
+/// subscribes (those of `subscribe=`, or the personal channel), once, and that channel keeps
+/// history; `acked` only for the personal channel.
+fn check_since(
+    gateway: &Gateway,
+    identity: &Identity,
+    requested: &[ChannelName],
+    params: &[String],
+) -> Result<Vec<(ChannelName, Since)>, policy::Denied> {
+    let shared = gateway.shared();
+    let malformed = |message: String| (ErrorCode::MalformedFrame, message);
+    let mut positions: Vec<(ChannelName, Since)> = Vec::with_capacity(params.len());
+    for text in params {
+        let (channel, since) =
+            Since::from_url(text).map_err(|e| malformed(format!("invalid `since` {text}: {e}")))?;
+        let personal =
+            matches!(channel.kind(), ChannelKind::Personal(user) if user == identity.user.as_str());
+        let subscribed = requested.contains(&channel) || (personal && shared.config.personal_channel);
+        if !subscribed {
+            return Err(malformed(format!("`since` for {channel}, which the connection does not subscribe")));
+        }
+        if positions.iter().any(|(c, _)| *c == channel) {
+            return Err(malformed(format!("more than one `since` for {channel}")));
+        }
+        if since == Since::Acked && !personal {
+            return Err(malformed(format!("`since` {text}: `acked` is for the personal channel only")));
+        }
+        if shared.namespaces.history(&channel, &shared.inbox).is_none() {
+            return Err((ErrorCode::NoHistory, format!("{channel} keeps no history to resume from")));
+        }
+        positions.push((channel, since));
+    }
+    Ok(positions)
 }
 
 /// Answers with an HTTP error and a JSON body `{"error": {"code", "message"}}`, then closes.

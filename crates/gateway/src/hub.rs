@@ -18,22 +18,39 @@
 //!
 //! Queues are bounded in frames and bytes; a subscriber whose queue is full is marked slow
 //! and its connection closes itself, so one slow client never holds up the others.
+//!
+//! Channels with history go through [`crate::stream`] first: messages carry an offset, the
+//! hub drops duplicates, repairs gaps from the history in a task of its own (the broker's
+//! reader never waits), and tells subscribers with a `reset` frame what it cannot repair.
+//! Subscribers join them with recovery ([`Hub::join_recovering`], [`Hub::finish_recovery`]).
+//! When the node's broker subscription comes back after a loss, [`Hub::watch_reconnects`]
+//! repairs every such channel from the node's position.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use herald_broker::{Broker, Confirmation, Delivery, Subscriber};
-use herald_protocol::ChannelName;
+use herald_broker::{Broker, BrokerError, Confirmation, Delivery, HistoryFilter, Subscriber};
 use herald_protocol::support::shrink;
+use herald_protocol::{ChannelHistory, ChannelName};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::close::CloseReason;
 use crate::metrics::GatewayMetrics;
 use crate::registry::{ConnId, ConnMap};
+use crate::stream::{Event, Joined, Outcome, Pos, RepairStart, Stream, Tail};
 use crate::wire;
 use crate::writer::{MAX_BATCH, Overflow, Writer};
+
+/// How long a repair keeps retrying a history read the broker does not answer before it
+/// gives the gap up (subscribers get a `reset`).
+const REPAIR_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Number of independently locked parts of the channel map, so that joins and deliveries on
 /// different channels do not contend.
@@ -68,6 +85,8 @@ struct Received {
     /// The message's publish time (ms since the Unix epoch), for the latency metric; 0 if
     /// unknown.
     ts: u64,
+    /// Offset and epoch, for a message of a channel with history.
+    at: Option<(u64, Box<str>)>,
 }
 
 struct ChannelEntry {
@@ -76,6 +95,8 @@ struct ChannelEntry {
     /// confirmation before it tells its client `subscribed`; the first joiner that finds it
     /// confirmed records it here, so later ones do not ask the broker.
     confirmed: bool,
+    /// For a channel with history: the node's position, repairs, recovering subscribers.
+    stream: Option<Box<Stream>>,
 }
 
 /// The channel map of one gateway node. Cheap to clone.
@@ -97,6 +118,12 @@ struct HubInner {
     /// Messages delivered by the broker and not yet flushed; at most [`MAX_BATCH`].
     batch: Mutex<Vec<Received>>,
     metrics: Arc<GatewayMetrics>,
+    /// Repair tasks (history reads that fill gaps), so shutdown can wait for them.
+    repairs: TaskTracker,
+    /// Cancelled at shutdown: repairs stop waiting for the broker.
+    stop: CancellationToken,
+    /// Numbers repairs, so a read that finishes late is not taken for a later one's.
+    generations: AtomicU64,
 }
 
 /// Hands broker messages to the hub without keeping it alive.
@@ -106,6 +133,12 @@ impl Delivery for HubDelivery {
     fn deliver(&self, channel: &str, payload: Bytes) {
         if let Some(hub) = self.0.upgrade() {
             hub.deliver(channel, payload);
+        }
+    }
+
+    fn deliver_at(&self, channel: &str, payload: Bytes, offset: u64, epoch: &str) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.receive(channel, payload, Some((offset, epoch.into())));
         }
     }
 
@@ -128,6 +161,9 @@ impl Hub {
             task: Mutex::default(),
             batch: Mutex::default(),
             metrics,
+            repairs: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            generations: AtomicU64::new(0),
         });
         let (subscriber, task) = inner.broker.subscriber_task(Arc::new(HubDelivery(Arc::downgrade(&inner))));
         let _ = inner.subscriber.set(subscriber);
@@ -153,6 +189,31 @@ impl Hub {
     /// channel are guaranteed to reach this node; on error the caller must [`Hub::leave`]
     /// again.
     pub fn join(&self, channel: &ChannelName, conn: ConnHandle) -> Confirmation {
+        self.join_as(channel, conn, None)
+    }
+
+    /// Adds `conn` to `channel`, a channel with history, as a subscriber that recovers: until
+    /// [`Hub::finish_recovery`], what the channel delivers is kept for it (at most `max`
+    /// events; beyond that its connection is closed as a slow consumer), while the connection
+    /// reads the history after the confirmation. On error the caller must [`Hub::leave`].
+    pub fn join_recovering(
+        &self,
+        channel: &ChannelName,
+        conn: ConnHandle,
+        history: ChannelHistory,
+        max: usize,
+    ) -> Confirmation {
+        self.join_as(channel, conn, Some((history, max)))
+    }
+
+    /// Joins `conn`, recovering when `recovering` is given, in one step under the shard's
+    /// lock: no delivery may reach a recovering connection directly before it is marked so.
+    fn join_as(
+        &self,
+        channel: &ChannelName,
+        conn: ConnHandle,
+        recovering: Option<(ChannelHistory, usize)>,
+    ) -> Confirmation {
         let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
         let entry = shard.entry(channel.clone());
         let confirmation = match &entry {
@@ -161,10 +222,72 @@ impl Hub {
             Entry::Occupied(known) if known.get().confirmed => Confirmation::confirmed(),
             Entry::Occupied(_) => self.subscriber().confirmation(channel),
         };
-        let entry = entry.or_insert_with(|| ChannelEntry { conns: ConnMap::default(), confirmed: false });
+        let entry = entry.or_insert_with(|| ChannelEntry {
+            conns: ConnMap::default(),
+            confirmed: false,
+            stream: None,
+        });
+        if let Some((history, max)) = recovering {
+            let stream =
+                entry.stream.get_or_insert_with(|| Box::new(Stream::new(channel.clone(), history.ttl)));
+            stream.joined.insert(conn.id, Joined::Recovering { events: Vec::new(), max });
+        }
         entry.conns.insert(conn.id, conn);
         entry.confirmed = confirmation.is_confirmed();
         confirmation
+    }
+
+    /// Ends connection `id`'s recovery of `channel`, atomically with respect to the channel's
+    /// deliveries: writes `reply` (the `subscribed` frame, if any), the `missed` messages its
+    /// history read returned up to `top`, then what was kept for it after `top`, and makes it
+    /// live. `false` when the connection is gone or was closed as a slow consumer.
+    pub fn finish_recovery(
+        &self,
+        channel: &ChannelName,
+        id: ConnId,
+        reply: Option<Bytes>,
+        mut missed: Vec<Bytes>,
+        top: (u64, &str),
+    ) -> bool {
+        let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
+        let Some(entry) = shard.get_mut(channel) else { return false };
+        let (Some(conn), Some(stream)) = (entry.conns.get(&id), entry.stream.as_deref_mut()) else {
+            return false;
+        };
+        let Some(Joined::Recovering { events, .. }) = stream.joined.remove(&id) else { return false };
+        if let Some(reply) = reply
+            && conn.writer.push_control(reply).is_err()
+        {
+            return false;
+        }
+        let mut tail = Tail(Pos::new(top.0, top.1));
+        let mut resets = 0;
+        for event in &events {
+            resets += tail.step(channel, event, &mut missed);
+        }
+        self.inner.metrics.history_resets.inc_by(resets as u64);
+        if !missed.is_empty() {
+            match conn.writer.push_recovered(&missed) {
+                Ok(()) => {
+                    self.inner.metrics.frames_delivered.inc_by(missed.len() as u64);
+                }
+                Err(Overflow::Full) => {
+                    self.inner.metrics.slow_consumers.inc();
+                    return false;
+                }
+                Err(Overflow::Closed) => return false,
+            }
+        }
+        match &stream.position {
+            // The first subscriber to finish: the node starts from its position, so that a gap
+            // before the node's first message can be repaired too.
+            None => stream.position = Some(tail.0),
+            Some(position) if *position == tail.0 => {}
+            _ => {
+                stream.joined.insert(id, Joined::CatchingUp(tail));
+            }
+        }
+        true
     }
 
     /// Removes connection `id` from `channel`; the last one out unsubscribes the node.
@@ -173,6 +296,10 @@ impl Hub {
         let Some(entry) = shard.get_mut(channel) else { return };
         if entry.conns.remove(&id).is_none() {
             return;
+        }
+        if let Some(stream) = entry.stream.as_deref_mut() {
+            stream.joined.remove(&id);
+            shrink(&mut stream.joined);
         }
         if !entry.conns.is_empty() {
             shrink(&mut entry.conns);
@@ -193,6 +320,33 @@ impl Hub {
         let shard = self.inner.shard(channel.as_str()).read().expect("hub lock poisoned");
         shard.get(channel).map_or(0, |e| e.conns.len())
     }
+
+    /// Repairs every channel with history that has local subscribers each time the node's
+    /// broker subscription becomes live again after a loss (a Redis reconnect or failover):
+    /// what was published meanwhile never reached the node, and no later message may come to
+    /// show the gap. Runs until `stop` is cancelled; [`crate::serve`] runs it.
+    pub async fn watch_reconnects(self, stop: CancellationToken) {
+        let mut status = self.subscriber().status();
+        let mut live = *status.borrow_and_update();
+        loop {
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+            let now = *status.borrow_and_update();
+            if now && !live {
+                self.inner.repair_all();
+            }
+            live = now;
+        }
+    }
+
+    /// Stops the repairs in flight and waits for them to end; after every connection ended.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.repairs.close();
+        self.inner.repairs.wait().await;
+    }
 }
 
 impl HubInner {
@@ -200,14 +354,18 @@ impl HubInner {
         &self.shards[self.hasher.hash_one(channel) as usize % SHARDS]
     }
 
-    fn deliver(&self, channel: &str, payload: Bytes) {
+    fn deliver(self: &Arc<Self>, channel: &str, payload: Bytes) {
+        self.receive(channel, payload, None);
+    }
+
+    fn receive(self: &Arc<Self>, channel: &str, payload: Bytes, at: Option<(u64, Box<str>)>) {
         self.metrics.messages_in.inc();
         if std::str::from_utf8(&payload).is_err() {
             tracing::warn!(channel, "dropped a broker message that is not UTF-8");
             return;
         }
         let received =
-            Received { channel: channel.into(), ts: publish_time(&payload), frame: wire::text(&payload) };
+            Received { channel: channel.into(), ts: publish_time(&payload), frame: wire::text(&payload), at };
         let mut batch = self.batch.lock().expect("hub batch lock poisoned");
         batch.push(received);
         if batch.len() >= MAX_BATCH {
@@ -219,12 +377,18 @@ impl HubInner {
     /// Writes the batch: per channel, its frames in order, to each subscriber at once. Frames
     /// of different channels may leave in another order than they came; the protocol orders
     /// messages per channel only.
-    fn flush(&self) {
+    fn flush(self: &Arc<Self>) {
         let batch = std::mem::take(&mut *self.batch.lock().expect("hub batch lock poisoned"));
         let mut frames = Vec::new();
         for (i, first) in batch.iter().enumerate() {
             if batch[..i].iter().any(|m| m.channel == first.channel) {
                 continue; // sent with the first message of its channel
+            }
+            if first.at.is_some() {
+                let messages: Vec<&Received> =
+                    batch[i..].iter().filter(|m| m.channel == first.channel).collect();
+                self.fan_out_positioned(&first.channel, &messages, first.ts);
+                continue;
             }
             frames.clear();
             frames.extend(batch[i..].iter().filter(|m| m.channel == first.channel).map(|m| m.frame.clone()));
@@ -255,6 +419,209 @@ impl HubInner {
         if oldest > 0 {
             let now = herald_protocol::publication::now_millis();
             self.metrics.delivery_latency.observe(now.saturating_sub(oldest) as f64 / 1000.0);
+        }
+    }
+}
+
+impl HubInner {
+    fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The fan-out of a channel whose messages carry positions: through its [`Stream`] first.
+    fn fan_out_positioned(self: &Arc<Self>, channel: &str, messages: &[&Received], oldest: u64) {
+        let mut shard = self.shard(channel).write().expect("hub lock poisoned");
+        let Some(entry) = shard.get_mut(channel) else { return };
+        let Some(stream) = entry.stream.as_deref_mut() else {
+            // Not a channel with history here (the publisher's configuration differs):
+            // delivered as it comes.
+            drop(shard);
+            let frames: Vec<Bytes> = messages.iter().map(|m| m.frame.clone()).collect();
+            return self.fan_out(channel, &frames, oldest);
+        };
+        let mut events = Vec::with_capacity(messages.len());
+        let mut repair = None;
+        for m in messages {
+            let frame = m.frame.clone();
+            let Some((offset, epoch)) = &m.at else {
+                events.push(Event::Plain { frame });
+                continue;
+            };
+            let epoch = match &stream.position {
+                Some(p) if *p.epoch == **epoch => p.epoch.clone(),
+                _ => Arc::from(&**epoch),
+            };
+            let at = Pos { offset: *offset, epoch };
+            if let Some(start) = stream.accept(at, frame, &mut events, || self.next_generation()) {
+                repair = Some(start);
+            }
+        }
+        self.deliver_events(entry, &events);
+        drop(shard);
+        if let Some(start) = repair {
+            self.spawn_repair(start);
+        }
+        if oldest > 0 {
+            let now = herald_protocol::publication::now_millis();
+            self.metrics.delivery_latency.observe(now.saturating_sub(oldest) as f64 / 1000.0);
+        }
+    }
+
+    /// Hands `events` to every subscriber of `entry`: those in step with the node get every
+    /// message and reset, the others what their own state needs.
+    fn deliver_events(&self, entry: &mut ChannelEntry, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let Some(stream) = entry.stream.as_deref_mut() else { return };
+        let mut event_resets = 0;
+        let frames: Vec<Bytes> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Msg { frame, .. } | Event::Plain { frame } => Some(frame.clone()),
+                Event::Reset { frame, .. } => {
+                    event_resets += 1;
+                    Some(frame.clone())
+                }
+                Event::Old { .. } => None,
+            })
+            .collect();
+        let mut resets = 0;
+        let direct = entry.conns.len() <= DIRECT_MAX;
+        let mut delivered = 0;
+        let mut push = |conn: &ConnHandle, frames: &[Bytes]| {
+            if frames.is_empty() {
+                return;
+            }
+            let pushed = if direct { conn.writer.push(frames) } else { conn.writer.push_queued(frames) };
+            match pushed {
+                Ok(()) => delivered += frames.len(),
+                Err(Overflow::Full) => {
+                    self.metrics.slow_consumers.inc();
+                }
+                Err(Overflow::Closed) => {}
+            }
+        };
+        let mut in_step = 0;
+        for conn in entry.conns.values() {
+            if stream.joined.is_empty() || !stream.joined.contains_key(&conn.id) {
+                push(conn, &frames);
+                in_step += 1;
+            }
+        }
+        let mut caught_up = Vec::new();
+        for (id, joined) in &mut stream.joined {
+            let Some(conn) = entry.conns.get(id) else { continue };
+            match joined {
+                Joined::Recovering { events: kept, max } => {
+                    if kept.len() + events.len() > *max {
+                        conn.writer.request_close(CloseReason::SlowConsumer);
+                        self.metrics.slow_consumers.inc();
+                        *joined = Joined::Overflowed;
+                    } else {
+                        kept.extend(events.iter().cloned());
+                    }
+                }
+                Joined::CatchingUp(tail) => {
+                    let mut out = Vec::new();
+                    for event in events {
+                        resets += tail.step(&stream.channel, event, &mut out);
+                    }
+                    push(conn, &out);
+                    if stream.position.as_ref() == Some(&tail.0) {
+                        caught_up.push(*id);
+                    }
+                }
+                Joined::Overflowed => {}
+            }
+        }
+        for id in caught_up {
+            stream.joined.remove(&id);
+        }
+        self.metrics.history_resets.inc_by((event_resets * in_step + resets) as u64);
+        self.metrics.frames_delivered.inc_by(delivered as u64);
+    }
+
+    /// Starts the history read of a repair, as a task: the broker's reader must not wait.
+    fn spawn_repair(self: &Arc<Self>, start: RepairStart) {
+        self.metrics.history_repairs.inc();
+        tracing::debug!(channel = %start.channel, since = start.since.offset, "repairing a gap from the history");
+        let hub = Arc::downgrade(self);
+        let broker = self.broker.clone();
+        let stop = self.stop.clone();
+        self.repairs.spawn(async move {
+            let Some(outcome) = read_repair(&*broker, &start, &stop).await else { return };
+            if let Some(hub) = hub.upgrade() {
+                hub.finish_repair(start, outcome);
+            }
+        });
+    }
+
+    fn finish_repair(self: &Arc<Self>, start: RepairStart, outcome: Outcome) {
+        if matches!(outcome, Outcome::Lost { .. } | Outcome::GaveUp) {
+            tracing::warn!(channel = %start.channel, "a gap could not be repaired from the history; subscribers get a reset");
+        }
+        let mut shard = self.shard(start.channel.as_str()).write().expect("hub lock poisoned");
+        let Some(entry) = shard.get_mut(&start.channel) else { return };
+        let Some(stream) = entry.stream.as_deref_mut() else { return };
+        let mut events = Vec::new();
+        let next = stream.finish(start.generation, outcome, &mut events, || self.next_generation());
+        self.deliver_events(entry, &events);
+        drop(shard);
+        if let Some(next) = next {
+            self.spawn_repair(next);
+        }
+    }
+
+    /// Repairs every channel with history and local subscribers from the node's position.
+    fn repair_all(self: &Arc<Self>) {
+        let mut starts = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().expect("hub lock poisoned");
+            for entry in shard.values_mut() {
+                if let Some(stream) = entry.stream.as_deref_mut()
+                    && !entry.conns.is_empty()
+                    && let Some(start) = stream.repair_from_position(self.next_generation())
+                {
+                    starts.push(start);
+                }
+            }
+        }
+        for start in starts {
+            self.spawn_repair(start);
+        }
+    }
+}
+
+/// Reads what a repair needs, retrying a broker that does not answer until
+/// [`REPAIR_DEADLINE`]. `None` when the hub stops.
+async fn read_repair(broker: &dyn Broker, start: &RepairStart, stop: &CancellationToken) -> Option<Outcome> {
+    let filter =
+        HistoryFilter { since: Some(start.since.to_stream()), limit: None, reverse: false, ttl: start.ttl };
+    let deadline = tokio::time::Instant::now() + REPAIR_DEADLINE;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let read = tokio::select! {
+            read = broker.history(&start.channel, &filter) => read,
+            _ = stop.cancelled() => return None,
+        };
+        match read {
+            Ok(read) => return Some(Outcome::Read(read)),
+            Err(BrokerError::Unrecoverable { reason, current }) => {
+                return Some(Outcome::Lost { reason, current });
+            }
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::debug!(channel = %start.channel, error = %e, "history read for a repair failed, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(channel = %start.channel, error = %e, "history read for a repair failed");
+                return Some(Outcome::GaveUp);
+            }
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - `connection`: one task per socket: client frames in (held to the frame rate limit of
 //!   `rate`), replies and queued frames out, through `socket`, the adapter the WebSocket
 //!   library reads and writes.
+//! - `recovery`: the history read of a subscription to a channel with history (`since`),
+//!   at connect and for `subscribe` frames.
 //! - `wire`: the WebSocket frames the gateway encodes itself (messages, pings).
 //! - [`writer`]: each connection's outbound writer: direct writes while the socket takes
 //!   them, and behind them `queue`, the bounded frame queue. Others reach a connection
@@ -19,6 +21,8 @@
 //!   for pings, heartbeat timeouts, token expiry, and the spread-out closes of a drain.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
 //!   broker and hands each message's bytes, encoded once, to every local subscriber.
+//!   `stream` keeps its state of channels with history: the node's position, gap repair,
+//!   resets, and the subscribers still recovering.
 //! - `history`: the `history` and `ack` frames and a client's publish into a channel with
 //!   history (idempotency keys): who may, the broker call, the reply.
 //! - [`policy`]: who may subscribe and publish where. [`auth`]: connection tokens into an
@@ -50,9 +54,11 @@ pub mod metrics;
 pub mod policy;
 mod queue;
 mod rate;
+mod recovery;
 pub mod registry;
 pub mod server;
 mod socket;
+mod stream;
 mod sweeper;
 mod wire;
 pub mod writer;
@@ -60,7 +66,7 @@ pub mod writer;
 pub use auth::{TokenVerifier, mint};
 pub use close::CloseReason;
 pub use config::{AuthConfig, GatewayConfig};
-pub use gateway::{Gateway, NotReady};
+pub use gateway::{ChannelConfig, Gateway, NotReady};
 pub use herald_api_common::metrics::Format as MetricsFormat;
 /// The seam presence implements, defined in `herald-protocol` so presence need not depend on
 /// the gateway; re-exported for the gateway's callers.

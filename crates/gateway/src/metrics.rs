@@ -20,7 +20,7 @@ pub struct CloseLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
-    /// Which limit: `frame_rate` (a client frame refused), `frame_rate_close` (a connection
+    /// Which limit: `frame_rate` (a client frame held back), `frame_rate_close` (a connection
     /// closed with 4029), `max_handshakes` (a connection refused with 503),
     /// `handshake_timeout` (a request head not complete in time), `max_data_depth` (a
     /// publish refused).
@@ -56,6 +56,12 @@ pub struct GatewayMetrics {
     pub delivery_latency: Histogram,
     /// 1 while the gateway reports ready.
     pub ready: Gauge,
+    /// Gaps in a channel with history that the node started to fill from the history (after
+    /// a lost message, or its broker subscription coming back).
+    pub history_repairs: Counter,
+    /// `reset` frames sent to clients: messages of a channel with history were lost and could
+    /// not be recovered (epoch changed, gap out of the window or not repaired in time).
+    pub history_resets: Counter,
     /// Reconnects already added to `broker_reconnects`.
     reconnects_seen: AtomicU64,
 }
@@ -78,6 +84,8 @@ impl Default for GatewayMetrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
             ready: Gauge::default(),
+            history_repairs: Counter::default(),
+            history_resets: Counter::default(),
             reconnects_seen: AtomicU64::new(0),
         };
         let registry = metrics.registry.registry_mut();
@@ -117,6 +125,16 @@ impl Default for GatewayMetrics {
             metrics.delivery_latency.clone(),
         );
         registry.register("ready", "1 while the gateway reports ready", metrics.ready.clone());
+        registry.register(
+            "history_repairs",
+            "Gaps in channels with history the gateway filled (or tried to) from the history",
+            metrics.history_repairs.clone(),
+        );
+        registry.register(
+            "history_resets",
+            "Reset frames sent: messages of a channel with history lost for good",
+            metrics.history_resets.clone(),
+        );
         metrics
     }
 }

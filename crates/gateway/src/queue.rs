@@ -22,11 +22,23 @@ pub(crate) struct FrameQueue {
     started: bool,
     max_len: usize,
     max_bytes: usize,
+    /// Room granted on top of the bounds for recovered messages ([`FrameQueue::grant`]),
+    /// given back as frames are written.
+    extra_len: usize,
+    extra_bytes: usize,
 }
 
 impl FrameQueue {
     pub(crate) fn new(max_len: usize, max_bytes: usize) -> Self {
-        Self { frames: VecDeque::new(), bytes: 0, started: false, max_len, max_bytes }
+        Self {
+            frames: VecDeque::new(),
+            bytes: 0,
+            started: false,
+            max_len,
+            max_bytes,
+            extra_len: 0,
+            extra_bytes: 0,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -39,10 +51,21 @@ impl FrameQueue {
     /// list) is sent rather than taken for a slow client; the queue then holds at most the
     /// bound plus that reply, and nothing more until it drained below the bound again.
     pub(crate) fn fits(&self, frames: usize, bytes: usize, own: bool) -> bool {
-        if self.frames.len() + frames > self.max_len {
+        let (max_len, max_bytes) = (self.max_len + self.extra_len, self.max_bytes + self.extra_bytes);
+        if self.frames.len() + frames > max_len {
             return false;
         }
-        if own { self.bytes <= self.max_bytes } else { self.bytes + bytes <= self.max_bytes }
+        if own { self.bytes <= max_bytes } else { self.bytes + bytes <= max_bytes }
+    }
+
+    /// Raises the bounds by `frames` and `bytes` until that much was written: room for the
+    /// messages a subscription recovers from history, which the client asked for at once and
+    /// which must not count against what live messages may queue behind them (a recovery
+    /// larger than the queue would otherwise close the client as slow at every attempt). The
+    /// history's size bounds them.
+    pub(crate) fn grant(&mut self, frames: usize, bytes: usize) {
+        self.extra_len += frames;
+        self.extra_bytes += bytes;
     }
 
     /// Appends `frame` minus its first `skip` bytes, which were written already.
@@ -67,6 +90,8 @@ impl FrameQueue {
     pub(crate) fn consume(&mut self, written: usize) {
         let (done, skip) = advance(self.front(usize::MAX), written);
         self.bytes -= written;
+        self.extra_len = self.extra_len.saturating_sub(done);
+        self.extra_bytes = self.extra_bytes.saturating_sub(written);
         self.frames.drain(..done);
         self.started = skip > 0;
         if skip > 0 {
@@ -82,6 +107,8 @@ impl FrameQueue {
     pub(crate) fn pop(&mut self) -> Option<Bytes> {
         let frame = self.frames.pop_front()?;
         self.bytes -= frame.len();
+        self.extra_len = self.extra_len.saturating_sub(1);
+        self.extra_bytes = self.extra_bytes.saturating_sub(frame.len());
         if self.frames.is_empty() {
             self.started = false;
             self.shrink();
@@ -93,6 +120,7 @@ impl FrameQueue {
     pub(crate) fn keep_begun(&mut self) {
         self.frames.truncate(usize::from(self.started));
         self.bytes = self.frames.iter().map(Bytes::len).sum();
+        (self.extra_len, self.extra_bytes) = (0, 0);
         if self.frames.is_empty() {
             self.frames = VecDeque::new();
         }
@@ -103,6 +131,7 @@ impl FrameQueue {
         self.frames = VecDeque::new();
         self.bytes = 0;
         self.started = false;
+        (self.extra_len, self.extra_bytes) = (0, 0);
     }
 
     fn shrink(&mut self) {
@@ -168,6 +197,21 @@ mod tests {
         assert!(q.fits(1, 100, true), "a reply only needs the queue within the bound");
         q.push(&Bytes::from(vec![b'x'; 100]), 0);
         assert!(!q.fits(1, 1, true), "nothing more until the queue drained below the bound");
+    }
+
+    #[test]
+    fn granted_room_takes_recovered_frames_and_goes_as_they_are_written() {
+        let mut q = FrameQueue::new(2, 100);
+        q.grant(3, 30);
+        for _ in 0..3 {
+            q.push(&frame("0123456789"), 0);
+        }
+        assert!(q.fits(2, 20, false), "live frames still have the whole bound behind them");
+        assert!(!q.fits(3, 20, false));
+        q.consume(25);
+        assert_eq!(q.len_and_bytes(), (1, 5));
+        assert!(!q.fits(3, 5, false), "two frames written: their room is given back");
+        assert!(q.fits(2, 5, false));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! later request on the same connection may still be the upgrade ([`crate::http`]).
 //!
 //! [`serve`] owns every task of the gateway: connections, the delivery canary, the sweeper,
-//! the readiness log and the broker subscription's background task. It starts them, and at
-//! shutdown waits for them to end.
+//! the readiness log, the hub's watch of the broker subscription (and the repairs it starts)
+//! and the broker subscription's background task. It starts them, and at shutdown waits for
+//! them to end.
 
 use std::future::Future;
 use std::io;
@@ -87,6 +88,7 @@ pub async fn serve(
         shared.config.clone(),
         token.clone(),
     ));
+    shared.tasks.spawn(gateway.hub().clone().watch_reconnects(token.clone()));
     shared.tasks.spawn(lifecycle::log_readiness(gateway.clone()));
     let stop = token.clone();
     let signal = tokio::spawn(async move {
@@ -121,6 +123,7 @@ pub async fn serve(
     signal.abort();
     shared.tasks.close();
     lifecycle::log_drain(&gateway, shared.tasks.wait()).await;
+    gateway.hub().shutdown().await;
     gateway.hub().subscriber().close();
     if let Some(node) = node {
         let _ = node.await;

@@ -72,6 +72,9 @@ enum Mode {
     Queued,
     /// A frame of the connection's own, written at once if nothing is queued.
     Control,
+    /// Messages recovered from history, written at once if nothing is queued; what waits
+    /// gets room of its own (see [`crate::queue::FrameQueue::grant`]).
+    Recovered,
 }
 
 impl Writer {
@@ -127,6 +130,13 @@ impl Writer {
         self.send(frames, Mode::Queued)
     }
 
+    /// Sends messages a subscription recovered from history, like [`Writer::push`], but with
+    /// room of their own in the queue on top of its bounds, so that a client catching up on
+    /// more than `gateway.outbound_queue` messages is not taken for a slow one.
+    pub fn push_recovered(&self, frames: &[Bytes]) -> Result<(), Overflow> {
+        self.send(frames, Mode::Recovered)
+    }
+
     /// Sends one frame of the connection's own (a reply, a ping, the close frame). Refused
     /// only once the connection ended, or when the queue is full; it may be larger than
     /// `gateway.outbound_queue_bytes` while what waits is within it (see
@@ -162,6 +172,9 @@ impl Writer {
             }
         }
         let len: usize = rest.iter().map(Bytes::len).sum::<usize>() - skip;
+        if mode == Mode::Recovered {
+            state.queue.grant(rest.len(), len);
+        }
         if !state.queue.fits(rest.len(), len, mode == Mode::Control) {
             if skip > 0 {
                 // Part of a frame is out already: it must be finished, whatever follows.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use herald_broker::{Broker, MemoryBroker, RedisBroker};
-use herald_gateway::{ConnectionObserver, Gateway, NoObserver};
+use herald_gateway::{ChannelConfig, ConnectionObserver, Gateway, NoObserver};
 use herald_presence::{GrpcTransport, LocalTransport, MemoryStore, PresenceApi, RedisStore, Reporter};
 use herald_publisher_api::PublisherApi;
 use tokio::net::{TcpListener, TcpSocket};
@@ -51,7 +51,9 @@ pub async fn gateway(
         Some(reporter) => Arc::new(reporter.clone()),
         None => Arc::new(NoObserver),
     };
-    let gateway = Gateway::with_observer(config.gateway, &config.auth, config.namespaces, broker, observer)?;
+    let channels =
+        ChannelConfig { namespaces: config.namespaces, inbox: config.inbox, history: config.history };
+    let gateway = Gateway::with_observer(config.gateway, &config.auth, channels, broker, observer)?;
     tracing::info!(
         role = "gateway",
         version = VERSION,
@@ -130,10 +132,15 @@ async fn run_both(
         PresenceApi::new(config.presence.clone(), &keys, config.namespaces.clone(), store, broker.clone())?;
     let transport = Arc::new(LocalTransport(presence.service().clone()));
     let reporter = Reporter::spawn(config.presence.clone(), config.namespaces.clone(), transport);
+    let channels = ChannelConfig {
+        namespaces: config.namespaces.clone(),
+        inbox: config.inbox.clone(),
+        history: config.history.clone(),
+    };
     let gateway = Gateway::with_observer(
         config.gateway,
         &config.auth,
-        config.namespaces.clone(),
+        channels,
         broker.clone(),
         Arc::new(reporter.clone()),
     )?;

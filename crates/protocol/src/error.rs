@@ -31,8 +31,8 @@ pub enum ErrorCode {
     BatchTooLarge,
     /// A per-connection limit was reached (for example the number of subscriptions).
     LimitExceeded,
-    /// The connection sent frames faster than `gateway.frame_rate` allows; the frame was not
-    /// handled. Sustained, it ends the connection with 4029.
+    /// The connection sends frames faster than `gateway.frame_rate` allows: it is read no
+    /// faster, and its frames are handled late. Sustained, it ends the connection with 4029.
     RateLimited,
     /// The credentials (token or API key) are missing or invalid.
     Unauthorized,

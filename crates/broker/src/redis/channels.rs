@@ -78,7 +78,10 @@ impl SubState {
             None => self.channels.entry(key.into()).or_default(),
         };
         chan.wanted += 1;
-        if chan.active {
+        // Active with a command in flight: an unsubscribe, after which Redis drops the
+        // channel until it is subscribed again. Confirming now would let a message published
+        // in between be lost with nobody told.
+        if chan.active && !chan.in_flight {
             return true;
         }
         chan.waiters.push(waiter);
@@ -91,7 +94,7 @@ impl SubState {
     /// wants `key`.
     pub(super) fn wait(&mut self, key: &str, waiter: oneshot::Sender<()>) -> bool {
         match self.channels.get_mut(key) {
-            Some(chan) if chan.active => true,
+            Some(chan) if chan.active && !chan.in_flight => true,
             Some(chan) if chan.wanted > 0 => {
                 chan.waiters.push(waiter);
                 false
@@ -243,6 +246,25 @@ mod tests {
         assert_eq!(commands(&mut state), (vec![], vec!["a".into()]));
         assert!(!state.confirm("a", false));
         assert_eq!((state.active, state.channels.len()), (1, 1), "a is forgotten, b stays");
+    }
+
+    /// Wanted again while its unsubscribe is in flight: Redis drops the channel before it is
+    /// subscribed again, so the confirmation waits for the new subscribe.
+    #[test]
+    fn a_channel_wanted_during_its_unsubscribe_is_confirmed_by_the_resubscribe() {
+        let mut state = SubState::default();
+        let _first = want(&mut state, "a");
+        commands(&mut state);
+        state.confirm("a", true);
+        assert!(state.unwant("a"));
+        assert_eq!(commands(&mut state), (vec![], vec!["a".into()]));
+        let (confirmed, mut again) = want(&mut state, "a");
+        assert!(!confirmed, "not confirmed while the unsubscribe is in flight");
+        assert!(state.confirm("a", false), "the unsubscribe went through: subscribe again");
+        assert_eq!(again.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(commands(&mut state), (vec!["a".into()], vec![]));
+        state.confirm("a", true);
+        assert_eq!(again.try_recv(), Ok(()));
     }
 
     #[test]

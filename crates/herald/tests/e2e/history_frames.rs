@@ -19,6 +19,10 @@ const NAMESPACES: &[(&str, &str)] = &[
     ("HERALD_NAMESPACES__LOG__HISTORY_SIZE", "5"),
     ("HERALD_NAMESPACES__LOG__HISTORY_TTL", "1h"),
     ("HERALD_NAMESPACES__CHAT__PUBLISH", "true"),
+    // config/standalone.toml gives chat history; these tests want one without.
+    ("HERALD_NAMESPACES__CHAT__HISTORY_SIZE", "0"),
+    ("HERALD_NAMESPACES__CHAT__HISTORY_TTL", "0s"),
+    ("HERALD_NAMESPACES__CHAT__CLIENT_HISTORY", "false"),
 ];
 
 fn offsets(reply: &Value) -> Vec<u64> {

@@ -11,7 +11,7 @@ use herald_gateway::{ConnectionInfo, ConnectionObserver};
 use herald_presence::{LocalTransport, MemoryStore, PresenceApi, PresenceConfig, Reporter};
 use herald_protocol::{ChannelName, UserId};
 use herald_testkit::{RedisServer, WsClient};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn memory() -> Arc<dyn Broker> {
     Arc::new(MemoryBroker::new())
@@ -282,10 +282,12 @@ async fn a_token_with_a_null_exp_is_refused() {
     assert_eq!(hello["user"], "alice");
 }
 
-/// A client over its frame rate gets `rate_limited` errors for the frames not handled, and
-/// is closed with 4029 when it keeps on; the limit's metric counts both.
+/// A client over its frame rate is read no faster than the rate: its frames are handled late
+/// and in order, none refused, and it is told `rate_limited` once; kept up, it is closed with
+/// 4029. At no time has it more answers than the burst and the rate allow by then.
 #[tokio::test]
-async fn a_frame_flood_is_rate_limited_then_closed() {
+async fn a_frame_flood_is_read_at_the_rate_then_closed() {
+    let (rate, burst) = (50.0, 50);
     let node = Node::start(memory(), |c| {
         c.frame_rate = 50;
         c.frame_burst = 50;
@@ -293,34 +295,46 @@ async fn a_frame_flood_is_rate_limited_then_closed() {
     })
     .await;
     let witness = Witness::start(&node).await;
+    // Before the connection, so before its bucket was filled.
+    let started = tokio::time::Instant::now();
     let mut flooder = Raw::open(node.addr, &token("flooder")).await;
-    for i in 0..200 {
-        flooder.send_text(&json!({"type": "ping", "id": i}).to_string()).await;
+    let ping = |i: u64| json!({"type": "ping", "id": i}).to_string();
+    // The burst: all handled at once, and nothing said about the rate.
+    for i in 0..burst {
+        flooder.send_text(&ping(i)).await;
     }
-    let (mut pongs, mut limited) = (0, 0);
-    for _ in 0..200 {
-        let reply = flooder.next_json().await;
-        match reply["type"].as_str() {
-            Some("pong") => pongs += 1,
-            Some("error") if reply["code"] == "rate_limited" => limited += 1,
-            _ => panic!("unexpected {reply}"),
+    for i in 0..burst {
+        assert_eq!(flooder.next_json().await, json!({"type": "pong", "id": i}));
+    }
+    // Then 2000 more at once (60 KB: the socket buffers take them without waiting).
+    let flood: Vec<u8> =
+        (burst..burst + 2000).flat_map(|i| encode_frame(0x81, ping(i).as_bytes(), true)).collect();
+    tokio::io::AsyncWriteExt::write_all(&mut flooder.stream, &flood).await.unwrap();
+    let (mut handled, mut notices) = (burst, 0);
+    let ending = loop {
+        let frame = flooder.read_frame().await.expect("a close frame before the end");
+        if let Some(ending) = frame.ending() {
+            break ending;
         }
-    }
-    assert!(pongs >= 50 && limited > 0, "the burst and what refilled meanwhile: {pongs} pongs");
-    assert_eq!(pongs + limited, 200);
-    assert!(node.limit_hits("frame_rate") >= limited as f64);
-    // Keeps going at eight times the rate: closed once a second of it passed.
-    let mut ending = None;
-    for _ in 0..2000 {
-        flooder.send_text(r#"{"type":"ping"}"#).await;
-        flooder.send_text(r#"{"type":"ping"}"#).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        ending = flooder.ended();
-        if ending.is_some() {
-            break;
+        if frame.opcode != 0x1 {
+            continue;
         }
-    }
-    assert_eq!(ending, Some(Ending::Close(4029)));
+        let reply: Value = serde_json::from_slice(&frame.payload).unwrap();
+        if reply["type"] == "error" {
+            assert_eq!((&reply["code"], reply.get("id")), (&json!("rate_limited"), None), "{reply}");
+            notices += 1;
+            continue;
+        }
+        assert_eq!(reply, json!({"type": "pong", "id": handled}), "handled in order, none dropped");
+        handled += 1;
+        let allowed = burst as f64 + rate * started.elapsed().as_secs_f64() + 1.0;
+        assert!(handled as f64 <= allowed, "{handled} frames handled after {:?}", started.elapsed());
+    };
+    assert_eq!(ending, Ending::Close(4029));
+    assert!(handled > burst, "a frame over the burst is handled late, not refused");
+    assert!(handled < burst + 2000, "closed before the flood was all read");
+    assert_eq!(notices, 1, "told once");
+    assert!(node.limit_hits("frame_rate") >= 1.0);
     assert_eq!(node.limit_hits("frame_rate_close"), 1.0);
     witness.finish().await;
 }
@@ -479,38 +493,54 @@ async fn a_subscription_flood_stops_at_the_limit() {
     witness.finish().await;
 }
 
-/// A flood of WebSocket pings and JSON pings is rate limited and disturbs no one else; the
-/// flooder's connection is answered again once it calms down.
+/// A flood of WebSocket pings, written as fast as the socket takes them, is read at the frame
+/// rate: the pongs come no faster than the burst and the rate allow, so none pile up in the
+/// gateway (and the flooder is no slow consumer), the flood ends in 4029, and a witness gets
+/// its stream meanwhile.
 #[tokio::test]
-async fn a_ping_flood_is_rate_limited_and_disturbs_no_one() {
-    let node = Node::start(memory(), |_| {}).await;
+async fn a_ping_flood_is_read_at_the_rate_and_disturbs_no_one() {
+    // The defaults: 100 frames per second, bursts of 200.
+    let (rate, burst) = (100.0, 200.0);
+    let node = Node::start(memory(), |c| {
+        c.rate_limit_close_after = Duration::from_secs(2);
+        // The flooder reads its close frame while it is still writing: time enough for that
+        // before the gateway hangs up on it.
+        c.close_timeout = Duration::from_secs(5);
+    })
+    .await;
     let witness = Witness::start(&node).await;
-    let mut flooder = Raw::open(node.addr, &token("flooder")).await;
-    for i in 0..5000 {
-        if i % 2 == 0 {
-            flooder.send_frame(0x89, b"p", true).await;
-        } else {
-            flooder.send_text(r#"{"type":"ping"}"#).await;
+    let started = tokio::time::Instant::now();
+    let (mut reader, mut writer) = Raw::open(node.addr, &token("flooder")).await.split();
+    let pings = encode_frame(0x89, b"p", true).repeat(10_000);
+    let flood = tokio::spawn(async move {
+        while tokio::io::AsyncWriteExt::write_all(&mut writer.stream, &pings).await.is_ok() {}
+    });
+    let (mut pongs, mut notices) = (0, 0);
+    let ending = loop {
+        let frame = reader.read_frame().await.expect("a close frame before the end");
+        match frame.opcode {
+            0xA => {
+                pongs += 1;
+                let allowed = burst + rate * started.elapsed().as_secs_f64() + 1.0;
+                assert!(pongs as f64 <= allowed, "{pongs} pongs after {:?}", started.elapsed());
+            }
+            0x1 => {
+                let reply: Value = serde_json::from_slice(&frame.payload).unwrap();
+                assert_eq!(reply["code"], "rate_limited", "{reply}");
+                notices += 1;
+            }
+            _ => {}
         }
-    }
-    // Every JSON ping is answered: a pong within the burst, `rate_limited` beyond it.
-    let mut limited = 0;
-    for _ in 0..2500 {
-        let reply = flooder.next_json().await;
-        limited += usize::from(reply["code"] == "rate_limited");
-    }
-    assert!(limited > 2000, "{limited} of 2500 JSON pings refused");
-    assert!(node.limit_hits("frame_rate") > 4000.0, "WebSocket pings count too");
-    // Calm again: once the bucket refilled (200 at 100 per second), frames are handled.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    flooder.send_text(r#"{"type":"ping","id":"calm"}"#).await;
-    loop {
-        let reply = flooder.next_json().await;
-        if reply["id"] == "calm" {
-            assert_eq!(reply["type"], "pong");
-            break;
+        if let Some(ending) = frame.ending() {
+            break ending;
         }
-    }
+    };
+    flood.abort();
+    assert_eq!(ending, Ending::Close(4029));
+    assert!(pongs >= burst as u64, "the burst's pings are answered: {pongs}");
+    assert_eq!(notices, 1, "told once");
+    assert_eq!(node.metric("herald_gateway_slow_consumers_total"), 0.0);
+    assert_eq!(node.limit_hits("frame_rate_close"), 1.0);
     witness.finish().await;
 }
 

@@ -12,7 +12,8 @@ use herald_gateway::{AuthConfig, ConnectionObserver, Gateway, GatewayConfig, NoO
 use herald_protocol::{ChannelName, NamespaceConfig, Namespaces, Publication};
 use herald_testkit::WsClient;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -194,9 +195,10 @@ pub async fn publish(broker: &Arc<dyn Broker>, channel: &str, data: Value) {
 }
 
 /// A client on a bare TCP socket: it writes frames exactly as told, masked or not, with any
-/// header bits, and reads what the server sends back.
-pub struct Raw {
-    pub stream: TcpStream,
+/// header bits, and reads what the server sends back. [`Raw::split`] makes two of it, one
+/// that reads and one that writes, for a test that does both at once.
+pub struct Raw<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
@@ -238,6 +240,43 @@ impl Raw {
         Self { stream: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
     }
 
+    /// The reading half (with whatever was read already) and the writing half.
+    pub fn split(self) -> (Raw<OwnedReadHalf>, Raw<OwnedWriteHalf>) {
+        let (read, write) = self.stream.into_split();
+        (Raw { stream: read, buf: self.buf }, Raw { stream: write, buf: Vec::new() })
+    }
+
+    /// Without waiting: how the connection ended, if it did. Frames before the end are
+    /// dropped.
+    pub fn ended(&mut self) -> Option<Ending> {
+        let mut chunk = [0u8; 8192];
+        let eof = loop {
+            match self.stream.try_read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        while let Some((frame, used)) = parse_frame(&self.buf) {
+            self.buf.drain(..used);
+            if let Some(ending) = frame.ending() {
+                return Some(ending);
+            }
+        }
+        eof.then_some(Ending::Eof)
+    }
+
+    /// Writes one more byte of a request head and tells whether the server hung up.
+    pub async fn hung_up(&mut self) -> bool {
+        if self.stream.write_all(b"a").await.is_err() {
+            return true;
+        }
+        self.ended().is_some()
+    }
+}
+
+impl<S: AsyncRead + Unpin> Raw<S> {
     /// Reads an HTTP response head (through the blank line) and returns it.
     pub async fn read_head(&mut self) -> String {
         loop {
@@ -267,37 +306,6 @@ impl Raw {
         }
     }
 
-    /// Sends one frame: `first` is the first header byte (FIN, RSV bits, opcode).
-    pub async fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
-        let mut frame = vec![first];
-        let mask_bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n @ 0..=125 => frame.push(mask_bit | n as u8),
-            n @ 126..=0xFFFF => {
-                frame.push(mask_bit | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(mask_bit | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            let key = [0x12, 0x34, 0x56, 0x78];
-            frame.extend_from_slice(&key);
-            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            frame.extend_from_slice(payload);
-        }
-        // The server may have closed already; what it answered is what the test checks.
-        let _ = self.stream.write_all(&frame).await;
-    }
-
-    /// A masked final text frame.
-    pub async fn send_text(&mut self, text: &str) {
-        self.send_frame(0x81, text.as_bytes(), true).await;
-    }
-
     /// The next frame, `None` once the connection ended.
     pub async fn read_frame(&mut self) -> Option<RawFrame> {
         loop {
@@ -314,42 +322,11 @@ impl Raw {
     /// Reads frames until the connection ends: the close frame's code, or EOF without one.
     pub async fn ending(&mut self) -> Ending {
         while let Some(frame) = self.read_frame().await {
-            if frame.opcode == 0x8 {
-                let code = frame.payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
-                return Ending::Close(code);
+            if let Some(ending) = frame.ending() {
+                return ending;
             }
         }
         Ending::Eof
-    }
-
-    /// Without waiting: how the connection ended, if it did. Frames before the end are
-    /// dropped.
-    pub fn ended(&mut self) -> Option<Ending> {
-        let mut chunk = [0u8; 8192];
-        let eof = loop {
-            match self.stream.try_read(&mut chunk) {
-                Ok(0) => break true,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
-                Err(_) => break true,
-            }
-        };
-        while let Some((frame, used)) = parse_frame(&self.buf) {
-            self.buf.drain(..used);
-            if frame.opcode == 0x8 {
-                let code = frame.payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
-                return Some(Ending::Close(code));
-            }
-        }
-        eof.then_some(Ending::Eof)
-    }
-
-    /// Writes one more byte of a request head and tells whether the server hung up.
-    pub async fn hung_up(&mut self) -> bool {
-        if self.stream.write_all(b"a").await.is_err() {
-            return true;
-        }
-        self.ended().is_some()
     }
 
     /// The next text frame as JSON, skipping pings and pongs.
@@ -364,6 +341,52 @@ impl Raw {
                 "only pings and pongs may come between text frames: {frame:?}"
             );
         }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Raw<S> {
+    /// Sends one frame: `first` is the first header byte (FIN, RSV bits, opcode).
+    pub async fn send_frame(&mut self, first: u8, payload: &[u8], masked: bool) {
+        // The server may have closed already; what it answered is what the test checks.
+        let _ = self.stream.write_all(&encode_frame(first, payload, masked)).await;
+    }
+
+    /// A masked final text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(0x81, text.as_bytes(), true).await;
+    }
+}
+
+/// A client frame: `first` is the first header byte (FIN, RSV bits, opcode).
+pub fn encode_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut frame = vec![first];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => frame.push(mask_bit | n as u8),
+        n @ 126..=0xFFFF => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
+}
+
+impl RawFrame {
+    /// How the connection ended, if this is a close frame.
+    pub fn ending(&self) -> Option<Ending> {
+        (self.opcode == 0x8)
+            .then(|| Ending::Close(self.payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]))))
     }
 }
 

@@ -6,17 +6,21 @@
 //! - [`common`] starts gateways and a publisher API on one engine ([`common::Cluster`]) or a
 //!   `herald gateway` child process; [`presence_support`] adds presence replicas and gateways
 //!   that report to them; [`hostile_support`] has gateways of a test's own configuration, a
-//!   witness client and a raw TCP client that writes broken WebSocket frames.
+//!   witness client and a raw TCP client that writes broken WebSocket frames;
+//!   [`recovery_support`] has gateways with a history namespace (in process or as child
+//!   processes that can be drained and killed) and a publisher that publishes with history.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
 //!   observability, configuration, hostile clients, the standalone mode, presence, history
-//!   reads and idempotent publishes (client and publisher API), the offline inbox, the local
-//!   cluster script, and what a process logs about its life (`lifecycle_logs`).
+//!   reads and idempotent publishes (client and publisher API), the offline inbox, recovery of
+//!   channels with history, the local cluster script, and what a process logs about its life
+//!   (`lifecycle_logs`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
 mod common;
 mod hostile_support;
 mod presence_support;
+mod recovery_support;
 
 mod bad_input;
 mod config;
@@ -33,6 +37,7 @@ mod presence_cluster;
 mod presence_kill;
 mod presence_standalone;
 mod publisher_history;
+mod recovery;
 mod redis_outage;
 mod slow_consumer;
 mod standalone;
