@@ -85,6 +85,9 @@ interface PendingRequest {
   timer: ReturnType<typeof setTimeout>;
   /** Sent on the current socket (rejected if it drops) rather than waiting for one. */
   sent: boolean;
+  /** Called with the reply as it is read, before the frames after it: a promise would see
+   * it only after every frame of the same read (`ws` hands them over in one go). */
+  onReply?: ((frame: ServerFrame) => void) | undefined;
 }
 
 /** One connect attempt: what is known about it when its socket goes away. */
@@ -159,7 +162,7 @@ export class Herald extends Emitter<HeraldEvents> {
   private _inbox: InboxState | undefined;
   /** What subscriptions may ask of this client. */
   private readonly host: SubscriptionHost = {
-    request: (frame) => this.request(frame),
+    request: (frame, onReply) => this.request(frame, onReply),
     isConnected: () => this._state === "connected",
     requestTimeoutMs: () => this.options.requestTimeout,
     forget: (sub) => {
@@ -335,7 +338,7 @@ export class Herald extends Emitter<HeraldEvents> {
    * dropped before the reply. A request made while not connected waits for the connection,
    * within `requestTimeout`.
    */
-  request(frame: Record<string, unknown>): Promise<ServerFrame> {
+  request(frame: Record<string, unknown>, onReply?: (frame: ServerFrame) => void): Promise<ServerFrame> {
     return new Promise((resolve, reject) => {
       if (!this.wanted) {
         reject(new HeraldError("disconnected", "not connected: call connect() first"));
@@ -357,7 +360,7 @@ export class Herald extends Emitter<HeraldEvents> {
           new HeraldError("timeout", `no reply to ${String(frame.type)} within ${this.options.requestTimeout} ms`),
         );
       }, this.options.requestTimeout);
-      const req: PendingRequest = { frame: { ...frame, id }, resolve, reject, timer, sent: false };
+      const req: PendingRequest = { frame: { ...frame, id }, resolve, reject, timer, sent: false, onReply };
       this.requests.set(id, req);
       if (this._state === "connected") this.sendRequest(id, req);
     });
@@ -421,7 +424,12 @@ export class Herald extends Emitter<HeraldEvents> {
     const subject = tokenSubject(token);
     const personal = subject === undefined ? undefined : `user:${subject}`;
     for (const sub of this.subscriptions.values()) {
-      const inUrl = this.urlSubscribe && (sub.channel === personal || (!sub.managed && sub.state === "subscribing"));
+      // The personal channel's position is only taken in the URL: it stays there, unless it is
+      // the application's "acked", which a server without the inbox refuses.
+      const inUrl =
+        sub.channel === personal
+          ? this.urlSubscribe || typeof sub.since() === "object"
+          : this.urlSubscribe && !sub.managed && sub.state === "subscribing";
       const since = inUrl ? sub.since() : undefined;
       sub.sentInUrl(since);
       if (!inUrl) continue;
@@ -567,6 +575,7 @@ export class Herald extends Emitter<HeraldEvents> {
       if (frame.type === "error") {
         req.reject(new HeraldError(String(frame.code), String(frame.message ?? frame.code)));
       } else {
+        req.onReply?.(frame);
         req.resolve(frame);
       }
     } else if (frame.type === "error") {
@@ -720,10 +729,15 @@ export class Herald extends Emitter<HeraldEvents> {
       if (reason.reason === "unauthorized" || reason.reason === "refused_or_unreachable") {
         this.dropToken(attempt.token);
       }
-      // The refusal may be one of the channels in the URL: subscribe by frames next time, so
-      // a refused channel fails alone.
-      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && reason.reason !== "unauthorized" && reason.reason !== "unavailable") {
+      // The refusal may be one of the channels or positions in the URL: subscribe by frames
+      // next time, so a refused channel fails alone. Where the status is hidden, a failure
+      // without them in the URL was the network's: the URL gets its channels back, so the
+      // connection that works again recovers in its first round trip.
+      const ambiguous = reason.reason === "refused_or_unreachable";
+      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && (reason.reason === "refused" || ambiguous)) {
         this.urlSubscribe = false;
+      } else if (!this.urlSubscribe && ambiguous) {
+        this.urlSubscribe = true;
       }
       delay = this.backoff(++this.failures);
       this.urlIndex++;

@@ -49,7 +49,8 @@ export interface SubscriptionEvents {
 
 /** What a subscription needs from its client; implemented by `Herald`. */
 export interface SubscriptionHost {
-  request(frame: Record<string, unknown>): Promise<ServerFrame>;
+  /** Sends a request; `onReply` sees the reply as it is read, before any later frame. */
+  request(frame: Record<string, unknown>, onReply?: (frame: ServerFrame) => void): Promise<ServerFrame>;
   isConnected(): boolean;
   /** How long a request may wait for its reply (`requestTimeout`). */
   requestTimeoutMs(): number;
@@ -255,15 +256,18 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame(): void {
     const attempt = ++this.attempt;
-    const reply = this.host.request(this.subscribeFrame());
+    // Live as the reply is read: the recovered messages right behind it must find the
+    // position the reply sets, not the one before.
+    const reply = this.host.request(this.subscribeFrame(), (frame) => {
+      if (attempt === this.attempt && this._state !== "unsubscribed") this.live(frame);
+    });
     const inflight = reply.then(noop, noop).finally(() => {
       if (this.inflight === inflight) this.inflight = undefined;
     });
     this.inflight = inflight;
     reply.then(
-      (reply) => {
-        if (attempt !== this.attempt) return;
-        this.live(reply);
+      () => {
+        // Made live by the reply itself (above).
       },
       (err: HeraldError) => {
         if (attempt !== this.attempt || this._state === "unsubscribed") return;
@@ -299,9 +303,13 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     let failure: string | undefined;
     if (epoch !== undefined && top !== undefined) {
       if (since !== undefined && state?.recovered === true) {
-        // Every message after `since` follows: the position stays where it was.
+        // Every message after `since` follows: the position is `since` (never moved back
+        // within an epoch, should anything have come first).
         recovered = true;
-        this._offset = since === "acked" ? this.host.ackedOffset(this.channel, epoch) : since.offset;
+        const from = since === "acked" ? this.host.ackedOffset(this.channel, epoch) : since.offset;
+        if (this._epoch !== epoch || this._offset === undefined || (from !== undefined && from > this._offset)) {
+          this._offset = from;
+        }
       } else {
         // The live stream continues after the channel's top.
         this._offset = top;

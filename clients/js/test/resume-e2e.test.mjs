@@ -50,6 +50,7 @@ test("the network drops while messages are published: the client resumes with si
     feed.on("message", (m) => seqs.push(m.data.seq));
     const failed = [];
     feed.on("recovery_failed", (e) => failed.push(e));
+    feed.on("gap", (e) => failed.push(e));
     await nina.connect();
     await feed.ready();
     await publishSeqs("feed:net", 0, 10);

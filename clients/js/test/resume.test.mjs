@@ -145,6 +145,13 @@ test("a subscribe frame carries since: a position the application kept, then the
   fake.open();
   const again = await fake.request("subscribe");
   assert.deepEqual(again.since, { offset: 13, epoch: "E" });
+  // The recovered messages come right behind the reply, in the same read of the socket.
+  fake.send({ type: "subscribed", id: again.id, channel: "chat:c", offset: 15, epoch: "E", recovered: true });
+  fake.send(message("chat:c", 14));
+  fake.send(message("chat:c", 15));
+  assert.deepEqual(got, [11, 12, 13, 14, 15]);
+  assert.deepEqual(events.map(([name]) => name), ["recovered", "recovered"]);
+  assert.deepEqual(room.position, { offset: 15, epoch: "E" });
   herald.disconnect();
 });
 
