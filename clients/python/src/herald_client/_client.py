@@ -132,6 +132,8 @@ class Herald:
         self._connected_event = asyncio.Event()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: Called with a reply as it is read, before the frames after it (see `_request`).
+        self._on_reply: dict[int, Callable[[dict[str, Any]], Awaitable[None]]] = {}
         self._subs: dict[str, Subscription] = {}
         #: Subscribe by frames only on the next attempt: the last one was refused for a channel
         #: of its URL, and frames tell which.
@@ -363,8 +365,16 @@ class Herald:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def _request(self, frame: dict[str, Any], operation: str, timeout: float | None = None) -> dict[str, Any]:
-        """Sends a frame with a fresh `id` and waits for the reply carrying it."""
+    async def _request(
+        self,
+        frame: dict[str, Any],
+        operation: str,
+        timeout: float | None = None,
+        on_reply: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Sends a frame with a fresh `id` and waits for the reply carrying it. `on_reply` is
+        awaited by the reader with a reply that is not an error, before it reads on: the
+        waiting task would see the reply only after frames read behind it."""
         ws = self._ws
         if self._closing:
             raise ClientClosed("disconnect() was called")
@@ -373,6 +383,8 @@ class Herald:
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        if on_reply is not None:
+            self._on_reply[request_id] = on_reply
         limit = self.request_timeout if timeout is None else timeout
         try:
             await ws.send(json.dumps({**frame, "id": request_id}))
@@ -383,6 +395,7 @@ class Herald:
             raise ConnectionLost(f"{operation}: the connection dropped") from None
         finally:
             self._pending.pop(request_id, None)
+            self._on_reply.pop(request_id, None)
         if reply.get("type") == "error":
             raise RequestError(str(reply.get("code")), str(reply.get("message", "")), operation=operation)
         return reply
@@ -411,6 +424,7 @@ class Herald:
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
+        self._on_reply.clear()
 
     async def _send_subscribe(self, sub: Subscription) -> None:
         """Subscribes by frame on the current connection, with `since` when the subscription
@@ -427,11 +441,19 @@ class Herald:
         elif since is not None:
             frame["since"] = since
         sub._inflight = ws
+
+        async def confirm(reply: dict[str, Any]) -> None:
+            # As the reply is read: the recovered messages behind it find the position it sets.
+            if self._subs.get(sub.channel) is sub and self._ws is ws:
+                epoch = reply.get("epoch")
+                await sub._confirmed(reply, self._acked_for(sub.channel, epoch) if isinstance(epoch, str) else None)
+
         try:
-            reply = await self._request(frame, f"subscribe {sub.channel}")
+            await self._request(frame, f"subscribe {sub.channel}", on_reply=confirm)
+            return
         except RequestError as e:
             if e.code == "already_subscribed":
-                reply = {}
+                reply: dict[str, Any] = {}
             elif e.code == "unavailable":
                 log.warning("herald_client: %s; reconnecting", e)
                 await self._drop(ws)
@@ -449,9 +471,7 @@ class Herald:
             return
         finally:
             sub._inflight = None
-        if self._subs.get(sub.channel) is sub and self._ws is ws:
-            epoch = reply.get("epoch")
-            await sub._confirmed(reply, self._acked_for(sub.channel, epoch) if isinstance(epoch, str) else None)
+        await confirm(reply)
 
     def _forget(self, sub: Subscription) -> None:
         if self._subs.get(sub.channel) is sub:
@@ -796,6 +816,9 @@ class Herald:
         request_id = frame.get("id")
         if isinstance(request_id, int) and request_id in self._pending:
             future = self._pending.pop(request_id)
+            on_reply = self._on_reply.pop(request_id, None)
+            if on_reply is not None and kind != "error":
+                await on_reply(frame)
             if not future.done():
                 future.set_result(frame)
             return

@@ -256,9 +256,12 @@ class Subscription:
         failure: str | None = None
         if isinstance(epoch, str) and isinstance(top, int):
             if since is not None and reply.get("recovered") is True:
-                # Every message after `since` follows: the position stays where it was.
+                # Every message after `since` follows: the position is `since` (never moved
+                # back within an epoch, should anything have come first).
                 recovered = True
-                self.offset = since.offset if isinstance(since, Position) else acked
+                start = since.offset if isinstance(since, Position) else acked
+                if self.epoch != epoch or self.offset is None or (start is not None and start > self.offset):
+                    self.offset = start
             else:
                 # The live stream continues after the channel's top.
                 self.offset = top
@@ -274,11 +277,16 @@ class Subscription:
             # What was published while away is gone: the channel keeps no history.
             if resubscribe or since is not None:
                 failure = "no_history"
-        await self._events.emit("subscribed", self)
+        # In tasks of their own: this runs in the reader, and a callback that makes a request
+        # (reload the members on `recovery_failed`) would wait for a reply nobody reads.
+        self._emit_soon("subscribed", self)
         if recovered and since is not None and isinstance(epoch, str) and isinstance(top, int):
-            await self._events.emit("recovered", Recovered(self._channel, since, Position(top, epoch)))
+            self._emit_soon("recovered", Recovered(self._channel, since, Position(top, epoch)))
         elif failure is not None:
-            await self._events.emit("recovery_failed", RecoveryFailed(self._channel, failure, self.position))
+            self._emit_soon("recovery_failed", RecoveryFailed(self._channel, failure, self.position))
+
+    def _emit_soon(self, event: str, value: object) -> None:
+        self._client._spawn(self._events.emit(event, value))
 
     async def _reset(self, frame: dict[str, Any]) -> None:
         """A `reset` frame: messages were lost for good; the stream goes on after its position."""
@@ -287,7 +295,7 @@ class Subscription:
             return
         self.offset, self.epoch = offset, epoch
         reason = frame.get("reason")
-        await self._events.emit(
+        self._emit_soon(
             "recovery_failed",
             RecoveryFailed(self._channel, reason if isinstance(reason, str) else "reset", Position(offset, epoch), True),
         )
