@@ -257,15 +257,15 @@ var Subscription = class extends Emitter {
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame() {
     const attempt = ++this.attempt;
-    const reply = this.host.request(this.subscribeFrame());
+    const reply = this.host.request(this.subscribeFrame(), (frame) => {
+      if (attempt === this.attempt && this._state !== "unsubscribed") this.live(frame);
+    });
     const inflight = reply.then(noop, noop).finally(() => {
       if (this.inflight === inflight) this.inflight = void 0;
     });
     this.inflight = inflight;
     reply.then(
-      (reply2) => {
-        if (attempt !== this.attempt) return;
-        this.live(reply2);
+      () => {
       },
       (err) => {
         if (attempt !== this.attempt || this._state === "unsubscribed") return;
@@ -299,7 +299,10 @@ var Subscription = class extends Emitter {
     if (epoch !== void 0 && top !== void 0) {
       if (since !== void 0 && state?.recovered === true) {
         recovered = true;
-        this._offset = since === "acked" ? this.host.ackedOffset(this.channel, epoch) : since.offset;
+        const from = since === "acked" ? this.host.ackedOffset(this.channel, epoch) : since.offset;
+        if (this._epoch !== epoch || this._offset === void 0 || from !== void 0 && from > this._offset) {
+          this._offset = from;
+        }
       } else {
         this._offset = top;
         if (since !== void 0) failure = typeof state?.reason === "string" ? state.reason : "unrecoverable";
@@ -458,7 +461,7 @@ var Herald = class extends Emitter {
   _inbox;
   /** What subscriptions may ask of this client. */
   host = {
-    request: (frame) => this.request(frame),
+    request: (frame, onReply) => this.request(frame, onReply),
     isConnected: () => this._state === "connected",
     requestTimeoutMs: () => this.options.requestTimeout,
     forget: (sub) => {
@@ -620,7 +623,7 @@ var Herald = class extends Emitter {
    * dropped before the reply. A request made while not connected waits for the connection,
    * within `requestTimeout`.
    */
-  request(frame) {
+  request(frame, onReply) {
     return new Promise((resolve, reject) => {
       if (!this.wanted) {
         reject(new HeraldError("disconnected", "not connected: call connect() first"));
@@ -642,7 +645,7 @@ var Herald = class extends Emitter {
           new HeraldError("timeout", `no reply to ${String(frame.type)} within ${this.options.requestTimeout} ms`)
         );
       }, this.options.requestTimeout);
-      const req = { frame: { ...frame, id }, resolve, reject, timer, sent: false };
+      const req = { frame: { ...frame, id }, resolve, reject, timer, sent: false, onReply };
       this.requests.set(id, req);
       if (this._state === "connected") this.sendRequest(id, req);
     });
@@ -700,7 +703,7 @@ var Herald = class extends Emitter {
     const subject = tokenSubject(token);
     const personal = subject === void 0 ? void 0 : `user:${subject}`;
     for (const sub of this.subscriptions.values()) {
-      const inUrl = this.urlSubscribe && (sub.channel === personal || !sub.managed && sub.state === "subscribing");
+      const inUrl = sub.channel === personal ? this.urlSubscribe || typeof sub.since() === "object" : this.urlSubscribe && !sub.managed && sub.state === "subscribing";
       const since = inUrl ? sub.since() : void 0;
       sub.sentInUrl(since);
       if (!inUrl) continue;
@@ -830,6 +833,7 @@ var Herald = class extends Emitter {
       if (frame.type === "error") {
         req.reject(new HeraldError(String(frame.code), String(frame.message ?? frame.code)));
       } else {
+        req.onReply?.(frame);
         req.resolve(frame);
       }
     } else if (frame.type === "error") {
@@ -964,8 +968,11 @@ var Herald = class extends Emitter {
       if (reason.reason === "unauthorized" || reason.reason === "refused_or_unreachable") {
         this.dropToken(attempt.token);
       }
-      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && reason.reason !== "unauthorized" && reason.reason !== "unavailable") {
+      const ambiguous = reason.reason === "refused_or_unreachable";
+      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && (reason.reason === "refused" || ambiguous)) {
         this.urlSubscribe = false;
+      } else if (!this.urlSubscribe && ambiguous) {
+        this.urlSubscribe = true;
       }
       delay = this.backoff(++this.failures);
       this.urlIndex++;
