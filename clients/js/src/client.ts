@@ -6,16 +6,26 @@
  * `onSocketGone` turns every kind of loss into a `disconnected` event and schedules the next
  * attempt (`nextDelay` holds the reconnect policy per close code). Timers: the reconnect delay,
  * the connect timeout, the application ping, and the token refresh.
+ *
+ * Recovery: each subscription keeps its position (subscription.ts); `connectOnce` puts the
+ * positions in the URL (`since=<channel>~<offset>~<epoch>`, for the URL's channels and the
+ * personal channel), `onConnected` hands each its entry of `connected.positions`, and
+ * channels subscribed later carry `since` in their `subscribe` frame. The inbox state of
+ * `connected` is kept in `inbox` and moved by the personal channel's messages and by `ack`.
  */
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
-import { tokenExpiry } from "./jwt.js";
+import { tokenExpiry, tokenSubject } from "./jwt.js";
 import { Subscription, type SubscriptionHost } from "./subscription.js";
 import type {
   ConnectionState,
   DisconnectReason,
+  InboxState,
   Message,
+  Position,
   ServerFrame,
+  Since,
+  SubscribeOptions,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";
@@ -50,6 +60,9 @@ export interface HeraldOptions {
   /** Fetch the next token this long before the current one's `exp` (ms; at the latest half
    * way through its life). Default 60000. */
   tokenRefreshMargin?: number;
+  /** In channels with history, how often a publish whose outcome is unknown is retried (with
+   * the same idempotency key, so it is delivered once). Default 2. */
+  publishRetries?: number;
 }
 
 export interface HeraldEvents {
@@ -61,6 +74,8 @@ export interface HeraldEvents {
   message: (message: Message) => void;
   /** An `error` frame that answers no request, or a failed token refresh. */
   error: (error: HeraldError) => void;
+  /** The inbox state changed: from `connected`, a new notification, or an `ack`. */
+  inbox: (inbox: InboxState) => void;
 }
 
 interface PendingRequest {
@@ -70,6 +85,9 @@ interface PendingRequest {
   timer: ReturnType<typeof setTimeout>;
   /** Sent on the current socket (rejected if it drops) rather than waiting for one. */
   sent: boolean;
+  /** Called with the reply as it is read, before the frames after it: a promise would see
+   * it only after every frame of the same read (`ws` hands them over in one go). */
+  onReply?: ((frame: ServerFrame) => void) | undefined;
 }
 
 /** One connect attempt: what is known about it when its socket goes away. */
@@ -78,6 +96,8 @@ interface Attempt {
   token: string;
   /** The channels named in the URL. */
   urlChannels: string[];
+  /** The URL carried `since` parameters. */
+  urlSince: boolean;
   /** The `connected` frame arrived. */
   connected: boolean;
   connectedAt: number;
@@ -98,6 +118,7 @@ const DEFAULTS = {
   connectTimeout: 10_000,
   maxPendingRequests: 1000,
   tokenRefreshMargin: 60_000,
+  publishRetries: 2,
 };
 
 /** A connection that lived this long resets the backoff. */
@@ -138,15 +159,22 @@ export class Herald extends Emitter<HeraldEvents> {
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private lastReceived = 0;
+  private _inbox: InboxState | undefined;
   /** What subscriptions may ask of this client. */
   private readonly host: SubscriptionHost = {
-    request: (frame) => this.request(frame),
+    request: (frame, onReply) => this.request(frame, onReply),
     isConnected: () => this._state === "connected",
     requestTimeoutMs: () => this.options.requestTimeout,
     forget: (sub) => {
       if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
     },
     retrySubscribe: (sub, retries) => this.retrySubscribe(sub, retries),
+    publishRetries: () => this.options.publishRetries,
+    retryPause: (retries) => new Promise((resolve) => setTimeout(resolve, this.backoff(retries))),
+    ackedOffset: (channel, epoch) => {
+      const inbox = this._inbox;
+      return channel === this.personalChannel() && inbox?.epoch === epoch ? inbox.acked : undefined;
+    },
   };
 
   /**
@@ -196,6 +224,37 @@ export class Herald extends Emitter<HeraldEvents> {
     return this._user === undefined ? undefined : this.subscriptions.get(`user:${this._user}`);
   }
 
+  /** The user's offline inbox (`connected.inbox`, kept current), when the server keeps one. */
+  get inbox(): InboxState | undefined {
+    return this._inbox === undefined ? undefined : { ...this._inbox };
+  }
+
+  /**
+   * Acknowledges the personal channel up to `offset` (default: the last notification handed
+   * out), for all of the user's devices. Resolves with the acknowledged position now, which
+   * never moves backwards. Rejects with `unrecoverable` for an offset beyond the inbox's top
+   * or of another epoch, `no_history` when the server keeps no inbox.
+   */
+  async ack(offset?: number): Promise<Position> {
+    const channel = this.personalChannel();
+    if (channel === undefined) throw new HeraldError("disconnected", "not connected yet: the personal channel is not known");
+    const position = this.subscriptions.get(channel)?.position;
+    const upTo = offset ?? position?.offset;
+    if (upTo === undefined) throw new HeraldError("no_history", `${channel} has no position to acknowledge`);
+    const frame: Record<string, unknown> = { type: "ack", channel, offset: upTo };
+    const epoch = position?.epoch ?? this._inbox?.epoch;
+    if (epoch !== undefined) frame.epoch = epoch;
+    const reply = await this.request(frame);
+    const acked = { offset: reply.offset as number, epoch: reply.epoch as string };
+    const inbox = this._inbox;
+    if (inbox && inbox.epoch === acked.epoch && acked.offset > inbox.acked) {
+      inbox.unread = Math.max(0, inbox.unread - (acked.offset - inbox.acked));
+      inbox.acked = acked.offset;
+      this.emit("inbox", { ...inbox });
+    }
+    return acked;
+  }
+
   /**
    * Starts connecting (and reconnecting whenever the connection is lost, until
    * `disconnect()`). Resolves once connected; rejects only if `disconnect()` comes first.
@@ -243,11 +302,19 @@ export class Herald extends Emitter<HeraldEvents> {
    * Subscribes to a channel, or returns the existing subscription of it. The subscription
    * becomes live when connected (`ready()`), and stays across reconnects until
    * `unsubscribe()`.
+   *
+   * `since` resumes from a position the application kept (`sub.position`, persisted), or,
+   * for the personal channel, `"acked"`: from the user's acknowledged position. It counts
+   * while the subscription is not live yet; for the personal channel, which the server
+   * subscribes at connect, call this before `connect()`.
    */
-  subscribe(channel: string): Subscription {
+  subscribe(channel: string, options: SubscribeOptions = {}): Subscription {
     const existing = this.subscriptions.get(channel);
-    if (existing) return existing;
-    const sub = new Subscription(this.host, channel, false);
+    if (existing) {
+      if (options.since !== undefined) existing.requestSince(options.since);
+      return existing;
+    }
+    const sub = new Subscription(this.host, channel, false, options.since);
     this.subscriptions.set(channel, sub);
     if (this._state === "connected") sub.subscribeByFrame();
     return sub;
@@ -271,7 +338,7 @@ export class Herald extends Emitter<HeraldEvents> {
    * dropped before the reply. A request made while not connected waits for the connection,
    * within `requestTimeout`.
    */
-  request(frame: Record<string, unknown>): Promise<ServerFrame> {
+  request(frame: Record<string, unknown>, onReply?: (frame: ServerFrame) => void): Promise<ServerFrame> {
     return new Promise((resolve, reject) => {
       if (!this.wanted) {
         reject(new HeraldError("disconnected", "not connected: call connect() first"));
@@ -293,7 +360,7 @@ export class Herald extends Emitter<HeraldEvents> {
           new HeraldError("timeout", `no reply to ${String(frame.type)} within ${this.options.requestTimeout} ms`),
         );
       }, this.options.requestTimeout);
-      const req: PendingRequest = { frame: { ...frame, id }, resolve, reject, timer, sent: false };
+      const req: PendingRequest = { frame: { ...frame, id }, resolve, reject, timer, sent: false, onReply };
       this.requests.set(id, req);
       if (this._state === "connected") this.sendRequest(id, req);
     });
@@ -352,14 +419,25 @@ export class Herald extends Emitter<HeraldEvents> {
     const url = new URL(this.urls[this.urlIndex % this.urls.length] as string);
     url.searchParams.set("token", token);
     const urlChannels: string[] = [];
-    if (this.urlSubscribe) {
-      for (const sub of this.subscriptions.values()) {
-        if (!sub.managed && sub.state === "subscribing" && sub.since() === undefined) {
-          urlChannels.push(sub.channel);
-        }
-      }
-      if (urlChannels.length > 0) url.searchParams.set("subscribe", urlChannels.join(","));
+    const sinces: string[] = [];
+    // The personal channel is the token's; the server subscribes it, and takes its `since`.
+    const subject = tokenSubject(token);
+    const personal = subject === undefined ? undefined : `user:${subject}`;
+    for (const sub of this.subscriptions.values()) {
+      // The personal channel's position is only taken in the URL: it stays there, unless it is
+      // the application's "acked", which a server without the inbox refuses.
+      const inUrl =
+        sub.channel === personal
+          ? this.urlSubscribe || typeof sub.since() === "object"
+          : this.urlSubscribe && !sub.managed && sub.state === "subscribing";
+      const since = inUrl ? sub.since() : undefined;
+      sub.sentInUrl(since);
+      if (!inUrl) continue;
+      if (sub.channel !== personal) urlChannels.push(sub.channel);
+      if (since !== undefined) sinces.push(sinceParam(sub.channel, since));
     }
+    if (urlChannels.length > 0) url.searchParams.set("subscribe", urlChannels.join(","));
+    for (const since of sinces) url.searchParams.append("since", since);
 
     let socket: WebSocketLike;
     try {
@@ -377,6 +455,7 @@ export class Herald extends Emitter<HeraldEvents> {
       socket,
       token,
       urlChannels,
+      urlSince: sinces.length > 0,
       connected: false,
       connectedAt: 0,
       statusVisible: false,
@@ -484,6 +563,9 @@ export class Herald extends Emitter<HeraldEvents> {
       case "leave":
         if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.presenceEvent(frame);
         return;
+      case "reset":
+        if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.reset(frame);
+        return;
     }
     const id = frame.id;
     const req = typeof id === "number" ? this.requests.get(id) : undefined;
@@ -493,6 +575,7 @@ export class Herald extends Emitter<HeraldEvents> {
       if (frame.type === "error") {
         req.reject(new HeraldError(String(frame.code), String(frame.message ?? frame.code)));
       } else {
+        req.onReply?.(frame);
         req.resolve(frame);
       }
     } else if (frame.type === "error") {
@@ -504,9 +587,25 @@ export class Herald extends Emitter<HeraldEvents> {
     const sub = this.subscriptions.get(message.channel);
     if (sub) {
       if (!sub.accept(message)) return;
+      if (message.channel === this.personalChannel()) this.countNotification(message);
       sub.deliver(message);
     }
     this.emit("message", message);
+  }
+
+  /** The user's personal channel, once connected. */
+  private personalChannel(): string | undefined {
+    return this._user === undefined ? undefined : `user:${this._user}`;
+  }
+
+  /** A new notification moves the inbox's top (and what is unread). */
+  private countNotification(message: Message): void {
+    const inbox = this._inbox;
+    const offset = message.offset;
+    if (!inbox || typeof offset !== "number" || offset <= inbox.offset) return;
+    inbox.offset = offset;
+    if (offset > inbox.acked) inbox.unread += 1;
+    this.emit("inbox", { ...inbox });
   }
 
   private onConnected(attempt: Attempt, frame: ServerFrame): void {
@@ -520,13 +619,24 @@ export class Herald extends Emitter<HeraldEvents> {
     if (!this.subscriptions.has(personal)) {
       this.subscriptions.set(personal, new Subscription(this.host, personal, true));
     }
+    const inbox = frame.inbox as InboxState | undefined;
+    this._inbox =
+      inbox && typeof inbox.offset === "number" && typeof inbox.epoch === "string"
+        ? { offset: inbox.offset, epoch: inbox.epoch, acked: Number(inbox.acked) || 0, unread: Number(inbox.unread) || 0 }
+        : undefined;
     this.setState("connected");
     this.armPing();
     this.scheduleTokenRefresh(attempt);
+    if (this._inbox) this.emit("inbox", { ...this._inbox });
 
     const inUrl = new Set(Array.isArray(frame.channels) ? (frame.channels as string[]) : []);
+    const positions = (typeof frame.positions === "object" && frame.positions !== null ? frame.positions : {}) as Record<
+      string,
+      Record<string, unknown>
+    >;
     for (const sub of [...this.subscriptions.values()]) {
-      if (sub.managed || inUrl.has(sub.channel)) sub.live(undefined);
+      const position = Object.hasOwn(positions, sub.channel) ? positions[sub.channel] : undefined;
+      if (sub.managed || inUrl.has(sub.channel) || position !== undefined) sub.live(position);
       else if (sub.state === "subscribing") sub.subscribeByFrame();
     }
     for (const [id, req] of this.requests) {
@@ -619,10 +729,15 @@ export class Herald extends Emitter<HeraldEvents> {
       if (reason.reason === "unauthorized" || reason.reason === "refused_or_unreachable") {
         this.dropToken(attempt.token);
       }
-      // The refusal may be one of the channels in the URL: subscribe by frames next time, so
-      // a refused channel fails alone.
-      if (attempt.urlChannels.length > 0 && reason.reason !== "unauthorized" && reason.reason !== "unavailable") {
+      // The refusal may be one of the channels or positions in the URL: subscribe by frames
+      // next time, so a refused channel fails alone. Where the status is hidden, a failure
+      // without them in the URL was the network's: the URL gets its channels back, so the
+      // connection that works again recovers in its first round trip.
+      const ambiguous = reason.reason === "refused_or_unreachable";
+      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && (reason.reason === "refused" || ambiguous)) {
         this.urlSubscribe = false;
+      } else if (!this.urlSubscribe && ambiguous) {
+        this.urlSubscribe = true;
       }
       delay = this.backoff(++this.failures);
       this.urlIndex++;
@@ -663,6 +778,11 @@ export class Herald extends Emitter<HeraldEvents> {
     const ceiling = Math.min(this.options.maxDelay, this.options.minDelay * 2 ** Math.max(0, failures - 1));
     return Math.random() * ceiling;
   }
+}
+
+/** One `since` parameter of the connect URL: `<channel>~<offset>~<epoch>` or `<channel>~acked`. */
+export function sinceParam(channel: string, since: Since): string {
+  return since === "acked" ? `${channel}~acked` : `${channel}~${since.offset}~${since.epoch}`;
 }
 
 function isExpired(token: string): boolean {

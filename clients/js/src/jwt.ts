@@ -4,11 +4,26 @@
  * no readable `exp`.
  */
 export function tokenExpiry(token: string): number | undefined {
+  const exp = tokenClaims(token)?.exp;
+  return typeof exp === "number" ? exp * 1000 : undefined;
+}
+
+/**
+ * The `sub` claim of a JWT (the user id), read without verifying it: it names the personal
+ * channel `user:<sub>` before the connection is made, so its recovery position can go in the
+ * connect URL.
+ */
+export function tokenSubject(token: string): string | undefined {
+  const sub = tokenClaims(token)?.sub;
+  return typeof sub === "string" ? sub : undefined;
+}
+
+function tokenClaims(token: string): Record<string, unknown> | undefined {
   const parts = token.split(".");
   if (parts.length !== 3) return undefined;
   try {
-    const payload = JSON.parse(base64UrlDecode(parts[1] as string)) as { exp?: unknown };
-    return typeof payload.exp === "number" ? payload.exp * 1000 : undefined;
+    const payload = JSON.parse(base64UrlDecode(parts[1] as string)) as unknown;
+    return typeof payload === "object" && payload !== null ? (payload as Record<string, unknown>) : undefined;
   } catch {
     return undefined;
   }

@@ -1,20 +1,30 @@
 /**
  * One channel the application listens to. A subscription outlives connections: after every
- * reconnect the client subscribes it again (in the connect URL, or with a `subscribe` frame
- * carrying `since` when the server has told it an offset and epoch) and it reports whether the
- * messages missed meanwhile were recovered.
+ * reconnect the client subscribes it again (in the connect URL with a `since` parameter, or
+ * with a `subscribe` frame carrying `since`) from its position, the offset of the last message
+ * handed to the application and the channel's epoch, and it reports whether the messages
+ * missed meanwhile were recovered (`recovered`) or not (`recovery_failed`).
+ *
+ * Each message is handed out once: one whose offset is not past the position is dropped (a
+ * replay), one that skips offsets is reported as a `gap` (the server promises none).
  */
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
 import type {
+  GapEvent,
   HistoryOptions,
   HistoryResult,
   JoinEvent,
   LeaveEvent,
   Member,
   Message,
-  RecoveryEvent,
+  Position,
+  PublishOptions,
+  PublishResult,
+  RecoveredEvent,
+  RecoveryFailedEvent,
   ServerFrame,
+  Since,
   SubscribedEvent,
 } from "./types.js";
 
@@ -25,7 +35,13 @@ export interface SubscriptionEvents {
   join: (event: JoinEvent) => void;
   leave: (event: LeaveEvent) => void;
   subscribed: (event: SubscribedEvent) => void;
-  recovery: (event: RecoveryEvent) => void;
+  /** Resumed from its position: every message missed follows, in order, each once. */
+  recovered: (event: RecoveredEvent) => void;
+  /** Messages may have been missed for good (recovery refused, a `reset`, or a channel
+   * without history after a reconnect): reload what is built from the channel. */
+  recovery_failed: (event: RecoveryFailedEvent) => void;
+  /** Offsets were skipped: never expected (the server promises no gaps); also logged. */
+  gap: (event: GapEvent) => void;
   /** A subscribe attempt failed. Fatal (the subscription is `unsubscribed`) unless the code is
    * `unavailable` or `timeout`, which the client retries with backoff. */
   error: (error: HeraldError) => void;
@@ -33,14 +49,25 @@ export interface SubscriptionEvents {
 
 /** What a subscription needs from its client; implemented by `Herald`. */
 export interface SubscriptionHost {
-  request(frame: Record<string, unknown>): Promise<ServerFrame>;
+  /** Sends a request; `onReply` sees the reply as it is read, before any later frame. */
+  request(frame: Record<string, unknown>, onReply?: (frame: ServerFrame) => void): Promise<ServerFrame>;
   isConnected(): boolean;
   /** How long a request may wait for its reply (`requestTimeout`). */
   requestTimeoutMs(): number;
   forget(subscription: Subscription): void;
   /** Subscribes again after a backoff that grows with `retries`. */
   retrySubscribe(subscription: Subscription, retries: number): void;
+  /** The `publishRetries` option. */
+  publishRetries(): number;
+  /** Waits before publish retry number `retries`. */
+  retryPause(retries: number): Promise<void>;
+  /** The inbox's acknowledged offset, when it is of `epoch` (a personal channel resumed with
+   * `since: "acked"` continues from there). */
+  ackedOffset(channel: string, epoch: string): number | undefined;
 }
+
+/** Error codes after which a publish may or may not have happened. */
+const OUTCOME_UNKNOWN = new Set(["outcome_unknown", "timeout", "disconnected"]);
 
 /** Error codes after which subscribing again cannot succeed. */
 const RETRYABLE = new Set(["unavailable", "timeout", "internal"]);
@@ -63,29 +90,44 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private inflight: Promise<unknown> | undefined;
   /** Subscribe attempts that failed for a passing reason since it was last live. */
   private retries = 0;
+  /** Offset of the last message handed out; undefined until known (or without history). */
   private _offset: number | undefined;
   private _epoch: string | undefined;
+  /** A starting point the application gave, used by the next subscribe. */
+  private requestedSince: Since | undefined;
+  /** The `since` the current subscribe attempt carried (frame or URL). */
+  private sentSince: Since | undefined;
 
   /** @internal created by `Herald.subscribe`. */
-  constructor(host: SubscriptionHost, channel: string, managed: boolean) {
+  constructor(host: SubscriptionHost, channel: string, managed: boolean, since?: Since) {
     super();
     this.host = host;
     this.channel = channel;
     this.managed = managed;
+    this.requestedSince = since;
   }
 
   get state(): SubscriptionState {
     return this._state;
   }
 
-  /** Offset of the last message handed to the application (servers with history). */
+  /** Offset of the last message handed to the application (channels with history). */
   get offset(): number | undefined {
     return this._offset;
   }
 
-  /** Epoch of the channel's history that `offset` belongs to (servers with history). */
+  /** Epoch of the channel's history that `offset` belongs to (channels with history). */
   get epoch(): string | undefined {
     return this._epoch;
+  }
+
+  /**
+   * Where the subscription stands (channels with history, once the server told the epoch):
+   * persist it to resume after a restart with `subscribe(channel, { since: position })`.
+   */
+  get position(): Position | undefined {
+    if (this._offset === undefined || this._epoch === undefined) return undefined;
+    return { offset: this._offset, epoch: this._epoch };
   }
 
   /** Resolves once the subscription is live; rejects if it fails or is unsubscribed first. */
@@ -97,13 +139,41 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
-  /** Publishes into the channel (namespaces with `publish = true`). Resolves with the id
-   * subscribers see. */
-  async publish(data: unknown, options: { event?: string } = {}): Promise<{ messageId: string }> {
+  /**
+   * Publishes into the channel (namespaces with `publish = true`). Resolves with the id
+   * subscribers see (and, in channels with history, the offset).
+   *
+   * In a channel with history the SDK makes the publish safe to retry: it sends an
+   * idempotency key (yours, or one it generates) and retries up to `retries` times (the
+   * client's `publishRetries`) when the outcome is unknown (`outcome_unknown`, `timeout`,
+   * `disconnected`): the server answers a repeated key with the first publish's result
+   * (`deduplicated: true`) and delivers nothing twice. Elsewhere it does not retry.
+   */
+  async publish(data: unknown, options: PublishOptions = {}): Promise<PublishResult> {
     const frame: Record<string, unknown> = { type: "publish", channel: this.channel, data };
     if (options.event !== undefined) frame.event = options.event;
-    const reply = await this.host.request(frame);
-    return { messageId: reply.message_id as string };
+    // Keys exist only in channels with history; a known epoch says this is one.
+    const history = this._epoch !== undefined;
+    let key = options.idempotencyKey;
+    let retries = options.retries ?? (history ? this.host.publishRetries() : 0);
+    if (key === undefined) {
+      if (history && retries > 0) key = newIdempotencyKey();
+      else retries = 0; // Without a key, a retry could deliver twice.
+    }
+    if (key !== undefined) frame.idempotency_key = key;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const reply = await this.host.request(frame);
+        const result: PublishResult = { messageId: reply.message_id as string };
+        if (typeof reply.offset === "number") result.offset = reply.offset;
+        if (typeof reply.epoch === "string") result.epoch = reply.epoch;
+        if (reply.deduplicated === true) result.deduplicated = true;
+        return result;
+      } catch (err) {
+        if (!(err instanceof HeraldError) || !OUTCOME_UNKNOWN.has(err.code) || attempt >= retries) throw err;
+        await this.host.retryPause(attempt + 1);
+      }
+    }
   }
 
   /** Who is in the channel (namespaces with `client_presence = true`). Waits until the
@@ -115,16 +185,26 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   }
 
   /**
-   * The channel's history. Needs a server with history: servers without it answer
-   * `unknown_type`, which rejects the promise with that code.
+   * Reads the channel's history (namespaces with `client_history = true`; the connection must
+   * be subscribed, so it waits until the subscription is live). Rejects with `no_history`
+   * where there is none to read, `unrecoverable` when `since` is no longer all kept.
+   * The publications are not handed to the `message` listeners and do not move `position`.
    */
   async history(options: HistoryOptions = {}): Promise<HistoryResult> {
+    await this.readyWithin(this.host.requestTimeoutMs());
     const frame: Record<string, unknown> = { type: "history", channel: this.channel };
-    if (options.since !== undefined) frame.since = options.since;
+    if (options.since !== undefined) frame.since = { offset: options.since.offset, epoch: options.since.epoch };
     if (options.limit !== undefined) frame.limit = options.limit;
     if (options.reverse !== undefined) frame.reverse = options.reverse;
     const reply = await this.host.request(frame);
-    return reply as unknown as HistoryResult;
+    const { type: _type, id: _id, ...rest } = reply;
+    return {
+      ...rest,
+      channel: this.channel,
+      publications: Array.isArray(reply.publications) ? (reply.publications as Message[]) : [],
+      offset: reply.offset as number,
+      epoch: reply.epoch as string,
+    };
   }
 
   /** Stops the subscription for good. Resolves when the server confirmed it (at once when
@@ -153,28 +233,41 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   subscribeFrame(): Record<string, unknown> {
     const frame: Record<string, unknown> = { type: "subscribe", channel: this.channel };
     const since = this.since();
-    if (since) frame.since = since;
+    this.sentSince = since;
+    if (since !== undefined) frame.since = since;
     return frame;
   }
 
-  /** @internal the position to recover from, when the server has told one. */
-  since(): { offset: number; epoch: string } | undefined {
-    if (this._offset === undefined || this._epoch === undefined) return undefined;
-    return { offset: this._offset, epoch: this._epoch };
+  /** @internal where to resume from: what the application asked for, else the position. */
+  since(): Since | undefined {
+    return this.requestedSince ?? this.position;
+  }
+
+  /** @internal the connect URL carries this subscription's `since` (or none). */
+  sentInUrl(since: Since | undefined): void {
+    this.sentSince = since;
+  }
+
+  /** @internal asks for a starting point, for a subscription that is not live yet. */
+  requestSince(since: Since): void {
+    if (this._state === "subscribing") this.requestedSince = since;
   }
 
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame(): void {
     const attempt = ++this.attempt;
-    const reply = this.host.request(this.subscribeFrame());
+    // Live as the reply is read: the recovered messages right behind it must find the
+    // position the reply sets, not the one before.
+    const reply = this.host.request(this.subscribeFrame(), (frame) => {
+      if (attempt === this.attempt && this._state !== "unsubscribed") this.live(frame);
+    });
     const inflight = reply.then(noop, noop).finally(() => {
       if (this.inflight === inflight) this.inflight = undefined;
     });
     this.inflight = inflight;
     reply.then(
-      (reply) => {
-        if (attempt !== this.attempt) return;
-        this.live(reply);
+      () => {
+        // Made live by the reply itself (above).
       },
       (err: HeraldError) => {
         if (attempt !== this.attempt || this._state === "unsubscribed") return;
@@ -194,25 +287,69 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     );
   }
 
-  /** @internal the subscription is live: `reply` is the `subscribed` frame, or undefined when
-   * it was subscribed in the connect URL or by the server itself. */
-  live(reply: ServerFrame | undefined): void {
+  /**
+   * @internal the subscription is live: `state` is the `subscribed` frame, or the channel's
+   * entry of `connected.positions`, or undefined when the server said nothing (a channel
+   * without history, or an older server).
+   */
+  live(state: ServerFrame | Record<string, unknown> | undefined): void {
     const resubscribed = this.everSubscribed;
-    const recovered = reply?.recovered === true;
-    if (!recovered) {
-      // Nothing was recovered: the channel's position starts anew from the server's top.
-      this._epoch = typeof reply?.epoch === "string" ? reply.epoch : undefined;
-      this._offset = typeof reply?.offset === "number" ? reply.offset : undefined;
+    const since = this.sentSince;
+    this.sentSince = undefined;
+    this.requestedSince = undefined;
+    const epoch = typeof state?.epoch === "string" ? state.epoch : undefined;
+    const top = typeof state?.offset === "number" ? state.offset : undefined;
+    let recovered = false;
+    let failure: string | undefined;
+    if (epoch !== undefined && top !== undefined) {
+      if (since !== undefined && state?.recovered === true) {
+        // Every message after `since` follows: the position is `since` (never moved back
+        // within an epoch, should anything have come first).
+        recovered = true;
+        const from = since === "acked" ? this.host.ackedOffset(this.channel, epoch) : since.offset;
+        if (this._epoch !== epoch || this._offset === undefined || (from !== undefined && from > this._offset)) {
+          this._offset = from;
+        }
+      } else {
+        // The live stream continues after the channel's top.
+        this._offset = top;
+        if (since !== undefined) failure = typeof state?.reason === "string" ? state.reason : "unrecoverable";
+        else if (resubscribed) failure = "position_unknown";
+      }
+      this._epoch = epoch;
+    } else {
+      this._offset = undefined;
+      this._epoch = undefined;
+      // What was published while away is gone: the channel keeps no history.
+      if (resubscribed || since !== undefined) failure = "no_history";
     }
     this.everSubscribed = true;
     this.retries = 0;
     this._state = "subscribed";
     for (const waiter of this.waiters.splice(0)) waiter.resolve();
-    this.emit("subscribed", { resubscribed, recovered });
-    if (resubscribed && !recovered) {
-      const reason = typeof reply?.reason === "string" ? reply.reason : "unsupported";
-      this.emit("recovery", { recovered: false, reason });
+    const position = this.position;
+    const event: SubscribedEvent = { resubscribed, recovered };
+    if (position) event.position = position;
+    this.emit("subscribed", event);
+    if (recovered && since !== undefined && epoch !== undefined && top !== undefined) {
+      this.emit("recovered", { channel: this.channel, since, top: { offset: top, epoch } });
+    } else if (failure !== undefined) {
+      const failed: RecoveryFailedEvent = { channel: this.channel, reason: failure, reset: false };
+      if (position) failed.position = position;
+      this.emit("recovery_failed", failed);
     }
+  }
+
+  /**
+   * @internal a `reset` frame: messages of this channel were lost for good; the stream goes
+   * on after the frame's position.
+   */
+  reset(frame: ServerFrame): void {
+    if (typeof frame.offset !== "number" || typeof frame.epoch !== "string") return;
+    this._offset = frame.offset;
+    this._epoch = frame.epoch;
+    const reason = typeof frame.reason === "string" ? frame.reason : "reset";
+    this.emit("recovery_failed", { channel: this.channel, reason, position: this.position as Position, reset: true });
   }
 
   /** @internal the connection dropped: live again after the next `subscribed`. */
@@ -222,15 +359,22 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   }
 
   /**
-   * @internal checks a message against the last offset handed out and hands it on. Returns
-   * false for a message already delivered (same epoch, offset not greater).
+   * @internal checks a message against the position and moves it. Returns false for a
+   * message already handed out (offset not past the position); reports a `gap` when offsets
+   * were skipped (and delivers the message).
    */
   accept(message: Message): boolean {
     const offset = message.offset;
-    if (typeof offset === "number") {
-      if (this._offset !== undefined && offset <= this._offset) return false;
-      this._offset = offset;
+    if (typeof offset !== "number") return true;
+    if (this._offset !== undefined) {
+      if (offset <= this._offset) return false;
+      if (offset > this._offset + 1) {
+        const gap: GapEvent = { channel: this.channel, expected: this._offset + 1, offset };
+        console.warn(`herald-client: ${this.channel}: expected offset ${gap.expected}, got ${offset}`);
+        this.emit("gap", gap);
+      }
     }
+    this._offset = offset;
     return true;
   }
 
@@ -277,4 +421,12 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.host.forget(this);
     for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
   }
+}
+
+/** A random idempotency key: 128 bits in hex (`crypto.getRandomValues` exists in every
+ * browser context, `randomUUID` only in secure ones). */
+function newIdempotencyKey(): string {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -69,36 +69,126 @@ export interface DisconnectReason {
   error?: Error;
 }
 
+/**
+ * Where a subscription stands in a channel with history: the `offset` of the last message
+ * handed to the application and the channel's `epoch`. Persist it to resume after a restart
+ * (`subscribe(channel, { since })`).
+ */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** Where a subscription starts: a position, or `"acked"` (the personal channel only: from the
+ * user's acknowledged position, for a device with no position of its own). */
+export type Since = Position | "acked";
+
+export interface SubscribeOptions {
+  /** Resume after this position (or the inbox's acknowledged one). Used when the subscription
+   * is made or is not yet live; afterwards the SDK keeps the position itself. */
+  since?: Since;
+}
+
 /** Told to a subscription each time it becomes live. */
 export interface SubscribedEvent {
   /** True when this is not the first time: the subscription came back after a reconnect. */
   resubscribed: boolean;
-  /** Whether the server recovered the messages missed while disconnected. */
+  /** Whether every message after the position it asked for follows (see `recovered`). */
   recovered: boolean;
+  /** The position now (channels with history). */
+  position?: Position;
+}
+
+/** The subscription resumed: every message after `since` follows, in order, each once. */
+export interface RecoveredEvent {
+  channel: string;
+  /** The position it resumed from (`"acked"` when it asked for the acknowledged one). */
+  since: Since;
+  /** The channel's top when the live stream began; the missed messages up to it follow. */
+  top: Position;
 }
 
 /**
- * Told after a reconnect when the server did not recover the messages missed meanwhile: the
- * application may have missed some and should reload its state. `reason` is the server's code,
- * or `unsupported` when the server said nothing about recovery (servers without history).
+ * Messages of the channel may have been missed and will not be delivered: the application
+ * should reload what it shows from the channel (from its backend, or with `history()`).
+ *
+ * `reason`: the server's (`epoch_changed`, `position_too_old`, `position_ahead`, or the reason
+ * of a `reset` frame) or `no_history`: the channel keeps no history, so what was published
+ * while the client was away is gone (a resubscription after a reconnect).
  */
-export interface RecoveryEvent {
-  recovered: false;
+export interface RecoveryFailedEvent {
+  channel: string;
   reason: string;
+  /** The position the stream goes on from, when the channel has history. */
+  position?: Position;
+  /** True when the server sent `reset` on a live subscription (a gap it could not repair). */
+  reset: boolean;
 }
 
-/** The planned reply to `history()` (servers with history). */
-export interface HistoryResult {
+/**
+ * A message arrived whose offset skips some (`offset > expected`). The server promises this
+ * never happens; the SDK reports it (and logs it) and delivers the message.
+ */
+export interface GapEvent {
   channel: string;
-  messages: Message[];
+  /** The offset that should have come next. */
+  expected: number;
+  /** The offset that came. */
+  offset: number;
+}
+
+/** The user's offline inbox (the personal channel), from `connected` and kept current. */
+export interface InboxState {
+  /** The newest notification's offset, and the inbox's epoch. */
+  offset: number;
+  epoch: string;
+  /** Everything up to here is acknowledged, by any of the user's devices. */
+  acked: number;
+  /** Notifications after `acked` still kept. */
+  unread: number;
+}
+
+/** What a publish over the socket returns. */
+export interface PublishResult {
+  messageId: string;
+  /** Channels with history: the message's offset and the channel's epoch. */
   offset?: number;
   epoch?: string;
+  /** An earlier publish with the same idempotency key was found: nothing was published now,
+   * and this is the first one's result. */
+  deduplicated?: boolean;
+}
+
+export interface PublishOptions {
+  event?: string;
+  /** Makes a retry safe: a second publish with the same key (within the server's
+   * `history.idempotency_ttl`) publishes nothing and answers the first one's result.
+   * Channels with history only (elsewhere `no_history`). */
+  idempotencyKey?: string;
+  /** Retries after `outcome_unknown`, `timeout` or `disconnected` (the publish may or may not
+   * have happened), with the same idempotency key. Default: the client's `publishRetries` in
+   * channels with history (a key is generated when none is given), 0 elsewhere, where a retry
+   * could deliver twice. */
+  retries?: number;
+}
+
+/** The reply to `history()`. */
+export interface HistoryResult {
+  channel: string;
+  /** `message` frames, oldest first (newest first with `reverse`). */
+  publications: Message[];
+  /** The channel's top: its last message's offset, and its epoch. */
+  offset: number;
+  epoch: string;
   [field: string]: unknown;
 }
 
 export interface HistoryOptions {
-  since?: { offset: number; epoch: string };
+  /** Only what came after this position; `unrecoverable` when that is no longer all kept. */
+  since?: Position;
+  /** At most this many (default and ceiling: the server's `history.read_limit`). */
   limit?: number;
+  /** Newest first. */
   reverse?: boolean;
 }
 

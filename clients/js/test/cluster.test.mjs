@@ -1,6 +1,7 @@
 // The SDK against the distributed topology (redis-server, two gateways, a publisher API, each
-// its own process): kill -9 of the gateway in the middle of a stream, a drain (SIGTERM, 1012),
-// and a gateway that cannot reach Redis refusing with 503.
+// its own process): kill -9 of the gateway in the middle of a stream (a channel without
+// history: at most once; with history: every message once, in order), a drain (SIGTERM,
+// 1012), and a gateway that cannot reach Redis refusing with 503.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Herald, Publisher } from "../dist/index.js";
@@ -45,7 +46,7 @@ describe("two gateways on Redis", () => {
     const stream = mia.subscribe("chat:stream");
     const seqs = [];
     stream.on("message", (m) => seqs.push(m.data.seq));
-    const recovery = nextEvent(stream, "recovery", 20_000);
+    const recovery = nextEvent(stream, "recovery_failed", 20_000);
     await mia.connect();
     await stream.ready();
     assert.equal(lastPort(mia), new URL(gw1).port);
@@ -69,7 +70,7 @@ describe("two gateways on Redis", () => {
       const atKill = seqs.length;
       await nextEvent(mia, "connected", 20_000);
       assert.equal(lastPort(mia), new URL(gw2).port);
-      assert.deepEqual(await recovery, { recovered: false, reason: "unsupported" });
+      assert.deepEqual(await recovery, { channel: "chat:stream", reason: "no_history", reset: false });
       await waitFor(() => seqs.length >= atKill + 30, "30 messages through the other gateway", 20_000);
     } finally {
       publishing = false;
@@ -131,5 +132,47 @@ describe("two gateways on Redis", () => {
     assert.equal(reason.error.code, "unavailable");
     assert.equal(reason.willReconnect, true);
     await nextEvent(omar, "connected", 20_000);
+  });
+
+  test("kill -9 of the gateway mid-stream in a channel with history: the SDK resumes through the other one and gets every message once, in order", async () => {
+    for (const i of [0, 1]) if (!cluster.gateways[i]?.alive()) await cluster.startGateway(i);
+    const [gw1, gw2] = cluster.wsUrls;
+    const sara = client("sara", [gw1, gw2]);
+    const stream = sara.subscribe("feed:stream");
+    const seqs = [];
+    stream.on("message", (m) => seqs.push(m.data.seq));
+    const failed = [];
+    stream.on("recovery_failed", (e) => failed.push(e));
+    const recovered = nextEvent(stream, "recovered", 20_000);
+    await sara.connect();
+    await stream.ready();
+    assert.equal(lastPort(sara), new URL(gw1).port);
+
+    // The publisher: one message every 5 ms over HTTP until told to stop; `acked` is what the
+    // publisher API answered, the list every client must end with.
+    let publishing = true;
+    const acked = [];
+    const publishLoop = (async () => {
+      for (let seq = 0; publishing && seq < 5000; seq++) {
+        await publisher.publish("feed:stream", { seq });
+        acked.push(seq);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    try {
+      await waitFor(() => seqs.length >= 50, "50 messages before the kill", 20_000);
+      cluster.gateways[0].signal("SIGKILL");
+      const event = await recovered;
+      assert.equal(lastPort(sara), new URL(gw2).port);
+      assert.ok(event.top.offset >= event.since.offset, "resumed from where it was");
+      const atResume = acked.length;
+      await waitFor(() => seqs.length >= atResume + 50, "50 live messages through the other gateway", 20_000);
+    } finally {
+      publishing = false;
+      await publishLoop;
+    }
+    await waitFor(() => seqs.length >= acked.length, "every acknowledged message", 20_000);
+    assert.deepEqual(seqs, acked);
+    assert.deepEqual(failed, []);
   });
 });

@@ -165,6 +165,13 @@ const NAMESPACES = `
 publish = true
 join_leave = true
 client_presence = true
+
+# Channels with history: recovery, history reads, idempotent publish.
+[namespaces.feed]
+publish = true
+history_size = 1000
+history_ttl = "1h"
+client_history = true
 `;
 
 /** Starts `herald standalone` on free ports. */
@@ -199,16 +206,68 @@ flush_interval = "50ms"
 [log]
 level = "warn"
 ${NAMESPACES}`);
-  const proc = new Proc("standalone", [heraldBin(), "standalone", "--config", config], {});
-  await waitReady(proc, `http://127.0.0.1:${ws}/readyz`);
-  await waitReady(proc, `http://127.0.0.1:${http}/readyz`);
-  return {
-    proc,
+  const start = async () => {
+    const proc = new Proc("standalone", [heraldBin(), "standalone", "--config", config], {});
+    await waitReady(proc, `http://127.0.0.1:${ws}/readyz`);
+    await waitReady(proc, `http://127.0.0.1:${http}/readyz`);
+    return proc;
+  };
+  const server = {
+    proc: await start(),
     wsUrl: `ws://127.0.0.1:${ws}/ws`,
     httpUrl: `http://127.0.0.1:${http}`,
+    /** Kills the server (SIGKILL) and starts it again on the same ports: the in-memory
+     * broker's histories are gone, so every channel has a new epoch. */
+    async restart() {
+      await server.proc.stop("SIGKILL");
+      server.proc = await start();
+    },
     async stop() {
-      await proc.stop("SIGKILL");
+      await server.proc.stop("SIGKILL");
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return server;
+}
+
+/**
+ * A TCP relay in front of a port, standing for the network between client and gateway:
+ * `cut()` closes every connection through it and refuses new ones (as a lost network: no
+ * close frame), `restore()` lets connections through again.
+ */
+export async function startRelay(targetPort) {
+  const sockets = new Set();
+  let down = false;
+  const server = net.createServer((client) => {
+    if (down) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => {});
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `ws://127.0.0.1:${server.address().port}/ws`,
+    cut() {
+      down = true;
+      for (const s of sockets) s.destroy();
+    },
+    restore() {
+      down = false;
+    },
+    close() {
+      down = true;
+      for (const s of sockets) s.destroy();
+      server.close();
     },
   };
 }

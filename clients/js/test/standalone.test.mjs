@@ -92,7 +92,7 @@ describe("standalone", () => {
     });
   });
 
-  test("request errors reject with the server's code: unknown_channel, forbidden, unknown_type for history", async () => {
+  test("request errors reject with the server's code: unknown_channel, forbidden, no_history for history", async () => {
     const carol = client("carol");
     await carol.connect();
     const nowhere = carol.subscribe("nowhere:x");
@@ -110,8 +110,8 @@ describe("standalone", () => {
 
     const room = carol.subscribe("chat:history");
     await room.ready();
-    // Needs a server with history: this one does not know the frame yet.
-    await assert.rejects(room.history({ limit: 10 }), { code: "unknown_type" });
+    // The chat namespace keeps no history.
+    await assert.rejects(room.history({ limit: 10 }), { code: "no_history" });
     // Publisher errors carry the code and status too.
     await assert.rejects(publisher.publish("nowhere:x", {}), { code: "unknown_channel", status: 422 });
     const wrongKey = new Publisher({ url: server.httpUrl, apiKey: "not-a-configured-key-000" });
@@ -203,7 +203,7 @@ describe("standalone", () => {
     };
     const judy = client("judy", { WebSocket: Recording, getToken, minDelay: 5000, maxDelay: 5000 });
     const room = judy.subscribe("chat:renew");
-    const recovery = nextEvent(room, "recovery", 15_000);
+    const recovery = nextEvent(room, "recovery_failed", 15_000);
     await judy.connect();
     await room.ready();
     const closed = await nextEvent(judy, "disconnected", 15_000);
@@ -215,7 +215,8 @@ describe("standalone", () => {
     assert.equal(tokens.length, 2);
     assert.equal(log.urls[1].searchParams.get("token"), tokens[1]);
     assert.equal(log.urls[1].searchParams.get("subscribe"), "chat:renew");
-    assert.deepEqual(await recovery, { recovered: false, reason: "unsupported" });
+    // The chat namespace keeps no history: what was published meanwhile is gone.
+    assert.deepEqual(await recovery, { channel: "chat:renew", reason: "no_history", reset: false });
     const got = nextEvent(room, "message");
     await publisher.publish("chat:renew", { after: "renewal" });
     assert.deepEqual((await got).data, { after: "renewal" });

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import sys
 
-from herald_client import DisconnectReason, Herald, HeraldError, Message, PresenceEvent, Recovery, Subscription
+from herald_client import DisconnectReason, Herald, HeraldError, Message, PresenceEvent, RecoveryFailed, Subscription
 
 
 async def show_members(room: Subscription) -> None:
@@ -49,13 +49,13 @@ async def main() -> None:
     def presence(event: PresenceEvent) -> None:
         print(f"* {event.user} {'joined' if event.type == 'join' else 'left'}")
 
-    async def recovered(_: Recovery) -> None:
+    async def recovered(_: RecoveryFailed) -> None:
         await show_members(room)
 
     room.on("message", said)
     room.on("join", presence)
     room.on("leave", presence)
-    room.on("recovery", recovered)
+    room.on("recovery_failed", recovered)
     async with herald:
         await show_members(room)
         loop = asyncio.get_running_loop()

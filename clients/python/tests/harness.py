@@ -59,6 +59,13 @@ level = "warn"
 publish = true
 join_leave = true
 client_presence = true
+
+# Channels with history: recovery, history reads, idempotent publish.
+[namespaces.feed]
+publish = true
+history_size = 1000
+history_ttl = "1h"
+client_history = true
 """
 
 
@@ -174,26 +181,39 @@ class Standalone:
     http_url: str
     grpc_addr: str
     process: Process
+    procs: Processes | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def restart(self) -> None:
+        """Kills the server (SIGKILL) and starts it again on the same ports: the in-memory
+        broker's histories are gone, so every channel has a new epoch."""
+        assert self.procs is not None
+        self.process.signal(signal.SIGKILL)
+        self.process.stop()
+        self.process = self.procs.start("standalone", self.args, self.env)
+        self.procs.wait_ready(self.process, self.ws_url.replace("ws://", "http://").replace("/ws", "/readyz"))
+        self.procs.wait_ready(self.process, f"{self.http_url}/readyz")
 
 
 def start_standalone(procs: Processes) -> Standalone:
     config = procs.dir / "standalone.toml"
     config.write_text(CONFIG.format(secret=SECRET, api_key=API_KEY))
     gateway, http, grpc, p_http, p_grpc = (free_port() for _ in range(5))
-    proc = procs.start(
-        "standalone",
-        [str(herald_bin()), "standalone", "--config", str(config)],
-        {
-            "HERALD_GATEWAY__LISTEN": f"127.0.0.1:{gateway}",
-            "HERALD_PUBLISHER__HTTP_LISTEN": f"127.0.0.1:{http}",
-            "HERALD_PUBLISHER__GRPC_LISTEN": f"127.0.0.1:{grpc}",
-            "HERALD_PRESENCE__HTTP_LISTEN": f"127.0.0.1:{p_http}",
-            "HERALD_PRESENCE__GRPC_LISTEN": f"127.0.0.1:{p_grpc}",
-        },
-    )
+    args = [str(herald_bin()), "standalone", "--config", str(config)]
+    env = {
+        "HERALD_GATEWAY__LISTEN": f"127.0.0.1:{gateway}",
+        "HERALD_PUBLISHER__HTTP_LISTEN": f"127.0.0.1:{http}",
+        "HERALD_PUBLISHER__GRPC_LISTEN": f"127.0.0.1:{grpc}",
+        "HERALD_PRESENCE__HTTP_LISTEN": f"127.0.0.1:{p_http}",
+        "HERALD_PRESENCE__GRPC_LISTEN": f"127.0.0.1:{p_grpc}",
+    }
+    proc = procs.start("standalone", args, env)
     procs.wait_ready(proc, f"http://127.0.0.1:{gateway}/readyz")
     procs.wait_ready(proc, f"http://127.0.0.1:{http}/readyz")
-    return Standalone(f"ws://127.0.0.1:{gateway}/ws", f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}", proc)
+    return Standalone(
+        f"ws://127.0.0.1:{gateway}/ws", f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}", proc, procs, args, env
+    )
 
 
 @dataclass
@@ -264,7 +284,8 @@ def start_cluster(procs: Processes) -> Cluster:
 class FreezingProxy:
     """A TCP relay in front of a gateway whose open connections can be frozen: bytes stop
     flowing both ways while the sockets stay open, as on a half-open connection. New
-    connections relay normally."""
+    connections relay normally. It can also stand for a lost network: `cut()` closes every
+    connection and refuses new ones until `restore()`."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -272,6 +293,7 @@ class FreezingProxy:
         self._server: Any = None
         self._frozen: list[Any] = []
         self._links: list[tuple[Any, Any]] = []
+        self._down = False
 
     async def start(self) -> None:
         import asyncio
@@ -286,6 +308,9 @@ class FreezingProxy:
     async def _accept(self, reader: Any, writer: Any) -> None:
         import asyncio
 
+        if self._down:
+            writer.transport.abort()
+            return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         gate = asyncio.Event()
         gate.set()
@@ -308,6 +333,19 @@ class FreezingProxy:
         """Stops every connection open now."""
         for gate, _ in self._links:
             gate.clear()
+
+    def cut(self) -> None:
+        """The network goes away: every connection through the relay is reset, and new ones
+        are refused until `restore()`."""
+        self._down = True
+        for gate, writers in self._links:
+            gate.set()
+            for w in writers:
+                w.transport.abort()
+        self._links.clear()
+
+    def restore(self) -> None:
+        self._down = False
 
     async def close(self) -> None:
         for gate, writers in self._links:

@@ -1,5 +1,6 @@
 """The client against two gateways on Redis: a gateway killed with SIGKILL in the middle of a
-stream, a gateway draining on SIGTERM, and a Redis outage (HTTP 503). The client is given both
+stream (a channel without history: at most once; with history: every message once, in
+order), a gateway draining on SIGTERM, and a Redis outage (HTTP 503). The client is given both
 gateways' URLs and tries them in turn, one per attempt."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import contextlib
 import signal
 import uuid
 
-from herald_client import ConnectionState, DisconnectKind, Herald, Message, PublishError, Publisher, Recovery
+from herald_client import ConnectionState, DisconnectKind, Herald, Message, PublishError, Publisher, RecoveryFailed
 
 from .conftest import Events
 from .harness import API_KEY, Cluster, mint_token
@@ -28,14 +29,14 @@ async def publish_stream(publisher: Publisher, channel: str, sent: list[int], st
 
 async def test_sigkill_of_the_gateway_mid_stream_reconnects_through_the_other(cluster: Cluster) -> None:
     """The client's gateway dies with SIGKILL while messages stream in: the client reconnects
-    through the other gateway, renews the subscription, reports `recovered: false` (the server
-    has no recovery yet), and the stream goes on, every message at most once and in order."""
+    through the other gateway, renews the subscription, reports `recovery_failed` (the namespace
+    keeps no history), and the stream goes on, every message at most once and in order."""
     stream = f"news:{uuid.uuid4().hex[:8]}"
     herald = Herald(cluster.gateway_urls, token=mint_token("ivan"), min_delay=0.05, max_delay=0.5)
     events = Events(herald)
     sub = await herald.subscribe(stream)
-    recoveries: list[Recovery] = []
-    sub.on("recovery", recoveries.append)
+    recoveries: list[RecoveryFailed] = []
+    sub.on("recovery_failed", recoveries.append)
     received: list[int] = []
     sub.on("message", lambda m: received.append(m.data))
     stop = asyncio.Event()
@@ -52,7 +53,7 @@ async def test_sigkill_of_the_gateway_mid_stream_reconnects_through_the_other(cl
             at_kill = len(received)
             await events.wait(lambda: len(events.of("connected")) == 2, what="the reconnect")
             await events.wait(lambda: bool(recoveries), what="the recovery event")
-            assert recoveries == [Recovery(stream, False, "unsupported")]
+            assert recoveries == [RecoveryFailed(stream, "no_history")]
             await events.wait(lambda: len(received) >= at_kill + 50, what="50 messages after the reconnect")
         finally:
             stop.set()
@@ -60,6 +61,49 @@ async def test_sigkill_of_the_gateway_mid_stream_reconnects_through_the_other(cl
             await herald.disconnect()
     assert received == sorted(set(received)), "in order, none twice"
     assert set(received) <= set(sent)
+
+
+async def test_sigkill_of_the_gateway_in_a_channel_with_history_resumes_every_message(cluster: Cluster) -> None:
+    """With history, the same SIGKILL is invisible to the application: the client resumes
+    through the other gateway from its position (`recovered`) and ends with every message
+    the publisher API acknowledged, once each, in order."""
+    stream = f"feed:{uuid.uuid4().hex[:8]}"
+    herald = Herald(cluster.gateway_urls, token=mint_token("sara"), min_delay=0.05, max_delay=0.5)
+    events = Events(herald)
+    sub = await herald.subscribe(stream)
+    sub.on("recovered", lambda e: events.add("recovered", e))
+    sub.on("recovery_failed", lambda e: events.add("recovery_failed", e))
+    received: list[int] = []
+    sub.on("message", lambda m: received.append(m.data))
+    stop = asyncio.Event()
+    acked: list[int] = []
+
+    async def publish() -> None:
+        n = 0
+        while not stop.is_set() and n < 5000:
+            await publisher.publish(stream, n)
+            acked.append(n)
+            n += 1
+            await asyncio.sleep(0.005)
+
+    async with Publisher(cluster.http_url, API_KEY) as publisher:
+        await herald.connect(timeout=10)
+        streaming = asyncio.create_task(publish())
+        try:
+            await events.wait(lambda: len(received) >= 50, what="50 messages before the kill")
+            cluster.gateways[0].signal(signal.SIGKILL)
+            await events.wait(lambda: bool(events.of("recovered")), what="the recovered event")
+            at_resume = len(acked)
+            await events.wait(lambda: len(received) >= at_resume + 50, what="50 live messages after it")
+        finally:
+            stop.set()
+            await streaming
+        try:
+            await events.wait(lambda: len(received) >= len(acked), what="every acknowledged message")
+            assert received == acked
+            assert events.of("recovery_failed") == []
+        finally:
+            await herald.disconnect()
 
 
 async def test_drain_1012_reconnects_promptly(cluster: Cluster) -> None:

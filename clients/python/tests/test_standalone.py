@@ -18,7 +18,7 @@ from herald_client import (
     PublishError,
     PublishMessage,
     Publisher,
-    Recovery,
+    RecoveryFailed,
     RequestError,
     SubscriptionState,
 )
@@ -96,7 +96,7 @@ async def test_client_publish_where_allowed_and_forbidden_elsewhere(standalone: 
     room = channel("chat")
     async with Herald(standalone.ws_url, token=mint_token("carol")) as herald:
         sub = await herald.subscribe(room)
-        message_id = await sub.publish({"text": "hi"}, event="say")
+        message_id = (await sub.publish({"text": "hi"}, event="say")).message_id
         got = await next_message(sub)
         assert (got.id, got.data, got.sender, got.event) == (message_id, {"text": "hi"}, "carol", "say")
         with pytest.raises(RequestError) as refused:
@@ -106,7 +106,7 @@ async def test_client_publish_where_allowed_and_forbidden_elsewhere(standalone: 
 
 async def test_request_errors_carry_the_server_code(standalone: Standalone) -> None:
     """Refused subscribes raise `RequestError` with the server's code and leave the connection
-    and other subscriptions alone; `history()` needs a server with history."""
+    and other subscriptions alone; `history()` of a channel without history is `no_history`."""
     async with Herald(standalone.ws_url, token=mint_token("dave")) as herald:
         for name, code in [
             ("nowhere:x", "unknown_channel"),
@@ -120,7 +120,7 @@ async def test_request_errors_carry_the_server_code(standalone: Standalone) -> N
         sub = await herald.subscribe(channel("chat"))
         with pytest.raises(RequestError) as no_history:
             await sub.history(limit=10)
-        assert no_history.value.code == "unknown_type"
+        assert no_history.value.code == "no_history"
         assert herald.state is ConnectionState.CONNECTED
         assert await herald.ping() >= 0
 
@@ -215,8 +215,8 @@ async def test_token_renewed_before_exp_reconnects_at_once_after_4001(
     herald = Herald(standalone.ws_url, get_token=get_token, min_delay=30, max_delay=60)
     events = Events(herald)
     sub = await herald.subscribe(news)
-    recoveries: list[Recovery] = []
-    sub.on("recovery", recoveries.append)
+    recoveries: list[RecoveryFailed] = []
+    sub.on("recovery_failed", recoveries.append)
     fetched_at_close: list[int] = []
     herald.on("disconnected", lambda _reason: fetched_at_close.append(len(calls)))
     await herald.connect(timeout=10)
@@ -228,7 +228,7 @@ async def test_token_renewed_before_exp_reconnects_at_once_after_4001(
         await events.wait(lambda: len(events.of("connected")) == 2, timeout=10, what="the reconnect")
         assert len(calls) == 2, "the reconnect used the token fetched ahead"
         await events.wait(lambda: bool(recoveries), what="the recovery event")
-        assert recoveries == [Recovery(news, False, "unsupported")]
+        assert recoveries == [RecoveryFailed(news, "no_history")]
         message_id = await publisher.publish(news, "after")
         assert (await next_message(sub)).id == message_id
     finally:

@@ -8,8 +8,12 @@
 // - The bell counts the messages of the personal channel `user:<you>`, which a backend fills
 //   with POST /v1/users/<you>/notify.
 // - "Disconnect the network" drops the socket from this side (`DroppableSocket`); the SDK
-//   reconnects, subscribes the room again and says whether what was sent meanwhile was
-//   recovered; when it was not (`recovery`), the page says so and reloads the member list.
+//   reconnects, resumes the room from its position and says whether what was sent meanwhile
+//   was recovered (`recovered`: it follows, each message once); when it was not
+//   (`recovery_failed`: a room without history, or one whose history was lost), the page says
+//   so and reloads the member list.
+// - Opening the bell acknowledges the notifications (`herald.ack()`), for every window of the
+//   user, where the server keeps the offline inbox.
 //
 // Tokens come from /demo/token (gateway.demo), a stand-in for the application's backend.
 import { Herald } from "/demo/herald-client.js";
@@ -131,11 +135,16 @@ function start(user, room) {
     }
     loadMembers();
   });
-  sub.on("recovery", ({ reason }) => {
+  sub.on("recovered", ({ since, top }) => {
+    const missed = typeof since === "object" ? top.offset - since.offset : 0;
+    log(`recovered: the ${missed} message(s) sent while disconnected follow`, "good");
+  });
+  sub.on("recovery_failed", ({ reason, reset }) => {
     stats.recoveries++;
-    log(`recovery: messages sent while disconnected were not recovered (${reason}); member list reloaded`,
-      "notice");
+    const what = reset ? "messages were lost" : "messages sent while disconnected were not recovered";
+    log(`recovery: ${what} (${reason}); member list reloaded`, "notice");
     system("You were disconnected: messages sent meanwhile may be missing.");
+    if (reset) loadMembers();
   });
   sub.on("error", (err) => log(`${channel}: ${err.code}: ${err.message}`, "bad"));
   sub.on("message", (m) => say(m));
@@ -192,6 +201,8 @@ function start(user, room) {
     DroppableSocket.dropAll();
   });
   $("bell").addEventListener("click", () => {
+    // Read on this window is read on every window of the user (servers with the inbox).
+    if (herald.inbox) herald.ack().catch((err) => log(`ack: ${err.code}`, "bad"));
     $("bell-count").hidden = true;
     $("bell-count").textContent = "0";
     $("notifications-panel").scrollIntoView({ behavior: "smooth" });

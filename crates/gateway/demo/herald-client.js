@@ -61,11 +61,19 @@ var HeraldError = class extends Error {
 
 // clients/js/src/jwt.ts
 function tokenExpiry(token) {
+  const exp = tokenClaims(token)?.exp;
+  return typeof exp === "number" ? exp * 1e3 : void 0;
+}
+function tokenSubject(token) {
+  const sub = tokenClaims(token)?.sub;
+  return typeof sub === "string" ? sub : void 0;
+}
+function tokenClaims(token) {
   const parts = token.split(".");
   if (parts.length !== 3) return void 0;
   try {
     const payload = JSON.parse(base64UrlDecode(parts[1]));
-    return typeof payload.exp === "number" ? payload.exp * 1e3 : void 0;
+    return typeof payload === "object" && payload !== null ? payload : void 0;
   } catch {
     return void 0;
   }
@@ -80,6 +88,7 @@ function base64UrlDecode(text) {
 }
 
 // clients/js/src/subscription.ts
+var OUTCOME_UNKNOWN = /* @__PURE__ */ new Set(["outcome_unknown", "timeout", "disconnected"]);
 var RETRYABLE = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
 var noop = () => {
 };
@@ -99,25 +108,39 @@ var Subscription = class extends Emitter {
   inflight;
   /** Subscribe attempts that failed for a passing reason since it was last live. */
   retries = 0;
+  /** Offset of the last message handed out; undefined until known (or without history). */
   _offset;
   _epoch;
+  /** A starting point the application gave, used by the next subscribe. */
+  requestedSince;
+  /** The `since` the current subscribe attempt carried (frame or URL). */
+  sentSince;
   /** @internal created by `Herald.subscribe`. */
-  constructor(host, channel, managed) {
+  constructor(host, channel, managed, since) {
     super();
     this.host = host;
     this.channel = channel;
     this.managed = managed;
+    this.requestedSince = since;
   }
   get state() {
     return this._state;
   }
-  /** Offset of the last message handed to the application (servers with history). */
+  /** Offset of the last message handed to the application (channels with history). */
   get offset() {
     return this._offset;
   }
-  /** Epoch of the channel's history that `offset` belongs to (servers with history). */
+  /** Epoch of the channel's history that `offset` belongs to (channels with history). */
   get epoch() {
     return this._epoch;
+  }
+  /**
+   * Where the subscription stands (channels with history, once the server told the epoch):
+   * persist it to resume after a restart with `subscribe(channel, { since: position })`.
+   */
+  get position() {
+    if (this._offset === void 0 || this._epoch === void 0) return void 0;
+    return { offset: this._offset, epoch: this._epoch };
   }
   /** Resolves once the subscription is live; rejects if it fails or is unsubscribed first. */
   ready() {
@@ -127,13 +150,40 @@ var Subscription = class extends Emitter {
     }
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
-  /** Publishes into the channel (namespaces with `publish = true`). Resolves with the id
-   * subscribers see. */
+  /**
+   * Publishes into the channel (namespaces with `publish = true`). Resolves with the id
+   * subscribers see (and, in channels with history, the offset).
+   *
+   * In a channel with history the SDK makes the publish safe to retry: it sends an
+   * idempotency key (yours, or one it generates) and retries up to `retries` times (the
+   * client's `publishRetries`) when the outcome is unknown (`outcome_unknown`, `timeout`,
+   * `disconnected`): the server answers a repeated key with the first publish's result
+   * (`deduplicated: true`) and delivers nothing twice. Elsewhere it does not retry.
+   */
   async publish(data, options = {}) {
     const frame = { type: "publish", channel: this.channel, data };
     if (options.event !== void 0) frame.event = options.event;
-    const reply = await this.host.request(frame);
-    return { messageId: reply.message_id };
+    const history = this._epoch !== void 0;
+    let key = options.idempotencyKey;
+    let retries = options.retries ?? (history ? this.host.publishRetries() : 0);
+    if (key === void 0) {
+      if (history && retries > 0) key = newIdempotencyKey();
+      else retries = 0;
+    }
+    if (key !== void 0) frame.idempotency_key = key;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const reply = await this.host.request(frame);
+        const result = { messageId: reply.message_id };
+        if (typeof reply.offset === "number") result.offset = reply.offset;
+        if (typeof reply.epoch === "string") result.epoch = reply.epoch;
+        if (reply.deduplicated === true) result.deduplicated = true;
+        return result;
+      } catch (err) {
+        if (!(err instanceof HeraldError) || !OUTCOME_UNKNOWN.has(err.code) || attempt >= retries) throw err;
+        await this.host.retryPause(attempt + 1);
+      }
+    }
   }
   /** Who is in the channel (namespaces with `client_presence = true`). Waits until the
    * subscription is live, as the server answers only subscribers. */
@@ -143,16 +193,26 @@ var Subscription = class extends Emitter {
     return reply.members;
   }
   /**
-   * The channel's history. Needs a server with history: servers without it answer
-   * `unknown_type`, which rejects the promise with that code.
+   * Reads the channel's history (namespaces with `client_history = true`; the connection must
+   * be subscribed, so it waits until the subscription is live). Rejects with `no_history`
+   * where there is none to read, `unrecoverable` when `since` is no longer all kept.
+   * The publications are not handed to the `message` listeners and do not move `position`.
    */
   async history(options = {}) {
+    await this.readyWithin(this.host.requestTimeoutMs());
     const frame = { type: "history", channel: this.channel };
-    if (options.since !== void 0) frame.since = options.since;
+    if (options.since !== void 0) frame.since = { offset: options.since.offset, epoch: options.since.epoch };
     if (options.limit !== void 0) frame.limit = options.limit;
     if (options.reverse !== void 0) frame.reverse = options.reverse;
     const reply = await this.host.request(frame);
-    return reply;
+    const { type: _type, id: _id, ...rest } = reply;
+    return {
+      ...rest,
+      channel: this.channel,
+      publications: Array.isArray(reply.publications) ? reply.publications : [],
+      offset: reply.offset,
+      epoch: reply.epoch
+    };
   }
   /** Stops the subscription for good. Resolves when the server confirmed it (at once when
    * the client is not connected). */
@@ -178,26 +238,34 @@ var Subscription = class extends Emitter {
   subscribeFrame() {
     const frame = { type: "subscribe", channel: this.channel };
     const since = this.since();
-    if (since) frame.since = since;
+    this.sentSince = since;
+    if (since !== void 0) frame.since = since;
     return frame;
   }
-  /** @internal the position to recover from, when the server has told one. */
+  /** @internal where to resume from: what the application asked for, else the position. */
   since() {
-    if (this._offset === void 0 || this._epoch === void 0) return void 0;
-    return { offset: this._offset, epoch: this._epoch };
+    return this.requestedSince ?? this.position;
+  }
+  /** @internal the connect URL carries this subscription's `since` (or none). */
+  sentInUrl(since) {
+    this.sentSince = since;
+  }
+  /** @internal asks for a starting point, for a subscription that is not live yet. */
+  requestSince(since) {
+    if (this._state === "subscribing") this.requestedSince = since;
   }
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame() {
     const attempt = ++this.attempt;
-    const reply = this.host.request(this.subscribeFrame());
+    const reply = this.host.request(this.subscribeFrame(), (frame) => {
+      if (attempt === this.attempt && this._state !== "unsubscribed") this.live(frame);
+    });
     const inflight = reply.then(noop, noop).finally(() => {
       if (this.inflight === inflight) this.inflight = void 0;
     });
     this.inflight = inflight;
     reply.then(
-      (reply2) => {
-        if (attempt !== this.attempt) return;
-        this.live(reply2);
+      () => {
       },
       (err) => {
         if (attempt !== this.attempt || this._state === "unsubscribed") return;
@@ -214,24 +282,64 @@ var Subscription = class extends Emitter {
       }
     );
   }
-  /** @internal the subscription is live: `reply` is the `subscribed` frame, or undefined when
-   * it was subscribed in the connect URL or by the server itself. */
-  live(reply) {
+  /**
+   * @internal the subscription is live: `state` is the `subscribed` frame, or the channel's
+   * entry of `connected.positions`, or undefined when the server said nothing (a channel
+   * without history, or an older server).
+   */
+  live(state) {
     const resubscribed = this.everSubscribed;
-    const recovered = reply?.recovered === true;
-    if (!recovered) {
-      this._epoch = typeof reply?.epoch === "string" ? reply.epoch : void 0;
-      this._offset = typeof reply?.offset === "number" ? reply.offset : void 0;
+    const since = this.sentSince;
+    this.sentSince = void 0;
+    this.requestedSince = void 0;
+    const epoch = typeof state?.epoch === "string" ? state.epoch : void 0;
+    const top = typeof state?.offset === "number" ? state.offset : void 0;
+    let recovered = false;
+    let failure;
+    if (epoch !== void 0 && top !== void 0) {
+      if (since !== void 0 && state?.recovered === true) {
+        recovered = true;
+        const from = since === "acked" ? this.host.ackedOffset(this.channel, epoch) : since.offset;
+        if (this._epoch !== epoch || this._offset === void 0 || from !== void 0 && from > this._offset) {
+          this._offset = from;
+        }
+      } else {
+        this._offset = top;
+        if (since !== void 0) failure = typeof state?.reason === "string" ? state.reason : "unrecoverable";
+        else if (resubscribed) failure = "position_unknown";
+      }
+      this._epoch = epoch;
+    } else {
+      this._offset = void 0;
+      this._epoch = void 0;
+      if (resubscribed || since !== void 0) failure = "no_history";
     }
     this.everSubscribed = true;
     this.retries = 0;
     this._state = "subscribed";
     for (const waiter of this.waiters.splice(0)) waiter.resolve();
-    this.emit("subscribed", { resubscribed, recovered });
-    if (resubscribed && !recovered) {
-      const reason = typeof reply?.reason === "string" ? reply.reason : "unsupported";
-      this.emit("recovery", { recovered: false, reason });
+    const position = this.position;
+    const event = { resubscribed, recovered };
+    if (position) event.position = position;
+    this.emit("subscribed", event);
+    if (recovered && since !== void 0 && epoch !== void 0 && top !== void 0) {
+      this.emit("recovered", { channel: this.channel, since, top: { offset: top, epoch } });
+    } else if (failure !== void 0) {
+      const failed = { channel: this.channel, reason: failure, reset: false };
+      if (position) failed.position = position;
+      this.emit("recovery_failed", failed);
     }
+  }
+  /**
+   * @internal a `reset` frame: messages of this channel were lost for good; the stream goes
+   * on after the frame's position.
+   */
+  reset(frame) {
+    if (typeof frame.offset !== "number" || typeof frame.epoch !== "string") return;
+    this._offset = frame.offset;
+    this._epoch = frame.epoch;
+    const reason = typeof frame.reason === "string" ? frame.reason : "reset";
+    this.emit("recovery_failed", { channel: this.channel, reason, position: this.position, reset: true });
   }
   /** @internal the connection dropped: live again after the next `subscribed`. */
   suspend() {
@@ -239,15 +347,22 @@ var Subscription = class extends Emitter {
     this.attempt++;
   }
   /**
-   * @internal checks a message against the last offset handed out and hands it on. Returns
-   * false for a message already delivered (same epoch, offset not greater).
+   * @internal checks a message against the position and moves it. Returns false for a
+   * message already handed out (offset not past the position); reports a `gap` when offsets
+   * were skipped (and delivers the message).
    */
   accept(message) {
     const offset = message.offset;
-    if (typeof offset === "number") {
-      if (this._offset !== void 0 && offset <= this._offset) return false;
-      this._offset = offset;
+    if (typeof offset !== "number") return true;
+    if (this._offset !== void 0) {
+      if (offset <= this._offset) return false;
+      if (offset > this._offset + 1) {
+        const gap = { channel: this.channel, expected: this._offset + 1, offset };
+        console.warn(`herald-client: ${this.channel}: expected offset ${gap.expected}, got ${offset}`);
+        this.emit("gap", gap);
+      }
     }
+    this._offset = offset;
     return true;
   }
   /** @internal hands a message to the application. */
@@ -291,6 +406,11 @@ var Subscription = class extends Emitter {
     for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
   }
 };
+function newIdempotencyKey() {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 // clients/js/src/client.ts
 var DEFAULTS = {
@@ -302,7 +422,8 @@ var DEFAULTS = {
   requestTimeout: 1e4,
   connectTimeout: 1e4,
   maxPendingRequests: 1e3,
-  tokenRefreshMargin: 6e4
+  tokenRefreshMargin: 6e4,
+  publishRetries: 2
 };
 var STABLE_AFTER_MS = 1e4;
 var MAX_REFUSAL_BODY = 4096;
@@ -337,15 +458,22 @@ var Herald = class extends Emitter {
   pongTimer;
   refreshTimer;
   lastReceived = 0;
+  _inbox;
   /** What subscriptions may ask of this client. */
   host = {
-    request: (frame) => this.request(frame),
+    request: (frame, onReply) => this.request(frame, onReply),
     isConnected: () => this._state === "connected",
     requestTimeoutMs: () => this.options.requestTimeout,
     forget: (sub) => {
       if (this.subscriptions.get(sub.channel) === sub) this.subscriptions.delete(sub.channel);
     },
-    retrySubscribe: (sub, retries) => this.retrySubscribe(sub, retries)
+    retrySubscribe: (sub, retries) => this.retrySubscribe(sub, retries),
+    publishRetries: () => this.options.publishRetries,
+    retryPause: (retries) => new Promise((resolve) => setTimeout(resolve, this.backoff(retries))),
+    ackedOffset: (channel, epoch) => {
+      const inbox = this._inbox;
+      return channel === this.personalChannel() && inbox?.epoch === epoch ? inbox.acked : void 0;
+    }
   };
   /**
    * @param url the gateway's WebSocket URL (`ws://host:8080/ws`), or several: each new attempt
@@ -387,6 +515,35 @@ var Herald = class extends Emitter {
   /** The user's personal channel `user:<id>`, known once connected. */
   get personal() {
     return this._user === void 0 ? void 0 : this.subscriptions.get(`user:${this._user}`);
+  }
+  /** The user's offline inbox (`connected.inbox`, kept current), when the server keeps one. */
+  get inbox() {
+    return this._inbox === void 0 ? void 0 : { ...this._inbox };
+  }
+  /**
+   * Acknowledges the personal channel up to `offset` (default: the last notification handed
+   * out), for all of the user's devices. Resolves with the acknowledged position now, which
+   * never moves backwards. Rejects with `unrecoverable` for an offset beyond the inbox's top
+   * or of another epoch, `no_history` when the server keeps no inbox.
+   */
+  async ack(offset) {
+    const channel = this.personalChannel();
+    if (channel === void 0) throw new HeraldError("disconnected", "not connected yet: the personal channel is not known");
+    const position = this.subscriptions.get(channel)?.position;
+    const upTo = offset ?? position?.offset;
+    if (upTo === void 0) throw new HeraldError("no_history", `${channel} has no position to acknowledge`);
+    const frame = { type: "ack", channel, offset: upTo };
+    const epoch = position?.epoch ?? this._inbox?.epoch;
+    if (epoch !== void 0) frame.epoch = epoch;
+    const reply = await this.request(frame);
+    const acked = { offset: reply.offset, epoch: reply.epoch };
+    const inbox = this._inbox;
+    if (inbox && inbox.epoch === acked.epoch && acked.offset > inbox.acked) {
+      inbox.unread = Math.max(0, inbox.unread - (acked.offset - inbox.acked));
+      inbox.acked = acked.offset;
+      this.emit("inbox", { ...inbox });
+    }
+    return acked;
   }
   /**
    * Starts connecting (and reconnecting whenever the connection is lost, until
@@ -433,11 +590,19 @@ var Herald = class extends Emitter {
    * Subscribes to a channel, or returns the existing subscription of it. The subscription
    * becomes live when connected (`ready()`), and stays across reconnects until
    * `unsubscribe()`.
+   *
+   * `since` resumes from a position the application kept (`sub.position`, persisted), or,
+   * for the personal channel, `"acked"`: from the user's acknowledged position. It counts
+   * while the subscription is not live yet; for the personal channel, which the server
+   * subscribes at connect, call this before `connect()`.
    */
-  subscribe(channel) {
+  subscribe(channel, options = {}) {
     const existing = this.subscriptions.get(channel);
-    if (existing) return existing;
-    const sub = new Subscription(this.host, channel, false);
+    if (existing) {
+      if (options.since !== void 0) existing.requestSince(options.since);
+      return existing;
+    }
+    const sub = new Subscription(this.host, channel, false, options.since);
     this.subscriptions.set(channel, sub);
     if (this._state === "connected") sub.subscribeByFrame();
     return sub;
@@ -458,7 +623,7 @@ var Herald = class extends Emitter {
    * dropped before the reply. A request made while not connected waits for the connection,
    * within `requestTimeout`.
    */
-  request(frame) {
+  request(frame, onReply) {
     return new Promise((resolve, reject) => {
       if (!this.wanted) {
         reject(new HeraldError("disconnected", "not connected: call connect() first"));
@@ -480,7 +645,7 @@ var Herald = class extends Emitter {
           new HeraldError("timeout", `no reply to ${String(frame.type)} within ${this.options.requestTimeout} ms`)
         );
       }, this.options.requestTimeout);
-      const req = { frame: { ...frame, id }, resolve, reject, timer, sent: false };
+      const req = { frame: { ...frame, id }, resolve, reject, timer, sent: false, onReply };
       this.requests.set(id, req);
       if (this._state === "connected") this.sendRequest(id, req);
     });
@@ -534,14 +699,19 @@ var Herald = class extends Emitter {
     const url = new URL(this.urls[this.urlIndex % this.urls.length]);
     url.searchParams.set("token", token);
     const urlChannels = [];
-    if (this.urlSubscribe) {
-      for (const sub of this.subscriptions.values()) {
-        if (!sub.managed && sub.state === "subscribing" && sub.since() === void 0) {
-          urlChannels.push(sub.channel);
-        }
-      }
-      if (urlChannels.length > 0) url.searchParams.set("subscribe", urlChannels.join(","));
+    const sinces = [];
+    const subject = tokenSubject(token);
+    const personal = subject === void 0 ? void 0 : `user:${subject}`;
+    for (const sub of this.subscriptions.values()) {
+      const inUrl = sub.channel === personal ? this.urlSubscribe || typeof sub.since() === "object" : this.urlSubscribe && !sub.managed && sub.state === "subscribing";
+      const since = inUrl ? sub.since() : void 0;
+      sub.sentInUrl(since);
+      if (!inUrl) continue;
+      if (sub.channel !== personal) urlChannels.push(sub.channel);
+      if (since !== void 0) sinces.push(sinceParam(sub.channel, since));
     }
+    if (urlChannels.length > 0) url.searchParams.set("subscribe", urlChannels.join(","));
+    for (const since of sinces) url.searchParams.append("since", since);
     let socket;
     try {
       socket = new this.WebSocketImpl(url.toString());
@@ -557,6 +727,7 @@ var Herald = class extends Emitter {
       socket,
       token,
       urlChannels,
+      urlSince: sinces.length > 0,
       connected: false,
       connectedAt: 0,
       statusVisible: false
@@ -650,6 +821,9 @@ var Herald = class extends Emitter {
       case "leave":
         if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.presenceEvent(frame);
         return;
+      case "reset":
+        if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.reset(frame);
+        return;
     }
     const id = frame.id;
     const req = typeof id === "number" ? this.requests.get(id) : void 0;
@@ -659,6 +833,7 @@ var Herald = class extends Emitter {
       if (frame.type === "error") {
         req.reject(new HeraldError(String(frame.code), String(frame.message ?? frame.code)));
       } else {
+        req.onReply?.(frame);
         req.resolve(frame);
       }
     } else if (frame.type === "error") {
@@ -669,9 +844,23 @@ var Herald = class extends Emitter {
     const sub = this.subscriptions.get(message.channel);
     if (sub) {
       if (!sub.accept(message)) return;
+      if (message.channel === this.personalChannel()) this.countNotification(message);
       sub.deliver(message);
     }
     this.emit("message", message);
+  }
+  /** The user's personal channel, once connected. */
+  personalChannel() {
+    return this._user === void 0 ? void 0 : `user:${this._user}`;
+  }
+  /** A new notification moves the inbox's top (and what is unread). */
+  countNotification(message) {
+    const inbox = this._inbox;
+    const offset = message.offset;
+    if (!inbox || typeof offset !== "number" || offset <= inbox.offset) return;
+    inbox.offset = offset;
+    if (offset > inbox.acked) inbox.unread += 1;
+    this.emit("inbox", { ...inbox });
   }
   onConnected(attempt, frame) {
     clearTimeout(this.connectTimer);
@@ -684,12 +873,17 @@ var Herald = class extends Emitter {
     if (!this.subscriptions.has(personal)) {
       this.subscriptions.set(personal, new Subscription(this.host, personal, true));
     }
+    const inbox = frame.inbox;
+    this._inbox = inbox && typeof inbox.offset === "number" && typeof inbox.epoch === "string" ? { offset: inbox.offset, epoch: inbox.epoch, acked: Number(inbox.acked) || 0, unread: Number(inbox.unread) || 0 } : void 0;
     this.setState("connected");
     this.armPing();
     this.scheduleTokenRefresh(attempt);
+    if (this._inbox) this.emit("inbox", { ...this._inbox });
     const inUrl = new Set(Array.isArray(frame.channels) ? frame.channels : []);
+    const positions = typeof frame.positions === "object" && frame.positions !== null ? frame.positions : {};
     for (const sub of [...this.subscriptions.values()]) {
-      if (sub.managed || inUrl.has(sub.channel)) sub.live(void 0);
+      const position = Object.hasOwn(positions, sub.channel) ? positions[sub.channel] : void 0;
+      if (sub.managed || inUrl.has(sub.channel) || position !== void 0) sub.live(position);
       else if (sub.state === "subscribing") sub.subscribeByFrame();
     }
     for (const [id, req] of this.requests) {
@@ -774,8 +968,11 @@ var Herald = class extends Emitter {
       if (reason.reason === "unauthorized" || reason.reason === "refused_or_unreachable") {
         this.dropToken(attempt.token);
       }
-      if (attempt.urlChannels.length > 0 && reason.reason !== "unauthorized" && reason.reason !== "unavailable") {
+      const ambiguous = reason.reason === "refused_or_unreachable";
+      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && (reason.reason === "refused" || ambiguous)) {
         this.urlSubscribe = false;
+      } else if (!this.urlSubscribe && ambiguous) {
+        this.urlSubscribe = true;
       }
       delay = this.backoff(++this.failures);
       this.urlIndex++;
@@ -812,6 +1009,9 @@ var Herald = class extends Emitter {
     return Math.random() * ceiling;
   }
 };
+function sinceParam(channel, since) {
+  return since === "acked" ? `${channel}~acked` : `${channel}~${since.offset}~${since.epoch}`;
+}
 function isExpired(token) {
   const exp = tokenExpiry(token);
   return exp !== void 0 && exp - 1e3 <= Date.now();
@@ -840,6 +1040,7 @@ function stripUndefined(value) {
 }
 
 // clients/js/src/publisher.ts
+var OUTCOME_UNKNOWN2 = /* @__PURE__ */ new Set(["outcome_unknown", "timeout", "network"]);
 var Publisher = class {
   base;
   apiKey;
@@ -857,30 +1058,37 @@ var Publisher = class {
     if (typeof impl !== "function") throw new TypeError("Publisher: no fetch implementation");
     this.fetchImpl = impl.bind(globalThis);
   }
-  /** Publishes one message; resolves with the id subscribers see. */
+  /** Publishes one message; resolves with the id subscribers see (and, in channels with
+   * history, its offset). */
   async publish(channel, data, options = {}) {
-    return await this.post("/v1/publish", withEvent({ channel, data }, options.event));
+    return await this.post("/v1/publish", withOptions({ channel, data }, options), options.idempotencyKey !== void 0);
   }
-  /** Publishes several messages in one request, all or nothing, in order. */
+  /** Publishes several messages in one request, all or nothing, in order. Retried after an
+   * unknown outcome when every message carries an `idempotency_key`. */
   async publishBatch(messages) {
-    return await this.post("/v1/publish/batch", { messages });
+    const keyed = messages.length > 0 && messages.every((m) => m.idempotency_key !== void 0);
+    return await this.post("/v1/publish/batch", { messages }, keyed);
   }
   /** Sends a message to every connected client (channel `broadcast`). */
   async broadcast(data, options = {}) {
-    return await this.post("/v1/broadcast", withEvent({ data }, options.event));
+    return await this.post("/v1/broadcast", withOptions({ data }, options), false);
   }
-  /** Sends a message to every connection of one user (their channel `user:<id>`). */
+  /** Sends a message to every connection of one user (their channel `user:<id>`, kept in
+   * their offline inbox). */
   async notify(user, data, options = {}) {
     const path = `/v1/users/${encodeURIComponent(user)}/notify`;
-    return await this.post(path, withEvent({ data }, options.event));
+    return await this.post(path, withOptions({ data }, options), options.idempotencyKey !== void 0);
   }
-  async post(path, body) {
+  /** Posts, retrying what surely did not happen and, when the body carries idempotency keys
+   * (`keyed`), what may have: the same body goes out again, and the server delivers it once. */
+  async post(path, body, keyed) {
     const text = JSON.stringify(body);
+    const retryable = (code) => code === "unavailable" || keyed && OUTCOME_UNKNOWN2.has(code);
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.postOnce(path, text);
       } catch (err) {
-        if (!(err instanceof HeraldError) || err.code !== "unavailable" || attempt >= this.retries) throw err;
+        if (!(err instanceof HeraldError) || !retryable(err.code) || attempt >= this.retries) throw err;
         const ceiling = this.retryDelay * 2 ** attempt;
         await new Promise((resolve) => setTimeout(resolve, Math.random() * ceiling));
       }
@@ -922,13 +1130,17 @@ var Publisher = class {
     );
   }
 };
-function withEvent(body, event) {
-  return event === void 0 ? body : { ...body, event };
+function withOptions(body, options) {
+  const out = { ...body };
+  if (options.event !== void 0) out.event = options.event;
+  if (options.idempotencyKey !== void 0) out.idempotency_key = options.idempotencyKey;
+  return out;
 }
 export {
   Herald,
   HeraldError,
   Publisher,
   Subscription,
-  tokenExpiry
+  tokenExpiry,
+  tokenSubject
 };

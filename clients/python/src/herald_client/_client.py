@@ -4,7 +4,13 @@ token before it expires, match replies to requests, and route frames to subscrip
 One task (`_run`) owns the socket: it connects, reads every frame and dispatches it, and after
 the socket ends decides how long to wait before the next attempt. While connected, two helper
 tasks run beside it: the application ping (when nothing was received for `ping_interval`) and
-the token renewal (before the token's `exp`)."""
+the token renewal (before the token's `exp`).
+
+Recovery: each subscription keeps its position (_subscription.py). `_run` puts the positions in
+the connect URL (`since=<channel>~<offset>~<epoch>`, for the URL's channels and the personal
+channel), `_serve` hands each its entry of `connected.positions`, and channels subscribed by
+frame carry `since` in it. The inbox of `connected` is kept in `inbox`, moved by the personal
+channel's messages and by `ack()`."""
 
 from __future__ import annotations
 
@@ -27,13 +33,26 @@ from ._backoff import full_jitter
 from ._errors import ClientClosed, ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
 from ._events import Callback, Emitter
 from ._subscription import Subscription, SubscriptionState
-from ._token import token_expiry
-from ._types import ConnectionState, DisconnectKind, DisconnectReason, Member, Message, PresenceEvent
+from ._token import token_expiry, token_subject
+from ._types import (
+    ConnectionState,
+    DisconnectKind,
+    DisconnectReason,
+    InboxState,
+    Member,
+    Message,
+    Position,
+    PresenceEvent,
+    PublishResult,
+    Since,
+)
 
 log = logging.getLogger("herald_client")
 
 #: Error codes of a refused upgrade that name a channel of the URL's `subscribe=`.
 _CHANNEL_CODES = frozenset({"unknown_channel", "invalid_channel", "forbidden", "limit_exceeded"})
+#: Error codes of a refused upgrade that may be about one of the URL's `since` positions.
+_SINCE_CODES = frozenset({"malformed_frame", "no_history", *_CHANNEL_CODES})
 
 TokenSource = Callable[[], Awaitable[str]]
 
@@ -56,7 +75,10 @@ class Herald:
     Events (`on(name, callback)`): "state" (`ConnectionState`), "connecting", "connected"
     (the `connected` frame as a dict), "disconnected" (`DisconnectReason`), "message" (every
     `Message` of every channel), "error" (an `error` frame that answers no request, or a
-    failing token source).
+    failing token source), "inbox" (`InboxState`, when it changed).
+
+    `publish_retries`: in channels with history, how often a publish whose outcome is unknown
+    is retried with the same idempotency key (see `Subscription.publish`).
     """
 
     def __init__(
@@ -74,6 +96,7 @@ class Herald:
         connect_timeout: float = 10.0,
         renew_margin: float = 30.0,
         buffer: int = 1024,
+        publish_retries: int = 2,
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -98,6 +121,7 @@ class Herald:
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self.renew_margin = renew_margin
+        self.publish_retries = publish_retries
         self._buffer = buffer
 
         self._events = Emitter()
@@ -108,6 +132,8 @@ class Herald:
         self._connected_event = asyncio.Event()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        #: Called with a reply as it is read, before the frames after it (see `_request`).
+        self._on_reply: dict[int, Callable[[dict[str, Any]], Awaitable[None]]] = {}
         self._subs: dict[str, Subscription] = {}
         #: Subscribe by frames only on the next attempt: the last one was refused for a channel
         #: of its URL, and frames tell which.
@@ -121,15 +147,23 @@ class Herald:
         self.user: str | None = None
         #: Every connection's `broadcast` channel.
         self.broadcast = Subscription(self, "broadcast", buffer=buffer, managed=True)
-        #: The user's personal channel `user:<sub>` (its name is known once connected):
-        #: notifications sent with the publisher's `notify`.
-        self.personal = Subscription(self, "user:", buffer=buffer, managed=True)
+        #: The user's personal channel as the server subscribes it (see `personal`).
+        self._personal = Subscription(self, "user:", buffer=buffer, managed=True)
+        #: The user's offline inbox (`connected.inbox`, kept current), when the server keeps one.
+        self.inbox: InboxState | None = None
 
     # --- public API ---------------------------------------------------------------------
 
     @property
     def state(self) -> ConnectionState:
         return self._state
+
+    @property
+    def personal(self) -> Subscription:
+        """The user's personal channel `user:<sub>` (its name is known once connected):
+        notifications sent with the publisher's `notify`. The subscription made with
+        `subscribe("user:<sub>", since=...)` when there is one."""
+        return self._subs.get(self._personal.channel, self._personal)
 
     @property
     def subscriptions(self) -> dict[str, Subscription]:
@@ -191,7 +225,7 @@ class Herald:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._fail_pending(ClientClosed("disconnect() was called"))
-        for sub in [*self._subs.values(), self.broadcast, self.personal]:
+        for sub in [*self._subs.values(), self.broadcast, self._personal]:
             sub._close(None)
         self._subs.clear()
         if task is not None:
@@ -205,11 +239,17 @@ class Herald:
         self,
         channel: str,
         *,
+        since: Since | None = None,
         on_message: Callback | None = None,
         buffer: int | None = None,
     ) -> Subscription:
         """Subscribes to `channel` and returns its `Subscription`, renewed after every
-        reconnect.
+        reconnect from its position.
+
+        `since` resumes from a position the application kept (`sub.position`, persisted), or,
+        for the personal channel, "acked": from the user's acknowledged position (a device
+        without a position of its own). The personal channel, which the server subscribes at
+        connect, takes it before `connect()`.
 
         Before `connect()` it returns at once and the channel goes in the connect URL (its
         error, if the server refuses it, reaches the subscription's "error" callbacks).
@@ -225,7 +265,7 @@ class Herald:
         if channel in self._subs or channel == "broadcast":
             raise ValueError(f"already subscribed to {channel}")
         size = buffer if buffer is not None else (0 if on_message is not None else self._buffer)
-        sub = Subscription(self, channel, buffer=size)
+        sub = Subscription(self, channel, buffer=size, since=since)
         if on_message is not None:
             sub.on("message", on_message)
         self._subs[channel] = sub
@@ -257,14 +297,56 @@ class Herald:
             raise failure[0]
         return sub
 
-    async def publish(self, channel: str, data: Any, *, event: str | None = None) -> str:
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> PublishResult:
         """Publishes over the connection into `channel` (no need to be subscribed; namespaces
-        with `publish = true`). Returns the message id."""
+        with `publish = true`), once: `Subscription.publish` retries with an idempotency key
+        in channels with history. `idempotency_key` (channels with history): a second publish
+        with the same key publishes nothing and returns the first one's result."""
         frame: dict[str, Any] = {"type": "publish", "channel": channel, "data": data}
         if event is not None:
             frame["event"] = event
+        if idempotency_key is not None:
+            frame["idempotency_key"] = idempotency_key
         reply = await self._request(frame, f"publish {channel}")
-        return str(reply.get("message_id"))
+        offset, epoch = reply.get("offset"), reply.get("epoch")
+        return PublishResult(
+            message_id=str(reply.get("message_id")),
+            offset=offset if isinstance(offset, int) else None,
+            epoch=epoch if isinstance(epoch, str) else None,
+            deduplicated=reply.get("deduplicated") is True,
+        )
+
+    async def ack(self, offset: int | None = None) -> Position:
+        """Acknowledges the personal channel up to `offset` (default: the last notification
+        handed out), for all of the user's devices. Returns the acknowledged position now,
+        which never moves backwards. `RequestError` "unrecoverable" for an offset beyond the
+        inbox's top or of another epoch, "no_history" when the server keeps no inbox."""
+        if self.user is None:
+            raise NotConnected("ack: not connected yet, the personal channel is not known")
+        personal = self.personal
+        position = personal.position
+        up_to = offset if offset is not None else (position.offset if position is not None else None)
+        if up_to is None:
+            raise RequestError("no_history", f"{personal.channel} has no position to acknowledge", operation="ack")
+        frame: dict[str, Any] = {"type": "ack", "channel": personal.channel, "offset": up_to}
+        epoch = position.epoch if position is not None else (self.inbox.epoch if self.inbox else None)
+        if epoch is not None:
+            frame["epoch"] = epoch
+        reply = await self._request(frame, "ack")
+        acked = Position(int(reply.get("offset", 0)), str(reply.get("epoch")))
+        inbox = self.inbox
+        if inbox is not None and inbox.epoch == acked.epoch and acked.offset > inbox.acked:
+            inbox.unread = max(0, inbox.unread - (acked.offset - inbox.acked))
+            inbox.acked = acked.offset
+            await self._events.emit("inbox", inbox)
+        return acked
 
     async def presence(self, channel: str) -> list[Member]:
         """The members of a channel this connection is subscribed to (namespaces with
@@ -283,8 +365,16 @@ class Herald:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def _request(self, frame: dict[str, Any], operation: str, timeout: float | None = None) -> dict[str, Any]:
-        """Sends a frame with a fresh `id` and waits for the reply carrying it."""
+    async def _request(
+        self,
+        frame: dict[str, Any],
+        operation: str,
+        timeout: float | None = None,
+        on_reply: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """Sends a frame with a fresh `id` and waits for the reply carrying it. `on_reply` is
+        awaited by the reader with a reply that is not an error, before it reads on: the
+        waiting task would see the reply only after frames read behind it."""
         ws = self._ws
         if self._closing:
             raise ClientClosed("disconnect() was called")
@@ -293,6 +383,8 @@ class Herald:
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        if on_reply is not None:
+            self._on_reply[request_id] = on_reply
         limit = self.request_timeout if timeout is None else timeout
         try:
             await ws.send(json.dumps({**frame, "id": request_id}))
@@ -303,9 +395,24 @@ class Herald:
             raise ConnectionLost(f"{operation}: the connection dropped") from None
         finally:
             self._pending.pop(request_id, None)
+            self._on_reply.pop(request_id, None)
         if reply.get("type") == "error":
             raise RequestError(str(reply.get("code")), str(reply.get("message", "")), operation=operation)
         return reply
+
+    async def _retry_pause(self, attempt: int) -> None:
+        """Before retry number `attempt` of a publish: a backoff, then the connection (at most
+        `request_timeout`; the retry itself reports when it is still not there)."""
+        await asyncio.sleep(self._backoff(attempt))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected_event.wait(), self.request_timeout)
+
+    def _acked_for(self, channel: str, epoch: str) -> int | None:
+        """The inbox's acknowledged offset, for the personal channel resumed with "acked"."""
+        inbox = self.inbox
+        if channel == self._personal.channel and inbox is not None and inbox.epoch == epoch:
+            return inbox.acked
+        return None
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -317,23 +424,36 @@ class Herald:
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
+        self._on_reply.clear()
 
     async def _send_subscribe(self, sub: Subscription) -> None:
         """Subscribes by frame on the current connection, with `since` when the subscription
         knows where it left off. A refusal ends the subscription; a lost connection leaves it
         for the next one; no answer drops the connection (it is renewed on the next)."""
         frame: dict[str, Any] = {"type": "subscribe", "channel": sub.channel}
-        if sub.offset is not None and sub.epoch is not None:
-            frame["since"] = {"offset": sub.offset, "epoch": sub.epoch}
         ws = self._ws
         if ws is None or sub._inflight is ws:
             return
+        since = sub._since()
+        sub._sent_since = since
+        if isinstance(since, Position):
+            frame["since"] = {"offset": since.offset, "epoch": since.epoch}
+        elif since is not None:
+            frame["since"] = since
         sub._inflight = ws
+
+        async def confirm(reply: dict[str, Any]) -> None:
+            # As the reply is read: the recovered messages behind it find the position it sets.
+            if self._subs.get(sub.channel) is sub and self._ws is ws:
+                epoch = reply.get("epoch")
+                await sub._confirmed(reply, self._acked_for(sub.channel, epoch) if isinstance(epoch, str) else None)
+
         try:
-            reply = await self._request(frame, f"subscribe {sub.channel}")
+            await self._request(frame, f"subscribe {sub.channel}", on_reply=confirm)
+            return
         except RequestError as e:
             if e.code == "already_subscribed":
-                reply = {}
+                reply: dict[str, Any] = {}
             elif e.code == "unavailable":
                 log.warning("herald_client: %s; reconnecting", e)
                 await self._drop(ws)
@@ -351,8 +471,7 @@ class Herald:
             return
         finally:
             sub._inflight = None
-        if self._subs.get(sub.channel) is sub and self._ws is ws:
-            await sub._confirmed(reply)
+        await confirm(reply)
 
     def _forget(self, sub: Subscription) -> None:
         if self._subs.get(sub.channel) is sub:
@@ -393,13 +512,38 @@ class Herald:
             self._token_stale = False
         return token
 
-    def _connect_url(self, base: str, token: str, channels: list[str]) -> str:
+    def _connect_url(self, base: str, token: str, channels: list[str], sinces: Sequence[str] = ()) -> str:
         parts = urlsplit(base)
         query = [parts.query] if parts.query else []
         query.append(urlencode({"token": token}))
         if channels:
             query.append(urlencode({"subscribe": ",".join(channels)}, safe=",:"))
+        for since in sinces:
+            query.append(urlencode({"since": since}, safe=":~"))
         return urlunsplit((parts.scheme, parts.netloc, parts.path or "/ws", "&".join(query), ""))
+
+    def _url_positions(self, token: str, url_subs: list[Subscription]) -> list[str]:
+        """The `since` parameters of the connect URL: one per channel of `url_subs` with a
+        position, and the personal channel's (the server subscribes it; the token names it).
+        Records on each subscription what it asked for."""
+        for sub in [*self._subs.values(), self.broadcast, self._personal]:
+            sub._sent_since = None
+        subject = token_subject(token)
+        carriers = list(url_subs)
+        if subject is not None and not self._skip_url_channels:
+            channel = f"user:{subject}"
+            personal = self._subs.get(channel)
+            if personal is None and self._personal.channel == channel:
+                personal = self._personal
+            if personal is not None and not personal._live:
+                carriers.append(personal)
+        sinces = []
+        for sub in carriers:
+            since = sub._since()
+            sub._sent_since = since
+            if since is not None:
+                sinces.append(since_param(sub.channel, since))
+        return sinces
 
     async def _run(self) -> None:
         attempt = 0
@@ -420,16 +564,13 @@ class Herald:
             url_subs = (
                 []
                 if self._skip_url_channels
-                # Channels that recover go by frame (with `since`); so does the own personal
-                # channel, which the server may hold already (`already_subscribed`).
-                else [
-                    s
-                    for s in self._subs.values()
-                    if (s.offset is None or s.epoch is None) and not s.channel.startswith("user:")
-                ]
+                # Personal channels are never named: the own one the server subscribes by itself
+                # (its `since` goes in the URL), another user's is refused.
+                else [s for s in self._subs.values() if not s.channel.startswith("user:")]
             )
+            sinces = self._url_positions(token, url_subs)
             self._skip_url_channels = False
-            url = self._connect_url(base, token, [s.channel for s in url_subs])
+            url = self._connect_url(base, token, [s.channel for s in url_subs], sinces)
             try:
                 ws = await connect(
                     url,
@@ -447,9 +588,9 @@ class Herald:
                     kind = DisconnectKind.UNAUTHORIZED
                 elif status == 503:
                     kind = DisconnectKind.UNAVAILABLE
-                elif url_subs and code in _CHANNEL_CODES:
-                    # One of the URL's channels was refused: subscribe them by frames instead,
-                    # so each refusal reaches its own subscription. Not a reason to wait.
+                elif (url_subs and code in _CHANNEL_CODES) or (sinces and code in _SINCE_CODES):
+                    # One of the URL's channels or positions was refused: subscribe by frames
+                    # instead, so each refusal reaches its own subscription. Not a reason to wait.
                     self._skip_url_channels = True
                     await self._disconnected(DisconnectKind.REFUSED, status, code or "refused", 0.0)
                     delay = 0.0
@@ -490,16 +631,35 @@ class Herald:
             self._last_received = time.monotonic()
             self.client_id = first.get("client_id")
             self.user = first.get("user")
-            self.personal._channel = f"user:{self.user}"
+            self._personal._channel = f"user:{self.user}"
+            self.inbox = _inbox_state(first.get("inbox"))
             await self._set_state(ConnectionState.CONNECTED)
             await self._events.emit("connected", first)
+            if self.inbox is not None:
+                await self._events.emit("inbox", self.inbox)
             attempt = 0
             helpers.append(asyncio.create_task(self._pinger(ws)))
             helpers.append(asyncio.create_task(self._renewer()))
             confirmed = set(first.get("channels") or [])
+            positions = first.get("positions")
+            if not isinstance(positions, dict):
+                positions = {}
+
+            async def confirm(sub: Subscription) -> None:
+                state = positions.get(sub.channel)
+                state = state if isinstance(state, dict) else {}
+                epoch = state.get("epoch")
+                await sub._confirmed(state, self._acked_for(sub.channel, epoch) if isinstance(epoch, str) else None)
+
+            await confirm(self.broadcast)
+            own = self._subs.get(self._personal.channel)
+            if own is None:
+                await confirm(self._personal)
+            elif own._channel in positions:
+                await confirm(own)
             for sub in url_subs:
                 if sub.channel in confirmed and self._subs.get(sub.channel) is sub:
-                    await sub._confirmed({})
+                    await confirm(sub)
             for sub in list(self._subs.values()):
                 if not sub._live:
                     helpers.append(asyncio.create_task(self._send_subscribe(sub)))
@@ -518,6 +678,7 @@ class Herald:
             if ws.close_code is None:
                 ws.transport.abort()
             self._ws = None
+            self.broadcast._live = self._personal._live = False
             for sub in self._subs.values():
                 sub._live = False
                 if sub.state is SubscriptionState.SUBSCRIBED:
@@ -613,8 +774,8 @@ class Herald:
             return sub
         if channel == "broadcast":
             return self.broadcast
-        if channel == self.personal.channel:
-            return self.personal
+        if channel == self._personal.channel:
+            return self._personal
         return None
 
     async def _dispatch(self, raw: str | bytes) -> None:
@@ -631,7 +792,18 @@ class Herald:
             sub = self._route(message.channel)
             if sub is not None and not await sub._deliver(message, self._conn_closed):
                 return
+            inbox = self.inbox
+            if message.channel == self._personal.channel and inbox is not None and message.offset is not None:
+                if message.offset > inbox.offset:
+                    inbox.offset = message.offset
+                    inbox.unread += 1 if message.offset > inbox.acked else 0
+                    await self._events.emit("inbox", inbox)
             await self._events.emit("message", message)
+            return
+        if kind == "reset":
+            sub = self._route(str(frame.get("channel")))
+            if sub is not None:
+                await sub._reset(frame)
             return
         if kind in ("join", "leave"):
             channel = str(frame.get("channel"))
@@ -644,12 +816,31 @@ class Herald:
         request_id = frame.get("id")
         if isinstance(request_id, int) and request_id in self._pending:
             future = self._pending.pop(request_id)
+            on_reply = self._on_reply.pop(request_id, None)
+            if on_reply is not None and kind != "error":
+                await on_reply(frame)
             if not future.done():
                 future.set_result(frame)
             return
         if kind == "error":
             await self._events.emit("error", RequestError(str(frame.get("code")), str(frame.get("message", ""))))
         # Anything else is a frame of a later protocol version: ignored, as the protocol asks.
+
+
+def since_param(channel: str, since: Since) -> str:
+    """One `since` of the connect URL: `<channel>~<offset>~<epoch>` or `<channel>~acked`."""
+    if isinstance(since, Position):
+        return f"{channel}~{since.offset}~{since.epoch}"
+    return f"{channel}~{since}"
+
+
+def _inbox_state(value: object) -> InboxState | None:
+    if not isinstance(value, dict):
+        return None
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if not isinstance(offset, int) or not isinstance(epoch, str):
+        return None
+    return InboxState(offset, epoch, int(value.get("acked") or 0), int(value.get("unread") or 0))
 
 
 def _error_code(body: bytes | bytearray | None) -> str | None:

@@ -1,19 +1,37 @@
 """One channel the client is in: its messages (callbacks and `async for`), its requests, and
-what it remembers across reconnects (the last offset and epoch, for recovery)."""
+what it remembers across reconnects: its position (the offset of the last message handed out
+and the channel's epoch), from which each reconnect resumes. Each message is handed out once:
+one whose offset is not past the position is a replay and dropped, one that skips offsets is
+reported as a "gap" (the server promises none)."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import HeraldError, RequestError
+from ._errors import ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
 from ._events import Buffer, Callback, Emitter
-from ._types import HistoryPage, Member, Message, PresenceEvent, Recovery
+from ._types import (
+    Gap,
+    HistoryPage,
+    Member,
+    Message,
+    Position,
+    PresenceEvent,
+    PublishResult,
+    Recovered,
+    RecoveryFailed,
+    Since,
+)
 
 if TYPE_CHECKING:
     from ._client import Herald
+
+log = logging.getLogger("herald_client")
 
 
 class SubscriptionState(str, enum.Enum):
@@ -31,12 +49,21 @@ class Subscription:
 
     Messages reach the callbacks registered with `on("message", cb)` and, when iterated,
     `async for message in subscription`. Other events: "join" and "leave"
-    (`PresenceEvent`), "recovery" (`Recovery`, after every reconnect that could not recover the
-    missed messages), "subscribed" (each time the server confirms it), "error" (a
-    `HeraldError` that ended it).
+    (`PresenceEvent`), "subscribed" (each time the server confirms it), "recovered"
+    (`Recovered`: resumed, every missed message follows), "recovery_failed" (`RecoveryFailed`:
+    messages may have been missed; reload), "gap" (`Gap`), "error" (a `HeraldError` that
+    ended it).
     """
 
-    def __init__(self, client: Herald, channel: str, *, buffer: int, managed: bool = False) -> None:
+    def __init__(
+        self,
+        client: Herald,
+        channel: str,
+        *,
+        buffer: int,
+        managed: bool = False,
+        since: Since | None = None,
+    ) -> None:
         self._client = client
         self._channel = channel
         #: Server-managed (broadcast, the personal channel): never subscribed by frames.
@@ -49,13 +76,17 @@ class Subscription:
         self._buffer: Buffer[Message] | None = Buffer(buffer) if buffer > 0 and not managed else None
         self.state = SubscriptionState.SUBSCRIBED if managed else SubscriptionState.SUBSCRIBING
         #: Confirmed at least once: later confirmations are re-subscriptions after a reconnect.
-        self._confirmed_once = managed
+        self._confirmed_once = False
         #: Live on the current connection.
         self._live = False
         #: The offset of the last message handed to the application, and its epoch: sent as
-        #: `since` on re-subscribe, and used to hand each message out at most once.
+        #: `since` on re-subscribe, and used to hand each message out once.
         self.offset: int | None = None
         self.epoch: str | None = None
+        #: A starting point the application gave, for the next subscribe.
+        self._requested_since: Since | None = since
+        #: The `since` the current subscribe attempt carried (frame or URL).
+        self._sent_since: Since | None = None
         self._error: HeraldError | None = None
         #: The connection a subscribe frame is on its way over, so it is sent once per
         #: connection.
@@ -65,9 +96,18 @@ class Subscription:
     def channel(self) -> str:
         return self._channel
 
+    @property
+    def position(self) -> Position | None:
+        """Where the subscription stands (channels with history): persist it to resume after a
+        restart with `subscribe(channel, since=position)`."""
+        if self.offset is None or self.epoch is None:
+            return None
+        return Position(self.offset, self.epoch)
+
     def on(self, event: str, callback: Callback) -> Callable[[], None]:
         """Calls `callback` on every `event` of this channel ("message", "join", "leave",
-        "recovery", "subscribed", "error"). Returns a function that removes it."""
+        "subscribed", "recovered", "recovery_failed", "gap", "error"). Returns a function that
+        removes it."""
         return self._events.on(event, callback)
 
     def off(self, event: str, callback: Callback) -> None:
@@ -93,11 +133,42 @@ class Subscription:
                 self._buffer.end(self._error)
         return _iterate(self._buffer)
 
-    async def publish(self, data: Any, *, event: str | None = None) -> str:
+    async def publish(
+        self,
+        data: Any,
+        *,
+        event: str | None = None,
+        idempotency_key: str | None = None,
+        retries: int | None = None,
+    ) -> PublishResult:
         """Publishes into this channel over the connection (namespaces with `publish = true`).
-        Returns the message id. Raises `RequestError` ("forbidden" where clients may not
-        publish), `RequestTimeout`, `NotConnected` or `ConnectionLost`."""
-        return await self._client.publish(self._channel, data, event=event)
+        Raises `RequestError` ("forbidden" where clients may not publish, "outcome_unknown"),
+        `RequestTimeout`, `NotConnected` or `ConnectionLost`.
+
+        In a channel with history the client makes the publish safe to retry: it sends an
+        idempotency key (yours, or one it makes) and retries up to `retries` times (the
+        client's `publish_retries`) when the outcome is unknown ("outcome_unknown", a timeout,
+        a lost connection), waiting for the connection to come back: the server answers a
+        repeated key with the first publish's result (`deduplicated`) and delivers nothing
+        twice. Elsewhere (no key can be used) it does not retry."""
+        history = self.epoch is not None
+        tries = retries if retries is not None else (self._client.publish_retries if history else 0)
+        key = idempotency_key
+        if key is None:
+            if history and tries > 0:
+                key = secrets.token_hex(16)
+            else:
+                tries = 0  # Without a key, a retry could deliver twice.
+        attempt = 0
+        while True:
+            try:
+                return await self._client.publish(self._channel, data, event=event, idempotency_key=key)
+            except (RequestError, RequestTimeout, ConnectionLost, NotConnected) as e:
+                unknown = not isinstance(e, RequestError) or e.code == "outcome_unknown"
+                if not unknown or attempt >= tries:
+                    raise
+                attempt += 1
+                await self._client._retry_pause(attempt)
 
     async def presence(self) -> list[Member]:
         """The channel's members (namespaces with `client_presence = true`)."""
@@ -106,26 +177,29 @@ class Subscription:
     async def history(
         self,
         *,
-        since: tuple[int, str] | None = None,
+        since: Position | tuple[int, str] | None = None,
         limit: int | None = None,
         reverse: bool | None = None,
     ) -> HistoryPage:
-        """The channel's stored messages. Needs a server with history: servers without it
-        answer `RequestError` with code "unknown_type". `since` is `(offset, epoch)`."""
+        """The channel's stored messages (namespaces with `client_history = true`; the
+        connection must be subscribed). `since`: only what came after it (`RequestError`
+        "unrecoverable" when that is no longer all kept); `limit` at most the server's
+        `history.read_limit`; `reverse`: newest first. "no_history" where there is none to
+        read. The publications do not reach the "message" callbacks nor move `position`."""
         frame: dict[str, Any] = {"type": "history", "channel": self._channel}
         if since is not None:
-            frame["since"] = {"offset": since[0], "epoch": since[1]}
+            at = since if isinstance(since, Position) else Position(*since)
+            frame["since"] = {"offset": at.offset, "epoch": at.epoch}
         if limit is not None:
             frame["limit"] = limit
         if reverse is not None:
             frame["reverse"] = reverse
         reply = await self._client._request(frame, "history")
-        messages = [self._client._parse_message(m) for m in reply.get("messages", [])]
         return HistoryPage(
             channel=self._channel,
-            messages=messages,
-            offset=reply.get("offset"),
-            epoch=reply.get("epoch"),
+            publications=[self._client._parse_message(m) for m in reply.get("publications", [])],
+            offset=int(reply.get("offset", 0)),
+            epoch=str(reply.get("epoch", "")),
         )
 
     async def unsubscribe(self) -> None:
@@ -158,35 +232,86 @@ class Subscription:
         if self._buffer is not None:
             self._buffer.end(error)
 
-    async def _confirmed(self, reply: dict[str, Any]) -> None:
-        """The server confirmed the subscription (a `subscribed` reply, or the URL's
-        `connected.channels`)."""
+    def _since(self) -> Since | None:
+        """Where to resume from: what the application asked for, else the position."""
+        return self._requested_since if self._requested_since is not None else self.position
+
+    def _request_since(self, since: Since) -> None:
+        """A starting point for a subscription that is not live yet."""
+        if not self._live:
+            self._requested_since = since
+
+    async def _confirmed(self, reply: dict[str, Any], acked: int | None = None) -> None:
+        """The server confirmed the subscription: `reply` is the `subscribed` frame, the
+        channel's entry of `connected.positions`, or `{}` when the server said nothing (a
+        channel without history). `acked` is the inbox's acknowledged offset, for a personal
+        channel resumed with since "acked"."""
         resubscribe = self._confirmed_once
         self._confirmed_once = True
         self._live = True
         self.state = SubscriptionState.SUBSCRIBED
-        epoch = reply.get("epoch")
-        recovered = reply.get("recovered") is True
-        if isinstance(epoch, str):
-            if epoch != self.epoch or not recovered:
-                # A new stream (or a gap): offsets start over from the server's top.
-                self.offset = reply.get("offset") if isinstance(reply.get("offset"), int) else None
+        since, self._sent_since, self._requested_since = self._sent_since, None, None
+        epoch, top = reply.get("epoch"), reply.get("offset")
+        recovered = False
+        failure: str | None = None
+        if isinstance(epoch, str) and isinstance(top, int):
+            if since is not None and reply.get("recovered") is True:
+                # Every message after `since` follows: the position is `since` (never moved
+                # back within an epoch, should anything have come first).
+                recovered = True
+                start = since.offset if isinstance(since, Position) else acked
+                if self.epoch != epoch or self.offset is None or (start is not None and start > self.offset):
+                    self.offset = start
+            else:
+                # The live stream continues after the channel's top.
+                self.offset = top
+                if since is not None:
+                    reason = reply.get("reason")
+                    failure = reason if isinstance(reason, str) else "unrecoverable"
+                elif resubscribe:
+                    failure = "position_unknown"
             self.epoch = epoch
-        await self._events.emit("subscribed", self)
-        if resubscribe and not recovered:
-            reason = reply.get("reason")
-            await self._events.emit(
-                "recovery",
-                Recovery(self._channel, False, reason if isinstance(reason, str) else "unsupported"),
-            )
+        else:
+            self.offset = None
+            self.epoch = None
+            # What was published while away is gone: the channel keeps no history.
+            if resubscribe or since is not None:
+                failure = "no_history"
+        # In tasks of their own: this runs in the reader, and a callback that makes a request
+        # (reload the members on `recovery_failed`) would wait for a reply nobody reads.
+        self._emit_soon("subscribed", self)
+        if recovered and since is not None and isinstance(epoch, str) and isinstance(top, int):
+            self._emit_soon("recovered", Recovered(self._channel, since, Position(top, epoch)))
+        elif failure is not None:
+            self._emit_soon("recovery_failed", RecoveryFailed(self._channel, failure, self.position))
+
+    def _emit_soon(self, event: str, value: object) -> None:
+        self._client._spawn(self._events.emit(event, value))
+
+    async def _reset(self, frame: dict[str, Any]) -> None:
+        """A `reset` frame: messages were lost for good; the stream goes on after its position."""
+        offset, epoch = frame.get("offset"), frame.get("epoch")
+        if not isinstance(offset, int) or not isinstance(epoch, str):
+            return
+        self.offset, self.epoch = offset, epoch
+        reason = frame.get("reason")
+        self._emit_soon(
+            "recovery_failed",
+            RecoveryFailed(self._channel, reason if isinstance(reason, str) else "reset", Position(offset, epoch), True),
+        )
 
     async def _deliver(self, message: Message, abort: asyncio.Future[None] | None = None) -> bool:
-        """Hands a message to the application, once: a message whose offset is not past the last
-        one handed out is a duplicate of a recovered one and is dropped. Returns whether it was
-        delivered."""
+        """Hands a message to the application, once: a message whose offset is not past the
+        position is a replay and is dropped; one that skips offsets is reported as a "gap" and
+        delivered. Returns whether it was delivered."""
         if message.offset is not None:
-            if self.offset is not None and message.offset <= self.offset:
-                return False
+            if self.offset is not None:
+                if message.offset <= self.offset:
+                    return False
+                if message.offset > self.offset + 1:
+                    gap = Gap(self._channel, self.offset + 1, message.offset)
+                    log.warning("herald_client: %s: expected offset %d, got %d", gap.channel, gap.expected, gap.offset)
+                    await self._events.emit("gap", gap)
             self.offset = message.offset
         await self._events.emit("message", message)
         if self._buffer is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 class ConnectionState(str, enum.Enum):
@@ -94,24 +94,95 @@ class PresenceEvent:
 
 
 @dataclass(frozen=True)
-class Recovery:
-    """Whether a subscription renewed after a reconnect got every message it missed.
+class Position:
+    """Where a subscription stands in a channel with history: the offset of the last message
+    handed to the application and the channel's epoch. `Subscription.position`; persist it and
+    pass it as `subscribe(channel, since=position)` to resume after a restart."""
 
-    `recovered` False means messages published while the client was away may be lost: the
-    application should reload the state it keeps from the channel. `reason` is the server's
-    code, or "unsupported" when the server does not serve recovery.
-    """
+    offset: int
+    epoch: str
+
+
+#: Where a subscription starts: a `Position`, or "acked" (the personal channel only: from the
+#: user's acknowledged position, for a device with no position of its own).
+Since = Position | Literal["acked"]
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """The "recovered" event: the subscription resumed from `since`, and every message missed
+    follows, in order, each once."""
 
     channel: str
-    recovered: bool
-    reason: str | None = None
+    since: Since
+    #: The channel's top when the live stream began: the missed messages up to it follow.
+    top: Position
+
+
+@dataclass(frozen=True)
+class RecoveryFailed:
+    """The "recovery_failed" event: messages of the channel may have been missed for good, and
+    the application should reload the state it builds from the channel.
+
+    `reason` is the server's ("epoch_changed", "position_too_old", "position_ahead", or the
+    reason of a `reset` frame) or "no_history": the channel keeps no history, so what was
+    published while the client was away is gone (told after every reconnect)."""
+
+    channel: str
+    reason: str
+    #: Where the stream goes on from, for channels with history.
+    position: Position | None = None
+    #: The server sent `reset` on a live subscription (a gap it could not repair).
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The "gap" event: a message skipped offsets. The server promises this never happens; the
+    client logs it, reports it, and delivers the message."""
+
+    channel: str
+    #: The offset that should have come next.
+    expected: int
+    #: The offset that came.
+    offset: int
+
+
+@dataclass
+class InboxState:
+    """The user's offline inbox (the personal channel): `Herald.inbox`, from `connected` and
+    kept current by notifications and `ack()`."""
+
+    #: The newest notification's offset, and the inbox's epoch.
+    offset: int
+    epoch: str
+    #: Everything up to here is acknowledged, by any of the user's devices.
+    acked: int
+    #: Notifications after `acked` still kept.
+    unread: int
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What a publish over the socket returns."""
+
+    #: The message id subscribers see.
+    message_id: str
+    #: Channels with history: the message's offset and the channel's epoch.
+    offset: int | None = None
+    epoch: str | None = None
+    #: An earlier publish with the same idempotency key was found: nothing was published now,
+    #: and this is the first one's result.
+    deduplicated: bool = False
 
 
 @dataclass(frozen=True)
 class HistoryPage:
-    """The answer to `Subscription.history()` (needs a server with history)."""
+    """The answer to `Subscription.history()`."""
 
     channel: str
-    messages: list[Message]
-    offset: int | None
-    epoch: str | None
+    #: The messages, oldest first (newest first with `reverse`).
+    publications: list[Message]
+    #: The channel's top: its last message's offset, and its epoch.
+    offset: int
+    epoch: str

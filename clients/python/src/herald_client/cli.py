@@ -5,7 +5,9 @@ reconnects by itself. Connection changes go to stderr.
     python -m herald_client.cli ws://127.0.0.1:8080/ws --token-command 'herald token --user alice' \\
         --subscribe chat:lobby --send chat:lobby      # lines typed are published to chat:lobby
 
-Stops on Ctrl-C or at the end of input (with --send).
+Stops on Ctrl-C or at the end of input (with --send). On the way out it prints each channel's
+position (`herald: position chat:lobby~41~Ab3xYz9QpL0w`); pass it back with `--since` to go on
+where it stopped, or `--since user:alice~acked` to read the unread notifications.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import DisconnectReason, Herald, HeraldError, Message
+from . import DisconnectReason, Herald, HeraldError, Message, Position, Since, Subscription
+from ._client import since_param
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,9 +40,30 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--subscribe", "-s", action="append", default=[], help="a channel (repeat, or separate with commas)"
     )
+    parser.add_argument(
+        "--since",
+        action="append",
+        default=[],
+        metavar="CHANNEL~OFFSET~EPOCH",
+        help="resume a channel after this position (as printed on exit), or CHANNEL~acked for the "
+        "personal channel's unread notifications; the channel is subscribed (repeat)",
+    )
+    parser.add_argument(
+        "--ack", action="store_true", help="acknowledge each notification of the personal channel once printed"
+    )
     parser.add_argument("--send", metavar="CHANNEL", help="publish each line of standard input into CHANNEL")
     parser.add_argument("--quiet", "-q", action="store_true", help="no connection messages on stderr")
     return parser
+
+
+def _since(text: str) -> tuple[str, Since]:
+    """Reads `CHANNEL~OFFSET~EPOCH` or `CHANNEL~acked` (the connect URL's form)."""
+    parts = text.split("~")
+    if len(parts) == 2 and parts[1] == "acked":
+        return parts[0], "acked"
+    if len(parts) == 3 and parts[1].isdigit() and parts[2]:
+        return parts[0], Position(int(parts[1]), parts[2])
+    raise argparse.ArgumentTypeError(f"--since {text!r}: expected CHANNEL~OFFSET~EPOCH or CHANNEL~acked")
 
 
 def _frame(message: Message) -> str:
@@ -77,12 +101,33 @@ async def _run(args: argparse.Namespace) -> int:
     herald.on("disconnected", on_disconnected)
     herald.on("error", lambda error: note(f"error: {error}"))
 
+    async def ack(message: Message) -> None:
+        if args.ack and message.offset is not None and message.channel == herald.personal.channel:
+            try:
+                await herald.ack(message.offset)
+            except HeraldError as e:
+                note(f"ack {message.offset}: {e}")
+
+    herald.on("message", ack)
+
+    try:
+        sinces = dict(_since(text) for text in args.since)
+    except argparse.ArgumentTypeError as e:
+        note(str(e))
+        return 2
     channels = [c for value in args.subscribe for c in value.split(",") if c]
-    for name in channels:
-        sub = await herald.subscribe(name, buffer=0)
+    subs: list[Subscription] = []
+    for name in dict.fromkeys([*channels, *sinces]):
+        sub = await herald.subscribe(name, since=sinces.get(name), buffer=0)
+        subs.append(sub)
         sub.on("join", lambda e: note(f"{e.channel}: {e.user} joined"))
         sub.on("leave", lambda e: note(f"{e.channel}: {e.user} left"))
-        sub.on("recovery", lambda r: note(f"{r.channel}: resubscribed; messages meanwhile may be lost ({r.reason})"))
+        sub.on("recovered", lambda r: note(f"{r.channel}: resumed; every message missed follows"))
+        sub.on(
+            "recovery_failed",
+            lambda r: note(f"{r.channel}: messages may have been missed ({r.reason}{', reset' if r.reset else ''})"),
+        )
+        sub.on("gap", lambda g: note(f"{g.channel}: offsets {g.expected}..{g.offset - 1} never arrived"))
         sub.on("error", lambda error, name=name: note(f"{name}: {error}"))
     try:
         await herald.connect()
@@ -104,6 +149,10 @@ async def _run(args: argparse.Namespace) -> int:
         else:
             await asyncio.Event().wait()
     finally:
+        for sub in [*subs, herald.personal]:
+            position = sub.position
+            if position is not None:
+                note(f"position {since_param(sub.channel, position)}")
         await herald.disconnect()
     return 0
 

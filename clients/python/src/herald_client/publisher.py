@@ -6,10 +6,12 @@ async with Publisher("http://127.0.0.1:8081", api_key="...") as publisher:
     await publisher.notify("alice", {"text": "just for you"})
 ```
 
-Retries happen only when the server's answer says nothing happened: 503 `unavailable` (the
-broker was unreachable, nothing was published), and a connection that could not be opened at
-all. A timeout, or a connection lost after the request was sent, is not retried: the message
-may have been published, and the API has no idempotency key to make a retry safe.
+Retries happen when the server's answer says nothing happened: 503 `unavailable` (the broker
+was unreachable, nothing was published), and a connection that could not be opened at all. A
+timeout, 504 `outcome_unknown`, or a connection lost after the request was sent is retried only
+for a publish with an `idempotency_key` (channels with history, notifications): the server
+answers a repeated key with the first publish's result and delivers nothing twice. Without a
+key the message may have been published, and a retry could deliver it again.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class PublishMessage:
     channel: str
     data: Any
     event: str | None = None
+    #: See `Publisher.publish`.
+    idempotency_key: str | None = None
 
 
 class Publisher:
@@ -78,19 +82,27 @@ class Publisher:
         if self._own_client:
             await self._client.aclose()
 
-    async def publish(self, channel: str, data: Any, *, event: str | None = None) -> str:
-        """Publishes `data` (any JSON value) into `channel`. Returns the message id."""
-        body = _message(channel, data, event)
-        reply = await self._post("/v1/publish", body, f"publish {channel}")
+    async def publish(
+        self, channel: str, data: Any, *, event: str | None = None, idempotency_key: str | None = None
+    ) -> str:
+        """Publishes `data` (any JSON value) into `channel`. Returns the message id.
+
+        `idempotency_key` (channels with history): a second publish with the same key within
+        the server's `history.idempotency_ttl` publishes nothing and returns the first one's
+        id; with it, an unknown outcome is retried too."""
+        body = _message(channel, data, event, idempotency_key)
+        reply = await self._post("/v1/publish", body, f"publish {channel}", idempotency_key is not None)
         return str(reply["id"])
 
     async def publish_batch(self, messages: Iterable[PublishMessage | Mapping[str, Any]]) -> list[str]:
         """Publishes several messages in one request, in order, all or nothing (an invalid one
         fails the whole batch, and the error names it). Returns the ids in order."""
         items = [
-            _message(m.channel, m.data, m.event) if isinstance(m, PublishMessage) else dict(m) for m in messages
+            _message(m.channel, m.data, m.event, m.idempotency_key) if isinstance(m, PublishMessage) else dict(m)
+            for m in messages
         ]
-        reply = await self._post("/v1/publish/batch", {"messages": items}, f"publish batch of {len(items)}")
+        keyed = bool(items) and all(item.get("idempotency_key") is not None for item in items)
+        reply = await self._post("/v1/publish/batch", {"messages": items}, f"publish batch of {len(items)}", keyed)
         return [str(i) for i in reply["ids"]]
 
     async def broadcast(self, data: Any, *, event: str | None = None) -> str:
@@ -101,15 +113,23 @@ class Publisher:
         reply = await self._post("/v1/broadcast", body, "broadcast")
         return str(reply["id"])
 
-    async def notify(self, user: str, data: Any, *, event: str | None = None) -> str:
-        """Publishes to every connection of `user` (their channel `user:<user>`)."""
+    async def notify(
+        self, user: str, data: Any, *, event: str | None = None, idempotency_key: str | None = None
+    ) -> str:
+        """Publishes to every connection of `user` (their channel `user:<user>`, kept in their
+        offline inbox). `idempotency_key` as for `publish`."""
         body: dict[str, Any] = {"data": data}
         if event is not None:
             body["event"] = event
-        reply = await self._post(f"/v1/users/{quote(user, safe='')}/notify", body, f"notify {user}")
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        path = f"/v1/users/{quote(user, safe='')}/notify"
+        reply = await self._post(path, body, f"notify {user}", idempotency_key is not None)
         return str(reply["id"])
 
-    async def _post(self, path: str, body: dict[str, Any], operation: str) -> dict[str, Any]:
+    async def _post(self, path: str, body: dict[str, Any], operation: str, keyed: bool = False) -> dict[str, Any]:
+        """Posts, retrying what surely did not happen, and (`keyed`: the body carries an
+        idempotency key, so the server delivers it once) what may have."""
         attempt = 0
         while True:
             try:
@@ -120,16 +140,20 @@ class Publisher:
                 # The connection was never opened: nothing was sent, so trying again is safe.
                 error = PublishError(operation, None, "network", str(e) or type(e).__name__)
             except httpx.TimeoutException as e:
-                raise PublishError(operation, None, "timeout", f"no answer within {self._timeout:g} s") from e
+                error = PublishError(operation, None, "timeout", f"no answer within {self._timeout:g} s")
+                if not keyed:
+                    raise error from e
             except httpx.HTTPError as e:
-                raise PublishError(operation, None, "network", str(e) or type(e).__name__) from e
+                error = PublishError(operation, None, "network", str(e) or type(e).__name__)
+                if not keyed:
+                    raise error from e
             else:
                 if response.status_code == 200:
                     parsed: dict[str, Any] = response.json()
                     return parsed
                 code, message = _error_body(response)
                 error = PublishError(operation, response.status_code, code, message)
-                if code != "unavailable":
+                if code != "unavailable" and not (keyed and code == "outcome_unknown"):
                     raise error
             if attempt >= self._retries:
                 raise error
@@ -137,10 +161,12 @@ class Publisher:
             attempt += 1
 
 
-def _message(channel: str, data: Any, event: str | None) -> dict[str, Any]:
+def _message(channel: str, data: Any, event: str | None, idempotency_key: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"channel": channel, "data": data}
     if event is not None:
         body["event"] = event
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
     return body
 
 
