@@ -56,6 +56,7 @@ mod queue;
 mod rate;
 mod recovery;
 pub mod registry;
+mod requests;
 pub mod server;
 mod socket;
 mod stream;
