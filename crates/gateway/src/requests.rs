@@ -18,9 +18,9 @@ use serde_json::value::RawValue;
 use crate::auth::Identity;
 use crate::gateway::Shared;
 use crate::history;
-use crate::hub::ConnHandle;
 use crate::policy;
 use crate::recovery::{self, Recovered, unread};
+use crate::registry::ConnHandle;
 use crate::wire;
 
 /// What a connection's requests act on: the client's identity and its channels.
