@@ -9,6 +9,9 @@
 //! as soon as its queue overflows. The other way round, a client over its frame rate is read
 //! no faster than the rate (`rate`): a frame over it is held until its token comes,
 //! and the socket is not read meanwhile.
+//!
+//! What a client frame asks is answered by the connection's [`Session`] (`crate::requests`);
+//! this module holds the connection's life around it: the open, the loop, the close.
 
 use std::collections::HashSet;
 use std::sync::Arc;
