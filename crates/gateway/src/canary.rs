@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::gateway::CANARY_CONN;
-use crate::hub::{ConnHandle, Hub};
+use crate::hub::Hub;
+use crate::registry::ConnHandle;
 use crate::writer::Writer;
 
 /// The canary channel of node `node_id`. The `herald` namespace is reserved, so clients can

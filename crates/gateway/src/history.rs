@@ -1,10 +1,11 @@
 //! Client frames about channel history: `history` reads, `ack`s of the offline inbox, and a
 //! client's `publish` into a channel with history (with its `idempotency_key`).
 //!
-//! The connection task checks what only it knows (whether it is subscribed) and calls in
-//! here; these functions decide who may do what with a channel's history, ask the broker,
-//! and build the reply. A history reply is assembled from the frames the broker keeps,
-//! joined as they are: a message is encoded once, by its publisher, and never again.
+//! A connection's requests (`crate::requests`) check what only they know (whether the
+//! client is subscribed) and call in here; these functions decide who may do what with a
+//! channel's history, ask the broker, and build the reply. A history reply is assembled from
+//! the frames the broker keeps, joined as they are: a message is encoded once, by its
+//! publisher, and never again.
 
 use std::fmt::Write as _;
 

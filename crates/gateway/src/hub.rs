@@ -1,81 +1,47 @@
-//! The hub: which local connections listen to which channel, and the fan-out.
+//! The hub: which local connections listen to which channel, and the broker's messages on
+//! their way to them.
 //!
 //! The node, not each socket, subscribes to the broker: the first local subscriber of a
 //! channel subscribes the node, the last one leaving unsubscribes it. A message from the
 //! broker is checked as UTF-8 and encoded as a WebSocket frame once; every local subscriber
-//! gets the same bytes (cloning [`Bytes`] only bumps a reference count). The broker hands over
-//! the messages of one read together and then flushes, and each subscriber gets its share of
-//! such a batch at once, in one system call.
-//!
-//! How a frame reaches the socket depends on the channel's size here. Up to `DIRECT_MAX` (64)
-//! subscribers (a user's personal channel, a small room), the thread that read the message
-//! writes it to each socket itself: no task wake-up, no hand-over to another thread. A larger
-//! channel's frames are queued for the connection tasks, which every runtime thread picks up,
-//! so a fan-out to thousands runs on all cores, and a connection with several frames waiting
-//! writes them with one system call. Measured with `herald bench` (docs/benchmarks.md):
-//! writing a 5000-subscriber fan-out from one thread cost 14 % less CPU but raised its p99
-//! latency by 40 %.
+//! gets the same bytes. The broker hands over the messages of one read together and then
+//! flushes, and each channel's share of such a batch goes to its subscribers at once, by
+//! `crate::fanout`: written by this thread for a small channel, queued for the connection
+//! tasks for a large one.
 //!
 //! Queues are bounded in frames and bytes; a subscriber whose queue is full is marked slow
 //! and its connection closes itself, so one slow client never holds up the others.
 //!
 //! Channels with history go through [`crate::stream`] first: messages carry an offset, the
-//! hub drops duplicates, repairs gaps from the history in a task of its own (the broker's
-//! reader never waits), and tells subscribers with a `reset` frame what it cannot repair.
-//! Subscribers join them with recovery ([`Hub::join_recovering`], [`Hub::finish_recovery`]).
-//! When the node's broker subscription comes back after a loss, [`Hub::watch_reconnects`]
-//! repairs every such channel from the node's position.
+//! hub drops duplicates, repairs gaps from the history in a task of its own (`crate::repair`:
+//! the broker's reader never waits), and tells subscribers with a `reset` frame what it
+//! cannot repair. Subscribers join them with recovery ([`Hub::join_recovering`],
+//! [`Hub::finish_recovery`]). When the node's broker subscription comes back after a loss,
+//! [`Hub::watch_reconnects`] repairs every such channel from the node's position.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use herald_broker::{Broker, BrokerError, Confirmation, Delivery, HistoryFilter, Subscriber};
+use herald_broker::{Broker, Confirmation, Delivery, Subscriber};
 use herald_protocol::support::shrink;
 use herald_protocol::{ChannelHistory, ChannelName};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::close::CloseReason;
+use crate::fanout;
 use crate::metrics::GatewayMetrics;
-use crate::registry::{ConnId, ConnMap};
-use crate::stream::{Event, Joined, Outcome, Pos, RepairStart, Stream, Tail};
+use crate::registry::{ConnHandle, ConnId, ConnMap};
+use crate::repair::Repairs;
+use crate::stream::{Event, Joined, Outcome, Pos, RepairStart, Stream};
 use crate::wire;
-use crate::writer::{MAX_BATCH, Overflow, Writer};
-
-/// How long a repair keeps retrying a history read the broker does not answer before it
-/// gives the gap up (subscribers get a `reset`).
-const REPAIR_DEADLINE: Duration = Duration::from_secs(10);
+use crate::writer::MAX_BATCH;
 
 /// Number of independently locked parts of the channel map, so that joins and deliveries on
 /// different channels do not contend.
 const SHARDS: usize = 64;
-
-/// Channels with at most this many local subscribers are written to by the thread that
-/// received the message; larger ones are handed to their connection tasks, so that every
-/// runtime thread writes a share.
-const DIRECT_MAX: usize = 64;
-
-/// What the hub keeps of a subscribed connection: where to write its frames, and how to tell
-/// it that it fell behind.
-#[derive(Clone)]
-pub struct ConnHandle {
-    pub id: ConnId,
-    /// Where the hub puts the connection's frames; bounded, and marks the connection slow
-    /// when full.
-    pub writer: Arc<Writer>,
-}
-
-impl ConnHandle {
-    pub fn new(id: ConnId, writer: Arc<Writer>) -> Self {
-        Self { id, writer }
-    }
-}
 
 /// A message received from the broker, waiting for the batch's flush.
 struct Received {
@@ -118,12 +84,8 @@ struct HubInner {
     /// Messages delivered by the broker and not yet flushed; at most [`MAX_BATCH`].
     batch: Mutex<Vec<Received>>,
     metrics: Arc<GatewayMetrics>,
-    /// Repair tasks (history reads that fill gaps), so shutdown can wait for them.
-    repairs: TaskTracker,
-    /// Cancelled at shutdown: repairs stop waiting for the broker.
-    stop: CancellationToken,
-    /// Numbers repairs, so a read that finishes late is not taken for a later one's.
-    generations: AtomicU64,
+    /// The tasks that fill gaps of channels with history from the history.
+    repairs: Repairs,
 }
 
 /// Hands broker messages to the hub without keeping it alive.
@@ -161,9 +123,7 @@ impl Hub {
             task: Mutex::default(),
             batch: Mutex::default(),
             metrics,
-            repairs: TaskTracker::new(),
-            stop: CancellationToken::new(),
-            generations: AtomicU64::new(0),
+            repairs: Repairs::new(),
         });
         let (subscriber, task) = inner.broker.subscriber_task(Arc::new(HubDelivery(Arc::downgrade(&inner))));
         let _ = inner.subscriber.set(subscriber);
@@ -246,7 +206,7 @@ impl Hub {
         channel: &ChannelName,
         id: ConnId,
         reply: Option<Bytes>,
-        mut missed: Vec<Bytes>,
+        missed: Vec<Bytes>,
         top: (u64, &str),
     ) -> bool {
         let mut shard = self.inner.shard(channel.as_str()).write().expect("hub lock poisoned");
@@ -254,40 +214,7 @@ impl Hub {
         let (Some(conn), Some(stream)) = (entry.conns.get(&id), entry.stream.as_deref_mut()) else {
             return false;
         };
-        let Some(Joined::Recovering { events, .. }) = stream.joined.remove(&id) else { return false };
-        if let Some(reply) = reply
-            && conn.writer.push_control(reply).is_err()
-        {
-            return false;
-        }
-        let mut tail = Tail(Pos::new(top.0, top.1));
-        let mut resets = 0;
-        for event in &events {
-            resets += tail.step(channel, event, &mut missed);
-        }
-        self.inner.metrics.history_resets.inc_by(resets as u64);
-        if !missed.is_empty() {
-            match conn.writer.push_recovered(&missed) {
-                Ok(()) => {
-                    self.inner.metrics.frames_delivered.inc_by(missed.len() as u64);
-                }
-                Err(Overflow::Full) => {
-                    self.inner.metrics.slow_consumers.inc();
-                    return false;
-                }
-                Err(Overflow::Closed) => return false,
-            }
-        }
-        match &stream.position {
-            // The first subscriber to finish: the node starts from its position, so that a gap
-            // before the node's first message can be repaired too.
-            None => stream.position = Some(tail.0),
-            Some(position) if *position == tail.0 => {}
-            _ => {
-                stream.joined.insert(id, Joined::CatchingUp(tail));
-            }
-        }
-        true
+        fanout::end_recovery(conn, stream, reply, missed, top, &self.inner.metrics)
     }
 
     /// Removes connection `id` from `channel`; the last one out unsubscribes the node.
@@ -343,9 +270,7 @@ impl Hub {
 
     /// Stops the repairs in flight and waits for them to end; after every connection ended.
     pub async fn shutdown(&self) {
-        self.inner.stop.cancel();
-        self.inner.repairs.close();
-        self.inner.repairs.wait().await;
+        self.inner.repairs.shutdown().await;
     }
 }
 
@@ -399,21 +324,7 @@ impl HubInner {
     fn fan_out(&self, channel: &str, frames: &[Bytes], oldest: u64) {
         let shard = self.shard(channel).read().expect("hub lock poisoned");
         let Some(entry) = shard.get(channel) else { return };
-        // A connection with frames queued gets new ones queued behind them, so its frames
-        // stay in order whichever way they go.
-        let direct = entry.conns.len() <= DIRECT_MAX;
-        let mut delivered = 0;
-        for conn in entry.conns.values() {
-            let pushed = if direct { conn.writer.push(frames) } else { conn.writer.push_queued(frames) };
-            match pushed {
-                Ok(()) => delivered += frames.len(),
-                // `Full` is reported once per connection; later pushes find it closed.
-                Err(Overflow::Full) => {
-                    self.metrics.slow_consumers.inc();
-                }
-                Err(Overflow::Closed) => {}
-            }
-        }
+        let delivered = fanout::frames(&entry.conns, frames, &self.metrics);
         drop(shard);
         self.metrics.frames_delivered.inc_by(delivered as u64);
         if oldest > 0 {
@@ -425,7 +336,7 @@ impl HubInner {
 
 impl HubInner {
     fn next_generation(&self) -> u64 {
-        self.generations.fetch_add(1, Ordering::Relaxed)
+        self.repairs.next_generation()
     }
 
     /// The fan-out of a channel whose messages carry positions: through its [`Stream`] first.
@@ -467,79 +378,11 @@ impl HubInner {
         }
     }
 
-    /// Hands `events` to every subscriber of `entry`: those in step with the node get every
-    /// message and reset, the others what their own state needs.
+    /// Hands `events` to every subscriber of `entry` ([`fanout::events`]).
     fn deliver_events(&self, entry: &mut ChannelEntry, events: &[Event]) {
-        if events.is_empty() {
-            return;
+        if let Some(stream) = entry.stream.as_deref_mut() {
+            fanout::events(&entry.conns, stream, events, &self.metrics);
         }
-        let Some(stream) = entry.stream.as_deref_mut() else { return };
-        let mut event_resets = 0;
-        let frames: Vec<Bytes> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Msg { frame, .. } | Event::Plain { frame } => Some(frame.clone()),
-                Event::Reset { frame, .. } => {
-                    event_resets += 1;
-                    Some(frame.clone())
-                }
-                Event::Old { .. } => None,
-            })
-            .collect();
-        let mut resets = 0;
-        let direct = entry.conns.len() <= DIRECT_MAX;
-        let mut delivered = 0;
-        let mut push = |conn: &ConnHandle, frames: &[Bytes]| {
-            if frames.is_empty() {
-                return;
-            }
-            let pushed = if direct { conn.writer.push(frames) } else { conn.writer.push_queued(frames) };
-            match pushed {
-                Ok(()) => delivered += frames.len(),
-                Err(Overflow::Full) => {
-                    self.metrics.slow_consumers.inc();
-                }
-                Err(Overflow::Closed) => {}
-            }
-        };
-        let mut in_step = 0;
-        for conn in entry.conns.values() {
-            if stream.joined.is_empty() || !stream.joined.contains_key(&conn.id) {
-                push(conn, &frames);
-                in_step += 1;
-            }
-        }
-        let mut caught_up = Vec::new();
-        for (id, joined) in &mut stream.joined {
-            let Some(conn) = entry.conns.get(id) else { continue };
-            match joined {
-                Joined::Recovering { events: kept, max } => {
-                    if kept.len() + events.len() > *max {
-                        conn.writer.request_close(CloseReason::SlowConsumer);
-                        self.metrics.slow_consumers.inc();
-                        *joined = Joined::Overflowed;
-                    } else {
-                        kept.extend(events.iter().cloned());
-                    }
-                }
-                Joined::CatchingUp(tail) => {
-                    let mut out = Vec::new();
-                    for event in events {
-                        resets += tail.step(&stream.channel, event, &mut out);
-                    }
-                    push(conn, &out);
-                    if stream.position.as_ref() == Some(&tail.0) {
-                        caught_up.push(*id);
-                    }
-                }
-                Joined::Overflowed => {}
-            }
-        }
-        for id in caught_up {
-            stream.joined.remove(&id);
-        }
-        self.metrics.history_resets.inc_by((event_resets * in_step + resets) as u64);
-        self.metrics.frames_delivered.inc_by(delivered as u64);
     }
 
     /// Starts the history read of a repair, as a task: the broker's reader must not wait.
@@ -547,10 +390,7 @@ impl HubInner {
         self.metrics.history_repairs.inc();
         tracing::debug!(channel = %start.channel, since = start.since.offset, "repairing a gap from the history");
         let hub = Arc::downgrade(self);
-        let broker = self.broker.clone();
-        let stop = self.stop.clone();
-        self.repairs.spawn(async move {
-            let Some(outcome) = read_repair(&*broker, &start, &stop).await else { return };
+        self.repairs.spawn(self.broker.clone(), start, move |start, outcome| {
             if let Some(hub) = hub.upgrade() {
                 hub.finish_repair(start, outcome);
             }
@@ -593,39 +433,6 @@ impl HubInner {
     }
 }
 
-/// Reads what a repair needs, retrying a broker that does not answer until
-/// [`REPAIR_DEADLINE`]. `None` when the hub stops.
-async fn read_repair(broker: &dyn Broker, start: &RepairStart, stop: &CancellationToken) -> Option<Outcome> {
-    let filter =
-        HistoryFilter { since: Some(start.since.to_stream()), limit: None, reverse: false, ttl: start.ttl };
-    let deadline = tokio::time::Instant::now() + REPAIR_DEADLINE;
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let read = tokio::select! {
-            read = broker.history(&start.channel, &filter) => read,
-            _ = stop.cancelled() => return None,
-        };
-        match read {
-            Ok(read) => return Some(Outcome::Read(read)),
-            Err(BrokerError::Unrecoverable { reason, current }) => {
-                return Some(Outcome::Lost { reason, current });
-            }
-            Err(e) if tokio::time::Instant::now() + delay < deadline => {
-                tracing::debug!(channel = %start.channel, error = %e, "history read for a repair failed, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return None,
-                }
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => {
-                tracing::warn!(channel = %start.channel, error = %e, "history read for a repair failed");
-                return Some(Outcome::GaveUp);
-            }
-        }
-    }
-}
-
 /// The `ts` field of an encoded message frame, found without parsing the JSON: publishers
 /// encode `type`, `channel`, `id` and `ts` first, and none of them can contain `"ts":`.
 fn publish_time(frame: &[u8]) -> u64 {
@@ -639,99 +446,4 @@ fn publish_time(frame: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn publish_time_is_read_from_the_frame_head() {
-        let ch = ChannelName::parse("room:a").unwrap();
-        let data = serde_json::value::RawValue::from_string(r#"{"ts":1}"#.into()).unwrap();
-        let p = herald_protocol::Publication::new(&ch, &data, None).unwrap();
-        assert_eq!(publish_time(&p.encode()), p.ts);
-        assert_eq!(publish_time(b"not a frame"), 0);
-    }
-
-    use crate::close::CloseReason;
-    use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// `n` attached queues in `channel`, with the client end of each one's socket. The first
-    /// queue holds `first_len` frames, the others 1024.
-    async fn subscribers(
-        hub: &Hub,
-        channel: &ChannelName,
-        n: u64,
-        first_len: usize,
-    ) -> Vec<(Arc<Writer>, TcpStream)> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut out = Vec::new();
-        for id in 1..=n {
-            let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let queue = Arc::new(Writer::new(if id == 1 { first_len } else { 1024 }, 1 << 20));
-            queue.attach(listener.accept().await.unwrap().0);
-            hub.join(channel, ConnHandle::new(id, queue.clone())).await.unwrap();
-            out.push((queue, client));
-        }
-        out
-    }
-
-    /// Publishes messages `0..count` to `channel` and returns their `data` as text.
-    async fn publish(hub: &Hub, channel: &ChannelName, count: usize) -> Vec<String> {
-        let mut sent = Vec::new();
-        for seq in 0..count {
-            let data = serde_json::value::RawValue::from_string(seq.to_string()).unwrap();
-            let publication = herald_protocol::Publication::new(channel, &data, None).unwrap();
-            hub.broker().publish(channel, publication.encode()).await.unwrap();
-            sent.push(format!("\"data\":{seq}}}"));
-        }
-        sent
-    }
-
-    /// Reads one text frame (shorter than 126 bytes) per entry of `expected`, and checks that
-    /// it ends with that entry.
-    async fn expect_frames(client: &mut TcpStream, expected: &[String]) {
-        for tail in expected {
-            let mut head = [0; 2];
-            client.read_exact(&mut head).await.unwrap();
-            assert_eq!(head[0], 0x81, "a final text frame");
-            let mut payload = vec![0; usize::from(head[1])];
-            client.read_exact(&mut payload).await.unwrap();
-            assert!(String::from_utf8(payload).unwrap().ends_with(tail.as_str()), "expected …{tail}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_small_channel_is_written_without_its_connection_tasks() {
-        let hub = Hub::new(Arc::new(herald_broker::MemoryBroker::new()), Arc::default());
-        let channel = ChannelName::parse("room:small").unwrap();
-        let mut subs = subscribers(&hub, &channel, DIRECT_MAX as u64, 16).await;
-        // No connection task runs: the frames can only have been written by the publisher.
-        let sent = publish(&hub, &channel, 20).await;
-        for (queue, client) in &mut subs {
-            expect_frames(client, &sent).await;
-            assert!(queue.is_drained());
-        }
-    }
-
-    #[tokio::test]
-    async fn a_large_channel_goes_through_the_tasks_in_order_and_cuts_off_a_stalled_one() {
-        let hub = Hub::new(Arc::new(herald_broker::MemoryBroker::new()), Arc::default());
-        let channel = ChannelName::parse("room:large").unwrap();
-        let mut subs = subscribers(&hub, &channel, DIRECT_MAX as u64 + 6, 16).await;
-        // Every connection task drains its queue but the first one's, which is stalled.
-        let tasks: Vec<_> = subs[1..]
-            .iter()
-            .map(|(queue, _)| {
-                let queue = queue.clone();
-                tokio::spawn(async move { queue.drain(MAX_BATCH).await })
-            })
-            .collect();
-        let sent = publish(&hub, &channel, 20).await;
-        for (_, client) in &mut subs[1..] {
-            expect_frames(client, &sent).await;
-        }
-        let stalled = &subs[0].0;
-        assert_eq!(stalled.closing().await, CloseReason::SlowConsumer, "20 frames overflow a queue of 16");
-        tasks.iter().for_each(|t| t.abort());
-    }
-}
+mod tests;

@@ -7,22 +7,29 @@
 //!   `lifecycle`: readiness changes and the drain, in the logs.
 //! - [`handshake`]: the HTTP request head of `GET /ws` ([`handshake::parse_request_head`]),
 //!   its checks (token, channels, readiness), the `101` answer and the HTTP refusals.
-//! - `connection`: one task per socket: client frames in (held to the frame rate limit of
-//!   `rate`), replies and queued frames out, through `socket`, the adapter the WebSocket
-//!   library reads and writes.
+//! - `connection`: one task per socket, from its open (joining its channels, `connected`) to
+//!   its close: client frames in (held to the frame rate limit of `rate`), replies and queued
+//!   frames out, through `socket`, the adapter the WebSocket library reads and writes.
+//! - `requests`: what each client frame asks (`subscribe`, `unsubscribe`, `publish`,
+//!   `presence`, and the history frames through `history`), checked and answered, on the
+//!   connection's `Session`: its client and channels.
 //! - `recovery`: the history read of a subscription to a channel with history (`since`),
-//!   at connect and for `subscribe` frames.
+//!   at connect (every channel's at once) and for `subscribe` frames.
 //! - `wire`: the WebSocket frames the gateway encodes itself (messages, pings).
 //! - [`writer`]: each connection's outbound writer: direct writes while the socket takes
 //!   them, and behind them `queue`, the bounded frame queue. Others reach a connection
 //!   through it: frames, `close` requests, and the `heartbeat` record of when its client
 //!   was last heard from.
-//! - [`registry`]: connection ids and every live connection; `sweeper` walks it once a tick
+//! - [`registry`]: connection ids, [`registry::ConnHandle`] (how the hub holds a
+//!   connection), and every live connection; `sweeper` walks it once a tick
 //!   for pings, heartbeat timeouts, token expiry, and the spread-out closes of a drain.
 //! - [`hub`]: channel -> local connections; subscribes the node (never a socket) to the
-//!   broker and hands each message's bytes, encoded once, to every local subscriber.
-//!   `stream` keeps its state of channels with history: the node's position, gap repair,
-//!   resets, and the subscribers still recovering.
+//!   broker and takes in its messages, each encoded once. `fanout` hands a channel's frames
+//!   to its subscribers (written directly, or queued for a large channel), and those of a
+//!   channel with history to each as it stands (in step, recovering, catching up).
+//!   `stream` keeps the hub's state of channels with history: the node's position, gaps,
+//!   resets, and the subscribers still recovering; `repair` runs the tasks that read a
+//!   gap's messages from the history.
 //! - `history`: the `history` and `ack` frames and a client's publish into a channel with
 //!   history (idempotency keys): who may, the broker call, the reply.
 //! - [`policy`]: who may subscribe and publish where. [`auth`]: connection tokens into an
@@ -32,10 +39,10 @@
 //! - [`gateway`]: the [`Gateway`] handle that holds it all; building one starts nothing.
 //! - `demo`: the demo page at `/demo` and its token endpoint, served only with `gateway.demo`.
 //!
-//! Data flow: client frame -> `connection` (checked by `policy`) -> broker; publisher ->
-//! broker -> [`hub::Hub`] (one delivery per node) -> [`writer::Writer`] -> the socket,
-//! written by the hub for channels of up to 64 local subscribers, else by the connection task
-//! from its bounded queue.
+//! Data flow: client frame -> `connection` -> `requests` (checked by `policy`) -> broker;
+//! publisher -> broker -> [`hub::Hub`] (one delivery per node) -> `fanout` ->
+//! [`writer::Writer`] -> the socket, written by the hub for channels of up to 64 local
+//! subscribers, else by the connection task from its bounded queue.
 
 pub mod auth;
 mod canary;
@@ -43,6 +50,7 @@ mod close;
 pub mod config;
 mod connection;
 mod demo;
+mod fanout;
 pub mod gateway;
 pub mod handshake;
 mod heartbeat;
@@ -56,6 +64,8 @@ mod queue;
 mod rate;
 mod recovery;
 pub mod registry;
+mod repair;
+mod requests;
 pub mod server;
 mod socket;
 mod stream;

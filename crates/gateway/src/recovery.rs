@@ -5,13 +5,17 @@
 //! One read per channel: with `since`, everything after it (or why that cannot be had); without,
 //! just the channel's position (`limit` 0). The personal channel at connect reads its inbox
 //! state instead, which carries the position too, so a plain connect costs one round trip.
+//! At connect every channel's read goes out at once ([`read_at_connect`]).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use herald_broker::{Broker, BrokerError, HistoryFilter, InboxStatus, StreamPosition};
-use herald_protocol::{ChannelHistory, ChannelName, InboxState, Since, StreamState};
+use herald_protocol::{
+    ChannelHistory, ChannelKind, ChannelName, ErrorCode, InboxState, Since, StreamState, UserId,
+};
 
+use crate::policy::Denied;
 use crate::wire;
 
 /// What a subscription's history read found.
@@ -92,6 +96,53 @@ pub(crate) async fn read_personal(
             );
             Ok((recovered?, inbox(status)?))
         }
+    }
+}
+
+/// At connect, the reads of every channel joined with recovery, all at once: each from the
+/// URL's `since` for it, if any, and `user`'s personal channel with its inbox state (for
+/// `connected`). The first read that failed is the answer, as the error to refuse the
+/// connection with.
+pub(crate) async fn read_at_connect(
+    broker: &dyn Broker,
+    user: &UserId,
+    channels: Vec<(ChannelName, ChannelHistory)>,
+    since: &[(ChannelName, Since)],
+) -> Result<(Vec<(ChannelName, Recovered)>, Option<InboxStatus>), Denied> {
+    let reads = channels.iter().map(|(channel, history)| {
+        let since = since.iter().find(|(c, _)| c == channel).map(|(_, since)| since);
+        let personal = matches!(channel.kind(), ChannelKind::Personal(owner) if owner == user.as_str());
+        async move {
+            if personal {
+                read_personal(broker, channel, since, *history).await
+            } else {
+                Ok((read(broker, channel, since, *history).await?, None))
+            }
+        }
+    });
+    let mut inbox = None;
+    let mut recovered = Vec::with_capacity(channels.len());
+    for (read, (channel, _)) in futures_util::future::join_all(reads).await.into_iter().zip(channels) {
+        match read {
+            Ok((read, status)) => {
+                inbox = inbox.or(status);
+                recovered.push((channel, read));
+            }
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "history read at connect failed");
+                return Err(unread(&channel, &e));
+            }
+        }
+    }
+    Ok((recovered, inbox))
+}
+
+/// The error of a history read that failed: `no_history` where the broker keeps none (an
+/// acknowledged position asked of an engine without acknowledgements), else `unavailable`.
+pub(crate) fn unread(channel: &ChannelName, e: &BrokerError) -> Denied {
+    match e {
+        BrokerError::HistoryUnsupported(_) => (ErrorCode::NoHistory, format!("{channel}: {e}")),
+        _ => (ErrorCode::Unavailable, format!("history of {channel} could not be read: {e}")),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Connection ids, and the registry of every live connection of the gateway.
+//! Connection ids, the handle the hub keeps of a connection ([`ConnHandle`]: its id and
+//! writer), and the registry of every live connection of the gateway.
 //!
 //! The registry is what the sweeper walks (pings, heartbeat timeouts, token expiry) and what a
 //! drain closes; it also holds the gateway's coarse [`Clock`]. The hub keeps its own map per
@@ -45,6 +46,22 @@ impl Hasher for ConnIdHasher {
 
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+/// What the hub keeps of a subscribed connection: where to write its frames, and how to tell
+/// it that it fell behind.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    /// Where the hub puts the connection's frames; bounded, and marks the connection slow
+    /// when full.
+    pub writer: Arc<Writer>,
+}
+
+impl ConnHandle {
+    pub fn new(id: ConnId, writer: Arc<Writer>) -> Self {
+        Self { id, writer }
     }
 }
 

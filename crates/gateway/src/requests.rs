@@ -1,0 +1,321 @@
+//! A connection's requests: the client frames after `connected` (`subscribe`, `unsubscribe`,
+//! `publish`, `presence`, `history`, `ack`, `ping`), each checked (by `policy`, the limits, the
+//! history settings) and answered with its reply or an `error` frame.
+//!
+//! [`Session`] is what they act on: who the client is and the channels it is in. The
+//! connection (`crate::connection`) owns it, joins the channels of the URL through it at
+//! connect, and hands it each text frame the client sends.
+
+use std::collections::HashSet;
+
+use herald_broker::{BrokerError, Confirmation};
+use herald_protocol::{
+    ChannelHistory, ChannelKind, ChannelName, ClientFrame, ConnectionInfo, ErrorCode, Publication, RequestId,
+    ServerFrame, Since,
+};
+use serde_json::value::RawValue;
+
+use crate::auth::Identity;
+use crate::gateway::Shared;
+use crate::history;
+use crate::policy;
+use crate::recovery::{self, Recovered, unread};
+use crate::registry::ConnHandle;
+use crate::wire;
+
+/// What a connection's requests act on: the client's identity and its channels.
+pub(crate) struct Session {
+    pub(crate) shared: Shared,
+    pub(crate) identity: Identity,
+    /// What observers (presence) know of this connection.
+    pub(crate) info: ConnectionInfo,
+    /// What the hub holds of this connection: its id and outbound writer.
+    pub(crate) handle: ConnHandle,
+    /// Every channel this connection is in, the server-managed ones included.
+    pub(crate) subscriptions: HashSet<ChannelName>,
+}
+
+/// How a subscription was answered.
+enum Subscribed {
+    /// With a plain `subscribed` reply, still to be sent.
+    Reply,
+    /// Written already, with the recovered messages after it.
+    Written,
+}
+
+/// The error of a subscription the broker did not confirm.
+fn unconfirmed(channel: &ChannelName, e: &BrokerError) -> policy::Denied {
+    tracing::warn!(%channel, error = %e, "subscription not confirmed by the broker");
+    (ErrorCode::Unavailable, format!("subscription could not be confirmed: {e}"))
+}
+
+impl Session {
+    /// Handles one text frame and returns the reply: `None` when there is none, or it was
+    /// written already (a `subscribed` with recovered messages after it).
+    pub(crate) async fn handle_text(&mut self, text: &str) -> Option<String> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(e) => return Some(error_frame(e.id.as_ref(), e.code, &e.message)),
+        };
+        Some(match frame {
+            ClientFrame::Ping { id } => ServerFrame::Pong { id: id.as_ref() }.to_json(),
+            ClientFrame::Subscribe { id, channel, since } => {
+                match self.subscribe(id.as_ref(), &channel, since.as_ref()).await {
+                    Ok(Subscribed::Reply) => {
+                        ServerFrame::Subscribed { id: id.as_ref(), channel: &channel, state: None }.to_json()
+                    }
+                    // Written with the recovered messages, before anything live.
+                    Ok(Subscribed::Written) => return None,
+                    Err((code, message)) => error_frame(id.as_ref(), code, &message),
+                }
+            }
+            ClientFrame::Unsubscribe { id, channel } => match self.unsubscribe(&channel) {
+                Ok(()) => ServerFrame::Unsubscribed { id: id.as_ref(), channel: &channel }.to_json(),
+                Err((code, message)) => error_frame(id.as_ref(), code, &message),
+            },
+            ClientFrame::Presence { id, channel } => match self.presence(&channel).await {
+                Ok(members) => {
+                    ServerFrame::Presence { id: id.as_ref(), channel: &channel, members: &members }.to_json()
+                }
+                Err((code, message)) => error_frame(id.as_ref(), code, &message),
+            },
+            ClientFrame::Publish { id, channel, data, event, idempotency_key } => {
+                match self.publish(&channel, &data, event.as_deref(), idempotency_key.as_deref()).await {
+                    Ok(published) => ServerFrame::Published {
+                        id: id.as_ref(),
+                        channel: &channel,
+                        message_id: &published.message_id,
+                        offset: published.position.as_ref().map(|(offset, _)| *offset),
+                        epoch: published.position.as_ref().map(|(_, epoch)| epoch.as_str()),
+                        deduplicated: published.deduplicated,
+                    }
+                    .to_json(),
+                    Err((code, message)) => error_frame(id.as_ref(), code, &message),
+                }
+            }
+            ClientFrame::History { id, channel, since, limit, reverse } => {
+                let request = history::Read {
+                    id: id.as_ref(),
+                    channel: &channel,
+                    since: since.as_ref(),
+                    limit,
+                    reverse,
+                };
+                let subscribed = self.subscriptions.contains(&channel);
+                let broker = self.shared.hub.broker().as_ref();
+                history::read(broker, self.history_settings(), &self.identity.user, subscribed, request)
+                    .await
+                    .unwrap_or_else(|(code, message)| error_frame(id.as_ref(), code, &message))
+            }
+            ClientFrame::Ack { id, channel, offset, epoch } => {
+                let broker = self.shared.hub.broker().as_ref();
+                let user = &self.identity.user;
+                history::ack(
+                    broker,
+                    self.history_settings(),
+                    user,
+                    id.as_ref(),
+                    &channel,
+                    offset,
+                    epoch.as_deref(),
+                )
+                .await
+                .unwrap_or_else(|(code, message)| error_frame(id.as_ref(), code, &message))
+            }
+        })
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<&RequestId>,
+        channel: &ChannelName,
+        since: Option<&Since>,
+    ) -> Result<Subscribed, policy::Denied> {
+        let config = &self.shared.config;
+        policy::can_subscribe(&self.identity, channel, &self.shared.namespaces, config.personal_channel)?;
+        if self.subscriptions.contains(channel) {
+            return Err((ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
+        }
+        // The server-managed subscriptions do not count: broadcast, and the personal channel
+        // where the server subscribes it.
+        let managed = 1 + usize::from(config.personal_channel);
+        if self.subscriptions.len() >= config.max_subscriptions + managed {
+            let max = config.max_subscriptions;
+            return Err((ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection")));
+        }
+        let Some(history) = self.shared.namespaces.history(channel, &self.shared.inbox) else {
+            if since.is_some() {
+                return Err((ErrorCode::NoHistory, format!("{channel} keeps no history to resume from")));
+            }
+            self.join(channel.clone()).await.map_err(|e| unconfirmed(channel, &e))?;
+            self.shared.observer.subscribed(&self.info, channel);
+            return Ok(Subscribed::Reply);
+        };
+        if matches!(since, Some(Since::Acked)) && !matches!(channel.kind(), ChannelKind::Personal(_)) {
+            let message = "`since: \"acked\"` is for the personal channel only";
+            return Err((ErrorCode::MalformedFrame, message.into()));
+        }
+        self.recover(id, channel, since, history).await?;
+        self.shared.observer.subscribed(&self.info, channel);
+        Ok(Subscribed::Written)
+    }
+
+    /// Joins `channel`, a channel with history, recovering: once the broker confirmed, reads
+    /// the history (after `since`, or just the position) and writes `subscribed`, the missed
+    /// messages and what arrived live meanwhile, each once and in order.
+    async fn recover(
+        &mut self,
+        id: Option<&RequestId>,
+        channel: &ChannelName,
+        since: Option<&Since>,
+        history: ChannelHistory,
+    ) -> Result<(), policy::Denied> {
+        let confirmation = self.enter_recovering(channel.clone(), history);
+        if let Err(e) = confirmation.await {
+            self.abandon(channel);
+            return Err(unconfirmed(channel, &e));
+        }
+        let read: Recovered =
+            match recovery::read(self.shared.hub.broker().as_ref(), channel, since, history).await {
+                Ok(read) => read,
+                Err(e) => {
+                    self.abandon(channel);
+                    tracing::warn!(%channel, error = %e, "history read for a subscription failed");
+                    return Err(unread(channel, &e));
+                }
+            };
+        let state = read.state();
+        let reply = ServerFrame::Subscribed { id, channel, state: Some(&state) }.to_json();
+        let top = (read.top.offset, read.top.epoch.as_str());
+        // `false`: the connection is closing (a slow consumer); its task sees that next.
+        let _ = self.shared.hub.finish_recovery(
+            channel,
+            self.handle.id,
+            Some(wire::text(reply.as_bytes())),
+            read.missed,
+            top,
+        );
+        Ok(())
+    }
+
+    /// Joins `channels` at connect, those with history recovering; returns the broker's
+    /// confirmations, and the channels with history, to be read once confirmed.
+    pub(crate) fn enter_at_connect(
+        &mut self,
+        channels: impl Iterator<Item = ChannelName>,
+    ) -> (Vec<Confirmation>, Vec<(ChannelName, ChannelHistory)>) {
+        let mut recovering = Vec::new();
+        let joins = channels
+            .map(|channel| match self.shared.namespaces.history(&channel, &self.shared.inbox) {
+                Some(history) => {
+                    recovering.push((channel.clone(), history));
+                    self.enter_recovering(channel, history)
+                }
+                None => self.enter(channel),
+            })
+            .collect();
+        (joins, recovering)
+    }
+
+    /// Joins `channel` (a channel with history) recovering and records it; returns the
+    /// broker's confirmation. Live messages wait for [`crate::hub::Hub::finish_recovery`],
+    /// at most `gateway.outbound_queue` of them (then the connection closes with 4008).
+    fn enter_recovering(&mut self, channel: ChannelName, history: ChannelHistory) -> Confirmation {
+        let max = self.shared.config.outbound_queue;
+        let confirmed = self.shared.hub.join_recovering(&channel, self.handle.clone(), history, max);
+        self.subscriptions.insert(channel);
+        self.shared.metrics.subscriptions.inc();
+        confirmed
+    }
+
+    /// Undoes [`Session::enter`] after a failure.
+    fn abandon(&mut self, channel: &ChannelName) {
+        if self.subscriptions.remove(channel) {
+            self.shared.metrics.subscriptions.dec();
+            self.shared.hub.leave(channel, self.handle.id);
+        }
+    }
+
+    /// Joins `channel` in the hub and records it; returns the broker's confirmation.
+    fn enter(&mut self, channel: ChannelName) -> Confirmation {
+        let confirmed = self.shared.hub.join(&channel, self.handle.clone());
+        self.subscriptions.insert(channel);
+        self.shared.metrics.subscriptions.inc();
+        confirmed
+    }
+
+    /// Joins `channel` in the hub and waits for the broker's confirmation.
+    async fn join(&mut self, channel: ChannelName) -> Result<(), BrokerError> {
+        let result = self.enter(channel.clone()).await;
+        if result.is_err() {
+            self.abandon(&channel);
+        }
+        result
+    }
+
+    fn unsubscribe(&mut self, channel: &ChannelName) -> Result<(), policy::Denied> {
+        let managed = match channel.kind() {
+            ChannelKind::Regular => false,
+            ChannelKind::Personal(_) => self.shared.config.personal_channel,
+            ChannelKind::Broadcast => true,
+        };
+        if managed {
+            return Err((ErrorCode::Forbidden, format!("{channel} is managed by the server")));
+        }
+        if !self.subscriptions.remove(channel) {
+            return Err((ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
+        }
+        self.shared.metrics.subscriptions.dec();
+        self.shared.hub.leave(channel, self.handle.id);
+        self.shared.observer.unsubscribed(&self.info, channel);
+        Ok(())
+    }
+
+    /// The members of a channel the client is in, from presence.
+    async fn presence(&self, channel: &ChannelName) -> Result<Box<RawValue>, policy::Denied> {
+        policy::can_query_presence(channel, &self.shared.namespaces)?;
+        if !self.subscriptions.contains(channel) {
+            return Err((ErrorCode::NotSubscribed, format!("subscribe to {channel} to see its members")));
+        }
+        let Some(members) = self.shared.observer.members(channel) else {
+            return Err((ErrorCode::Unavailable, "presence is not available on this server".into()));
+        };
+        members.await.map_err(|code| (code, format!("members of {channel} are unavailable right now")))
+    }
+
+    async fn publish(
+        &mut self,
+        channel: &ChannelName,
+        data: &RawValue,
+        event: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<history::Published, policy::Denied> {
+        policy::can_publish(&self.identity, channel, &self.shared.namespaces)?;
+        let max_depth = self.shared.config.max_data_depth;
+        if herald_protocol::frame::json_depth(data.get()) > max_depth {
+            self.shared.metrics.limit_hit("max_data_depth");
+            return Err((ErrorCode::MalformedFrame, format!("`data` nests deeper than {max_depth} levels")));
+        }
+        let publication = Publication::new(channel, data, event)
+            .map_err(|e| (ErrorCode::MalformedFrame, e.to_string()))?
+            .from_user(&self.identity.user);
+        let frame = publication.encode();
+        let broker = self.shared.hub.broker().as_ref();
+        history::publish(broker, self.history_settings(), channel, publication.id, frame, idempotency_key)
+            .await
+    }
+
+    /// How channels keep history on this gateway, for the history frames.
+    fn history_settings(&self) -> history::Settings<'_> {
+        history::Settings {
+            namespaces: &self.shared.namespaces,
+            inbox: &self.shared.inbox,
+            limits: &self.shared.history,
+        }
+    }
+}
+
+/// An `error` reply, to request `id` if the client numbered it.
+pub(crate) fn error_frame(id: Option<&RequestId>, code: ErrorCode, message: &str) -> String {
+    ServerFrame::Error { id, code, message }.to_json()
+}
