@@ -157,6 +157,7 @@ impl Connection {
         let channels =
             personal.into_iter().chain([ChannelName::broadcast()]).chain(upgrade.requested.iter().cloned());
         let (joins, recovering) = session.enter_at_connect(channels);
+        let ticket = session.shared.reads.ticket();
         let session = &self.session;
         let shared = &session.shared;
         for confirmed in joins {
@@ -166,8 +167,15 @@ impl Connection {
                 return None;
             }
         }
-        let broker = shared.hub.broker().as_ref();
-        let read = recovery::read_at_connect(broker, &session.identity.user, recovering, &upgrade.since);
+        let (reads, broker) = (&shared.reads, shared.hub.broker());
+        let read = recovery::read_at_connect(
+            reads,
+            broker,
+            ticket,
+            &session.identity.user,
+            recovering,
+            &upgrade.since,
+        );
         let (recovered, inbox) = match read.await {
             Ok(read) => read,
             Err((code, message)) => {

@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     /// Limits of history reads and idempotent publishing.
     pub(crate) history: HistoryConfig,
     pub(crate) hub: Hub,
+    /// The history reads of recovering subscribers, shared by those that ask alike.
+    pub(crate) reads: crate::recovery::Reads,
     /// Told of every connection and subscription change (presence).
     pub(crate) observer: Arc<dyn ConnectionObserver>,
     /// Prefix of this node's client ids, random per start, so ids are unique across replicas.
@@ -113,6 +115,7 @@ impl Gateway {
                 inbox,
                 history,
                 hub,
+                reads: Default::default(),
                 observer,
                 node_id,
                 next_conn: AtomicU64::new(CANARY_CONN + 1),

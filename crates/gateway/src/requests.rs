@@ -19,7 +19,7 @@ use crate::auth::Identity;
 use crate::gateway::Shared;
 use crate::history;
 use crate::policy;
-use crate::recovery::{self, Recovered, unread};
+use crate::recovery::{Recovered, unread};
 use crate::registry::ConnHandle;
 use crate::wire;
 
@@ -171,12 +171,13 @@ impl Session {
         history: ChannelHistory,
     ) -> Result<(), policy::Denied> {
         let confirmation = self.enter_recovering(channel.clone(), history);
+        let ticket = self.shared.reads.ticket();
         if let Err(e) = confirmation.await {
             self.abandon(channel);
             return Err(unconfirmed(channel, &e));
         }
         let read: Recovered =
-            match recovery::read(self.shared.hub.broker().as_ref(), channel, since, history).await {
+            match self.shared.reads.read(self.shared.hub.broker(), ticket, channel, since, history).await {
                 Ok(read) => read,
                 Err(e) => {
                     self.abandon(channel);
