@@ -272,3 +272,61 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A `herald standalone` process with the shipped `config/standalone.toml`, on free ports,
+/// with `env` on top (`HERALD_*` overrides); killed on drop.
+pub struct StandaloneProcess {
+    /// The gateway's port.
+    pub ws: u16,
+    /// The publisher API's HTTP port.
+    pub http: u16,
+    env: Vec<(&'static str, String)>,
+    _process: herald_testkit::KillOnDrop,
+}
+
+impl StandaloneProcess {
+    pub fn start(env: &[(&'static str, &str)]) -> Self {
+        use herald_testkit::free_port;
+        let (ws, http, grpc) = (free_port(), free_port(), free_port());
+        let (presence_http, presence_grpc) = (free_port(), free_port());
+        let mut all = vec![
+            ("HERALD_GATEWAY__LISTEN", format!("127.0.0.1:{ws}")),
+            ("HERALD_PUBLISHER__HTTP_LISTEN", format!("127.0.0.1:{http}")),
+            ("HERALD_PUBLISHER__GRPC_LISTEN", format!("127.0.0.1:{grpc}")),
+            ("HERALD_PRESENCE__HTTP_LISTEN", format!("127.0.0.1:{presence_http}")),
+            ("HERALD_PRESENCE__GRPC_LISTEN", format!("127.0.0.1:{presence_grpc}")),
+        ];
+        all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+        let process =
+            Self::command(&all).arg("standalone").stdout(std::process::Stdio::null()).spawn().unwrap();
+        Self { ws, http, env: all, _process: herald_testkit::KillOnDrop(process) }
+    }
+
+    /// `herald` with the same configuration, for its other subcommands.
+    fn command(env: &[(&'static str, String)]) -> std::process::Command {
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/standalone.toml");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.args(["--config", config]).envs(env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// A token for `user`, from `herald token`, as the quickstart mints it.
+    pub fn token(&self, user: &str) -> String {
+        let token = Self::command(&self.env).args(["token", "--user", user]).output().unwrap();
+        assert!(token.status.success());
+        String::from_utf8(token.stdout).unwrap().trim().to_string()
+    }
+
+    /// Connects `user`, retrying until the process accepts (15 s at most).
+    pub async fn connect(&self, user: &str) -> (WsClient, Value) {
+        let url = format!("ws://127.0.0.1:{}/ws?token={}", self.ws, self.token(user));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            match WsClient::connect(&url).await {
+                Ok(connected) => return connected,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "standalone never accepted: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -27,6 +27,33 @@ async fn notify(broker: &Arc<dyn Broker>, channel: &ChannelName, n: u64) -> hera
     broker.publish_with_history(channel, &publication.id, publication.encode(), &options).await.unwrap()
 }
 
+/// A user who was offline while notifications 1 to 50 were sent, and two gateways for their
+/// devices to connect to.
+struct Offline {
+    _redis: RedisServer,
+    broker: Arc<dyn Broker>,
+    inbox: ChannelName,
+    epoch: String,
+    gateways: [GatewayProcess; 2],
+}
+
+impl Offline {
+    async fn with_50_notifications(user: &str) -> Self {
+        let redis = RedisServer::start().await;
+        let broker: Arc<dyn Broker> =
+            Arc::new(RedisBroker::new(RedisConfig { url: redis.url(), ..Default::default() }).unwrap());
+        let inbox = ChannelName::parse(&format!("user:{user}")).unwrap();
+        let mut last = None;
+        for n in 1..=50 {
+            last = Some(notify(&broker, &inbox, n).await);
+        }
+        let epoch = last.unwrap().epoch;
+        let gateways =
+            [GatewayProcess::start(&redis.url(), &[]).await, GatewayProcess::start(&redis.url(), &[]).await];
+        Self { _redis: redis, broker, inbox, epoch, gateways }
+    }
+}
+
 fn assert_offsets(reply: &Value, expected: impl IntoIterator<Item = u64>) {
     assert_eq!(reply["type"], "history", "{reply}");
     let publications = reply["publications"].as_array().unwrap();
@@ -44,17 +71,7 @@ fn assert_offsets(reply: &Value, expected: impl IntoIterator<Item = u64>) {
 /// exactly the last 20. A notification sent while they are online reaches both, offset 51.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_user_gets_every_notification_and_shares_acks() {
-    let redis = RedisServer::start().await;
-    let broker: Arc<dyn Broker> =
-        Arc::new(RedisBroker::new(RedisConfig { url: redis.url(), ..Default::default() }).unwrap());
-    let inbox = ChannelName::parse("user:ivy").unwrap();
-    let mut last = None;
-    for n in 1..=50 {
-        last = Some(notify(&broker, &inbox, n).await);
-    }
-    let epoch = last.unwrap().epoch;
-    let gateways =
-        [GatewayProcess::start(&redis.url(), &[]).await, GatewayProcess::start(&redis.url(), &[]).await];
+    let Offline { _redis, broker, inbox, epoch, gateways } = Offline::with_50_notifications("ivy").await;
 
     let mut devices = Vec::new();
     for gateway in &gateways {
@@ -146,17 +163,7 @@ async fn acks_outside_the_own_inbox_are_refused() {
 /// the last 20.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_recover_the_inbox_at_connect_from_the_acknowledged_position() {
-    let redis = RedisServer::start().await;
-    let broker: Arc<dyn Broker> =
-        Arc::new(RedisBroker::new(RedisConfig { url: redis.url(), ..Default::default() }).unwrap());
-    let inbox = ChannelName::parse("user:jo").unwrap();
-    let mut last = None;
-    for n in 1..=50 {
-        last = Some(notify(&broker, &inbox, n).await);
-    }
-    let epoch = last.unwrap().epoch;
-    let gateways =
-        [GatewayProcess::start(&redis.url(), &[]).await, GatewayProcess::start(&redis.url(), &[]).await];
+    let Offline { _redis, broker, inbox, epoch, gateways } = Offline::with_50_notifications("jo").await;
     let since_acked = |gateway: &GatewayProcess| format!("{}&since=user:jo~acked", gateway.url("jo"));
 
     let mut devices = Vec::new();

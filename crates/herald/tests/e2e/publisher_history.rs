@@ -1,11 +1,9 @@
 //! The publisher API's history features in `herald standalone` (the in-memory engine), seen
 //! by a real WebSocket client: idempotent publishes, history reads and the inbox.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use herald_testkit::{KillOnDrop, WsClient, free_port};
 use serde_json::{Value, json};
+
+use crate::common::StandaloneProcess;
 
 const API_KEY: &str = "dev-only-api-key-change-me";
 
@@ -14,35 +12,12 @@ const API_KEY: &str = "dev-only-api-key-change-me";
 /// client sees, and backends read the history and the user's inbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_publishes_once_per_key_and_serves_history_reads() {
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/standalone.toml");
-    let (ws, http, grpc) = (free_port(), free_port(), free_port());
-    let (presence_http, presence_grpc) = (free_port(), free_port());
-    let env = [
-        ("HERALD_GATEWAY__LISTEN", format!("127.0.0.1:{ws}")),
-        ("HERALD_PUBLISHER__HTTP_LISTEN", format!("127.0.0.1:{http}")),
-        ("HERALD_PUBLISHER__GRPC_LISTEN", format!("127.0.0.1:{grpc}")),
-        ("HERALD_PRESENCE__HTTP_LISTEN", format!("127.0.0.1:{presence_http}")),
-        ("HERALD_PRESENCE__GRPC_LISTEN", format!("127.0.0.1:{presence_grpc}")),
-        ("HERALD_NAMESPACES__NEWS__HISTORY_SIZE", "100".into()),
-        ("HERALD_NAMESPACES__NEWS__HISTORY_TTL", "10m".into()),
-    ];
-    let herald = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.args(["--config", config]).envs(env.iter().map(|(k, v)| (k, v)));
-        cmd
-    };
-    let _server = KillOnDrop(herald().arg("standalone").stdout(Stdio::null()).spawn().unwrap());
-    let token = herald().args(["token", "--user", "alice"]).output().unwrap();
-    assert!(token.status.success());
-    let token = String::from_utf8(token.stdout).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let mut client = loop {
-        match WsClient::connect(&format!("ws://127.0.0.1:{ws}/ws?token={}", token.trim())).await {
-            Ok((client, _)) => break client,
-            Err(e) => assert!(tokio::time::Instant::now() < deadline, "standalone never accepted: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let server = StandaloneProcess::start(&[
+        ("HERALD_NAMESPACES__NEWS__HISTORY_SIZE", "100"),
+        ("HERALD_NAMESPACES__NEWS__HISTORY_TTL", "10m"),
+    ]);
+    let http = server.http;
+    let (mut client, _) = server.connect("alice").await;
     client.subscribe("news:today").await.unwrap();
 
     let http_client = reqwest::Client::new();
