@@ -228,7 +228,12 @@ impl GatewayProcess {
     /// Starts `herald gateway` on a free port against `redis_url`, with the test namespaces and
     /// secret plus `env`, and waits until `/readyz` answers 200.
     pub async fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
-        let port = herald_testkit::free_port();
+        Self::start_on(redis_url, herald_testkit::free_port(), env).await
+    }
+
+    /// As [`GatewayProcess::start`], on `port`: a gateway restarted where its clients look
+    /// for it.
+    pub async fn start_on(redis_url: &str, port: u16, env: &[(&str, &str)]) -> Self {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
         cmd.arg("gateway")
@@ -256,6 +261,28 @@ impl GatewayProcess {
     pub fn url(&self, user: &str) -> String {
         let token = herald_gateway::mint(SECRET, user, Duration::from_secs(3600)).unwrap();
         format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    /// SIGTERM: the gateway drains (closes every connection with 1012 over its window).
+    pub fn terminate(&self) {
+        let status =
+            std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(status.unwrap().success());
+    }
+
+    /// Waits until the process ended.
+    pub async fn wait(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "gateway did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Resident memory of the process, in bytes.

@@ -32,8 +32,7 @@ async fn sigterm_drains_the_gateway_spread_over_the_window() {
         .into_iter()
         .map(|mut client| tokio::spawn(async move { (client.closed().await, started.elapsed()) }))
         .collect();
-    let pid = draining.child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    draining.terminate();
 
     let deadline = started + WINDOW + Duration::from_secs(5);
     let status = loop {

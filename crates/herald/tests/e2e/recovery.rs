@@ -288,14 +288,17 @@ fn storm_seconds() -> u64 {
 /// reconnects with `since` and ends with every acknowledged message exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_and_a_crash_lose_nothing_for_200_clients() {
-    use crate::recovery_support::Process;
+    use crate::common::GatewayProcess;
+    use crate::recovery_support::process_env;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let redis = RedisServer::start().await;
     let broker = redis_broker(&redis.url());
     let ports = [herald_testkit::free_port(), herald_testkit::free_port()];
-    let mut a = Process::start(&redis.url(), ports[0]).await;
-    let mut b = Process::start(&redis.url(), ports[1]).await;
+    let env = process_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut a = GatewayProcess::start_on(&redis.url(), ports[0], &env).await;
+    let mut b = GatewayProcess::start_on(&redis.url(), ports[1], &env).await;
     let addrs = [a.addr, b.addr];
     let (target_tx, target) = tokio::sync::watch::channel(None::<u64>);
     let connected = Arc::new(AtomicUsize::new(0));
@@ -314,10 +317,10 @@ async fn a_drain_and_a_crash_lose_nothing_for_200_clients() {
     tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
     a.terminate();
     a.wait().await;
-    let _a = Process::start(&redis.url(), ports[0]).await;
+    let _a = GatewayProcess::start_on(&redis.url(), ports[0], &env).await;
     tokio::time::sleep(Duration::from_secs(seconds / 3)).await;
     b.kill();
-    let _b = Process::start(&redis.url(), ports[1]).await;
+    let _b = GatewayProcess::start_on(&redis.url(), ports[1], &env).await;
     tokio::time::sleep(Duration::from_secs(seconds - 2 * (seconds / 3))).await;
     let acked = publisher.finish().await;
     assert_eq!(acked, (1..=acked.len() as u64).collect::<Vec<_>>(), "offsets 1, 2, 3, ...");

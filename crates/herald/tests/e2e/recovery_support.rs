@@ -85,69 +85,15 @@ pub fn url(addr: SocketAddr, user: &str, query: &str) -> String {
     format!("ws://{addr}/ws?token={token}{query}")
 }
 
-/// A `herald gateway` child process on a port of the test's choosing, so that it can be
-/// restarted where its clients look for it. Killed when dropped.
-pub struct Process {
-    child: std::process::Child,
-    pub addr: SocketAddr,
-}
-
-impl Process {
-    pub async fn start(redis_url: &str, port: u16) -> Self {
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("gateway")
-            .env("HERALD_REDIS__URL", redis_url)
-            .env("HERALD_REDIS__RECONNECT_MIN", "20ms")
-            .env("HERALD_GATEWAY__LISTEN", addr.to_string())
-            .env("HERALD_GATEWAY__DRAIN_WINDOW", "1s")
-            .env("HERALD_AUTH__JWT_SECRET", SECRET)
-            .env("HERALD_NAMESPACES__FEED__HISTORY_SIZE", FEED_HISTORY.to_string())
-            .env("HERALD_NAMESPACES__FEED__HISTORY_TTL", "10m")
-            .env("HERALD_LOG__LEVEL", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start herald gateway");
-        let process = Self { child, addr };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(resp) = reqwest::get(format!("http://{addr}/readyz")).await
-                && resp.status() == 200
-            {
-                return process;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "herald gateway did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM: the gateway drains (closes every connection with 1012 over its window).
-    pub fn terminate(&self) {
-        let status =
-            std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        assert!(status.unwrap().success());
-    }
-
-    /// Waits until the process ended.
-    pub async fn wait(&mut self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(tokio::time::Instant::now() < deadline, "gateway did not exit");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL, at once.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// What `herald gateway` processes of the recovery tests add to the common test settings:
+/// a quick Redis reconnect, a short drain, and the `feed` namespace with history.
+pub fn process_env() -> [(&'static str, String); 4] {
+    [
+        ("HERALD_REDIS__RECONNECT_MIN", "20ms".into()),
+        ("HERALD_GATEWAY__DRAIN_WINDOW", "1s".into()),
+        ("HERALD_NAMESPACES__FEED__HISTORY_SIZE", FEED_HISTORY.to_string()),
+        ("HERALD_NAMESPACES__FEED__HISTORY_TTL", "10m".into()),
+    ]
 }
 
 /// Publishes `{"n": <i>}` to `channel` with history every `interval` until stopped; the
