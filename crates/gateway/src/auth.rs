@@ -34,6 +34,19 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// The token's `info` claim: what others see of this user in member lists.
     pub info: Option<Arc<RawValue>>,
+    /// The token's `channels` claim: the channels (names or patterns) of private namespaces
+    /// this connection may subscribe to. `None` when the claim is absent.
+    pub channels: Option<Arc<[Box<str>]>>,
+}
+
+/// What a valid subscription token grants: `user` may subscribe to `channel` until
+/// `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionGrant {
+    pub user: UserId,
+    pub channel: String,
+    /// Seconds since the Unix epoch; `None` for a token without `exp`.
+    pub expires_at: Option<u64>,
 }
 
 /// The claims Herald writes into the tokens it mints.
@@ -59,6 +72,10 @@ struct TokenClaims {
     iss: Option<String>,
     aud: Option<Audience>,
     info: Option<Box<RawValue>>,
+    /// Connection tokens: channels of private namespaces the user may subscribe to.
+    channels: Option<Vec<Box<str>>>,
+    /// Subscription tokens: the one channel the token is for. A connection token never has it.
+    channel: Option<String>,
 }
 
 /// Tells a claim given as `null` (`Some(None)`) from one left out (`None`, by `default`).
@@ -114,6 +131,10 @@ fn refused(message: impl Into<String>) -> AuthError {
     AuthError { code: ErrorCode::Unauthorized, message: message.into() }
 }
 
+fn forbidden(message: impl Into<String>) -> AuthError {
+    AuthError { code: ErrorCode::Forbidden, message: message.into() }
+}
+
 /// Verifies connection tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct TokenVerifier {
@@ -142,7 +163,46 @@ impl TokenVerifier {
         sign(self.mac.clone(), user.as_str(), ttl)
     }
 
+    /// Verifies a connection token: who the client is.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let (claims, expires_at) = self.claims(token)?;
+        if claims.channel.is_some() {
+            return Err(refused("a subscription token (with a `channel` claim) is not a connection token"));
+        }
+        let user = subject(claims.sub)?;
+        Ok(Identity {
+            user,
+            expires_at,
+            info: claims.info.map(Arc::from),
+            channels: claims.channels.map(Arc::from),
+        })
+    }
+
+    /// Verifies a subscription token (a JWT whose `sub` is the user and whose `channel` is the
+    /// channel), checked against the connection's `user` and the `channel` it is subscribing to.
+    pub fn verify_subscription(
+        &self,
+        token: &str,
+        user: &UserId,
+        channel: &str,
+    ) -> Result<SubscriptionGrant, AuthError> {
+        let (claims, expires_at) = self.claims(token)?;
+        let Some(granted) = claims.channel else {
+            return Err(refused("subscription token lacks the `channel` claim"));
+        };
+        let subject = subject(claims.sub)?;
+        if &subject != user {
+            return Err(forbidden("subscription token is for another user"));
+        }
+        if granted != channel {
+            return Err(forbidden(format!("subscription token is for channel {granted:?}, not {channel:?}")));
+        }
+        Ok(SubscriptionGrant { user: subject, channel: granted, expires_at })
+    }
+
+    /// Checks the signature and the registered claims (`exp`, `nbf`, `iss`, `aud`) every kind
+    /// of token shares, and returns the claims and the expiry.
+    fn claims(&self, token: &str) -> Result<(TokenClaims, Option<u64>), AuthError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -186,17 +246,20 @@ impl TokenVerifier {
             return Err(refused(format!("token `iss` must be {issuer:?}")));
         }
         if let Some(audience) = &self.audience
-            && !claims.aud.is_some_and(|aud| aud.contains(audience))
+            && !claims.aud.as_ref().is_some_and(|aud| aud.contains(audience))
         {
             return Err(refused(format!("token `aud` must include {audience:?}")));
         }
-        let Some(sub) = claims.sub else {
-            return Err(refused("token lacks the `sub` claim"));
-        };
-        let user =
-            UserId::parse(&sub).map_err(|e| refused(format!("token `sub` is not a valid user id: {e}")))?;
-        Ok(Identity { user, expires_at: exp, info: claims.info.map(Arc::from) })
+        Ok((claims, exp))
     }
+}
+
+/// The user a token's `sub` names.
+fn subject(sub: Option<String>) -> Result<UserId, AuthError> {
+    let Some(sub) = sub else {
+        return Err(refused("token lacks the `sub` claim"));
+    };
+    UserId::parse(&sub).map_err(|e| refused(format!("token `sub` is not a valid user id: {e}")))
 }
 
 fn keyed(secret: &str) -> Hmac<Sha256> {
@@ -336,6 +399,38 @@ mod tests {
         assert_eq!(refusal(&v, &no_sub).1, "token lacks the `sub` claim");
         let string_exp = signed(&json!({"alg": "HS256"}), &json!({"sub": "a", "exp": "soon"}));
         assert!(refusal(&v, &string_exp).1.contains("malformed claims"));
+    }
+
+    #[test]
+    fn the_channels_claim_is_read_and_subscription_tokens_name_user_and_channel() {
+        let v = verifier();
+        let token =
+            library_token(Algorithm::HS256, json!({"sub": "alice", "channels": ["team:a", "team:b*"]}));
+        let channels = v.verify(&token).unwrap().channels.unwrap();
+        assert_eq!(channels.iter().map(|c| &**c).collect::<Vec<_>>(), ["team:a", "team:b*"]);
+        assert!(
+            v.verify(&mint(SECRET, "alice", Duration::from_secs(60)).unwrap()).unwrap().channels.is_none()
+        );
+
+        let alice = UserId::parse("alice").unwrap();
+        let sub =
+            library_token(Algorithm::HS256, json!({"sub": "alice", "channel": "team:a", "exp": now() + 60}));
+        let grant = v.verify_subscription(&sub, &alice, "team:a").unwrap();
+        assert_eq!((grant.channel.as_str(), grant.expires_at), ("team:a", Some(now() + 60)));
+        assert_eq!(v.verify_subscription(&sub, &alice, "team:b").unwrap_err().code, ErrorCode::Forbidden);
+        let bob = UserId::parse("bob").unwrap();
+        assert_eq!(v.verify_subscription(&sub, &bob, "team:a").unwrap_err().code, ErrorCode::Forbidden);
+        assert!(refusal(&v, &sub).1.contains("not a connection token"));
+        let no_channel = mint(SECRET, "alice", Duration::from_secs(60)).unwrap();
+        assert!(
+            v.verify_subscription(&no_channel, &alice, "team:a").unwrap_err().message.contains("`channel`")
+        );
+        let expired =
+            library_token(Algorithm::HS256, json!({"sub": "alice", "channel": "team:a", "exp": 1_000_000}));
+        assert_eq!(
+            v.verify_subscription(&expired, &alice, "team:a").unwrap_err().code,
+            ErrorCode::TokenExpired
+        );
     }
 
     #[test]

@@ -96,7 +96,7 @@ mod tests {
     use super::*;
 
     fn who(user: &str) -> Identity {
-        Identity { user: UserId::parse(user).unwrap(), expires_at: None, info: None }
+        Identity { user: UserId::parse(user).unwrap(), expires_at: None, info: None, channels: None }
     }
 
     fn ch(s: &str) -> ChannelName {
