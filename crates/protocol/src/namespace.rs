@@ -27,6 +27,11 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub struct NamespaceConfig {
     /// Authenticated clients may subscribe to its channels.
     pub subscribe: bool,
+    /// Only clients granted a channel may subscribe to it, publish into it (with `publish`)
+    /// or read its members: through the connection token's `channels` claim (names or
+    /// patterns), or a subscription token in the `subscribe` frame. See `docs/protocol.md`,
+    /// Private namespaces.
+    pub private: bool,
     /// Clients may publish into its channels over their WebSocket (chat rooms). Messages carry
     /// the sender in `from`. Off unless configured: backends publish through the publisher API.
     pub publish: bool,
@@ -51,6 +56,7 @@ impl Default for NamespaceConfig {
     fn default() -> Self {
         Self {
             subscribe: true,
+            private: false,
             publish: false,
             presence: true,
             join_leave: false,

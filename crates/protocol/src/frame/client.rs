@@ -18,6 +18,22 @@ pub enum ClientFrame {
         /// Resume after this position: the reply is followed by every message missed since,
         /// or says `recovered: false` with the reason. Only for channels with history.
         since: Option<Since>,
+        /// A subscription token (a JWT with a `channel` claim) for a channel of a private
+        /// namespace that the connection token's `channels` claim does not cover.
+        token: Option<String>,
+    },
+    /// A fresh subscription token for a channel the client holds through an earlier one, before
+    /// that one expires; the subscription goes on unbroken.
+    SubscribeRefresh {
+        id: Option<RequestId>,
+        channel: ChannelName,
+        token: String,
+    },
+    /// A fresh connection token for the same user, before the current one expires: the
+    /// connection goes on under the new token's expiry, `info` and `channels`.
+    Refresh {
+        id: Option<RequestId>,
+        token: String,
     },
     Unsubscribe {
         id: Option<RequestId>,
@@ -91,6 +107,8 @@ struct RawFrame<'a> {
     offset: Option<u64>,
     #[serde(default)]
     epoch: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 /// Reads a field that is present, `null` included (serde's `Option` would read `null` as absent).
@@ -146,7 +164,20 @@ impl ClientFrame {
                     .map(Since::from_json)
                     .transpose()
                     .map_err(|e| err(ErrorCode::MalformedFrame, format!("invalid `since`: {e}")))?;
-                Ok(Self::Subscribe { channel: channel()?, id, since })
+                Ok(Self::Subscribe { channel: channel()?, id, since, token: raw.token })
+            }
+            "subscribe_refresh" => {
+                let channel = channel()?;
+                let token = raw
+                    .token
+                    .ok_or_else(|| err(ErrorCode::MalformedFrame, "missing field `token`".into()))?;
+                Ok(Self::SubscribeRefresh { id, channel, token })
+            }
+            "refresh" => {
+                let token = raw
+                    .token
+                    .ok_or_else(|| err(ErrorCode::MalformedFrame, "missing field `token`".into()))?;
+                Ok(Self::Refresh { id, token })
             }
             "history" => {
                 let since = match raw.since.as_ref().filter(|v| !v.is_null()).map(Since::from_json) {
@@ -192,8 +223,8 @@ impl ClientFrame {
             other => Err(err(
                 ErrorCode::UnknownType,
                 format!(
-                    "unknown frame type {other:?}; expected subscribe, unsubscribe, publish, presence, \
-                     history, ack or ping"
+                    "unknown frame type {other:?}; expected subscribe, subscribe_refresh, unsubscribe, \
+                     publish, presence, history, ack, refresh or ping"
                 ),
             )),
         }
@@ -257,6 +288,24 @@ mod tests {
             ErrorCode::MalformedFrame
         );
         assert_eq!(code(r#"{"type":"history","channel":"a","since":"acked"}"#), ErrorCode::MalformedFrame);
+    }
+
+    #[test]
+    fn token_frames_parse() {
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"refresh","id":1,"token":"t"}"#).unwrap(),
+            ClientFrame::Refresh { id: Some(RequestId::Num(1)), token } if token == "t"
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"subscribe","channel":"vip:a","token":"s"}"#).unwrap(),
+            ClientFrame::Subscribe { token: Some(token), .. } if token == "s"
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"subscribe_refresh","channel":"vip:a","token":"s"}"#).unwrap(),
+            ClientFrame::SubscribeRefresh { token, .. } if token == "s"
+        ));
+        assert_eq!(code(r#"{"type":"refresh"}"#), ErrorCode::MalformedFrame);
+        assert_eq!(code(r#"{"type":"subscribe_refresh","channel":"vip:a"}"#), ErrorCode::MalformedFrame);
     }
 
     #[test]

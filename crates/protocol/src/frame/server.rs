@@ -35,12 +35,42 @@ pub enum ServerFrame<'a> {
         /// For a channel with history: where it stands, and whether `since` was recovered.
         #[serde(flatten, skip_serializing_if = "Option::is_none")]
         state: Option<&'a StreamState<'a>>,
+        /// For a subscription held through a subscription token: when it ends unless a
+        /// `subscribe_refresh` brings a fresh token (seconds since the Unix epoch).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
         channel: &'a ChannelName,
+        /// Set when the server ended the subscription on its own accord (no `id` then):
+        /// `subscription_expired` or `grant_revoked`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
+    /// The connection now runs on the token of a `refresh` frame.
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        /// The new token's `exp`; absent for a token without one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
+    /// The connection token expires at `expires_at`: send a `refresh` before then, or the
+    /// connection is closed with 4001.
+    RefreshDue { expires_at: u64 },
+    /// A subscription runs on the token of a `subscribe_refresh` frame.
+    SubscribeRefreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        channel: &'a ChannelName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
+    /// The subscription token of `channel` expires at `expires_at`: send a
+    /// `subscribe_refresh` before then, or the channel is unsubscribed.
+    SubscribeRefreshDue { channel: &'a ChannelName, expires_at: u64 },
     Published {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RequestId>,
@@ -145,13 +175,14 @@ mod tests {
         let ch = ChannelName::parse("chat:a").unwrap();
         let id = RequestId::Num(7);
         assert_eq!(
-            ServerFrame::Subscribed { id: Some(&id), channel: &ch, state: None }.to_json(),
+            ServerFrame::Subscribed { id: Some(&id), channel: &ch, state: None, expires_at: None }.to_json(),
             r#"{"type":"subscribed","id":7,"channel":"chat:a"}"#
         );
         let state =
             StreamState { offset: 3, epoch: "e", recovered: Some(false), reason: Some("epoch_changed") };
         assert_eq!(
-            ServerFrame::Subscribed { id: None, channel: &ch, state: Some(&state) }.to_json(),
+            ServerFrame::Subscribed { id: None, channel: &ch, state: Some(&state), expires_at: None }
+                .to_json(),
             r#"{"type":"subscribed","channel":"chat:a","offset":3,"epoch":"e","recovered":false,"reason":"epoch_changed"}"#
         );
         let user = UserId::parse("bob").unwrap();
@@ -168,6 +199,15 @@ mod tests {
             }
             .to_json(),
             r#"{"type":"connected","client_id":"c","user":"bob","positions":{"chat:a":{"offset":3,"epoch":"e","recovered":true}},"inbox":{"offset":50,"epoch":"i","acked":30,"unread":20}}"#
+        );
+        assert_eq!(
+            ServerFrame::Unsubscribed { id: None, channel: &ch, reason: Some("subscription_expired") }
+                .to_json(),
+            r#"{"type":"unsubscribed","channel":"chat:a","reason":"subscription_expired"}"#
+        );
+        assert_eq!(
+            ServerFrame::RefreshDue { expires_at: 9 }.to_json(),
+            r#"{"type":"refresh_due","expires_at":9}"#
         );
         assert_eq!(
             ServerFrame::Error { id: None, code: ErrorCode::Forbidden, message: "no" }.to_json(),
