@@ -100,6 +100,9 @@ pub struct GatewayConfig {
     /// Counted per node, not across the cluster. Over it the upgrade is refused with HTTP
     /// 429 `too_many_connections`.
     pub max_connections_per_user: usize,
+    /// The backend hook asked about subscriptions and publishes in namespaces with
+    /// `subscribe_hook` or `publish_hook` (`[gateway.hooks]`).
+    pub hooks: crate::hook::HookConfig,
 }
 
 impl Default for GatewayConfig {
@@ -130,6 +133,7 @@ impl Default for GatewayConfig {
             demo: false,
             refresh_warning: Duration::from_secs(30),
             max_connections_per_user: 0,
+            hooks: Default::default(),
         }
     }
 }

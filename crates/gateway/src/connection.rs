@@ -31,6 +31,7 @@ use crate::config::GatewayConfig;
 use crate::gateway::{ConnectionGuard, Shared};
 use crate::grants::{self, Grant};
 use crate::handshake::{self, Upgrade};
+use crate::hook::{self, Action};
 use crate::metrics::GatewayMetrics;
 use crate::policy;
 use crate::rate::{self, FrameRate, Verdict};
@@ -169,6 +170,18 @@ impl Connection {
                 return None;
             }
             self.counted = true;
+        }
+        // The URL's channels go to the backend hook like `subscribe` frames, before anything is
+        // joined.
+        let (hooks, namespaces) = (self.session.shared.hooks.as_ref(), &self.session.shared.namespaces);
+        for channel in &upgrade.requested {
+            let user = &self.session.identity.user;
+            if let Err((code, message)) =
+                hook::check(hooks, namespaces, Action::Subscribe, user, channel).await
+            {
+                handshake::refuse(&mut stream, code, &message).await;
+                return None;
+            }
         }
         let session = &mut self.session;
         let (id, writer) = (session.handle.id, session.handle.writer.clone());

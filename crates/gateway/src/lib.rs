@@ -36,7 +36,8 @@
 //!   the `channels` claim's patterns); `grants`: a connection's grants to private channels
 //!   (the claim's, or subscription tokens with their own expiry). [`auth`]: connection tokens
 //!   into an [`auth::Identity`]; `refresh`: the `refresh` frame that replaces a connection's
-//!   token in-band, and the `refresh_due` warning before it expires.
+//!   token in-band, and the `refresh_due` warning before it expires. [`hook`]: the backend
+//!   hook asked about subscriptions and publishes where a namespace says so.
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
 //!   a message through the broker to itself.
 //! - [`gateway`]: the [`Gateway`] handle that holds it all; building one starts nothing.
@@ -59,6 +60,7 @@ mod grants;
 pub mod handshake;
 mod heartbeat;
 mod history;
+pub mod hook;
 pub mod http;
 pub mod hub;
 mod lifecycle;

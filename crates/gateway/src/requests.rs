@@ -20,6 +20,7 @@ use crate::auth::Identity;
 use crate::gateway::Shared;
 use crate::grants::{Grant, Grants};
 use crate::history;
+use crate::hook::{self, Action};
 use crate::policy;
 use crate::recovery::{Recovered, unread};
 use crate::registry::ConnHandle;
@@ -148,6 +149,8 @@ impl Session {
         token: Option<&str>,
     ) -> Result<Subscribed, policy::Denied> {
         let grant = self.grant_for(channel, token)?;
+        let (hooks, namespaces) = (self.shared.hooks.as_ref(), &self.shared.namespaces);
+        hook::check(hooks, namespaces, Action::Subscribe, &self.identity.user, channel).await?;
         let expires_at = grant.as_ref().and_then(Grant::expires_at);
         let config = &self.shared.config;
         if self.subscriptions.contains(channel) {
@@ -318,6 +321,8 @@ impl Session {
     ) -> Result<history::Published, policy::Denied> {
         let token_grant = self.grants.holds_token(channel);
         policy::can_publish(&self.identity, channel, &self.shared.namespaces, token_grant)?;
+        let (hooks, namespaces) = (self.shared.hooks.as_ref(), &self.shared.namespaces);
+        hook::check(hooks, namespaces, Action::Publish, &self.identity.user, channel).await?;
         let max_depth = self.shared.config.max_data_depth;
         if herald_protocol::frame::json_depth(data.get()) > max_depth {
             self.shared.metrics.limit_hit("max_data_depth");

@@ -32,6 +32,10 @@ pub struct NamespaceConfig {
     /// patterns), or a subscription token in the `subscribe` frame. See `docs/protocol.md`,
     /// Private namespaces.
     pub private: bool,
+    /// Each subscription is also put to the backend hook (`gateway.hooks`).
+    pub subscribe_hook: bool,
+    /// Each client publish is also put to the backend hook (`gateway.hooks`).
+    pub publish_hook: bool,
     /// Clients may publish into its channels over their WebSocket (chat rooms). Messages carry
     /// the sender in `from`. Off unless configured: backends publish through the publisher API.
     pub publish: bool,
@@ -57,6 +61,8 @@ impl Default for NamespaceConfig {
         Self {
             subscribe: true,
             private: false,
+            subscribe_hook: false,
+            publish_hook: false,
             publish: false,
             presence: true,
             join_leave: false,

@@ -14,7 +14,7 @@
 //!   reads and idempotent publishes (client and publisher API), the offline inbox, recovery of
 //!   channels with history, the local cluster script, and what a process logs about its life
 //!   (`lifecycle_logs`), in-band token refresh (`refresh`, whose token helpers `permissions`
-//!   shares), and who may subscribe and publish where (`permissions`).
+//!   shares), who may subscribe and publish where (`permissions`), and the backend hook (`hooks`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -28,6 +28,7 @@ mod config;
 mod delivery;
 mod drain;
 mod history_frames;
+mod hooks;
 mod hostile_clients;
 mod inbox;
 mod lifecycle_logs;
