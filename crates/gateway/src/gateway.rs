@@ -100,7 +100,7 @@ impl Gateway {
         config.validate()?;
         namespaces.validate()?;
         config.hooks.validate(&namespaces)?;
-        let hooks = crate::hook::Hooks::new(&config.hooks);
+        let hooks = crate::hook::Hooks::new(&config.hooks)?;
         inbox.validate()?;
         history.validate()?;
         let verifier = TokenVerifier::new(auth)?;

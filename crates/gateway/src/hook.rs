@@ -2,9 +2,12 @@
 //! subscribe to, or publish into, a channel of a namespace with `subscribe_hook` or
 //! `publish_hook`, on top of every other check (namespace settings, private grants).
 //!
-//! The call is `POST <gateway.hooks.url>` with `{"action": "subscribe" | "publish", "user",
-//! "channel"}`; the answer must be a 2xx with `{"allow": true}` or `{"allow": false,
-//! "reason"?: "..."}`. A refusal is `forbidden` with the reason. Anything else (no answer
+//! Over HTTP (`gateway.hooks.url = "http://..."`) the call is `POST <url>` with `{"action":
+//! "subscribe" | "publish", "user", "channel"}`; the answer must be a 2xx with
+//! `{"allow": true}` or `{"allow": false, "reason"?: "..."}`. Over gRPC (`"grpc://host:port"`)
+//! it is the `Subscribe` or `Publish` call of `herald.v1.PermissionHook`
+//! (`proto/herald/v1/hook.proto`, generated into [`pb`]). A refusal is `forbidden` with the
+//! reason. Anything else (no answer
 //! within `gateway.hooks.timeout`, another status, another body, or more than
 //! `gateway.hooks.max_in_flight` calls already waiting) is a failure, decided by
 //! `gateway.hooks.on_failure`: `deny` (the default: refused with `unavailable`, retry later)
@@ -20,12 +23,20 @@ use tokio::sync::Semaphore;
 
 use crate::policy::Denied;
 
+/// The permission hook's gRPC service, generated from `proto/herald/v1/hook.proto`: the
+/// client the gateway calls, and the server side for applications written in Rust.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("herald.v1");
+}
+
 /// Settings of the backend hook (`[gateway.hooks]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HookConfig {
-    /// The endpoint asked, `http://...`; needed when a namespace sets `subscribe_hook` or
-    /// `publish_hook`.
+    /// The endpoint asked, `http://...` (JSON over HTTP) or `grpc://host:port` (the gRPC
+    /// service of `proto/herald/v1/hook.proto`); needed when a namespace sets
+    /// `subscribe_hook` or `publish_hook`.
     pub url: Option<String>,
     /// How long an answer may take before the call counts as failed.
     #[serde(with = "humantime_serde")]
@@ -63,11 +74,17 @@ pub enum Action {
 /// The hook's client, when one is configured. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Hooks {
-    client: reqwest::Client,
-    url: Arc<str>,
+    transport: Transport,
     on_failure: OnFailure,
     /// One permit per call waiting for an answer.
     in_flight: Arc<Semaphore>,
+}
+
+/// How the hook is reached.
+#[derive(Clone)]
+enum Transport {
+    Http { client: reqwest::Client, url: Arc<str> },
+    Grpc(pb::permission_hook_client::PermissionHookClient<tonic::transport::Channel>),
 }
 
 #[derive(Serialize)]
@@ -90,8 +107,9 @@ impl HookConfig {
     pub fn validate(&self, namespaces: &Namespaces) -> Result<(), ConfigError> {
         if let Some(url) = &self.url
             && !url.starts_with("http://")
+            && !url.starts_with("grpc://")
         {
-            return Err(ConfigError::new("gateway.hooks.url", "must be an http:// URL"));
+            return Err(ConfigError::new("gateway.hooks.url", "must be an http:// or a grpc:// URL"));
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::new("gateway.hooks.timeout", "must be greater than 0"));
@@ -115,17 +133,33 @@ impl HookConfig {
 }
 
 impl Hooks {
-    /// The hook's client, `None` without `gateway.hooks.url`.
-    pub(crate) fn new(config: &HookConfig) -> Option<Self> {
-        let url = config.url.as_deref()?;
-        let client =
-            reqwest::Client::builder().timeout(config.timeout).build().expect("an HTTP client builds");
-        Some(Self {
-            client,
-            url: url.into(),
+    /// The hook's client, `None` without `gateway.hooks.url`. Connects on first use, so a
+    /// gateway starts while the application is down.
+    pub(crate) fn new(config: &HookConfig) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = config.url.as_deref() else { return Ok(None) };
+        let transport = match url.strip_prefix("grpc://") {
+            Some(address) => {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| ConfigError::new("gateway.hooks.url", e))?
+                    .timeout(config.timeout)
+                    .connect_timeout(config.timeout)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                Transport::Grpc(pb::permission_hook_client::PermissionHookClient::new(channel))
+            }
+            None => {
+                let client = reqwest::Client::builder()
+                    .timeout(config.timeout)
+                    .build()
+                    .map_err(|e| ConfigError::new("gateway.hooks.url", e))?;
+                Transport::Http { client, url: url.into() }
+            }
+        };
+        Ok(Some(Self {
+            transport,
             on_failure: config.on_failure,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-        })
+        }))
     }
 
     /// Asks whether `user` may do `action` on `channel`.
@@ -159,13 +193,29 @@ impl Hooks {
     }
 
     async fn ask(&self, action: Action, user: &UserId, channel: &ChannelName) -> Result<Answer, String> {
-        let question = Question { action, user: user.as_str(), channel: channel.as_str() };
-        let response =
-            self.client.post(&*self.url).json(&question).send().await.map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
+        match &self.transport {
+            Transport::Http { client, url } => {
+                let question = Question { action, user: user.as_str(), channel: channel.as_str() };
+                let response = client.post(&**url).json(&question).send().await.map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("status {}", response.status()));
+                }
+                response.json::<Answer>().await.map_err(|e| format!("unreadable answer: {e}"))
+            }
+            Transport::Grpc(client) => {
+                let mut client = client.clone();
+                let request =
+                    pb::HookRequest { user: user.as_str().into(), channel: channel.as_str().into() };
+                let reply = match action {
+                    Action::Subscribe => client.subscribe(request).await,
+                    Action::Publish => client.publish(request).await,
+                }
+                .map_err(|status| format!("gRPC status {:?}: {}", status.code(), status.message()))?
+                .into_inner();
+                let reason = (!reply.reason.is_empty()).then_some(reply.reason);
+                Ok(Answer { allow: reply.allow, reason })
+            }
         }
-        response.json::<Answer>().await.map_err(|e| format!("unreadable answer: {e}"))
     }
 }
 
@@ -206,6 +256,7 @@ mod tests {
         assert_eq!(key(HookConfig::default()), "namespaces.room.publish_hook");
         let url = |url: &str| HookConfig { url: Some(url.into()), ..Default::default() };
         assert!(url("http://app:3000/hook").validate(&namespaces).is_ok());
+        assert!(url("grpc://app:50051").validate(&namespaces).is_ok());
         assert_eq!(key(url("ftp://app/hook")), "gateway.hooks.url");
         assert_eq!(key(HookConfig { max_in_flight: 0, ..url("http://app") }), "gateway.hooks.max_in_flight");
         assert_eq!(key(HookConfig { timeout: Duration::ZERO, ..url("http://app") }), "gateway.hooks.timeout");

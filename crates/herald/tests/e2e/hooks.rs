@@ -1,10 +1,13 @@
 //! The backend hook against a real `herald standalone` process and a real HTTP server (axum)
-//! standing in for the application: it allows, denies, fails and times out.
+//! or gRPC server (tonic) standing in for the application: it allows, denies, fails and
+//! times out.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::routing::post;
+use herald_gateway::hook::pb::permission_hook_server::{PermissionHook, PermissionHookServer};
+use herald_gateway::hook::pb::{HookReply, HookRequest};
 use serde_json::{Value, json};
 
 use crate::common::StandaloneProcess;
@@ -79,4 +82,77 @@ async fn a_failing_hook_can_be_configured_to_allow() {
     alice.subscribe("hooked:broken").await.unwrap();
     let no = alice.request(json!({"type": "subscribe", "channel": "hooked:no"})).await.unwrap();
     assert_eq!(no["code"], "forbidden", "{no}");
+}
+
+/// The application's hook as a gRPC service (`proto/herald/v1/hook.proto`), answering by
+/// channel like [`application`].
+struct GrpcApplication;
+
+#[tonic::async_trait]
+impl PermissionHook for GrpcApplication {
+    async fn subscribe(
+        &self,
+        request: tonic::Request<HookRequest>,
+    ) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        answer(request.into_inner()).await
+    }
+
+    async fn publish(
+        &self,
+        request: tonic::Request<HookRequest>,
+    ) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        answer(request.into_inner()).await
+    }
+}
+
+async fn answer(request: HookRequest) -> Result<tonic::Response<HookReply>, tonic::Status> {
+    let allow =
+        |allow: bool, reason: &str| Ok(tonic::Response::new(HookReply { allow, reason: reason.into() }));
+    match request.channel.as_str() {
+        "hooked:no" => allow(false, "not in this room"),
+        "hooked:slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            allow(true, "")
+        }
+        "hooked:broken" => Err(tonic::Status::internal("broken")),
+        _ => allow(true, ""),
+    }
+}
+
+/// Over gRPC the hook allows, denies with its reason, and a call that times out or fails is
+/// refused with `unavailable` (`on_failure = "deny"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_hook_allows_denies_and_fails_closed() {
+    let port = herald_testkit::free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let _app = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PermissionHookServer::new(GrpcApplication))
+            .serve(addr),
+    );
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url: &'static str = Box::leak(format!("grpc://{addr}").into_boxed_str());
+    let server = standalone(&[
+        ("HERALD_NAMESPACES__HOOKED__SUBSCRIBE_HOOK", "true"),
+        ("HERALD_NAMESPACES__HOOKED__PUBLISH_HOOK", "true"),
+        ("HERALD_NAMESPACES__HOOKED__PUBLISH", "true"),
+        ("HERALD_GATEWAY__HOOKS__URL", url),
+        ("HERALD_GATEWAY__HOOKS__TIMEOUT", "300ms"),
+    ]);
+    let (mut alice, _) = connect(&server, &jwt("alice", 60, json!({})), "").await.unwrap();
+    alice.subscribe("hooked:ok").await.unwrap();
+    let no = alice.request(json!({"type": "subscribe", "channel": "hooked:no"})).await.unwrap();
+    assert_eq!(no["code"], "forbidden", "{no}");
+    assert!(no["message"].as_str().unwrap().contains("not in this room"), "{no}");
+    for channel in ["hooked:slow", "hooked:broken"] {
+        let failed = alice.request(json!({"type": "subscribe", "channel": channel})).await.unwrap();
+        assert_eq!(failed["code"], "unavailable", "{channel}: {failed}");
+    }
+    let published =
+        alice.request(json!({"type": "publish", "channel": "hooked:ok", "data": 1})).await.unwrap();
+    assert_eq!(published["type"], "published", "{published}");
+    let refused = alice.request(json!({"type": "publish", "channel": "hooked:no", "data": 1})).await.unwrap();
+    assert_eq!(refused["code"], "forbidden", "{refused}");
 }
