@@ -149,8 +149,6 @@ impl Session {
         token: Option<&str>,
     ) -> Result<Subscribed, policy::Denied> {
         let grant = self.grant_for(channel, token)?;
-        let (hooks, namespaces) = (self.shared.hooks.as_ref(), &self.shared.namespaces);
-        hook::check(hooks, namespaces, Action::Subscribe, &self.identity.user, channel).await?;
         let expires_at = grant.as_ref().and_then(Grant::expires_at);
         let config = &self.shared.config;
         if self.subscriptions.contains(channel) {
@@ -163,6 +161,9 @@ impl Session {
             let max = config.max_subscriptions;
             return Err((ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection")));
         }
+        // Asked last: a call to the application costs more than every other check.
+        let (hooks, namespaces) = (self.shared.hooks.as_ref(), &self.shared.namespaces);
+        hook::check(hooks, namespaces, Action::Subscribe, &self.identity.user, channel).await?;
         let Some(history) = self.shared.namespaces.history(channel, &self.shared.inbox) else {
             if since.is_some() {
                 return Err((ErrorCode::NoHistory, format!("{channel} keeps no history to resume from")));

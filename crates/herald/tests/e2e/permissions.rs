@@ -159,7 +159,12 @@ async fn connections_per_user_are_capped() {
         match connect(&server, &token, "").await {
             Ok(_) => break,
             Err(e) => {
-                assert_eq!(refusal(&e).1, "too_many_connections");
+                // A slow machine may time a connect out; only a refusal must be the cap's.
+                if e.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+                    .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::Http(_)))
+                {
+                    assert_eq!(refusal(&e).1, "too_many_connections");
+                }
                 assert!(tokio::time::Instant::now() < deadline, "the closed connection's slot never freed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
