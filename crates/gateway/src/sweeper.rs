@@ -128,6 +128,28 @@ mod tests {
         assert_eq!(registry.len(), 2);
     }
 
+    /// A connection is warned once, when its warning is due, and still closed at `exp`.
+    #[test]
+    fn refresh_warnings_come_once_before_the_close() {
+        let config = config(60_000, 120_000);
+        let registry = Registry::new();
+        let (due, later) = (queue(), queue());
+        let unix = herald_protocol::publication::now_millis() / 1000;
+        registry.register(1, due.clone(), None, config.ping_interval);
+        registry.register(2, later.clone(), None, config.ping_interval);
+        registry.set_expiry(1, Some(unix + 100), Some(unix));
+        registry.set_expiry(2, Some(unix + 100), Some(unix + 50));
+        tick(&registry, &config);
+        tick(&registry, &config);
+        let warning = crate::refresh::due_frame(unix + 100);
+        assert_eq!(due.pop(), Some(warning));
+        assert_eq!(due.pop(), None, "warned once");
+        assert_eq!(later.pop(), None, "not due yet");
+        registry.set_expiry(1, Some(unix), None);
+        tick(&registry, &config);
+        assert_eq!(close_reason(&due), Some(CloseReason::TokenExpired));
+    }
+
     #[tokio::test]
     async fn a_drain_spreads_its_closes_and_closes_late_comers_at_once() {
         let registry = Registry::new();
