@@ -90,6 +90,19 @@ pub struct GatewayConfig {
     /// hands anyone who asks a token for any user. A development aid for `herald standalone`
     /// on one's own machine: never on in production. A warning is logged at start when on.
     pub demo: bool,
+    /// How long before a connection token's `exp` the server sends `refresh_due`, so that the
+    /// client can send a `refresh` frame with a fresh token; never earlier than half the
+    /// token's remaining life at connect (or at the last refresh). Without a refresh the
+    /// connection still closes with 4001 at `exp`.
+    #[serde(with = "humantime_serde")]
+    pub refresh_warning: Duration,
+    /// Most connections one user may hold open on this gateway node at once (0: no limit).
+    /// Counted per node, not across the cluster. Over it the upgrade is refused with HTTP
+    /// 429 `too_many_connections`.
+    pub max_connections_per_user: usize,
+    /// The backend hook asked about subscriptions and publishes in namespaces with
+    /// `subscribe_hook` or `publish_hook` (`[gateway.hooks]`).
+    pub hooks: crate::hook::HookConfig,
 }
 
 impl Default for GatewayConfig {
@@ -118,6 +131,9 @@ impl Default for GatewayConfig {
             rate_limit_close_after: Duration::from_secs(10),
             max_data_depth: 32,
             demo: false,
+            refresh_warning: Duration::from_secs(30),
+            max_connections_per_user: 0,
+            hooks: Default::default(),
         }
     }
 }

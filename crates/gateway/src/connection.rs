@@ -29,8 +29,11 @@ use crate::auth::Identity;
 use crate::close::CloseReason;
 use crate::config::GatewayConfig;
 use crate::gateway::{ConnectionGuard, Shared};
+use crate::grants::{self, Grant};
 use crate::handshake::{self, Upgrade};
+use crate::hook::{self, Action};
 use crate::metrics::GatewayMetrics;
+use crate::policy;
 use crate::rate::{self, FrameRate, Verdict};
 use crate::recovery;
 use crate::registry::ConnHandle;
@@ -60,6 +63,8 @@ pub(crate) struct Connection {
     greeted: bool,
     /// The client's frame rate limit.
     rate: FrameRate,
+    /// Whether the connection counts against `gateway.max_connections_per_user`.
+    counted: bool,
     /// Counts the connection in the gauge while it exists.
     _open: ConnectionGuard,
 }
@@ -67,8 +72,11 @@ pub(crate) struct Connection {
 impl Drop for Connection {
     /// Leaves every channel and forgets the connection, however its task ended.
     fn drop(&mut self) {
-        let Session { shared, handle, subscriptions, info, .. } = &mut self.session;
+        let Session { shared, handle, subscriptions, info, identity, .. } = &mut self.session;
         shared.registry.unregister(handle.id);
+        if self.counted {
+            shared.registry.user_left(&identity.user);
+        }
         shared.metrics.subscriptions.dec_by(subscriptions.len() as i64);
         handle.writer.close();
         for channel in subscriptions.drain() {
@@ -92,12 +100,14 @@ impl Connection {
         };
         Self {
             greeted: false,
+            counted: false,
             rate: FrameRate::new(&rate_limit(&shared.config)),
             _open: shared.connection_opened(),
             session: Session {
                 info,
                 handle: ConnHandle::new(id, Arc::new(writer)),
                 subscriptions: HashSet::new(),
+                grants: Default::default(),
                 identity,
                 shared,
             },
@@ -149,10 +159,44 @@ impl Connection {
     /// theirs. `None` when the client is not connected (what was joined is left when `self`
     /// drops).
     pub(crate) async fn open(&mut self, mut stream: TcpStream, upgrade: Upgrade) -> Option<WebSocket> {
+        let max_per_user = self.session.shared.config.max_connections_per_user;
+        if max_per_user > 0 {
+            let user = &self.session.identity.user;
+            if !self.session.shared.registry.user_joined(user, max_per_user) {
+                self.session.shared.metrics.limit_hit("max_connections_per_user");
+                let message =
+                    format!("user {user} has {max_per_user} connections open on this gateway already");
+                handshake::refuse(&mut stream, ErrorCode::TooManyConnections, &message).await;
+                return None;
+            }
+            self.counted = true;
+        }
+        // The URL's channels go to the backend hook like `subscribe` frames, before anything is
+        // joined.
+        let (hooks, namespaces) = (self.session.shared.hooks.as_ref(), &self.session.shared.namespaces);
+        for channel in &upgrade.requested {
+            let user = &self.session.identity.user;
+            if let Err((code, message)) =
+                hook::check(hooks, namespaces, Action::Subscribe, user, channel).await
+            {
+                handshake::refuse(&mut stream, code, &message).await;
+                return None;
+            }
+        }
         let session = &mut self.session;
         let (id, writer) = (session.handle.id, session.handle.writer.clone());
         let config = &session.shared.config;
-        session.shared.registry.register(id, writer, session.identity.expires_at, config.ping_interval);
+        let expires_at = session.identity.expires_at;
+        session.shared.registry.register(id, writer, expires_at, config.ping_interval);
+        let now = herald_protocol::publication::now_millis() / 1000;
+        let warn = crate::refresh::warn_at(now, expires_at, config.refresh_warning);
+        session.shared.registry.set_expiry(id, expires_at, warn);
+        // The handshake let the URL's private channels through on the `channels` claim.
+        for channel in &upgrade.requested {
+            if policy::is_private(channel, &session.shared.namespaces) {
+                session.grants.insert(channel.clone(), Grant::claim());
+            }
+        }
         let personal = config.personal_channel.then(|| ChannelName::personal(&session.identity.user));
         let channels =
             personal.into_iter().chain([ChannelName::broadcast()]).chain(upgrade.requested.iter().cloned());
@@ -228,6 +272,7 @@ impl Connection {
                 biased;
                 reason = writer.closing() => return Exit::from(reason),
                 Err(_) = writer.drain(batch) => return Exit::Gone,
+                () = grants::timer(self.session.grants.next_due()) => self.session.expire_grants(),
                 msg = socket.next() => {
                     let Some(Ok(msg)) = msg else { return read_error(msg) };
                     writer.seen(self.session.shared.registry.now());

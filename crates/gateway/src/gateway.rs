@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) verifier: TokenVerifier,
     pub(crate) namespaces: Namespaces,
+    /// The backend hook, when `gateway.hooks.url` is set.
+    pub(crate) hooks: Option<crate::hook::Hooks>,
     /// The offline inbox: the history of personal channels.
     pub(crate) inbox: InboxConfig,
     /// Limits of history reads and idempotent publishing.
@@ -97,6 +99,8 @@ impl Gateway {
         let ChannelConfig { namespaces, inbox, history } = channels.into();
         config.validate()?;
         namespaces.validate()?;
+        config.hooks.validate(&namespaces)?;
+        let hooks = crate::hook::Hooks::new(&config.hooks)?;
         inbox.validate()?;
         history.validate()?;
         let verifier = TokenVerifier::new(auth)?;
@@ -111,6 +115,7 @@ impl Gateway {
             shared: Arc::new(Inner {
                 config,
                 verifier,
+                hooks,
                 namespaces,
                 inbox,
                 history,

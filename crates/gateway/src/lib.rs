@@ -32,8 +32,12 @@
 //!   gap's messages from the history.
 //! - `history`: the `history` and `ack` frames and a client's publish into a channel with
 //!   history (idempotency keys): who may, the broker call, the reply.
-//! - [`policy`]: who may subscribe and publish where. [`auth`]: connection tokens into an
-//!   [`auth::Identity`].
+//! - [`policy`]: who may subscribe and publish where, private namespaces included (`pattern`:
+//!   the `channels` claim's patterns); `grants`: a connection's grants to private channels
+//!   (the claim's, or subscription tokens with their own expiry). [`auth`]: connection tokens
+//!   into an [`auth::Identity`]; `refresh`: the `refresh` frame that replaces a connection's
+//!   token in-band, and the `refresh_due` warning before it expires. [`hook`]: the backend
+//!   hook asked about subscriptions and publishes where a namespace says so.
 //! - [`metrics`]: Prometheus metrics at `/metrics`; `canary` keeps `/readyz` honest by sending
 //!   a message through the broker to itself.
 //! - [`gateway`]: the [`Gateway`] handle that holds it all; building one starts nothing.
@@ -52,17 +56,21 @@ mod connection;
 mod demo;
 mod fanout;
 pub mod gateway;
+mod grants;
 pub mod handshake;
 mod heartbeat;
 mod history;
+pub mod hook;
 pub mod http;
 pub mod hub;
 mod lifecycle;
 pub mod metrics;
+mod pattern;
 pub mod policy;
 mod queue;
 mod rate;
 mod recovery;
+mod refresh;
 pub mod registry;
 mod repair;
 mod requests;

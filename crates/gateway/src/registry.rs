@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_protocol::UserId;
 use herald_protocol::support::shrink;
 use rand::seq::SliceRandom;
 
@@ -75,6 +76,9 @@ pub(crate) struct Registry {
     pub(crate) clock: Clock,
     /// Set once the drain started: connections registering later are closed at once.
     draining: AtomicBool,
+    /// Open connections per user, kept only with `gateway.max_connections_per_user`; an entry
+    /// goes when its user's last connection does, so it holds users connected now.
+    per_user: Mutex<HashMap<UserId, usize>>,
 }
 
 /// What the registry keeps of a connection.
@@ -84,6 +88,9 @@ pub(crate) struct Entry {
     pub(crate) expires_at: Option<u64>,
     /// When the next ping is due, on the registry's clock.
     pub(crate) next_ping: u64,
+    /// When the client is told to refresh its token (`refresh_due`), seconds since the Unix
+    /// epoch; `None` once told, or for a token without `exp`.
+    pub(crate) warn_at: Option<u64>,
 }
 
 impl Registry {
@@ -92,6 +99,7 @@ impl Registry {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             clock: Clock::new(),
             draining: AtomicBool::new(false),
+            per_user: Mutex::default(),
         }
     }
 
@@ -118,11 +126,44 @@ impl Registry {
         self.shard(id)
             .lock()
             .expect("registry lock poisoned")
-            .insert(id, Entry { writer: writer.clone(), expires_at, next_ping });
+            .insert(id, Entry { writer: writer.clone(), expires_at, next_ping, warn_at: None });
         // Checked after the insert: the drain sets the flag before it collects connections,
         // so a connection is either collected or sees the flag.
         if self.draining.load(Ordering::SeqCst) {
             writer.request_close(CloseReason::ShuttingDown);
+        }
+    }
+
+    /// Puts connection `id` on a new token's expiry (`None`: it does not expire), to be
+    /// warned at `warn_at` (see [`crate::refresh::warn_at`]).
+    pub(crate) fn set_expiry(&self, id: ConnId, expires_at: Option<u64>, warn_at: Option<u64>) {
+        if let Some(entry) = self.shard(id).lock().expect("registry lock poisoned").get_mut(&id) {
+            entry.expires_at = expires_at;
+            entry.warn_at = warn_at;
+        }
+    }
+
+    /// Counts one more connection of `user`, unless it has `max` already: `false` then.
+    /// Every `true` is paired with one [`Registry::user_left`].
+    pub(crate) fn user_joined(&self, user: &UserId, max: usize) -> bool {
+        let mut per_user = self.per_user.lock().expect("registry lock poisoned");
+        let open = per_user.entry(user.clone()).or_default();
+        if *open >= max {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    /// One connection of `user` counted by [`Registry::user_joined`] ended.
+    pub(crate) fn user_left(&self, user: &UserId) {
+        let mut per_user = self.per_user.lock().expect("registry lock poisoned");
+        if let Some(open) = per_user.get_mut(user) {
+            *open -= 1;
+            if *open == 0 {
+                per_user.remove(user);
+                shrink(&mut per_user);
+            }
         }
     }
 
@@ -160,6 +201,22 @@ mod tests {
     use std::hash::BuildHasher;
 
     use super::*;
+
+    /// A user is held to the limit, and its count goes with its last connection.
+    #[test]
+    fn connections_per_user_are_capped_and_forgotten() {
+        let registry = Registry::new();
+        let (alice, bob) = (UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap());
+        assert!(registry.user_joined(&alice, 2) && registry.user_joined(&alice, 2));
+        assert!(!registry.user_joined(&alice, 2), "a third is refused");
+        assert!(registry.user_joined(&bob, 2), "others are not held to alice's count");
+        registry.user_left(&alice);
+        assert!(registry.user_joined(&alice, 2));
+        for user in [&alice, &alice, &bob] {
+            registry.user_left(user);
+        }
+        assert!(registry.per_user.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn consecutive_conn_ids_land_in_distinct_buckets_with_mixed_tags() {

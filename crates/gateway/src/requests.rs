@@ -1,6 +1,7 @@
 //! A connection's requests: the client frames after `connected` (`subscribe`, `unsubscribe`,
-//! `publish`, `presence`, `history`, `ack`, `ping`), each checked (by `policy`, the limits, the
-//! history settings) and answered with its reply or an `error` frame.
+//! `publish`, `presence`, `history`, `ack`, `ping`, and the token frames `refresh`
+//! (`crate::refresh`) and `subscribe_refresh` (`crate::grants`)), each checked (by `policy`,
+//! the limits, the history settings) and answered with its reply or an `error` frame.
 //!
 //! [`Session`] is what they act on: who the client is and the channels it is in. The
 //! connection (`crate::connection`) owns it, joins the channels of the URL through it at
@@ -17,7 +18,9 @@ use serde_json::value::RawValue;
 
 use crate::auth::Identity;
 use crate::gateway::Shared;
+use crate::grants::{Grant, Grants};
 use crate::history;
+use crate::hook::{self, Action};
 use crate::policy;
 use crate::recovery::{Recovered, unread};
 use crate::registry::ConnHandle;
@@ -33,12 +36,15 @@ pub(crate) struct Session {
     pub(crate) handle: ConnHandle,
     /// Every channel this connection is in, the server-managed ones included.
     pub(crate) subscriptions: HashSet<ChannelName>,
+    /// How each subscribed channel of a private namespace was granted.
+    pub(crate) grants: Grants,
 }
 
 /// How a subscription was answered.
 enum Subscribed {
-    /// With a plain `subscribed` reply, still to be sent.
-    Reply,
+    /// With a plain `subscribed` reply, still to be sent; with the subscription token's
+    /// expiry, if it has one.
+    Reply(Option<u64>),
     /// Written already, with the recovered messages after it.
     Written,
 }
@@ -59,18 +65,28 @@ impl Session {
         };
         Some(match frame {
             ClientFrame::Ping { id } => ServerFrame::Pong { id: id.as_ref() }.to_json(),
-            ClientFrame::Subscribe { id, channel, since } => {
-                match self.subscribe(id.as_ref(), &channel, since.as_ref()).await {
-                    Ok(Subscribed::Reply) => {
-                        ServerFrame::Subscribed { id: id.as_ref(), channel: &channel, state: None }.to_json()
+            ClientFrame::Subscribe { id, channel, since, token } => {
+                match self.subscribe(id.as_ref(), &channel, since.as_ref(), token.as_deref()).await {
+                    Ok(Subscribed::Reply(expires_at)) => ServerFrame::Subscribed {
+                        id: id.as_ref(),
+                        channel: &channel,
+                        state: None,
+                        expires_at,
                     }
+                    .to_json(),
                     // Written with the recovered messages, before anything live.
                     Ok(Subscribed::Written) => return None,
                     Err((code, message)) => error_frame(id.as_ref(), code, &message),
                 }
             }
+            ClientFrame::SubscribeRefresh { id, channel, token } => {
+                self.subscribe_refresh(id.as_ref(), &channel, &token)
+            }
+            ClientFrame::Refresh { id, token } => self.refresh(id.as_ref(), &token),
             ClientFrame::Unsubscribe { id, channel } => match self.unsubscribe(&channel) {
-                Ok(()) => ServerFrame::Unsubscribed { id: id.as_ref(), channel: &channel }.to_json(),
+                Ok(()) => {
+                    ServerFrame::Unsubscribed { id: id.as_ref(), channel: &channel, reason: None }.to_json()
+                }
                 Err((code, message)) => error_frame(id.as_ref(), code, &message),
             },
             ClientFrame::Presence { id, channel } => match self.presence(&channel).await {
@@ -130,9 +146,11 @@ impl Session {
         id: Option<&RequestId>,
         channel: &ChannelName,
         since: Option<&Since>,
+        token: Option<&str>,
     ) -> Result<Subscribed, policy::Denied> {
+        let grant = self.grant_for(channel, token)?;
+        let expires_at = grant.as_ref().and_then(Grant::expires_at);
         let config = &self.shared.config;
-        policy::can_subscribe(&self.identity, channel, &self.shared.namespaces, config.personal_channel)?;
         if self.subscriptions.contains(channel) {
             return Err((ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
         }
@@ -143,20 +161,29 @@ impl Session {
             let max = config.max_subscriptions;
             return Err((ErrorCode::LimitExceeded, format!("at most {max} subscriptions per connection")));
         }
+        // Asked last: a call to the application costs more than every other check.
+        let (hooks, namespaces) = (self.shared.hooks.as_ref(), &self.shared.namespaces);
+        hook::check(hooks, namespaces, Action::Subscribe, &self.identity.user, channel).await?;
         let Some(history) = self.shared.namespaces.history(channel, &self.shared.inbox) else {
             if since.is_some() {
                 return Err((ErrorCode::NoHistory, format!("{channel} keeps no history to resume from")));
             }
             self.join(channel.clone()).await.map_err(|e| unconfirmed(channel, &e))?;
             self.shared.observer.subscribed(&self.info, channel);
-            return Ok(Subscribed::Reply);
+            if let Some(grant) = grant {
+                self.grants.insert(channel.clone(), grant);
+            }
+            return Ok(Subscribed::Reply(expires_at));
         };
         if matches!(since, Some(Since::Acked)) && !matches!(channel.kind(), ChannelKind::Personal(_)) {
             let message = "`since: \"acked\"` is for the personal channel only";
             return Err((ErrorCode::MalformedFrame, message.into()));
         }
-        self.recover(id, channel, since, history).await?;
+        self.recover(id, channel, since, history, expires_at).await?;
         self.shared.observer.subscribed(&self.info, channel);
+        if let Some(grant) = grant {
+            self.grants.insert(channel.clone(), grant);
+        }
         Ok(Subscribed::Written)
     }
 
@@ -169,6 +196,7 @@ impl Session {
         channel: &ChannelName,
         since: Option<&Since>,
         history: ChannelHistory,
+        expires_at: Option<u64>,
     ) -> Result<(), policy::Denied> {
         let confirmation = self.enter_recovering(channel.clone(), history);
         let ticket = self.shared.reads.ticket();
@@ -186,7 +214,7 @@ impl Session {
                 }
             };
         let state = read.state();
-        let reply = ServerFrame::Subscribed { id, channel, state: Some(&state) }.to_json();
+        let reply = ServerFrame::Subscribed { id, channel, state: Some(&state), expires_at }.to_json();
         let top = (read.top.offset, read.top.epoch.as_str());
         // `false`: the connection is closing (a slow consumer); its task sees that next.
         let _ = self.shared.hub.finish_recovery(
@@ -266,6 +294,7 @@ impl Session {
         if !self.subscriptions.remove(channel) {
             return Err((ErrorCode::NotSubscribed, format!("not subscribed to {channel}")));
         }
+        self.grants.remove(channel);
         self.shared.metrics.subscriptions.dec();
         self.shared.hub.leave(channel, self.handle.id);
         self.shared.observer.unsubscribed(&self.info, channel);
@@ -274,7 +303,7 @@ impl Session {
 
     /// The members of a channel the client is in, from presence.
     async fn presence(&self, channel: &ChannelName) -> Result<Box<RawValue>, policy::Denied> {
-        policy::can_query_presence(channel, &self.shared.namespaces)?;
+        policy::can_query_presence(channel, &self.shared.namespaces, self.grants.contains(channel))?;
         if !self.subscriptions.contains(channel) {
             return Err((ErrorCode::NotSubscribed, format!("subscribe to {channel} to see its members")));
         }
@@ -291,7 +320,10 @@ impl Session {
         event: Option<&str>,
         idempotency_key: Option<&str>,
     ) -> Result<history::Published, policy::Denied> {
-        policy::can_publish(&self.identity, channel, &self.shared.namespaces)?;
+        let token_grant = self.grants.holds_token(channel);
+        policy::can_publish(&self.identity, channel, &self.shared.namespaces, token_grant)?;
+        let (hooks, namespaces) = (self.shared.hooks.as_ref(), &self.shared.namespaces);
+        hook::check(hooks, namespaces, Action::Publish, &self.identity.user, channel).await?;
         let max_depth = self.shared.config.max_data_depth;
         if herald_protocol::frame::json_depth(data.get()) > max_depth {
             self.shared.metrics.limit_hit("max_data_depth");

@@ -1,6 +1,6 @@
-//! One task per gateway keeps time for every connection: it sends pings, closes
-//! connections whose client went silent or whose token expired, and spreads the closes of a
-//! drain over `gateway.drain_window`.
+//! One task per gateway keeps time for every connection: it sends pings, warns clients whose
+//! token is about to expire (`refresh_due`), closes connections whose client went silent or
+//! whose token expired, and spreads the closes of a drain over `gateway.drain_window`.
 //!
 //! Connections hold no timers of their own. Three timers per connection (heartbeat, token
 //! expiry, drain) cost a few hundred bytes each and a poll on every wake-up, which in a
@@ -26,6 +26,13 @@ fn tick(registry: &Registry, config: &GatewayConfig) {
     registry.for_each(|entry| {
         if entry.expires_at.is_some_and(|exp| exp <= unix) {
             entry.writer.request_close(CloseReason::TokenExpired);
+        } else if entry.warn_at.is_some_and(|warn| warn <= unix)
+            && let Some(expires_at) = entry.expires_at
+        {
+            entry.warn_at = None;
+            // Refused only when the connection is closing or its queue is full (then it is
+            // closed as a slow consumer): either way nobody is left to warn.
+            let _ = entry.writer.push_control(crate::refresh::due_frame(expires_at));
         } else if now.saturating_sub(entry.writer.last_seen()) > pong_timeout {
             entry.writer.request_close(CloseReason::HeartbeatTimeout);
         } else if now >= entry.next_ping {
@@ -119,6 +126,28 @@ mod tests {
         assert_eq!(close_reason(&talker), None, "the talker was seen within pong_timeout");
         registry.unregister(2);
         assert_eq!(registry.len(), 2);
+    }
+
+    /// A connection is warned once, when its warning is due, and still closed at `exp`.
+    #[test]
+    fn refresh_warnings_come_once_before_the_close() {
+        let config = config(60_000, 120_000);
+        let registry = Registry::new();
+        let (due, later) = (queue(), queue());
+        let unix = herald_protocol::publication::now_millis() / 1000;
+        registry.register(1, due.clone(), None, config.ping_interval);
+        registry.register(2, later.clone(), None, config.ping_interval);
+        registry.set_expiry(1, Some(unix + 100), Some(unix));
+        registry.set_expiry(2, Some(unix + 100), Some(unix + 50));
+        tick(&registry, &config);
+        tick(&registry, &config);
+        let warning = crate::refresh::due_frame(unix + 100);
+        assert_eq!(due.pop(), Some(warning));
+        assert_eq!(due.pop(), None, "warned once");
+        assert_eq!(later.pop(), None, "not due yet");
+        registry.set_expiry(1, Some(unix), None);
+        tick(&registry, &config);
+        assert_eq!(close_reason(&due), Some(CloseReason::TokenExpired));
     }
 
     #[tokio::test]

@@ -38,6 +38,16 @@ pub enum ErrorCode {
     Unauthorized,
     /// The connection token has expired.
     TokenExpired,
+    /// A `refresh` token names another user than the connection's: the connection stays on
+    /// its old token.
+    UserMismatch,
+    /// A subscription token is missing where a private namespace needs one, or is invalid:
+    /// malformed, wrongly signed, for another user or another channel.
+    InvalidSubscriptionToken,
+    /// A subscription token has expired.
+    SubscriptionExpired,
+    /// The user has `gateway.max_connections_per_user` connections open on this gateway.
+    TooManyConnections,
     /// The broker (Redis) cannot be reached; nothing was published. Safe to retry.
     Unavailable,
     /// The publish went out to the broker and no answer came in time: it may or may not have
@@ -94,7 +104,7 @@ impl CloseCode {
 
 impl ErrorCode {
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::MalformedFrame,
         Self::UnknownType,
         Self::InvalidChannel,
@@ -108,6 +118,10 @@ impl ErrorCode {
         Self::RateLimited,
         Self::Unauthorized,
         Self::TokenExpired,
+        Self::UserMismatch,
+        Self::InvalidSubscriptionToken,
+        Self::SubscriptionExpired,
+        Self::TooManyConnections,
         Self::Unavailable,
         Self::OutcomeUnknown,
         Self::NoHistory,
@@ -135,6 +149,10 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Unauthorized => "unauthorized",
             Self::TokenExpired => "token_expired",
+            Self::UserMismatch => "user_mismatch",
+            Self::InvalidSubscriptionToken => "invalid_subscription_token",
+            Self::SubscriptionExpired => "subscription_expired",
+            Self::TooManyConnections => "too_many_connections",
             Self::Unavailable => "unavailable",
             Self::OutcomeUnknown => "outcome_unknown",
             Self::NoHistory => "no_history",
@@ -154,7 +172,9 @@ impl ErrorCode {
             Self::InvalidChannel | Self::UnknownChannel | Self::NoHistory => 422,
             Self::Unrecoverable => 410,
             Self::AlreadySubscribed | Self::NotSubscribed => 409,
-            Self::Forbidden => 403,
+            Self::Forbidden | Self::UserMismatch | Self::InvalidSubscriptionToken => 403,
+            Self::SubscriptionExpired => 401,
+            Self::TooManyConnections => 429,
             Self::MessageTooLarge | Self::BatchTooLarge => 413,
             Self::LimitExceeded | Self::RateLimited => 429,
             Self::Unauthorized | Self::TokenExpired => 401,
@@ -181,7 +201,9 @@ impl ErrorCode {
         match self {
             Self::MalformedFrame | Self::UnknownType | Self::InvalidChannel => INVALID_ARGUMENT,
             Self::UnknownChannel => NOT_FOUND,
-            Self::Forbidden => PERMISSION_DENIED,
+            Self::Forbidden | Self::UserMismatch | Self::InvalidSubscriptionToken => PERMISSION_DENIED,
+            Self::SubscriptionExpired => UNAUTHENTICATED,
+            Self::TooManyConnections => RESOURCE_EXHAUSTED,
             Self::AlreadySubscribed => ALREADY_EXISTS,
             Self::NotSubscribed | Self::NoHistory => FAILED_PRECONDITION,
             Self::Unrecoverable => OUT_OF_RANGE,

@@ -27,6 +27,15 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub struct NamespaceConfig {
     /// Authenticated clients may subscribe to its channels.
     pub subscribe: bool,
+    /// Only clients granted a channel may subscribe to it, publish into it (with `publish`)
+    /// or read its members: through the connection token's `channels` claim (names or
+    /// patterns), or a subscription token in the `subscribe` frame. See `docs/protocol.md`,
+    /// Private namespaces.
+    pub private: bool,
+    /// Each subscription is also put to the backend hook (`gateway.hooks`).
+    pub subscribe_hook: bool,
+    /// Each client publish is also put to the backend hook (`gateway.hooks`).
+    pub publish_hook: bool,
     /// Clients may publish into its channels over their WebSocket (chat rooms). Messages carry
     /// the sender in `from`. Off unless configured: backends publish through the publisher API.
     pub publish: bool,
@@ -51,6 +60,9 @@ impl Default for NamespaceConfig {
     fn default() -> Self {
         Self {
             subscribe: true,
+            private: false,
+            subscribe_hook: false,
+            publish_hook: false,
             publish: false,
             presence: true,
             join_leave: false,

@@ -106,7 +106,10 @@ fn decoded(frame: ClientFrame) -> Parts {
         ClientFrame::Publish { id, channel, data, event, .. } => {
             Parts { data: Some(data.get().to_string()), event, ..bare("publish", id, channel) }
         }
-        ClientFrame::History { .. } | ClientFrame::Ack { .. } => unreachable!("not generated"),
+        ClientFrame::History { .. }
+        | ClientFrame::Ack { .. }
+        | ClientFrame::Refresh { .. }
+        | ClientFrame::SubscribeRefresh { .. } => unreachable!("not generated"),
     }
 }
 
@@ -204,11 +207,11 @@ fn server_round_trip(p: &ServerParts) -> (String, Read) {
             },
         ),
         1 => (
-            ServerFrame::Subscribed { id, channel: &p.channel, state: None },
+            ServerFrame::Subscribed { id, channel: &p.channel, state: None, expires_at: None },
             Read::Subscribed { id: p.id.clone(), channel: p.channel.to_string() },
         ),
         2 => (
-            ServerFrame::Unsubscribed { id, channel: &p.channel },
+            ServerFrame::Unsubscribed { id, channel: &p.channel, reason: None },
             Read::Unsubscribed { id: p.id.clone(), channel: p.channel.to_string() },
         ),
         3 => (

@@ -13,7 +13,8 @@
 //!   observability, configuration, hostile clients, the standalone mode, presence, history
 //!   reads and idempotent publishes (client and publisher API), the offline inbox, recovery of
 //!   channels with history, the local cluster script, and what a process logs about its life
-//!   (`lifecycle_logs`).
+//!   (`lifecycle_logs`), in-band token refresh (`refresh`, whose token helpers `permissions`
+//!   shares), who may subscribe and publish where (`permissions`), and the backend hook (`hooks`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -27,11 +28,13 @@ mod config;
 mod delivery;
 mod drain;
 mod history_frames;
+mod hooks;
 mod hostile_clients;
 mod inbox;
 mod lifecycle_logs;
 mod local_cluster;
 mod observability;
+mod permissions;
 mod presence_api;
 mod presence_cluster;
 mod presence_kill;
@@ -39,5 +42,6 @@ mod presence_standalone;
 mod publisher_history;
 mod recovery;
 mod redis_outage;
+mod refresh;
 mod slow_consumer;
 mod standalone;
