@@ -25,6 +25,21 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 /// A readiness probe: `true` while the server can do its work (its Redis answers).
 pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
+/// A [`Probe`] that runs `probe` on `state` (the role's shared state) and reports whether it
+/// succeeded.
+pub fn probe<T, F, Fut, E>(state: Arc<T>, probe: F) -> Probe
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+{
+    let probe = Arc::new(probe);
+    Arc::new(move || {
+        let (state, probe) = (state.clone(), probe.clone());
+        Box::pin(async move { probe(state).await.is_ok() })
+    })
+}
+
 /// A probe that has not answered in this long counts as not serving, as a `/readyz` that
 /// does not answer within a Kubernetes probe's timeout does.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);

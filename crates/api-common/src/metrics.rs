@@ -60,6 +60,13 @@ pub fn response(format: Format, body: String) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))], body).into_response()
 }
 
+/// `GET /metrics`: the format the `Accept` header in `headers` asks for, the body `encode`
+/// writes in it.
+pub fn respond(headers: &HeaderMap, encode: impl FnOnce(Format) -> String) -> Response {
+    let format = Format::from_accept(headers);
+    response(format, encode(format))
+}
+
 /// The labels of `herald_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {

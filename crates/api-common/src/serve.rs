@@ -18,6 +18,33 @@ use crate::lifecycle::{Counted, CountingListener};
 /// How often a drain says how many connections it has left.
 const DRAIN_PROGRESS: Duration = Duration::from_secs(1);
 
+/// Serves a role's API: `http` on its listener, and on the gRPC listener the `grpc` service
+/// with health (following `readiness`) and reflection over `descriptor` beside it
+/// ([`crate::grpc::routes`]), through [`serve_http_and_grpc`].
+pub async fn serve_api<S>(
+    service: &'static str,
+    http: (TcpListener, Router),
+    (grpc_listener, grpc, descriptor): (TcpListener, S, &'static [u8]),
+    readiness: Probe,
+    stop: CancellationToken,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
+    let routes = crate::grpc::routes(grpc, descriptor, readiness.clone());
+    serve_http_and_grpc(service, http, (grpc_listener, routes), readiness, stop, shutdown).await
+}
+
 /// Serves `http` on the first listener and `grpc` on the second until `shutdown` resolves or
 /// `stop` is cancelled; `service` (`publisher-api`, `presence`) labels the logs.
 /// `readiness` is probed once at start, so that `ready`, or `not ready` and why, is logged

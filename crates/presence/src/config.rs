@@ -182,13 +182,7 @@ impl PresenceConfig {
                 format!("{endpoint:?} must be an http:// or https:// URL"),
             ));
         }
-        if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
-            return Err(ConfigError::new(
-                "presence.grpc_listen",
-                format!("{} is already presence.http_listen; they need different ports", self.grpc_listen),
-            ));
-        }
-        Ok(())
+        herald_api_common::config::distinct_listeners("presence", self.http_listen, self.grpc_listen)
     }
 }
 

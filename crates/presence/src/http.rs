@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use herald_api_common::metrics::Format;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -31,7 +30,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/presence/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_api_key));
     Router::new()
-        .route("/livez", get(livez))
+        .route("/livez", get(herald_api_common::probes::livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
@@ -53,8 +52,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
     if let Ok(stats) = shared.service.store().stats().await {
         metrics.set_state(&stats);
     }
-    let format = Format::from_accept(&headers);
-    herald_api_common::metrics::response(format, metrics.encode_as(format))
+    herald_api_common::metrics::respond(&headers, |format| metrics.encode_as(format))
 }
 
 #[derive(Deserialize)]
@@ -146,19 +144,7 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Result<Json<Stats>, ApiErro
     Ok(Json(shared.service.stats().await?))
 }
 
-#[derive(Serialize)]
-struct Status {
-    status: &'static str,
-}
-
-async fn livez() -> Json<Status> {
-    Json(Status { status: "live" })
-}
-
 /// Ready while the store answers.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.probe().await {
-        Ok(()) => Json(Status { status: "ready" }).into_response(),
-        Err(e) => e.into_response(),
-    }
+    herald_api_common::probes::readyz(shared.probe().await)
 }

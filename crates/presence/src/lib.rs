@@ -119,10 +119,6 @@ impl PresenceApi {
     /// Whether the store answers a ping, as `GET /readyz` asks; what gRPC health reports.
     /// Changes are logged.
     pub fn readiness(&self) -> herald_api_common::grpc::Probe {
-        let shared = self.shared.clone();
-        Arc::new(move || {
-            let shared = shared.clone();
-            Box::pin(async move { shared.probe().await.is_ok() })
-        })
+        herald_api_common::grpc::probe(self.shared.clone(), |shared| async move { shared.probe().await })
     }
 }

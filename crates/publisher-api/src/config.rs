@@ -117,13 +117,7 @@ impl PublisherConfig {
                 ),
             ));
         }
-        if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
-            return Err(ConfigError::new(
-                "publisher.grpc_listen",
-                format!("{} is already publisher.http_listen; they need different ports", self.grpc_listen),
-            ));
-        }
-        Ok(())
+        herald_api_common::config::distinct_listeners("publisher", self.http_listen, self.grpc_listen)
     }
 }
 

@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
-use herald_api_common::metrics::Format;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -42,7 +41,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
     let v1 = v1.layer(middleware::from_fn_with_state(shared.clone(), observe));
     Router::new()
-        .route("/livez", get(livez))
+        .route("/livez", get(herald_api_common::probes::livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
@@ -51,8 +50,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 
 /// `GET /metrics`, in the format the `Accept` header asks for.
 async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
-    let format = Format::from_accept(&headers);
-    herald_api_common::metrics::response(format, shared.metrics.encode_as(format))
+    herald_api_common::metrics::respond(&headers, |format| shared.metrics.encode_as(format))
 }
 
 /// Gives every `/v1` request an id (the caller's `x-request-id`, or a new one) that its log
@@ -247,11 +245,6 @@ struct InboxHead<'a> {
     unread: u64,
 }
 
-#[derive(Serialize)]
-struct Status {
-    status: &'static str,
-}
-
 async fn publish(
     State(shared): State<Arc<Shared>>,
     Extension(key): Extension<Option<KeyId>>,
@@ -398,18 +391,9 @@ fn with_publications(head: &impl Serialize, publications: &[herald_broker::Histo
     ([(header::CONTENT_TYPE, "application/json")], body.freeze()).into_response()
 }
 
-/// Liveness: the process answers. Says nothing about the broker, so an orchestrator does not
-/// restart healthy publishers while Redis is down.
-async fn livez() -> Json<Status> {
-    Json(Status { status: "live" })
-}
-
 /// Readiness: the broker accepts commands, so publishing would work right now.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.probe().await {
-        Ok(()) => Json(Status { status: "ready" }).into_response(),
-        Err(e) => ApiError::Unavailable(e).into_response(),
-    }
+    herald_api_common::probes::readyz(shared.probe().await.map_err(ApiError::Unavailable))
 }
 
 /// The body, or our JSON error instead of axum's plain-text rejection. `limit` is the route's
