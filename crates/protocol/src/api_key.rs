@@ -259,7 +259,8 @@ impl ApiKeys {
             let grant = Grant { name: key.name.as_str().into(), operations, namespaces };
             entries.push(Entry { hash, grant: Arc::new(grant) });
         }
-        for (i, entry) in entries.iter().enumerate() {
+        // Scoped keys only: a repeated key in the flat list was always accepted, and harmless.
+        for (i, entry) in entries.iter().enumerate().skip(legacy.len()) {
             if let Some(other) = entries[..i].iter().find(|e| e.hash == entry.hash) {
                 return Err(ConfigError::new(
                     format!("{section}.keys"),
@@ -268,6 +269,11 @@ impl ApiKeys {
             }
         }
         Ok(Self { keys: entries.into() })
+    }
+
+    /// The names of the keys, in configuration order (flat list first).
+    pub fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.keys.iter().map(|e| &e.grant.name)
     }
 
     /// Whether there is no key at all (every request would be refused).

@@ -96,13 +96,18 @@ impl PublisherApi {
         history: HistoryConfig,
         broker: Arc<dyn Broker>,
     ) -> Self {
-        let limits = limits::Limits::new(&config);
+        // A configuration that did not pass `validate` accepts no key rather than some.
+        let keys = config.api_keys().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "invalid API keys; every request will be refused");
+            herald_api_common::auth::ApiKeys::new(&[])
+        });
+        let limits = limits::Limits::new(&config, &keys);
         let sizes = service::Sizes { max_message_size: config.max_message_size, max_batch: config.max_batch };
         let service = service::Service::new(namespaces, inbox, history, broker, sizes);
         let metrics = metrics::PublisherMetrics::new(service.messages_counter());
         let shared = Shared {
             service,
-            keys: herald_api_common::auth::ApiKeys::new(&config.api_keys),
+            keys,
             limits,
             metrics,
             readiness: herald_api_common::ReadinessLog::new("publisher-api"),

@@ -5,6 +5,7 @@ mod grpc;
 mod helpers;
 mod history;
 mod http;
+mod keys;
 mod limits;
 mod load;
 mod ops;
