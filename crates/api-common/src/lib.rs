@@ -12,6 +12,8 @@
 //! - [`grpc`]: health (following readiness) and reflection, added to each gRPC server.
 //! - [`probes`]: `/livez` and `/readyz`; [`config`]: checks of settings both APIs have.
 //! - `testing` (feature `testing`): promtool, health and reflection checks for tests.
+//! - [`tls`]: a rustls server config from PEM files, reloaded, optionally mutual; `secure`:
+//!   the listeners over it.
 //! - [`serve_api`] and [`serve_http_and_grpc`]: both listeners served together until shutdown, the drain
 //!   logged; [`lifecycle`]: readiness changes in the logs, and the connection count a drain
 //!   reports.
@@ -28,6 +30,7 @@ pub mod metrics;
 pub mod probes;
 #[cfg(target_os = "linux")]
 mod process;
+mod secure;
 mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;

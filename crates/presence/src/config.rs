@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::store::Timings;
 
+pub use herald_api_common::tls::TlsConfig;
 pub use herald_protocol::api_key::{KeyConfig, MIN_API_KEY_LEN};
 
 /// Settings of presence.
@@ -29,6 +30,10 @@ pub struct PresenceConfig {
     /// operations (`presence_read`, `presence_report`) and namespaces, and configurable by
     /// their SHA-256.
     pub keys: Vec<KeyConfig>,
+    /// TLS on both listeners of the presence role (`[presence.tls]`); with `client_ca`, mutual
+    /// TLS. Gateways do not present client certificates: a role with `client_ca` serves
+    /// backends' queries, not gateways' reports.
+    pub tls: Option<TlsConfig>,
     /// The presence role's gRPC address as gateways reach it (`http://presence:8084`). Without
     /// it a `herald gateway` runs without presence.
     pub endpoint: Option<String>,
@@ -78,6 +83,7 @@ impl Default for PresenceConfig {
             grpc_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8084)),
             api_keys: Vec::new(),
             keys: Vec::new(),
+            tls: None,
             endpoint: None,
             ttl: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(3),
@@ -183,6 +189,9 @@ impl PresenceConfig {
             ));
         }
         herald_protocol::ApiKeys::from_config("presence", &self.api_keys, &self.keys)?;
+        if let Some(tls) = &self.tls {
+            herald_api_common::tls::server_config(tls).map_err(|e| e.config_error("presence.tls", tls))?;
+        }
         if let Some(endpoint) = &self.endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {

@@ -26,6 +26,7 @@ pub async fn serve(
         "presence",
         (http, api.http_router()),
         (grpc, api.grpc_service(), crate::pb::FILE_DESCRIPTOR_SET),
+        api.service().config().tls.as_ref(),
         api.readiness(),
         stop,
         shutdown,

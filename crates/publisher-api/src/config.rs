@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use herald_protocol::ConfigError;
 use serde::Deserialize;
 
+pub use herald_api_common::tls::TlsConfig;
 pub use herald_protocol::api_key::{KeyConfig, MIN_API_KEY_LEN};
 
 /// Settings of the publisher API.
@@ -24,6 +25,9 @@ pub struct PublisherConfig {
     /// Scoped keys (`[[publisher.keys]]`): each named, limited to some operations and
     /// namespaces, and configurable by its SHA-256. Accepted beside `api_keys`.
     pub keys: Vec<KeyConfig>,
+    /// TLS on both listeners (`[publisher.tls]`); with `client_ca`, mutual TLS: only clients
+    /// with a certificate from that CA can connect at all.
+    pub tls: Option<TlsConfig>,
     /// Largest `data` of one message, in bytes of JSON text. It bounds what every subscriber's
     /// socket and queue must carry per message.
     pub max_message_size: usize,
@@ -53,6 +57,7 @@ impl Default for PublisherConfig {
             grpc_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8082)),
             api_keys: Vec::new(),
             keys: Vec::new(),
+            tls: None,
             max_message_size: 64 * 1024,
             max_batch: 1000,
             max_batch_body_size: 16 * 1024 * 1024,
@@ -78,6 +83,9 @@ impl PublisherConfig {
             return Err(ConfigError::new("publisher.api_keys", "at least one key is required"));
         }
         self.api_keys()?;
+        if let Some(tls) = &self.tls {
+            herald_api_common::tls::server_config(tls).map_err(|e| e.config_error("publisher.tls", tls))?;
+        }
         if self.max_message_size == 0 {
             return Err(ConfigError::new("publisher.max_message_size", "must be greater than 0"));
         }

@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     metrics: metrics::PublisherMetrics,
     /// Logs readiness changes seen by `/readyz` and gRPC health.
     readiness: herald_api_common::ReadinessLog,
+    /// TLS of both listeners, when configured.
+    tls: Option<herald_api_common::tls::TlsConfig>,
 }
 
 impl Shared {
@@ -111,6 +113,7 @@ impl PublisherApi {
             limits,
             metrics,
             readiness: herald_api_common::ReadinessLog::new("publisher-api"),
+            tls: config.tls.clone(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -136,6 +139,11 @@ impl PublisherApi {
     /// Changes are logged.
     pub fn readiness(&self) -> herald_api_common::grpc::Probe {
         herald_api_common::grpc::probe(self.shared.clone(), |shared| async move { shared.probe().await })
+    }
+
+    /// TLS of [`serve`]'s listeners (`publisher.tls`), if any.
+    pub fn tls(&self) -> Option<&herald_api_common::tls::TlsConfig> {
+        self.shared.tls.as_ref()
     }
 
     /// The broker engine's name, for logs.

@@ -27,6 +27,7 @@ pub async fn serve(
         "publisher-api",
         (http, api.http_router()),
         (grpc, api.grpc_service(), crate::pb::FILE_DESCRIPTOR_SET),
+        api.tls(),
         api.readiness(),
         CancellationToken::new(),
         shutdown,

@@ -8,6 +8,7 @@ mod http;
 mod keys;
 mod limits;
 mod load;
+mod mtls;
 mod ops;
 mod outage;
 mod shutdown;
