@@ -118,21 +118,40 @@ impl Health for ReadinessHealth {
     }
 }
 
+/// A role's gRPC service as tonic serves it (the generated server, behind its interceptors).
+pub trait GrpcApi:
+    Service<
+        http::Request<tonic::body::Body>,
+        Error = Infallible,
+        Response: axum::response::IntoResponse,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcApi for S where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Error = Infallible,
+            Response: axum::response::IntoResponse,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The routes of a gRPC server: `service` (the role's API), and beside it health for the
 /// empty name and the service's name, following `probe`, and reflection v1 and v1alpha over
 /// `descriptor` (the encoded `FileDescriptorSet` of the service's proto; health's and
 /// reflection's own are added here).
-pub fn routes<S>(service: S, descriptor: &'static [u8], probe: Probe) -> Routes
-where
-    S: Service<http::Request<tonic::body::Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
+pub fn routes<S: GrpcApi>(service: S, descriptor: &'static [u8], probe: Probe) -> Routes {
     let health = HealthServer::new(ReadinessHealth::new(&[S::NAME], probe));
     let builder = || {
         // Both reflection versions are served, so each lists both.

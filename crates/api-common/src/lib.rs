@@ -10,7 +10,7 @@
 //!   `GET /metrics` in OpenMetrics or the Prometheus text format, as the scraper asks.
 //!   `process` reads the `process_*` values from `/proc/self`.
 //! - [`grpc`]: health (following readiness) and reflection, added to each gRPC server.
-//! - [`probes`]: `/livez` and `/readyz`; [`config`]: checks of settings both APIs have.
+//! - [`probes`]: `/livez` and `/readyz`; [`extract`]: path and query parameters; [`config`]: checks of settings both APIs have.
 //! - `testing` (feature `testing`): promtool, health and reflection checks for tests.
 //! - [`tls`]: a rustls server config from PEM files, reloaded, optionally mutual; `secure`:
 //!   the listeners over it.
@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod extract;
 pub mod grpc;
 pub mod lifecycle;
 pub mod metrics;

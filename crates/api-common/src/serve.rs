@@ -51,7 +51,7 @@ const DRAIN_PROGRESS: Duration = Duration::from_secs(1);
 /// Serves a role's API: `http` on its listener, and on the gRPC listener the `grpc` service
 /// with health (following `readiness`) and reflection over `descriptor` beside it
 /// ([`crate::grpc::routes`]), through [`serve_http_and_grpc`], over `tls` when set.
-pub async fn serve_api<S>(
+pub async fn serve_api<S: crate::grpc::GrpcApi>(
     service: &'static str,
     http: (TcpListener, Router),
     (grpc_listener, grpc, descriptor): (TcpListener, S, &'static [u8]),
@@ -59,19 +59,7 @@ pub async fn serve_api<S>(
     readiness: Probe,
     stop: CancellationToken,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()>
-where
-    S: tonic::codegen::Service<
-            tonic::codegen::http::Request<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
+) -> io::Result<()> {
     let routes = crate::grpc::routes(grpc, descriptor, readiness.clone());
     serve_http_and_grpc(service, http, (grpc_listener, routes), tls, readiness, stop, shutdown).await
 }

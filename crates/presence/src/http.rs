@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use herald_api_common::auth::{Caller, Operation};
+use herald_api_common::extract;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -96,19 +97,13 @@ impl<'a> From<&'a ChannelPresence> for ChannelReply<'a> {
     }
 }
 
-fn path<T>(value: Result<Path<T>, PathRejection>, what: &str) -> Result<T, ApiError> {
-    value
-        .map(|Path(v)| v)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("{what}: {}", e.body_text())))
-}
-
 async fn user(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
     user: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserPresence>, ApiError> {
     shared.authorize(&caller, Operation::PresenceRead, None)?;
-    Ok(Json(shared.service.user(&path(user, "user")?).await?))
+    Ok(Json(shared.service.user(&extract::path(user, "user")?).await?))
 }
 
 async fn users(
@@ -152,9 +147,8 @@ async fn channel(
     channel: Result<Path<String>, PathRejection>,
     query: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(ErrorCode::MalformedFrame, format!("query: {}", e.body_text())))?;
-    let channel = path(channel, "channel")?;
+    let query = extract::query(query)?;
+    let channel = extract::path(channel, "channel")?;
     shared.authorize(&caller, Operation::PresenceRead, Some(&channel))?;
     let presence = shared.service.channel(&channel, query.limit).await?;
     Ok(Json(ChannelReply::from(&presence)).into_response())

@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use herald_api_common::auth::Caller;
+use herald_api_common::extract;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -329,8 +330,7 @@ async fn notify(
     user: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishReply>, ApiError> {
-    let Path(user) =
-        user.map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("user: {}", e.body_text())))?;
+    let user = extract::path(user, "user")?;
     let prepared = {
         let body = read(body, &shared, shared.limits.single_body)?;
         let req: PayloadBody = parse(&body, "body")?;
@@ -348,9 +348,8 @@ async fn history(
     channel: Result<Path<String>, PathRejection>,
     params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(channel) = channel
-        .map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("channel: {}", e.body_text())))?;
-    let Query(params) = params.map_err(query_error)?;
+    let channel = extract::path(channel, "channel")?;
+    let params = extract::query(params)?;
     let since = match (params.since_offset, params.since_epoch.as_deref()) {
         (Some(offset), Some(epoch)) => Some((offset, epoch)),
         (None, None) => None,
@@ -373,9 +372,8 @@ async fn inbox(
     user: Result<Path<String>, PathRejection>,
     params: Result<Query<InboxParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(user) =
-        user.map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("user: {}", e.body_text())))?;
-    let Query(params) = params.map_err(query_error)?;
+    let user = extract::path(user, "user")?;
+    let params = extract::query(params)?;
     let page = shared.service.inbox(&key, &user, params.limit).await?;
     let status = &page.status;
     let head = InboxHead {
@@ -385,10 +383,6 @@ async fn inbox(
         unread: status.unread,
     };
     Ok(with_publications(&head, &page.publications))
-}
-
-fn query_error(rejection: QueryRejection) -> ApiError {
-    ApiError::malformed(format!("query: {}", rejection.body_text()))
 }
 
 /// A JSON reply of `head`'s fields followed by `"publications": [frames]`, the frames copied
