@@ -160,6 +160,33 @@ mod tests {
         assert_eq!(same.validate().unwrap_err().key, "publisher.grpc_listen");
     }
 
+    /// Scoped keys alone are enough, and a wrong one or unreadable TLS files stop start-up
+    /// naming the key to fix.
+    #[test]
+    fn scoped_keys_and_tls_are_checked_naming_the_key() {
+        let scoped = KeyConfig {
+            name: "billing".into(),
+            key: None,
+            key_sha256: Some("ab".repeat(32)),
+            operations: vec!["publish".into()],
+            namespaces: vec!["chat".into()],
+        };
+        let only_scoped = PublisherConfig { api_keys: vec![], keys: vec![scoped.clone()], ..valid() };
+        assert_eq!(only_scoped.validate(), Ok(()));
+        let typo = KeyConfig { operations: vec!["pubish".into()], ..scoped };
+        let err = PublisherConfig { keys: vec![typo], ..valid() }.validate().unwrap_err();
+        assert_eq!(err.key, "publisher.keys[0].operations");
+        assert!(err.to_string().contains("key \"billing\""), "{err}");
+        let tls = TlsConfig {
+            cert: "/nonexistent/herald.pem".into(),
+            key: "/nonexistent/herald.key".into(),
+            client_ca: None,
+            reload_interval: std::time::Duration::from_secs(10),
+        };
+        let err = PublisherConfig { tls: Some(tls), ..valid() }.validate().unwrap_err();
+        assert_eq!(err.key, "publisher.tls.cert");
+    }
+
     #[test]
     fn unknown_keys_are_refused() {
         let err = serde_json::from_str::<PublisherConfig>(r#"{"api_key": "x"}"#).unwrap_err();
