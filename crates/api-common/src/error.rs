@@ -101,6 +101,26 @@ pub fn grpc_status(failure: &(impl ApiFailure + ?Sized)) -> tonic::Status {
     status
 }
 
+/// Implements `IntoResponse` and `From<$error> for tonic::Status` for an API's error type
+/// through [`http_response`] and [`grpc_status`]. A macro because the impls must live in the
+/// crate that defines the type.
+#[macro_export]
+macro_rules! transport_conversions {
+    ($error:ty) => {
+        impl ::axum::response::IntoResponse for $error {
+            fn into_response(self) -> ::axum::response::Response {
+                $crate::error::http_response(&self)
+            }
+        }
+
+        impl ::core::convert::From<$error> for ::tonic::Status {
+            fn from(e: $error) -> Self {
+                $crate::error::grpc_status(&e)
+            }
+        }
+    };
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         http_response(&self)

@@ -25,6 +25,21 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 /// A readiness probe: `true` while the server can do its work (its Redis answers).
 pub type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
+/// A [`Probe`] that runs `probe` on `state` (the role's shared state) and reports whether it
+/// succeeded.
+pub fn probe<T, F, Fut, E>(state: Arc<T>, probe: F) -> Probe
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+{
+    let probe = Arc::new(probe);
+    Arc::new(move || {
+        let (state, probe) = (state.clone(), probe.clone());
+        Box::pin(async move { probe(state).await.is_ok() })
+    })
+}
+
 /// A probe that has not answered in this long counts as not serving, as a `/readyz` that
 /// does not answer within a Kubernetes probe's timeout does.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -103,21 +118,40 @@ impl Health for ReadinessHealth {
     }
 }
 
+/// A role's gRPC service as tonic serves it (the generated server, behind its interceptors).
+pub trait GrpcApi:
+    Service<
+        http::Request<tonic::body::Body>,
+        Error = Infallible,
+        Response: axum::response::IntoResponse,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcApi for S where
+    S: Service<
+            http::Request<tonic::body::Body>,
+            Error = Infallible,
+            Response: axum::response::IntoResponse,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The routes of a gRPC server: `service` (the role's API), and beside it health for the
 /// empty name and the service's name, following `probe`, and reflection v1 and v1alpha over
 /// `descriptor` (the encoded `FileDescriptorSet` of the service's proto; health's and
 /// reflection's own are added here).
-pub fn routes<S>(service: S, descriptor: &'static [u8], probe: Probe) -> Routes
-where
-    S: Service<http::Request<tonic::body::Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Response: axum::response::IntoResponse,
-    S::Future: Send + 'static,
-{
+pub fn routes<S: GrpcApi>(service: S, descriptor: &'static [u8], probe: Probe) -> Routes {
     let health = HealthServer::new(ReadinessHealth::new(&[S::NAME], probe));
     let builder = || {
         // Both reflection versions are served, so each lists both.

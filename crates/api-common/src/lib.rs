@@ -10,8 +10,11 @@
 //!   `GET /metrics` in OpenMetrics or the Prometheus text format, as the scraper asks.
 //!   `process` reads the `process_*` values from `/proc/self`.
 //! - [`grpc`]: health (following readiness) and reflection, added to each gRPC server.
+//! - [`probes`]: `/livez` and `/readyz`; [`extract`]: path and query parameters; [`config`]: checks of settings both APIs have.
 //! - `testing` (feature `testing`): promtool, health and reflection checks for tests.
-//! - [`serve_http_and_grpc`]: both listeners served together until shutdown, the drain
+//! - [`tls`]: a rustls server config from PEM files, reloaded, optionally mutual; `secure`:
+//!   the listeners over it.
+//! - [`serve_api`] and [`serve_http_and_grpc`]: both listeners served together until shutdown, the drain
 //!   logged; [`lifecycle`]: readiness changes in the logs, and the connection count a drain
 //!   reports.
 //!
@@ -19,16 +22,21 @@
 //! here, so an error or a scrape looks the same on every role.
 
 pub mod auth;
+pub mod config;
 pub mod error;
+pub mod extract;
 pub mod grpc;
 pub mod lifecycle;
 pub mod metrics;
+pub mod probes;
 #[cfg(target_os = "linux")]
 mod process;
+mod secure;
 mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use error::{ApiFailure, Refusal};
 pub use lifecycle::ReadinessLog;
-pub use serve::serve_http_and_grpc;
+pub use serve::{serve_api, serve_http_and_grpc};

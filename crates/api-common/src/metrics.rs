@@ -11,6 +11,8 @@
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -58,6 +60,43 @@ impl Format {
 /// A `/metrics` response: `body` (encoded in `format`) with the matching content type.
 pub fn response(format: Format, body: String) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))], body).into_response()
+}
+
+/// `GET /metrics`: the format the `Accept` header in `headers` asks for, the body `encode`
+/// writes in it.
+pub fn respond(headers: &HeaderMap, encode: impl FnOnce(Format) -> String) -> Response {
+    let format = Format::from_accept(headers);
+    response(format, encode(format))
+}
+
+/// The labels of `{prefix}_key_requests`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    /// The API key's name; empty when the request had no valid key.
+    key: String,
+    /// `ok`, or the error code (`forbidden`, `unauthorized`, ...).
+    outcome: &'static str,
+}
+
+/// Requests by API key name and outcome, on both APIs: who calls, and who is refused what.
+/// The label set is bounded: the configured key names, times the documented codes.
+#[derive(Clone, Debug, Default)]
+pub struct KeyRequests(Family<KeyLabels, Counter>);
+
+impl KeyRequests {
+    /// Registers the family as `key_requests` under the role's prefix.
+    pub fn register(&self, registry: &mut MetricsRegistry) {
+        registry.registry_mut().register(
+            "key_requests",
+            "Requests by API key name (empty without a valid key) and outcome",
+            self.0.clone(),
+        );
+    }
+
+    /// Counts one request of the key named `key` (`None`: no valid key) with `outcome`.
+    pub fn record(&self, key: Option<&str>, outcome: &'static str) {
+        self.0.get_or_create(&KeyLabels { key: key.unwrap_or_default().to_string(), outcome }).inc();
+    }
 }
 
 /// The labels of `herald_build_info`.
@@ -126,8 +165,6 @@ impl MetricsRegistry {
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::metrics::counter::Counter;
-
     use super::*;
 
     fn accept(value: &str) -> HeaderMap {

@@ -117,7 +117,7 @@ impl Config {
     /// publisher's).
     pub fn validate_presence(&self) -> Result<(), ConfigError> {
         self.presence.validate(&self.namespaces)?;
-        if self.presence_keys().is_empty() {
+        if self.presence_keys().is_empty() && self.presence.keys.is_empty() {
             return Err(ConfigError::new(
                 "presence.api_keys",
                 "at least one key is required (or set publisher.api_keys)",

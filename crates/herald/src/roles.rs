@@ -9,6 +9,7 @@ use anyhow::Context;
 use herald_broker::{Broker, MemoryBroker, RedisBroker};
 use herald_gateway::{ChannelConfig, ConnectionObserver, Gateway, NoObserver};
 use herald_presence::{GrpcTransport, LocalTransport, MemoryStore, PresenceApi, RedisStore, Reporter};
+use herald_protocol::ConfigError;
 use herald_publisher_api::PublisherApi;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,14 @@ pub async fn gateway(
     let reporter = match &config.presence.endpoint {
         Some(endpoint) => {
             config.validate_presence()?;
-            let transport = GrpcTransport::new(endpoint, &config.presence_keys()[0])?;
+            let key = config.presence.report_key(&config.publisher.api_keys).ok_or_else(|| {
+                ConfigError::new(
+                    "presence.keys",
+                    "gateways need a key to present: one in presence.api_keys, or a [[presence.keys]] \
+                     given as `key` (a `key_sha256` cannot be presented)",
+                )
+            })?;
+            let transport = GrpcTransport::new(endpoint, &key)?;
             tracing::info!(%endpoint, "reporting presence");
             Some(Reporter::spawn(config.presence.clone(), config.namespaces.clone(), Arc::new(transport)))
         }

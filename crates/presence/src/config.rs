@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use crate::store::Timings;
 
-/// Shortest API key accepted, as for the publisher API.
-pub const MIN_API_KEY_LEN: usize = 16;
+pub use herald_api_common::tls::TlsConfig;
+pub use herald_protocol::api_key::{KeyConfig, MIN_API_KEY_LEN};
 
 /// Settings of presence.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -20,11 +20,20 @@ pub struct PresenceConfig {
     pub http_listen: SocketAddr,
     /// Where the presence role's gRPC API (queries, and gateways' reports) listens.
     pub grpc_listen: SocketAddr,
-    /// Keys accepted as `Authorization: Bearer <key>`. Empty means: the publisher's keys
-    /// (`publisher.api_keys`). Gateways present the first one. A single string is split at
-    /// commas, as for the publisher.
+    /// Keys accepted as `Authorization: Bearer <key>`, each allowed everything. When neither
+    /// these nor `keys` are set: the publisher's (`publisher.api_keys`). Gateways present the
+    /// first one ([`PresenceConfig::report_key`]). A single string is split at commas, as for
+    /// the publisher.
     #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
     pub api_keys: Vec<String>,
+    /// Scoped keys (`[[presence.keys]]`), as for the publisher: named, limited to some
+    /// operations (`presence_read`, `presence_report`) and namespaces, and configurable by
+    /// their SHA-256.
+    pub keys: Vec<KeyConfig>,
+    /// TLS on both listeners of the presence role (`[presence.tls]`); with `client_ca`, mutual
+    /// TLS. Gateways do not present client certificates: a role with `client_ca` serves
+    /// backends' queries, not gateways' reports.
+    pub tls: Option<TlsConfig>,
     /// The presence role's gRPC address as gateways reach it (`http://presence:8084`). Without
     /// it a `herald gateway` runs without presence.
     pub endpoint: Option<String>,
@@ -73,6 +82,8 @@ impl Default for PresenceConfig {
             http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8083)),
             grpc_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8084)),
             api_keys: Vec::new(),
+            keys: Vec::new(),
+            tls: None,
             endpoint: None,
             ttl: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(3),
@@ -94,9 +105,22 @@ impl PresenceConfig {
         Timings { ttl: self.ttl, grace: self.grace }
     }
 
-    /// The configured keys, or `fallback` (the publisher's) when none are.
+    /// The flat list of keys, or `fallback` (the publisher's) when neither `api_keys` nor
+    /// `keys` is set.
     pub fn keys_or(&self, fallback: &[String]) -> Vec<String> {
-        if self.api_keys.is_empty() { fallback.to_vec() } else { self.api_keys.clone() }
+        if self.api_keys.is_empty() && self.keys.is_empty() {
+            fallback.to_vec()
+        } else {
+            self.api_keys.clone()
+        }
+    }
+
+    /// The key a gateway presents to a remote presence role: the first of the flat list (or
+    /// `fallback`'s, as [`Self::keys_or`]), else the first scoped key given as `key` (one
+    /// given only by its hash cannot be presented). It needs `presence_report` and
+    /// `presence_read` (channel member lists) on every namespace.
+    pub fn report_key(&self, fallback: &[String]) -> Option<String> {
+        self.keys_or(fallback).into_iter().next().or_else(|| self.keys.iter().find_map(|k| k.key.clone()))
     }
 
     /// The events channel, parsed.
@@ -164,15 +188,9 @@ impl PresenceConfig {
                 ),
             ));
         }
-        for (i, key) in self.api_keys.iter().enumerate() {
-            if key.chars().count() < MIN_API_KEY_LEN
-                || key.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(ConfigError::new(
-                    format!("presence.api_keys[{i}]"),
-                    format!("keys must be at least {MIN_API_KEY_LEN} characters, without whitespace"),
-                ));
-            }
+        herald_protocol::ApiKeys::from_config("presence", &self.api_keys, &self.keys)?;
+        if let Some(tls) = &self.tls {
+            herald_api_common::tls::server_config(tls).map_err(|e| e.config_error("presence.tls", tls))?;
         }
         if let Some(endpoint) = &self.endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
@@ -182,13 +200,7 @@ impl PresenceConfig {
                 format!("{endpoint:?} must be an http:// or https:// URL"),
             ));
         }
-        if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
-            return Err(ConfigError::new(
-                "presence.grpc_listen",
-                format!("{} is already presence.http_listen; they need different ports", self.grpc_listen),
-            ));
-        }
-        Ok(())
+        herald_api_common::config::distinct_listeners("presence", self.http_listen, self.grpc_listen)
     }
 }
 

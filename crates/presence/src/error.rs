@@ -2,7 +2,6 @@
 //! gRPC status, both coded by the shared [`ErrorCode`] table) is written once, in
 //! [`herald_api_common::error`]; this file says what can go wrong here.
 
-use axum::response::{IntoResponse, Response};
 use herald_api_common::{ApiFailure, Refusal};
 use herald_protocol::ErrorCode;
 
@@ -45,14 +44,4 @@ impl ApiFailure for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        herald_api_common::error::http_response(&self)
-    }
-}
-
-impl From<ApiError> for tonic::Status {
-    fn from(e: ApiError) -> Self {
-        herald_api_common::error::grpc_status(&e)
-    }
-}
+herald_api_common::transport_conversions!(ApiError);

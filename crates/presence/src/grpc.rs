@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use herald_api_common::auth::Operation;
 pub use herald_api_common::auth::RequireApiKey;
 use herald_protocol::{ChannelName, ConfigError, ErrorCode, UserId};
 use serde_json::value::RawValue;
@@ -26,7 +27,9 @@ const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub type GrpcService = InterceptedService<pb::presence_server::PresenceServer<GrpcPresence>, RequireApiKey>;
 
 pub(crate) fn service(shared: Arc<Shared>) -> GrpcService {
-    let keys = RequireApiKey::new(shared.keys.clone());
+    let counted = shared.clone();
+    let keys = RequireApiKey::new(shared.keys.clone())
+        .on_refused(move || counted.service.metrics().keys.record(None, ErrorCode::Unauthorized.as_str()));
     let server = pb::presence_server::PresenceServer::new(GrpcPresence { shared })
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -36,6 +39,32 @@ pub(crate) fn service(shared: Arc<Shared>) -> GrpcService {
 #[derive(Clone)]
 pub struct GrpcPresence {
     shared: Arc<Shared>,
+}
+
+impl GrpcPresence {
+    /// Runs `work` if the call's key may use `operation` (on `channel`), and counts the call
+    /// under its key and outcome, as the HTTP middleware does.
+    async fn authorized<M, T>(
+        &self,
+        request: &Request<M>,
+        operation: Operation,
+        channel: Option<&str>,
+        work: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        let (caller, result) = match herald_api_common::auth::caller(request) {
+            Ok(caller) => {
+                let result = match self.shared.authorize(&caller, operation, channel) {
+                    Ok(()) => work.await,
+                    Err(e) => Err(e),
+                };
+                (Some(caller), result)
+            }
+            Err(e) => (None, Err(ApiError::from(e))),
+        };
+        let outcome = result.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok");
+        self.shared.service.metrics().keys.record(caller.as_ref().map(|c| c.name()), outcome);
+        Ok(Response::new(result?))
+    }
 }
 
 fn invalid(message: String) -> ApiError {
@@ -234,34 +263,45 @@ impl pb::presence_server::Presence for GrpcPresence {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::UserPresence>, Status> {
-        Ok(Response::new(self.shared.service.user(&request.get_ref().user).await?.into()))
+        let work = async { Ok(self.shared.service.user(&request.get_ref().user).await?.into()) };
+        self.authorized(&request, Operation::PresenceRead, None, work).await
     }
 
     async fn get_users(
         &self,
         request: Request<pb::GetUsersRequest>,
     ) -> Result<Response<pb::GetUsersReply>, Status> {
-        let users = self.shared.service.users(&request.get_ref().users).await?;
-        Ok(Response::new(pb::GetUsersReply { users: users.into_iter().map(Into::into).collect() }))
+        let work = async {
+            let users = self.shared.service.users(&request.get_ref().users).await?;
+            Ok(pb::GetUsersReply { users: users.into_iter().map(Into::into).collect() })
+        };
+        self.authorized(&request, Operation::PresenceRead, None, work).await
     }
 
     async fn get_channel(
         &self,
         request: Request<pb::GetChannelRequest>,
     ) -> Result<Response<pb::ChannelPresence>, Status> {
-        let request = request.get_ref();
-        let limit = request.limit.map(|l| l as usize);
-        Ok(Response::new(self.shared.service.channel(&request.channel, limit).await?.into()))
+        let m = request.get_ref();
+        let work = async {
+            let limit = m.limit.map(|l| l as usize);
+            Ok(self.shared.service.channel(&m.channel, limit).await?.into())
+        };
+        self.authorized(&request, Operation::PresenceRead, Some(&m.channel), work).await
     }
 
-    async fn get_stats(&self, _: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
-        Ok(Response::new(self.shared.service.stats().await?.into()))
+    async fn get_stats(&self, request: Request<pb::GetStatsRequest>) -> Result<Response<pb::Stats>, Status> {
+        let work = async { Ok(self.shared.service.stats().await?.into()) };
+        self.authorized(&request, Operation::PresenceRead, None, work).await
     }
 
     async fn report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::ReportReply>, Status> {
-        let report = Report::try_from(request.get_ref())?;
-        let ack = self.shared.service.report(&report).await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::ReportReply { resync: ack == Ack::Resync }))
+        let work = async {
+            let report = Report::try_from(request.get_ref())?;
+            let ack = self.shared.service.report(&report).await.map_err(ApiError::from)?;
+            Ok(pb::ReportReply { resync: ack == Ack::Resync })
+        };
+        self.authorized(&request, Operation::PresenceReport, None, work).await
     }
 }
 

@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use herald_api_common::metrics::Format;
+use herald_api_common::auth::{Caller, Operation};
+use herald_api_common::extract;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -31,18 +32,30 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/presence/stats", get(stats))
         .route_layer(middleware::from_fn_with_state(shared.clone(), require_api_key));
     Router::new()
-        .route("/livez", get(livez))
+        .route("/livez", get(herald_api_common::probes::livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
         .with_state(shared)
 }
 
-async fn require_api_key(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+/// Refuses requests without a valid key, leaves the key for the handlers, and counts each
+/// request under its key and outcome.
+async fn require_api_key(State(shared): State<Arc<Shared>>, mut request: Request, next: Next) -> Response {
     let authorization = herald_api_common::auth::authorization(request.headers());
+    let keys = &shared.service.metrics().keys;
     match herald_api_common::auth::check(&shared.keys, authorization) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
+        Ok(caller) => {
+            request.extensions_mut().insert(caller.clone());
+            let response = next.run(request).await;
+            let outcome = response.extensions().get::<ErrorCode>().map_or("ok", |c| c.as_str());
+            keys.record(Some(caller.name()), outcome);
+            response
+        }
+        Err(e) => {
+            keys.record(None, e.code.as_str());
+            e.into_response()
+        }
     }
 }
 
@@ -53,8 +66,7 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
     if let Ok(stats) = shared.service.store().stats().await {
         metrics.set_state(&stats);
     }
-    let format = Format::from_accept(&headers);
-    herald_api_common::metrics::response(format, metrics.encode_as(format))
+    herald_api_common::metrics::respond(&headers, |format| metrics.encode_as(format))
 }
 
 #[derive(Deserialize)]
@@ -85,23 +97,21 @@ impl<'a> From<&'a ChannelPresence> for ChannelReply<'a> {
     }
 }
 
-fn path<T>(value: Result<Path<T>, PathRejection>, what: &str) -> Result<T, ApiError> {
-    value
-        .map(|Path(v)| v)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("{what}: {}", e.body_text())))
-}
-
 async fn user(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     user: Result<Path<String>, PathRejection>,
 ) -> Result<Json<UserPresence>, ApiError> {
-    Ok(Json(shared.service.user(&path(user, "user")?).await?))
+    shared.authorize(&caller, Operation::PresenceRead, None)?;
+    Ok(Json(shared.service.user(&extract::path(user, "user")?).await?))
 }
 
 async fn users(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<UsersReply>, ApiError> {
+    shared.authorize(&caller, Operation::PresenceRead, None)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             let max = shared.service.config().max_bulk;
@@ -133,32 +143,26 @@ struct ChannelQuery {
 
 async fn channel(
     State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
     channel: Result<Path<String>, PathRejection>,
     query: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::new(ErrorCode::MalformedFrame, format!("query: {}", e.body_text())))?;
-    let presence = shared.service.channel(&path(channel, "channel")?, query.limit).await?;
+    let query = extract::query(query)?;
+    let channel = extract::path(channel, "channel")?;
+    shared.authorize(&caller, Operation::PresenceRead, Some(&channel))?;
+    let presence = shared.service.channel(&channel, query.limit).await?;
     Ok(Json(ChannelReply::from(&presence)).into_response())
 }
 
-async fn stats(State(shared): State<Arc<Shared>>) -> Result<Json<Stats>, ApiError> {
+async fn stats(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Stats>, ApiError> {
+    shared.authorize(&caller, Operation::PresenceRead, None)?;
     Ok(Json(shared.service.stats().await?))
-}
-
-#[derive(Serialize)]
-struct Status {
-    status: &'static str,
-}
-
-async fn livez() -> Json<Status> {
-    Json(Status { status: "live" })
 }
 
 /// Ready while the store answers.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.probe().await {
-        Ok(()) => Json(Status { status: "ready" }).into_response(),
-        Err(e) => e.into_response(),
-    }
+    herald_api_common::probes::readyz(shared.probe().await)
 }

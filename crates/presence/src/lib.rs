@@ -68,6 +68,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Passes when `caller` may use `operation` (on `channel`, if the request names one),
+    /// else `forbidden`; both transports ask here. A channel name that does not parse is
+    /// left to the service, which refuses it as `invalid_channel`.
+    fn authorize(
+        &self,
+        caller: &herald_api_common::auth::Caller,
+        operation: herald_api_common::auth::Operation,
+        channel: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let channel = channel.and_then(|c| herald_protocol::ChannelName::parse(c).ok());
+        Ok(herald_api_common::auth::authorize(caller, operation, channel.as_ref())?)
+    }
+
     /// Pings the store, as `/readyz` and gRPC health do, and logs a change of readiness.
     /// The store is pinged directly, not through the service, whose errors are each logged.
     async fn probe(&self) -> Result<(), ApiError> {
@@ -84,9 +97,9 @@ pub struct PresenceApi {
 }
 
 impl PresenceApi {
-    /// Builds the service and its API. `api_keys` are the keys accepted (the caller resolves
-    /// the fallback to the publisher's keys). Fails, naming the key, when the configuration is
-    /// invalid.
+    /// Builds the service and its API. `api_keys` are the flat list of keys accepted (the
+    /// caller resolves the fallback to the publisher's keys, [`PresenceConfig::keys_or`]),
+    /// beside `config.keys`. Fails, naming the key, when the configuration is invalid.
     pub fn new(
         config: PresenceConfig,
         api_keys: &[String],
@@ -94,11 +107,12 @@ impl PresenceApi {
         store: Arc<dyn PresenceStore>,
         broker: Arc<dyn Broker>,
     ) -> Result<Self, ConfigError> {
+        let keys = herald_api_common::auth::ApiKeys::from_config("presence", api_keys, &config.keys)?;
         let service = PresenceService::new(config, namespaces, store, broker)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 service,
-                keys: herald_api_common::auth::ApiKeys::new(api_keys),
+                keys,
                 readiness: herald_api_common::ReadinessLog::new("presence"),
             }),
         })
@@ -119,10 +133,6 @@ impl PresenceApi {
     /// Whether the store answers a ping, as `GET /readyz` asks; what gRPC health reports.
     /// Changes are logged.
     pub fn readiness(&self) -> herald_api_common::grpc::Probe {
-        let shared = self.shared.clone();
-        Arc::new(move || {
-            let shared = shared.clone();
-            Box::pin(async move { shared.probe().await.is_ok() })
-        })
+        herald_api_common::grpc::probe(self.shared.clone(), |shared| async move { shared.probe().await })
     }
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the presence service, served at `GET /metrics` on its HTTP listener.
 
-use herald_api_common::metrics::{Format, MetricsRegistry};
+use herald_api_common::metrics::{Format, KeyRequests, MetricsRegistry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +35,8 @@ pub struct PresenceMetrics {
     pub online_users: Gauge,
     /// Connections, refreshed at scrape.
     pub connections: Gauge,
+    /// API requests (HTTP and gRPC) by key name and outcome.
+    pub keys: KeyRequests,
 }
 
 impl Default for PresenceMetrics {
@@ -47,6 +49,7 @@ impl Default for PresenceMetrics {
             sweeps: Family::default(),
             online_users: Gauge::default(),
             connections: Gauge::default(),
+            keys: KeyRequests::default(),
         };
         let registry = metrics.registry.registry_mut();
         registry.register("reports", "Gateway reports by outcome", metrics.reports.clone());
@@ -63,6 +66,7 @@ impl Default for PresenceMetrics {
         );
         registry.register("online_users", "Online users (refreshed at scrape)", metrics.online_users.clone());
         registry.register("connections", "Connections (refreshed at scrape)", metrics.connections.clone());
+        metrics.keys.register(&mut metrics.registry);
         metrics
     }
 }

@@ -22,17 +22,11 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let sweeper = tokio::spawn(api.service().clone().run_sweeper(stop.clone()));
     tracing::debug!(http = %http_addr, grpc = %grpc_addr, store = api.service().store().name(), "presence listening");
-    let served = herald_api_common::serve_http_and_grpc(
+    let served = herald_api_common::serve_api(
         "presence",
         (http, api.http_router()),
-        (
-            grpc,
-            herald_api_common::grpc::routes(
-                api.grpc_service(),
-                crate::pb::FILE_DESCRIPTOR_SET,
-                api.readiness(),
-            ),
-        ),
+        (grpc, api.grpc_service(), crate::pb::FILE_DESCRIPTOR_SET),
+        api.service().config().tls.as_ref(),
         api.readiness(),
         stop,
         shutdown,

@@ -5,9 +5,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use herald_protocol::ConfigError;
 use serde::Deserialize;
 
-/// Shortest API key accepted. Keys are bearer secrets compared on every request; a short key
-/// can be guessed, so a configuration with one does not start.
-pub const MIN_API_KEY_LEN: usize = 16;
+pub use herald_api_common::tls::TlsConfig;
+pub use herald_protocol::api_key::{KeyConfig, MIN_API_KEY_LEN};
 
 /// Settings of the publisher API.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -23,6 +22,12 @@ pub struct PublisherConfig {
     /// A single string is split at commas, so `HERALD_PUBLISHER__API_KEYS=key1,key2` works.
     #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
     pub api_keys: Vec<String>,
+    /// Scoped keys (`[[publisher.keys]]`): each named, limited to some operations and
+    /// namespaces, and configurable by its SHA-256. Accepted beside `api_keys`.
+    pub keys: Vec<KeyConfig>,
+    /// TLS on both listeners (`[publisher.tls]`); with `client_ca`, mutual TLS: only clients
+    /// with a certificate from that CA can connect at all.
+    pub tls: Option<TlsConfig>,
     /// Largest `data` of one message, in bytes of JSON text. It bounds what every subscriber's
     /// socket and queue must carry per message.
     pub max_message_size: usize,
@@ -51,6 +56,8 @@ impl Default for PublisherConfig {
             http_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8081)),
             grpc_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8082)),
             api_keys: Vec::new(),
+            keys: Vec::new(),
+            tls: None,
             max_message_size: 64 * 1024,
             max_batch: 1000,
             max_batch_body_size: 16 * 1024 * 1024,
@@ -63,25 +70,21 @@ impl Default for PublisherConfig {
 }
 
 impl PublisherConfig {
+    /// The accepted keys: `api_keys` (each allowed everything) and `keys`; fails naming the
+    /// key that is wrong.
+    pub fn api_keys(&self) -> Result<herald_protocol::ApiKeys, ConfigError> {
+        herald_protocol::ApiKeys::from_config("publisher", &self.api_keys, &self.keys)
+    }
+
     /// Refuses settings the API cannot run safely with. The message names the offending key,
     /// so a bad configuration stops start-up with a pointer to the line to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.api_keys.is_empty() {
+        if self.api_keys.is_empty() && self.keys.is_empty() {
             return Err(ConfigError::new("publisher.api_keys", "at least one key is required"));
         }
-        for (i, key) in self.api_keys.iter().enumerate() {
-            if key.chars().count() < MIN_API_KEY_LEN {
-                return Err(ConfigError::new(
-                    format!("publisher.api_keys[{i}]"),
-                    format!("keys must be at least {MIN_API_KEY_LEN} characters long"),
-                ));
-            }
-            if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(ConfigError::new(
-                    format!("publisher.api_keys[{i}]"),
-                    "keys must not contain whitespace or control characters (they travel in an HTTP header)",
-                ));
-            }
+        self.api_keys()?;
+        if let Some(tls) = &self.tls {
+            herald_api_common::tls::server_config(tls).map_err(|e| e.config_error("publisher.tls", tls))?;
         }
         if self.max_message_size == 0 {
             return Err(ConfigError::new("publisher.max_message_size", "must be greater than 0"));
@@ -117,13 +120,7 @@ impl PublisherConfig {
                 ),
             ));
         }
-        if self.http_listen == self.grpc_listen && self.http_listen.port() != 0 {
-            return Err(ConfigError::new(
-                "publisher.grpc_listen",
-                format!("{} is already publisher.http_listen; they need different ports", self.grpc_listen),
-            ));
-        }
-        Ok(())
+        herald_api_common::config::distinct_listeners("publisher", self.http_listen, self.grpc_listen)
     }
 }
 
@@ -161,6 +158,33 @@ mod tests {
         assert_eq!(requests.validate().unwrap_err().key, "publisher.max_requests_in_flight");
         let same = PublisherConfig { grpc_listen: valid().http_listen, ..valid() };
         assert_eq!(same.validate().unwrap_err().key, "publisher.grpc_listen");
+    }
+
+    /// Scoped keys alone are enough, and a wrong one or unreadable TLS files stop start-up
+    /// naming the key to fix.
+    #[test]
+    fn scoped_keys_and_tls_are_checked_naming_the_key() {
+        let scoped = KeyConfig {
+            name: "billing".into(),
+            key: None,
+            key_sha256: Some("ab".repeat(32)),
+            operations: vec!["publish".into()],
+            namespaces: vec!["chat".into()],
+        };
+        let only_scoped = PublisherConfig { api_keys: vec![], keys: vec![scoped.clone()], ..valid() };
+        assert_eq!(only_scoped.validate(), Ok(()));
+        let typo = KeyConfig { operations: vec!["pubish".into()], ..scoped };
+        let err = PublisherConfig { keys: vec![typo], ..valid() }.validate().unwrap_err();
+        assert_eq!(err.key, "publisher.keys[0].operations");
+        assert!(err.to_string().contains("key \"billing\""), "{err}");
+        let tls = TlsConfig {
+            cert: "/nonexistent/herald.pem".into(),
+            key: "/nonexistent/herald.key".into(),
+            client_ca: None,
+            reload_interval: std::time::Duration::from_secs(10),
+        };
+        let err = PublisherConfig { tls: Some(tls), ..valid() }.validate().unwrap_err();
+        assert_eq!(err.key, "publisher.tls.cert");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use axum::response::{IntoResponse, Response};
 use herald_api_common::{ApiFailure, Refusal};
 use herald_broker::BrokerError;
 use herald_protocol::ErrorCode;
@@ -137,17 +136,7 @@ impl ApiFailure for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        herald_api_common::error::http_response(&self)
-    }
-}
-
-impl From<ApiError> for tonic::Status {
-    fn from(e: ApiError) -> Self {
-        herald_api_common::error::grpc_status(&e)
-    }
-}
+herald_api_common::transport_conversions!(ApiError);
 
 #[cfg(test)]
 mod tests {

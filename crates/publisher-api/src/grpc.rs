@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use herald_api_common::auth::Caller;
 pub use herald_api_common::auth::RequireApiKey;
 use herald_protocol::ErrorCode;
 use tonic::body::Body;
@@ -24,7 +25,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::Shared;
 use crate::error::ApiError;
-use crate::limits::{KeyId, Metered};
+use crate::limits::Metered;
 use crate::pb;
 use crate::reads::HistoryQuery;
 use crate::service::{Draft, Prepared, Published, Target, json_data};
@@ -39,8 +40,9 @@ pub type GrpcService =
 pub(crate) fn service(shared: Arc<Shared>, max_message: usize) -> GrpcService {
     let metrics = shared.clone();
     // The method is not known to an interceptor; refused calls are counted under `*`.
-    let keys = RequireApiKey::new(shared.keys.clone())
-        .on_refused(move || metrics.metrics.record("grpc", "*", "unauthorized", std::time::Instant::now()));
+    let keys = RequireApiKey::new(shared.keys.clone()).on_refused(move || {
+        metrics.metrics.record("grpc", "*", None, "unauthorized", std::time::Instant::now())
+    });
     let server = pb::publisher_server::PublisherServer::new(GrpcPublisher { shared: shared.clone() })
         .max_decoding_message_size(max_message);
     Guarded { inner: InterceptedService::new(server, keys), shared }
@@ -87,14 +89,11 @@ where
             let ticket = match shared.limits.admit(None, &shared.metrics, "grpc") {
                 Ok(ticket) => ticket,
                 Err(e) => {
-                    shared.metrics.record("grpc", &method, e.code().as_str(), started);
+                    shared.metrics.record("grpc", &method, None, e.code().as_str(), started);
                     return Ok(Status::from(e).into_http());
                 }
             };
-            let authorization = request.headers().get("authorization").map(|v| v.as_bytes());
-            let key = shared.limits.key_of(authorization);
             let (mut parts, body) = request.into_parts();
-            parts.extensions.insert(key);
             let answered = Answered::default();
             parts.extensions.insert(answered.clone());
             let body = Body::new(Metered::new(body, ticket.clone(), bytes_in_flight));
@@ -156,7 +155,8 @@ where
     });
     match replaced {
         Some(e) => {
-            shared.metrics.record("grpc", method, e.code().as_str(), started);
+            // The key is not known here: the interceptor's extensions are not on the response.
+            shared.metrics.record("grpc", method, None, e.code().as_str(), started);
             Status::from(e).into_http()
         }
         None => response.map(Body::new),
@@ -172,11 +172,12 @@ pub struct GrpcPublisher {
 impl GrpcPublisher {
     async fn publish_one(
         &self,
-        key: Option<&KeyId>,
+        key: Result<Caller, ApiError>,
         draft: Result<Draft<'_>, ApiError>,
     ) -> Result<pb::PublishReply, ApiError> {
-        let prepared = self.shared.service.prepare(draft?)?;
-        self.shared.limits.take(key, 1, &self.shared.metrics, "grpc")?;
+        let key = key?;
+        let prepared = self.shared.service.prepare_for(&key, draft?)?;
+        self.shared.limits.take(&key, 1, &self.shared.metrics, "grpc")?;
         Ok(self.shared.service.publish(prepared).await?.into())
     }
 
@@ -196,8 +197,9 @@ impl GrpcPublisher {
         let span = tracing::info_span!("request", id = %id, transport = "grpc", endpoint = method);
         let result = tracing::Instrument::instrument(work, span.clone()).await;
         let outcome = result.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok");
-        span.in_scope(|| tracing::debug!(outcome, "request done"));
-        self.shared.metrics.record("grpc", method, outcome, started);
+        let key = request.extensions().get::<Caller>().map(Caller::name);
+        span.in_scope(|| tracing::debug!(outcome, key, "request done"));
+        self.shared.metrics.record("grpc", method, key, outcome, started);
         let mut response = Response::new(result?);
         if let Ok(value) = id.parse() {
             response.metadata_mut().insert("x-request-id", value);
@@ -207,21 +209,25 @@ impl GrpcPublisher {
 }
 
 /// Checks and encodes every message of a batch; errors name the entry.
-fn prepare_batch(shared: &Shared, messages: &[pb::PublishRequest]) -> Result<Vec<Prepared>, ApiError> {
+fn prepare_batch(
+    shared: &Shared,
+    key: &Caller,
+    messages: &[pb::PublishRequest],
+) -> Result<Vec<Prepared>, ApiError> {
     messages
         .iter()
         .enumerate()
         .map(|(i, m)| {
             Draft::try_from(m)
-                .and_then(|d| shared.service.prepare(d))
+                .and_then(|d| shared.service.prepare_for(key, d))
                 .map_err(|e| e.at(&format!("messages[{i}]")))
         })
         .collect()
 }
 
-/// The API key a call authenticated with, as [`Guarded`] found it.
-fn key<M>(request: &Request<M>) -> Option<&KeyId> {
-    request.extensions().get::<Option<KeyId>>().and_then(Option::as_ref)
+/// The API key a call authenticated with, as the interceptor found it.
+fn key<M>(request: &Request<M>) -> Result<Caller, ApiError> {
+    Ok(herald_api_common::auth::caller(request)?)
 }
 
 impl<'a> TryFrom<&'a pb::PublishRequest> for Draft<'a> {
@@ -299,18 +305,20 @@ impl pb::publisher_server::Publisher for GrpcPublisher {
         let messages = std::mem::take(&mut request.get_mut().messages);
         let work = async {
             let shared = &self.shared;
+            let key = key(&request)?;
             shared.service.check_batch_len(messages.len())?;
             // As over HTTP: checking megabytes of JSON happens off the async workers.
             let size: usize = messages.iter().map(|m| m.data.len()).sum();
             let prepared = if size > shared.limits.single_body {
                 let shared = shared.clone();
-                tokio::task::spawn_blocking(move || prepare_batch(&shared, &messages)).await.map_err(
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || prepare_batch(&shared, &key, &messages)).await.map_err(
                     |e| ApiError::new(ErrorCode::Internal, format!("preparing the batch failed: {e}")),
                 )??
             } else {
-                prepare_batch(shared, &messages)?
+                prepare_batch(shared, &key, &messages)?
             };
-            shared.limits.take(key(&request), prepared.len(), &shared.metrics, "grpc")?;
+            shared.limits.take(&key, prepared.len(), &shared.metrics, "grpc")?;
             let published = shared.service.publish_batch(prepared).await?;
             let ids = published.iter().map(|p| p.id.clone()).collect();
             Ok(pb::PublishBatchReply { ids, results: published.into_iter().map(Into::into).collect() })
@@ -339,7 +347,8 @@ impl pb::publisher_server::Publisher for GrpcPublisher {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryReply>, Status> {
         let work = async {
-            let page = self.shared.service.history(HistoryQuery::from(request.get_ref())).await?;
+            let page =
+                self.shared.service.history(&key(&request)?, HistoryQuery::from(request.get_ref())).await?;
             Ok(pb::HistoryReply {
                 offset: page.position.offset,
                 epoch: page.position.epoch,
@@ -352,7 +361,7 @@ impl pb::publisher_server::Publisher for GrpcPublisher {
     async fn inbox(&self, request: Request<pb::InboxRequest>) -> Result<Response<pb::InboxReply>, Status> {
         let work = async {
             let m = request.get_ref();
-            let page = self.shared.service.inbox(&m.user, m.limit.map(u64::from)).await?;
+            let page = self.shared.service.inbox(&key(&request)?, &m.user, m.limit.map(u64::from)).await?;
             Ok(pb::InboxReply {
                 offset: page.status.position.offset,
                 epoch: page.status.position.epoch,

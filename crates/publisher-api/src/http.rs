@@ -17,14 +17,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
-use herald_api_common::metrics::Format;
+use herald_api_common::auth::Caller;
+use herald_api_common::extract;
 use herald_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::Shared;
 use crate::error::ApiError;
-use crate::limits::{BytesInFlight, KeyId, Metered};
+use crate::limits::{BytesInFlight, Metered};
 use crate::reads::{HistoryQuery, publications_json};
 use crate::service::{Draft, Prepared, Published, Target};
 
@@ -42,7 +43,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
     let v1 = v1.layer(middleware::from_fn_with_state(shared.clone(), observe));
     Router::new()
-        .route("/livez", get(livez))
+        .route("/livez", get(herald_api_common::probes::livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
@@ -51,8 +52,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 
 /// `GET /metrics`, in the format the `Accept` header asks for.
 async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
-    let format = Format::from_accept(&headers);
-    herald_api_common::metrics::response(format, shared.metrics.encode_as(format))
+    herald_api_common::metrics::respond(&headers, |format| shared.metrics.encode_as(format))
 }
 
 /// Gives every `/v1` request an id (the caller's `x-request-id`, or a new one) that its log
@@ -67,8 +67,9 @@ async fn observe(State(shared): State<Arc<Shared>>, request: Request, next: Next
     let span = tracing::info_span!("request", id = %id, transport = "http", endpoint = %endpoint);
     let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     let outcome = response.extensions().get::<ErrorCode>().map_or("ok", |c| c.as_str());
-    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), outcome, "request done"));
-    shared.metrics.record("http", &endpoint, outcome, started);
+    let key = response.extensions().get::<Caller>().map(Caller::name);
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), outcome, key, "request done"));
+    shared.metrics.record("http", &endpoint, key, outcome, started);
     if let Ok(value) = header::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -80,11 +81,13 @@ async fn observe(State(shared): State<Arc<Shared>>, request: Request, next: Next
 /// read; then meters the body as it arrives ([`crate::limits`]).
 async fn admit(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let authorization = herald_api_common::auth::authorization(request.headers());
-    if let Err(e) = herald_api_common::auth::check(&shared.keys, authorization) {
-        tracing::debug!(path = %request.uri().path(), "request without a valid api key");
-        return e.into_response();
-    }
-    let key = shared.limits.key_of(authorization);
+    let key = match herald_api_common::auth::check(&shared.keys, authorization) {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::debug!(path = %request.uri().path(), "request without a valid api key");
+            return e.into_response();
+        }
+    };
     let limit = if request.uri().path() == "/v1/publish/batch" {
         shared.limits.batch_body
     } else {
@@ -98,19 +101,25 @@ async fn admit(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     if let Some(size) = declared.filter(|size| *size > limit) {
         shared.metrics.limited("http", "body_size");
-        return too_large(size, limit).into_response();
+        return with_key(too_large(size, limit).into_response(), key);
     }
     let ticket = match shared.limits.admit(declared, &shared.metrics, "http") {
         Ok(ticket) => ticket,
-        Err(e) => return e.into_response(),
+        Err(e) => return with_key(e.into_response(), key),
     };
     let (mut parts, body) = request.into_parts();
-    parts.extensions.insert(key);
+    parts.extensions.insert(key.clone());
     let body = Metered::new(body, ticket.clone(), || Box::new(BytesInFlight));
     let request = Request::from_parts(parts, axum::body::Body::new(body));
     let response = next.run(request).await;
     // The request's slot and bytes are given back only now, once it is answered.
     drop(ticket);
+    with_key(response, key)
+}
+
+/// Leaves the request's key on its response, where [`observe`] counts it.
+fn with_key(mut response: Response, key: Caller) -> Response {
+    response.extensions_mut().insert(key);
     response
 }
 
@@ -247,21 +256,16 @@ struct InboxHead<'a> {
     unread: u64,
 }
 
-#[derive(Serialize)]
-struct Status {
-    status: &'static str,
-}
-
 async fn publish(
     State(shared): State<Arc<Shared>>,
-    Extension(key): Extension<Option<KeyId>>,
+    Extension(key): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishReply>, ApiError> {
     let prepared = {
         let body = read(body, &shared, shared.limits.single_body)?;
         let req: PublishBody = parse(&body, "body")?;
-        let prepared = shared.service.prepare(req.draft())?;
-        shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
+        let prepared = shared.service.prepare_for(&key, req.draft())?;
+        shared.limits.take(&key, 1, &shared.metrics, "http")?;
         prepared
     };
     Ok(Json(shared.service.publish(prepared).await?.into()))
@@ -269,7 +273,7 @@ async fn publish(
 
 async fn publish_batch(
     State(shared): State<Arc<Shared>>,
-    Extension(key): Extension<Option<KeyId>>,
+    Extension(key): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BatchReply>, ApiError> {
     let body = read(body, &shared, shared.limits.batch_body)?;
@@ -279,41 +283,42 @@ async fn publish_batch(
     // it is published.
     let prepared = if body.len() > shared.limits.single_body {
         let shared = shared.clone();
-        tokio::task::spawn_blocking(move || prepare_batch(&shared, &body))
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || prepare_batch(&shared, &key, &body))
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("preparing the batch failed: {e}")))??
     } else {
-        prepare_batch(&shared, &body)?
+        prepare_batch(&shared, &key, &body)?
     };
-    shared.limits.take(key.as_ref(), prepared.len(), &shared.metrics, "http")?;
+    shared.limits.take(&key, prepared.len(), &shared.metrics, "http")?;
     let published = shared.service.publish_batch(prepared).await?;
     let ids = published.iter().map(|p| p.id.clone()).collect();
     Ok(Json(BatchReply { ids, results: published.into_iter().map(PublishReply::from).collect() }))
 }
 
 /// Reads and checks every entry of a batch body, and encodes them.
-fn prepare_batch(shared: &Shared, body: &[u8]) -> Result<Vec<Prepared>, ApiError> {
+fn prepare_batch(shared: &Shared, key: &Caller, body: &[u8]) -> Result<Vec<Prepared>, ApiError> {
     let req: BatchBody = parse(body, "body")?;
     shared.service.check_batch_len(req.messages.len())?;
     let mut prepared = Vec::with_capacity(req.messages.len());
     for (i, entry) in req.messages.iter().enumerate() {
         let at = format!("messages[{i}]");
         let entry: PublishBody = parse(entry.get().as_bytes(), &at)?;
-        prepared.push(shared.service.prepare(entry.draft()).map_err(|e| e.at(&at))?);
+        prepared.push(shared.service.prepare_for(key, entry.draft()).map_err(|e| e.at(&at))?);
     }
     Ok(prepared)
 }
 
 async fn broadcast(
     State(shared): State<Arc<Shared>>,
-    Extension(key): Extension<Option<KeyId>>,
+    Extension(key): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishReply>, ApiError> {
     let prepared = {
         let body = read(body, &shared, shared.limits.single_body)?;
         let req: PayloadBody = parse(&body, "body")?;
-        let prepared = shared.service.prepare(req.draft(Target::Broadcast))?;
-        shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
+        let prepared = shared.service.prepare_for(&key, req.draft(Target::Broadcast))?;
+        shared.limits.take(&key, 1, &shared.metrics, "http")?;
         prepared
     };
     Ok(Json(shared.service.publish(prepared).await?.into()))
@@ -321,17 +326,16 @@ async fn broadcast(
 
 async fn notify(
     State(shared): State<Arc<Shared>>,
-    Extension(key): Extension<Option<KeyId>>,
+    Extension(key): Extension<Caller>,
     user: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishReply>, ApiError> {
-    let Path(user) =
-        user.map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("user: {}", e.body_text())))?;
+    let user = extract::path(user, "user")?;
     let prepared = {
         let body = read(body, &shared, shared.limits.single_body)?;
         let req: PayloadBody = parse(&body, "body")?;
-        let prepared = shared.service.prepare(req.draft(Target::User(&user)))?;
-        shared.limits.take(key.as_ref(), 1, &shared.metrics, "http")?;
+        let prepared = shared.service.prepare_for(&key, req.draft(Target::User(&user)))?;
+        shared.limits.take(&key, 1, &shared.metrics, "http")?;
         prepared
     };
     Ok(Json(shared.service.publish(prepared).await?.into()))
@@ -340,12 +344,12 @@ async fn notify(
 /// `GET /v1/channels/{channel}/history`: `{"offset", "epoch", "publications": [frames]}`.
 async fn history(
     State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Caller>,
     channel: Result<Path<String>, PathRejection>,
     params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(channel) = channel
-        .map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("channel: {}", e.body_text())))?;
-    let Query(params) = params.map_err(query_error)?;
+    let channel = extract::path(channel, "channel")?;
+    let params = extract::query(params)?;
     let since = match (params.since_offset, params.since_epoch.as_deref()) {
         (Some(offset), Some(epoch)) => Some((offset, epoch)),
         (None, None) => None,
@@ -356,7 +360,7 @@ async fn history(
         }
     };
     let query = HistoryQuery { channel: &channel, limit: params.limit, reverse: params.reverse, since };
-    let page = shared.service.history(query).await?;
+    let page = shared.service.history(&key, query).await?;
     let head = HistoryHead { offset: page.position.offset, epoch: &page.position.epoch };
     Ok(with_publications(&head, &page.publications))
 }
@@ -364,13 +368,13 @@ async fn history(
 /// `GET /v1/users/{user}/inbox`: `{"offset", "epoch", "acked", "unread", "publications"}`.
 async fn inbox(
     State(shared): State<Arc<Shared>>,
+    Extension(key): Extension<Caller>,
     user: Result<Path<String>, PathRejection>,
     params: Result<Query<InboxParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(user) =
-        user.map_err(|e| ApiError::new(ErrorCode::InvalidChannel, format!("user: {}", e.body_text())))?;
-    let Query(params) = params.map_err(query_error)?;
-    let page = shared.service.inbox(&user, params.limit).await?;
+    let user = extract::path(user, "user")?;
+    let params = extract::query(params)?;
+    let page = shared.service.inbox(&key, &user, params.limit).await?;
     let status = &page.status;
     let head = InboxHead {
         offset: status.position.offset,
@@ -379,10 +383,6 @@ async fn inbox(
         unread: status.unread,
     };
     Ok(with_publications(&head, &page.publications))
-}
-
-fn query_error(rejection: QueryRejection) -> ApiError {
-    ApiError::malformed(format!("query: {}", rejection.body_text()))
 }
 
 /// A JSON reply of `head`'s fields followed by `"publications": [frames]`, the frames copied
@@ -398,18 +398,9 @@ fn with_publications(head: &impl Serialize, publications: &[herald_broker::Histo
     ([(header::CONTENT_TYPE, "application/json")], body.freeze()).into_response()
 }
 
-/// Liveness: the process answers. Says nothing about the broker, so an orchestrator does not
-/// restart healthy publishers while Redis is down.
-async fn livez() -> Json<Status> {
-    Json(Status { status: "live" })
-}
-
 /// Readiness: the broker accepts commands, so publishing would work right now.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.probe().await {
-        Ok(()) => Json(Status { status: "ready" }).into_response(),
-        Err(e) => ApiError::Unavailable(e).into_response(),
-    }
+    herald_api_common::probes::readyz(shared.probe().await.map_err(ApiError::Unavailable))
 }
 
 /// The body, or our JSON error instead of axum's plain-text rejection. `limit` is the route's

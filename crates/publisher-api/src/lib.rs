@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     metrics: metrics::PublisherMetrics,
     /// Logs readiness changes seen by `/readyz` and gRPC health.
     readiness: herald_api_common::ReadinessLog,
+    /// TLS of both listeners, when configured.
+    tls: Option<herald_api_common::tls::TlsConfig>,
 }
 
 impl Shared {
@@ -96,16 +98,22 @@ impl PublisherApi {
         history: HistoryConfig,
         broker: Arc<dyn Broker>,
     ) -> Self {
-        let limits = limits::Limits::new(&config);
+        // A configuration that did not pass `validate` accepts no key rather than some.
+        let keys = config.api_keys().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "invalid API keys; every request will be refused");
+            herald_api_common::auth::ApiKeys::new(&[])
+        });
+        let limits = limits::Limits::new(&config, &keys);
         let sizes = service::Sizes { max_message_size: config.max_message_size, max_batch: config.max_batch };
         let service = service::Service::new(namespaces, inbox, history, broker, sizes);
         let metrics = metrics::PublisherMetrics::new(service.messages_counter());
         let shared = Shared {
             service,
-            keys: herald_api_common::auth::ApiKeys::new(&config.api_keys),
+            keys,
             limits,
             metrics,
             readiness: herald_api_common::ReadinessLog::new("publisher-api"),
+            tls: config.tls.clone(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -130,11 +138,12 @@ impl PublisherApi {
     /// Whether the broker answers a ping, as `GET /readyz` asks; what gRPC health reports.
     /// Changes are logged.
     pub fn readiness(&self) -> herald_api_common::grpc::Probe {
-        let shared = self.shared.clone();
-        Arc::new(move || {
-            let shared = shared.clone();
-            Box::pin(async move { shared.probe().await.is_ok() })
-        })
+        herald_api_common::grpc::probe(self.shared.clone(), |shared| async move { shared.probe().await })
+    }
+
+    /// TLS of [`serve`]'s listeners (`publisher.tls`), if any.
+    pub fn tls(&self) -> Option<&herald_api_common::tls::TlsConfig> {
+        self.shared.tls.as_ref()
     }
 
     /// The broker engine's name, for logs.

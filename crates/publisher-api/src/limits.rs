@@ -26,6 +26,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use herald_api_common::auth::{ApiKeys, Caller};
+
 use crate::PublisherConfig;
 use crate::error::ApiError;
 use crate::metrics::PublisherMetrics;
@@ -46,24 +48,18 @@ pub(crate) struct Limits {
     requests: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     max_bytes: usize,
-    /// One bucket per configured key; `None` when rates are not limited.
-    rates: Option<HashMap<Box<[u8]>, Mutex<Bucket>>>,
+    /// One bucket per configured key, by name; `None` when rates are not limited.
+    rates: Option<HashMap<Arc<str>, Mutex<Bucket>>>,
 }
 
-/// Which API key a request authenticated with, for its rate limit.
-#[derive(Clone, Debug)]
-pub(crate) struct KeyId(pub Arc<[u8]>);
-
 impl Limits {
-    pub fn new(config: &PublisherConfig) -> Self {
+    pub fn new(config: &PublisherConfig, keys: &ApiKeys) -> Self {
         let single_body = config.max_message_size.saturating_add(ENVELOPE);
         let rates = (config.rate_limit > 0).then(|| {
-            config
-                .api_keys
-                .iter()
-                .map(|k| {
+            keys.names()
+                .map(|name| {
                     let bucket = Bucket::new(config.rate_limit as f64, config.rate_burst as f64);
-                    (k.as_bytes().into(), Mutex::new(bucket))
+                    (name.clone(), Mutex::new(bucket))
                 })
                 .collect()
         });
@@ -106,27 +102,17 @@ impl Limits {
         Ok(ticket)
     }
 
-    /// The configured key in an `Authorization` value that was already accepted.
-    pub fn key_of(&self, authorization: Option<&[u8]>) -> Option<KeyId> {
-        let value = authorization?;
-        let (scheme, rest) = value.split_at_checked(6)?;
-        if !scheme.eq_ignore_ascii_case(b"bearer") {
-            return None;
-        }
-        Some(KeyId(rest.strip_prefix(b" ")?.trim_ascii().into()))
-    }
-
     /// Takes `messages` tokens from `key`'s bucket, or refuses with `rate_limited` and how
     /// long until there are enough.
     pub fn take(
         &self,
-        key: Option<&KeyId>,
+        key: &Caller,
         messages: usize,
         metrics: &PublisherMetrics,
         transport: &'static str,
     ) -> Result<(), ApiError> {
-        let (Some(rates), Some(key)) = (&self.rates, key) else { return Ok(()) };
-        let Some(bucket) = rates.get(&key.0[..]) else { return Ok(()) };
+        let Some(rates) = &self.rates else { return Ok(()) };
+        let Some(bucket) = rates.get(key.name()) else { return Ok(()) };
         let result = bucket.lock().expect("bucket lock poisoned").take(messages as f64, Instant::now());
         result.map_err(|wait| {
             metrics.limited(transport, "rate");
@@ -315,7 +301,7 @@ mod tests {
             max_bytes_in_flight: 100_000,
             ..PublisherConfig::default()
         };
-        let limits = Limits::new(&config);
+        let limits = Limits::new(&config, &config.api_keys().unwrap());
         let metrics = PublisherMetrics::new(Default::default());
         let free = limits.single_body;
         let big = limits.admit(Some(free + 80_000), &metrics, "http").unwrap();

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use herald_api_common::metrics::{Format, MetricsRegistry};
+use herald_api_common::metrics::{Format, KeyRequests, MetricsRegistry};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -45,6 +45,8 @@ pub struct PublisherMetrics {
     pub messages: Counter,
     /// Requests refused by a limit, by transport and limit.
     pub limited: Family<LimitLabels, Counter>,
+    /// Requests by API key name and outcome.
+    pub keys: KeyRequests,
 }
 
 impl PublisherMetrics {
@@ -59,6 +61,7 @@ impl PublisherMetrics {
             duration,
             messages,
             limited: Family::default(),
+            keys: KeyRequests::default(),
         };
         let registry = metrics.registry.registry_mut();
         registry.register(
@@ -78,11 +81,21 @@ impl PublisherMetrics {
              rate_limit, or a body size limit)",
             metrics.limited.clone(),
         );
+        metrics.keys.register(&mut metrics.registry);
         metrics
     }
 
-    /// Records one finished request.
-    pub fn record(&self, transport: &'static str, endpoint: &str, outcome: &'static str, started: Instant) {
+    /// Records one finished request, made with the key named `key` (`None`: no valid key, or
+    /// refused before the key was looked at).
+    pub fn record(
+        &self,
+        transport: &'static str,
+        endpoint: &str,
+        key: Option<&str>,
+        outcome: &'static str,
+        started: Instant,
+    ) {
+        self.keys.record(key, outcome);
         let labels = RequestLabels { transport, endpoint: endpoint.to_string(), outcome };
         self.requests.get_or_create(&labels).inc();
         self.duration.get_or_create(&TransportLabels { transport }).observe(started.elapsed().as_secs_f64());

@@ -9,6 +9,8 @@ use bytes::{BufMut, BytesMut};
 use herald_broker::{HistoryFilter, HistoryPublication, InboxStatus, StreamPosition};
 use herald_protocol::{ChannelHistory, ChannelName, ErrorCode, Since};
 
+use herald_api_common::auth::{self, Caller, Operation};
+
 use crate::error::ApiError;
 use crate::service::{Service, Target};
 
@@ -48,8 +50,10 @@ const INBOX_ATTEMPTS: usize = 3;
 
 impl Service {
     /// Reads a channel's history.
-    pub async fn history(&self, query: HistoryQuery<'_>) -> Result<HistoryPage, ApiError> {
+    /// `caller` needs `history_read` and the channel's namespace, else `forbidden`.
+    pub async fn history(&self, caller: &Caller, query: HistoryQuery<'_>) -> Result<HistoryPage, ApiError> {
         let channel = self.resolve(Target::Channel(query.channel))?;
+        auth::authorize(caller, Operation::HistoryRead, Some(&channel))?;
         let history = self.channel_history(&channel)?;
         let limit = self.read_limit(query.limit)?;
         let since = match query.since {
@@ -62,8 +66,15 @@ impl Service {
     }
 
     /// Reads a user's inbox: where it stands, and up to `limit` of its unread messages.
-    pub async fn inbox(&self, user: &str, limit: Option<u64>) -> Result<InboxPage, ApiError> {
+    /// `caller` needs `history_read`, else `forbidden`.
+    pub async fn inbox(
+        &self,
+        caller: &Caller,
+        user: &str,
+        limit: Option<u64>,
+    ) -> Result<InboxPage, ApiError> {
         let channel = self.resolve(Target::User(user))?;
+        auth::authorize(caller, Operation::HistoryRead, Some(&channel))?;
         let history = self.channel_history(&channel)?;
         let limit = self.read_limit(limit)?;
         let mut attempt = 0;

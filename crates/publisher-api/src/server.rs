@@ -23,17 +23,11 @@ pub async fn serve(
 ) -> io::Result<()> {
     let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
     tracing::debug!(http = %http_addr, grpc = %grpc_addr, engine = api.broker_name(), "publisher api listening");
-    herald_api_common::serve_http_and_grpc(
+    herald_api_common::serve_api(
         "publisher-api",
         (http, api.http_router()),
-        (
-            grpc,
-            herald_api_common::grpc::routes(
-                api.grpc_service(),
-                crate::pb::FILE_DESCRIPTOR_SET,
-                api.readiness(),
-            ),
-        ),
+        (grpc, api.grpc_service(), crate::pb::FILE_DESCRIPTOR_SET),
+        api.tls(),
         api.readiness(),
         CancellationToken::new(),
         shutdown,

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use herald_api_common::auth::{self, Caller, Operation};
 use herald_broker::history::MAX_IDEMPOTENCY_KEY_LEN;
 use herald_broker::{Broker, HistoryOptions};
 use herald_protocol::{
@@ -149,6 +150,19 @@ impl Service {
     /// fault (`channel: ...`), so a batch can prefix them with the entry's index.
     pub fn prepare(&self, draft: Draft<'_>) -> Result<Prepared, ApiError> {
         let channel = self.resolve(draft.target)?;
+        self.prepare_to(channel, draft)
+    }
+
+    /// [`Self::prepare`] for `caller`, who must be allowed to write to the draft's channel
+    /// (`publish` and its namespace, `broadcast` or `notify`), else `forbidden`. Both
+    /// transports publish through here, so they refuse the same things alike.
+    pub fn prepare_for(&self, caller: &Caller, draft: Draft<'_>) -> Result<Prepared, ApiError> {
+        let channel = self.resolve(draft.target)?;
+        auth::authorize(caller, Operation::write_to(&channel), Some(&channel))?;
+        self.prepare_to(channel, draft)
+    }
+
+    fn prepare_to(&self, channel: ChannelName, draft: Draft<'_>) -> Result<Prepared, ApiError> {
         let size = draft.data.get().len();
         if size > self.max_message_size {
             return Err(ApiError::new(
