@@ -1,0 +1,166 @@
+//! The Redis engine on a real Redis Cluster (three primaries, three replicas): the conformance
+//! suites, sharded publishing to the owning primary only, and a primary killed while
+//! publishing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_broker::conformance::{self, history::run_history};
+use herald_broker::{Broker, BrokerError, RedisBroker, RedisConfig};
+use herald_protocol::ChannelName;
+use herald_testkit::RedisCluster;
+
+fn cluster_broker(cluster: &RedisCluster) -> Arc<dyn Broker> {
+    let config = RedisConfig { cluster_nodes: cluster.seeds(), ..Default::default() };
+    Arc::new(RedisBroker::new(config).unwrap())
+}
+
+/// The cluster engine keeps every promise of the broker suite and of the history suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_engine_conforms() {
+    let cluster = RedisCluster::start().await;
+    let broker = cluster_broker(&cluster);
+    conformance::run_all(broker.clone(), "cluster").await;
+    run_history(broker, "cluster").await;
+}
+
+/// The slot of `channel`'s sharded Pub/Sub channel (`herald:{channel}`), as the cluster
+/// computes it.
+async fn slot_of(cluster: &RedisCluster, channel: &ChannelName) -> u16 {
+    cluster.keyslot(&format!("herald:{{{}}}", channel.as_str())).await
+}
+
+/// One channel on each of the three primaries, with the primary's port.
+async fn channel_per_primary(cluster: &RedisCluster, tag: &str) -> Vec<(ChannelName, u16)> {
+    let mut picked: Vec<(ChannelName, u16)> = Vec::new();
+    for i in 0.. {
+        let channel = ChannelName::parse(&format!("{tag}.{i}")).unwrap();
+        let primary = cluster.primary_of_slot(slot_of(cluster, &channel).await).await;
+        if !picked.iter().any(|(_, p)| *p == primary) {
+            picked.push((channel, primary));
+        }
+        if picked.len() == 3 {
+            break;
+        }
+    }
+    picked
+}
+
+/// Messages of channels on all three primaries reach a subscribed node, and each `SPUBLISH`
+/// (single and batched) runs only on the primary owning its channel's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_is_published_on_its_channels_primary_only() {
+    let cluster = RedisCluster::start().await;
+    let broker = cluster_broker(&cluster);
+    let channels = channel_per_primary(&cluster, "shard").await;
+    let (node, got) = conformance::node(&broker);
+    for (channel, _) in &channels {
+        node.subscribe(channel).await.unwrap();
+    }
+    let before =
+        futures_util::future::join_all(channels.iter().map(|(_, p)| cluster.spublish_calls(*p))).await;
+    // Channel k gets k + 1 single publishes and k + 1 batched ones.
+    let mut batch = Vec::new();
+    for (k, (channel, _)) in channels.iter().enumerate() {
+        for i in 0..=k {
+            broker.publish(channel, Bytes::from(format!("single {i}"))).await.unwrap();
+            batch.push((channel.clone(), Bytes::from(format!("batched {i}"))));
+        }
+    }
+    broker.publish_batch(&batch).await.unwrap();
+    let received = got.wait_for(12).await;
+    for (k, (channel, port)) in channels.iter().enumerate() {
+        let mine = received.iter().filter(|(c, _)| c == channel.as_str()).count();
+        assert_eq!(mine, 2 * (k + 1), "messages of {channel}");
+        let calls = cluster.spublish_calls(*port).await - before[k];
+        assert_eq!(calls, 2 * (k as u64 + 1), "SPUBLISH calls on the primary of {channel} (port {port})");
+    }
+    node.close();
+}
+
+/// A primary killed with SIGKILL while messages are published: its channel's publishes fail
+/// with the engine's unavailable or outcome-unknown errors only, the other primaries' channels
+/// keep being delivered, a replica takes over, and the node, resubscribed on the promoted
+/// replica, receives the channel's messages again, with its status down meanwhile (the
+/// gateway's cue to repair history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_failed_over_and_delivery_resumes() {
+    let mut cluster = RedisCluster::start().await;
+    let broker = cluster_broker(&cluster);
+    let channels = channel_per_primary(&cluster, "failover").await;
+    let (node, got) = conformance::node(&broker);
+    for (channel, _) in &channels {
+        node.subscribe(channel).await.unwrap();
+    }
+    let mut status = node.status();
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|live| *live))
+        .await
+        .expect("never live before the kill")
+        .unwrap();
+    let (victim, dead) = channels[0].clone();
+    let slot = slot_of(&cluster, &victim).await;
+    cluster.kill(dead).await;
+    // Other primaries keep publishing and delivering while the victim's fail.
+    for (channel, _) in &channels[1..] {
+        broker.publish(channel, Bytes::from_static(b"during")).await.unwrap();
+    }
+    match broker.publish(&victim, Bytes::from_static(b"lost")).await {
+        Err(BrokerError::Unavailable { .. } | BrokerError::OutcomeUnknown { .. }) => {}
+        other => panic!("a publish to a dead primary answered {other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|live| !*live))
+        .await
+        .expect("the node stayed live with a primary gone")
+        .unwrap();
+    let promoted = cluster.wait_for_failover(slot, dead).await;
+    assert_ne!(promoted, dead);
+    tokio::time::timeout(Duration::from_secs(20), status.wait_for(|live| *live))
+        .await
+        .expect("the node never became live again")
+        .unwrap();
+    // The node was not live for a while: that is how the gateway learns to repair.
+    assert!(node.reconnects() > 0, "the move to the promoted replica is counted");
+    got.clear();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match broker.publish(&victim, Bytes::from_static(b"after")).await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert!(
+                    matches!(e, BrokerError::Unavailable { .. } | BrokerError::OutcomeUnknown { .. }),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no publish on the promoted replica: {e}"),
+        }
+    }
+    let received = got.wait_for(1).await;
+    assert_eq!(received[0], (victim.to_string(), Bytes::from_static(b"after")));
+    assert!(cluster.spublish_calls(promoted).await >= 1);
+    node.close();
+}
+
+/// A cluster configuration that cannot work is refused, naming the key.
+#[test]
+fn cluster_settings_are_checked() {
+    let refused = |config: RedisConfig| match RedisBroker::new(config) {
+        Err(BrokerError::Config(e)) => e.to_string(),
+        Err(e) => panic!("not a config error: {e}"),
+        Ok(_) => panic!("accepted"),
+    };
+    let nodes = vec!["127.0.0.1:7000".to_string()];
+    let e = refused(RedisConfig { cluster_nodes: vec!["nohost".into()], ..Default::default() });
+    assert!(e.contains("redis.cluster_nodes"), "{e}");
+    let e =
+        refused(RedisConfig { cluster_nodes: nodes.clone(), prefix: "a{b}:".into(), ..Default::default() });
+    assert!(e.contains("redis.prefix"), "{e}");
+    let e = refused(RedisConfig {
+        cluster_nodes: nodes,
+        sentinel_master: Some("m".into()),
+        sentinel_addresses: vec!["127.0.0.1:26379".into()],
+        ..Default::default()
+    });
+    assert!(e.contains("redis.cluster_nodes"), "{e}");
+}
