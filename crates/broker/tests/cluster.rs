@@ -164,3 +164,92 @@ fn cluster_settings_are_checked() {
     });
     assert!(e.contains("redis.cluster_nodes"), "{e}");
 }
+
+/// A history channel's slot moved to another primary (keys migrated while publishing goes
+/// on): every publish ends up in the history with consecutive offsets, the node is
+/// resubscribed on the new primary and receives the channel there, and any message its
+/// Pub/Sub stream missed falls in a time its status was down, which is when the gateway reads
+/// the history for what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_while_publishing_loses_nothing_from_the_history() {
+    use herald_broker::HistoryOptions;
+    use herald_broker::conformance::history::{filter, options, payload};
+
+    let cluster = RedisCluster::start().await;
+    let broker = cluster_broker(&cluster);
+    let channel = ChannelName::parse("migrating.room").unwrap();
+    let slot = slot_of(&cluster, &channel).await;
+    let from = cluster.primary_of_slot(slot).await;
+    let to = cluster.primary_of_slot((slot + 5461) % 16384).await;
+    let to = if to == from { cluster.primary_of_slot((slot + 10922) % 16384).await } else { to };
+    let (node, got) = conformance::node(&broker);
+    node.subscribe(&channel).await.unwrap();
+    let mut status = node.status();
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|live| *live)).await.unwrap().unwrap();
+    let drops = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = {
+        let (mut status, drops) = (node.status(), drops.clone());
+        tokio::spawn(async move {
+            while status.changed().await.is_ok() {
+                if !*status.borrow_and_update() {
+                    drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    const N: usize = 200;
+    let publisher = {
+        let (broker, channel) = (broker.clone(), channel.clone());
+        tokio::spawn(async move {
+            for i in 1..=N {
+                let keyed = HistoryOptions { idempotency_key: Some(format!("k{i}")), ..options(1000) };
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    match broker.publish_with_history(&channel, &format!("m{i}"), payload(i), &keyed).await {
+                        Ok(_) => break,
+                        Err(e) if tokio::time::Instant::now() < deadline => {
+                            assert!(
+                                matches!(
+                                    e,
+                                    BrokerError::Unavailable { .. } | BrokerError::OutcomeUnknown { .. }
+                                ),
+                                "{e}"
+                            );
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("publish {i} failed for 10 s: {e}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cluster.migrate_slot(slot, to, Duration::from_millis(50)).await, from);
+    publisher.await.unwrap();
+    assert_eq!(cluster.primary_of_slot(slot).await, to);
+
+    let history = broker.history(&channel, &filter(None, None, false)).await.unwrap();
+    let offsets: Vec<u64> = history.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, (1..=N as u64).collect::<Vec<_>>(), "every publish once, in order");
+
+    // The node follows the slot: it is live again and receives the channel from its new owner.
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|live| *live)).await.unwrap().unwrap();
+    let before = cluster.spublish_calls(to).await;
+    broker.publish(&channel, Bytes::from_static(b"after the move")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !got.settled().await.iter().any(|(_, p)| p == "after the move") {
+        assert!(tokio::time::Instant::now() < deadline, "nothing arrived from the new owner");
+    }
+    assert!(cluster.spublish_calls(to).await > before, "published on the new owner");
+    let delivered: std::collections::BTreeSet<u64> = got.positions().iter().map(|(_, o, _)| *o).collect();
+    let missed = (1..=N as u64).filter(|o| !delivered.contains(o)).count();
+    if missed > 0 {
+        assert!(
+            drops.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "{missed} messages missed and the node never told: no repair would run"
+        );
+    }
+    watcher.abort();
+    node.close();
+}

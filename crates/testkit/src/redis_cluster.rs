@@ -183,6 +183,42 @@ impl RedisCluster {
         }
     }
 
+    /// Moves `slot` to the primary on `to`, as `redis-cli --cluster reshard` does: `SETSLOT
+    /// IMPORTING` on the target, `MIGRATING` on the source, `MIGRATE` of its keys ten at a
+    /// time (`pause` between batches, so a test can publish meanwhile), then `SETSLOT NODE`
+    /// on both and on the other primaries. Returns the source's port.
+    pub async fn migrate_slot(&self, slot: u16, to: u16, pause: Duration) -> u16 {
+        let from = self.primary_of_slot(slot).await;
+        assert_ne!(from, to, "slot {slot} is on port {to} already");
+        let id =
+            |port| async move { query::<String>(port, &["CLUSTER", "MYID"]).await.expect("CLUSTER MYID") };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let slot_arg = slot.to_string();
+        must(to, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]).await;
+        must(from, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]).await;
+        loop {
+            let keys: Vec<String> =
+                query(from, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "10"]).await.expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let to_port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            must(from, &args).await;
+            tokio::time::sleep(pause).await;
+        }
+        must(to, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]).await;
+        must(from, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]).await;
+        for port in self.live_ports() {
+            if port != from && port != to {
+                // Replicas refuse; they learn the new owner through the cluster bus.
+                let _ = query::<Value>(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]).await;
+            }
+        }
+        from
+    }
+
     /// `CLUSTER KEYSLOT key`, as the cluster itself computes it.
     pub async fn keyslot(&self, key: &str) -> u16 {
         let port = self.live_ports()[0];
@@ -219,6 +255,11 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One command that must succeed on the node on `port`.
+async fn must(port: u16, args: &[&str]) {
+    query::<Value>(port, args).await.unwrap_or_else(|e| panic!("{args:?} on port {port}: {e}"));
 }
 
 /// Slot ranges and the port of their primary, from `CLUSTER SLOTS` on `port`.

@@ -176,6 +176,11 @@ impl SubState {
         (!commands.subscribe.is_empty() || !commands.unsubscribe.is_empty()).then_some(commands)
     }
 
+    /// Whether Redis has confirmed every command sent and nothing waits to be sent.
+    pub(super) fn is_settled(&self) -> bool {
+        self.in_flight == 0 && self.dirty.is_empty()
+    }
+
     /// Whether any channel is wanted or known here.
     pub(super) fn has_channels(&self) -> bool {
         !self.channels.is_empty()

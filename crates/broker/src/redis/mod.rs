@@ -27,7 +27,7 @@
 //! header that the node strips before delivery.
 
 mod channels;
-mod cluster;
+pub(crate) mod cluster;
 mod config;
 pub mod connect;
 mod history;

@@ -38,6 +38,9 @@ use crate::{Confirmation, Delivery, Subscriber};
 /// under way). Reads are rate-limited by the topology as well.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// How often the supervisor looks whether the shards settled after channels moved.
+const SETTLE_CHECK: Duration = Duration::from_millis(10);
+
 /// One node's subscriptions on a cluster. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct ClusterSubscriber {
@@ -56,6 +59,9 @@ struct ClusterNode {
     stop: CancellationToken,
     /// Times channels moved to another shard, counted as reconnects for metrics.
     moves: AtomicU64,
+    /// Set when channels moved to another shard, until every shard settled: the node is not
+    /// live meanwhile, so the gateway repairs what the moved channels missed.
+    resyncing: AtomicBool,
 }
 
 /// Where each channel's interest lives.
@@ -96,6 +102,7 @@ impl ClusterSubscriber {
             status: watch::Sender::new(false),
             stop,
             moves: AtomicU64::new(0),
+            resyncing: AtomicBool::new(false),
         };
         Self { node: Arc::new(node) }
     }
@@ -137,11 +144,16 @@ impl ClusterSubscriber {
             }
             self.place(&tasks);
             let live = self.update_status();
+            let resyncing = node.resyncing.load(Ordering::Relaxed);
             tokio::select! {
                 _ = node.stop.cancelled() => break,
                 _ = node.link.wake.notified() => {}
                 _ = maps.changed() => {}
-                _ = tokio::time::sleep(RETRY), if !live => node.link.refresh.store(true, Ordering::Relaxed),
+                // Shards do not report their confirmations; look again soon.
+                _ = tokio::time::sleep(SETTLE_CHECK), if resyncing => {}
+                _ = tokio::time::sleep(RETRY), if !live && !resyncing => {
+                    node.link.refresh.store(true, Ordering::Relaxed);
+                }
             }
         }
         tasks.close();
@@ -171,6 +183,8 @@ impl ClusterSubscriber {
                     "redis cluster slots moved: resubscribing their channels"
                 );
                 node.moves.fetch_add(1, Ordering::Relaxed);
+                node.resyncing.store(true, Ordering::Relaxed);
+                node.status.send_replace(false);
             }
             for handover in moved {
                 let shard = self.shard_of(&mut routes, handover.key());
@@ -199,12 +213,17 @@ impl ClusterSubscriber {
         }
     }
 
-    /// Live when a map is known, no channel waits for a shard, and every shard is live.
+    /// Live when a map is known, no channel waits for a shard, every shard is live, and
+    /// after channels moved, every shard has settled its commands.
     fn update_status(&self) -> bool {
         let routes = self.routes();
-        let live = routes.map.is_known()
+        let mut live = routes.map.is_known()
             && !routes.unplaced.lock().has_channels()
             && routes.shards.values().all(|s| s.shared.is_live());
+        if live && self.node.resyncing.load(Ordering::Relaxed) {
+            live = routes.shards.values().all(|s| s.shared.lock().is_settled());
+            self.node.resyncing.store(!live, Ordering::Relaxed);
+        }
         drop(routes);
         self.node.status.send_if_modified(|now| std::mem::replace(now, live) != live);
         live
