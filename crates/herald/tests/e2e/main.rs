@@ -12,7 +12,8 @@
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
 //!   observability, configuration, hostile clients, the standalone mode, presence, history
 //!   reads and idempotent publishes (client and publisher API), the offline inbox, recovery of
-//!   channels with history, the local cluster script, and what a process logs about its life
+//!   channels with history, gateways on a Redis Cluster (`redis_cluster`), the local cluster
+//!   script, and what a process logs about its life
 //!   (`lifecycle_logs`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
@@ -38,6 +39,7 @@ mod presence_kill;
 mod presence_standalone;
 mod publisher_history;
 mod recovery;
+mod redis_cluster;
 mod redis_outage;
 mod slow_consumer;
 mod standalone;
