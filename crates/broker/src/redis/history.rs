@@ -97,9 +97,11 @@ impl HistoryStore {
 
     /// Runs `invocation` on the primary of `channel`'s keys. The outer error: no connection,
     /// nothing ran. A broken connection is dropped on the way, so the next call reconnects.
-    /// On a cluster, a script refused because its slot moved (`MOVED`, `ASK`) or is being
-    /// failed over (`CLUSTERDOWN`, `TRYAGAIN`) did not run: the slot map is read again and the
-    /// script sent once more, to where the map names now.
+    /// On a cluster, a script refused because its slot moved (`MOVED`), is moving (`ASK`: its
+    /// keys are on the way to another primary) or is being failed over (`CLUSTERDOWN`,
+    /// `TRYAGAIN`) did not run: the slot map is read again and the script sent again, to where
+    /// the map names now, until `redis.response_timeout` from the first try. Map reads are
+    /// rate-limited, which paces the retries while a slot is migrating.
     async fn run<T: FromRedisValue>(
         &self,
         channel: &ChannelName,
@@ -119,7 +121,7 @@ impl HistoryStore {
             Conns::Cluster(cluster) => cluster,
         };
         let key = self.key(channel, "meta");
-        let mut retried = false;
+        let deadline = tokio::time::Instant::now() + self.config.response_timeout;
         loop {
             let (conn, generation) = cluster.connection(&key, operation).await?;
             let mut c = conn.get().await.map_err(connect_failed)?;
@@ -129,10 +131,9 @@ impl HistoryStore {
             let misrouted = e.code().is_some_and(|code| {
                 is_redirect(&format!("{code} ")) || matches!(code, "CLUSTERDOWN" | "TRYAGAIN")
             });
-            if !misrouted || retried {
+            if !misrouted || tokio::time::Instant::now() >= deadline {
                 return Ok(result);
             }
-            retried = true;
             cluster.topology.refresh(generation).await.map_err(|e| BrokerError::unavailable(operation, e))?;
         }
     }
