@@ -253,3 +253,31 @@ async fn a_slot_moved_while_publishing_loses_nothing_from_the_history() {
     watcher.abort();
     node.close();
 }
+
+/// With no cluster node reachable, publishing and history fail as unavailable within the
+/// response timeout (nothing was sent), and a node never reports itself live.
+#[tokio::test]
+async fn an_unreachable_cluster_is_unavailable_in_time() {
+    let port = herald_testkit::free_port();
+    let config = RedisConfig {
+        cluster_nodes: vec![format!("127.0.0.1:{port}")],
+        response_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::new(config).unwrap());
+    let room = ChannelName::parse("nowhere").unwrap();
+    let started = tokio::time::Instant::now();
+    let err = broker.publish(&room, Bytes::from_static(b"x")).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Unavailable { .. }), "{err}");
+    let err = broker.publish_batch(&[(room.clone(), Bytes::from_static(b"y"))]).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Unavailable { .. }), "{err}");
+    let filter = herald_broker::conformance::history::filter(None, None, false);
+    let err = broker.history(&room, &filter).await.unwrap_err();
+    assert!(matches!(err, BrokerError::Unavailable { .. }), "{err}");
+    assert!(broker.ping().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let (node, _) = conformance::node(&broker);
+    assert!(node.subscribe(&room).await.is_err(), "confirmed without a cluster");
+    assert!(!*node.status().borrow());
+    node.close();
+}

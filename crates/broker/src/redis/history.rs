@@ -134,7 +134,12 @@ impl HistoryStore {
             if !misrouted || tokio::time::Instant::now() >= deadline {
                 return Ok(result);
             }
-            cluster.topology.refresh(generation).await.map_err(|e| BrokerError::unavailable(operation, e))?;
+            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+            cluster
+                .topology
+                .refresh_within(generation, limit)
+                .await
+                .map_err(|e| BrokerError::unavailable(operation, e))?;
         }
     }
 

@@ -59,7 +59,9 @@ impl Cluster {
         key: &str,
         operation: &'static str,
     ) -> Result<(Arc<LazyConnection>, u64), BrokerError> {
-        let map = self.topology.known().await.map_err(|e| BrokerError::unavailable(operation, e))?;
+        let limit = self.endpoint.config().response_timeout;
+        let map =
+            self.topology.known_within(limit).await.map_err(|e| BrokerError::unavailable(operation, e))?;
         let addr = map.primary(key_slot(key.as_bytes())).ok_or_else(|| {
             BrokerError::unavailable(operation, "the channel's cluster slot is served by no primary")
         })?;

@@ -86,7 +86,11 @@ impl ClusterPublisher {
     ) -> Result<(), BrokerError> {
         let config = self.endpoint.config();
         let keys: Vec<String> = batch.iter().map(|(c, _)| config.pubsub_channel(c.as_str())).collect();
-        let map = self.topology.known().await.map_err(|e| BrokerError::unavailable(operation, e))?;
+        let map = self
+            .topology
+            .known_within(config.response_timeout)
+            .await
+            .map_err(|e| BrokerError::unavailable(operation, e))?;
         let all: Vec<usize> = (0..batch.len()).collect();
         let parts = self.route(batch, &keys, all, map, true, operation).await;
         let confirmed = parts.iter().map(|p| p.confirmed).sum();
@@ -188,7 +192,8 @@ impl ClusterPublisher {
                 Trip::Unknown(_) => (true, false),
             };
             if stale {
-                match self.topology.refresh(map.generation).await {
+                let limit = self.endpoint.config().response_timeout;
+                match self.topology.refresh_within(map.generation, limit).await {
                     Ok(newer) if retry && rerouted => {
                         let mut parts = self.route(batch, keys, rest.to_vec(), newer, false, operation).await;
                         parts.push(Part { confirmed, error: None });
@@ -215,7 +220,8 @@ impl ClusterPublisher {
 
     /// `PING`s every primary, for readiness: publishing works only if each one answers.
     pub(crate) async fn ping(&self) -> Result<(), BrokerError> {
-        let map = self.topology.known().await.map_err(|e| BrokerError::unavailable("ping", e))?;
+        let limit = self.endpoint.config().response_timeout;
+        let map = self.topology.known_within(limit).await.map_err(|e| BrokerError::unavailable("ping", e))?;
         let pings = map.primaries().iter().map(|addr| {
             let map = map.clone();
             async move {

@@ -111,6 +111,9 @@ pub enum TopologyError {
         #[source]
         source: ConnectError,
     },
+    /// No map could be read within the time the caller had.
+    #[error("the cluster slot map could not be read in time")]
+    TimedOut,
     /// A node answered with something that is not a slot map.
     #[error("cluster node {0} sent an unreadable CLUSTER SLOTS reply")]
     Unreadable(String),
@@ -144,6 +147,21 @@ impl Topology {
     pub(crate) async fn known(&self) -> Result<Arc<SlotMap>, TopologyError> {
         let map = self.current();
         if map.is_known() { Ok(map) } else { self.refresh(map.generation).await }
+    }
+
+    /// [`Topology::known`], or [`TopologyError::TimedOut`] after `limit`: a publish waits for
+    /// a map no longer than for Redis's answer.
+    pub(crate) async fn known_within(&self, limit: Duration) -> Result<Arc<SlotMap>, TopologyError> {
+        tokio::time::timeout(limit, self.known()).await.unwrap_or(Err(TopologyError::TimedOut))
+    }
+
+    /// [`Topology::refresh`] bounded by `limit`.
+    pub(crate) async fn refresh_within(
+        &self,
+        seen: u64,
+        limit: Duration,
+    ) -> Result<Arc<SlotMap>, TopologyError> {
+        tokio::time::timeout(limit, self.refresh(seen)).await.unwrap_or(Err(TopologyError::TimedOut))
     }
 
     /// A map newer than generation `seen`: one read meanwhile, or a new read (rate-limited).
