@@ -79,6 +79,38 @@ async fn each_message_is_published_on_its_channels_primary_only() {
     node.close();
 }
 
+/// A node with a hundred channels on the three primaries holds one sharded Pub/Sub connection
+/// per primary, not one per channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_one_connection_per_primary() {
+    let cluster = RedisCluster::start().await;
+    let broker = cluster_broker(&cluster);
+    let (node, got) = conformance::node(&broker);
+    let channels: Vec<ChannelName> =
+        (0..100).map(|i| ChannelName::parse(&format!("many.{i}")).unwrap()).collect();
+    for result in futures_util::future::join_all(channels.iter().map(|c| node.subscribe(c))).await {
+        result.unwrap();
+    }
+    assert_eq!(node.active_channels(), 100);
+    let batch: Vec<(ChannelName, Bytes)> =
+        channels.iter().map(|c| (c.clone(), Bytes::from_static(b"."))).collect();
+    broker.publish_batch(&batch).await.unwrap();
+    assert_eq!(got.wait_for(100).await.len(), 100);
+    let mut primaries = Vec::new();
+    for channel in &channels {
+        let primary = cluster.primary_of_slot(slot_of(&cluster, channel).await).await;
+        if !primaries.contains(&primary) {
+            primaries.push(primary);
+        }
+    }
+    assert_eq!(primaries.len(), 3, "the channels span every primary");
+    for port in primaries {
+        let clients: String = cluster.query(port, &["CLIENT", "LIST", "TYPE", "pubsub"]).await.unwrap();
+        assert_eq!(clients.lines().count(), 1, "Pub/Sub connections on port {port}: {clients}");
+    }
+    node.close();
+}
+
 /// A primary killed with SIGKILL while messages are published: its channel's publishes fail
 /// with the engine's unavailable or outcome-unknown errors only, the other primaries' channels
 /// keep being delivered, a replica takes over, and the node, resubscribed on the promoted
