@@ -7,7 +7,9 @@
 //! - [`memory`]: the in-process engine of the standalone mode. Delivery is a function call.
 //! - [`redis`]: the Redis Pub/Sub engine. Publishing goes over one pipelined connection whose
 //!   failures tell "not sent" from "sent, no answer"; each node holds exactly one Pub/Sub connection, reconciles the channels it wants against
-//!   the ones Redis confirmed, and resubscribes everything after a reconnect.
+//!   the ones Redis confirmed, and resubscribes everything after a reconnect. On a Redis
+//!   Cluster (`redis.cluster_nodes`) the same parts run once per primary, with sharded Pub/Sub,
+//!   each channel on the primary serving its slot (`redis::cluster`).
 //! - [`history`]: channel history (offsets, epochs, recovery, idempotent publish): the types
 //!   and rules both engines share; each engine keeps the state itself.
 //! - `conformance` (feature `testing`, for tests only): the behaviour both engines promise, as a
@@ -119,7 +121,8 @@ pub trait Broker: Send + Sync + 'static {
     /// certainly was not ([`BrokerError::Unavailable`]).
     async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError>;
 
-    /// Publishes several messages in order, in as few round trips as the engine allows
+    /// Publishes several messages in order (on a Redis Cluster: in order per channel, as the
+    /// channels of different primaries are published concurrently), in as few round trips as the engine allows
     /// (the Redis engine splits a large batch into bounded pipelines so other publishes
     /// interleave). Errors as for [`Broker::publish`].
     async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError>;

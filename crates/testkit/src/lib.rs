@@ -1,9 +1,12 @@
 //! Test harness shared by Herald's integration tests: real `redis-server` processes on free
-//! ports (that tests kill and restart to cause real outages) and WebSocket test clients.
+//! ports (that tests kill and restart to cause real outages), a real Redis Cluster of six of
+//! them ([`RedisCluster`]), and WebSocket test clients.
 
+mod redis_cluster;
 mod redis_server;
 mod ws;
 
+pub use redis_cluster::RedisCluster;
 pub use redis_server::{Frozen, RedisSentinel, RedisServer};
 pub use ws::{Closed, WsClient};
 

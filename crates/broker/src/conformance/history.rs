@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{WAIT, ch, node, until_marker};
+use super::{WAIT, beside, ch, node, until_marker};
 use crate::history::frame_at;
 use crate::{
     Broker, BrokerError, HistoryFilter, HistoryOptions, HistoryResult, InboxStatus, PublishResult,
@@ -73,7 +73,7 @@ async fn publish_n(
 /// in offset order with their position, and the history holds exactly the frames delivered.
 pub async fn offsets_are_consecutive_under_concurrent_publishes(broker: &Arc<dyn Broker>, tag: &str) {
     let room = ch(&format!("hist{tag}:concurrent"));
-    let barrier = ch(&format!("hist{tag}:concurrent-barrier"));
+    let barrier = beside(&room, &format!("hist{tag}:concurrent-barrier"));
     let (node, got) = node(broker);
     node.subscribe(&room).await.unwrap();
     node.subscribe(&barrier).await.unwrap();
@@ -173,7 +173,7 @@ pub async fn recovery_needs_the_whole_window(broker: &Arc<dyn Broker>, tag: &str
 /// result; a subscriber sees the message once and the history holds it once.
 pub async fn idempotent_publish_publishes_once(broker: &Arc<dyn Broker>, tag: &str) {
     let room = ch(&format!("hist{tag}:idempotent"));
-    let barrier = ch(&format!("hist{tag}:idempotent-barrier"));
+    let barrier = beside(&room, &format!("hist{tag}:idempotent-barrier"));
     let (node, got) = node(broker);
     node.subscribe(&room).await.unwrap();
     node.subscribe(&barrier).await.unwrap();

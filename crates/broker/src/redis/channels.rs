@@ -47,6 +47,22 @@ pub(super) struct Commands {
     pub(super) unsubscribe: Vec<Box<str>>,
 }
 
+/// A channel's interest moving from one shard's state to another's ([`SubState::release`]).
+pub(super) struct Handover {
+    key: Box<str>,
+    /// Outstanding `subscribe` calls.
+    wanted: u32,
+    /// Those still waiting for Redis's confirmation.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Handover {
+    /// The channel, with prefix.
+    pub(super) fn key(&self) -> &str {
+        &self.key
+    }
+}
+
 impl Chan {
     fn unused(&self) -> bool {
         self.wanted == 0 && !self.active && !self.in_flight && !self.dirty
@@ -158,6 +174,66 @@ impl SubState {
             list.push(key);
         }
         (!commands.subscribe.is_empty() || !commands.unsubscribe.is_empty()).then_some(commands)
+    }
+
+    /// Whether Redis has confirmed every command sent and nothing waits to be sent.
+    pub(super) fn is_settled(&self) -> bool {
+        self.in_flight == 0 && self.dirty.is_empty()
+    }
+
+    /// Whether any channel is wanted or known here.
+    pub(super) fn has_channels(&self) -> bool {
+        !self.channels.is_empty()
+    }
+
+    /// Whether some `subscribe` call holds interest in `key`.
+    pub(super) fn is_wanted(&self, key: &str) -> bool {
+        self.channels.get(key).is_some_and(|c| c.wanted > 0)
+    }
+
+    /// On a cluster, hands over the interest in every channel `moves` picks (its slot is now
+    /// served by another shard) together with its waiters, for [`SubState::adopt`] on the
+    /// new shard's state, and forgets the channel here without a command: the old shard
+    /// dropped it already (its `sunsubscribe`, or it is gone), and a redirected channel gets
+    /// no more messages from it either way.
+    pub(super) fn release(&mut self, mut moves: impl FnMut(&str) -> bool) -> Vec<Handover> {
+        let mut moved = Vec::new();
+        let (active, in_flight) = (&mut self.active, &mut self.in_flight);
+        self.channels.retain(|key, chan| {
+            if !moves(key) {
+                return true;
+            }
+            if chan.active {
+                *active -= 1;
+            }
+            if chan.in_flight {
+                *in_flight -= 1;
+            }
+            if chan.wanted > 0 {
+                let waiters = std::mem::take(&mut chan.waiters);
+                moved.push(Handover { key: key.clone(), wanted: chan.wanted, waiters });
+            }
+            false
+        });
+        shrink(&mut self.channels);
+        moved
+    }
+
+    /// Takes over a channel another shard's state released. `true` if the channel is dirty
+    /// (the task has a command to send).
+    pub(super) fn adopt(&mut self, handover: Handover) -> bool {
+        let Handover { key, wanted, waiters } = handover;
+        let chan = self.channels.entry(key.clone()).or_default();
+        chan.wanted += wanted;
+        if chan.active && !chan.in_flight {
+            for waiter in waiters {
+                let _ = waiter.send(());
+            }
+            return false;
+        }
+        chan.waiters.extend(waiters);
+        Self::mark_dirty(&mut self.dirty, &key, chan);
+        true
     }
 
     /// Records Redis's confirmation of a subscribe (`live`) or unsubscribe of `key`, and
@@ -337,6 +413,32 @@ mod tests {
         sub.sort();
         assert_eq!((sub, unsub), (vec!["a".to_string(), "c".into()], vec![]));
         assert_eq!(state.channels.len(), 2, "b is forgotten");
+    }
+
+    /// A channel whose slot moved to another shard keeps its interest and its waiters there,
+    /// and is subscribed on the new shard only.
+    #[test]
+    fn a_released_channel_is_subscribed_where_it_is_adopted() {
+        let (mut old, mut new) = (SubState::default(), SubState::default());
+        let _a = want(&mut old, "a");
+        let _a2 = want(&mut old, "a");
+        let (_, mut b) = want(&mut old, "b");
+        assert_eq!(commands(&mut old).0.len(), 2);
+        old.confirm("a", true);
+        let moved = old.release(|key| key == "a" || key == "b");
+        assert_eq!((old.active, old.in_flight, old.channels.len()), (0, 0, 0), "nothing left behind");
+        assert!(old.take_commands().is_none(), "no unsubscribe on the old shard");
+        for handover in moved {
+            assert!(new.adopt(handover));
+        }
+        let (mut sub, _) = commands(&mut new);
+        sub.sort();
+        assert_eq!(sub, vec!["a".to_string(), "b".into()]);
+        assert!(!new.confirm("b", true));
+        assert_eq!(b.try_recv(), Ok(()), "the waiter moved along");
+        new.confirm("a", true);
+        assert!(!new.unwant("a"), "both calls' interest moved");
+        assert!(new.unwant("a"));
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Endpoint {
     url_addr: (String, u16),
     username: Option<String>,
     password: Option<String>,
+    /// On a cluster: the one node this endpoint reaches ([`Endpoint::at`]), instead of the
+    /// URL's server or the sentinels' master.
+    pinned: Option<(String, u16)>,
 }
 
 impl Endpoint {
@@ -68,7 +71,12 @@ impl Endpoint {
         let url_addr = (host.clone(), *port);
         let username = info.redis_settings().username().map(String::from);
         let password = info.redis_settings().password().map(String::from);
-        Ok(Self { config, info, url_addr, username, password })
+        Ok(Self { config, info, url_addr, username, password, pinned: None })
+    }
+
+    /// The same settings and credentials, connecting to `host:port` only: a cluster node.
+    pub(super) fn at(&self, host: &str, port: u16) -> Self {
+        Self { pinned: Some((host.to_string(), port)), ..self.clone() }
     }
 
     pub fn config(&self) -> &RedisConfig {
@@ -77,6 +85,9 @@ impl Endpoint {
 
     /// Where commands go now: the URL's server, or the master the sentinels name.
     pub async fn address(&self) -> Result<(String, u16), SentinelError> {
+        if let Some(pinned) = &self.pinned {
+            return Ok(pinned.clone());
+        }
         sentinel::current_address(&self.config, (&self.url_addr.0, self.url_addr.1)).await
     }
 

@@ -25,7 +25,8 @@
 //! result and do nothing else; (2) read or create the epoch; (3) `HINCRBY` the offset;
 //! (4) build the frame once, `{"offset":N,` and the publisher's bytes after their `{`;
 //! (5) `XADD` it with the offset as id and `MAXLEN size`; (6) `PEXPIRE` stream and meta by
-//! the TTL; (7) remember the idempotency key; (8) `PUBLISH` to `p` + `c` the frame behind a
+//! the TTL; (7) remember the idempotency key; (8) `PUBLISH` to `p` + `c` (on a cluster
+//! `SPUBLISH` to `p{c}`, the slot of the keys) the frame behind a
 //! header, `~1 <offset> <epoch>\n`, which the node strips: subscribers get the frame, the
 //! gateway learns the position without reading JSON. Channels without history keep the plain
 //! frame on Pub/Sub, which never starts with `~`.
@@ -47,11 +48,13 @@
 //! `redis` crate loads the script and retries, which is safe because a `NOSCRIPT` reply
 //! means nothing ran.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use herald_protocol::ChannelName;
-use redis::aio::MultiplexedConnection;
-use redis::{Script, Value};
+use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 
+use super::cluster::{Cluster, is_redirect};
 use super::{LazyConnection, RedisConfig};
 use crate::BrokerError;
 use crate::history::{
@@ -66,8 +69,9 @@ const HEADER: &[u8] = b"~1 ";
 /// dropped when it breaks.
 pub(super) struct HistoryStore {
     /// Its own connection, so a history publish never waits behind the publishing
-    /// connection's queue, and a script's reply (the offset) comes back to its caller.
-    conn: LazyConnection,
+    /// connection's queue, and a script's reply (the offset) comes back to its caller. On a
+    /// cluster, one per primary.
+    conns: Conns,
     config: RedisConfig,
     publish: Script,
     read: Script,
@@ -76,9 +80,9 @@ pub(super) struct HistoryStore {
 }
 
 impl HistoryStore {
-    pub(super) fn new(conn: LazyConnection, config: RedisConfig) -> Self {
+    pub(super) fn new(conns: Conns, config: RedisConfig) -> Self {
         Self {
-            conn,
+            conns,
             config,
             publish: Script::new(include_str!("lua/publish.lua")),
             read: Script::new(include_str!("lua/history.lua")),
@@ -91,15 +95,52 @@ impl HistoryStore {
         format!("{}{{{}}}.{suffix}", self.config.prefix, channel.as_str())
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, BrokerError> {
-        self.conn.get().await.map_err(|e| BrokerError::unavailable("history: connect", e))
-    }
-
-    /// Whether `e` means the command may have run: it went out and no answer came. Drops the
-    /// broken connection so the next call reconnects.
-    async fn broken(&self, e: &redis::RedisError) -> bool {
-        self.conn.failed(e).await;
-        e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    /// Runs `invocation` on the primary of `channel`'s keys. The outer error: no connection,
+    /// nothing ran. A broken connection is dropped on the way, so the next call reconnects.
+    /// On a cluster, a script refused because its slot moved (`MOVED`), is moving (`ASK`: its
+    /// keys are on the way to another primary) or is being failed over (`CLUSTERDOWN`,
+    /// `TRYAGAIN`) did not run: the slot map is read again and the script sent again, to where
+    /// the map names now, until `redis.response_timeout` from the first try. Map reads are
+    /// rate-limited, which paces the retries while a slot is migrating.
+    async fn run<T: FromRedisValue>(
+        &self,
+        channel: &ChannelName,
+        invocation: &ScriptInvocation<'_>,
+        operation: &'static str,
+    ) -> Result<Result<T, RedisError>, BrokerError> {
+        let connect_failed = |e| BrokerError::unavailable(operation, e);
+        let cluster = match &self.conns {
+            Conns::Single(conn) => {
+                let mut c = conn.get().await.map_err(connect_failed)?;
+                let result = invocation.invoke_async(&mut c).await;
+                if let Err(e) = &result {
+                    conn.failed(e).await;
+                }
+                return Ok(result);
+            }
+            Conns::Cluster(cluster) => cluster,
+        };
+        let key = self.key(channel, "meta");
+        let deadline = tokio::time::Instant::now() + self.config.response_timeout;
+        loop {
+            let (conn, generation) = cluster.connection(&key, operation).await?;
+            let mut c = conn.get().await.map_err(connect_failed)?;
+            let result = invocation.invoke_async(&mut c).await;
+            let Err(e) = &result else { return Ok(result) };
+            conn.failed(e).await;
+            let misrouted = e.code().is_some_and(|code| {
+                is_redirect(&format!("{code} ")) || matches!(code, "CLUSTERDOWN" | "TRYAGAIN")
+            });
+            if !misrouted || tokio::time::Instant::now() >= deadline {
+                return Ok(result);
+            }
+            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+            cluster
+                .topology
+                .refresh_within(generation, limit)
+                .await
+                .map_err(|e| BrokerError::unavailable(operation, e))?;
+        }
     }
 
     pub(super) async fn publish(
@@ -115,19 +156,19 @@ impl HistoryStore {
             invocation.key(self.key(channel, &format!("idem:{key}")));
         }
         invocation
-            .arg(format!("{}{}", self.config.prefix, channel.as_str()))
+            .arg(self.config.pubsub_channel(channel.as_str()))
             .arg(&payload[1..])
             .arg(message_id)
             .arg(options.size)
             .arg(millis(options.ttl))
             .arg(millis(options.idempotency_ttl))
-            .arg(new_epoch());
-        let mut conn = self.connection().await?;
-        match invocation.invoke_async::<(u64, String, String, u8)>(&mut conn).await {
+            .arg(new_epoch())
+            .arg(if self.config.is_cluster() { "SPUBLISH" } else { "PUBLISH" });
+        match self.run::<(u64, String, String, u8)>(channel, &invocation, "history publish").await? {
             Ok((offset, epoch, message_id, deduplicated)) => {
                 Ok(PublishResult { offset, epoch, message_id, deduplicated: deduplicated == 1 })
             }
-            Err(e) if self.broken(&e).await => {
+            Err(e) if broken(&e) => {
                 Err(BrokerError::OutcomeUnknown { confirmed: 0, reason: format!("history publish: {e}") })
             }
             Err(e) => Err(BrokerError::unavailable("history publish", e)),
@@ -152,13 +193,9 @@ impl HistoryStore {
             .arg(new_epoch())
             .arg(millis(filter.ttl))
             .arg(expected);
-        let mut conn = self.connection().await?;
-        let reply = match invocation.invoke_async::<Value>(&mut conn).await {
+        let reply = match self.run::<Value>(channel, &invocation, "history read").await? {
             Ok(reply) => reply,
-            Err(e) => {
-                self.broken(&e).await;
-                return Err(BrokerError::unavailable("history read", e));
-            }
+            Err(e) => return Err(BrokerError::unavailable("history read", e)),
         };
         let (position, oldest, publications) =
             parse_read(reply).ok_or_else(|| BrokerError::unavailable("history read", "unexpected reply"))?;
@@ -183,13 +220,9 @@ impl HistoryStore {
             .arg(&position.epoch)
             .arg(new_epoch())
             .arg(millis(ttl));
-        let mut conn = self.connection().await?;
-        let (epoch, top, acked) = match invocation.invoke_async::<(String, u64, u64)>(&mut conn).await {
+        let (epoch, top, acked) = match self.run::<(String, u64, u64)>(channel, &invocation, "ack").await? {
             Ok(reply) => reply,
-            Err(e) => {
-                self.broken(&e).await;
-                return Err(BrokerError::unavailable("ack", e));
-            }
+            Err(e) => return Err(BrokerError::unavailable("ack", e)),
         };
         let current = StreamPosition { offset: top, epoch };
         check_ack(position, &current)?;
@@ -207,18 +240,27 @@ impl HistoryStore {
             .key(self.key(channel, "meta"))
             .arg(new_epoch())
             .arg(millis(ttl));
-        let mut conn = self.connection().await?;
         let (epoch, top, acked, oldest) =
-            match invocation.invoke_async::<(String, u64, u64, u64)>(&mut conn).await {
+            match self.run::<(String, u64, u64, u64)>(channel, &invocation, "inbox").await? {
                 Ok(reply) => reply,
-                Err(e) => {
-                    self.broken(&e).await;
-                    return Err(BrokerError::unavailable("inbox", e));
-                }
+                Err(e) => return Err(BrokerError::unavailable("inbox", e)),
             };
         let position = StreamPosition { offset: top, epoch };
         Ok(inbox_status(position, acked, Some(oldest).filter(|o| *o > 0)))
     }
+}
+
+/// Where history scripts run.
+pub(super) enum Conns {
+    /// The one primary (standalone or Sentinel).
+    Single(Box<LazyConnection>),
+    /// The primary serving each channel's slot.
+    Cluster(Arc<Cluster>),
+}
+
+/// Whether `e` means the command may have run: it went out and no answer came.
+fn broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// Milliseconds of `d` for Redis, at least 1 so that a tiny TTL still expires.

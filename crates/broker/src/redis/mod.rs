@@ -18,11 +18,17 @@
 //! bounded by `connect_timeout`. [`LazyConnection`], the shared multiplexed connection
 //! presence runs its scripts on, is built on it too.
 //!
+//! On a Redis Cluster ([`cluster`]) publishing, each node's subscriptions and the history
+//! scripts are split by the primary serving each channel's slot: a publishing connection and,
+//! per node, a sharded Pub/Sub connection per primary, each the same as above.
+//!
 //! Channels with history ([`history`]) publish through a script on their own
 //! [`LazyConnection`], whose reply carries the offset; their Pub/Sub messages carry a position
 //! header that the node strips before delivery.
 
 mod channels;
+pub(crate) mod cluster;
+mod config;
 pub mod connect;
 mod history;
 mod node;
@@ -36,13 +42,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use herald_protocol::{ChannelName, ConfigError};
+use herald_protocol::ChannelName;
 use rand::Rng;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use self::cluster::{Cluster, ClusterSubscriber};
+pub use self::config::RedisConfig;
 pub use self::connect::{ConnectError, Endpoint, LazyConnection, QueryError};
-use self::history::HistoryStore;
+use self::history::{Conns, HistoryStore};
 use self::node::{NodeShared, NodeTask, RedisSubscriber};
 pub use self::publish::{NotSent, Refused, Unanswered};
 use self::publish::{Publisher, Trip};
@@ -52,168 +59,6 @@ use crate::history::{
     check_publish, check_ttl,
 };
 use crate::{Broker, BrokerError, Delivery, Subscriber};
-
-/// Settings of the Redis engine (`[redis]` in the configuration file).
-#[derive(Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
-    pub url: String,
-    /// Prepended to every channel name in Redis, so several deployments can share a server.
-    pub prefix: String,
-    /// How long to wait for a TCP connection to Redis.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// How long a publish (and a readiness `PING`) may take, from the request to Redis's
-    /// answer, connecting included. A publish still unanswered then fails as "not sent" or,
-    /// once its command went out, as "outcome unknown".
-    #[serde(with = "humantime_serde")]
-    pub response_timeout: Duration,
-    /// Largest pipeline of `PUBLISH` commands one batch sends to Redis at a time (at least one
-    /// message). The next part of the batch goes out once Redis answered this one, so other
-    /// requests' publishes wait behind at most this much of a batch.
-    pub publish_pipeline_bytes: usize,
-    /// How long a client's subscribe waits for Redis to confirm before it gets `unavailable`.
-    #[serde(with = "humantime_serde")]
-    pub subscribe_timeout: Duration,
-    /// Least time between two batches of `SUBSCRIBE`/`UNSUBSCRIBE` commands on a gateway's
-    /// Pub/Sub connection. A subscribe leaves at once when no batch left within this time;
-    /// in a burst, channels gather for up to this long and Redis gets fewer, larger commands.
-    #[serde(with = "humantime_serde")]
-    pub subscribe_batch_interval: Duration,
-    /// First delay before reconnecting the Pub/Sub connection; it doubles up to `reconnect_max`.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_min: Duration,
-    /// Longest delay between reconnect attempts.
-    #[serde(with = "humantime_serde")]
-    pub reconnect_max: Duration,
-    /// How often the Pub/Sub connection is pinged, so a silently dead Redis is noticed.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// With Redis Sentinel: the name of the monitored master. Every connection then asks the
-    /// sentinels where the master is; `url` only supplies the password and database.
-    pub sentinel_master: Option<String>,
-    /// With Redis Sentinel: the sentinels, as `host:port` (a comma-separated string works too).
-    #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
-    pub sentinel_addresses: Vec<String>,
-    /// With Redis Sentinel: the sentinels' own password (their `requirepass`), when they have
-    /// one. The master's password is the one in `url`.
-    pub sentinel_password: Option<String>,
-    /// With Redis Sentinel: the ACL user for the sentinels, with `sentinel_password`.
-    pub sentinel_username: Option<String>,
-}
-
-impl std::fmt::Debug for RedisConfig {
-    /// Passwords are left out: configurations end up in logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured, so that a new field cannot be left out (or printed in the clear) unseen.
-        let Self {
-            url,
-            prefix,
-            connect_timeout,
-            response_timeout,
-            publish_pipeline_bytes,
-            subscribe_timeout,
-            subscribe_batch_interval,
-            reconnect_min,
-            reconnect_max,
-            ping_interval,
-            sentinel_master,
-            sentinel_addresses,
-            sentinel_password,
-            sentinel_username,
-        } = self;
-        f.debug_struct("RedisConfig")
-            .field("url", &redact(url))
-            .field("prefix", prefix)
-            .field("connect_timeout", connect_timeout)
-            .field("response_timeout", response_timeout)
-            .field("publish_pipeline_bytes", publish_pipeline_bytes)
-            .field("subscribe_timeout", subscribe_timeout)
-            .field("subscribe_batch_interval", subscribe_batch_interval)
-            .field("reconnect_min", reconnect_min)
-            .field("reconnect_max", reconnect_max)
-            .field("ping_interval", ping_interval)
-            .field("sentinel_master", sentinel_master)
-            .field("sentinel_addresses", sentinel_addresses)
-            .field("sentinel_password", &sentinel_password.as_ref().map(|_| "<redacted>"))
-            .field("sentinel_username", sentinel_username)
-            .finish()
-    }
-}
-
-impl RedisConfig {
-    /// Checks the URL and the Sentinel settings; the error names the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| ConfigError::new("redis.url", e))?;
-        if !matches!(client.get_connection_info().addr(), redis::ConnectionAddr::Tcp(..)) {
-            return Err(ConfigError::new("redis.url", "only redis://host:port URLs are supported"));
-        }
-        if self.response_timeout.is_zero() {
-            return Err(ConfigError::new("redis.response_timeout", "must be greater than 0"));
-        }
-        if self.publish_pipeline_bytes == 0 {
-            return Err(ConfigError::new("redis.publish_pipeline_bytes", "must be greater than 0"));
-        }
-        if self.subscribe_batch_interval >= self.subscribe_timeout {
-            return Err(ConfigError::new(
-                "redis.subscribe_batch_interval",
-                "must be shorter than redis.subscribe_timeout",
-            ));
-        }
-        match (&self.sentinel_master, self.sentinel_addresses.is_empty()) {
-            (Some(_), true) => {
-                return Err(ConfigError::new(
-                    "redis.sentinel_addresses",
-                    "required with redis.sentinel_master",
-                ));
-            }
-            (None, false) => {
-                return Err(ConfigError::new(
-                    "redis.sentinel_master",
-                    "required with redis.sentinel_addresses",
-                ));
-            }
-            _ => {}
-        }
-        if self.sentinel_master.is_none()
-            && (self.sentinel_password.is_some() || self.sentinel_username.is_some())
-        {
-            return Err(ConfigError::new(
-                "redis.sentinel_master",
-                "required with redis.sentinel_password or redis.sentinel_username",
-            ));
-        }
-        if self.sentinel_username.is_some() && self.sentinel_password.is_none() {
-            return Err(ConfigError::new("redis.sentinel_password", "required with redis.sentinel_username"));
-        }
-        for addr in &self.sentinel_addresses {
-            sentinel::split_addr(addr).map_err(|e| ConfigError::new("redis.sentinel_addresses", e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-            prefix: "herald:".into(),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(2),
-            publish_pipeline_bytes: 1024 * 1024,
-            subscribe_timeout: Duration::from_secs(5),
-            subscribe_batch_interval: Duration::from_millis(2),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
-            ping_interval: Duration::from_secs(5),
-            sentinel_master: None,
-            sentinel_addresses: Vec::new(),
-            sentinel_password: None,
-            sentinel_username: None,
-        }
-    }
-}
 
 /// The Redis engine. Cheap to clone.
 #[derive(Clone)]
@@ -230,6 +75,9 @@ struct Inner {
     history: HistoryStore,
     /// Stops every node task and the publishing connection when the broker is closed.
     shutdown: CancellationToken,
+    /// With `redis.cluster_nodes`: the slot map and a connection per primary; publishing,
+    /// subscribing and history then go through it.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl RedisBroker {
@@ -239,12 +87,18 @@ impl RedisBroker {
         let endpoint = Endpoint::new(config.clone())?;
         let shutdown = CancellationToken::new();
         let publisher = Publisher::new(endpoint.clone(), shutdown.child_token());
-        let history = HistoryStore::new(LazyConnection::new(endpoint.clone()), config.clone());
-        Ok(Self { inner: Arc::new(Inner { endpoint, config, publisher, history, shutdown }) })
+        let cluster =
+            config.is_cluster().then(|| Arc::new(Cluster::new(endpoint.clone(), shutdown.child_token())));
+        let conns = match &cluster {
+            Some(cluster) => Conns::Cluster(cluster.clone()),
+            None => Conns::Single(Box::new(LazyConnection::new(endpoint.clone()))),
+        };
+        let history = HistoryStore::new(conns, config.clone());
+        Ok(Self { inner: Arc::new(Inner { endpoint, config, publisher, history, shutdown, cluster }) })
     }
 
     fn key(&self, channel: &ChannelName) -> String {
-        format!("{}{}", self.inner.config.prefix, channel.as_str())
+        self.inner.config.pubsub_channel(channel.as_str())
     }
 
     /// Stops every node's Pub/Sub task and the publishing connection.
@@ -274,6 +128,9 @@ fn trip_error(operation: &'static str, trip: Trip, confirmed: usize) -> BrokerEr
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError> {
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.publisher.publish(&[(channel.clone(), payload)], "publish").await;
+        }
         let mut bytes = BytesMut::with_capacity(payload.len() + 64);
         publish::encode(&mut bytes, &[b"PUBLISH", self.key(channel).as_bytes(), &payload]);
         match self.inner.publisher.round_trip(bytes.freeze(), 1).await {
@@ -283,6 +140,9 @@ impl Broker for RedisBroker {
     }
 
     async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError> {
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.publisher.publish(batch, "publish batch").await;
+        }
         let limit = self.inner.config.publish_pipeline_bytes;
         let mut confirmed = 0;
         let mut rest = batch;
@@ -347,6 +207,16 @@ impl Broker for RedisBroker {
     }
 
     fn subscriber_task(&self, delivery: Arc<dyn Delivery>) -> (Arc<dyn Subscriber>, BoxFuture<'static, ()>) {
+        if let Some(cluster) = &self.inner.cluster {
+            let subscriber = ClusterSubscriber::new(
+                self.inner.config.clone(),
+                self.inner.endpoint.clone(),
+                cluster.topology.clone(),
+                delivery,
+                self.inner.shutdown.child_token(),
+            );
+            return (Arc::new(subscriber.clone()), Box::pin(subscriber.run()));
+        }
         let shared = NodeShared::new(self.inner.shutdown.child_token(), self.inner.config.subscribe_timeout);
         let task = NodeTask {
             config: self.inner.config.clone(),
@@ -354,11 +224,14 @@ impl Broker for RedisBroker {
             shared: shared.clone(),
             delivery,
         };
-        let subscriber = Arc::new(RedisSubscriber { shared, prefix: self.inner.config.prefix.clone() });
+        let subscriber = Arc::new(RedisSubscriber { shared, config: self.inner.config.clone() });
         (subscriber, Box::pin(task.run()))
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {
+        if let Some(cluster) = &self.inner.cluster {
+            return cluster.publisher.ping().await;
+        }
         let mut bytes = BytesMut::new();
         publish::encode(&mut bytes, &[b"PING"]);
         match self.inner.publisher.round_trip(bytes.freeze(), 1).await {

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::channels::{Commands, SubState};
+use super::cluster::key_slot;
 use super::connect::{ConnectError, Endpoint};
 use super::history::{Payload, split_payload};
 use super::resp::{Event, PubSubConn, RespError};
@@ -50,10 +51,40 @@ pub(super) struct NodeShared {
     reconnects: AtomicU64,
     /// Whether a connection was ever made.
     connected_once: AtomicBool,
+    /// On a cluster, the node's subscriber this shard's connection reports to.
+    link: Option<ShardLink>,
+}
+
+/// How one shard's connection of a cluster node tells the node's supervisor
+/// ([`super::cluster::subscribe`]) what it needs to know: its status changed, or something
+/// showed the slot map may be stale (the connection broke, Redis dropped a channel it was not
+/// asked to drop).
+#[derive(Clone)]
+pub(super) struct ShardLink {
+    pub(super) wake: Arc<Notify>,
+    pub(super) refresh: Arc<AtomicBool>,
+}
+
+impl ShardLink {
+    fn poke(&self, refresh: bool) {
+        if refresh {
+            self.refresh.store(true, Ordering::Relaxed);
+        }
+        self.wake.notify_one();
+    }
 }
 
 impl NodeShared {
     pub(super) fn new(stop: CancellationToken, subscribe_timeout: Duration) -> Arc<Self> {
+        Self::linked(stop, subscribe_timeout, None)
+    }
+
+    /// A shard's state on a cluster, reporting to `link`.
+    pub(super) fn linked(
+        stop: CancellationToken,
+        subscribe_timeout: Duration,
+        link: Option<ShardLink>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
             wake: Notify::new(),
@@ -62,39 +93,78 @@ impl NodeShared {
             subscribe_timeout,
             reconnects: AtomicU64::new(0),
             connected_once: AtomicBool::new(false),
+            link,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SubState> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, SubState> {
         self.state.lock().expect("subscriber lock poisoned")
+    }
+
+    /// Wakes the task: channels turned dirty.
+    pub(super) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(super) fn status(&self) -> watch::Receiver<bool> {
+        self.status.subscribe()
+    }
+
+    pub(super) fn is_live(&self) -> bool {
+        *self.status.borrow()
+    }
+
+    pub(super) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    fn set_status(&self, live: bool) {
+        let was = self.status.send_replace(live);
+        if was != live
+            && let Some(link) = &self.link
+        {
+            link.poke(!live);
+        }
     }
 }
 
 pub(super) struct RedisSubscriber {
     pub(super) shared: Arc<NodeShared>,
-    pub(super) prefix: String,
+    pub(super) config: RedisConfig,
+}
+
+/// Waits for `confirmed`, at most `timeout`.
+pub(super) fn wait_confirmed(
+    timeout: Duration,
+    channel: &ChannelName,
+    confirmed: oneshot::Receiver<()>,
+) -> Confirmation {
+    let channel = channel.clone();
+    Confirmation::pending(
+        async move {
+            match tokio::time::timeout(timeout, confirmed).await {
+                Ok(Ok(())) => Ok(()),
+                // Timed out, or the interest was withdrawn before Redis confirmed.
+                _ => Err(BrokerError::SubscribeTimeout(channel)),
+            }
+        }
+        .boxed(),
+    )
 }
 
 impl RedisSubscriber {
     /// `channel`'s name in Redis.
     fn key(&self, channel: &ChannelName) -> String {
-        format!("{}{}", self.prefix, channel.as_str())
+        self.config.pubsub_channel(channel.as_str())
     }
 
     /// Waits for `confirmed`, at most the subscribe timeout.
     fn wait(&self, channel: &ChannelName, confirmed: oneshot::Receiver<()>) -> Confirmation {
-        let timeout = self.shared.subscribe_timeout;
-        let channel = channel.clone();
-        Confirmation::pending(
-            async move {
-                match tokio::time::timeout(timeout, confirmed).await {
-                    Ok(Ok(())) => Ok(()),
-                    // Timed out, or the interest was withdrawn before Redis confirmed.
-                    _ => Err(BrokerError::SubscribeTimeout(channel)),
-                }
-            }
-            .boxed(),
-        )
+        wait_confirmed(self.shared.subscribe_timeout, channel, confirmed)
     }
 }
 
@@ -126,7 +196,7 @@ impl Subscriber for RedisSubscriber {
     }
 
     fn status(&self) -> watch::Receiver<bool> {
-        self.shared.status.subscribe()
+        self.shared.status()
     }
 
     fn active_channels(&self) -> usize {
@@ -189,7 +259,10 @@ impl NodeTask {
             match ended {
                 Ended::Stopped => break,
                 Ended::Failed(error) => {
-                    self.shared.status.send_replace(false);
+                    self.shared.set_status(false);
+                    if let Some(link) = &self.shared.link {
+                        link.poke(true);
+                    }
                     let delay = backoff(attempt, self.config.reconnect_min, self.config.reconnect_max);
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(%error, retry_in = ?delay, "redis pubsub connection lost");
@@ -200,14 +273,14 @@ impl NodeTask {
                 }
             }
         }
-        self.shared.status.send_replace(false);
+        self.shared.set_status(false);
     }
 
-    async fn connect(&self) -> Result<PubSubConn, Ended> {
+    async fn connect(&self) -> Result<(PubSubConn, String), Ended> {
         let connect = self.endpoint.open_resp();
         tokio::select! {
             r = tokio::time::timeout(self.config.connect_timeout, connect) => match r {
-                Ok(Ok((conn, _))) => Ok(conn),
+                Ok(Ok(connected)) => Ok(connected),
                 Ok(Err(e)) => Err(Ended::Failed(e.into())),
                 Err(_) => Err(Ended::Failed(Lost::ConnectTimeout)),
             },
@@ -218,8 +291,8 @@ impl NodeTask {
     /// Connects, resubscribes everything wanted, then serves until the connection breaks or
     /// the node is stopped.
     async fn connect_and_serve(&self, attempt: &mut u32) -> Ended {
-        let mut conn = match self.connect().await {
-            Ok(conn) => conn,
+        let (mut conn, addr) = match self.connect().await {
+            Ok(connected) => connected,
             Err(ended) => return ended,
         };
         self.shared.lock().reset();
@@ -227,7 +300,6 @@ impl NodeTask {
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut awaiting_pong: Option<Instant> = None;
-        let prefix_len = self.config.prefix.len();
         // When the last batch of commands left; until `subscribe_batch_interval` after it,
         // wake-ups for new channels are held, and `hold` fires when the interval is over.
         let mut last_batch: Option<Instant> = None;
@@ -241,11 +313,11 @@ impl NodeTask {
             if !resynced && self.shared.lock().in_flight == 0 {
                 resynced = true;
                 *attempt = 0;
-                self.shared.status.send_replace(true);
+                self.shared.set_status(true);
                 if self.shared.connected_once.swap(true, Ordering::Relaxed) {
                     self.shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
-                tracing::info!(url = %redact(&self.config.url), "redis pubsub connected");
+                tracing::info!(url = %redact(&self.config.url), %addr, "redis pubsub connected");
             }
             // The messages of one read are handed over together, then flushed.
             if !conn.has_event() {
@@ -254,8 +326,7 @@ impl NodeTask {
             tokio::select! {
                 event = conn.next_event() => match event {
                     Ok(Event::Message { channel, payload }) => {
-                        let name = channel.get(prefix_len..).and_then(|c| std::str::from_utf8(c).ok());
-                        if let Some(name) = name {
+                        if let Some(name) = self.config.channel_name(channel) {
                             match split_payload(payload) {
                                 Payload::Plain(frame) => self.delivery.deliver(name, Bytes::copy_from_slice(frame)),
                                 Payload::Positioned { offset, epoch, frame } => {
@@ -302,10 +373,20 @@ impl NodeTask {
         }
     }
 
-    /// Records Redis's confirmation of a subscribe (`live`) or unsubscribe.
+    /// Records Redis's confirmation of a subscribe (`live`) or unsubscribe. On a cluster, an
+    /// unsubscribe of a channel still wanted is Redis's `sunsubscribe` notice that the
+    /// channel's slot moved away: the slot map is read again, and the supervisor moves the
+    /// channel to its new shard.
     fn confirmed(&self, channel: &[u8], live: bool) {
         let Ok(key) = std::str::from_utf8(channel) else { return };
-        if self.shared.lock().confirm(key, live) {
+        let mut state = self.shared.lock();
+        let dropped = !live && state.is_wanted(key);
+        let wake = state.confirm(key, live);
+        drop(state);
+        if dropped && let Some(link) = &self.shared.link {
+            link.poke(true);
+        }
+        if wake {
             self.shared.wake.notify_one();
         }
     }
@@ -322,8 +403,19 @@ impl NodeTask {
             return Ok(());
         };
         *last_batch = Some(Instant::now());
-        for (command, keys) in [(&b"UNSUBSCRIBE"[..], unsubscribe), (&b"SUBSCRIBE"[..], subscribe)] {
-            for chunk in keys.chunks(CHANNELS_PER_COMMAND) {
+        let sharded = self.config.is_cluster();
+        let commands: [(&[u8], Vec<Box<str>>); 2] = if sharded {
+            [(b"SUNSUBSCRIBE", unsubscribe), (b"SSUBSCRIBE", subscribe)]
+        } else {
+            [(b"UNSUBSCRIBE", unsubscribe), (b"SUBSCRIBE", subscribe)]
+        };
+        for (command, mut keys) in commands {
+            // A sharded command names channels of one slot only.
+            if sharded {
+                keys.sort_by_key(|k| key_slot(k.as_bytes()));
+            }
+            let groups = keys.chunk_by(|a, b| !sharded || key_slot(a.as_bytes()) == key_slot(b.as_bytes()));
+            for chunk in groups.flat_map(|group| group.chunks(CHANNELS_PER_COMMAND)) {
                 let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
                 args.push(command);
                 args.extend(chunk.iter().map(|k| k.as_bytes()));

@@ -206,13 +206,16 @@ pub fn parse_event(frame: &[u8]) -> Result<Event<'_>, RespError> {
             let mut items = Items { buf: frame, pos: find_crlf(frame).unwrap_or(0) + 2 };
             let kind = items.next_bulk()?.unwrap_or_default();
             match kind.to_ascii_lowercase().as_slice() {
-                b"message" => {
+                // Sharded Pub/Sub (a cluster) has its own names for the same events.
+                b"message" | b"smessage" => {
                     let channel = items.next_bulk()?.ok_or(RespError::Protocol("message without channel"))?;
                     let payload = items.next_bulk()?.ok_or(RespError::Protocol("message without payload"))?;
                     Ok(Event::Message { channel, payload })
                 }
-                b"subscribe" => Ok(Event::Subscribed(items.next_bulk()?.unwrap_or_default())),
-                b"unsubscribe" => Ok(Event::Unsubscribed(items.next_bulk()?.unwrap_or_default())),
+                b"subscribe" | b"ssubscribe" => Ok(Event::Subscribed(items.next_bulk()?.unwrap_or_default())),
+                b"unsubscribe" | b"sunsubscribe" => {
+                    Ok(Event::Unsubscribed(items.next_bulk()?.unwrap_or_default()))
+                }
                 b"pong" => Ok(Event::Pong),
                 _ => Ok(Event::Ok),
             }
@@ -284,6 +287,14 @@ mod tests {
         assert_eq!(
             parse_event(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n").unwrap(),
             Event::Unsubscribed(b"a")
+        );
+        assert_eq!(
+            parse_event(b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\na\r\n:0\r\n").unwrap(),
+            Event::Unsubscribed(b"a")
+        );
+        assert_eq!(
+            parse_event(b"*3\r\n$8\r\nsmessage\r\n$1\r\na\r\n$1\r\nx\r\n").unwrap(),
+            Event::Message { channel: b"a", payload: b"x" }
         );
         assert_eq!(parse_event(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").unwrap(), Event::Pong);
         assert_eq!(parse_event(b"+PONG\r\n").unwrap(), Event::Pong);

@@ -12,9 +12,10 @@
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
 //!   observability, configuration, hostile clients, the standalone mode, presence, history
 //!   reads and idempotent publishes (client and publisher API), the offline inbox, recovery of
-//!   channels with history, the local cluster script, and what a process logs about its life
-//!   (`lifecycle_logs`), in-band token refresh (`refresh`, whose token helpers `permissions`
-//!   shares), who may subscribe and publish where (`permissions`), and the backend hook (`hooks`).
+//!   channels with history, gateways on a Redis Cluster (`redis_cluster`), the local cluster
+//!   script, and what a process logs about its life (`lifecycle_logs`), in-band token refresh
+//!   (`refresh`, whose token helpers `permissions` shares), who may subscribe and publish where
+//!   (`permissions`), and the backend hook (`hooks`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -41,6 +42,7 @@ mod presence_kill;
 mod presence_standalone;
 mod publisher_history;
 mod recovery;
+mod redis_cluster;
 mod redis_outage;
 mod refresh;
 mod slow_consumer;

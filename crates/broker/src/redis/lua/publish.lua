@@ -1,7 +1,8 @@
 #!lua
 -- One publish to a channel with history. KEYS: stream, meta[, idempotency key].
 -- ARGV: Pub/Sub channel, payload without its opening '{', message id, size, ttl ms,
--- idempotency ttl ms, epoch for a history that does not exist yet.
+-- idempotency ttl ms, epoch for a history that does not exist yet, the command that publishes
+-- (PUBLISH, or SPUBLISH on a cluster: the channel shares the keys' hash tag and slot).
 -- Returns {offset, epoch, message id, deduplicated (0|1)}.
 local stream, meta, seen_key = KEYS[1], KEYS[2], KEYS[3]
 if seen_key then
@@ -26,5 +27,5 @@ redis.call('PEXPIRE', meta, ARGV[5])
 if seen_key then
   redis.call('SET', seen_key, offset .. ':' .. epoch .. ':' .. ARGV[3], 'PX', ARGV[6])
 end
-redis.call('PUBLISH', ARGV[1], '~1 ' .. offset .. ' ' .. epoch .. '\n' .. frame)
+redis.call(ARGV[8], ARGV[1], '~1 ' .. offset .. ' ' .. epoch .. '\n' .. frame)
 return {tonumber(offset), epoch, ARGV[3], 0}

@@ -1,0 +1,112 @@
+//! `herald gateway` processes on a real Redis Cluster (three primaries, three replicas):
+//! clients on different gateways exchange messages on channels of every primary, and a
+//! primary killed while a channel with history is being published into loses its subscriber
+//! nothing: the gateway reads what its sharded subscription missed from the history.
+
+use std::time::Duration;
+
+use herald_testkit::{RedisCluster, WsClient};
+use serde_json::{Value, json};
+
+use crate::common::{GatewayProcess, recv_messages};
+
+/// `feed:*`: client publishing with a history of 1000.
+const NAMESPACES: &[(&str, &str)] = &[
+    ("HERALD_NAMESPACES__FEED__PUBLISH", "true"),
+    ("HERALD_NAMESPACES__FEED__HISTORY_SIZE", "1000"),
+    ("HERALD_NAMESPACES__FEED__HISTORY_TTL", "1h"),
+];
+
+async fn gateway_on(cluster: &RedisCluster) -> GatewayProcess {
+    let seeds = cluster.seeds().join(",");
+    let mut env: Vec<(&str, &str)> = NAMESPACES.to_vec();
+    env.push(("HERALD_REDIS__CLUSTER_NODES", &seeds));
+    // `url` only supplies credentials on a cluster: nothing listens here.
+    GatewayProcess::start("redis://127.0.0.1:1", &env).await
+}
+
+/// Publishes `n` into `channel` with an idempotency key, retrying (with the same key) while
+/// the gateway answers `unavailable` or `outcome_unknown`; returns the reply.
+async fn publish(client: &mut WsClient, channel: &str, n: u64) -> Value {
+    let frame =
+        json!({"type": "publish", "channel": channel, "data": {"n": n}, "idempotency_key": format!("k{n}")});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = client.request(frame.clone()).await.unwrap();
+        if reply["type"] == "published" {
+            return reply;
+        }
+        let code = reply["code"].as_str().unwrap_or_default();
+        assert!(matches!(code, "unavailable" | "outcome_unknown"), "publish {n}: {reply}");
+        assert!(tokio::time::Instant::now() < deadline, "publish {n} kept failing: {reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client's messages on channels of all three primaries reach a client of another gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_on_a_cluster_deliver_channels_of_every_primary() {
+    let cluster = RedisCluster::start().await;
+    let (a, b) = (gateway_on(&cluster).await, gateway_on(&cluster).await);
+    let mut channels: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let channel = format!("feed:spread.{i}");
+        let primary = cluster.primary_of_slot(cluster.keyslot(&format!("herald:{{{channel}}}")).await).await;
+        if !channels.iter().any(|(_, p)| *p == primary) {
+            channels.push((channel, primary));
+        }
+        if channels.len() == 3 {
+            break;
+        }
+    }
+    let (mut subscriber, _) = WsClient::connect(&b.url("sub")).await.unwrap();
+    for (channel, _) in &channels {
+        subscriber.subscribe(channel).await.unwrap();
+    }
+    let (mut publisher, _) = WsClient::connect(&a.url("pub")).await.unwrap();
+    for (channel, _) in &channels {
+        publish(&mut publisher, channel, 1).await;
+    }
+    let mut got: Vec<String> = recv_messages(&mut subscriber, 3)
+        .await
+        .iter()
+        .map(|m| m["channel"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let mut expected: Vec<String> = channels.into_iter().map(|(c, _)| c).collect();
+    expected.sort();
+    assert_eq!(got, expected);
+}
+
+/// The primary of a history channel's slot is killed (SIGKILL) while a client of another
+/// gateway publishes into it: once a replica is promoted, the subscriber has every message
+/// exactly once and in order, those its gateway's subscription missed read from the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_loses_a_history_subscriber_nothing() {
+    const N: u64 = 60;
+    let mut cluster = RedisCluster::start().await;
+    let (a, b) = (gateway_on(&cluster).await, gateway_on(&cluster).await);
+    let channel = "feed:failover";
+    let slot = cluster.keyslot(&format!("herald:{{{channel}}}")).await;
+    let primary = cluster.primary_of_slot(slot).await;
+    let (mut subscriber, _) = WsClient::connect(&b.url("sub")).await.unwrap();
+    subscriber.subscribe(channel).await.unwrap();
+    let (mut publisher, _) = WsClient::connect(&a.url("pub")).await.unwrap();
+    for n in 1..=N {
+        if n == 20 {
+            cluster.kill(primary).await;
+        }
+        let reply = publish(&mut publisher, channel, n).await;
+        assert_eq!(reply["offset"].as_u64(), Some(n), "{reply}");
+    }
+    cluster.wait_for_failover(slot, primary).await;
+    let mut offsets = Vec::new();
+    while offsets.len() < N as usize {
+        let frame = subscriber.recv_within(Duration::from_secs(20)).await.unwrap_or_else(|e| {
+            panic!("after offsets {offsets:?}: {e}");
+        });
+        assert_eq!(frame["type"], "message", "unexpected frame {frame}");
+        offsets.push(frame["offset"].as_u64().unwrap());
+    }
+    assert_eq!(offsets, (1..=N).collect::<Vec<_>>(), "every message once, in order");
+}
