@@ -28,6 +28,7 @@ mod process;
 mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use error::{ApiFailure, Refusal};
 pub use lifecycle::ReadinessLog;
