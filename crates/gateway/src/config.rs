@@ -6,6 +6,9 @@ use std::time::Duration;
 use herald_protocol::ConfigError;
 use serde::Deserialize;
 
+use crate::origin::AllowedOrigins;
+use crate::refusal::RefusalMode;
+
 /// Settings of the WebSocket gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -90,6 +93,24 @@ pub struct GatewayConfig {
     /// hands anyone who asks a token for any user. A development aid for `herald standalone`
     /// on one's own machine: never on in production. A warning is logged at start when on.
     pub demo: bool,
+
+    // The edge: which pages may connect, how refusals are answered, TLS.
+    /// Origins whose pages may open a WebSocket: exact origins (`https://app.example.com`),
+    /// all subdomains of one (`https://*.example.com`), or `*` for any. A handshake with
+    /// another `Origin` gets HTTP 403 and no socket. Unset: only same-origin pages (the
+    /// `Origin`'s host and port equal the request's `Host`), which is secure by default and
+    /// lets the gateway's own pages (the demo) in; set it when pages live elsewhere, or
+    /// behind a proxy that rewrites `Host`.
+    pub allowed_origins: Option<AllowedOrigins>,
+    /// Whether a handshake without an `Origin` is accepted. Browsers always send one, so such
+    /// a request comes from a server, an app or a command-line client, which no foreign page
+    /// controls: true by default. Turn off where only browsers connect.
+    pub allow_missing_origin: bool,
+    /// How a refused handshake (bad token, forbidden channel, not ready) is answered:
+    /// `browser` (an upgrade closed at once with a close code for browsers, whose pages
+    /// cannot read an HTTP error; an HTTP error for other clients), `http` or `close` (the
+    /// one or the other for every client).
+    pub refusal: RefusalMode,
 }
 
 impl Default for GatewayConfig {
@@ -118,6 +139,9 @@ impl Default for GatewayConfig {
             rate_limit_close_after: Duration::from_secs(10),
             max_data_depth: 32,
             demo: false,
+            allowed_origins: None,
+            allow_missing_origin: true,
+            refusal: RefusalMode::Browser,
         }
     }
 }

@@ -7,6 +7,8 @@
 //!   `lifecycle`: readiness changes and the drain, in the logs.
 //! - [`handshake`]: the HTTP request head of `GET /ws` ([`handshake::parse_request_head`]),
 //!   its checks (token, channels, readiness), the `101` answer and the HTTP refusals.
+//!   [`origin`] checks its `Origin` first (foreign pages get 403); [`refusal`] answers a
+//!   refused handshake, for browsers with an upgrade closed at once with a close code.
 //! - `connection`: one task per socket, from its open (joining its channels, `connected`) to
 //!   its close: client frames in (held to the frame rate limit of `rate`), replies and queued
 //!   frames out, through `socket`, the adapter the WebSocket library reads and writes.
@@ -59,10 +61,12 @@ pub mod http;
 pub mod hub;
 mod lifecycle;
 pub mod metrics;
+pub mod origin;
 pub mod policy;
 mod queue;
 mod rate;
 mod recovery;
+pub mod refusal;
 pub mod registry;
 mod repair;
 mod requests;

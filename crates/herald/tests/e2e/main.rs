@@ -26,6 +26,7 @@ mod bad_input;
 mod config;
 mod delivery;
 mod drain;
+mod edge;
 mod history_frames;
 mod hostile_clients;
 mod inbox;
