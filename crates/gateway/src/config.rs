@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use herald_api_common::tls::TlsConfig;
 use herald_protocol::ConfigError;
 use serde::Deserialize;
 
@@ -111,6 +112,10 @@ pub struct GatewayConfig {
     /// cannot read an HTTP error; an HTTP error for other clients), `http` or `close` (the
     /// one or the other for every client).
     pub refusal: RefusalMode,
+    /// Serve TLS (`wss://`, and HTTPS for health, metrics and the demo) with these files,
+    /// reloaded when they change ([`crate::tls`]). Unset: plain, for a TLS-terminating proxy
+    /// in front.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -142,6 +147,7 @@ impl Default for GatewayConfig {
             allowed_origins: None,
             allow_missing_origin: true,
             refusal: RefusalMode::Browser,
+            tls: None,
         }
     }
 }
@@ -188,6 +194,9 @@ impl GatewayConfig {
                 "gateway.max_write_buffer_size",
                 "must exceed write_buffer_size + max_message_size",
             ));
+        }
+        if let Some(tls) = &self.tls {
+            herald_api_common::tls::server_config(tls).map_err(|e| e.config_error("gateway.tls", tls))?;
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 //! - [`server`]: the accept loop ([`serve`]), which also starts and awaits the background
 //!   tasks; [`http`]: `/livez`, `/readyz`, `/metrics` through the router, several requests
 //!   per connection (keep-alive, bounded), any of which may be the upgrade to `/ws`;
-//!   `lifecycle`: readiness changes and the drain, in the logs.
+//!   `lifecycle`: readiness changes and the drain, in the logs. With `gateway.tls`, `tls`
+//!   terminates TLS in front of the accept loop and reloads the certificate.
 //! - [`handshake`]: the HTTP request head of `GET /ws` ([`handshake::parse_request_head`]),
 //!   its checks (token, channels, readiness), the `101` answer and the HTTP refusals.
 //!   [`origin`] checks its `Origin` first (foreign pages get 403); [`refusal`] answers a
@@ -74,6 +75,7 @@ pub mod server;
 mod socket;
 mod stream;
 mod sweeper;
+mod tls;
 mod wire;
 pub mod writer;
 

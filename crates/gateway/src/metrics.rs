@@ -74,6 +74,9 @@ pub struct GatewayMetrics {
     pub origin_refusals: Counter,
     /// `/ws` handshakes refused after the origin check, by error code and answer.
     pub handshake_refusals: Family<RefusalLabels, Counter>,
+    /// TLS handshakes that failed or timed out (`gateway.tls`): clients that do not trust the
+    /// certificate, or speak plain HTTP to the TLS port.
+    pub tls_handshake_failures: Counter,
     /// Reconnects already added to `broker_reconnects`.
     reconnects_seen: AtomicU64,
 }
@@ -100,6 +103,7 @@ impl Default for GatewayMetrics {
             history_resets: Counter::default(),
             origin_refusals: Counter::default(),
             handshake_refusals: Family::default(),
+            tls_handshake_failures: Counter::default(),
             reconnects_seen: AtomicU64::new(0),
         };
         let registry = metrics.registry.registry_mut();
@@ -158,6 +162,11 @@ impl Default for GatewayMetrics {
             "handshake_refusals",
             "WebSocket handshakes refused, by error code and answer (http or close)",
             metrics.handshake_refusals.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            metrics.tls_handshake_failures.clone(),
         );
         metrics
     }

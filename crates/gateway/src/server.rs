@@ -96,6 +96,10 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     });
+    let listener = match &shared.config.tls {
+        Some(tls) => crate::tls::front(&gateway, listener, tls).await?,
+        None => listener,
+    };
     let router = gateway.router();
     let inherited = nodelay_inherited(&listener);
     loop {

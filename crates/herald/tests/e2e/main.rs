@@ -27,6 +27,7 @@ mod config;
 mod delivery;
 mod drain;
 mod edge;
+mod edge_tls;
 mod history_frames;
 mod hostile_clients;
 mod inbox;
