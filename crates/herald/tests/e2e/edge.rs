@@ -164,3 +164,28 @@ async fn browsers_read_refusals_as_close_codes_and_other_clients_as_http() {
         format!("ws://127.0.0.1:{}/ws?token={}", http.ws, expired_token(STANDALONE_SECRET, "alice"));
     assert_eq!(refused(request(&expired, &[("origin", &own)])).await.0, 401);
 }
+
+/// A bad origin, refusal mode or TLS file stops start-up with a message naming the key.
+#[test]
+fn bad_edge_settings_stop_start_up_naming_the_key() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/standalone.toml");
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("HERALD_GATEWAY__ALLOWED_ORIGINS", r#"["app.example.com"]"#)], "gateway.allowed_origins"),
+        (&[("HERALD_GATEWAY__REFUSAL", "sometimes")], "gateway.refusal"),
+        (
+            &[("HERALD_GATEWAY__TLS__CERT", "/nonexistent/cert.pem"), ("HERALD_GATEWAY__TLS__KEY", "/x")],
+            "gateway.tls.cert",
+        ),
+    ];
+    for (env, key) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["--config", config, "standalone"])
+            .env("HERALD_GATEWAY__LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{key}: started");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(key), "{key} not named: {text}");
+    }
+}
