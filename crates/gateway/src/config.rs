@@ -3,8 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use herald_api_common::tls::TlsConfig;
 use herald_protocol::ConfigError;
 use serde::Deserialize;
+
+use crate::origin::AllowedOrigins;
+use crate::refusal::RefusalMode;
 
 /// Settings of the WebSocket gateway.
 #[derive(Debug, Clone, Deserialize)]
@@ -103,6 +107,28 @@ pub struct GatewayConfig {
     /// The backend hook asked about subscriptions and publishes in namespaces with
     /// `subscribe_hook` or `publish_hook` (`[gateway.hooks]`).
     pub hooks: crate::hook::HookConfig,
+
+    // The edge: which pages may connect, how refusals are answered, TLS.
+    /// Origins whose pages may open a WebSocket: exact origins (`https://app.example.com`),
+    /// all subdomains of one (`https://*.example.com`), or `*` for any. A handshake with
+    /// another `Origin` gets HTTP 403 and no socket. Unset: only same-origin pages (the
+    /// `Origin`'s host and port equal the request's `Host`), which is secure by default and
+    /// lets the gateway's own pages (the demo) in; set it when pages live elsewhere, or
+    /// behind a proxy that rewrites `Host`.
+    pub allowed_origins: Option<AllowedOrigins>,
+    /// Whether a handshake without an `Origin` is accepted. Browsers always send one, so such
+    /// a request comes from a server, an app or a command-line client, which no foreign page
+    /// controls: true by default. Turn off where only browsers connect.
+    pub allow_missing_origin: bool,
+    /// How a refused handshake (bad token, forbidden channel, not ready) is answered:
+    /// `browser` (an upgrade closed at once with a close code for browsers, whose pages
+    /// cannot read an HTTP error; an HTTP error for other clients), `http` or `close` (the
+    /// one or the other for every client).
+    pub refusal: RefusalMode,
+    /// Serve TLS (`wss://`, and HTTPS for health, metrics and the demo) with these files,
+    /// reloaded when they change ([`crate::tls`]). Unset: plain, for a TLS-terminating proxy
+    /// in front.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -134,6 +160,10 @@ impl Default for GatewayConfig {
             refresh_warning: Duration::from_secs(30),
             max_connections_per_user: 0,
             hooks: Default::default(),
+            allowed_origins: None,
+            allow_missing_origin: true,
+            refusal: RefusalMode::Browser,
+            tls: None,
         }
     }
 }
@@ -180,6 +210,9 @@ impl GatewayConfig {
                 "gateway.max_write_buffer_size",
                 "must exceed write_buffer_size + max_message_size",
             ));
+        }
+        if let Some(tls) = &self.tls {
+            herald_api_common::tls::server_config(tls).map_err(|e| e.config_error("gateway.tls", tls))?;
         }
         Ok(())
     }

@@ -88,6 +88,12 @@ pub struct RequestHead {
     /// Whether a body follows the head: a `Content-Length` other than 0, or any
     /// `Transfer-Encoding`.
     pub has_body: bool,
+    /// `Origin`: the page that opened the socket, sent by browsers ([`crate::origin`]).
+    pub origin: Option<String>,
+    /// `Host`: where the request was sent, for the same-origin check.
+    pub host: Option<String>,
+    /// `Sec-Fetch-Mode`: `websocket` from a browser ([`crate::refusal`]).
+    pub fetch_mode: Option<String>,
 }
 
 /// Why a request head was not read.
@@ -132,6 +138,9 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
         minor_version: request.version.unwrap_or(1),
         keep_alive: false,
         has_body: false,
+        origin: None,
+        host: None,
+        fetch_mode: None,
     };
     for header in request.headers.iter() {
         let slot = match header.name.to_ascii_lowercase().as_str() {
@@ -147,6 +156,9 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> 
             "connection" => &mut head.connection,
             "sec-websocket-version" => &mut head.version,
             "sec-websocket-key" => &mut head.key,
+            "origin" => &mut head.origin,
+            "host" => &mut head.host,
+            "sec-fetch-mode" => &mut head.fetch_mode,
             "authorization" => {
                 head.authorizations += 1;
                 &mut head.authorization

@@ -4,9 +4,12 @@
 //! - [`server`]: the accept loop ([`serve`]), which also starts and awaits the background
 //!   tasks; [`http`]: `/livez`, `/readyz`, `/metrics` through the router, several requests
 //!   per connection (keep-alive, bounded), any of which may be the upgrade to `/ws`;
-//!   `lifecycle`: readiness changes and the drain, in the logs.
+//!   `lifecycle`: readiness changes and the drain, in the logs. With `gateway.tls`, `tls`
+//!   terminates TLS in front of the accept loop and reloads the certificate.
 //! - [`handshake`]: the HTTP request head of `GET /ws` ([`handshake::parse_request_head`]),
 //!   its checks (token, channels, readiness), the `101` answer and the HTTP refusals.
+//!   [`origin`] checks its `Origin` first (foreign pages get 403); [`refusal`] answers a
+//!   refused handshake, for browsers with an upgrade closed at once with a close code.
 //! - `connection`: one task per socket, from its open (joining its channels, `connected`) to
 //!   its close: client frames in (held to the frame rate limit of `rate`), replies and queued
 //!   frames out, through `socket`, the adapter the WebSocket library reads and writes.
@@ -66,11 +69,13 @@ pub mod hub;
 mod lifecycle;
 pub mod metrics;
 mod pattern;
+pub mod origin;
 pub mod policy;
 mod queue;
 mod rate;
 mod recovery;
 mod refresh;
+pub mod refusal;
 pub mod registry;
 mod repair;
 mod requests;
@@ -78,6 +83,7 @@ pub mod server;
 mod socket;
 mod stream;
 mod sweeper;
+mod tls;
 mod wire;
 pub mod writer;
 

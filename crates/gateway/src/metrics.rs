@@ -27,6 +27,14 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The error code of the refusal (`unauthorized`, `token_expired`, `forbidden`, ...).
+    pub code: &'static str,
+    /// How it was answered: `http` (an HTTP error) or `close` (an upgrade closed at once).
+    pub via: &'static str,
+}
+
 /// Every metric a gateway exports.
 pub struct GatewayMetrics {
     registry: MetricsRegistry,
@@ -62,6 +70,13 @@ pub struct GatewayMetrics {
     /// `reset` frames sent to clients: messages of a channel with history were lost and could
     /// not be recovered (epoch changed, gap out of the window or not repaired in time).
     pub history_resets: Counter,
+    /// Handshakes refused for their `Origin` (HTTP 403, never upgraded).
+    pub origin_refusals: Counter,
+    /// `/ws` handshakes refused after the origin check, by error code and answer.
+    pub handshake_refusals: Family<RefusalLabels, Counter>,
+    /// TLS handshakes that failed or timed out (`gateway.tls`): clients that do not trust the
+    /// certificate, or speak plain HTTP to the TLS port.
+    pub tls_handshake_failures: Counter,
     /// Reconnects already added to `broker_reconnects`.
     reconnects_seen: AtomicU64,
 }
@@ -86,6 +101,9 @@ impl Default for GatewayMetrics {
             ready: Gauge::default(),
             history_repairs: Counter::default(),
             history_resets: Counter::default(),
+            origin_refusals: Counter::default(),
+            handshake_refusals: Family::default(),
+            tls_handshake_failures: Counter::default(),
             reconnects_seen: AtomicU64::new(0),
         };
         let registry = metrics.registry.registry_mut();
@@ -135,6 +153,21 @@ impl Default for GatewayMetrics {
             "Reset frames sent: messages of a channel with history lost for good",
             metrics.history_resets.clone(),
         );
+        registry.register(
+            "origin_refusals",
+            "WebSocket handshakes refused (403) for an Origin not allowed",
+            metrics.origin_refusals.clone(),
+        );
+        registry.register(
+            "handshake_refusals",
+            "WebSocket handshakes refused, by error code and answer (http or close)",
+            metrics.handshake_refusals.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            metrics.tls_handshake_failures.clone(),
+        );
         metrics
     }
 }
@@ -151,6 +184,11 @@ impl GatewayMetrics {
     pub(crate) fn closed(&self, code: Option<u16>) {
         let code = code.map_or_else(|| "gone".to_string(), |c| c.to_string());
         self.closes.get_or_create(&CloseLabels { code }).inc();
+    }
+
+    /// Counts a refused handshake (see [`RefusalLabels`]).
+    pub(crate) fn refused(&self, code: herald_protocol::ErrorCode, via: &'static str) {
+        self.handshake_refusals.get_or_create(&RefusalLabels { code: code.as_str(), via }).inc();
     }
 
     /// Counts a hit of `limit` (see [`LimitLabels`]).

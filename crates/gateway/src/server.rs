@@ -32,9 +32,10 @@ use crate::canary;
 use crate::connection::Connection;
 use crate::demo;
 use crate::gateway::{Gateway, HandshakeSlot};
-use crate::handshake;
+use crate::handshake::{self, RequestHead};
 use crate::socket::WebSocket;
 use crate::{http, lifecycle, sweeper};
+use crate::{origin, refusal};
 
 impl Gateway {
     /// The routes besides `/ws`: `GET /livez`, `GET /readyz`, `GET /metrics`, and with
@@ -95,6 +96,10 @@ pub async fn serve(
         shutdown.await;
         stop.cancel();
     });
+    let listener = match &shared.config.tls {
+        Some(tls) => crate::tls::front(&gateway, listener, tls).await?,
+        None => listener,
+    };
     let router = gateway.router();
     let inherited = nodelay_inherited(&listener);
     loop {
@@ -185,8 +190,13 @@ async fn open(
     // Boxed, so that a connection's task does not carry room for plain requests' answers.
     let (head, slot) = Box::pin(http::serve(&gateway, &router, &mut stream, &mut buf, slot)).await?;
     drop(router);
+    if let Err(refused) = origin::check(&shared.config, &head) {
+        refuse_origin(&gateway, &mut stream, &head, refused).await;
+        return None;
+    }
     let leftover = buf.split_off(head.len);
-    let checked = handshake::check(&gateway, &head, leftover);
+    let checked = handshake::check(&gateway, &head, leftover)
+        .map_err(|denied| (denied, refusal::Answer::new(shared.config.refusal, &head)));
     // Freed before waiting for the broker: a connection keeps only what it needs.
     drop((buf, head));
     match checked {
@@ -197,11 +207,29 @@ async fn open(
             drop(slot);
             Some((conn, socket, span, tracked))
         }
-        Err((code, message)) => {
-            handshake::refuse(&mut stream, code, &message).await;
+        Err(((code, message), answer)) => {
+            refusal::refuse(&mut stream, answer, &shared.metrics, code, &message).await;
             None
         }
     }
+}
+
+/// Refuses a handshake from a page whose origin may not connect: HTTP 403, never an upgrade,
+/// logged and counted.
+async fn refuse_origin(
+    gateway: &Gateway,
+    stream: &mut TcpStream,
+    head: &RequestHead,
+    refused: origin::Refused,
+) {
+    let shared = gateway.shared();
+    shared.metrics.origin_refusals.inc();
+    tracing::info!(
+        origin = head.origin.as_deref().unwrap_or(""),
+        host = head.host.as_deref().unwrap_or(""),
+        "{refused}"
+    );
+    handshake::refuse(stream, ErrorCode::Forbidden, &refused.to_string()).await;
 }
 
 #[cfg(test)]

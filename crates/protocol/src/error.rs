@@ -92,8 +92,14 @@ impl CloseCode {
     pub const SERVICE_RESTART: u16 = 1012;
     /// A dependency (the broker) is unavailable; try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection was refused at connect for a reason with no close code of its own (a bad
+    /// channel, a bad `since`, ...): a browser's refusal ([`CloseCode`]s are its only way to see
+    /// one). The reason starts with the error code.
+    pub const REFUSED: u16 = 4000;
     /// The token is invalid or has expired. Reconnect with a fresh token.
     pub const UNAUTHORIZED: u16 = 4001;
+    /// Refused at connect: the token does not allow what the URL asked (`forbidden`).
+    pub const FORBIDDEN: u16 = 4003;
     /// The client did not read fast enough; its outbound queue overflowed.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The client stopped answering pings.
@@ -260,7 +266,9 @@ mod tests {
         for code in ErrorCode::ALL {
             assert!(doc.contains(&format!("`{}`", code.as_str())), "{code} missing from docs/protocol.md");
         }
-        for close in ["1002", "1007", "1009", "1011", "1012", "1013", "4001", "4008", "4009", "4029"] {
+        for close in
+            ["1002", "1007", "1009", "1011", "1012", "1013", "4000", "4001", "4003", "4008", "4009", "4029"]
+        {
             assert!(doc.contains(close), "close code {close} missing from docs/protocol.md");
         }
     }

@@ -28,6 +28,8 @@ mod bad_input;
 mod config;
 mod delivery;
 mod drain;
+mod edge;
+mod edge_tls;
 mod history_frames;
 mod hooks;
 mod hostile_clients;
