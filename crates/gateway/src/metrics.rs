@@ -27,6 +27,12 @@ pub struct LimitLabels {
     pub limit: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksFetchLabels {
+    /// `ok`, or `error` (the last good key set was kept).
+    pub result: &'static str,
+}
+
 /// Every metric a gateway exports.
 pub struct GatewayMetrics {
     registry: MetricsRegistry,
@@ -62,6 +68,8 @@ pub struct GatewayMetrics {
     /// `reset` frames sent to clients: messages of a channel with history were lost and could
     /// not be recovered (epoch changed, gap out of the window or not repaired in time).
     pub history_resets: Counter,
+    /// Fetches of the JWKS key set (`auth.jwks_url`), by result; the verifier counts them.
+    pub jwks_fetches: Family<JwksFetchLabels, Counter>,
     /// Reconnects already added to `broker_reconnects`.
     reconnects_seen: AtomicU64,
 }
@@ -86,6 +94,7 @@ impl Default for GatewayMetrics {
             ready: Gauge::default(),
             history_repairs: Counter::default(),
             history_resets: Counter::default(),
+            jwks_fetches: Family::default(),
             reconnects_seen: AtomicU64::new(0),
         };
         let registry = metrics.registry.registry_mut();
@@ -134,6 +143,11 @@ impl Default for GatewayMetrics {
             "history_resets",
             "Reset frames sent: messages of a channel with history lost for good",
             metrics.history_resets.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "Fetches of the JWKS key set (auth.jwks_url), by result",
+            metrics.jwks_fetches.clone(),
         );
         metrics
     }
