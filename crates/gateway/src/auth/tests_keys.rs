@@ -27,6 +27,7 @@ fn openssl(args: &[&str], input: Option<&str>) -> String {
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("openssl runs");
     let mut stdin = child.stdin.take().unwrap();
