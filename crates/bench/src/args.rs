@@ -38,6 +38,17 @@ pub struct BenchArgs {
         default_value = "dev-only-secret-change-me-0123456789abcdef"
     )]
     pub jwt_secret: String,
+    /// Sign the tokens with this PKCS#8 PEM private key instead of `--jwt-secret`
+    /// (`openssl genpkey -algorithm RSA -out key.pem`), for gateways configured with the
+    /// public key (`auth.public_keys`) or a JWKS.
+    #[arg(long, requires = "token_alg")]
+    pub token_key: Option<std::path::PathBuf>,
+    /// The algorithm of `--token-key`: RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA.
+    #[arg(long, requires = "token_key")]
+    pub token_alg: Option<String>,
+    /// The `kid` the tokens' header names.
+    #[arg(long, requires = "token_key")]
+    pub token_kid: Option<String>,
     /// How a Herald connection subscribes its channel: in the connect URL
     /// (`/ws?token=..&subscribe=<channel>`, as nchan takes it in its URL), or with a
     /// `subscribe` frame after `connected` (one more round trip).

@@ -114,8 +114,12 @@ impl Flood {
 /// The flood's URL for connection `i`: user `flood<i>`, its own token, no channel.
 fn url(plan: &Plan, i: u64) -> String {
     let base = plan.urls[(i % plan.urls.len() as u64) as usize].trim_end_matches('/');
-    let token = herald_gateway::mint(&plan.jwt_secret, &format!("flood{i}"), plan.max_runtime * 2)
-        .unwrap_or_default();
+    let token = crate::token::token(
+        plan.token_key.as_ref(),
+        &plan.jwt_secret,
+        &format!("flood{i}"),
+        plan.max_runtime * 2,
+    );
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}token={token}")
 }

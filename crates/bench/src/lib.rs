@@ -11,7 +11,8 @@
 //!   (the same binary, `herald bench worker`, talking JSON lines over stdin and stdout),
 //!   because one process may only open so many sockets.
 //! - [`client`]: one connection, from its source address: handshake with its own token,
-//!   greeting, subscription, then reading and recording.
+//!   greeting, subscription, then reading and recording. [`token`] mints the tokens, HS256 or
+//!   with a private key.
 //! - [`publish`]: offers messages at a fixed rate over HTTP or gRPC with bounded in-flight
 //!   requests, counting per stream what was published.
 //! - [`flood`]: with `--flood N`, abusive connections on a thread of their own that send
@@ -35,6 +36,7 @@ pub mod report;
 pub mod run;
 pub mod stats;
 mod tally;
+pub mod token;
 pub mod worker;
 
 pub use args::{BenchArgs, FloodKind, Scenario, Target, Via};

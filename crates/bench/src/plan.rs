@@ -27,6 +27,9 @@ pub struct Plan {
     pub target: Target,
     pub urls: Vec<String>,
     pub jwt_secret: String,
+    /// Tokens are signed with this private key rather than `jwt_secret`.
+    #[serde(default)]
+    pub token_key: Option<crate::token::TokenKey>,
     pub subscribe_with: SubscribeWith,
     /// Herald connections subscribe to their personal channel themselves.
     #[serde(default)]
@@ -69,7 +72,7 @@ pub enum Destination {
 }
 
 impl Plan {
-    pub fn new(args: &BenchArgs, max_runtime: Duration) -> Self {
+    pub fn new(args: &BenchArgs, max_runtime: Duration, token_key: Option<crate::token::TokenKey>) -> Self {
         let per_source_addr = args.per_source_addr.clamp(1, MAX_PER_SOURCE_ADDR);
         let per_source_addr = if args.connections > per_source_addr { per_source_addr } else { 0 };
         Self {
@@ -77,6 +80,7 @@ impl Plan {
             target: args.target,
             urls: args.urls.clone(),
             jwt_secret: args.jwt_secret.clone(),
+            token_key,
             subscribe_with: args.subscribe_with,
             subscribe_personal: args.subscribe_personal,
             namespace: args.namespace.clone(),
@@ -189,8 +193,12 @@ impl Plan {
         let base = urls[((conn + attempt) % urls.len() as u64) as usize].trim_end_matches('/');
         match self.target {
             Target::Herald => {
-                let token = herald_gateway::mint(&self.jwt_secret, &self.user_of(conn), self.max_runtime * 2)
-                    .unwrap_or_default();
+                let token = crate::token::token(
+                    self.token_key.as_ref(),
+                    &self.jwt_secret,
+                    &self.user_of(conn),
+                    self.max_runtime * 2,
+                );
                 let sep = if base.contains('?') { '&' } else { '?' };
                 match (self.subscribe_with, self.subscription(conn)) {
                     (SubscribeWith::Url, Some(channel)) => {
@@ -236,7 +244,7 @@ mod tests {
 
     fn plan(argv: &[&str]) -> Plan {
         let cli = Cli::parse_from(std::iter::once("bench").chain(argv.iter().copied()));
-        Plan::new(&cli.args, Duration::from_secs(60))
+        Plan::new(&cli.args, Duration::from_secs(60), None)
     }
 
     #[test]

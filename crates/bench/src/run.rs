@@ -36,7 +36,11 @@ const TICK: Duration = Duration::from_millis(200);
 pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     check(&args)?;
     let messages = messages_to_publish(&args);
-    let plan = Plan::new(&args, max_runtime(&args, messages));
+    let token_key = match (&args.token_key, &args.token_alg) {
+        (Some(path), Some(alg)) => Some(crate::token::TokenKey::load(path, alg, args.token_kid.clone())?),
+        _ => None,
+    };
+    let plan = Plan::new(&args, max_runtime(&args, messages), token_key);
     let started_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
 
     let pids = args.pids.clone();

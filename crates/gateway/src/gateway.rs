@@ -103,9 +103,9 @@ impl Gateway {
         let hooks = crate::hook::Hooks::new(&config.hooks)?;
         inbox.validate()?;
         history.validate()?;
-        let verifier = TokenVerifier::new(auth)?;
-        let node_id = format!("{:08x}", rand_u32());
         let metrics = Arc::new(GatewayMetrics::default());
+        let verifier = TokenVerifier::with_metrics(auth, metrics.jwks_fetches.clone())?;
+        let node_id = format!("{:08x}", rand_u32());
         let hub = Hub::new(broker, metrics.clone());
         let canary_ok = Arc::new(watch::Sender::new(false));
         let shutdown = CancellationToken::new();

@@ -209,8 +209,10 @@ pub(crate) struct Upgrade {
 }
 
 /// Checks a `/ws` request: a WebSocket upgrade, a valid token, permitted channels, a ready
-/// gateway. Any refusal comes with the error code and message for the client.
-pub(crate) fn check(
+/// gateway. Any refusal comes with the error code and message for the client. It waits only
+/// for a token naming a `kid` the JWKS does not have yet: for the one fetch that every such
+/// handshake shares (bounded by `auth.jwks_timeout`), while it holds its handshake slot.
+pub(crate) async fn check(
     gateway: &Gateway,
     head: &RequestHead,
     leftover: Vec<u8>,
@@ -242,7 +244,7 @@ pub(crate) fn check(
         ));
     };
     let shared = gateway.shared();
-    let identity = shared.verifier.verify(token).map_err(|e| (e.code, e.message))?;
+    let identity = shared.verifier.verify_async(token).await.map_err(|e| (e.code, e.message))?;
     let config = &shared.config;
     let requested = match params.subscribe.as_deref() {
         None => Vec::new(),

@@ -35,6 +35,12 @@ pub struct RefusalLabels {
     pub via: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksFetchLabels {
+    /// `ok`, or `error` (the last good key set was kept).
+    pub result: &'static str,
+}
+
 /// Every metric a gateway exports.
 pub struct GatewayMetrics {
     registry: MetricsRegistry,
@@ -77,6 +83,8 @@ pub struct GatewayMetrics {
     /// TLS handshakes that failed or timed out (`gateway.tls`): clients that do not trust the
     /// certificate, or speak plain HTTP to the TLS port.
     pub tls_handshake_failures: Counter,
+    /// Fetches of the JWKS key set (`auth.jwks_url`), by result; the verifier counts them.
+    pub jwks_fetches: Family<JwksFetchLabels, Counter>,
     /// Reconnects already added to `broker_reconnects`.
     reconnects_seen: AtomicU64,
 }
@@ -104,6 +112,7 @@ impl Default for GatewayMetrics {
             origin_refusals: Counter::default(),
             handshake_refusals: Family::default(),
             tls_handshake_failures: Counter::default(),
+            jwks_fetches: Family::default(),
             reconnects_seen: AtomicU64::new(0),
         };
         let registry = metrics.registry.registry_mut();
@@ -167,6 +176,11 @@ impl Default for GatewayMetrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             metrics.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "Fetches of the JWKS key set (auth.jwks_url), by result",
+            metrics.jwks_fetches.clone(),
         );
         metrics
     }

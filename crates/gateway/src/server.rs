@@ -196,6 +196,7 @@ async fn open(
     }
     let leftover = buf.split_off(head.len);
     let checked = handshake::check(&gateway, &head, leftover)
+        .await
         .map_err(|denied| (denied, refusal::Answer::new(shared.config.refusal, &head)));
     // Freed before waiting for the broker: a connection keeps only what it needs.
     drop((buf, head));

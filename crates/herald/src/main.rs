@@ -35,7 +35,8 @@ enum Command {
     PublisherApi,
     /// The presence service (HTTP and gRPC): who is online, where, in which channel. On Redis.
     Presence,
-    /// Prints a connection token for a user, signed with `auth.jwt_secret`.
+    /// Prints a connection token for a user, signed with `auth.jwt_secret`, or with a private
+    /// key (`--key`, `--alg`).
     Token {
         /// The user id (`sub` claim).
         #[arg(long)]
@@ -43,6 +44,15 @@ enum Command {
         /// How long the token is valid, such as `1h` or `30m`.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// A PKCS#8 PEM private key to sign with instead of `auth.jwt_secret`.
+        #[arg(long, requires = "alg")]
+        key: Option<std::path::PathBuf>,
+        /// The algorithm of `--key`: RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA.
+        #[arg(long, requires = "key")]
+        alg: Option<String>,
+        /// The `kid` the token's header names.
+        #[arg(long, requires = "key")]
+        kid: Option<String>,
     },
     /// Drives WebSocket clients against running servers and reports latency, loss, memory, CPU.
     Bench(Box<herald_bench::BenchArgs>),
@@ -58,7 +68,14 @@ fn main() -> ExitCode {
         Command::Presence => Role::Presence,
         // Tools for people at a terminal: their errors are plain text.
         Command::Bench(args) => return tool(herald_bench::run(*args)),
-        Command::Token { user, ttl } => {
+        Command::Token { user, ttl, key: Some(key), alg, kid } => {
+            return tool((|| {
+                let key = herald_bench::token::TokenKey::load(&key, alg.as_deref().unwrap_or_default(), kid)?;
+                println!("{}", key.mint(&user, ttl));
+                Ok(())
+            })());
+        }
+        Command::Token { user, ttl, .. } => {
             return tool((|| {
                 let config = Config::load(file).context("invalid configuration")?;
                 config.auth.validate()?;

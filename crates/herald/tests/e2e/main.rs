@@ -24,6 +24,7 @@ mod hostile_support;
 mod presence_support;
 mod recovery_support;
 
+mod auth_keys;
 mod bad_input;
 mod config;
 mod delivery;
