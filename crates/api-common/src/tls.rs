@@ -19,7 +19,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use herald_protocol::ConfigError;
 use rustls::crypto::CryptoProvider;
@@ -43,7 +43,7 @@ pub struct TlsConfig {
     /// must present one (mutual TLS); unset, clients are not asked for any.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
-    /// How often `cert` and `key` are checked for changes (modification time and size).
+    /// How often `cert` and `key` are checked for changes (their contents).
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
 }
@@ -101,11 +101,20 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// What identifies a version of the files: modification time and size of each.
-type Stamp = [(Option<SystemTime>, u64); 2];
+/// What identifies a version of the files: a hash of each one's contents (`None` while it
+/// cannot be read). Not the modification time: two writes within the file system's clock tick,
+/// of equal length, would look alike, and a certificate and key of a few KiB are cheap to read
+/// at each poll.
+type Stamp = [Option<u64>; 2];
 
 fn stamp(cert: &Path, key: &Path) -> Stamp {
-    let one = |path: &Path| fs::metadata(path).map(|m| (m.modified().ok(), m.len())).unwrap_or((None, 0));
+    let one = |path: &Path| {
+        fs::read(path).ok().map(|bytes| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&bytes, &mut hasher);
+            std::hash::Hasher::finish(&hasher)
+        })
+    };
     [one(cert), one(key)]
 }
 
@@ -141,7 +150,7 @@ impl ReloadingCert {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Loads the files again if their modification time or size changed since the last try:
+    /// Loads the files again if their contents changed since the last try:
     /// `Ok(true)` when a new certificate is in service, `Ok(false)` when nothing changed. On
     /// an error the certificate in service stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
