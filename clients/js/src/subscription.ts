@@ -25,7 +25,9 @@ import type {
   RecoveryFailedEvent,
   ServerFrame,
   Since,
+  SubscribeOptions,
   SubscribedEvent,
+  UnsubscribedEvent,
 } from "./types.js";
 
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
@@ -45,6 +47,12 @@ export interface SubscriptionEvents {
   /** A subscribe attempt failed. Fatal (the subscription is `unsubscribed`) unless the code is
    * `unavailable` or `timeout`, which the client retries with backoff. */
   error: (error: HeraldError) => void;
+  /** The server ended the subscription (`subscription_expired`, `grant_revoked`); its state is
+   * `unsubscribed` and it is not subscribed again. */
+  unsubscribed: (event: UnsubscribedEvent) => void;
+  /** The subscription runs on a fresh subscription token (after `subscribe_refresh_due`).
+   * `expiresAt`: ms since the epoch, undefined when it does not expire. */
+  refreshed: (event: { channel: string; expiresAt: number | undefined }) => void;
 }
 
 /** What a subscription needs from its client; implemented by `Herald`. */
@@ -97,6 +105,12 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private requestedSince: Since | undefined;
   /** The `since` the current subscribe attempt carried (frame or URL). */
   private sentSince: Since | undefined;
+  /** The subscription token to send (private namespaces), and where fresh ones come from. */
+  private token: string | undefined;
+  private tokenSource: ((channel: string) => Promise<string> | string) | undefined;
+  /** Whether the token was sent once already: later subscribes ask `tokenSource`. */
+  private tokenUsed = false;
+  private _expiresAt: number | undefined;
 
   /** @internal created by `Herald.subscribe`. */
   constructor(host: SubscriptionHost, channel: string, managed: boolean, since?: Since) {
@@ -128,6 +142,25 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   get position(): Position | undefined {
     if (this._offset === undefined || this._epoch === undefined) return undefined;
     return { offset: this._offset, epoch: this._epoch };
+  }
+
+  /** When the subscription token expires (ms since the epoch), as the server said. */
+  get expiresAt(): number | undefined {
+    return this._expiresAt;
+  }
+
+  /** @internal subscribes with a subscription token: never in the connect URL. */
+  get usesToken(): boolean {
+    return this.token !== undefined || this.tokenSource !== undefined;
+  }
+
+  /** @internal takes the `token` and `getToken` of `subscribe` options. */
+  setTokenSource(options: SubscribeOptions): void {
+    if (options.token !== undefined) {
+      this.token = options.token;
+      this.tokenUsed = false;
+    }
+    if (options.getToken !== undefined) this.tokenSource = options.getToken;
   }
 
   /** Resolves once the subscription is live; rejects if it fails or is unsubscribed first. */
@@ -232,6 +265,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal the `subscribe` frame for this subscription, with `since` when known. */
   subscribeFrame(): Record<string, unknown> {
     const frame: Record<string, unknown> = { type: "subscribe", channel: this.channel };
+    if (this.token !== undefined) frame.token = this.token;
     const since = this.since();
     this.sentSince = since;
     if (since !== undefined) frame.since = since;
@@ -256,6 +290,67 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame(): void {
     const attempt = ++this.attempt;
+    const source = this.tokenSource;
+    if (source === undefined || (this.token !== undefined && !this.tokenUsed)) {
+      this.tokenUsed = true;
+      this.sendSubscribe(attempt);
+      return;
+    }
+    // A fresh subscription token for every subscribe after the first.
+    Promise.resolve()
+      .then(() => source(this.channel))
+      .then(
+        (token) => {
+          if (attempt !== this.attempt || this._state !== "subscribing" || !this.host.isConnected()) return;
+          this.token = token;
+          this.tokenUsed = true;
+          this.sendSubscribe(attempt);
+        },
+        (err: unknown) => {
+          if (attempt !== this.attempt || this._state !== "subscribing") return;
+          this.emit("error", new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err }));
+          this.host.retrySubscribe(this, ++this.retries);
+        },
+      );
+  }
+
+  /**
+   * @internal the server's `subscribe_refresh_due`: fetch a subscription token and send it
+   * with `subscribe_refresh`. Without `getToken`, or when it returns the token in use,
+   * nothing is sent and the subscription ends at its expiry (`unsubscribed`).
+   */
+  async refreshToken(): Promise<void> {
+    const source = this.tokenSource;
+    if (source === undefined || this._state !== "subscribed") return;
+    const attempt = this.attempt;
+    let token: string;
+    try {
+      token = await source(this.channel);
+    } catch (err) {
+      this.emit("error", new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err }));
+      return;
+    }
+    if (token === this.token || attempt !== this.attempt) return;
+    try {
+      const reply = await this.host.request({ type: "subscribe_refresh", channel: this.channel, token });
+      if (attempt !== this.attempt) return;
+      this.token = token;
+      this._expiresAt = typeof reply.expires_at === "number" ? reply.expires_at * 1000 : undefined;
+      this.emit("refreshed", { channel: this.channel, expiresAt: this._expiresAt });
+    } catch (err) {
+      if (err instanceof HeraldError && err.code === "disconnected") return;
+      this.emit("error", err instanceof HeraldError ? err : new HeraldError("token", String(err), { cause: err }));
+    }
+  }
+
+  /** @internal the server ended the subscription (`unsubscribed` with a reason, no `id`). */
+  endedByServer(reason: string): void {
+    if (this._state === "unsubscribed" || this.managed) return;
+    this.end(new HeraldError(reason, `the server ended the subscription to ${this.channel}: ${reason}`));
+    this.emit("unsubscribed", { channel: this.channel, reason });
+  }
+
+  private sendSubscribe(attempt: number): void {
     // Live as the reply is read: the recovered messages right behind it must find the
     // position the reply sets, not the one before.
     const reply = this.host.request(this.subscribeFrame(), (frame) => {
@@ -298,6 +393,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.sentSince = undefined;
     this.requestedSince = undefined;
     const epoch = typeof state?.epoch === "string" ? state.epoch : undefined;
+    this._expiresAt = typeof state?.expires_at === "number" ? state.expires_at * 1000 : undefined;
     const top = typeof state?.offset === "number" ? state.offset : undefined;
     let recovered = false;
     let failure: string | undefined;
