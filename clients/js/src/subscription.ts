@@ -8,8 +8,10 @@
  * Each message is handed out once: one whose offset is not past the position is dropped (a
  * replay), one that skips offsets is reported as a `gap` (the server promises none).
  */
+import { ChannelToken } from "./channel-token.js";
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
+import { newIdempotencyKey } from "./idempotency.js";
 import type {
   GapEvent,
   HistoryOptions,
@@ -105,12 +107,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private requestedSince: Since | undefined;
   /** The `since` the current subscribe attempt carried (frame or URL). */
   private sentSince: Since | undefined;
-  /** The subscription token to send (private namespaces), and where fresh ones come from. */
-  private token: string | undefined;
-  private tokenSource: ((channel: string) => Promise<string> | string) | undefined;
-  /** Whether the token was sent once already: later subscribes ask `tokenSource`. */
-  private tokenUsed = false;
-  private _expiresAt: number | undefined;
+  /** The subscription token (private namespaces). */
+  private readonly token = new ChannelToken();
 
   /** @internal created by `Herald.subscribe`. */
   constructor(host: SubscriptionHost, channel: string, managed: boolean, since?: Since) {
@@ -146,21 +144,17 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** When the subscription token expires (ms since the epoch), as the server said. */
   get expiresAt(): number | undefined {
-    return this._expiresAt;
+    return this.token.expiresAt;
   }
 
   /** @internal subscribes with a subscription token: never in the connect URL. */
   get usesToken(): boolean {
-    return this.token !== undefined || this.tokenSource !== undefined;
+    return this.token.present;
   }
 
   /** @internal takes the `token` and `getToken` of `subscribe` options. */
   setTokenSource(options: SubscribeOptions): void {
-    if (options.token !== undefined) {
-      this.token = options.token;
-      this.tokenUsed = false;
-    }
-    if (options.getToken !== undefined) this.tokenSource = options.getToken;
+    this.token.set(options);
   }
 
   /** Resolves once the subscription is live; rejects if it fails or is unsubscribed first. */
@@ -265,7 +259,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal the `subscribe` frame for this subscription, with `since` when known. */
   subscribeFrame(): Record<string, unknown> {
     const frame: Record<string, unknown> = { type: "subscribe", channel: this.channel };
-    if (this.token !== undefined) frame.token = this.token;
+    const token = this.token.current();
+    if (token !== undefined) frame.token = token;
     const since = this.since();
     this.sentSince = since;
     if (since !== undefined) frame.since = since;
@@ -290,28 +285,23 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame(): void {
     const attempt = ++this.attempt;
-    const source = this.tokenSource;
-    if (source === undefined || (this.token !== undefined && !this.tokenUsed)) {
-      this.tokenUsed = true;
+    const token = this.token.forSubscribe(this.channel);
+    if (!(token instanceof Promise)) {
       this.sendSubscribe(attempt);
       return;
     }
     // A fresh subscription token for every subscribe after the first.
-    Promise.resolve()
-      .then(() => source(this.channel))
-      .then(
-        (token) => {
-          if (attempt !== this.attempt || this._state !== "subscribing" || !this.host.isConnected()) return;
-          this.token = token;
-          this.tokenUsed = true;
-          this.sendSubscribe(attempt);
-        },
-        (err: unknown) => {
-          if (attempt !== this.attempt || this._state !== "subscribing") return;
-          this.emit("error", new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err }));
-          this.host.retrySubscribe(this, ++this.retries);
-        },
-      );
+    token.then(
+      () => {
+        if (attempt !== this.attempt || this._state !== "subscribing" || !this.host.isConnected()) return;
+        this.sendSubscribe(attempt);
+      },
+      (err: unknown) => {
+        if (attempt !== this.attempt || this._state !== "subscribing") return;
+        this.emit("error", new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err }));
+        this.host.retrySubscribe(this, ++this.retries);
+      },
+    );
   }
 
   /**
@@ -320,26 +310,15 @@ export class Subscription extends Emitter<SubscriptionEvents> {
    * nothing is sent and the subscription ends at its expiry (`unsubscribed`).
    */
   async refreshToken(): Promise<void> {
-    const source = this.tokenSource;
-    if (source === undefined || this._state !== "subscribed") return;
+    if (this._state !== "subscribed") return;
     const attempt = this.attempt;
-    let token: string;
     try {
-      token = await source(this.channel);
-    } catch (err) {
-      this.emit("error", new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err }));
-      return;
-    }
-    if (token === this.token || attempt !== this.attempt) return;
-    try {
-      const reply = await this.host.request({ type: "subscribe_refresh", channel: this.channel, token });
-      if (attempt !== this.attempt) return;
-      this.token = token;
-      this._expiresAt = typeof reply.expires_at === "number" ? reply.expires_at * 1000 : undefined;
-      this.emit("refreshed", { channel: this.channel, expiresAt: this._expiresAt });
+      const refreshed = await this.token.refresh(this.channel, (frame) => this.host.request(frame), () => attempt === this.attempt);
+      if (refreshed) this.emit("refreshed", { channel: this.channel, expiresAt: this.token.expiresAt });
     } catch (err) {
       if (err instanceof HeraldError && err.code === "disconnected") return;
-      this.emit("error", err instanceof HeraldError ? err : new HeraldError("token", String(err), { cause: err }));
+      const error = err instanceof HeraldError ? err : new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err });
+      this.emit("error", error);
     }
   }
 
@@ -393,7 +372,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.sentSince = undefined;
     this.requestedSince = undefined;
     const epoch = typeof state?.epoch === "string" ? state.epoch : undefined;
-    this._expiresAt = typeof state?.expires_at === "number" ? state.expires_at * 1000 : undefined;
+    this.token.accepted(undefined, state?.expires_at);
     const top = typeof state?.offset === "number" ? state.offset : undefined;
     let recovered = false;
     let failure: string | undefined;
@@ -517,12 +496,4 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.host.forget(this);
     for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
   }
-}
-
-/** A random idempotency key: 128 bits in hex (`crypto.getRandomValues` exists in every
- * browser context, `randomUUID` only in secure ones). */
-function newIdempotencyKey(): string {
-  const bytes = new Uint8Array(16);
-  globalThis.crypto.getRandomValues(bytes);
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }

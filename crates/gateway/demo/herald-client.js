@@ -117,6 +117,77 @@ function httpRefusal(status, body) {
   );
 }
 
+// clients/js/src/channel-token.ts
+var ChannelToken = class {
+  token;
+  source;
+  /** Whether `token` went out once: later subscribes ask `source`. */
+  used = false;
+  /** When the token in use expires (ms since the epoch), as the server said. */
+  expiresAt;
+  /** Whether the channel subscribes with a token (and so never in the connect URL). */
+  get present() {
+    return this.token !== void 0 || this.source !== void 0;
+  }
+  /** Takes the `token` and `getToken` of `subscribe` options. */
+  set(options) {
+    if (options.token !== void 0) {
+      this.token = options.token;
+      this.used = false;
+    }
+    if (options.getToken !== void 0) this.source = options.getToken;
+  }
+  /** The token for the next `subscribe`: known now (or none), or fetched from `getToken`. */
+  forSubscribe(channel) {
+    const source = this.source;
+    if (source === void 0 || this.token !== void 0 && !this.used) {
+      this.used = true;
+      return this.token;
+    }
+    return Promise.resolve().then(() => source(channel)).then((token) => {
+      this.token = token;
+      this.used = true;
+      return token;
+    });
+  }
+  /** A token for `subscribe_refresh`, or undefined when there is none other than the one in
+   * use (no `getToken`, or it returned the same). */
+  async forRefresh(channel) {
+    if (this.source === void 0) return void 0;
+    const token = await this.source(channel);
+    return token === this.token ? void 0 : token;
+  }
+  /**
+   * Sends a fresh token with `subscribe_refresh` (through `request`), when there is one and
+   * `current()` still holds once it is fetched. Resolves whether the server took it; rejects
+   * with what `getToken` threw or the server's error (the old token stays in use).
+   */
+  async refresh(channel, request, current) {
+    const token = await this.forRefresh(channel);
+    if (token === void 0 || !current()) return false;
+    const reply = await request({ type: "subscribe_refresh", channel, token });
+    if (!current()) return false;
+    this.accepted(token, reply.expires_at);
+    return true;
+  }
+  /** The server runs the subscription on `token` now, until `expiresAt` (seconds). */
+  accepted(token, expiresAt) {
+    if (token !== void 0) this.token = token;
+    this.expiresAt = typeof expiresAt === "number" ? expiresAt * 1e3 : void 0;
+  }
+  /** The token the next `subscribe` frame carries, once `forSubscribe` settled. */
+  current() {
+    return this.token;
+  }
+};
+
+// clients/js/src/idempotency.ts
+function newIdempotencyKey() {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 // clients/js/src/subscription.ts
 var OUTCOME_UNKNOWN = /* @__PURE__ */ new Set(["outcome_unknown", "timeout", "disconnected"]);
 var RETRYABLE = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
@@ -145,12 +216,8 @@ var Subscription = class extends Emitter {
   requestedSince;
   /** The `since` the current subscribe attempt carried (frame or URL). */
   sentSince;
-  /** The subscription token to send (private namespaces), and where fresh ones come from. */
-  token;
-  tokenSource;
-  /** Whether the token was sent once already: later subscribes ask `tokenSource`. */
-  tokenUsed = false;
-  _expiresAt;
+  /** The subscription token (private namespaces). */
+  token = new ChannelToken();
   /** @internal created by `Herald.subscribe`. */
   constructor(host, channel, managed, since) {
     super();
@@ -180,19 +247,15 @@ var Subscription = class extends Emitter {
   }
   /** When the subscription token expires (ms since the epoch), as the server said. */
   get expiresAt() {
-    return this._expiresAt;
+    return this.token.expiresAt;
   }
   /** @internal subscribes with a subscription token: never in the connect URL. */
   get usesToken() {
-    return this.token !== void 0 || this.tokenSource !== void 0;
+    return this.token.present;
   }
   /** @internal takes the `token` and `getToken` of `subscribe` options. */
   setTokenSource(options) {
-    if (options.token !== void 0) {
-      this.token = options.token;
-      this.tokenUsed = false;
-    }
-    if (options.getToken !== void 0) this.tokenSource = options.getToken;
+    this.token.set(options);
   }
   /** Resolves once the subscription is live; rejects if it fails or is unsubscribed first. */
   ready() {
@@ -289,7 +352,8 @@ var Subscription = class extends Emitter {
   /** @internal the `subscribe` frame for this subscription, with `since` when known. */
   subscribeFrame() {
     const frame = { type: "subscribe", channel: this.channel };
-    if (this.token !== void 0) frame.token = this.token;
+    const token = this.token.current();
+    if (token !== void 0) frame.token = token;
     const since = this.since();
     this.sentSince = since;
     if (since !== void 0) frame.since = since;
@@ -310,17 +374,14 @@ var Subscription = class extends Emitter {
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame() {
     const attempt = ++this.attempt;
-    const source = this.tokenSource;
-    if (source === void 0 || this.token !== void 0 && !this.tokenUsed) {
-      this.tokenUsed = true;
+    const token = this.token.forSubscribe(this.channel);
+    if (!(token instanceof Promise)) {
       this.sendSubscribe(attempt);
       return;
     }
-    Promise.resolve().then(() => source(this.channel)).then(
-      (token) => {
+    token.then(
+      () => {
         if (attempt !== this.attempt || this._state !== "subscribing" || !this.host.isConnected()) return;
-        this.token = token;
-        this.tokenUsed = true;
         this.sendSubscribe(attempt);
       },
       (err) => {
@@ -336,26 +397,15 @@ var Subscription = class extends Emitter {
    * nothing is sent and the subscription ends at its expiry (`unsubscribed`).
    */
   async refreshToken() {
-    const source = this.tokenSource;
-    if (source === void 0 || this._state !== "subscribed") return;
+    if (this._state !== "subscribed") return;
     const attempt = this.attempt;
-    let token;
     try {
-      token = await source(this.channel);
-    } catch (err) {
-      this.emit("error", new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err }));
-      return;
-    }
-    if (token === this.token || attempt !== this.attempt) return;
-    try {
-      const reply = await this.host.request({ type: "subscribe_refresh", channel: this.channel, token });
-      if (attempt !== this.attempt) return;
-      this.token = token;
-      this._expiresAt = typeof reply.expires_at === "number" ? reply.expires_at * 1e3 : void 0;
-      this.emit("refreshed", { channel: this.channel, expiresAt: this._expiresAt });
+      const refreshed = await this.token.refresh(this.channel, (frame) => this.host.request(frame), () => attempt === this.attempt);
+      if (refreshed) this.emit("refreshed", { channel: this.channel, expiresAt: this.token.expiresAt });
     } catch (err) {
       if (err instanceof HeraldError && err.code === "disconnected") return;
-      this.emit("error", err instanceof HeraldError ? err : new HeraldError("token", String(err), { cause: err }));
+      const error = err instanceof HeraldError ? err : new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err });
+      this.emit("error", error);
     }
   }
   /** @internal the server ended the subscription (`unsubscribed` with a reason, no `id`). */
@@ -401,7 +451,7 @@ var Subscription = class extends Emitter {
     this.sentSince = void 0;
     this.requestedSince = void 0;
     const epoch = typeof state?.epoch === "string" ? state.epoch : void 0;
-    this._expiresAt = typeof state?.expires_at === "number" ? state.expires_at * 1e3 : void 0;
+    this.token.accepted(void 0, state?.expires_at);
     const top = typeof state?.offset === "number" ? state.offset : void 0;
     let recovered = false;
     let failure;
@@ -515,11 +565,6 @@ var Subscription = class extends Emitter {
     for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
   }
 };
-function newIdempotencyKey() {
-  const bytes = new Uint8Array(16);
-  globalThis.crypto.getRandomValues(bytes);
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 // clients/js/src/client.ts
 var DEFAULTS = {
