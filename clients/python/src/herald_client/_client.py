@@ -32,7 +32,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from ._backoff import full_jitter
 from ._errors import ClientClosed, ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
 from ._events import Callback, Emitter
-from ._refusal import REFUSAL_CLOSE_CODES, ConnectRefused, RefusalKind, close_refusal_code, refusal_kind
+from . import _refresh
+from ._refusal import REFUSAL_CLOSE_CODES, ConnectRefused, RefusalKind, refusal_kind
 from ._subscription import Subscription, SubscriptionState
 from ._token import token_expiry, token_subject
 from ._types import (
@@ -749,7 +750,7 @@ class Herald:
         else:
             kind = DisconnectKind.CLOSED
         if not got_connected and close_code in REFUSAL_CLOSE_CODES:
-            return await self._refused_by_close(close_code, close_reason, attempt, url_asks)
+            return await _refresh.refused_by_close(self, close_code, close_reason, attempt, url_asks)
         if close_code == 1012:
             # The gateway is draining and spreads its closes itself: go to another replica now.
             delay = random.uniform(0.0, self.drain_delay)
@@ -767,77 +768,6 @@ class Herald:
             attempt += 1
         await self._disconnected(kind, close_code, close_reason, delay)
         return delay, attempt
-
-    async def _refused_by_close(self, code: int, reason: str, attempt: int, url_asks: bool) -> tuple[float, int]:
-        """A handshake refused with a close code before `connected` (see _refusal.py)."""
-        error_code = close_refusal_code(code, reason)
-        kind = refusal_kind(error_code)
-        if kind is RefusalKind.TOKEN:
-            # Never offer the refused token again: the next attempt asks get_token.
-            if self._token == self._conn_token:
-                self._token_stale = True
-            disconnect_kind = DisconnectKind.UNAUTHORIZED
-        elif kind is RefusalKind.PERMANENT:
-            if not url_asks:
-                await self._stop(ConnectRefused(error_code, code, reason), DisconnectKind.REFUSED)
-                return 0.0, attempt
-            # Maybe one of the URL's channels or positions: subscribe by frames next time,
-            # so each refusal reaches its own subscription.
-            self._skip_url_channels = True
-            disconnect_kind = DisconnectKind.REFUSED
-        else:
-            disconnect_kind = DisconnectKind.UNAVAILABLE
-        delay = self._backoff(attempt)
-        await self._disconnected(disconnect_kind, code, reason, delay)
-        return delay, attempt + 1
-
-    async def _refresh_connection(self, ws: ClientConnection) -> None:
-        """The server's `refresh_due`: hand it a fresh token with `refresh`, so the connection
-        outlives its token. A token equal to the one in use is not sent; a refused one is an
-        "error" event, and the connection runs on until its 4001 (then the reconnect asks
-        get_token again)."""
-        if self._get_token is None:
-            return
-        try:
-            # A token fetched early for the next connect serves, if there is one.
-            fresh = self._token if self._token is not None and self._token != self._conn_token else await self._get_token()
-        except Exception as e:  # the application's token source failed
-            await self._events.emit("error", e)
-            return
-        if fresh == self._conn_token or self._ws is not ws:
-            return
-        try:
-            reply = await self._request({"type": "refresh", "token": fresh}, "refresh")
-        except RequestError as e:
-            await self._events.emit("error", e)
-            return
-        except HeraldError:
-            return  # the connection went away: the reconnect takes the token
-        if self._ws is not ws:
-            return
-        self._token = self._conn_token = fresh
-        await self._events.emit("refreshed", reply)
-
-    async def _refresh_subscription(self, sub: Subscription) -> None:
-        """The server's `subscribe_refresh_due` for a channel held through a subscription
-        token: send a fresh one with `subscribe_refresh`."""
-        ws = self._ws
-        try:
-            token = await sub._token_for_refresh()
-        except Exception as e:  # the application's token source failed
-            await sub._events.emit("error", RequestError("token", f"get_token failed: {e!r}", operation="subscribe_refresh"))
-            return
-        if token is None or self._ws is not ws:
-            return
-        try:
-            reply = await self._request({"type": "subscribe_refresh", "channel": sub.channel, "token": token}, f"subscribe_refresh {sub.channel}")
-        except RequestError as e:
-            await sub._events.emit("error", e)
-            return
-        except HeraldError:
-            return
-        sub._refreshed(token, reply)
-        await sub._events.emit("refreshed", reply)
 
     async def _disconnected(self, kind: DisconnectKind, code: int | None, reason: str, delay: float) -> None:
         await self._set_state(ConnectionState.DISCONNECTED)
@@ -933,12 +863,12 @@ class Herald:
                 await sub._reset(frame)
             return
         if kind == "refresh_due" and self._ws is not None:
-            self._spawn(self._refresh_connection(self._ws))
+            self._spawn(_refresh.refresh_connection(self, self._ws))
             return
         if kind == "subscribe_refresh_due":
             sub = self._subs.get(str(frame.get("channel")))
             if sub is not None:
-                self._spawn(self._refresh_subscription(sub))
+                self._spawn(_refresh.refresh_subscription(self, sub))
             return
         if kind == "unsubscribed" and frame.get("id") is None:
             # The server ended the subscription (its token expired, or a refresh took its
