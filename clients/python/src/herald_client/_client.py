@@ -54,7 +54,7 @@ log = logging.getLogger("herald_client")
 #: Error codes of a refused upgrade that name a channel of the URL's `subscribe=`.
 _CHANNEL_CODES = frozenset({"unknown_channel", "invalid_channel", "forbidden", "limit_exceeded"})
 #: Error codes of a refused upgrade that may be about one of the URL's `since` positions.
-_SINCE_CODES = frozenset({"malformed_frame", "no_history", *_CHANNEL_CODES})
+_SINCE_CODES = frozenset({"malformed_frame", "no_history", "unrecoverable", *_CHANNEL_CODES})
 
 TokenSource = Callable[[], Awaitable[str]]
 #: Returns a subscription token for a channel of a private namespace.
