@@ -16,6 +16,7 @@
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
 import { tokenExpiry, tokenSubject } from "./jwt.js";
+import { closeRefusal, httpRefusal, refusalKind } from "./refusal.js";
 import { Subscription, type SubscriptionHost } from "./subscription.js";
 import type {
   ConnectionState,
@@ -72,8 +73,13 @@ export interface HeraldEvents {
   disconnected: (reason: DisconnectReason) => void;
   /** Every message of every channel, after its subscription's own listeners. */
   message: (message: Message) => void;
-  /** An `error` frame that answers no request, or a failed token refresh. */
+  /** An `error` frame that answers no request, a failed or refused token refresh
+   * (`user_mismatch`, `unauthorized`, `token_expired`: the connection goes on until it closes
+   * with 4001, then reconnects with a token from `getToken`), or a permanent refusal. */
   error: (error: HeraldError) => void;
+  /** The connection runs on a fresh token (after the server's `refresh_due`). `expiresAt`:
+   * its expiry in ms since the epoch, undefined when it does not expire. */
+  refreshed: (info: { expiresAt: number | undefined }) => void;
   /** The inbox state changed: from `connected`, a new notification, or an `ack`. */
   inbox: (inbox: InboxState) => void;
 }
@@ -312,9 +318,11 @@ export class Herald extends Emitter<HeraldEvents> {
     const existing = this.subscriptions.get(channel);
     if (existing) {
       if (options.since !== undefined) existing.requestSince(options.since);
+      existing.setTokenSource(options);
       return existing;
     }
     const sub = new Subscription(this.host, channel, false, options.since);
+    sub.setTokenSource(options);
     this.subscriptions.set(channel, sub);
     if (this._state === "connected") sub.subscribeByFrame();
     return sub;
@@ -429,7 +437,7 @@ export class Herald extends Emitter<HeraldEvents> {
       const inUrl =
         sub.channel === personal
           ? this.urlSubscribe || typeof sub.since() === "object"
-          : this.urlSubscribe && !sub.managed && sub.state === "subscribing";
+          : this.urlSubscribe && !sub.managed && !sub.usesToken && sub.state === "subscribing";
       const since = inUrl ? sub.since() : undefined;
       sub.sentInUrl(since);
       if (!inUrl) continue;
@@ -508,7 +516,7 @@ export class Herald extends Emitter<HeraldEvents> {
         if (finished) return;
         finished = true;
         clearTimeout(bodyTimer);
-        attempt.error = refusalError(attempt.status ?? 0, body);
+        attempt.error = httpRefusal(attempt.status ?? 0, body);
         if (this.attempt === attempt) this.dropSocket(attempt, 1006, "");
       };
       const bodyTimer = setTimeout(finish, 2000);
@@ -566,6 +574,20 @@ export class Herald extends Emitter<HeraldEvents> {
       case "reset":
         if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.reset(frame);
         return;
+      case "refresh_due":
+        void this.refreshToken(attempt);
+        return;
+      case "subscribe_refresh_due":
+        if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.refreshToken();
+        return;
+      case "unsubscribed":
+        // Without an `id`, the server ended the subscription (its token expired, or a refresh
+        // took its grant away); with one it answers an `unsubscribe`.
+        if (frame.id === undefined && typeof frame.channel === "string") {
+          this.subscriptions.get(frame.channel)?.endedByServer(String(frame.reason ?? "unsubscribed"));
+          return;
+        }
+        break;
     }
     const id = frame.id;
     const req = typeof id === "number" ? this.requests.get(id) : undefined;
@@ -714,27 +736,37 @@ export class Herald extends Emitter<HeraldEvents> {
     const reason: Omit<DisconnectReason, "willReconnect"> = { code, reason: closeReason };
     if (attempt.error) reason.error = attempt.error;
     let delay: number;
-    if (!attempt.connected) {
+    const refusal = attempt.connected ? undefined : closeRefusal(code, closeReason);
+    if (refusal) {
+      // A refusal the server told with a close code (browsers, or `gateway.refusal = "close"`).
+      reason.reason = refusal.code;
+      reason.error = refusal;
+      const next = this.afterRefusal(attempt, refusal, reason);
+      if (next === undefined) return;
+      delay = next;
+    } else if (!attempt.connected) {
       reason.code = 1006;
       if (closeReason === "connect_timeout" || closeReason === "pong_timeout") {
         reason.reason = closeReason;
-      } else if (attempt.status !== undefined) {
+      } else if (attempt.status !== undefined && attempt.error instanceof HeraldError) {
         reason.status = attempt.status;
         reason.reason =
           attempt.status === 401 ? "unauthorized" : attempt.status === 503 ? "unavailable" : "refused";
+        const next = this.afterRefusal(attempt, attempt.error, reason);
+        if (next === undefined) return;
+        this.scheduleReconnect(reason, next);
+        return;
       } else {
         reason.reason = attempt.statusVisible ? "network" : "refused_or_unreachable";
       }
       // A token that may have been refused is not offered again.
-      if (reason.reason === "unauthorized" || reason.reason === "refused_or_unreachable") {
-        this.dropToken(attempt.token);
-      }
+      if (reason.reason === "refused_or_unreachable") this.dropToken(attempt.token);
       // The refusal may be one of the channels or positions in the URL: subscribe by frames
       // next time, so a refused channel fails alone. Where the status is hidden, a failure
       // without them in the URL was the network's: the URL gets its channels back, so the
       // connection that works again recovers in its first round trip.
       const ambiguous = reason.reason === "refused_or_unreachable";
-      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && (reason.reason === "refused" || ambiguous)) {
+      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && ambiguous) {
         this.urlSubscribe = false;
       } else if (!this.urlSubscribe && ambiguous) {
         this.urlSubscribe = true;
@@ -757,6 +789,80 @@ export class Herald extends Emitter<HeraldEvents> {
       }
     }
     this.scheduleReconnect(reason, delay);
+  }
+
+  /**
+   * Plans the attempt after a refusal the server explained: returns the delay, or undefined
+   * when reconnecting is pointless (then the client has stopped, and said so).
+   */
+  private afterRefusal(
+    attempt: Attempt,
+    error: HeraldError,
+    reason: Omit<DisconnectReason, "willReconnect">,
+  ): number | undefined {
+    const kind = refusalKind(error.code);
+    if (kind === "token") {
+      // Invalid or expired: the next attempt asks getToken, and never offers this one again.
+      this.dropToken(attempt.token);
+      return this.backoff(++this.failures);
+    }
+    if (kind === "permanent") {
+      // It may be one of the channels or positions of the URL: subscribe by frames next time,
+      // so a refused channel fails alone. Without them, the URL itself is refused.
+      if (this.urlSubscribe && (attempt.urlChannels.length > 0 || attempt.urlSince)) {
+        this.urlSubscribe = false;
+        return this.backoff(++this.failures);
+      }
+      this.giveUp({ ...reason, error }, error);
+      return undefined;
+    }
+    this.urlIndex++;
+    return this.backoff(++this.failures);
+  }
+
+  /** A refusal that reconnecting cannot cure: stop, and tell the application. */
+  private giveUp(reason: Omit<DisconnectReason, "willReconnect">, error: HeraldError): void {
+    this.wanted = false;
+    clearTimeout(this.reconnectTimer);
+    for (const [id, req] of this.requests) {
+      clearTimeout(req.timer);
+      this.requests.delete(id);
+      req.reject(error);
+    }
+    for (const waiter of this.connectWaiters.splice(0)) waiter.reject(error);
+    this.setState("disconnected");
+    this.emit("disconnected", { ...reason, willReconnect: false });
+    this.emit("error", error);
+  }
+
+  /**
+   * The server's `refresh_due`: fetch a token and hand it over with `refresh`, so the
+   * connection outlives its token. A token equal to the current one is not sent (the server
+   * would only confirm the old expiry); a refused one is reported, and the connection goes
+   * on until its 4001.
+   */
+  private async refreshToken(attempt: Attempt): Promise<void> {
+    let fresh: string;
+    try {
+      // A token fetched early for the next connect serves, if there is one.
+      fresh = this.token !== undefined && this.token !== attempt.token ? this.token : await this.options.getToken();
+    } catch (err) {
+      this.emit("error", new HeraldError("token", `getToken failed: ${String(err)}`, { cause: err }));
+      return;
+    }
+    if (this.attempt !== attempt || fresh === attempt.token) return;
+    try {
+      const reply = await this.request({ type: "refresh", token: fresh });
+      if (this.attempt !== attempt) return;
+      if (this.token === attempt.token || this.token === undefined) this.token = fresh;
+      attempt.token = fresh;
+      this.scheduleTokenRefresh(attempt);
+      const expiresAt = typeof reply.expires_at === "number" ? reply.expires_at * 1000 : undefined;
+      this.emit("refreshed", { expiresAt });
+    } catch (err) {
+      if (err instanceof HeraldError && err.code === "disconnected") return;
+      this.emit("error", err instanceof HeraldError ? err : new HeraldError("token", String(err), { cause: err }));
+    }
   }
 
   private scheduleReconnect(reason: Omit<DisconnectReason, "willReconnect">, delay: number): void {
@@ -788,19 +894,6 @@ export function sinceParam(channel: string, since: Since): string {
 function isExpired(token: string): boolean {
   const exp = tokenExpiry(token);
   return exp !== undefined && exp - 1000 <= Date.now();
-}
-
-function refusalError(status: number, body: string): HeraldError {
-  try {
-    const parsed = JSON.parse(body) as { error?: { code?: string; message?: string } };
-    if (parsed.error?.code) {
-      return new HeraldError(parsed.error.code, parsed.error.message ?? parsed.error.code, { status });
-    }
-  } catch {
-    // Not the server's JSON error: say what we know.
-  }
-  return new HeraldError(status === 401 ? "unauthorized" : status === 503 ? "unavailable" : "refused",
-    `the server refused the connection with HTTP ${status}`, { status });
 }
 
 /** The URL without its token, for error messages. */

@@ -38,6 +38,7 @@ export type {
   Since,
   SubscribeOptions,
   SubscribedEvent,
+  UnsubscribedEvent,
   WebSocketConstructor,
   WebSocketLike,
 } from "./types.js";

@@ -8,8 +8,10 @@
  * Each message is handed out once: one whose offset is not past the position is dropped (a
  * replay), one that skips offsets is reported as a `gap` (the server promises none).
  */
+import { ChannelToken } from "./channel-token.js";
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
+import { newIdempotencyKey } from "./idempotency.js";
 import type {
   GapEvent,
   HistoryOptions,
@@ -25,7 +27,9 @@ import type {
   RecoveryFailedEvent,
   ServerFrame,
   Since,
+  SubscribeOptions,
   SubscribedEvent,
+  UnsubscribedEvent,
 } from "./types.js";
 
 export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
@@ -45,6 +49,12 @@ export interface SubscriptionEvents {
   /** A subscribe attempt failed. Fatal (the subscription is `unsubscribed`) unless the code is
    * `unavailable` or `timeout`, which the client retries with backoff. */
   error: (error: HeraldError) => void;
+  /** The server ended the subscription (`subscription_expired`, `grant_revoked`); its state is
+   * `unsubscribed` and it is not subscribed again. */
+  unsubscribed: (event: UnsubscribedEvent) => void;
+  /** The subscription runs on a fresh subscription token (after `subscribe_refresh_due`).
+   * `expiresAt`: ms since the epoch, undefined when it does not expire. */
+  refreshed: (event: { channel: string; expiresAt: number | undefined }) => void;
 }
 
 /** What a subscription needs from its client; implemented by `Herald`. */
@@ -97,6 +107,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private requestedSince: Since | undefined;
   /** The `since` the current subscribe attempt carried (frame or URL). */
   private sentSince: Since | undefined;
+  /** The subscription token (private namespaces). */
+  private readonly token = new ChannelToken();
 
   /** @internal created by `Herald.subscribe`. */
   constructor(host: SubscriptionHost, channel: string, managed: boolean, since?: Since) {
@@ -128,6 +140,21 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   get position(): Position | undefined {
     if (this._offset === undefined || this._epoch === undefined) return undefined;
     return { offset: this._offset, epoch: this._epoch };
+  }
+
+  /** When the subscription token expires (ms since the epoch), as the server said. */
+  get expiresAt(): number | undefined {
+    return this.token.expiresAt;
+  }
+
+  /** @internal subscribes with a subscription token: never in the connect URL. */
+  get usesToken(): boolean {
+    return this.token.present;
+  }
+
+  /** @internal takes the `token` and `getToken` of `subscribe` options. */
+  setTokenSource(options: SubscribeOptions): void {
+    this.token.set(options);
   }
 
   /** Resolves once the subscription is live; rejects if it fails or is unsubscribed first. */
@@ -232,6 +259,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal the `subscribe` frame for this subscription, with `since` when known. */
   subscribeFrame(): Record<string, unknown> {
     const frame: Record<string, unknown> = { type: "subscribe", channel: this.channel };
+    const token = this.token.current();
+    if (token !== undefined) frame.token = token;
     const since = this.since();
     this.sentSince = since;
     if (since !== undefined) frame.since = since;
@@ -256,6 +285,51 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame(): void {
     const attempt = ++this.attempt;
+    const token = this.token.forSubscribe(this.channel);
+    if (!(token instanceof Promise)) {
+      this.sendSubscribe(attempt);
+      return;
+    }
+    // A fresh subscription token for every subscribe after the first.
+    token.then(
+      () => {
+        if (attempt !== this.attempt || this._state !== "subscribing" || !this.host.isConnected()) return;
+        this.sendSubscribe(attempt);
+      },
+      (err: unknown) => {
+        if (attempt !== this.attempt || this._state !== "subscribing") return;
+        this.emit("error", new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err }));
+        this.host.retrySubscribe(this, ++this.retries);
+      },
+    );
+  }
+
+  /**
+   * @internal the server's `subscribe_refresh_due`: fetch a subscription token and send it
+   * with `subscribe_refresh`. Without `getToken`, or when it returns the token in use,
+   * nothing is sent and the subscription ends at its expiry (`unsubscribed`).
+   */
+  async refreshToken(): Promise<void> {
+    if (this._state !== "subscribed") return;
+    const attempt = this.attempt;
+    try {
+      const refreshed = await this.token.refresh(this.channel, (frame) => this.host.request(frame), () => attempt === this.attempt);
+      if (refreshed) this.emit("refreshed", { channel: this.channel, expiresAt: this.token.expiresAt });
+    } catch (err) {
+      if (err instanceof HeraldError && err.code === "disconnected") return;
+      const error = err instanceof HeraldError ? err : new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err });
+      this.emit("error", error);
+    }
+  }
+
+  /** @internal the server ended the subscription (`unsubscribed` with a reason, no `id`). */
+  endedByServer(reason: string): void {
+    if (this._state === "unsubscribed" || this.managed) return;
+    this.end(new HeraldError(reason, `the server ended the subscription to ${this.channel}: ${reason}`));
+    this.emit("unsubscribed", { channel: this.channel, reason });
+  }
+
+  private sendSubscribe(attempt: number): void {
     // Live as the reply is read: the recovered messages right behind it must find the
     // position the reply sets, not the one before.
     const reply = this.host.request(this.subscribeFrame(), (frame) => {
@@ -298,6 +372,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.sentSince = undefined;
     this.requestedSince = undefined;
     const epoch = typeof state?.epoch === "string" ? state.epoch : undefined;
+    this.token.accepted(undefined, state?.expires_at);
     const top = typeof state?.offset === "number" ? state.offset : undefined;
     let recovered = false;
     let failure: string | undefined;
@@ -421,12 +496,4 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.host.forget(this);
     for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
   }
-}
-
-/** A random idempotency key: 128 bits in hex (`crypto.getRandomValues` exists in every
- * browser context, `randomUUID` only in secure ones). */
-function newIdempotencyKey(): string {
-  const bytes = new Uint8Array(16);
-  globalThis.crypto.getRandomValues(bytes);
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -87,6 +87,21 @@ export interface SubscribeOptions {
   /** Resume after this position (or the inbox's acknowledged one). Used when the subscription
    * is made or is not yet live; afterwards the SDK keeps the position itself. */
   since?: Since;
+  /** A subscription token for a channel of a private namespace (a JWT for this user and this
+   * channel, minted by your backend). Sent with the first `subscribe`; later ones (after a
+   * reconnect) and refreshes ask `getToken` when it is given. */
+  token?: string;
+  /** Returns a subscription token for the channel: called before each `subscribe` (so a
+   * reconnect resubscribes with a fresh one) and on the server's `subscribe_refresh_due`. */
+  getToken?: (channel: string) => Promise<string> | string;
+}
+
+/** The server ended a subscription by itself: `subscription_expired` (its subscription token
+ * expired without a refresh) or `grant_revoked` (a token refresh took its grant away). It is
+ * not subscribed again by the client. */
+export interface UnsubscribedEvent {
+  channel: string;
+  reason: string;
 }
 
 /** Told to a subscription each time it becomes live. */

@@ -40,10 +40,11 @@ export async function freePort() {
   });
 }
 
-/** Signs an HS256 connection token. `expIn` in seconds (may be fractional, rounded up). */
-export function mintToken(sub, { expIn = 3600, info, secret = SECRET } = {}) {
+/** Signs an HS256 connection token. `expIn` in seconds (may be fractional, rounded up);
+ * `claims` are added as they are (`channel` makes it a subscription token). */
+export function mintToken(sub, { expIn = 3600, info, secret = SECRET, claims = {} } = {}) {
   const enc = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const payload = { sub, exp: Math.ceil(Date.now() / 1000 + expIn) };
+  const payload = { sub, exp: Math.ceil(Date.now() / 1000 + expIn), ...claims };
   if (info !== undefined) payload.info = info;
   const head = enc({ alg: "HS256", typ: "JWT" }) + "." + enc(payload);
   const sig = createHmac("sha256", secret).update(head).digest("base64url");

@@ -1,6 +1,7 @@
 // The SDK on the platform's own WebSocket, as in browsers and on Node 22+ (run on Node 20 with
-// --experimental-websocket): no `WebSocket` option, and a refusal whose HTTP status the
-// implementation hides is reported as `refused_or_unreachable`, after which getToken is asked again.
+// --experimental-websocket): no `WebSocket` option, and a refused token, which the gateway tells
+// such a client (it sends `Sec-Fetch-Mode: websocket`, as browsers do) with close code 4001 and
+// its error code in the reason, after which getToken is asked again.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { Herald, Publisher } from "../dist/index.js";
@@ -19,7 +20,7 @@ after(async () => {
   await server?.stop();
 });
 
-test("connects, receives and tells a hidden refusal with the platform's WebSocket", { skip: !available && "no global WebSocket (Node 20 without --experimental-websocket)" }, async () => {
+test("connects, receives and reads a refusal's close code with the platform's WebSocket", { skip: !available && "no global WebSocket (Node 20 without --experimental-websocket)" }, async () => {
   let calls = 0;
   herald = new Herald(server.wsUrl, {
     getToken: () => (++calls === 1 ? mintToken("pia", { secret: "a-wrong-secret-0123456789abcdef-0123" }) : mintToken("pia")),
@@ -30,8 +31,7 @@ test("connects, receives and tells a hidden refusal with the platform's WebSocke
   const refused = nextEvent(herald, "disconnected");
   await herald.connect();
   const reason = await refused;
-  assert.equal(reason.reason, "refused_or_unreachable");
-  assert.equal(reason.status, undefined);
+  assert.deepEqual([reason.code, reason.reason, reason.error.code, reason.status], [4001, "unauthorized", "unauthorized", undefined]);
   assert.equal(calls, 2);
   await news.ready();
   const got = nextEvent(news, "message");

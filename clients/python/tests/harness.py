@@ -66,6 +66,11 @@ publish = true
 history_size = 1000
 history_ttl = "1h"
 client_history = true
+
+# Private channels: a grant (a subscription token) is needed to subscribe.
+[namespaces.vip]
+publish = true
+private = true
 """
 
 
@@ -83,15 +88,20 @@ def free_port() -> int:
         return port
 
 
-def mint_token(user: str, *, ttl: float = 3600, info: Any = None, secret: str = SECRET) -> str:
-    """An HS256 JWT as the gateway expects it (docs/protocol.md)."""
+def mint_token(
+    user: str, *, ttl: float = 3600, info: Any = None, secret: str = SECRET, claims: dict[str, Any] | None = None
+) -> str:
+    """An HS256 JWT as the gateway expects it (docs/protocol.md). `claims` are added as they
+    are (a `channel` claim makes it a subscription token)."""
 
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
-    claims: dict[str, Any] = {"sub": user, "exp": int(time.time() + ttl)}
+    extra = claims or {}
+    claims = {"sub": user, "exp": int(time.time() + ttl)}
     if info is not None:
         claims["info"] = info
+    claims.update(extra)
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
     signature = hmac.new(secret.encode(), head.encode(), hashlib.sha256).digest()
     return head + "." + b64(signature)
@@ -196,7 +206,8 @@ class Standalone:
         self.procs.wait_ready(self.process, f"{self.http_url}/readyz")
 
 
-def start_standalone(procs: Processes) -> Standalone:
+def start_standalone(procs: Processes, extra_env: dict[str, str] | None = None) -> Standalone:
+    """`extra_env`: more HERALD_* settings (`HERALD_GATEWAY__REFRESH_WARNING`, ...)."""
     config = procs.dir / "standalone.toml"
     config.write_text(CONFIG.format(secret=SECRET, api_key=API_KEY))
     gateway, http, grpc, p_http, p_grpc = (free_port() for _ in range(5))
@@ -207,6 +218,7 @@ def start_standalone(procs: Processes) -> Standalone:
         "HERALD_PUBLISHER__GRPC_LISTEN": f"127.0.0.1:{grpc}",
         "HERALD_PRESENCE__HTTP_LISTEN": f"127.0.0.1:{p_http}",
         "HERALD_PRESENCE__GRPC_LISTEN": f"127.0.0.1:{p_grpc}",
+        **(extra_env or {}),
     }
     proc = procs.start("standalone", args, env)
     procs.wait_ready(proc, f"http://127.0.0.1:{gateway}/readyz")

@@ -87,6 +87,107 @@ function base64UrlDecode(text) {
   return new TextDecoder().decode(bytes);
 }
 
+// clients/js/src/refusal.ts
+var REFUSAL_CLOSE_CODES = /* @__PURE__ */ new Set([4e3, 4001, 4003, 1013]);
+var PASSING = /* @__PURE__ */ new Set(["unavailable", "too_many_connections", "rate_limited", "internal", "overloaded"]);
+function refusalKind(code) {
+  if (code === "unauthorized" || code === "token_expired") return "token";
+  if (PASSING.has(code)) return "backoff";
+  return "permanent";
+}
+function closeRefusal(code, reason) {
+  if (!REFUSAL_CLOSE_CODES.has(code)) return void 0;
+  const match = /^([a-z_]+):\s*(.*)$/s.exec(reason);
+  const errorCode = match?.[1] ?? (code === 4001 ? "unauthorized" : code === 4003 ? "forbidden" : code === 1013 ? "unavailable" : "refused");
+  const message = match?.[2] || reason || `the server refused the connection with close code ${code}`;
+  return new HeraldError(errorCode, message);
+}
+function httpRefusal(status, body) {
+  try {
+    const parsed = JSON.parse(body);
+    if (parsed.error?.code) {
+      return new HeraldError(parsed.error.code, parsed.error.message ?? parsed.error.code, { status });
+    }
+  } catch {
+  }
+  return new HeraldError(
+    status === 401 ? "unauthorized" : status === 503 ? "unavailable" : status === 429 ? "too_many_connections" : "refused",
+    `the server refused the connection with HTTP ${status}`,
+    { status }
+  );
+}
+
+// clients/js/src/channel-token.ts
+var ChannelToken = class {
+  token;
+  source;
+  /** Whether `token` went out once: later subscribes ask `source`. */
+  used = false;
+  /** When the token in use expires (ms since the epoch), as the server said. */
+  expiresAt;
+  /** Whether the channel subscribes with a token (and so never in the connect URL). */
+  get present() {
+    return this.token !== void 0 || this.source !== void 0;
+  }
+  /** Takes the `token` and `getToken` of `subscribe` options. */
+  set(options) {
+    if (options.token !== void 0) {
+      this.token = options.token;
+      this.used = false;
+    }
+    if (options.getToken !== void 0) this.source = options.getToken;
+  }
+  /** The token for the next `subscribe`: known now (or none), or fetched from `getToken`. */
+  forSubscribe(channel) {
+    const source = this.source;
+    if (source === void 0 || this.token !== void 0 && !this.used) {
+      this.used = true;
+      return this.token;
+    }
+    return Promise.resolve().then(() => source(channel)).then((token) => {
+      this.token = token;
+      this.used = true;
+      return token;
+    });
+  }
+  /** A token for `subscribe_refresh`, or undefined when there is none other than the one in
+   * use (no `getToken`, or it returned the same). */
+  async forRefresh(channel) {
+    if (this.source === void 0) return void 0;
+    const token = await this.source(channel);
+    return token === this.token ? void 0 : token;
+  }
+  /**
+   * Sends a fresh token with `subscribe_refresh` (through `request`), when there is one and
+   * `current()` still holds once it is fetched. Resolves whether the server took it; rejects
+   * with what `getToken` threw or the server's error (the old token stays in use).
+   */
+  async refresh(channel, request, current) {
+    const token = await this.forRefresh(channel);
+    if (token === void 0 || !current()) return false;
+    const reply = await request({ type: "subscribe_refresh", channel, token });
+    if (!current()) return false;
+    this.accepted(token, reply.expires_at);
+    return true;
+  }
+  /** The server runs the subscription on `token` now, until `expiresAt` (seconds). */
+  accepted(token, expiresAt) {
+    if (token !== void 0) this.token = token;
+    this.expiresAt = typeof expiresAt === "number" ? expiresAt * 1e3 : void 0;
+  }
+  /** The token the next `subscribe` frame carries, once `forSubscribe` settled. */
+  current() {
+    return this.token;
+  }
+};
+
+// clients/js/src/idempotency.ts
+function newIdempotencyKey() {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 // clients/js/src/subscription.ts
 var OUTCOME_UNKNOWN = /* @__PURE__ */ new Set(["outcome_unknown", "timeout", "disconnected"]);
 var RETRYABLE = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
@@ -115,6 +216,8 @@ var Subscription = class extends Emitter {
   requestedSince;
   /** The `since` the current subscribe attempt carried (frame or URL). */
   sentSince;
+  /** The subscription token (private namespaces). */
+  token = new ChannelToken();
   /** @internal created by `Herald.subscribe`. */
   constructor(host, channel, managed, since) {
     super();
@@ -141,6 +244,18 @@ var Subscription = class extends Emitter {
   get position() {
     if (this._offset === void 0 || this._epoch === void 0) return void 0;
     return { offset: this._offset, epoch: this._epoch };
+  }
+  /** When the subscription token expires (ms since the epoch), as the server said. */
+  get expiresAt() {
+    return this.token.expiresAt;
+  }
+  /** @internal subscribes with a subscription token: never in the connect URL. */
+  get usesToken() {
+    return this.token.present;
+  }
+  /** @internal takes the `token` and `getToken` of `subscribe` options. */
+  setTokenSource(options) {
+    this.token.set(options);
   }
   /** Resolves once the subscription is live; rejects if it fails or is unsubscribed first. */
   ready() {
@@ -237,6 +352,8 @@ var Subscription = class extends Emitter {
   /** @internal the `subscribe` frame for this subscription, with `since` when known. */
   subscribeFrame() {
     const frame = { type: "subscribe", channel: this.channel };
+    const token = this.token.current();
+    if (token !== void 0) frame.token = token;
     const since = this.since();
     this.sentSince = since;
     if (since !== void 0) frame.since = since;
@@ -257,6 +374,47 @@ var Subscription = class extends Emitter {
   /** @internal sends a `subscribe` frame and handles its reply. */
   subscribeByFrame() {
     const attempt = ++this.attempt;
+    const token = this.token.forSubscribe(this.channel);
+    if (!(token instanceof Promise)) {
+      this.sendSubscribe(attempt);
+      return;
+    }
+    token.then(
+      () => {
+        if (attempt !== this.attempt || this._state !== "subscribing" || !this.host.isConnected()) return;
+        this.sendSubscribe(attempt);
+      },
+      (err) => {
+        if (attempt !== this.attempt || this._state !== "subscribing") return;
+        this.emit("error", new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err }));
+        this.host.retrySubscribe(this, ++this.retries);
+      }
+    );
+  }
+  /**
+   * @internal the server's `subscribe_refresh_due`: fetch a subscription token and send it
+   * with `subscribe_refresh`. Without `getToken`, or when it returns the token in use,
+   * nothing is sent and the subscription ends at its expiry (`unsubscribed`).
+   */
+  async refreshToken() {
+    if (this._state !== "subscribed") return;
+    const attempt = this.attempt;
+    try {
+      const refreshed = await this.token.refresh(this.channel, (frame) => this.host.request(frame), () => attempt === this.attempt);
+      if (refreshed) this.emit("refreshed", { channel: this.channel, expiresAt: this.token.expiresAt });
+    } catch (err) {
+      if (err instanceof HeraldError && err.code === "disconnected") return;
+      const error = err instanceof HeraldError ? err : new HeraldError("token", `getToken(${this.channel}) failed: ${String(err)}`, { cause: err });
+      this.emit("error", error);
+    }
+  }
+  /** @internal the server ended the subscription (`unsubscribed` with a reason, no `id`). */
+  endedByServer(reason) {
+    if (this._state === "unsubscribed" || this.managed) return;
+    this.end(new HeraldError(reason, `the server ended the subscription to ${this.channel}: ${reason}`));
+    this.emit("unsubscribed", { channel: this.channel, reason });
+  }
+  sendSubscribe(attempt) {
     const reply = this.host.request(this.subscribeFrame(), (frame) => {
       if (attempt === this.attempt && this._state !== "unsubscribed") this.live(frame);
     });
@@ -293,6 +451,7 @@ var Subscription = class extends Emitter {
     this.sentSince = void 0;
     this.requestedSince = void 0;
     const epoch = typeof state?.epoch === "string" ? state.epoch : void 0;
+    this.token.accepted(void 0, state?.expires_at);
     const top = typeof state?.offset === "number" ? state.offset : void 0;
     let recovered = false;
     let failure;
@@ -406,11 +565,6 @@ var Subscription = class extends Emitter {
     for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
   }
 };
-function newIdempotencyKey() {
-  const bytes = new Uint8Array(16);
-  globalThis.crypto.getRandomValues(bytes);
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 // clients/js/src/client.ts
 var DEFAULTS = {
@@ -600,9 +754,11 @@ var Herald = class extends Emitter {
     const existing = this.subscriptions.get(channel);
     if (existing) {
       if (options.since !== void 0) existing.requestSince(options.since);
+      existing.setTokenSource(options);
       return existing;
     }
     const sub = new Subscription(this.host, channel, false, options.since);
+    sub.setTokenSource(options);
     this.subscriptions.set(channel, sub);
     if (this._state === "connected") sub.subscribeByFrame();
     return sub;
@@ -703,7 +859,7 @@ var Herald = class extends Emitter {
     const subject = tokenSubject(token);
     const personal = subject === void 0 ? void 0 : `user:${subject}`;
     for (const sub of this.subscriptions.values()) {
-      const inUrl = sub.channel === personal ? this.urlSubscribe || typeof sub.since() === "object" : this.urlSubscribe && !sub.managed && sub.state === "subscribing";
+      const inUrl = sub.channel === personal ? this.urlSubscribe || typeof sub.since() === "object" : this.urlSubscribe && !sub.managed && !sub.usesToken && sub.state === "subscribing";
       const since = inUrl ? sub.since() : void 0;
       sub.sentInUrl(since);
       if (!inUrl) continue;
@@ -770,7 +926,7 @@ var Herald = class extends Emitter {
         if (finished) return;
         finished = true;
         clearTimeout(bodyTimer);
-        attempt.error = refusalError(attempt.status ?? 0, body);
+        attempt.error = httpRefusal(attempt.status ?? 0, body);
         if (this.attempt === attempt) this.dropSocket(attempt, 1006, "");
       };
       const bodyTimer = setTimeout(finish, 2e3);
@@ -824,6 +980,18 @@ var Herald = class extends Emitter {
       case "reset":
         if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.reset(frame);
         return;
+      case "refresh_due":
+        void this.refreshToken(attempt);
+        return;
+      case "subscribe_refresh_due":
+        if (typeof frame.channel === "string") this.subscriptions.get(frame.channel)?.refreshToken();
+        return;
+      case "unsubscribed":
+        if (frame.id === void 0 && typeof frame.channel === "string") {
+          this.subscriptions.get(frame.channel)?.endedByServer(String(frame.reason ?? "unsubscribed"));
+          return;
+        }
+        break;
     }
     const id = frame.id;
     const req = typeof id === "number" ? this.requests.get(id) : void 0;
@@ -955,21 +1123,30 @@ var Herald = class extends Emitter {
     const reason = { code, reason: closeReason };
     if (attempt.error) reason.error = attempt.error;
     let delay;
-    if (!attempt.connected) {
+    const refusal = attempt.connected ? void 0 : closeRefusal(code, closeReason);
+    if (refusal) {
+      reason.reason = refusal.code;
+      reason.error = refusal;
+      const next = this.afterRefusal(attempt, refusal, reason);
+      if (next === void 0) return;
+      delay = next;
+    } else if (!attempt.connected) {
       reason.code = 1006;
       if (closeReason === "connect_timeout" || closeReason === "pong_timeout") {
         reason.reason = closeReason;
-      } else if (attempt.status !== void 0) {
+      } else if (attempt.status !== void 0 && attempt.error instanceof HeraldError) {
         reason.status = attempt.status;
         reason.reason = attempt.status === 401 ? "unauthorized" : attempt.status === 503 ? "unavailable" : "refused";
+        const next = this.afterRefusal(attempt, attempt.error, reason);
+        if (next === void 0) return;
+        this.scheduleReconnect(reason, next);
+        return;
       } else {
         reason.reason = attempt.statusVisible ? "network" : "refused_or_unreachable";
       }
-      if (reason.reason === "unauthorized" || reason.reason === "refused_or_unreachable") {
-        this.dropToken(attempt.token);
-      }
+      if (reason.reason === "refused_or_unreachable") this.dropToken(attempt.token);
       const ambiguous = reason.reason === "refused_or_unreachable";
-      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && (reason.reason === "refused" || ambiguous)) {
+      if ((attempt.urlChannels.length > 0 || attempt.urlSince) && ambiguous) {
         this.urlSubscribe = false;
       } else if (!this.urlSubscribe && ambiguous) {
         this.urlSubscribe = true;
@@ -990,6 +1167,69 @@ var Herald = class extends Emitter {
       }
     }
     this.scheduleReconnect(reason, delay);
+  }
+  /**
+   * Plans the attempt after a refusal the server explained: returns the delay, or undefined
+   * when reconnecting is pointless (then the client has stopped, and said so).
+   */
+  afterRefusal(attempt, error, reason) {
+    const kind = refusalKind(error.code);
+    if (kind === "token") {
+      this.dropToken(attempt.token);
+      return this.backoff(++this.failures);
+    }
+    if (kind === "permanent") {
+      if (this.urlSubscribe && (attempt.urlChannels.length > 0 || attempt.urlSince)) {
+        this.urlSubscribe = false;
+        return this.backoff(++this.failures);
+      }
+      this.giveUp({ ...reason, error }, error);
+      return void 0;
+    }
+    this.urlIndex++;
+    return this.backoff(++this.failures);
+  }
+  /** A refusal that reconnecting cannot cure: stop, and tell the application. */
+  giveUp(reason, error) {
+    this.wanted = false;
+    clearTimeout(this.reconnectTimer);
+    for (const [id, req] of this.requests) {
+      clearTimeout(req.timer);
+      this.requests.delete(id);
+      req.reject(error);
+    }
+    for (const waiter of this.connectWaiters.splice(0)) waiter.reject(error);
+    this.setState("disconnected");
+    this.emit("disconnected", { ...reason, willReconnect: false });
+    this.emit("error", error);
+  }
+  /**
+   * The server's `refresh_due`: fetch a token and hand it over with `refresh`, so the
+   * connection outlives its token. A token equal to the current one is not sent (the server
+   * would only confirm the old expiry); a refused one is reported, and the connection goes
+   * on until its 4001.
+   */
+  async refreshToken(attempt) {
+    let fresh;
+    try {
+      fresh = this.token !== void 0 && this.token !== attempt.token ? this.token : await this.options.getToken();
+    } catch (err) {
+      this.emit("error", new HeraldError("token", `getToken failed: ${String(err)}`, { cause: err }));
+      return;
+    }
+    if (this.attempt !== attempt || fresh === attempt.token) return;
+    try {
+      const reply = await this.request({ type: "refresh", token: fresh });
+      if (this.attempt !== attempt) return;
+      if (this.token === attempt.token || this.token === void 0) this.token = fresh;
+      attempt.token = fresh;
+      this.scheduleTokenRefresh(attempt);
+      const expiresAt = typeof reply.expires_at === "number" ? reply.expires_at * 1e3 : void 0;
+      this.emit("refreshed", { expiresAt });
+    } catch (err) {
+      if (err instanceof HeraldError && err.code === "disconnected") return;
+      this.emit("error", err instanceof HeraldError ? err : new HeraldError("token", String(err), { cause: err }));
+    }
   }
   scheduleReconnect(reason, delay) {
     this.setState("disconnected");
@@ -1015,20 +1255,6 @@ function sinceParam(channel, since) {
 function isExpired(token) {
   const exp = tokenExpiry(token);
   return exp !== void 0 && exp - 1e3 <= Date.now();
-}
-function refusalError(status, body) {
-  try {
-    const parsed = JSON.parse(body);
-    if (parsed.error?.code) {
-      return new HeraldError(parsed.error.code, parsed.error.message ?? parsed.error.code, { status });
-    }
-  } catch {
-  }
-  return new HeraldError(
-    status === 401 ? "unauthorized" : status === 503 ? "unavailable" : "refused",
-    `the server refused the connection with HTTP ${status}`,
-    { status }
-  );
 }
 function redact(url) {
   const copy = new URL(url.toString());

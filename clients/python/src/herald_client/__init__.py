@@ -17,6 +17,7 @@ from ._errors import (
     RequestError,
     RequestTimeout,
 )
+from ._refusal import ConnectRefused
 from ._subscription import Subscription, SubscriptionState
 from ._types import (
     ConnectionState,
@@ -33,11 +34,13 @@ from ._types import (
     Recovered,
     RecoveryFailed,
     Since,
+    Unsubscribed,
 )
 from .publisher import PublishMessage, Publisher
 
 __all__ = [
     "ClientClosed",
+    "ConnectRefused",
     "ConnectionLost",
     "ConnectionState",
     "DisconnectKind",
@@ -63,4 +66,5 @@ __all__ = [
     "Since",
     "Subscription",
     "SubscriptionState",
+    "Unsubscribed",
 ]

@@ -32,6 +32,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from ._backoff import full_jitter
 from ._errors import ClientClosed, ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
 from ._events import Callback, Emitter
+from . import _refresh
+from ._refusal import REFUSAL_CLOSE_CODES, ConnectRefused, RefusalKind, refusal_kind
 from ._subscription import Subscription, SubscriptionState
 from ._token import token_expiry, token_subject
 from ._types import (
@@ -52,9 +54,11 @@ log = logging.getLogger("herald_client")
 #: Error codes of a refused upgrade that name a channel of the URL's `subscribe=`.
 _CHANNEL_CODES = frozenset({"unknown_channel", "invalid_channel", "forbidden", "limit_exceeded"})
 #: Error codes of a refused upgrade that may be about one of the URL's `since` positions.
-_SINCE_CODES = frozenset({"malformed_frame", "no_history", *_CHANNEL_CODES})
+_SINCE_CODES = frozenset({"malformed_frame", "no_history", "unrecoverable", *_CHANNEL_CODES})
 
 TokenSource = Callable[[], Awaitable[str]]
+#: Returns a subscription token for a channel of a private namespace.
+ChannelTokenSource = Callable[[str], Awaitable[str]]
 
 
 class Herald:
@@ -70,12 +74,22 @@ class Herald:
     `url` is one gateway URL or several, tried in turn (one per attempt). `get_token` is an
     async function returning a JWT; it is called before a connect when there is no token yet,
     when the server refused or expired the last one, and ahead of the token's `exp` (see
-    `renew_margin`). `token` is a fixed token for clients without a token source.
+    `renew_margin`), and on the server's `refresh_due`, when the token it returns is sent with
+    `refresh` so the connection outlives its token (not when it returns the token in use).
+    `token` is a fixed token for clients without a token source.
 
     Events (`on(name, callback)`): "state" (`ConnectionState`), "connecting", "connected"
     (the `connected` frame as a dict), "disconnected" (`DisconnectReason`), "message" (every
-    `Message` of every channel), "error" (an `error` frame that answers no request, or a
-    failing token source), "inbox" (`InboxState`, when it changed).
+    `Message` of every channel), "error" (an `error` frame that answers no request, a failing
+    token source, a refused `refresh` as a `RequestError` with code "user_mismatch",
+    "unauthorized" or "token_expired", after which the connection runs on until its 4001, or
+    a `ConnectRefused` when the client stops), "refreshed" (the `refreshed` frame as a dict:
+    the connection runs on a fresh token), "inbox" (`InboxState`, when it changed).
+
+    A connect refused with 4001 (or HTTP 401) asks `get_token` again before the next attempt;
+    with 4003 or 4000 (or another HTTP 4xx), once more without the URL's channels when it had
+    some, then the client stops ("disconnected" with `will_reconnect` false, `connect()` raises
+    `ConnectRefused`); 1013, HTTP 503 and 429 `too_many_connections` back off.
 
     `publish_retries`: in channels with history, how often a publish whose outcome is unknown
     is retried with the same idempotency key (see `Subscription.publish`).
@@ -151,6 +165,8 @@ class Herald:
         self._personal = Subscription(self, "user:", buffer=buffer, managed=True)
         #: The user's offline inbox (`connected.inbox`, kept current), when the server keeps one.
         self.inbox: InboxState | None = None
+        #: Set when a refusal stopped the client for good.
+        self._refused: ConnectRefused | None = None
 
     # --- public API ---------------------------------------------------------------------
 
@@ -205,6 +221,8 @@ class Herald:
             wait.cancel()
         if self._run_task in done:
             self._run_task.result()
+            if self._refused is not None:
+                raise self._refused
             raise ClientClosed("the client was disconnected while connecting")
         if not done:
             raise TimeoutError(f"not connected within {timeout:g} s (still trying)")
@@ -242,6 +260,8 @@ class Herald:
         since: Since | None = None,
         on_message: Callback | None = None,
         buffer: int | None = None,
+        token: str | None = None,
+        get_token: ChannelTokenSource | None = None,
     ) -> Subscription:
         """Subscribes to `channel` and returns its `Subscription`, renewed after every
         reconnect from its position.
@@ -259,13 +279,20 @@ class Herald:
 
         Messages are kept for `async for` in a buffer of `buffer` messages (the client's
         `buffer`, 1024 by default); when it is full, reading the socket waits for the loop.
-        With `on_message` the buffer defaults to 0: callbacks only, no iteration."""
+        With `on_message` the buffer defaults to 0: callbacks only, no iteration.
+
+        Channels of a private namespace need a grant: the connection token's `channels` claim,
+        or a subscription token. `token` is sent with the first `subscribe`; `get_token`
+        (an async function of the channel) is asked for one before every later subscribe
+        (reconnects) and on the server's `subscribe_refresh_due`. Such channels are never put
+        in the connect URL. A subscription whose token expires unrefreshed is ended by the
+        server: its "unsubscribed" event carries the reason and it is not renewed."""
         if self._closing:
             raise ClientClosed("this client was disconnected")
         if channel in self._subs or channel == "broadcast":
             raise ValueError(f"already subscribed to {channel}")
         size = buffer if buffer is not None else (0 if on_message is not None else self._buffer)
-        sub = Subscription(self, channel, buffer=size, since=since)
+        sub = Subscription(self, channel, buffer=size, since=since, token=token, get_token=get_token)
         if on_message is not None:
             sub.on("message", on_message)
         self._subs[channel] = sub
@@ -434,6 +461,16 @@ class Herald:
         ws = self._ws
         if ws is None or sub._inflight is ws:
             return
+        if sub._uses_token:
+            try:
+                frame["token"] = await sub._token_for_subscribe()
+            except Exception as e:  # the application's token source failed
+                if self._subs.get(sub.channel) is sub:
+                    self._forget(sub)
+                    await sub._failed(RequestError("token", f"get_token failed: {e!r}", operation=f"subscribe {sub.channel}"))
+                return
+            if self._ws is not ws or sub._inflight is ws:
+                return
         since = sub._since()
         sub._sent_since = since
         if isinstance(since, Position):
@@ -566,7 +603,8 @@ class Herald:
                 if self._skip_url_channels
                 # Personal channels are never named: the own one the server subscribes by itself
                 # (its `since` goes in the URL), another user's is refused.
-                else [s for s in self._subs.values() if not s.channel.startswith("user:")]
+                # Channels with a subscription token go by frame: the URL cannot carry it.
+                else [s for s in self._subs.values() if not s.channel.startswith("user:") and not s._uses_token]
             )
             sinces = self._url_positions(token, url_subs)
             self._skip_url_channels = False
@@ -586,7 +624,7 @@ class Herald:
                 if status == 401:
                     self._token_stale = True
                     kind = DisconnectKind.UNAUTHORIZED
-                elif status == 503:
+                elif status == 503 or code == "too_many_connections":
                     kind = DisconnectKind.UNAVAILABLE
                 elif (url_subs and code in _CHANNEL_CODES) or (sinces and code in _SINCE_CODES):
                     # One of the URL's channels or positions was refused: subscribe by frames
@@ -595,6 +633,9 @@ class Herald:
                     await self._disconnected(DisconnectKind.REFUSED, status, code or "refused", 0.0)
                     delay = 0.0
                     continue
+                elif code is not None and 400 <= status < 500 and refusal_kind(code) is RefusalKind.PERMANENT:
+                    await self._stop(ConnectRefused(code, status, f"HTTP {status}"), DisconnectKind.REFUSED)
+                    return
                 else:
                     kind = DisconnectKind.REFUSED
                 delay = self._backoff(attempt)
@@ -610,11 +651,23 @@ class Herald:
                 continue
 
             self._conn_token = token
-            delay, attempt = await self._serve(ws, url_subs, attempt)
+            delay, attempt = await self._serve(ws, url_subs, attempt, bool(url_subs or sinces))
+            if self._refused is not None:
+                return
 
-    async def _serve(self, ws: ClientConnection, url_subs: list[Subscription], attempt: int) -> tuple[float, int]:
+    async def _stop(self, error: ConnectRefused, kind: DisconnectKind) -> None:
+        """A refusal that reconnecting cannot cure: stop trying, and say so."""
+        self._refused = error
+        self._fail_pending(error)
+        await self._set_state(ConnectionState.DISCONNECTED)
+        await self._events.emit("disconnected", DisconnectReason(kind, error.status, error.code, False))
+        await self._events.emit("error", error)
+
+    async def _serve(
+        self, ws: ClientConnection, url_subs: list[Subscription], attempt: int, url_asks: bool = False
+    ) -> tuple[float, int]:
         """Runs one open connection to its end; returns the delay before the next attempt and
-        the backoff attempt number."""
+        the backoff attempt number. `url_asks`: the URL named channels or positions."""
         helpers: list[asyncio.Task[None]] = []
         close_code = 1006
         close_reason = "connection lost"
@@ -623,11 +676,13 @@ class Herald:
         # gets past it and sees the end (a ping timeout drops the socket of a client that
         # stopped reading).
         self._conn_closed = asyncio.ensure_future(ws.wait_closed())
+        got_connected = False
         try:
             first = json.loads(await asyncio.wait_for(ws.recv(), self.connect_timeout))
             if not isinstance(first, dict) or first.get("type") != "connected":
                 raise HeraldError(f"expected a connected frame, got {first!r}")
             self._ws = ws
+            got_connected = True
             self._last_received = time.monotonic()
             self.client_id = first.get("client_id")
             self.user = first.get("user")
@@ -694,6 +749,8 @@ class Herald:
             close_reason = f"no pong within {self.pong_timeout:g} s"
         else:
             kind = DisconnectKind.CLOSED
+        if not got_connected and close_code in REFUSAL_CLOSE_CODES:
+            return await _refresh.refused_by_close(self, close_code, close_reason, attempt, url_asks)
         if close_code == 1012:
             # The gateway is draining and spreads its closes itself: go to another replica now.
             delay = random.uniform(0.0, self.drain_delay)
@@ -804,6 +861,22 @@ class Herald:
             sub = self._route(str(frame.get("channel")))
             if sub is not None:
                 await sub._reset(frame)
+            return
+        if kind == "refresh_due" and self._ws is not None:
+            self._spawn(_refresh.refresh_connection(self, self._ws))
+            return
+        if kind == "subscribe_refresh_due":
+            sub = self._subs.get(str(frame.get("channel")))
+            if sub is not None:
+                self._spawn(_refresh.refresh_subscription(self, sub))
+            return
+        if kind == "unsubscribed" and frame.get("id") is None:
+            # The server ended the subscription (its token expired, or a refresh took its
+            # grant away): it is over, and not renewed.
+            sub = self._subs.get(str(frame.get("channel")))
+            if sub is not None:
+                self._forget(sub)
+                await sub._ended(str(frame.get("reason") or "unsubscribed"))
             return
         if kind in ("join", "leave"):
             channel = str(frame.get("channel"))

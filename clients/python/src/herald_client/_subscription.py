@@ -10,7 +10,7 @@ import asyncio
 import enum
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
@@ -26,6 +26,7 @@ from ._types import (
     Recovered,
     RecoveryFailed,
     Since,
+    Unsubscribed,
 )
 
 if TYPE_CHECKING:
@@ -52,7 +53,9 @@ class Subscription:
     (`PresenceEvent`), "subscribed" (each time the server confirms it), "recovered"
     (`Recovered`: resumed, every missed message follows), "recovery_failed" (`RecoveryFailed`:
     messages may have been missed; reload), "gap" (`Gap`), "error" (a `HeraldError` that
-    ended it).
+    ended it, or a refused `subscribe_refresh`), "refreshed" (the `subscribe_refreshed` frame:
+    it runs on a fresh subscription token), "unsubscribed" (`Unsubscribed`: the server ended
+    it, reason "subscription_expired" or "grant_revoked"; it is not renewed).
     """
 
     def __init__(
@@ -63,8 +66,17 @@ class Subscription:
         buffer: int,
         managed: bool = False,
         since: Since | None = None,
+        token: str | None = None,
+        get_token: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self._client = client
+        #: The subscription token to send (private namespaces), and where fresh ones come from.
+        self._token = token
+        self._get_token = get_token
+        #: Whether `_token` went out once: later subscribes ask `_get_token`.
+        self._token_used = False
+        #: When the subscription token expires (seconds since the epoch), as the server said.
+        self.expires_at: int | None = None
         self._channel = channel
         #: Server-managed (broadcast, the personal channel): never subscribed by frames.
         self._managed = managed
@@ -225,6 +237,35 @@ class Subscription:
 
     # --- used by the client -------------------------------------------------------------
 
+    @property
+    def _uses_token(self) -> bool:
+        return self._token is not None or self._get_token is not None
+
+    async def _token_for_subscribe(self) -> str:
+        """The token for a `subscribe`: the one given, the first time; a fresh one after."""
+        if self._get_token is not None and (self._token is None or self._token_used):
+            self._token = await self._get_token(self._channel)
+        self._token_used = True
+        assert self._token is not None
+        return self._token
+
+    async def _token_for_refresh(self) -> str | None:
+        """A fresh token for `subscribe_refresh`, or None when there is none to send."""
+        if self._get_token is None or self.state is not SubscriptionState.SUBSCRIBED:
+            return None
+        token = await self._get_token(self._channel)
+        return None if token == self._token else token
+
+    def _refreshed(self, token: str, reply: dict[str, Any]) -> None:
+        self._token = token
+        expires_at = reply.get("expires_at")
+        self.expires_at = expires_at if isinstance(expires_at, int) else None
+
+    async def _ended(self, reason: str) -> None:
+        """The server ended the subscription (`unsubscribed` with a reason)."""
+        self._close(RequestError(reason, f"the server ended the subscription to {self._channel}", operation="subscribe"))
+        await self._events.emit("unsubscribed", Unsubscribed(self._channel, reason))
+
     def _close(self, error: HeraldError | None) -> None:
         self.state = SubscriptionState.CLOSED
         self._live = False
@@ -251,6 +292,8 @@ class Subscription:
         self._live = True
         self.state = SubscriptionState.SUBSCRIBED
         since, self._sent_since, self._requested_since = self._sent_since, None, None
+        expires_at = reply.get("expires_at")
+        self.expires_at = expires_at if isinstance(expires_at, int) else None
         epoch, top = reply.get("epoch"), reply.get("offset")
         recovered = False
         failure: str | None = None

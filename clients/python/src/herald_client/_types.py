@@ -52,6 +52,16 @@ class DisconnectReason:
 
 
 @dataclass(frozen=True)
+class Unsubscribed:
+    """Carried by a subscription's "unsubscribed" event: the server ended it, with `reason`
+    "subscription_expired" (its subscription token expired without a refresh) or
+    "grant_revoked" (a token refresh took away the claim that granted it)."""
+
+    channel: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Message:
     """A `message` frame."""
 
