@@ -136,6 +136,12 @@ pub struct BenchArgs {
     /// storm sends every client to one gateway, kills it, and reconnects them to others.
     #[arg(long = "reconnect-url")]
     pub reconnect_urls: Vec<String>,
+    /// `idle`: rounds of connecting. After the first, every connection is closed and, once all
+    /// are, connected again with the URL and token it had: the reconnect after a gateway's
+    /// drain or a network blip, where clients come back with the tokens they hold (and a
+    /// gateway may find their verification cached). Each round's connect rate is reported.
+    #[arg(long, default_value_t = 1)]
+    pub reconnect_rounds: u32,
     /// A process to kill with SIGKILL during the publish phase (a gateway, for a reconnect
     /// storm), `--kill-after` into it.
     #[arg(long)]

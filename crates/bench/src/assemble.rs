@@ -7,7 +7,9 @@ use crate::args::BenchArgs;
 use crate::flood::FloodReport;
 use crate::procstat::{self, Sample};
 use crate::publish;
-use crate::report::{Connections, Deliveries, Messages, Report, Resumes, ServerReport, ServerTotal};
+use crate::report::{
+    ConnectRound, Connections, Deliveries, Messages, Report, Resumes, ServerReport, ServerTotal,
+};
 use crate::stats::{self, Percentiles};
 use crate::worker::{Counts, WorkerReport};
 
@@ -37,8 +39,10 @@ pub(crate) struct Connected {
     pub counts: Counts,
     /// From the first set-up's start to the last one's end.
     pub seconds: f64,
-    /// CPU seconds this process and its workers spent connecting.
+    /// CPU seconds this process and its workers spent connecting (every round).
     pub client_cpu_s: f64,
+    /// `--reconnect-rounds` above 1: each round of connecting, the first included.
+    pub rounds: Vec<ConnectRound>,
 }
 
 /// What the publish and drain phases measured.
@@ -130,6 +134,7 @@ pub(crate) fn report(args: &BenchArgs, m: Measured) -> Report {
             connect_seconds,
             connect_rate: connected.connected as f64 / connect_seconds.max(1e-9),
             setup_latency: Percentiles::of(&setup_latency),
+            rounds: m.connected.rounds,
         },
         messages: Messages {
             requested: m.messages,

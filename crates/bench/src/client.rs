@@ -20,53 +20,119 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::args::Target;
 use crate::payload;
 use crate::stats::Seen;
-use crate::worker::Shared;
+use crate::worker::{Round, Shared};
 
 /// How long one connection may take to connect, be greeted and subscribe.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection closed between rounds waits for the server's close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// Runs connection `conn` until the worker stops.
+/// Runs connection `conn` until the worker stops: one set-up per round of connecting
+/// (`--reconnect-rounds`), closing it between rounds when told to.
 pub(crate) async fn run(shared: Arc<Shared>, conn: u64, url: String, gate: Arc<Semaphore>) {
+    let mut seen = Seen::default();
+    let last = shared.rounds.len() - 1;
+    for (i, round) in shared.rounds.iter().enumerate() {
+        tokio::select! {
+            _ = round.open.cancelled() => {}
+            _ = shared.stop.cancelled() => break,
+        }
+        let Some((ws, greeting)) = connect(&shared, conn, &url, &gate, round).await else { continue };
+        if i == last {
+            read_until_stopped(&shared, conn, ws, greeting, &mut seen).await;
+            break;
+        }
+        if !hold_until_closed(&shared, ws, &mut seen, round).await {
+            break;
+        }
+    }
+    // Wait for the published counts, then judge this connection's stream.
+    shared.stop.cancelled().await;
+    shared.finish(shared.plan.stream_of(conn), &seen);
+}
+
+/// One set-up in `round`, counted as connected or failed.
+async fn connect(
+    shared: &Shared,
+    conn: u64,
+    url: &str,
+    gate: &Semaphore,
+    round: &Round,
+) -> Option<(Ws, Value)> {
     let setup = async {
         let _permit = gate.acquire().await.map_err(|_| SetupError::GateClosed)?;
         let started = Instant::now();
         shared.setup_started();
-        let set_up = tokio::time::timeout(SETUP_TIMEOUT, setup(&shared, conn, &url))
+        let set_up = tokio::time::timeout(SETUP_TIMEOUT, setup(shared, conn, url))
             .await
             .map_err(|_| SetupError::Timeout)??;
         Ok::<_, SetupError>((set_up, started.elapsed()))
     };
     let set_up = tokio::select! {
         r = setup => r,
-        _ = shared.end_connect.cancelled() => Err(SetupError::PhaseEnded),
+        _ = round.end_connect.cancelled() => Err(SetupError::PhaseEnded),
         _ = shared.stop.cancelled() => Err(SetupError::Stopped),
     };
-    let (mut ws, greeting) = match set_up {
+    match set_up {
         Ok((set_up, took)) => {
             shared.record_connect(took);
-            set_up
+            Some(set_up)
         }
         Err(e) => {
             shared.error(e.to_string());
             shared.setup_done();
             shared.counters.failed.fetch_add(1, Ordering::Relaxed);
-            return;
+            None
         }
+    }
+}
+
+/// A round before the last: reads until the round's `close`, then closes the connection and
+/// waits for the server's close (a bounded wait). False when the worker stopped instead.
+async fn hold_until_closed(shared: &Shared, mut ws: Ws, seen: &mut Seen, round: &Round) -> bool {
+    let mut resume = Resume::new(None);
+    let ended = tokio::select! {
+        biased;
+        _ = round.close.cancelled() => None,
+        why = read(shared, &mut ws, seen, &mut resume) => Some(why),
     };
-    let mut seen = Seen::default();
+    match ended {
+        None => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                let _ = ws.close(None).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+            .await;
+            shared.record_end();
+            true
+        }
+        Some(None) => false,
+        Some(Some(reason)) => {
+            shared.record_end();
+            shared.counters.closed.fetch_add(1, Ordering::Relaxed);
+            shared.error(reason);
+            true
+        }
+    }
+}
+
+/// The last round: reads until the worker stops; with `--resume`, a connection that ends
+/// reconnects with `since` and goes on reading.
+async fn read_until_stopped(shared: &Shared, conn: u64, mut ws: Ws, greeting: Value, seen: &mut Seen) {
     let mut resume = Resume::new(shared.plan.resume_channel(conn));
     resume.greeted(&greeting);
     let mut attempt = 0;
     loop {
-        let Some(reason) = read(&shared, &mut ws, &mut seen, &mut resume).await else { break };
+        let Some(reason) = read(shared, &mut ws, seen, &mut resume).await else { break };
         if !shared.plan.resume {
+            shared.record_end();
             shared.counters.closed.fetch_add(1, Ordering::Relaxed);
             shared.error(reason);
             break;
         }
-        match reconnect(&shared, conn, &mut attempt, &resume).await {
+        match reconnect(shared, conn, &mut attempt, &resume).await {
             Some((again, greeting)) => {
                 ws = again;
                 if !resume.greeted(&greeting) {
@@ -76,9 +142,6 @@ pub(crate) async fn run(shared: Arc<Shared>, conn: u64, url: String, gate: Arc<S
             None => break,
         }
     }
-    // Wait for the published counts, then judge this connection's stream.
-    shared.stop.cancelled().await;
-    shared.finish(shared.plan.stream_of(conn), &seen);
 }
 
 /// Reads and records messages until the worker stops (`None`) or the connection ends (why).

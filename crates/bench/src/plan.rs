@@ -50,6 +50,13 @@ pub struct Plan {
     /// Where reconnects go; empty: `urls`.
     #[serde(default)]
     pub reconnect_urls: Vec<String>,
+    /// Rounds of connecting with the same URLs (`--reconnect-rounds`), at least 1.
+    #[serde(default = "one_round")]
+    pub rounds: u32,
+}
+
+fn one_round() -> u32 {
+    1
 }
 
 /// One worker's share: connections `first .. first + count`.
@@ -93,6 +100,7 @@ impl Plan {
             max_runtime,
             resume: args.resume,
             reconnect_urls: args.reconnect_urls.clone(),
+            rounds: args.reconnect_rounds.max(1),
         }
     }
 

@@ -76,7 +76,30 @@ pub struct Connections {
     /// Connections set up per second (TCP, WebSocket handshake with token check, greeting and
     /// subscription), with `connect_concurrency` at once per worker.
     pub connect_rate: f64,
+    /// Over every round of `--reconnect-rounds`.
     pub setup_latency: Percentiles,
+    /// `--reconnect-rounds` above 1: each round, the first included (whose figures are also
+    /// the ones above). Every connection of a round was closed before the next began, and
+    /// connected again with the URL and token it had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<ConnectRound>,
+}
+
+/// One round of connecting (`--reconnect-rounds`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectRound {
+    pub connected: u64,
+    pub failed: u64,
+    /// From the round's first set-up's start to its last one's end.
+    pub connect_seconds: f64,
+    pub connect_rate: f64,
+}
+
+impl ConnectRound {
+    pub fn of(connected: u64, failed: u64, connect_seconds: f64) -> Self {
+        let connect_rate = connected as f64 / connect_seconds.max(1e-9);
+        Self { connected, failed, connect_seconds, connect_rate }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -148,6 +171,17 @@ impl Report {
             c.connect_seconds,
             c.connect_rate
         );
+        for (i, r) in c.rounds.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "  round {}: {} connected ({} failed) in {:.2} s, {:.0}/s",
+                i + 1,
+                r.connected,
+                r.failed,
+                r.connect_seconds,
+                r.connect_rate
+            );
+        }
         let l = &c.setup_latency;
         let _ =
             writeln!(s, "  setup latency ms: p50 {:.1}  p99 {:.1}  max {:.1}", l.p50_ms, l.p99_ms, l.max_ms);

@@ -19,7 +19,7 @@ use crate::launch::{self, WorkerLink};
 use crate::plan::Plan;
 use crate::procstat;
 use crate::publish::{self, Publisher};
-use crate::report::Report;
+use crate::report::{ConnectRound, Report};
 use crate::tally::Tally;
 use crate::worker::{Command, Counts, Event};
 
@@ -29,6 +29,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Pause between the last connection and the first publish, so the servers settle.
 const SETTLE: Duration = Duration::from_secs(1);
+/// How long closing every connection between rounds of `--reconnect-rounds` may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the progress bar moves while publishing, draining or holding.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -59,9 +61,18 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let mut notes = BTreeMap::new();
 
     let seconds = connect(&args, &links, &mut tally, &bar, (t0, t0_us), &mut notes).await;
+    let counts = tally.total();
+    let mut rounds = vec![ConnectRound::of(counts.connected, counts.failed, seconds)];
+    for _ in 1..args.reconnect_rounds {
+        rounds.push(connect_again(&args, &links, &mut tally, &bar, &mut notes).await);
+    }
     let connected_sample = procstat::sample(&pids);
-    let connected =
-        Connected { counts: tally.total(), seconds, client_cpu_s: client_cpu_s() - client_at_start };
+    let connected = Connected {
+        counts,
+        seconds,
+        client_cpu_s: client_cpu_s() - client_at_start,
+        rounds: if rounds.len() > 1 { rounds } else { Vec::new() },
+    };
 
     // The flood starts once the measured clients are connected, so it disturbs what is
     // measured after (delivery), not the connect phase, and ends with the drain or the hold.
@@ -113,6 +124,11 @@ fn check(args: &BenchArgs) -> anyhow::Result<()> {
             || (args.target == crate::args::Target::Herald
                 && args.subscribe_with == crate::args::SubscribeWith::Url),
         "--resume recovers with `since` in the connect URL: only with --target herald and --subscribe-with url"
+    );
+    anyhow::ensure!(args.reconnect_rounds >= 1, "--reconnect-rounds must be at least 1");
+    anyhow::ensure!(
+        args.reconnect_rounds == 1 || (args.scenario == Scenario::Idle && !args.resume && args.flood == 0),
+        "--reconnect-rounds measures connecting: only with `idle`, without --resume and --flood"
     );
     Ok(())
 }
@@ -180,6 +196,38 @@ async fn connect(
         }
     }
     connect_seconds
+}
+
+/// `--reconnect-rounds`: closes every connection, waits until all are closed, then connects
+/// them again (same URLs, same tokens) and times that round like the first.
+async fn connect_again(
+    args: &BenchArgs,
+    links: &[WorkerLink],
+    tally: &mut Tally,
+    bar: &ProgressBar,
+    notes: &mut BTreeMap<String, u64>,
+) -> ConnectRound {
+    bar.set_message("closing");
+    for link in links {
+        let _ = link.commands.send(Command::CloseAll).await;
+    }
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    while tally.total().open > 0 {
+        if !tally.next_until(deadline).await {
+            notes.insert(format!("connections not closed within {CLOSE_TIMEOUT:?} between rounds"), 1);
+            break;
+        }
+    }
+    tally.restart_connect();
+    bar.set_position(0);
+    bar.set_message("connecting again");
+    let (t0, t0_us) = (Instant::now(), crate::payload::now_micros());
+    for link in links {
+        let _ = link.commands.send(Command::NextRound).await;
+    }
+    let seconds = connect(args, links, tally, bar, (t0, t0_us), notes).await;
+    let counts = tally.total();
+    ConnectRound::of(counts.connected, counts.failed, seconds)
 }
 
 /// The publish phase, then the drain: publishes `messages` at `--rate`, then waits up to

@@ -72,6 +72,16 @@ impl Tally {
         self.ready.iter().all(|r| *r)
     }
 
+    /// A new round of connecting: no worker has finished it yet, and what they counted for the
+    /// last round no longer counts. Called before the workers are told to start it, so every
+    /// event that reports a worker ready comes after.
+    pub(crate) fn restart_connect(&mut self) {
+        self.ready.fill(false);
+        for c in &mut self.counts {
+            (c.connected, c.failed, c.setup_start_us, c.setup_done_us) = (0, 0, 0, 0);
+        }
+    }
+
     pub(crate) fn all_reported(&self) -> bool {
         self.reports.iter().all(Option::is_some)
     }

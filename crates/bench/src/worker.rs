@@ -33,6 +33,11 @@ pub enum Command {
     /// The connect phase is over: connections still being set up give up, so none joins
     /// after the first message was published (it would count messages as lost).
     EndConnect,
+    /// `--reconnect-rounds`: close every connection of this round.
+    CloseAll,
+    /// `--reconnect-rounds`: once every connection is closed, the next round: connect them
+    /// all again, counting and timing this round's set-ups afresh.
+    NextRound,
     /// Stop: `published[s]` messages of stream `s` were published successfully.
     Stop { published: Vec<u64> },
 }
@@ -66,6 +71,10 @@ pub struct Counts {
     /// any did. Tokens are minted and worker processes started before it.
     #[serde(default)]
     pub setup_start_us: u64,
+    /// Connections open now (connected and not yet ended); with `--reconnect-rounds` the
+    /// coordinator waits for this to fall to 0 before the next round.
+    #[serde(default)]
+    pub open: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -75,6 +84,7 @@ impl std::ops::AddAssign for Counts {
         self.closed += o.closed;
         self.received += o.received;
         self.unique += o.unique;
+        self.open += o.open;
         self.setup_done_us = self.setup_done_us.max(o.setup_done_us);
         self.setup_start_us = match (self.setup_start_us, o.setup_start_us) {
             (0, t) | (t, 0) => t,
@@ -123,6 +133,7 @@ pub(crate) struct Counters {
     pub closed: AtomicU64,
     pub received: AtomicU64,
     pub unique: AtomicU64,
+    pub open: AtomicU64,
     pub other_frames: AtomicU64,
     setup_done_us: AtomicU64,
     setup_start_us: AtomicU64,
@@ -141,8 +152,8 @@ pub(crate) struct Shared {
     pub plan: Plan,
     pub counters: Counters,
     pub stop: CancellationToken,
-    /// Cancelled when the connect phase ends.
-    pub end_connect: CancellationToken,
+    /// The signals of each round of connecting (one unless `--reconnect-rounds`).
+    pub rounds: Vec<Round>,
     latency: Mutex<Histogram<u64>>,
     connect_latency: Mutex<Histogram<u64>>,
     reconnect_latency: Mutex<Histogram<u64>>,
@@ -153,11 +164,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn new(plan: Plan) -> Self {
+        let rounds: Vec<Round> = (0..plan.rounds.max(1)).map(|_| Round::default()).collect();
+        rounds[0].open.cancel();
         Self {
             plan,
             counters: Counters::default(),
             stop: CancellationToken::new(),
-            end_connect: CancellationToken::new(),
+            rounds,
             latency: Mutex::new(stats::histogram()),
             connect_latency: Mutex::new(stats::histogram()),
             reconnect_latency: Mutex::new(stats::histogram()),
@@ -187,10 +200,25 @@ impl Shared {
     pub fn record_connect(&self, took: Duration) {
         self.setup_done();
         self.counters.connected.fetch_add(1, Ordering::Relaxed);
+        self.counters.open.fetch_add(1, Ordering::Relaxed);
         self.connect_latency
             .lock()
             .expect("histogram lock")
             .saturating_record((took.as_micros() as u64).max(1));
+    }
+
+    /// A connection that was counted open has ended.
+    pub fn record_end(&self) {
+        self.counters.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A new round of connecting: its set-ups are counted and timed from zero. Called while
+    /// every connection waits for the round's `open` signal.
+    fn start_round(&self) {
+        let c = &self.counters;
+        for counter in [&c.connected, &c.failed, &c.setup_done_us, &c.setup_start_us] {
+            counter.store(0, Ordering::Relaxed);
+        }
     }
 
     /// `--resume`: a connection ended and starts reconnecting.
@@ -243,6 +271,7 @@ impl Shared {
             closed: c.closed.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             unique: c.unique.load(Ordering::Relaxed),
+            open: c.open.load(Ordering::Relaxed),
             setup_done_us: c.setup_done_us.load(Ordering::Relaxed),
             setup_start_us: c.setup_start_us.load(Ordering::Relaxed),
         }
@@ -269,6 +298,17 @@ impl Shared {
     }
 }
 
+/// The signals of one round of connecting.
+#[derive(Default)]
+pub(crate) struct Round {
+    /// The round may connect (cancelled at once for the first).
+    pub open: CancellationToken,
+    /// The round's connect phase is over: set-ups still under way give up.
+    pub end_connect: CancellationToken,
+    /// Every connection of the round closes (all but the last round).
+    pub close: CancellationToken,
+}
+
 /// Runs one worker's connections until [`Command::Stop`] (or until its commands end or its
 /// `max_runtime` passes), then sends its [`Event::Report`].
 pub async fn run(spec: WorkerSpec, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
@@ -285,6 +325,7 @@ pub async fn run(spec: WorkerSpec, mut commands: mpsc::Receiver<Command>, events
     }
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     let mut ready = false;
+    let mut round = 0;
     let published = loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -297,7 +338,16 @@ pub async fn run(spec: WorkerSpec, mut commands: mpsc::Receiver<Command>, events
                 }
             }
             cmd = commands.recv() => match cmd {
-                Some(Command::EndConnect) => shared.end_connect.cancel(),
+                Some(Command::EndConnect) => shared.rounds[round].end_connect.cancel(),
+                Some(Command::CloseAll) => shared.rounds[round].close.cancel(),
+                Some(Command::NextRound) => {
+                    if round + 1 < shared.rounds.len() {
+                        round += 1;
+                        shared.start_round();
+                        ready = false;
+                        shared.rounds[round].open.cancel();
+                    }
+                }
                 Some(Command::Stop { published }) => break published,
                 None => break Vec::new(),
             },

@@ -162,6 +162,28 @@ async fn idle_holds_connections_over_channels() {
     assert_eq!(report.messages.attempted, 0);
 }
 
+/// With `--reconnect-rounds 3`, every connection is set up, closed and set up again twice,
+/// each round counted and timed on its own, and the connections of the last round are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_rounds_connect_everyone_again_and_report_each_round() {
+    let system = start().await;
+    let args = ["idle", "-n", "120", "--channels", "10", "--duration", "0s", "--reconnect-rounds", "3"];
+    let report = bench(&system, &args, &system.http).await;
+    let rounds = &report.connections.rounds;
+    assert_eq!(rounds.len(), 3, "{}", report.human());
+    for round in rounds {
+        assert_eq!((round.connected, round.failed), (120, 0), "{}", report.human());
+        assert!(round.connect_seconds > 0.0 && round.connect_rate > 0.0, "{round:?}");
+    }
+    assert_eq!(report.connections.connected, 120);
+    assert_eq!(report.connections.closed_early, 0, "closing between rounds is not closing early");
+    assert!(report.human().contains("round 3: 120 connected"), "{}", report.human());
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["connections"]["rounds"].as_array().map(Vec::len), Some(3));
+    let one = bench(&system, &["idle", "-n", "5", "--duration", "0s"], &system.http).await;
+    assert!(serde_json::to_value(&one).unwrap()["connections"].get("rounds").is_none());
+}
+
 /// A wrong JWT secret makes every connection fail, and the report says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_reported() {

@@ -36,6 +36,7 @@ use crate::metrics::GatewayMetrics;
 use crate::policy;
 use crate::rate::{self, FrameRate, Verdict};
 use crate::recovery;
+use crate::refusal;
 use crate::registry::ConnHandle;
 use crate::requests::{Session, error_frame};
 use crate::socket::{Socket, WebSocket};
@@ -152,7 +153,9 @@ impl Connection {
     /// Subscribes the server-managed channels and the requested ones, then answers the
     /// upgrade and greets the client in one write. Once the client reads `connected`,
     /// messages on all of them are guaranteed to reach it. The broker confirms the channels
-    /// concurrently; if one fails, the client gets HTTP 503 instead of an upgrade. Channels
+    /// concurrently; if one fails, the client is refused `unavailable` instead (HTTP 503, or
+    /// for browsers an upgrade closed with 1013: [`crate::refusal`]), as it is for the other
+    /// refusals here (the per-user limit, the backend hook, a `since` not served). Channels
     /// with history (the personal channel's inbox, and those of the URL in namespaces with
     /// history) are read once confirmed, from the URL's `since` if it gave one: `connected`
     /// says where each stands, and the missed messages follow it, before anything live of
@@ -166,7 +169,14 @@ impl Connection {
                 self.session.shared.metrics.limit_hit("max_connections_per_user");
                 let message =
                     format!("user {user} has {max_per_user} connections open on this gateway already");
-                handshake::refuse(&mut stream, ErrorCode::TooManyConnections, &message).await;
+                refusal::refuse(
+                    &mut stream,
+                    &upgrade.answer,
+                    &self.session.shared.metrics,
+                    ErrorCode::TooManyConnections,
+                    &message,
+                )
+                .await;
                 return None;
             }
             self.counted = true;
@@ -179,7 +189,8 @@ impl Connection {
             if let Err((code, message)) =
                 hook::check(hooks, namespaces, Action::Subscribe, user, channel).await
             {
-                handshake::refuse(&mut stream, code, &message).await;
+                refusal::refuse(&mut stream, &upgrade.answer, &self.session.shared.metrics, code, &message)
+                    .await;
                 return None;
             }
         }
@@ -207,7 +218,14 @@ impl Connection {
         for confirmed in joins {
             if let Err(e) = confirmed.await {
                 let message = format!("broker unavailable: {e}");
-                handshake::refuse(&mut stream, ErrorCode::Unavailable, &message).await;
+                refusal::refuse(
+                    &mut stream,
+                    &upgrade.answer,
+                    &self.session.shared.metrics,
+                    ErrorCode::Unavailable,
+                    &message,
+                )
+                .await;
                 return None;
             }
         }
@@ -223,7 +241,8 @@ impl Connection {
         let (recovered, inbox) = match read.await {
             Ok(read) => read,
             Err((code, message)) => {
-                handshake::refuse(&mut stream, code, &message).await;
+                refusal::refuse(&mut stream, &upgrade.answer, &self.session.shared.metrics, code, &message)
+                    .await;
                 return None;
             }
         };

@@ -5,7 +5,7 @@
 //! connection subscribed its channels, the `101 Switching Protocols` answer is written in the
 //! same write as the `connected` frame ([`switching_protocols`]). A refusal (bad token, bad
 //! channel, broker unavailable) is a plain HTTP error with a JSON body ([`refuse`]), before
-//! any WebSocket exists.
+//! any WebSocket exists, or for browsers an upgrade closed at once ([`crate::refusal`]).
 
 use std::time::Duration;
 
@@ -206,6 +206,9 @@ pub(crate) struct Upgrade {
     /// Bytes the client sent after the request head (its first frames, if it did not wait).
     pub leftover: Vec<u8>,
     pub config: WebSocketConfig,
+    /// How a refusal after the checks (`Connection::open`'s) is answered: HTTP or a close,
+    /// as for the checks' own ([`crate::refusal`]).
+    pub answer: crate::refusal::Answer,
 }
 
 /// Checks a `/ws` request: a WebSocket upgrade, a valid token, permitted channels, a ready
@@ -267,7 +270,8 @@ pub(crate) async fn check(
         .max_message_size(Some(config.max_message_size))
         .max_frame_size(Some(config.max_message_size));
     let accept = derive_accept_key(key.as_bytes());
-    Ok((identity, Upgrade { accept, requested, since, leftover, config: ws }))
+    let answer = crate::refusal::Answer::checked(config.refusal, head, &accept);
+    Ok((identity, Upgrade { accept, requested, since, leftover, config: ws, answer }))
 }
 
 /// Checks the URL's `since` parameters: each parses, names a channel the connection

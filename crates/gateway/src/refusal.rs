@@ -56,13 +56,27 @@ pub(crate) struct Answer {
 impl Answer {
     /// How a refusal of `head` is answered under `mode`.
     pub(crate) fn new(mode: RefusalMode, head: &RequestHead) -> Self {
-        let close = match mode {
-            RefusalMode::Http => false,
-            RefusalMode::Close => true,
-            RefusalMode::Browser => is_browser(head),
-        };
-        let accept = close.then(|| upgrade_key(head)).flatten().map(|key| derive_accept_key(key.as_bytes()));
+        let accept = closes(mode, head)
+            .then(|| upgrade_key(head))
+            .flatten()
+            .map(|key| derive_accept_key(key.as_bytes()));
         Self { accept }
+    }
+
+    /// As [`Answer::new`], for a request the handshake checked, whose `Sec-WebSocket-Accept`
+    /// is `accept`: kept in its [`crate::handshake::Upgrade`] for what `Connection::open`
+    /// refuses later (the per-user limit, the backend hook, the broker, a `since`).
+    pub(crate) fn checked(mode: RefusalMode, head: &RequestHead, accept: &str) -> Self {
+        Self { accept: closes(mode, head).then(|| accept.to_string()) }
+    }
+}
+
+/// Whether a refusal of `head` is a close under `mode` (if the request can be upgraded).
+fn closes(mode: RefusalMode, head: &RequestHead) -> bool {
+    match mode {
+        RefusalMode::Http => false,
+        RefusalMode::Close => true,
+        RefusalMode::Browser => is_browser(head),
     }
 }
 
@@ -96,12 +110,12 @@ pub fn close_code(code: ErrorCode) -> u16 {
 /// Answers a refused handshake as `answer` says, counts it, and closes the connection.
 pub(crate) async fn refuse(
     stream: &mut TcpStream,
-    answer: Answer,
+    answer: &Answer,
     metrics: &GatewayMetrics,
     code: ErrorCode,
     message: &str,
 ) {
-    let Some(accept) = answer.accept else {
+    let Some(accept) = answer.accept.as_deref() else {
         metrics.refused(code, "http");
         return handshake::refuse(stream, code, message).await;
     };
@@ -180,6 +194,8 @@ mod tests {
         assert_eq!(close_code(ErrorCode::Forbidden), 4003);
         assert_eq!(close_code(ErrorCode::Unavailable), 1013);
         assert_eq!(close_code(ErrorCode::InvalidChannel), 4000);
+        assert_eq!(close_code(ErrorCode::Unrecoverable), 4000);
+        assert_eq!(close_code(ErrorCode::TooManyConnections), 4030);
         assert_eq!(close_frame(4001, "x"), [0x88, 3, 0x0f, 0xa1, b'x']);
     }
 }

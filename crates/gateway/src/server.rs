@@ -209,7 +209,7 @@ async fn open(
             Some((conn, socket, span, tracked))
         }
         Err(((code, message), answer)) => {
-            refusal::refuse(&mut stream, answer, &shared.metrics, code, &message).await;
+            refusal::refuse(&mut stream, &answer, &shared.metrics, code, &message).await;
             None
         }
     }

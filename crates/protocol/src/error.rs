@@ -106,6 +106,10 @@ impl CloseCode {
     pub const HEARTBEAT_TIMEOUT: u16 = 4009;
     /// The client kept sending frames faster than its rate limit.
     pub const RATE_LIMITED: u16 = 4029;
+    /// Refused at connect: the user has `gateway.max_connections_per_user` connections open on
+    /// the gateway already (`too_many_connections`). Apart from 4029, which ends a connection
+    /// that sent too much: here closing another of the user's connections is what helps.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4030;
 }
 
 impl ErrorCode {
@@ -234,6 +238,7 @@ impl ErrorCode {
             Self::SlowConsumer => Some(CloseCode::SLOW_CONSUMER),
             Self::HeartbeatTimeout => Some(CloseCode::HEARTBEAT_TIMEOUT),
             Self::RateLimited => Some(CloseCode::RATE_LIMITED),
+            Self::TooManyConnections => Some(CloseCode::TOO_MANY_CONNECTIONS),
             Self::ShuttingDown => Some(CloseCode::SERVICE_RESTART),
             Self::Unavailable => Some(CloseCode::TRY_AGAIN_LATER),
             Self::Internal => Some(CloseCode::INTERNAL),
@@ -266,9 +271,10 @@ mod tests {
         for code in ErrorCode::ALL {
             assert!(doc.contains(&format!("`{}`", code.as_str())), "{code} missing from docs/protocol.md");
         }
-        for close in
-            ["1002", "1007", "1009", "1011", "1012", "1013", "4000", "4001", "4003", "4008", "4009", "4029"]
-        {
+        for close in [
+            "1002", "1007", "1009", "1011", "1012", "1013", "4000", "4001", "4003", "4008", "4009", "4029",
+            "4030",
+        ] {
             assert!(doc.contains(close), "close code {close} missing from docs/protocol.md");
         }
     }

@@ -165,6 +165,76 @@ async fn browsers_read_refusals_as_close_codes_and_other_clients_as_http() {
     assert_eq!(refused(request(&expired, &[("origin", &own)])).await.0, 401);
 }
 
+/// The application's hook for [`refusals_at_open_reach_browsers_as_close_codes_too`]:
+/// `hooked:no` is refused, `hooked:broken` fails (500), anything else is allowed.
+async fn hook(axum::Json(question): axum::Json<serde_json::Value>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match question["channel"].as_str().unwrap_or_default() {
+        "hooked:no" => axum::Json(json!({"allow": false, "reason": "not in this room"})).into_response(),
+        "hooked:broken" => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        _ => axum::Json(json!({"allow": true})).into_response(),
+    }
+}
+
+/// The refusals decided once the handshake's checks passed, while the connection is opened,
+/// reach a browser as close codes too: 4030 for `gateway.max_connections_per_user`, 4003 for
+/// the backend hook's refusal of a channel in the URL, 1013 when the hook could not be asked
+/// (`on_failure = "deny"`), each reason starting with its error code; a client without an
+/// `Origin` still gets HTTP 429 and 403, and each refusal is counted by how it was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_at_open_reach_browsers_as_close_codes_too() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/hook", axum::routing::post(hook));
+    let _app = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let server = StandaloneProcess::start(&[
+        ("HERALD_GATEWAY__MAX_CONNECTIONS_PER_USER", "1"),
+        ("HERALD_NAMESPACES__HOOKED__SUBSCRIBE_HOOK", "true"),
+        ("HERALD_GATEWAY__HOOKS__URL", &hook_url),
+        ("HERALD_GATEWAY__HOOKS__ON_FAILURE", "deny"),
+    ]);
+    server.connect("warmup").await;
+    let own = format!("http://127.0.0.1:{}", server.ws);
+    let url = |user: &str, query: &str| {
+        format!("ws://127.0.0.1:{}/ws?token={}{query}", server.ws, server.token(user))
+    };
+    let close = |url: String| {
+        let own = own.clone();
+        async move {
+            let mut client = WsClient::connect_request(request(&url, &[("origin", &own)])).await.unwrap();
+            client.closed().await.unwrap()
+        }
+    };
+
+    let (_alice, _) = server.connect("alice").await;
+    let (status, body) = refused(request(&url("alice", ""), &[])).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_connections"), "{body}");
+    let closed = close(url("alice", "")).await;
+    assert_eq!(closed.code, 4030);
+    assert!(closed.reason.starts_with("too_many_connections: "), "{}", closed.reason);
+
+    let closed = close(url("bob", "&subscribe=hooked:no")).await;
+    assert_eq!(closed.code, 4003);
+    assert!(
+        closed.reason.starts_with("forbidden: ") && closed.reason.contains("not in this room"),
+        "{}",
+        closed.reason
+    );
+    let closed = close(url("carol", "&subscribe=hooked:broken")).await;
+    assert_eq!(closed.code, 1013);
+    assert!(closed.reason.starts_with("unavailable: "), "{}", closed.reason);
+
+    assert_eq!(refused(request(&url("bob", "&subscribe=hooked:no"), &[])).await.0, 403);
+    let metrics =
+        metric(&format!("127.0.0.1:{}", server.ws), "herald_gateway_handshake_refusals_total").await;
+    assert!(metrics.contains(r#"code="too_many_connections",via="close"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"code="too_many_connections",via="http"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"code="forbidden",via="close"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"code="forbidden",via="http"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"code="unavailable",via="close"} 1"#), "{metrics}");
+}
+
 /// A bad origin, refusal mode or TLS file stops start-up with a message naming the key.
 #[test]
 fn bad_edge_settings_stop_start_up_naming_the_key() {
