@@ -2,7 +2,7 @@
  * What a refused connect means for the next attempt. The gateway refuses a handshake either
  * with an HTTP error and a JSON body (non-browser clients; `ws` shows both) or, for browsers,
  * with `101` followed at once by a close frame whose reason starts with the error code
- * (`token_expired: token expired`): 4001, 4003, 1013 or 4000 (docs/protocol.md, "Refusals for
+ * (`token_expired: token expired`): 4001, 4003, 4030, 1013 or 4000 (docs/protocol.md, "Refusals for
  * browsers"). Both are reduced to an error code here, and the code decides what to do.
  */
 import { HeraldError } from "./errors.js";
@@ -16,7 +16,7 @@ import { HeraldError } from "./errors.js";
 export type RefusalKind = "token" | "permanent" | "backoff";
 
 /** Close codes a gateway uses to refuse a handshake before `connected`. */
-const REFUSAL_CLOSE_CODES = new Set([4000, 4001, 4003, 1013]);
+const REFUSAL_CLOSE_CODES = new Set([4000, 4001, 4003, 4030, 1013]);
 
 /** Error codes of refusals that are worth retrying as they are, after a backoff. */
 const PASSING = new Set(["unavailable", "too_many_connections", "rate_limited", "internal", "overloaded"]);
@@ -35,7 +35,16 @@ export function closeRefusal(code: number, reason: string): HeraldError | undefi
   if (!REFUSAL_CLOSE_CODES.has(code)) return undefined;
   const match = /^([a-z_]+):\s*(.*)$/s.exec(reason);
   const errorCode =
-    match?.[1] ?? (code === 4001 ? "unauthorized" : code === 4003 ? "forbidden" : code === 1013 ? "unavailable" : "refused");
+    match?.[1] ??
+    (code === 4001
+      ? "unauthorized"
+      : code === 4003
+        ? "forbidden"
+        : code === 4030
+          ? "too_many_connections"
+          : code === 1013
+            ? "unavailable"
+            : "refused");
   const message = match?.[2] || reason || `the server refused the connection with close code ${code}`;
   return new HeraldError(errorCode, message);
 }

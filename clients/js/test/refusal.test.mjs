@@ -70,7 +70,7 @@ test("1013 and too_many_connections back off and try again; 4001 asks getToken f
   await fake.attempt(1);
   refuse(fake, 1013, "unavailable: the gateway is not ready");
   await fake.attempt(2);
-  refuse(fake, 4000, "too_many_connections: alice has 3 connections open");
+  refuse(fake, 4030, "too_many_connections: alice has 3 connections open");
   await fake.attempt(3);
   assert.equal(calls, 1, "the same token is fine after a load refusal");
   refuse(fake, 4001, "token_expired: token expired");
@@ -80,7 +80,7 @@ test("1013 and too_many_connections back off and try again; 4001 asks getToken f
   await connecting;
   assert.deepEqual(reasons, [
     [1013, "unavailable", true],
-    [4000, "too_many_connections", true],
+    [4030, "too_many_connections", true],
     [4001, "token_expired", true],
   ]);
   herald.disconnect();
@@ -95,9 +95,14 @@ test("a refusal close without a code in its reason is read by its close code", a
   await fake.attempt(1);
   refuse(fake, 4001, "");
   await fake.attempt(2);
+  refuse(fake, 4030, "");
+  await fake.attempt(3);
   fake.open();
   await connecting;
-  assert.deepEqual(reasons, [[4001, "unauthorized", "unauthorized"]]);
+  assert.deepEqual(reasons, [
+    [4001, "unauthorized", "unauthorized"],
+    [4030, "too_many_connections", "too_many_connections"],
+  ]);
   herald.disconnect();
 });
 

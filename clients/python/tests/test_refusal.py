@@ -76,7 +76,7 @@ async def test_load_refusals_back_off_and_4001_asks_for_a_new_token(server: Fake
     conn = await server.next()
     await conn.ws.close(1013, "unavailable: the gateway is not ready")
     conn = await server.next()
-    await conn.ws.close(4000, "too_many_connections: alice has 3 connections open")
+    await conn.ws.close(4030, "too_many_connections: alice has 3 connections open")
     conn = await server.next()
     assert calls == 1, "the same token is fine after a load refusal"
     await conn.ws.close(4001, "token_expired: token expired")
@@ -86,7 +86,7 @@ async def test_load_refusals_back_off_and_4001_asks_for_a_new_token(server: Fake
     await connecting
     assert [(c.kind, c.code) for c in events.of("disconnected")] == [
         (DisconnectKind.UNAVAILABLE, 1013),
-        (DisconnectKind.UNAVAILABLE, 4000),
+        (DisconnectKind.UNAVAILABLE, 4030),
         (DisconnectKind.UNAUTHORIZED, 4001),
     ]
     await herald.disconnect()

@@ -88,7 +88,7 @@ function base64UrlDecode(text) {
 }
 
 // clients/js/src/refusal.ts
-var REFUSAL_CLOSE_CODES = /* @__PURE__ */ new Set([4e3, 4001, 4003, 1013]);
+var REFUSAL_CLOSE_CODES = /* @__PURE__ */ new Set([4e3, 4001, 4003, 4030, 1013]);
 var PASSING = /* @__PURE__ */ new Set(["unavailable", "too_many_connections", "rate_limited", "internal", "overloaded"]);
 function refusalKind(code) {
   if (code === "unauthorized" || code === "token_expired") return "token";
@@ -98,7 +98,7 @@ function refusalKind(code) {
 function closeRefusal(code, reason) {
   if (!REFUSAL_CLOSE_CODES.has(code)) return void 0;
   const match = /^([a-z_]+):\s*(.*)$/s.exec(reason);
-  const errorCode = match?.[1] ?? (code === 4001 ? "unauthorized" : code === 4003 ? "forbidden" : code === 1013 ? "unavailable" : "refused");
+  const errorCode = match?.[1] ?? (code === 4001 ? "unauthorized" : code === 4003 ? "forbidden" : code === 4030 ? "too_many_connections" : code === 1013 ? "unavailable" : "refused");
   const message = match?.[2] || reason || `the server refused the connection with close code ${code}`;
   return new HeraldError(errorCode, message);
 }

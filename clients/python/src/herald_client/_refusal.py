@@ -1,7 +1,7 @@
 """What a refused connect means for the next attempt. The gateway refuses a handshake either
 with an HTTP error and a JSON body, or (browsers, and every client with `gateway.refusal =
 "close"`) with `101` followed at once by a close frame whose reason starts with the error code
-(`token_expired: token expired`): 4001, 4003, 1013 or 4000 (docs/protocol.md, "Refusals for
+(`token_expired: token expired`): 4001, 4003, 4030, 1013 or 4000 (docs/protocol.md, "Refusals for
 browsers"). Both come down to an error code here, and the code decides what to do."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from ._errors import HeraldError
 
 #: Close codes a gateway uses to refuse a handshake before `connected`.
-REFUSAL_CLOSE_CODES = frozenset({4000, 4001, 4003, 1013})
+REFUSAL_CLOSE_CODES = frozenset({4000, 4001, 4003, 4030, 1013})
 
 #: Error codes of refusals that pass: retry as is, after a backoff.
 _PASSING = frozenset({"unavailable", "too_many_connections", "rate_limited", "internal", "overloaded"})
@@ -44,7 +44,9 @@ def close_refusal_code(code: int, reason: str) -> str:
     match = _REASON.match(reason)
     if match:
         return match.group(1)
-    return {4001: "unauthorized", 4003: "forbidden", 1013: "unavailable"}.get(code, "refused")
+    return {4001: "unauthorized", 4003: "forbidden", 4030: "too_many_connections", 1013: "unavailable"}.get(
+        code, "refused"
+    )
 
 
 class ConnectRefused(HeraldError):
