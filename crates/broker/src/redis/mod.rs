@@ -58,7 +58,7 @@ use crate::history::{
     HistoryFilter, HistoryOptions, HistoryResult, InboxStatus, PublishResult, StreamPosition, check_filter,
     check_publish, check_ttl,
 };
-use crate::{Broker, BrokerError, Delivery, Subscriber};
+use crate::{Broker, BrokerError, Delivery, ShardChannel, Subscriber};
 
 /// The Redis engine. Cheap to clone.
 #[derive(Clone)]
@@ -198,6 +198,13 @@ impl Broker for RedisBroker {
     async fn inbox(&self, channel: &ChannelName, ttl: Duration) -> Result<InboxStatus, BrokerError> {
         check_ttl(ttl)?;
         self.inner.history.inbox(channel, ttl).await
+    }
+
+    fn shard_channels(&self, base: &ChannelName) -> Vec<ShardChannel> {
+        match &self.inner.cluster {
+            Some(cluster) => cluster.shard_channels(&self.inner.config, base),
+            None => vec![ShardChannel { shard: None, channel: base.clone() }],
+        }
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {

@@ -1,7 +1,8 @@
 //! `herald gateway` processes on a real Redis Cluster (three primaries, three replicas):
 //! clients on different gateways exchange messages on channels of every primary, and a
 //! primary killed while a channel with history is being published into loses its subscriber
-//! nothing: the gateway reads what its sharded subscription missed from the history.
+//! nothing: the gateway reads what its sharded subscription missed from the history. A killed
+//! primary turns `/readyz` 503 naming it, and ready again once a replica took over.
 
 use std::time::Duration;
 
@@ -109,4 +110,59 @@ async fn a_killed_primary_loses_a_history_subscriber_nothing() {
         offsets.push(frame["offset"].as_u64().unwrap());
     }
     assert_eq!(offsets, (1..=N).collect::<Vec<_>>(), "every message once, in order");
+}
+
+/// `/readyz` of a gateway: its status and body.
+async fn readyz(gateway: &GatewayProcess) -> (u16, String) {
+    match reqwest::get(format!("http://{}/readyz", gateway.addr)).await {
+        Ok(resp) => (resp.status().as_u16(), resp.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Readiness covers every shard: a gateway with no client channels at all turns not ready
+/// within `gateway.canary_timeout` + `gateway.canary_interval` of one primary's SIGKILL, its
+/// 503 naming that primary, and ready again once a replica took over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_turns_readiness_off_naming_it_until_failover() {
+    const INTERVAL: Duration = Duration::from_millis(500);
+    const TIMEOUT: Duration = Duration::from_millis(1500);
+    let mut cluster = RedisCluster::start().await;
+    let seeds = cluster.seeds().join(",");
+    let gateway = GatewayProcess::start(
+        "redis://127.0.0.1:1",
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", &seeds),
+            ("HERALD_GATEWAY__CANARY_INTERVAL", "500ms"),
+            ("HERALD_GATEWAY__CANARY_TIMEOUT", "1500ms"),
+        ],
+    )
+    .await;
+    let slot = 0;
+    let primary = cluster.primary_of_slot(slot).await;
+    let name = format!("127.0.0.1:{primary}");
+    let killed = tokio::time::Instant::now();
+    cluster.kill(primary).await;
+    loop {
+        let (status, body) = readyz(&gateway).await;
+        if status == 503 {
+            assert!(body.contains(&name), "the 503 names the dead primary {name}: {body}");
+            break;
+        }
+        assert!(killed.elapsed() < TIMEOUT + INTERVAL, "still {status} {body} after {:?}", killed.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.wait_for_failover(slot, primary).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = readyz(&gateway).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready again after the failover: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
