@@ -142,19 +142,28 @@ async fn round(
             }
         }
         while outstanding.iter().any(Option::is_some) {
-            while let Some(frame) = queue.pop() {
-                for expected in outstanding.iter_mut() {
-                    if expected.as_ref().is_some_and(|e| frame.ends_with(e.as_bytes())) {
-                        *expected = None;
-                    }
-                }
-            }
+            take_back(queue, &mut outstanding);
             if outstanding.iter().any(Option::is_some) {
                 queue.ready().await;
             }
         }
     };
-    let _ = tokio::time::timeout(timeout, wait).await;
+    if tokio::time::timeout(timeout, wait).await.is_err() {
+        // A primary that does not answer holds its publish until `response_timeout`, maybe
+        // past `timeout`: the others' canaries came back meanwhile, into the queue.
+        take_back(queue, &mut outstanding);
+    }
     let late = outstanding.iter().enumerate().filter(|(_, e)| e.is_some()).map(|(i, _)| i);
     late.chain(unsent).map(|i| targets[i].shard.clone()).collect()
+}
+
+/// Marks the canaries whose frames are in `queue` as back.
+fn take_back(queue: &Writer, outstanding: &mut [Option<String>]) {
+    while let Some(frame) = queue.pop() {
+        for expected in outstanding.iter_mut() {
+            if expected.as_ref().is_some_and(|e| frame.ends_with(e.as_bytes())) {
+                *expected = None;
+            }
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! clients on different gateways exchange messages on channels of every primary, and a
 //! primary killed while a channel with history is being published into loses its subscriber
 //! nothing: the gateway reads what its sharded subscription missed from the history. A killed
-//! primary turns `/readyz` 503 naming it, and ready again once a replica took over.
+//! primary turns `/readyz` 503 naming it, and ready again once a replica took over; so does a
+//! primary that stays connected but answers nothing for a while.
 
 use std::time::Duration;
 
@@ -128,16 +129,7 @@ async fn a_killed_primary_turns_readiness_off_naming_it_until_failover() {
     const INTERVAL: Duration = Duration::from_millis(500);
     const TIMEOUT: Duration = Duration::from_millis(1500);
     let mut cluster = RedisCluster::start().await;
-    let seeds = cluster.seeds().join(",");
-    let gateway = GatewayProcess::start(
-        "redis://127.0.0.1:1",
-        &[
-            ("HERALD_REDIS__CLUSTER_NODES", &seeds),
-            ("HERALD_GATEWAY__CANARY_INTERVAL", "500ms"),
-            ("HERALD_GATEWAY__CANARY_TIMEOUT", "1500ms"),
-        ],
-    )
-    .await;
+    let gateway = canary_gateway(&cluster).await;
     let slot = 0;
     let primary = cluster.primary_of_slot(slot).await;
     let name = format!("127.0.0.1:{primary}");
@@ -153,16 +145,58 @@ async fn a_killed_primary_turns_readiness_off_naming_it_until_failover() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cluster.wait_for_failover(slot, primary).await;
+    wait_ready(&gateway, "after the failover").await;
+}
+
+/// A gateway with canaries every 500 ms, each given 1.5 s.
+async fn canary_gateway(cluster: &RedisCluster) -> GatewayProcess {
+    let seeds = cluster.seeds().join(",");
+    GatewayProcess::start(
+        "redis://127.0.0.1:1",
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", &seeds),
+            ("HERALD_GATEWAY__CANARY_INTERVAL", "500ms"),
+            ("HERALD_GATEWAY__CANARY_TIMEOUT", "1500ms"),
+        ],
+    )
+    .await
+}
+
+/// Waits up to 20 s for `/readyz` to answer 200.
+async fn wait_ready(gateway: &GatewayProcess, when: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (status, body) = readyz(&gateway).await;
+        let (status, body) = readyz(gateway).await;
         if status == 200 {
-            break;
+            return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready again after the failover: {status} {body}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "not ready again {when}: {status} {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A primary that keeps its connections but answers nothing (`CLIENT PAUSE ALL`, shorter than
+/// the cluster's node timeout would allow for the bus, which it does not pause, so no
+/// failover) turns `/readyz` 503 with its canary late, naming that primary only, and ready
+/// again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_primary_makes_its_canary_late_naming_it() {
+    let cluster = RedisCluster::start().await;
+    let gateway = canary_gateway(&cluster).await;
+    let primary = cluster.primary_of_slot(8000).await;
+    let name = format!("127.0.0.1:{primary}");
+    let _: String = cluster.query(primary, &["CLIENT", "PAUSE", "5000", "ALL"]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = readyz(&gateway).await;
+        if status == 503 {
+            assert!(body.contains("delivery canary of cluster shard(s)"), "{body}");
+            assert!(body.contains(&name), "the 503 names the silent primary {name}: {body}");
+            assert!(!body.contains(','), "only that primary: {body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {status} {body} while {name} is paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_ready(&gateway, "after the pause").await;
 }
