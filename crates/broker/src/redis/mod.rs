@@ -22,6 +22,9 @@
 //! scripts are split by the primary serving each channel's slot: a publishing connection and,
 //! per node, a sharded Pub/Sub connection per primary, each the same as above.
 //!
+//! [`KeyRouter`] (`route`) runs presence's scripts the same way: on the one primary, or on
+//! a cluster on the primary of their keys' slot.
+//!
 //! Channels with history ([`history`]) publish through a script on their own
 //! [`LazyConnection`], whose reply carries the offset; their Pub/Sub messages carry a position
 //! header that the node strips before delivery.
@@ -34,6 +37,7 @@ mod history;
 mod node;
 mod publish;
 pub mod resp;
+mod route;
 pub mod sentinel;
 
 use std::sync::Arc;
@@ -54,6 +58,7 @@ use self::node::{NodeShared, NodeTask, RedisSubscriber};
 pub use self::publish::{NotSent, Refused, Unanswered};
 use self::publish::{Publisher, Trip};
 pub use self::resp::RespError;
+pub use self::route::KeyRouter;
 use crate::history::{
     HistoryFilter, HistoryOptions, HistoryResult, InboxStatus, PublishResult, StreamPosition, check_filter,
     check_publish, check_ttl,
