@@ -33,7 +33,8 @@ async fn redis_cluster_store_conforms() {
     let cluster = RedisCluster::start().await;
     let seeds = cluster.seeds();
     conformance::run_all(move |case: &str| {
-        let config = RedisConfig { cluster_nodes: seeds.clone(), prefix: format!("{case}:"), ..Default::default() };
+        let config =
+            RedisConfig { cluster_nodes: seeds.clone(), prefix: format!("{case}:"), ..Default::default() };
         Arc::new(RedisStore::new(config, TIMINGS).unwrap()) as Arc<dyn PresenceStore>
     })
     .await;

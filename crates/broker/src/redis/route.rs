@@ -10,9 +10,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError};
 use tokio_util::sync::CancellationToken;
 
+use super::RedisConfig;
 use super::cluster::{Cluster, is_redirect};
 use super::connect::{Endpoint, LazyConnection};
-use super::RedisConfig;
 use herald_protocol::ConfigError;
 
 use crate::BrokerError;

@@ -3,7 +3,8 @@
 //! primary killed while a channel with history is being published into loses its subscriber
 //! nothing: the gateway reads what its sharded subscription missed from the history. A killed
 //! primary turns `/readyz` 503 naming it, and ready again once a replica took over; so does a
-//! primary that stays connected but answers nothing for a while.
+//! primary that stays connected but answers nothing for a while. The `presence` role runs on
+//! the cluster: a user connected to a gateway is online in its API, and offline after leaving.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use herald_testkit::{RedisCluster, WsClient};
 use serde_json::{Value, json};
 
 use crate::common::{GatewayProcess, recv_messages};
+use crate::presence_support::{API_KEY, Api};
 
 /// `feed:*`: client publishing with a history of 1000.
 const NAMESPACES: &[(&str, &str)] = &[
@@ -199,4 +201,52 @@ async fn a_silent_primary_makes_its_canary_late_naming_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_ready(&gateway, "after the pause").await;
+}
+
+/// `herald presence` and `herald gateway` on the cluster (presence no longer refuses
+/// `redis.cluster_nodes`): a user connected to the gateway turns online in the presence API
+/// and offline once gone, the store's scripts running on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presence_role_tracks_users_on_a_cluster() {
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.seeds().join(",");
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], herald_testkit::free_port()).into();
+    let grpc: std::net::SocketAddr = ([127, 0, 0, 1], herald_testkit::free_port()).into();
+    let presence = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("presence")
+        .env("HERALD_REDIS__URL", "redis://127.0.0.1:1")
+        .env("HERALD_REDIS__CLUSTER_NODES", &seeds)
+        .env("HERALD_PRESENCE__HTTP_LISTEN", http.to_string())
+        .env("HERALD_PRESENCE__GRPC_LISTEN", grpc.to_string())
+        .env("HERALD_PRESENCE__API_KEYS", API_KEY)
+        .env("HERALD_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _presence = herald_testkit::KillOnDrop(presence);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !reqwest::get(format!("http://{http}/readyz")).await.is_ok_and(|r| r.status() == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "herald presence on the cluster did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let endpoint = format!("http://{grpc}");
+    let gateway = GatewayProcess::start(
+        "redis://127.0.0.1:1",
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", &seeds),
+            ("HERALD_PRESENCE__ENDPOINT", &endpoint),
+            ("HERALD_PRESENCE__API_KEYS", API_KEY),
+            ("HERALD_PRESENCE__FLUSH_INTERVAL", "50ms"),
+        ],
+    )
+    .await;
+    let api = Api::new(http);
+    let (client, _) = WsClient::connect(&gateway.url("alice")).await.unwrap();
+    let alice = api.wait_user("alice", Duration::from_secs(15), |u| u["online"] == true).await;
+    assert_eq!(alice["connections"], 1, "{alice}");
+    drop(client);
+    api.wait_user("alice", Duration::from_secs(15), |u| u["online"] == false).await;
 }

@@ -134,7 +134,9 @@ impl RedisStore {
         let result = self
             .inner
             .redis
-            .run(&self.inner.slot_key, operation, |mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .run(&self.inner.slot_key, operation, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
             .await
             .map_err(|e| StoreError::unavailable(operation, e))?;
         result.map_err(|e| StoreError::unavailable(operation, e))
