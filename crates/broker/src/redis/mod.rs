@@ -15,18 +15,19 @@
 //! only as fast as the node delivers, so a lagging node cannot queue messages without bound.
 //!
 //! Every connection opens through one [`Endpoint`] ([`connect`]): Sentinel-aware, authenticated,
-//! bounded by `connect_timeout`. [`LazyConnection`], the shared multiplexed connection
-//! presence runs its scripts on, is built on it too.
+//! bounded by `connect_timeout`. [`LazyConnection`], a shared multiplexed connection made on
+//! demand, is built on it too.
 //!
 //! On a Redis Cluster ([`cluster`]) publishing, each node's subscriptions and the history
 //! scripts are split by the primary serving each channel's slot: a publishing connection and,
 //! per node, a sharded Pub/Sub connection per primary, each the same as above.
 //!
-//! [`KeyRouter`] (`route`) runs presence's scripts the same way: on the one primary, or on
-//! a cluster on the primary of their keys' slot.
+//! [`KeyRouter`] (`route`) runs scripts by key: on one [`LazyConnection`] to the one primary,
+//! or on a cluster on the primary of the key's slot, following the slot map. The history
+//! scripts and presence's run through one.
 //!
-//! Channels with history ([`history`]) publish through a script on their own
-//! [`LazyConnection`], whose reply carries the offset; their Pub/Sub messages carry a position
+//! Channels with history ([`history`]) publish through a script on their own connection
+//! (a [`KeyRouter`]), whose reply carries the offset; their Pub/Sub messages carry a position
 //! header that the node strips before delivery.
 
 mod channels;
@@ -53,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use self::cluster::{Cluster, ClusterSubscriber};
 pub use self::config::RedisConfig;
 pub use self::connect::{ConnectError, Endpoint, LazyConnection, QueryError};
-use self::history::{Conns, HistoryStore};
+use self::history::HistoryStore;
 use self::node::{NodeShared, NodeTask, RedisSubscriber};
 pub use self::publish::{NotSent, Refused, Unanswered};
 use self::publish::{Publisher, Trip};
@@ -94,11 +95,8 @@ impl RedisBroker {
         let publisher = Publisher::new(endpoint.clone(), shutdown.child_token());
         let cluster =
             config.is_cluster().then(|| Arc::new(Cluster::new(endpoint.clone(), shutdown.child_token())));
-        let conns = match &cluster {
-            Some(cluster) => Conns::Cluster(cluster.clone()),
-            None => Conns::Single(Box::new(LazyConnection::new(endpoint.clone()))),
-        };
-        let history = HistoryStore::new(conns, config.clone());
+        let router = KeyRouter::shared(endpoint.clone(), cluster.clone());
+        let history = HistoryStore::new(router, config.clone());
         Ok(Self { inner: Arc::new(Inner { endpoint, config, publisher, history, shutdown, cluster }) })
     }
 

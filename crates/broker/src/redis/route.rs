@@ -1,7 +1,7 @@
-//! Commands routed by key, for engines outside the broker that keep state in the same Redis
-//! (presence): on a single Redis (or Sentinel) one shared connection; on a Redis Cluster the
-//! primary serving the key's slot, read from the slot map and followed through `MOVED`,
-//! `ASK`, `CLUSTERDOWN` and `TRYAGAIN` as the history scripts are (see `super::history`).
+//! Commands routed by key, for the history scripts and for engines outside the broker that
+//! keep state in the same Redis (presence): on a single Redis (or Sentinel) one shared
+//! connection; on a Redis Cluster the primary serving the key's slot, read from the slot map
+//! and followed through `MOVED`, `ASK`, `CLUSTERDOWN` and `TRYAGAIN`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,12 +26,13 @@ pub struct KeyRouter {
 enum Route {
     /// The one primary (standalone or Sentinel).
     Single(Box<LazyConnection>),
-    /// The primary serving each key's slot; its publishing side is never used, and is
-    /// stopped when the router is dropped.
+    /// The primary serving each key's slot. A router of its own (presence's) never uses the
+    /// cluster's publishing side, and stops it when dropped; the broker's history shares the
+    /// broker's cluster.
     Cluster {
-        cluster: Box<Cluster>,
+        cluster: Arc<Cluster>,
         response_timeout: std::time::Duration,
-        _stop: tokio_util::sync::DropGuard,
+        _stop: Option<tokio_util::sync::DropGuard>,
     },
 }
 
@@ -43,12 +44,22 @@ impl KeyRouter {
         let endpoint = Endpoint::new(config)?;
         let inner = if cluster {
             let stop = CancellationToken::new();
-            let cluster = Box::new(Cluster::new(endpoint, stop.child_token()));
-            Route::Cluster { cluster, response_timeout, _stop: stop.drop_guard() }
+            let cluster = Arc::new(Cluster::new(endpoint, stop.child_token()));
+            Route::Cluster { cluster, response_timeout, _stop: Some(stop.drop_guard()) }
         } else {
             Route::Single(Box::new(LazyConnection::new(endpoint)))
         };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// A router on `endpoint`'s one primary, or on the broker's own `cluster`.
+    pub(super) fn shared(endpoint: Endpoint, cluster: Option<Arc<Cluster>>) -> Self {
+        let response_timeout = endpoint.config().response_timeout;
+        let inner = match cluster {
+            Some(cluster) => Route::Cluster { cluster, response_timeout, _stop: None },
+            None => Route::Single(Box::new(LazyConnection::new(endpoint))),
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Runs `command` on a connection to the primary of `key`. The outer error: no
