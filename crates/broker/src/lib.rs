@@ -90,6 +90,14 @@ impl BrokerError {
     }
 }
 
+/// One shard as readiness sees it: a channel that lives on it, and on a Redis Cluster the
+/// address of the primary serving it (`None` for an engine with one shard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardChannel {
+    pub shard: Option<Arc<str>>,
+    pub channel: ChannelName,
+}
+
 /// Receives the messages of every channel a node subscribed to.
 ///
 /// Engines call [`Delivery::deliver`] from their reader task, once per message per node, and
@@ -126,6 +134,14 @@ pub trait Broker: Send + Sync + 'static {
     /// (the Redis engine splits a large batch into bounded pipelines so other publishes
     /// interleave). Errors as for [`Broker::publish`].
     async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError>;
+
+    /// The channels a delivery canary named `base` goes through so that it covers every
+    /// shard: on a Redis Cluster one per primary, named `base.<n>` with `n` chosen so that the
+    /// primary serves its slot, from the slot map known now (ask again when it may have
+    /// changed); elsewhere `base` alone. The channels are in the reserved namespace of `base`.
+    fn shard_channels(&self, base: &ChannelName) -> Vec<ShardChannel> {
+        vec![ShardChannel { shard: None, channel: base.clone() }]
+    }
 
     /// Starts this node's subscription side. A gateway calls it once; every message of a
     /// channel it subscribes to is handed to `delivery`.
@@ -267,6 +283,13 @@ pub trait Subscriber: Send + Sync + 'static {
 
     /// `true` while the node's subscriptions are live (connected and resubscribed).
     fn status(&self) -> watch::Receiver<bool>;
+
+    /// While [`Subscriber::status`] is not live, the shards (on a Redis Cluster: the
+    /// addresses of the primaries) whose subscriptions are down, so readiness can name them.
+    /// Empty on a single Redis and in memory, whose one status says it all.
+    fn down_shards(&self) -> Vec<Arc<str>> {
+        Vec::new()
+    }
 
     /// Channels the engine is currently subscribed to for this node, for metrics.
     fn active_channels(&self) -> usize;

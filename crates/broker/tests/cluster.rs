@@ -47,6 +47,29 @@ async fn channel_per_primary(cluster: &RedisCluster, tag: &str) -> Vec<(ChannelN
     picked
 }
 
+/// Once the slot map is known, the broker names one canary channel per primary, each in a
+/// slot that primary serves, so a readiness canary covers every shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_channels_cover_every_primary() {
+    let cluster = RedisCluster::start().await;
+    let broker = cluster_broker(&cluster);
+    let base = ChannelName::parse("herald:canary.test").unwrap();
+    // Publishing reads the map.
+    broker.publish(&base, Bytes::from_static(b"{}")).await.unwrap();
+    let shards = broker.shard_channels(&base);
+    assert_eq!(shards.len(), 3, "{shards:?}");
+    let mut primaries = Vec::new();
+    for shard in &shards {
+        let primary = cluster.primary_of_slot(slot_of(&cluster, &shard.channel).await).await;
+        assert_eq!(shard.shard.as_deref(), Some(format!("127.0.0.1:{primary}").as_str()), "{shard:?}");
+        assert!(shard.channel.as_str().starts_with("herald:canary.test."), "{shard:?}");
+        primaries.push(primary);
+    }
+    primaries.sort_unstable();
+    primaries.dedup();
+    assert_eq!(primaries.len(), 3, "one channel per primary");
+}
+
 /// Messages of channels on all three primaries reach a subscribed node, and each `SPUBLISH`
 /// (single and batched) runs only on the primary owning its channel's slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

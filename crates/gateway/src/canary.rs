@@ -8,10 +8,17 @@
 //! until they are back: its loss would say nothing about the connection live after the
 //! recovery, and counting it would turn a gateway that just became ready not ready again,
 //! exactly when every client of the blip reconnects.
+//!
+//! On a Redis Cluster one channel lives on one primary, so one canary would vouch for one
+//! shard only: each round sends one canary per primary, on a channel the broker names for it
+//! ([`herald_broker::Broker::shard_channels`], asked again every round so it follows the slot
+//! map), and the result names the primaries whose canary did not come back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
+use herald_broker::ShardChannel;
 use herald_protocol::{ChannelName, Publication};
 use serde_json::value::RawValue;
 use tokio::sync::watch;
@@ -22,26 +29,33 @@ use crate::hub::Hub;
 use crate::registry::ConnHandle;
 use crate::writer::Writer;
 
+/// What the last canary round found: every canary came back in time, or not, with the
+/// shards (cluster primaries, by address) whose did not; an empty list on an engine with one
+/// shard, and before the first round.
+pub(crate) type CanaryState = Result<(), Vec<Arc<str>>>;
+
 /// The canary channel of node `node_id`. The `herald` namespace is reserved, so clients can
-/// neither subscribe to it nor publish into it.
+/// neither subscribe to it nor publish into it. On a cluster it is the base of one channel
+/// per primary.
 pub(crate) fn channel(node_id: &str) -> ChannelName {
     ChannelName::parse(&format!("herald:canary.{node_id}")).expect("node ids are valid in channel names")
 }
 
-/// Sends canaries every `interval` and sets `healthy` to whether the last one came back
-/// within `timeout`. Runs until `stop` is cancelled. The readiness it changes is logged by
-/// `crate::lifecycle`, with the other reasons a gateway may not be ready.
+/// Sends canaries every `interval` and sets `healthy` to what the last round found, each
+/// canary given `timeout` to come back. Runs until `stop` is cancelled. The readiness it
+/// changes is logged by `crate::lifecycle`, with the other reasons a gateway may not be ready.
 pub(crate) async fn run(
     hub: Hub,
     channel: ChannelName,
     interval: Duration,
     timeout: Duration,
-    healthy: Arc<watch::Sender<bool>>,
+    healthy: Arc<watch::Sender<CanaryState>>,
     stop: CancellationToken,
 ) {
     let queue = Arc::new(Writer::new(64, 64 * 1024));
     let handle = ConnHandle::new(CANARY_CONN, queue.clone());
-    let mut joined = false;
+    // The canary channels joined, of every shard.
+    let mut joined: Vec<ChannelName> = Vec::new();
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -57,48 +71,99 @@ pub(crate) async fn run(
             // Not ready anyway while the subscriptions are down.
             continue;
         }
-        if !joined {
-            joined = hub.join(&channel, handle.clone()).await.is_ok();
-            if !joined {
-                hub.leave(&channel, CANARY_CONN);
-                healthy.send_if_modified(|ok| std::mem::replace(ok, false));
-                continue;
+        let targets = hub.broker().shard_channels(&channel);
+        joined.retain(|c| {
+            let keep = targets.iter().any(|t| t.channel == *c);
+            if !keep {
+                hub.leave(c, CANARY_CONN);
+            }
+            keep
+        });
+        let joins = targets.iter().filter(|t| !joined.contains(&t.channel)).map(|t| {
+            let confirmation = hub.join(&t.channel, handle.clone());
+            async move { (t, confirmation.await.is_ok()) }
+        });
+        let joins = tokio::select! {
+            joins = join_all(joins) => joins,
+            _ = stop.cancelled() => break,
+        };
+        let mut late: Vec<Option<Arc<str>>> = Vec::new();
+        for (target, ok) in joins {
+            if ok {
+                joined.push(target.channel.clone());
+            } else {
+                hub.leave(&target.channel, CANARY_CONN);
+                late.push(target.shard.clone());
             }
         }
+        let live: Vec<&ShardChannel> = targets.iter().filter(|t| joined.contains(&t.channel)).collect();
         seq += 1;
-        let ok = tokio::select! {
-            ok = round_trip(&hub, &channel, seq, &queue, timeout) => ok,
-            // The subscriptions went down while this canary was out: it does not count.
+        tokio::select! {
+            back = round(&hub, &live, seq, &queue, timeout) => late.extend(back),
+            // The subscriptions went down while this round was out: it does not count.
             Ok(()) = status.changed() => continue,
             _ = stop.cancelled() => break,
         };
-        healthy.send_if_modified(|was| std::mem::replace(was, ok) != ok);
+        let state: CanaryState =
+            if late.is_empty() { Ok(()) } else { Err(late.into_iter().flatten().collect()) };
+        healthy.send_if_modified(|was| std::mem::replace(was, state.clone()) != state);
     }
-    hub.leave(&channel, CANARY_CONN);
+    for c in &joined {
+        hub.leave(c, CANARY_CONN);
+    }
 }
 
-/// Publishes canary `seq` and waits for it to come back.
-async fn round_trip(hub: &Hub, channel: &ChannelName, seq: u64, queue: &Writer, timeout: Duration) -> bool {
-    let data = RawValue::from_string(seq.to_string()).expect("a number is JSON");
-    let publication = Publication::new(channel, &data, None).expect("no event name");
-    let expected = format!("\"data\":{seq}}}");
+/// Publishes canary `seq` on every target at once and waits for them to come back; returns
+/// the shards of those that did not within `timeout`.
+async fn round(
+    hub: &Hub,
+    targets: &[&ShardChannel],
+    seq: u64,
+    queue: &Writer,
+    timeout: Duration,
+) -> Vec<Option<Arc<str>>> {
+    // The frame of canary `i` ends with its data, `[seq,i]`; `None` once it came back.
+    let mut outstanding: Vec<Option<String>> =
+        (0..targets.len()).map(|i| Some(format!("\"data\":[{seq},{i}]}}"))).collect();
+    let mut unsent: Vec<usize> = Vec::new();
     let wait = async {
-        let payload = publication.encode();
-        // A publishing connection that broke in an outage fails once and is replaced on the
-        // next call: only a second failure means publishing does not work.
-        if hub.broker().publish(channel, payload.clone()).await.is_err()
-            && hub.broker().publish(channel, payload).await.is_err()
-        {
-            return false;
-        }
-        loop {
-            while let Some(frame) = queue.pop() {
-                if frame.ends_with(expected.as_bytes()) {
-                    return true;
-                }
+        let publishes = targets.iter().enumerate().map(|(i, target)| async move {
+            let data = RawValue::from_string(format!("[{seq},{i}]")).expect("an array of numbers is JSON");
+            let payload = Publication::new(&target.channel, &data, None).expect("no event name").encode();
+            // A publishing connection that broke in an outage fails once and is replaced on
+            // the next call: only a second failure means publishing does not work.
+            hub.broker().publish(&target.channel, payload.clone()).await.is_ok()
+                || hub.broker().publish(&target.channel, payload).await.is_ok()
+        });
+        for (i, sent) in join_all(publishes).await.into_iter().enumerate() {
+            if !sent {
+                outstanding[i] = None;
+                unsent.push(i);
             }
-            queue.ready().await;
+        }
+        while outstanding.iter().any(Option::is_some) {
+            take_back(queue, &mut outstanding);
+            if outstanding.iter().any(Option::is_some) {
+                queue.ready().await;
+            }
         }
     };
-    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    if tokio::time::timeout(timeout, wait).await.is_err() {
+        // A primary that does not answer holds its publish until `response_timeout`, maybe
+        // past `timeout`: the others' canaries came back meanwhile, into the queue.
+        take_back(queue, &mut outstanding);
+    }
+    let late = outstanding.iter().enumerate().filter(|(_, e)| e.is_some()).map(|(i, _)| i);
+    late.chain(unsent).map(|i| targets[i].shard.clone()).collect()
+}
+
+/// Marks the canaries whose frames are in `queue` as back.
+fn take_back(queue: &Writer, outstanding: &mut [Option<String>]) {
+    while let Some(frame) = queue.pop() {
+        for expected in outstanding.iter_mut() {
+            if expected.as_ref().is_some_and(|e| frame.ends_with(e.as_bytes())) {
+                *expected = None;
+            }
+        }
+    }
 }

@@ -64,9 +64,9 @@ pub(crate) struct Inner {
     /// Handshakes in progress, bounded by `gateway.max_handshakes`.
     handshakes: AtomicUsize,
     pub(crate) metrics: Arc<GatewayMetrics>,
-    /// Whether the last delivery canary came back in time; a watch, so that readiness
-    /// changes are logged when they happen.
-    pub(crate) canary_ok: Arc<watch::Sender<bool>>,
+    /// Whether the last delivery canaries came back in time, and if not, of which shards; a
+    /// watch, so that readiness changes are logged when they happen.
+    pub(crate) canary_ok: Arc<watch::Sender<crate::canary::CanaryState>>,
     /// Cancelled when the gateway shuts down; every connection closes with 1012.
     pub(crate) shutdown: CancellationToken,
     /// Handshake and connection tasks and the background tasks (canary, sweeper), so
@@ -107,7 +107,7 @@ impl Gateway {
         let verifier = TokenVerifier::with_metrics(auth, metrics.jwks_fetches.clone())?;
         let node_id = format!("{:08x}", rand_u32());
         let hub = Hub::new(broker, metrics.clone());
-        let canary_ok = Arc::new(watch::Sender::new(false));
+        let canary_ok = Arc::new(watch::Sender::new(Err(Vec::new())));
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);
         let registry = Arc::new(Registry::new());
@@ -162,11 +162,16 @@ impl Gateway {
         if self.shared.shutdown.is_cancelled() {
             Err(NotReady::ShuttingDown)
         } else if !*self.shared.hub.subscriber().status().borrow() {
-            Err(NotReady::BrokerUnavailable)
-        } else if !*self.shared.canary_ok.borrow() {
-            Err(NotReady::CanaryLate)
+            match self.shared.hub.subscriber().down_shards().as_slice() {
+                [] => Err(NotReady::BrokerUnavailable),
+                down => Err(NotReady::ShardsUnavailable(down.join(", "))),
+            }
         } else {
-            Ok(())
+            match self.shared.canary_ok.borrow().as_ref() {
+                Ok(()) => Ok(()),
+                Err(late) if late.is_empty() => Err(NotReady::CanaryLate),
+                Err(late) => Err(NotReady::ShardCanaryLate(late.join(", "))),
+            }
         }
     }
 
@@ -188,7 +193,7 @@ impl Gateway {
 }
 
 /// Why a gateway is not ready: what `/readyz` answers with its 503 and the logs say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
     /// It is draining and takes no new connections.
     #[error("shutting down")]
@@ -201,6 +206,15 @@ pub enum NotReady {
     /// just after start, or the last one): the broker accepts but does not deliver.
     #[error("delivery canary did not come back within gateway.canary_timeout")]
     CanaryLate,
+    /// On a Redis Cluster: the subscriptions on these primaries (addresses, comma-separated)
+    /// are down or being restored, typically a primary that died and whose replica has not
+    /// taken over yet.
+    #[error("broker unavailable: the node's subscriptions on cluster shard(s) {0} are not live")]
+    ShardsUnavailable(String),
+    /// On a Redis Cluster: the canaries through these primaries did not come back within
+    /// `gateway.canary_timeout`.
+    #[error("delivery canary of cluster shard(s) {0} did not come back within gateway.canary_timeout")]
+    ShardCanaryLate(String),
 }
 
 impl Inner {

@@ -40,8 +40,8 @@ pub(crate) async fn log_readiness(gateway: Gateway) {
         }
         // Ready once, started for good.
         started |= now.is_ok();
-        if logged != Some(now) && started {
-            match now {
+        if logged.as_ref() != Some(&now) && started {
+            match &now {
                 Ok(()) => tracing::info!(service = SERVICE, "ready"),
                 Err(reason) => tracing::warn!(service = SERVICE, reason = %reason, "not ready"),
             }

@@ -84,11 +84,6 @@ pub async fn presence(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate_presence()?;
-    if config.redis.is_cluster() {
-        // Its store would use `redis.url`, apart from the cluster the broker uses.
-        let problem = "the presence role does not run on a Redis Cluster yet";
-        return Err(herald_protocol::ConfigError::new("redis.cluster_nodes", problem).into());
-    }
     let broker = redis_broker(&config)?;
     let store = RedisStore::new(config.redis.clone(), config.presence.timings())?;
     let http = bind(config.presence.http_listen, "presence.http_listen").await?;

@@ -48,14 +48,11 @@
 //! `redis` crate loads the script and retries, which is safe because a `NOSCRIPT` reply
 //! means nothing ran.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use herald_protocol::ChannelName;
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation, Value};
 
-use super::cluster::{Cluster, is_redirect};
-use super::{LazyConnection, RedisConfig};
+use super::{KeyRouter, RedisConfig};
 use crate::BrokerError;
 use crate::history::{
     HistoryFilter, HistoryOptions, HistoryPublication, HistoryResult, InboxStatus, PublishResult,
@@ -71,7 +68,7 @@ pub(super) struct HistoryStore {
     /// Its own connection, so a history publish never waits behind the publishing
     /// connection's queue, and a script's reply (the offset) comes back to its caller. On a
     /// cluster, one per primary.
-    conns: Conns,
+    router: KeyRouter,
     config: RedisConfig,
     publish: Script,
     read: Script,
@@ -80,9 +77,9 @@ pub(super) struct HistoryStore {
 }
 
 impl HistoryStore {
-    pub(super) fn new(conns: Conns, config: RedisConfig) -> Self {
+    pub(super) fn new(router: KeyRouter, config: RedisConfig) -> Self {
         Self {
-            conns,
+            router,
             config,
             publish: Script::new(include_str!("lua/publish.lua")),
             read: Script::new(include_str!("lua/history.lua")),
@@ -99,48 +96,17 @@ impl HistoryStore {
     /// nothing ran. A broken connection is dropped on the way, so the next call reconnects.
     /// On a cluster, a script refused because its slot moved (`MOVED`), is moving (`ASK`: its
     /// keys are on the way to another primary) or is being failed over (`CLUSTERDOWN`,
-    /// `TRYAGAIN`) did not run: the slot map is read again and the script sent again, to where
-    /// the map names now, until `redis.response_timeout` from the first try. Map reads are
-    /// rate-limited, which paces the retries while a slot is migrating.
+    /// `TRYAGAIN`) did not run: [`KeyRouter`] reads the slot map again and sends it again, to
+    /// where the map names now, until `redis.response_timeout` from the first try. Map reads
+    /// are rate-limited, which paces the retries while a slot is migrating.
     async fn run<T: FromRedisValue>(
         &self,
         channel: &ChannelName,
         invocation: &ScriptInvocation<'_>,
         operation: &'static str,
     ) -> Result<Result<T, RedisError>, BrokerError> {
-        let connect_failed = |e| BrokerError::unavailable(operation, e);
-        let cluster = match &self.conns {
-            Conns::Single(conn) => {
-                let mut c = conn.get().await.map_err(connect_failed)?;
-                let result = invocation.invoke_async(&mut c).await;
-                if let Err(e) = &result {
-                    conn.failed(e).await;
-                }
-                return Ok(result);
-            }
-            Conns::Cluster(cluster) => cluster,
-        };
         let key = self.key(channel, "meta");
-        let deadline = tokio::time::Instant::now() + self.config.response_timeout;
-        loop {
-            let (conn, generation) = cluster.connection(&key, operation).await?;
-            let mut c = conn.get().await.map_err(connect_failed)?;
-            let result = invocation.invoke_async(&mut c).await;
-            let Err(e) = &result else { return Ok(result) };
-            conn.failed(e).await;
-            let misrouted = e.code().is_some_and(|code| {
-                is_redirect(&format!("{code} ")) || matches!(code, "CLUSTERDOWN" | "TRYAGAIN")
-            });
-            if !misrouted || tokio::time::Instant::now() >= deadline {
-                return Ok(result);
-            }
-            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
-            cluster
-                .topology
-                .refresh_within(generation, limit)
-                .await
-                .map_err(|e| BrokerError::unavailable(operation, e))?;
-        }
+        self.router.run(&key, operation, |mut c| async move { invocation.invoke_async(&mut c).await }).await
     }
 
     pub(super) async fn publish(
@@ -248,14 +214,6 @@ impl HistoryStore {
         let position = StreamPosition { offset: top, epoch };
         Ok(inbox_status(position, acked, Some(oldest).filter(|o| *o > 0)))
     }
-}
-
-/// Where history scripts run.
-pub(super) enum Conns {
-    /// The one primary (standalone or Sentinel).
-    Single(Box<LazyConnection>),
-    /// The primary serving each channel's slot.
-    Cluster(Arc<Cluster>),
 }
 
 /// Whether `e` means the command may have run: it went out and no answer came.

@@ -15,15 +15,19 @@
 //! only as fast as the node delivers, so a lagging node cannot queue messages without bound.
 //!
 //! Every connection opens through one [`Endpoint`] ([`connect`]): Sentinel-aware, authenticated,
-//! bounded by `connect_timeout`. [`LazyConnection`], the shared multiplexed connection
-//! presence runs its scripts on, is built on it too.
+//! bounded by `connect_timeout`. [`LazyConnection`], a shared multiplexed connection made on
+//! demand, is built on it too.
 //!
 //! On a Redis Cluster ([`cluster`]) publishing, each node's subscriptions and the history
 //! scripts are split by the primary serving each channel's slot: a publishing connection and,
 //! per node, a sharded Pub/Sub connection per primary, each the same as above.
 //!
-//! Channels with history ([`history`]) publish through a script on their own
-//! [`LazyConnection`], whose reply carries the offset; their Pub/Sub messages carry a position
+//! [`KeyRouter`] (`route`) runs scripts by key: on one [`LazyConnection`] to the one primary,
+//! or on a cluster on the primary of the key's slot, following the slot map. The history
+//! scripts and presence's run through one.
+//!
+//! Channels with history ([`history`]) publish through a script on their own connection
+//! (a [`KeyRouter`]), whose reply carries the offset; their Pub/Sub messages carry a position
 //! header that the node strips before delivery.
 
 mod channels;
@@ -34,6 +38,7 @@ mod history;
 mod node;
 mod publish;
 pub mod resp;
+mod route;
 pub mod sentinel;
 
 use std::sync::Arc;
@@ -49,16 +54,17 @@ use tokio_util::sync::CancellationToken;
 use self::cluster::{Cluster, ClusterSubscriber};
 pub use self::config::RedisConfig;
 pub use self::connect::{ConnectError, Endpoint, LazyConnection, QueryError};
-use self::history::{Conns, HistoryStore};
+use self::history::HistoryStore;
 use self::node::{NodeShared, NodeTask, RedisSubscriber};
 pub use self::publish::{NotSent, Refused, Unanswered};
 use self::publish::{Publisher, Trip};
 pub use self::resp::RespError;
+pub use self::route::KeyRouter;
 use crate::history::{
     HistoryFilter, HistoryOptions, HistoryResult, InboxStatus, PublishResult, StreamPosition, check_filter,
     check_publish, check_ttl,
 };
-use crate::{Broker, BrokerError, Delivery, Subscriber};
+use crate::{Broker, BrokerError, Delivery, ShardChannel, Subscriber};
 
 /// The Redis engine. Cheap to clone.
 #[derive(Clone)]
@@ -89,11 +95,8 @@ impl RedisBroker {
         let publisher = Publisher::new(endpoint.clone(), shutdown.child_token());
         let cluster =
             config.is_cluster().then(|| Arc::new(Cluster::new(endpoint.clone(), shutdown.child_token())));
-        let conns = match &cluster {
-            Some(cluster) => Conns::Cluster(cluster.clone()),
-            None => Conns::Single(Box::new(LazyConnection::new(endpoint.clone()))),
-        };
-        let history = HistoryStore::new(conns, config.clone());
+        let router = KeyRouter::shared(endpoint.clone(), cluster.clone());
+        let history = HistoryStore::new(router, config.clone());
         Ok(Self { inner: Arc::new(Inner { endpoint, config, publisher, history, shutdown, cluster }) })
     }
 
@@ -198,6 +201,13 @@ impl Broker for RedisBroker {
     async fn inbox(&self, channel: &ChannelName, ttl: Duration) -> Result<InboxStatus, BrokerError> {
         check_ttl(ttl)?;
         self.inner.history.inbox(channel, ttl).await
+    }
+
+    fn shard_channels(&self, base: &ChannelName) -> Vec<ShardChannel> {
+        match &self.inner.cluster {
+            Some(cluster) => cluster.shard_channels(&self.inner.config, base),
+            None => vec![ShardChannel { shard: None, channel: base.clone() }],
+        }
     }
 
     fn subscriber(&self, delivery: Arc<dyn Delivery>) -> Arc<dyn Subscriber> {

@@ -1,7 +1,10 @@
 //! `herald gateway` processes on a real Redis Cluster (three primaries, three replicas):
 //! clients on different gateways exchange messages on channels of every primary, and a
 //! primary killed while a channel with history is being published into loses its subscriber
-//! nothing: the gateway reads what its sharded subscription missed from the history.
+//! nothing: the gateway reads what its sharded subscription missed from the history. A killed
+//! primary turns `/readyz` 503 naming it, and ready again once a replica took over; so does a
+//! primary that stays connected but answers nothing for a while. The `presence` role runs on
+//! the cluster: a user connected to a gateway is online in its API, and offline after leaving.
 
 use std::time::Duration;
 
@@ -9,6 +12,7 @@ use herald_testkit::{RedisCluster, WsClient};
 use serde_json::{Value, json};
 
 use crate::common::{GatewayProcess, recv_messages};
+use crate::presence_support::{API_KEY, Api};
 
 /// `feed:*`: client publishing with a history of 1000.
 const NAMESPACES: &[(&str, &str)] = &[
@@ -109,4 +113,140 @@ async fn a_killed_primary_loses_a_history_subscriber_nothing() {
         offsets.push(frame["offset"].as_u64().unwrap());
     }
     assert_eq!(offsets, (1..=N).collect::<Vec<_>>(), "every message once, in order");
+}
+
+/// `/readyz` of a gateway: its status and body.
+async fn readyz(gateway: &GatewayProcess) -> (u16, String) {
+    match reqwest::get(format!("http://{}/readyz", gateway.addr)).await {
+        Ok(resp) => (resp.status().as_u16(), resp.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Readiness covers every shard: a gateway with no client channels at all turns not ready
+/// within `gateway.canary_timeout` + `gateway.canary_interval` of one primary's SIGKILL, its
+/// 503 naming that primary, and ready again once a replica took over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_turns_readiness_off_naming_it_until_failover() {
+    const INTERVAL: Duration = Duration::from_millis(500);
+    const TIMEOUT: Duration = Duration::from_millis(1500);
+    let mut cluster = RedisCluster::start().await;
+    let gateway = canary_gateway(&cluster).await;
+    let slot = 0;
+    let primary = cluster.primary_of_slot(slot).await;
+    let name = format!("127.0.0.1:{primary}");
+    let killed = tokio::time::Instant::now();
+    cluster.kill(primary).await;
+    loop {
+        let (status, body) = readyz(&gateway).await;
+        if status == 503 {
+            assert!(body.contains(&name), "the 503 names the dead primary {name}: {body}");
+            break;
+        }
+        assert!(killed.elapsed() < TIMEOUT + INTERVAL, "still {status} {body} after {:?}", killed.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.wait_for_failover(slot, primary).await;
+    wait_ready(&gateway, "after the failover").await;
+}
+
+/// A gateway with canaries every 500 ms, each given 1.5 s.
+async fn canary_gateway(cluster: &RedisCluster) -> GatewayProcess {
+    let seeds = cluster.seeds().join(",");
+    GatewayProcess::start(
+        "redis://127.0.0.1:1",
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", &seeds),
+            ("HERALD_GATEWAY__CANARY_INTERVAL", "500ms"),
+            ("HERALD_GATEWAY__CANARY_TIMEOUT", "1500ms"),
+        ],
+    )
+    .await
+}
+
+/// Waits up to 20 s for `/readyz` to answer 200.
+async fn wait_ready(gateway: &GatewayProcess, when: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = readyz(gateway).await;
+        if status == 200 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not ready again {when}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A primary that keeps its connections but answers nothing (`CLIENT PAUSE ALL`, shorter than
+/// the cluster's node timeout would allow for the bus, which it does not pause, so no
+/// failover) turns `/readyz` 503 with its canary late, naming that primary only, and ready
+/// again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_primary_makes_its_canary_late_naming_it() {
+    let cluster = RedisCluster::start().await;
+    let gateway = canary_gateway(&cluster).await;
+    let primary = cluster.primary_of_slot(8000).await;
+    let name = format!("127.0.0.1:{primary}");
+    let _: String = cluster.query(primary, &["CLIENT", "PAUSE", "5000", "ALL"]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = readyz(&gateway).await;
+        if status == 503 {
+            assert!(body.contains("delivery canary of cluster shard(s)"), "{body}");
+            assert!(body.contains(&name), "the 503 names the silent primary {name}: {body}");
+            assert!(!body.contains(','), "only that primary: {body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {status} {body} while {name} is paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_ready(&gateway, "after the pause").await;
+}
+
+/// `herald presence` and `herald gateway` on the cluster (presence no longer refuses
+/// `redis.cluster_nodes`): a user connected to the gateway turns online in the presence API
+/// and offline once gone, the store's scripts running on the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_presence_role_tracks_users_on_a_cluster() {
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.seeds().join(",");
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], herald_testkit::free_port()).into();
+    let grpc: std::net::SocketAddr = ([127, 0, 0, 1], herald_testkit::free_port()).into();
+    let presence = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("presence")
+        .env("HERALD_REDIS__URL", "redis://127.0.0.1:1")
+        .env("HERALD_REDIS__CLUSTER_NODES", &seeds)
+        .env("HERALD_PRESENCE__HTTP_LISTEN", http.to_string())
+        .env("HERALD_PRESENCE__GRPC_LISTEN", grpc.to_string())
+        .env("HERALD_PRESENCE__API_KEYS", API_KEY)
+        .env("HERALD_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _presence = herald_testkit::KillOnDrop(presence);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !reqwest::get(format!("http://{http}/readyz")).await.is_ok_and(|r| r.status() == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "herald presence on the cluster did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let endpoint = format!("http://{grpc}");
+    let gateway = GatewayProcess::start(
+        "redis://127.0.0.1:1",
+        &[
+            ("HERALD_REDIS__CLUSTER_NODES", &seeds),
+            ("HERALD_PRESENCE__ENDPOINT", &endpoint),
+            ("HERALD_PRESENCE__API_KEYS", API_KEY),
+            ("HERALD_PRESENCE__FLUSH_INTERVAL", "50ms"),
+        ],
+    )
+    .await;
+    let api = Api::new(http);
+    let (client, _) = WsClient::connect(&gateway.url("alice")).await.unwrap();
+    let alice = api.wait_user("alice", Duration::from_secs(15), |u| u["online"] == true).await;
+    assert_eq!(alice["connections"], 1, "{alice}");
+    drop(client);
+    api.wait_user("alice", Duration::from_secs(15), |u| u["online"] == false).await;
 }

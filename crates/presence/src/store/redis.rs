@@ -6,8 +6,13 @@
 //! once split the expired gateways between them; neither emits an event twice. Time is Redis'
 //! own clock (`TIME`), so replicas with skewed clocks still agree on when a lease ends.
 //!
-//! Key layout: see `lua/common.lua`. Keys are computed inside the scripts, so this engine
-//! needs a single Redis (or a primary with replicas), not a Redis Cluster.
+//! Key layout: see `lua/common.lua`. Keys are computed inside the scripts, and one script
+//! touches the keys of a gateway, of its users and of their channels at once (that is what
+//! makes each transition seen by one run alone). On a Redis Cluster every presence key
+//! therefore carries the same hash tag (the prefix is `<redis.prefix>{presence}:`), so all
+//! of them are in one slot and every script runs unchanged on the primary serving it,
+//! followed through failovers and slot moves by [`KeyRouter`]. Presence then lives on one
+//! primary of the cluster; `docs/cluster.md` says what spreading it would take.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_broker::RedisConfig;
-use herald_broker::redis::{Endpoint, LazyConnection};
+use herald_broker::redis::KeyRouter;
 use herald_protocol::{ChannelName, UserId};
 use redis::{Script, Value};
 use serde_json::json;
@@ -32,10 +37,13 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    /// The shared connection, opened on first use and again after it broke.
-    redis: LazyConnection,
-    /// Key prefix: the Redis prefix plus `presence:`.
+    /// The shared connection (on a cluster: to the primary of the presence slot), opened on
+    /// first use and again after it broke.
+    redis: KeyRouter,
+    /// Key prefix: the Redis prefix plus `presence:` (on a cluster `{presence}:`).
     prefix: String,
+    /// A key of the prefix, declared to every script and routing every command to its slot.
+    slot_key: String,
     timings: Timings,
     report: Script,
     full: Script,
@@ -93,12 +101,18 @@ impl RedisStore {
     /// Validates the configuration (the error names the key); connections are made lazily, so
     /// this works while Redis is down.
     pub fn new(config: RedisConfig, timings: Timings) -> Result<Self, StoreError> {
-        let prefix = format!("{}presence:", config.prefix);
-        let redis = LazyConnection::new(Endpoint::new(config)?);
+        let prefix = if config.is_cluster() {
+            format!("{}{{presence}}:", config.prefix)
+        } else {
+            format!("{}presence:", config.prefix)
+        };
+        let slot_key = format!("{prefix}stats");
+        let redis = KeyRouter::new(config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
                 prefix,
+                slot_key,
                 timings,
                 report: script(include_str!("lua/report.lua")),
                 full: script(include_str!("lua/full.lua")),
@@ -113,17 +127,19 @@ impl RedisStore {
     async fn run(
         &self,
         operation: &'static str,
-        invocation: redis::ScriptInvocation<'_>,
+        mut invocation: redis::ScriptInvocation<'_>,
     ) -> Result<Value, StoreError> {
-        let redis = &self.inner.redis;
-        let mut conn = redis.get().await.map_err(|e| StoreError::unavailable(operation, e))?;
-        match invocation.invoke_async(&mut conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                redis.failed(&e).await;
-                Err(StoreError::unavailable(operation, e))
-            }
-        }
+        invocation.key(&self.inner.slot_key);
+        let invocation = &invocation;
+        let result = self
+            .inner
+            .redis
+            .run(&self.inner.slot_key, operation, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await
+            .map_err(|e| StoreError::unavailable(operation, e))?;
+        result.map_err(|e| StoreError::unavailable(operation, e))
     }
 
     async fn query<T: redis::FromRedisValue>(
@@ -131,7 +147,13 @@ impl RedisStore {
         operation: &'static str,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
-        self.inner.redis.query(pipe).await.map_err(|e| StoreError::unavailable(operation, e))
+        let result = self
+            .inner
+            .redis
+            .run(&self.inner.slot_key, operation, |mut conn| async move { pipe.query_async(&mut conn).await })
+            .await
+            .map_err(|e| StoreError::unavailable(operation, e))?;
+        result.map_err(|e| StoreError::unavailable(operation, e))
     }
 }
 

@@ -27,9 +27,17 @@ pub(crate) use self::publish::{ClusterPublisher, is_redirect};
 pub(crate) use self::slot::key_slot;
 pub(crate) use self::subscribe::ClusterSubscriber;
 pub(crate) use self::topology::Topology;
+use herald_protocol::ChannelName;
+
+use super::RedisConfig;
 use super::connect::{Endpoint, LazyConnection};
 use super::sentinel::split_addr;
-use crate::BrokerError;
+use crate::{BrokerError, ShardChannel};
+
+/// How many suffixes [`Cluster::shard_channels`] tries before giving up on a primary; one
+/// serving a single slot of 16384 is found within this many tries almost surely, and one
+/// serving a third of them within a few.
+const CANARY_NAME_TRIES: u32 = 1 << 18;
 
 /// The cluster side of one engine: the slot map, the publishing connections, and the
 /// connections history scripts run on.
@@ -77,5 +85,36 @@ impl Cluster {
         let conn = Arc::new(LazyConnection::new(self.endpoint.at(&host, port)));
         scripts.1.insert(addr.clone(), conn.clone());
         Ok((conn, map.generation))
+    }
+
+    /// For each primary of the known map, a channel named `base.<n>` whose slot it serves
+    /// (the smallest such `n`, so the name stays the same while the map does); `base` alone
+    /// while no map is known yet (publishing it reads one).
+    pub(crate) fn shard_channels(&self, config: &RedisConfig, base: &ChannelName) -> Vec<ShardChannel> {
+        let map = self.topology.current();
+        let primaries = map.primaries();
+        if !map.is_known() || primaries.is_empty() {
+            return vec![ShardChannel { shard: None, channel: base.clone() }];
+        }
+        let mut found: Vec<Option<ChannelName>> = vec![None; primaries.len()];
+        let mut missing = primaries.len();
+        for n in 0..CANARY_NAME_TRIES {
+            if missing == 0 {
+                break;
+            }
+            let Ok(channel) = ChannelName::parse(&format!("{}.{n}", base.as_str())) else { break };
+            let slot = key_slot(config.pubsub_channel(channel.as_str()).as_bytes());
+            let Some(owner) = map.primary(slot) else { continue };
+            let Some(i) = primaries.iter().position(|p| p == owner) else { continue };
+            if found[i].is_none() {
+                found[i] = Some(channel);
+                missing -= 1;
+            }
+        }
+        primaries
+            .iter()
+            .zip(found)
+            .filter_map(|(addr, channel)| Some(ShardChannel { shard: Some(addr.clone()), channel: channel? }))
+            .collect()
     }
 }

@@ -273,6 +273,14 @@ impl Subscriber for ClusterSubscriber {
         self.node.status.subscribe()
     }
 
+    fn down_shards(&self) -> Vec<Arc<str>> {
+        let routes = self.routes();
+        let mut down: Vec<Arc<str>> =
+            routes.shards.iter().filter(|(_, s)| !s.shared.is_live()).map(|(addr, _)| addr.clone()).collect();
+        down.sort();
+        down
+    }
+
     fn active_channels(&self) -> usize {
         self.routes().shards.values().map(|s| s.shared.lock().active).sum()
     }

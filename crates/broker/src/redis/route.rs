@@ -1,0 +1,112 @@
+//! Commands routed by key, for the history scripts and for engines outside the broker that
+//! keep state in the same Redis (presence): on a single Redis (or Sentinel) one shared
+//! connection; on a Redis Cluster the primary serving the key's slot, read from the slot map
+//! and followed through `MOVED`, `ASK`, `CLUSTERDOWN` and `TRYAGAIN`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, RedisError};
+use tokio_util::sync::CancellationToken;
+
+use super::RedisConfig;
+use super::cluster::{Cluster, is_redirect};
+use super::connect::{Endpoint, LazyConnection};
+use herald_protocol::ConfigError;
+
+use crate::BrokerError;
+
+/// Runs commands on the primary of a key. Cheap to clone.
+#[derive(Clone)]
+pub struct KeyRouter {
+    inner: Arc<Route>,
+}
+
+enum Route {
+    /// The one primary (standalone or Sentinel).
+    Single(Box<LazyConnection>),
+    /// The primary serving each key's slot. A router of its own (presence's) never uses the
+    /// cluster's publishing side, and stops it when dropped; the broker's history shares the
+    /// broker's cluster.
+    Cluster {
+        cluster: Arc<Cluster>,
+        response_timeout: std::time::Duration,
+        _stop: Option<tokio_util::sync::DropGuard>,
+    },
+}
+
+impl KeyRouter {
+    /// Validates the configuration (the error names the key); connections are made lazily.
+    pub fn new(config: RedisConfig) -> Result<Self, ConfigError> {
+        let response_timeout = config.response_timeout;
+        let cluster = config.is_cluster();
+        let endpoint = Endpoint::new(config)?;
+        let inner = if cluster {
+            let stop = CancellationToken::new();
+            let cluster = Arc::new(Cluster::new(endpoint, stop.child_token()));
+            Route::Cluster { cluster, response_timeout, _stop: Some(stop.drop_guard()) }
+        } else {
+            Route::Single(Box::new(LazyConnection::new(endpoint)))
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// A router on `endpoint`'s one primary, or on the broker's own `cluster`.
+    pub(super) fn shared(endpoint: Endpoint, cluster: Option<Arc<Cluster>>) -> Self {
+        let response_timeout = endpoint.config().response_timeout;
+        let inner = match cluster {
+            Some(cluster) => Route::Cluster { cluster, response_timeout, _stop: None },
+            None => Route::Single(Box::new(LazyConnection::new(endpoint))),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Runs `command` on a connection to the primary of `key`. The outer error: no
+    /// connection, nothing ran. A broken connection is dropped on the way, so the next call
+    /// reconnects. On a cluster, a command refused because its slot moved, is moving or is
+    /// being failed over did not run: the slot map is read again and the command sent again,
+    /// until `redis.response_timeout` from the first try; then its error is returned.
+    pub async fn run<T, F, Fut>(
+        &self,
+        key: &str,
+        operation: &'static str,
+        command: F,
+    ) -> Result<Result<T, RedisError>, BrokerError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+        T: FromRedisValue,
+    {
+        let connect_failed = |e| BrokerError::unavailable(operation, e);
+        let (cluster, response_timeout) = match &*self.inner {
+            Route::Single(conn) => {
+                let result = command(conn.get().await.map_err(connect_failed)?).await;
+                if let Err(e) = &result {
+                    conn.failed(e).await;
+                }
+                return Ok(result);
+            }
+            Route::Cluster { cluster, response_timeout, .. } => (cluster, *response_timeout),
+        };
+        let deadline = tokio::time::Instant::now() + response_timeout;
+        loop {
+            let (conn, generation) = cluster.connection(key, operation).await?;
+            let result = command(conn.get().await.map_err(connect_failed)?).await;
+            let Err(e) = &result else { return Ok(result) };
+            conn.failed(e).await;
+            let misrouted = e.code().is_some_and(|code| {
+                is_redirect(&format!("{code} ")) || matches!(code, "CLUSTERDOWN" | "TRYAGAIN")
+            });
+            if !misrouted || tokio::time::Instant::now() >= deadline {
+                return Ok(result);
+            }
+            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+            cluster
+                .topology
+                .refresh_within(generation, limit)
+                .await
+                .map_err(|e| BrokerError::unavailable(operation, e))?;
+        }
+    }
+}
