@@ -128,8 +128,13 @@ fn verifier(strict: bool) -> &'static TokenVerifier {
         true => (&STRICT, Some(AUDIENCE.to_string()), Some(ISSUER.to_string())),
     };
     cell.get_or_init(|| {
-        let config =
-            AuthConfig { jwt_secret: SECRET.into(), leeway: Duration::from_secs(LEEWAY), audience, issuer };
+        let config = AuthConfig {
+            jwt_secret: SECRET.into(),
+            leeway: Duration::from_secs(LEEWAY),
+            audience,
+            issuer,
+            ..Default::default()
+        };
         TokenVerifier::new(&config).expect("a valid auth config")
     })
 }
@@ -302,19 +307,40 @@ fn check_claims(claims: &Claims, header: &Header, strict: bool, tamper: Option<(
     if let Some(info) = &info {
         object.insert("info".into(), info.clone());
     }
+    // `channels` (a list of names) and `channel` (which makes it a subscription token, never
+    // a connection token) are read too; any other claim is ignored.
+    let mut subscription_token = false;
     if let Some((name, value)) = &claims.other
         && !object.contains_key(name)
         && !matches!(name.as_str(), "sub" | "exp" | "nbf" | "iss" | "aud" | "info")
     {
-        object.insert(name.clone(), value.value());
+        let value = value.value();
+        match name.as_str() {
+            "channels" => {
+                malformed |= !(value.is_null()
+                    || value.as_array().is_some_and(|items| items.iter().all(Value::is_string)));
+            }
+            "channel" => match &value {
+                Value::Null => {}
+                Value::String(_) => subscription_token = true,
+                _ => malformed = true,
+            },
+            _ => {}
+        }
+        object.insert(name.clone(), value);
     }
-    let expected: Result<(), ErrorCode> = if !header_ok || malformed {
+    // The claims that do not depend on the time (`iss`, `aud`) are checked before those that
+    // do, which are checked again each time a remembered token is used.
+    let expected: Result<(), ErrorCode> = if !header_ok
+        || malformed
+        || (strict && iss.as_deref() != Some(ISSUER))
+        || (strict && !aud.as_ref().is_some_and(|a| a.iter().any(|a| a == AUDIENCE)))
+    {
         Err(ErrorCode::Unauthorized)
     } else if exp.is_some_and(|exp| exp.saturating_add(LEEWAY) < now) {
         Err(ErrorCode::TokenExpired)
-    } else if nbf.is_some_and(|nbf| nbf > now + LEEWAY)
-        || (strict && iss.as_deref() != Some(ISSUER))
-        || (strict && !aud.as_ref().is_some_and(|a| a.iter().any(|a| a == AUDIENCE)))
+    } else if subscription_token
+        || nbf.is_some_and(|nbf| nbf > now + LEEWAY)
         || !sub.as_deref().is_some_and(|s| UserId::parse(s).is_ok())
     {
         Err(ErrorCode::Unauthorized)
