@@ -28,8 +28,8 @@ struct Node {
 }
 
 /// A running Redis Cluster on `127.0.0.1`: three primaries with one replica each. Every node
-/// listens on a port below 55535, so that its cluster bus (the port + 10000) is a valid port
-/// too. The binaries are `redis-server` and `redis-cli` on `PATH`, or `$REDIS_SERVER_BIN` and
+/// listens on a port in 10000..22768, so that it and its cluster bus (the port + 10000) stay
+/// below the ephemeral ports other test servers get. The binaries are `redis-server` and `redis-cli` on `PATH`, or `$REDIS_SERVER_BIN` and
 /// `$REDIS_CLI_BIN`.
 pub struct RedisCluster {
     nodes: Vec<Node>,
@@ -310,12 +310,14 @@ fn nanos() -> u32 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()
 }
 
-/// A port in 20000..55535 that, with its cluster bus port (+10000), is free now and not in
-/// `taken`. Ports are tried from a point that differs per process and call, so test binaries
-/// running at once rarely try the same ones.
+/// A port in 10000..22768 that, with its cluster bus port (+10000), is free now and not in
+/// `taken`. Both stay below Linux's ephemeral range (32768 and up), from which [`crate::free_port`]
+/// hands ports to the other servers tests start meanwhile: a bus port in that range could be
+/// handed out between this check and the node binding it. Ports are tried from a point that
+/// differs per process and call, so test binaries running at once rarely try the same ones.
 fn cluster_port(taken: impl Iterator<Item = u16> + Clone) -> u16 {
-    const LOW: u32 = 20000;
-    const SPAN: u32 = 55535 - 20000;
+    const LOW: u32 = 10000;
+    const SPAN: u32 = 22768 - 10000;
     let start = (std::process::id().wrapping_mul(7919) ^ nanos()) % SPAN;
     for i in 0..SPAN {
         let port = (LOW + (start + i * 7) % SPAN) as u16;
