@@ -7,7 +7,7 @@
 //! come from the request target and the header values are trimmed single lines.
 #![no_main]
 
-use herald_gateway::handshake::{HeadError, parse_request_head};
+use herald_gateway::head::{HeadError, parse_request_head};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

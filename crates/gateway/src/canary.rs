@@ -24,10 +24,12 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::CANARY_CONN;
 use crate::hub::Hub;
-use crate::registry::ConnHandle;
+use crate::registry::{ConnHandle, ConnId};
 use crate::writer::Writer;
+
+/// The hub connection id of the delivery canary; real connections are numbered after it.
+pub(crate) const CANARY_CONN: ConnId = 0;
 
 /// What the last canary round found: every canary came back in time, or not, with the
 /// shards (cluster primaries, by address) whose did not; an empty list on an engine with one

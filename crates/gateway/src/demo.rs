@@ -96,7 +96,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    use crate::config::{AuthConfig, GatewayConfig};
+    use crate::auth::AuthConfig;
+    use crate::config::GatewayConfig;
     use crate::{Gateway, TokenVerifier};
 
     const SECRET: &str = "demo-test-secret-0123456789abcdef";

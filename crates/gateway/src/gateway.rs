@@ -10,14 +10,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::AuthConfig;
 use crate::auth::TokenVerifier;
-use crate::config::{AuthConfig, GatewayConfig};
+use crate::config::GatewayConfig;
 use crate::hub::Hub;
 use crate::metrics::GatewayMetrics;
-use crate::registry::{ConnId, Registry};
-
-/// The hub connection id of the delivery canary; real connections are numbered after it.
-pub(crate) const CANARY_CONN: ConnId = 0;
+use crate::registry::Registry;
 
 /// What the gateway knows of channels: the namespaces, the offline inbox of personal channels
 /// (`[inbox]`) and the limits of history reads (`[history]`). Built from [`Namespaces`] alone,
@@ -123,7 +121,7 @@ impl Gateway {
                 reads: Default::default(),
                 observer,
                 node_id,
-                next_conn: AtomicU64::new(CANARY_CONN + 1),
+                next_conn: AtomicU64::new(crate::canary::CANARY_CONN + 1),
                 handshakes: AtomicUsize::new(0),
                 metrics,
                 canary_ok,

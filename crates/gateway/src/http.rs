@@ -1,7 +1,7 @@
 //! Plain HTTP on the gateway's port (`/livez`, `/readyz`, `/metrics`, the demo page), several
 //! requests per connection, and the WebSocket upgrade as any of them.
 //!
-//! The gateway reads every request head itself ([`handshake::read_head`]), answers plain
+//! The gateway reads every request head itself ([`head::read_head`]), answers plain
 //! requests through the router of [`Gateway::router`], and keeps reading: a connection can
 //! carry health checks and scrapes and then, as a later request, `GET /ws`, which is handed
 //! back to be upgraded. A proxy that reuses its idle connections to a gateway for upgrades
@@ -34,7 +34,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::gateway::{Gateway, HandshakeSlot};
-use crate::handshake::{self, HeadError, RequestHead};
+use crate::head::{self, HeadError, RequestHead};
+use crate::refusal;
 
 /// How long a kept-alive connection may wait for its next request. Longer than the usual
 /// scrape and health-check intervals (15 to 30 s), so a scraper that keeps its connection
@@ -77,13 +78,13 @@ pub(crate) async fn serve(
                 let Some(held) = HandshakeSlot::acquire(shared) else {
                     shared.metrics.limit_hit("max_handshakes");
                     let message = "too many connections being set up at once, retry";
-                    handshake::refuse_with(stream, ErrorCode::Unavailable, message, Some(1)).await;
+                    refusal::http_error_with(stream, ErrorCode::Unavailable, message, Some(1)).await;
                     return None;
                 };
                 held
             }
         };
-        let read = handshake::read_head(stream, buf);
+        let read = head::read_head(stream, buf);
         let head = match tokio::time::timeout(shared.config.handshake_timeout, read).await {
             Ok(Ok(head)) => head,
             Ok(Err(HeadError::Closed)) => return None,
@@ -92,7 +93,7 @@ pub(crate) async fn serve(
                 return None;
             }
             Ok(Err(e)) => {
-                handshake::refuse(stream, ErrorCode::MalformedFrame, &e.to_string()).await;
+                refusal::http_error(stream, ErrorCode::MalformedFrame, &e.to_string()).await;
                 return None;
             }
         };
@@ -101,7 +102,7 @@ pub(crate) async fn serve(
         }
         if head.has_body {
             let message = "the gateway's HTTP routes take no request body";
-            handshake::refuse(stream, ErrorCode::MalformedFrame, message).await;
+            refusal::http_error(stream, ErrorCode::MalformedFrame, message).await;
             return None;
         }
         answered += 1;
@@ -201,7 +202,7 @@ async fn answer(router: &Router, raw: &[u8], head: &RequestHead, keep_alive: boo
 /// The request whose head is `raw` (already parsed once, so known to be complete), with no
 /// body. `None` if its target or a header is not valid for `http`.
 fn request(raw: &[u8]) -> Option<Request<Body>> {
-    let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; head::MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     parsed.parse(raw).ok()?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };

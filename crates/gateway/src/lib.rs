@@ -6,10 +6,11 @@
 //!   per connection (keep-alive, bounded), any of which may be the upgrade to `/ws`;
 //!   `lifecycle`: readiness changes and the drain, in the logs. With `gateway.tls`, `tls`
 //!   terminates TLS in front of the accept loop and reloads the certificate.
-//! - [`handshake`]: the HTTP request head of `GET /ws` ([`handshake::parse_request_head`]),
-//!   its checks (token, channels, readiness), the `101` answer and the HTTP refusals.
-//!   [`origin`] checks its `Origin` first (foreign pages get 403); [`refusal`] answers a
-//!   refused handshake, for browsers with an upgrade closed at once with a close code.
+//! - [`head`]: the HTTP request head, read and parsed once ([`head::parse_request_head`]);
+//!   [`handshake`]: the checks of `GET /ws` (token, channels, readiness) and the `101`
+//!   answer. [`origin`] checks its `Origin` first (foreign pages get 403); [`refusal`]
+//!   answers a refused handshake: an HTTP error, or for browsers an upgrade closed at once
+//!   with a close code.
 //! - `connection`: one task per socket, from its open (joining its channels, `connected`) to
 //!   its close: client frames in (held to the frame rate limit of `rate`), replies and queued
 //!   frames out, through `socket`, the adapter the WebSocket library reads and writes.
@@ -61,6 +62,7 @@ mod fanout;
 pub mod gateway;
 mod grants;
 pub mod handshake;
+pub mod head;
 mod heartbeat;
 mod history;
 pub mod hook;
@@ -87,9 +89,10 @@ mod tls;
 mod wire;
 pub mod writer;
 
+pub use auth::AuthConfig;
 pub use auth::{TokenVerifier, mint};
 pub use close::CloseReason;
-pub use config::{AuthConfig, GatewayConfig};
+pub use config::GatewayConfig;
 pub use gateway::{ChannelConfig, Gateway, NotReady};
 pub use herald_api_common::metrics::Format as MetricsFormat;
 /// The seam presence implements, defined in `herald-protocol` so presence need not depend on

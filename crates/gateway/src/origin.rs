@@ -19,8 +19,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::config::GatewayConfig;
-use crate::handshake::RequestHead;
+use crate::head::RequestHead;
 
 /// One entry of `gateway.allowed_origins`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,17 +144,23 @@ impl fmt::Display for Refused {
     }
 }
 
-/// Checks the `Origin` of a `/ws` request against the configuration.
-pub fn check(config: &GatewayConfig, head: &RequestHead) -> Result<(), Refused> {
+/// Checks the `Origin` of a `/ws` request against `gateway.allowed_origins` (`allowed`) and
+/// `gateway.allow_missing_origin` (`allow_missing`).
+pub fn check(
+    allowed: Option<&AllowedOrigins>,
+    allow_missing: bool,
+    head: &RequestHead,
+) -> Result<(), Refused> {
     let Some(text) = head.origin.as_deref() else {
-        return if config.allow_missing_origin {
+        return if allow_missing {
             Ok(())
         } else {
             Err(Refused("an Origin header is required (gateway.allow_missing_origin is false)".into()))
         };
     };
     let origin = Origin::parse(text);
-    let allowed = match (&config.allowed_origins, &origin) {
+    let list = allowed;
+    let allowed = match (list, &origin) {
         (Some(list), _) if list.any() => true,
         (Some(list), Some(origin)) => list.0.iter().any(|p| p.matches(origin)),
         (None, Some(origin)) => same_origin(origin, head.host.as_deref()),
@@ -164,7 +169,7 @@ pub fn check(config: &GatewayConfig, head: &RequestHead) -> Result<(), Refused> 
     if allowed {
         return Ok(());
     }
-    let which = if config.allowed_origins.is_some() {
+    let which = if list.is_some() {
         "it is not in gateway.allowed_origins"
     } else {
         "it is not this host's own and gateway.allowed_origins is not set"
@@ -194,17 +199,21 @@ mod tests {
             raw.push_str(&format!("Origin: {origin}\r\n"));
         }
         raw.push_str("\r\n");
-        crate::handshake::parse_request_head(raw.as_bytes()).unwrap().unwrap()
+        crate::head::parse_request_head(raw.as_bytes()).unwrap().unwrap()
     }
 
-    fn config(allowed: Option<&[&str]>, allow_missing: bool) -> GatewayConfig {
-        GatewayConfig {
-            allowed_origins: allowed.map(|list| {
-                AllowedOrigins::try_from(list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
-            }),
-            allow_missing_origin: allow_missing,
-            ..Default::default()
-        }
+    /// `gateway.allowed_origins` and `gateway.allow_missing_origin`.
+    struct Config(Option<AllowedOrigins>, bool);
+
+    fn config(allowed: Option<&[&str]>, allow_missing: bool) -> Config {
+        let list = allowed.map(|list| {
+            AllowedOrigins::try_from(list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        });
+        Config(list, allow_missing)
+    }
+
+    fn check(config: &Config, head: &RequestHead) -> Result<(), Refused> {
+        super::check(config.0.as_ref(), config.1, head)
     }
 
     /// Without `allowed_origins`, only the gateway's own host and port may connect.

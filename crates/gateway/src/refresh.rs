@@ -1,5 +1,6 @@
 //! In-band token refresh: a client sends a `refresh` frame with a fresh connection token
-//! before its current one expires, and the connection goes on under the new one.
+//! before its current one expires, and the connection goes on under the new one (the frame
+//! is answered by `crate::requests`). This module says when a refresh is due.
 //!
 //! The sweeper warns the client with `refresh_due` at [`warn_at`] and closes the connection
 //! with 4001 at `exp` as before; a refresh moves both. The new token must name the same user
@@ -9,9 +10,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_protocol::{ErrorCode, RequestId, ServerFrame};
+use herald_protocol::ServerFrame;
 
-use crate::requests::{Session, error_frame};
 use crate::wire;
 
 /// When to send `refresh_due` for a token expiring at `expires_at`, accepted at `now` (both
@@ -27,34 +27,6 @@ pub(crate) fn warn_at(now: u64, expires_at: Option<u64>, warning: Duration) -> O
 /// The `refresh_due` frame, encoded.
 pub(crate) fn due_frame(expires_at: u64) -> Bytes {
     wire::text(ServerFrame::RefreshDue { expires_at }.to_json().as_bytes())
-}
-
-impl Session {
-    /// Answers a `refresh` frame: verifies `token`, checks it names the connection's user,
-    /// and puts the connection on it (expiry, `info`, `channels`). Private subscriptions the
-    /// new `channels` claim no longer covers are ended (see [`Session::revoke_lost_grants`]).
-    pub(crate) fn refresh(&mut self, id: Option<&RequestId>, token: &str) -> String {
-        let identity = match self.shared.verifier.verify(token) {
-            Ok(identity) => identity,
-            Err(e) => return error_frame(id, e.code, &format!("refresh refused: {}", e.message)),
-        };
-        if identity.user != self.identity.user {
-            let message = format!(
-                "refresh refused: the token is for user {:?}, the connection for {:?}",
-                identity.user.as_str(),
-                self.identity.user.as_str()
-            );
-            return error_frame(id, ErrorCode::UserMismatch, &message);
-        }
-        let now = herald_protocol::publication::now_millis() / 1000;
-        let expires_at = identity.expires_at;
-        let warn = warn_at(now, expires_at, self.shared.config.refresh_warning);
-        self.shared.registry.set_expiry(self.handle.id, expires_at, warn);
-        self.info.info = identity.info.clone();
-        self.identity = identity;
-        self.revoke_lost_grants();
-        ServerFrame::Refreshed { id, expires_at }.to_json()
-    }
 }
 
 #[cfg(test)]

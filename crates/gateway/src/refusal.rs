@@ -15,13 +15,14 @@
 
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use herald_protocol::{CloseCode, ErrorCode};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::handshake::{self, RequestHead};
+use crate::head::RequestHead;
 use crate::metrics::GatewayMetrics;
 
 /// `gateway.refusal`: how refused handshakes are answered.
@@ -45,6 +46,9 @@ const MAX_REASON: usize = 123;
 /// How long a refused client's bytes are read after the close frame, so that closing the
 /// socket does not reset it before the client read the close.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// How long writing a refusal may take.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a refusal needs from the request head, kept after the head is freed: the
 /// `Sec-WebSocket-Accept` value when the refusal is to be an upgrade and a close.
@@ -89,14 +93,35 @@ pub(crate) fn is_browser(head: &RequestHead) -> bool {
 /// The `Sec-WebSocket-Key` of a well-formed upgrade; `None` for anything else, which cannot
 /// be upgraded.
 fn upgrade_key(head: &RequestHead) -> Option<&str> {
-    let has = |value: &Option<String>, token: &str| {
-        value.as_deref().is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+    head.is_websocket_upgrade().then_some(head.key.as_deref()).flatten()
+}
+
+/// Answers with an HTTP error and a JSON body `{"error": {"code", "message"}}`, then closes.
+pub(crate) async fn http_error(stream: &mut TcpStream, code: ErrorCode, message: &str) {
+    http_error_with(stream, code, message, None).await
+}
+
+/// As [`http_error`], with a `Retry-After` of `retry_after` seconds when given.
+pub(crate) async fn http_error_with(
+    stream: &mut TcpStream,
+    code: ErrorCode,
+    message: &str,
+    retry_after: Option<u32>,
+) {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let retry = retry_after.map(|s| format!("retry-after: {s}\r\n")).unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+    );
+    let write = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
     };
-    let upgrade = head.method == "GET"
-        && has(&head.upgrade, "websocket")
-        && has(&head.connection, "upgrade")
-        && head.version.as_deref() == Some("13");
-    upgrade.then_some(head.key.as_deref()).flatten()
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, write).await;
 }
 
 /// The close code a handshake refused with `code` closes with.
@@ -117,7 +142,7 @@ pub(crate) async fn refuse(
 ) {
     let Some(accept) = answer.accept.as_deref() else {
         metrics.refused(code, "http");
-        return handshake::refuse(stream, code, message).await;
+        return http_error(stream, code, message).await;
     };
     metrics.refused(code, "close");
     let mut reason = format!("{code}: {message}");
@@ -163,7 +188,7 @@ mod tests {
     use super::*;
 
     fn head(raw: &str) -> RequestHead {
-        handshake::parse_request_head(raw.as_bytes()).unwrap().unwrap()
+        crate::head::parse_request_head(raw.as_bytes()).unwrap().unwrap()
     }
 
     const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

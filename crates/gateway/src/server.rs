@@ -32,7 +32,8 @@ use crate::canary;
 use crate::connection::Connection;
 use crate::demo;
 use crate::gateway::{Gateway, HandshakeSlot};
-use crate::handshake::{self, RequestHead};
+use crate::handshake;
+use crate::head::RequestHead;
 use crate::socket::WebSocket;
 use crate::{http, lifecycle, sweeper};
 use crate::{origin, refusal};
@@ -183,14 +184,16 @@ async fn open(
     let Some(slot) = HandshakeSlot::acquire(shared) else {
         shared.metrics.limit_hit("max_handshakes");
         let message = "too many connections being set up at once, retry";
-        handshake::refuse_with(&mut stream, ErrorCode::Unavailable, message, Some(1)).await;
+        refusal::http_error_with(&mut stream, ErrorCode::Unavailable, message, Some(1)).await;
         return None;
     };
     let mut buf = Vec::with_capacity(1024);
     // Boxed, so that a connection's task does not carry room for plain requests' answers.
     let (head, slot) = Box::pin(http::serve(&gateway, &router, &mut stream, &mut buf, slot)).await?;
     drop(router);
-    if let Err(refused) = origin::check(&shared.config, &head) {
+    if let Err(refused) =
+        origin::check(shared.config.allowed_origins.as_ref(), shared.config.allow_missing_origin, &head)
+    {
         refuse_origin(&gateway, &mut stream, &head, refused).await;
         return None;
     }
@@ -230,7 +233,7 @@ async fn refuse_origin(
         host = head.host.as_deref().unwrap_or(""),
         "{refused}"
     );
-    handshake::refuse(stream, ErrorCode::Forbidden, &refused.to_string()).await;
+    refusal::http_error(stream, ErrorCode::Forbidden, &refused.to_string()).await;
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //!   them; `exp` and `nbf` are checked again on every use.
 //! - [`jwks`]: the key set of `auth.jwks_url`, refreshed on a schedule and on unknown `kid`s.
 //! - [`signing`]: minting with a private key, for the bench and `herald token`.
+//! - `config`: `[auth]`, and its checks.
 //!
 //! Every connection pays for verification and a reconnect storm pays for it all at once, so
 //! the accepted algorithm is checked against a bit set before anything else is parsed, the
@@ -23,6 +24,7 @@
 
 mod cache;
 mod claims;
+mod config;
 mod hs256;
 mod jwks;
 mod keys;
@@ -45,11 +47,11 @@ use serde_json::value::RawValue;
 use sha2::Sha256;
 
 pub use claims::Claims;
+pub use config::{AuthConfig, PublicKeyFile};
 pub use hs256::{EmptySecret, mint};
 pub use keys::{Algorithm, KeyError, PublicKey};
 pub use signing::{SigningKey, mint_signed};
 
-use crate::config::AuthConfig;
 use crate::metrics::JwksFetchLabels;
 use cache::VerifyCache;
 use claims::{TokenHeader, Verified, decode_part, now_secs, subject};

@@ -10,8 +10,8 @@ use hmac::Mac;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
+use super::PublicKeyFile;
 use super::*;
-use crate::config::PublicKeyFile;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 

@@ -1,11 +1,14 @@
 //! A connection's requests: the client frames after `connected` (`subscribe`, `unsubscribe`,
 //! `publish`, `presence`, `history`, `ack`, `ping`, and the token frames `refresh`
-//! (`crate::refresh`) and `subscribe_refresh` (`crate::grants`)), each checked (by `policy`,
+//! ([`refresh`]) and `subscribe_refresh` ([`grants`])), each checked (by `policy`,
 //! the limits, the history settings) and answered with its reply or an `error` frame.
 //!
 //! [`Session`] is what they act on: who the client is and the channels it is in. The
 //! connection (`crate::connection`) owns it, joins the channels of the URL through it at
 //! connect, and hands it each text frame the client sends.
+
+mod grants;
+mod refresh;
 
 use std::collections::HashSet;
 
