@@ -10,7 +10,7 @@
 //! - [`worker`]: opens a share of the connections, in this process or in a worker process
 //!   (the same binary, `herald bench worker`, talking JSON lines over stdin and stdout),
 //!   because one process may only open so many sockets.
-//! - [`client`]: one connection, from its source address: handshake with its own token,
+//! - `worker::client`: one connection, from its source address: handshake with its own token,
 //!   greeting, subscription, then reading and recording. [`token`] mints the tokens, HS256 or
 //!   with a private key.
 //! - [`publish`]: offers messages at a fixed rate over HTTP or gRPC with bounded in-flight
@@ -25,7 +25,6 @@
 
 pub mod args;
 mod assemble;
-mod client;
 pub mod flood;
 mod launch;
 pub mod payload;

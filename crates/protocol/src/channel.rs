@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::name::InvalidName;
+use crate::name::check_chars;
 use crate::user::UserId;
 
 /// Longest channel name accepted, in bytes. Redis accepts far longer ones; this bound keeps
@@ -16,35 +18,6 @@ pub const PERSONAL_NAMESPACE: &str = "user";
 
 /// The channel every connection is subscribed to by the server.
 pub const BROADCAST_CHANNEL: &str = "broadcast";
-
-/// Why a name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidName {
-    #[error("must not be empty")]
-    Empty,
-    #[error("is {len} bytes long, the limit is {max}")]
-    TooLong { len: usize, max: usize },
-    #[error("contains {0:?}; allowed are ASCII letters, digits and `_-.:@=`")]
-    BadChar(char),
-    #[error("has an empty namespace before `:`")]
-    EmptyNamespace,
-}
-
-/// Characters allowed in channel names and user ids. Deliberately narrow: no spaces, no
-/// wildcards (`*`, `?`, `[` would mean something to Redis pattern subscriptions), nothing that
-/// needs escaping in a URL path segment.
-pub(crate) fn check_chars(s: &str, max: usize) -> Result<(), InvalidName> {
-    if s.is_empty() {
-        return Err(InvalidName::Empty);
-    }
-    if s.len() > max {
-        return Err(InvalidName::TooLong { len: s.len(), max });
-    }
-    match s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@' | '='))) {
-        Some(c) => Err(InvalidName::BadChar(c)),
-        None => Ok(()),
-    }
-}
 
 /// What a channel is for, which decides who may subscribe to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelName;
 use crate::config_error::ConfigError;
-use crate::namespace::check_history;
 
 /// Most messages one channel may keep: a bound on the memory one channel takes in Redis and
 /// on what one recovery can send.
@@ -152,6 +151,21 @@ fn check_epoch(epoch: &str) -> Result<(), InvalidSince> {
     let ok =
         !epoch.is_empty() && epoch.len() <= MAX_EPOCH_LEN && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
     if ok { Ok(()) } else { Err(InvalidSince::Epoch) }
+}
+
+/// `history_size` and `history_ttl` go together: both set, or neither.
+pub(crate) fn check_history(section: &str, size: usize, ttl: Duration) -> Result<(), ConfigError> {
+    if size > MAX_HISTORY_SIZE {
+        return Err(ConfigError::new(
+            format!("{section}.history_size"),
+            format!("{size} is more than the {MAX_HISTORY_SIZE} messages a channel may keep"),
+        ));
+    }
+    match (size, ttl.is_zero()) {
+        (0, false) => Err(ConfigError::new(format!("{section}.history_size"), "needed with history_ttl")),
+        (1.., true) => Err(ConfigError::new(format!("{section}.history_ttl"), "needed with history_size")),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

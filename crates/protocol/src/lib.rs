@@ -25,6 +25,7 @@ pub mod config_error;
 pub mod error;
 pub mod frame;
 pub mod history;
+pub mod name;
 pub mod namespace;
 pub mod observer;
 pub mod publication;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, PERSONAL_NAMESPACE};
 use crate::config_error::ConfigError;
 use crate::error::ErrorCode;
-use crate::history::{ChannelHistory, InboxConfig, MAX_HISTORY_SIZE};
+use crate::history::{ChannelHistory, InboxConfig, check_history};
 
 /// Reserved for Herald's own channels (the gateways' delivery canaries).
 pub const INTERNAL_NAMESPACE: &str = "herald";
@@ -131,21 +131,6 @@ impl Namespaces {
             }
         };
         (size > 0 && !ttl.is_zero()).then_some(ChannelHistory { size, ttl })
-    }
-}
-
-/// `history_size` and `history_ttl` go together: both set, or neither.
-pub(crate) fn check_history(section: &str, size: usize, ttl: Duration) -> Result<(), ConfigError> {
-    if size > MAX_HISTORY_SIZE {
-        return Err(ConfigError::new(
-            format!("{section}.history_size"),
-            format!("{size} is more than the {MAX_HISTORY_SIZE} messages a channel may keep"),
-        ));
-    }
-    match (size, ttl.is_zero()) {
-        (0, false) => Err(ConfigError::new(format!("{section}.history_size"), "needed with history_ttl")),
-        (1.., true) => Err(ConfigError::new(format!("{section}.history_ttl"), "needed with history_size")),
-        _ => Ok(()),
     }
 }
 

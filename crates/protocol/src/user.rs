@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::channel::{InvalidName, check_chars};
+use crate::name::{InvalidName, check_chars};
 
 /// Longest user id accepted, in bytes.
 pub const MAX_USER_LEN: usize = 128;

@@ -17,10 +17,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::{Round, Shared};
 use crate::args::Target;
 use crate::payload;
 use crate::stats::Seen;
-use super::{Round, Shared};
 
 /// How long one connection may take to connect, be greeted and subscribe.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
