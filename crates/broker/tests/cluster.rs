@@ -102,6 +102,47 @@ async fn each_message_is_published_on_its_channels_primary_only() {
     node.close();
 }
 
+/// `broadcast` is spread (`redis.spread_channels`, the default): its publishes, single and
+/// batched, go to its 16 parts in turn, which every primary shares, and reach a node as
+/// `broadcast`; a publish with history goes to `broadcast` itself and reaches the node too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_is_spread_over_every_primary() {
+    use herald_broker::HistoryOptions;
+    use herald_broker::conformance::history::{options, payload};
+
+    let cluster = RedisCluster::start().await;
+    let broker = cluster_broker(&cluster);
+    let broadcast = ChannelName::parse("broadcast").unwrap();
+    let (node, got) = conformance::node(&broker);
+    node.subscribe(&broadcast).await.unwrap();
+    assert_eq!(node.active_channels(), 17, "broadcast and its 16 parts");
+    let mut ports = Vec::new();
+    for slot in [0, 5461, 10923] {
+        ports.push(cluster.primary_of_slot(slot).await);
+    }
+    let before = futures_util::future::join_all(ports.iter().map(|p| cluster.spublish_calls(*p))).await;
+    for i in 0..48 {
+        broker.publish(&broadcast, Bytes::from(format!("single {i}"))).await.unwrap();
+    }
+    let batch: Vec<(ChannelName, Bytes)> =
+        (0..48).map(|i| (broadcast.clone(), Bytes::from(format!("batched {i}")))).collect();
+    broker.publish_batch(&batch).await.unwrap();
+    let options = HistoryOptions { idempotency_key: None, ..options(10) };
+    broker.publish_with_history(&broadcast, "kept", payload(1), &options).await.unwrap();
+    let received = got.wait_for(97).await;
+    assert_eq!(received.len(), 97);
+    assert!(received.iter().all(|(c, _)| c == "broadcast"), "every message as broadcast's");
+    let mut total = 0;
+    for (port, before) in ports.iter().zip(before) {
+        let calls = cluster.spublish_calls(*port).await - before;
+        assert!(calls >= 96 / 16, "the primary on port {port} carried {calls} of broadcast's SPUBLISHes");
+        total += calls;
+    }
+    assert_eq!(total, 97, "each message published once");
+    node.unsubscribe(&broadcast);
+    node.close();
+}
+
 /// A node with a hundred channels on the three primaries holds one sharded Pub/Sub connection
 /// per primary, not one per channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_protocol::ConfigError;
+use herald_protocol::{BROADCAST_CHANNEL, ChannelName, ConfigError};
 use serde::Deserialize;
 
 use super::{redact, sentinel};
@@ -60,6 +60,14 @@ pub struct RedisConfig {
     /// sharded Pub/Sub on the primary owning their slot; `url` only supplies the password.
     #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
     pub cluster_nodes: Vec<String>,
+    /// With Redis Cluster: channels too hot for one primary (every gateway subscribes them,
+    /// many publish to them), each published in turn to `spread_width` parts whose slots are
+    /// spread over the primaries. Their messages may then arrive in another order than they
+    /// were published in. See docs/cluster.md.
+    #[serde(deserialize_with = "herald_protocol::support::list_or_comma_separated")]
+    pub spread_channels: Vec<String>,
+    /// How many parts each of `spread_channels` is published to (1 spreads nothing).
+    pub spread_width: u32,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -82,6 +90,8 @@ impl std::fmt::Debug for RedisConfig {
             sentinel_password,
             sentinel_username,
             cluster_nodes,
+            spread_channels,
+            spread_width,
         } = self;
         f.debug_struct("RedisConfig")
             .field("url", &redact(url))
@@ -99,6 +109,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("sentinel_password", &sentinel_password.as_ref().map(|_| "<redacted>"))
             .field("sentinel_username", sentinel_username)
             .field("cluster_nodes", cluster_nodes)
+            .field("spread_channels", spread_channels)
+            .field("spread_width", spread_width)
             .finish()
     }
 }
@@ -171,6 +183,20 @@ impl RedisConfig {
                 sentinel::split_addr(addr).map_err(|e| ConfigError::new("redis.cluster_nodes", e))?;
             }
         }
+        if !(1..=MAX_SPREAD_WIDTH).contains(&self.spread_width) {
+            return Err(ConfigError::new(
+                "redis.spread_width",
+                format!("must be between 1 and {MAX_SPREAD_WIDTH}"),
+            ));
+        }
+        for name in &self.spread_channels {
+            ChannelName::parse(name)
+                .map_err(|e| ConfigError::new("redis.spread_channels", format!("{name:?} {e}")))?;
+            let last = spread_part(name, self.spread_width - 1);
+            ChannelName::parse(&last).map_err(|e| {
+                ConfigError::new("redis.spread_channels", format!("{name:?}: its part {last:?} {e}"))
+            })?;
+        }
         Ok(())
     }
 
@@ -187,6 +213,13 @@ impl RedisConfig {
         } else {
             format!("{}{channel}", self.prefix)
         }
+    }
+
+    /// The channels spread over the primaries: `spread_channels` on a cluster with a
+    /// `spread_width` above 1, else none.
+    pub(crate) fn spread(&self) -> impl Iterator<Item = &str> {
+        let spread = self.is_cluster() && self.spread_width > 1;
+        self.spread_channels.iter().filter(move |_| spread).map(String::as_str)
     }
 
     /// The channel name a Pub/Sub channel from Redis stands for: [`RedisConfig::pubsub_channel`]
@@ -216,6 +249,25 @@ impl Default for RedisConfig {
             sentinel_password: None,
             sentinel_username: None,
             cluster_nodes: Vec::new(),
+            spread_channels: vec![BROADCAST_CHANNEL.into()],
+            spread_width: 16,
         }
     }
+}
+
+/// Most parts a spread channel may have.
+pub const MAX_SPREAD_WIDTH: u32 = 1024;
+
+/// What the name of a spread channel's part starts with: the reserved namespace, so clients
+/// can neither subscribe to a part nor publish into one.
+const SPREAD_PREFIX: &str = "herald:spread.";
+
+/// The name of part `n` of the spread channel `channel`.
+pub(crate) fn spread_part(channel: &str, n: u32) -> String {
+    format!("{SPREAD_PREFIX}{channel}.{n}")
+}
+
+/// The spread channel whose part `name` is, if it is one.
+pub(crate) fn spread_channel_of(name: &str) -> Option<&str> {
+    name.strip_prefix(SPREAD_PREFIX)?.rsplit_once('.').map(|(channel, _)| channel)
 }

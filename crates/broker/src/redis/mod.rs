@@ -51,7 +51,7 @@ use herald_protocol::ChannelName;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use self::cluster::{Cluster, ClusterSubscriber};
+use self::cluster::{Cluster, ClusterSubscriber, Spread};
 pub use self::config::RedisConfig;
 pub use self::connect::{ConnectError, Endpoint, LazyConnection, QueryError};
 use self::history::HistoryStore;
@@ -84,6 +84,8 @@ struct Inner {
     /// With `redis.cluster_nodes`: the slot map and a connection per primary; publishing,
     /// subscribing and history then go through it.
     cluster: Option<Arc<Cluster>>,
+    /// On a cluster, the channels published over several primaries (`redis.spread_channels`).
+    spread: Option<Arc<Spread>>,
 }
 
 impl RedisBroker {
@@ -97,7 +99,9 @@ impl RedisBroker {
             config.is_cluster().then(|| Arc::new(Cluster::new(endpoint.clone(), shutdown.child_token())));
         let router = KeyRouter::shared(endpoint.clone(), cluster.clone());
         let history = HistoryStore::new(router, config.clone());
-        Ok(Self { inner: Arc::new(Inner { endpoint, config, publisher, history, shutdown, cluster }) })
+        let spread = Spread::new(&config);
+        let inner = Inner { endpoint, config, publisher, history, shutdown, cluster, spread };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     fn key(&self, channel: &ChannelName) -> String {
@@ -132,7 +136,8 @@ fn trip_error(operation: &'static str, trip: Trip, confirmed: usize) -> BrokerEr
 impl Broker for RedisBroker {
     async fn publish(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError> {
         if let Some(cluster) = &self.inner.cluster {
-            return cluster.publisher.publish(&[(channel.clone(), payload)], "publish").await;
+            let target = self.inner.spread.as_ref().map_or(channel, |spread| spread.publish_target(channel));
+            return cluster.publisher.publish(&[(target.clone(), payload)], "publish").await;
         }
         let mut bytes = BytesMut::with_capacity(payload.len() + 64);
         publish::encode(&mut bytes, &[b"PUBLISH", self.key(channel).as_bytes(), &payload]);
@@ -144,7 +149,11 @@ impl Broker for RedisBroker {
 
     async fn publish_batch(&self, batch: &[(ChannelName, Bytes)]) -> Result<(), BrokerError> {
         if let Some(cluster) = &self.inner.cluster {
-            return cluster.publisher.publish(batch, "publish batch").await;
+            let batch = match &self.inner.spread {
+                Some(spread) => spread.publish_batch(batch),
+                None => batch.into(),
+            };
+            return cluster.publisher.publish(&batch, "publish batch").await;
         }
         let limit = self.inner.config.publish_pipeline_bytes;
         let mut confirmed = 0;
@@ -218,6 +227,10 @@ impl Broker for RedisBroker {
 
     fn subscriber_task(&self, delivery: Arc<dyn Delivery>) -> (Arc<dyn Subscriber>, BoxFuture<'static, ()>) {
         if let Some(cluster) = &self.inner.cluster {
+            let delivery = match &self.inner.spread {
+                Some(_) => Spread::delivery(delivery),
+                None => delivery,
+            };
             let subscriber = ClusterSubscriber::new(
                 self.inner.config.clone(),
                 self.inner.endpoint.clone(),
@@ -225,7 +238,13 @@ impl Broker for RedisBroker {
                 delivery,
                 self.inner.shutdown.child_token(),
             );
-            return (Arc::new(subscriber.clone()), Box::pin(subscriber.run()));
+            let task = Box::pin(subscriber.clone().run());
+            let subscriber: Arc<dyn Subscriber> = Arc::new(subscriber);
+            let subscriber = match &self.inner.spread {
+                Some(spread) => spread.subscriber(subscriber),
+                None => subscriber,
+            };
+            return (subscriber, task);
         }
         let shared = NodeShared::new(self.inner.shutdown.child_token(), self.inner.config.subscribe_timeout);
         let task = NodeTask {

@@ -5,11 +5,18 @@
 //! primary turns `/readyz` 503 naming it, and ready again once a replica took over; so does a
 //! primary that stays connected but answers nothing for a while. The `presence` role runs on
 //! the cluster: a user connected to a gateway is online in its API, and offline after leaving.
+//! `broadcast`, spread over the primaries, reaches clients of every gateway once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use herald_broker::{Broker, RedisBroker, RedisConfig};
+use herald_protocol::Namespaces;
+use herald_publisher_api::{PublisherApi, PublisherConfig};
 use herald_testkit::{RedisCluster, WsClient};
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::common::{GatewayProcess, recv_messages};
 use crate::presence_support::{API_KEY, Api};
@@ -80,6 +87,55 @@ async fn gateways_on_a_cluster_deliver_channels_of_every_primary() {
     let mut expected: Vec<String> = channels.into_iter().map(|(c, _)| c).collect();
     expected.sort();
     assert_eq!(got, expected);
+}
+
+/// `broadcast` published through the publisher API on a cluster goes out over its parts,
+/// which every primary shares (`redis.spread_channels`), and reaches the clients of two
+/// gateways, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_is_spread_over_the_primaries_and_reaches_every_gateway() {
+    const N: usize = 30;
+    let cluster = RedisCluster::start().await;
+    let (a, b) = (gateway_on(&cluster).await, gateway_on(&cluster).await);
+    let (mut on_a, _) = WsClient::connect(&a.url("alice")).await.unwrap();
+    let (mut on_b, _) = WsClient::connect(&b.url("bob")).await.unwrap();
+    let config = RedisConfig { cluster_nodes: cluster.seeds(), ..Default::default() };
+    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::new(config).unwrap());
+    let publisher = PublisherConfig { api_keys: vec![API_KEY.into()], ..Default::default() };
+    let api =
+        PublisherApi::new(publisher, Namespaces::default(), Default::default(), Default::default(), broker);
+    let (http, grpc) =
+        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let http_addr = http.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(herald_publisher_api::serve(api, http, grpc, stop.clone().cancelled_owned()));
+    let primaries = [0, 5461, 10923].map(|slot| cluster.primary_of_slot(slot));
+    let primaries = futures_util::future::join_all(primaries).await;
+    let before = futures_util::future::join_all(primaries.iter().map(|p| cluster.spublish_calls(*p))).await;
+
+    let client = reqwest::Client::new();
+    for n in 0..N {
+        let resp = client
+            .post(format!("http://{http_addr}/v1/broadcast"))
+            .bearer_auth(API_KEY)
+            .json(&json!({"data": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "broadcast {n}: {:?}", resp.text().await);
+    }
+    for client in [&mut on_a, &mut on_b] {
+        let got = recv_messages(client, N).await;
+        assert!(got.iter().all(|m| m["channel"] == "broadcast"), "{got:?}");
+        let mut seen: Vec<u64> = got.iter().map(|m| m["data"]["n"].as_u64().unwrap()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..N as u64).collect::<Vec<_>>(), "every broadcast once");
+    }
+    for (port, before) in primaries.iter().zip(before) {
+        let calls = cluster.spublish_calls(*port).await - before;
+        assert!(calls > 0, "the primary on port {port} carried none of broadcast's messages");
+    }
+    stop.cancel();
 }
 
 /// The primary of a history channel's slot is killed (SIGKILL) while a client of another

@@ -9,12 +9,15 @@
 //!   primary and sent concurrently.
 //! - [`subscribe`]: a node's sharded Pub/Sub connections, one per primary it has channels on,
 //!   following the map as slots move and primaries fail over.
+//! - [`spread`]: hot channels (`broadcast`) published over several slots, so over several
+//!   primaries, in turn.
 //!
 //! History scripts run on the owning primary too ([`super::history`] routes them through
 //! [`Cluster::connection`]).
 
 mod publish;
 mod slot;
+mod spread;
 mod subscribe;
 mod topology;
 
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::publish::{ClusterPublisher, is_redirect};
 pub(crate) use self::slot::key_slot;
+pub(crate) use self::spread::Spread;
 pub(crate) use self::subscribe::ClusterSubscriber;
 pub(crate) use self::topology::Topology;
 use herald_protocol::ChannelName;
