@@ -31,6 +31,29 @@ use crate::metrics::JwksFetchLabels;
 /// A key set larger than this is refused: real ones are a few kilobytes.
 const MAX_BODY: usize = 1 << 20;
 
+/// Why a key set could not be had; the last good one is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot build an HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("cannot start a runtime for the start-up fetch: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("the start-up fetch panicked")]
+    Panicked,
+    #[error("GET {url}: {source}")]
+    Request { url: String, source: reqwest::Error },
+    #[error("GET {url}: HTTP {status}")]
+    Status { url: String, status: reqwest::StatusCode },
+    #[error("GET {url}: key set larger than {MAX_BODY} bytes")]
+    TooLarge { url: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("not a JWKS document: {0}")]
+    Document(#[source] serde_json::Error),
+    #[error("the key set has no usable signature key")]
+    NoUsableKey,
+}
+
 /// The keys of the last good fetch.
 pub(super) struct KeySet {
     pub keys: Vec<NamedKey>,
@@ -76,7 +99,7 @@ impl Jwks {
         refresh_interval: Duration,
         min_refetch: Duration,
         fetches: Family<JwksFetchLabels, Counter>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FetchError> {
         let http = client(timeout)?;
         // The start-up fetch runs on a runtime of its own on another thread, so that it works
         // whether or not the caller is inside a runtime; its own client, so that no pooled
@@ -87,11 +110,11 @@ impl Jwks {
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+                        .map_err(FetchError::Runtime)?;
                     runtime.block_on(fetch(&client(timeout)?, url))
                 })
                 .join()
-                .unwrap_or_else(|_| Err("the start-up fetch panicked".into()))
+                .unwrap_or(Err(FetchError::Panicked))
         });
         let result = if first.is_ok() { "ok" } else { "error" };
         fetches.get_or_create(&JwksFetchLabels { result }).inc();
@@ -142,7 +165,7 @@ impl Jwks {
         *self.last_attempt.lock().expect("fetch time lock") = Some(Instant::now());
         let fetched = tokio::time::timeout(self.timeout, fetch(&self.client, &self.url))
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+            .unwrap_or(Err(FetchError::Timeout(self.timeout)));
         match fetched {
             Ok(keys) => {
                 self.fetches.get_or_create(&JwksFetchLabels { result: "ok" }).inc();
@@ -185,24 +208,21 @@ impl Jwks {
     }
 }
 
-fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .pool_max_idle_per_host(0)
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+fn client(timeout: Duration) -> Result<reqwest::Client, FetchError> {
+    reqwest::Client::builder().timeout(timeout).pool_max_idle_per_host(0).build().map_err(FetchError::Client)
 }
 
 /// GETs and parses the key set.
-async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<NamedKey>, String> {
-    let mut response = client.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<NamedKey>, FetchError> {
+    let request = |source| FetchError::Request { url: url.to_string(), source };
+    let mut response = client.get(url).send().await.map_err(request)?;
     if !response.status().is_success() {
-        return Err(format!("GET {url}: HTTP {}", response.status()));
+        return Err(FetchError::Status { url: url.to_string(), status: response.status() });
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+    while let Some(chunk) = response.chunk().await.map_err(request)? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("GET {url}: key set larger than {MAX_BODY} bytes"));
+            return Err(FetchError::TooLarge { url: url.to_string() });
         }
         body.extend_from_slice(&chunk);
     }
@@ -229,12 +249,12 @@ struct Jwk {
 /// skipped, each logged at debug: encryption keys (`use` other than `sig`), symmetric keys
 /// (`oct`: a secret is never taken from a URL), unknown types, curves and algorithms. A set
 /// with no usable key is an error, so that it does not replace a good one.
-pub(super) fn parse(body: &[u8]) -> Result<Vec<NamedKey>, String> {
+pub(super) fn parse(body: &[u8]) -> Result<Vec<NamedKey>, FetchError> {
     #[derive(Deserialize)]
     struct Set {
         keys: Vec<serde_json::Value>,
     }
-    let set: Set = serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let set: Set = serde_json::from_slice(body).map_err(FetchError::Document)?;
     let mut keys = Vec::new();
     for value in set.keys {
         match serde_json::from_value::<Jwk>(value).map_err(|e| e.to_string()).and_then(|jwk| key(&jwk)) {
@@ -243,7 +263,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Vec<NamedKey>, String> {
         }
     }
     if keys.is_empty() {
-        return Err("the key set has no usable signature key".into());
+        return Err(FetchError::NoUsableKey);
     }
     Ok(keys)
 }
