@@ -4,6 +4,10 @@
 #
 #   bench/run.sh build                 release build, copied to $WORK so a sitting uses one binary
 #   bench/run.sh start-herald [N]      redis-server, N gateways (default 1), one publisher API
+#   bench/run.sh start-herald-cluster [N]
+#                                      the same on a Redis Cluster of three primaries (no
+#                                      replicas; redis-server --cluster-enabled yes, joined by
+#                                      redis-cli --cluster create), redis.cluster_nodes set
 #   bench/run.sh start-standalone      `herald standalone`: every role in one process, in-memory
 #   bench/run.sh start-nchan [W]       nginx + nchan with W worker processes (default 2)
 #   bench/run.sh start-nchan-redis [W] the same on nchan's Redis engine, with its own redis-server
@@ -34,6 +38,14 @@
 #                                      into the publish phase, and the clients reconnect to
 #                                      gateway 1 with `since`. Then prints Redis's memory per
 #                                      stored message (use a namespace with history, `hist`)
+#   bench/run.sh shards NAME           one Redis against three shards (issue 26): for each run,
+#                                      fresh servers (2 gateways, one publisher API) on one
+#                                      redis-server, then on the three-primary cluster; every
+#                                      Redis process's CPU over 10 s idle, INFO cpu, stats,
+#                                      commandstats and memory of each before and after the
+#                                      run, in $WORK/results/NAME-<run>-<topology>-*
+#   bench/run.sh shard-run NAME single|cluster <herald bench args...>
+#                                      one such run
 #   bench/run.sh table                 medians and ranges of $WORK/results, grouped over rounds
 #                                      (needs jq)
 #   bench/run.sh suite                 the scenarios of docs/benchmarks.md, all servers
@@ -46,6 +58,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${HERALD_BENCH_DIR:-/tmp/herald-bench}
 BIN=$WORK/herald
 REDIS_PORT=16379
+# The cluster's primaries (`start-herald-cluster`); their buses listen on these + 10000.
+CLUSTER_PORTS=(16391 16392 16393)
 GATEWAY_PORT=18100   # gateway i listens on GATEWAY_PORT + i
 HTTP_PORT=18081
 GRPC_PORT=18082
@@ -77,12 +91,24 @@ wait_port() {
     return 1
 }
 
+# Waits until the gateway on PORT answers /readyz with 200: its broker subscriptions are live
+# and its canary came back (through every primary, on a cluster), so no client is refused.
+wait_ready() {
+    wait_port "$1"
+    for _ in $(seq 1 150); do
+        curl -sf -o /dev/null "http://127.0.0.1:$1/readyz" && return 0
+        sleep 0.1
+    done
+    echo "the gateway on port $1 is not ready" >&2
+    return 1
+}
+
 # Refuses to start servers while one of the bench's ports is taken: a server left over from
 # an interrupted run would answer in place of the new one, which could not bind, and the run
 # would measure the wrong process.
 ports_free() {
     local port
-    for port in "$REDIS_PORT" $(seq "$GATEWAY_PORT" $((GATEWAY_PORT + 15))) "$HTTP_PORT" "$GRPC_PORT" \
+    for port in "$REDIS_PORT" "${CLUSTER_PORTS[@]}" $(seq "$GATEWAY_PORT" $((GATEWAY_PORT + 15))) "$HTTP_PORT" "$GRPC_PORT" \
         "$PRESENCE_HTTP_PORT" "$PRESENCE_GRPC_PORT" "$NCHAN_PORT"; do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "port $port is taken, by a server of an earlier run? ($0 stop, or end it)" >&2
@@ -123,18 +149,62 @@ start_redis() {
     wait_port "$REDIS_PORT"
 }
 
+# Three redis-server processes with --cluster-enabled, joined by `redis-cli --cluster create`
+# into three primaries without replicas (a benchmark of Pub/Sub and history load, not of
+# failover), then waited for until every node says the cluster is ok.
+start_cluster() {
+    local dir=$WORK/cluster i port
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    for i in "${!CLUSTER_PORTS[@]}"; do
+        port=${CLUSTER_PORTS[i]}
+        start_bg "redis-$i" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+            --maxclients 1000 --loglevel warning --cluster-enabled yes --cluster-node-timeout 5000 \
+            --cluster-config-file "$dir/nodes-$port.conf" --dir "$dir"
+    done
+    for port in "${CLUSTER_PORTS[@]}"; do wait_port "$port"; done
+    redis-cli --cluster create "${CLUSTER_PORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes \
+        >"$WORK/logs/cluster-create.log" 2>&1
+    for port in "${CLUSTER_PORTS[@]}"; do
+        for _ in $(seq 1 100); do
+            redis-cli -p "$port" cluster info | grep -q '^cluster_state:ok' && continue 2
+            sleep 0.1
+        done
+        echo "the cluster node on port $port is not ok" >&2
+        return 1
+    done
+}
+
 start_herald() {
     local gateways=${1:-1}
     ports_free
     start_redis
+    # A cluster run before this one in the same shell must not leave its nodes configured.
+    unset HERALD_REDIS__CLUSTER_NODES
     export HERALD_REDIS__URL=redis://127.0.0.1:$REDIS_PORT
+    start_roles "$gateways"
+}
+
+start_herald_cluster() {
+    local gateways=${1:-1}
+    ports_free
+    start_cluster
+    unset HERALD_REDIS__URL
+    HERALD_REDIS__CLUSTER_NODES=$(IFS=,; echo "${CLUSTER_PORTS[*]/#/127.0.0.1:}")
+    export HERALD_REDIS__CLUSTER_NODES
+    start_roles "$gateways"
+}
+
+# N gateways and one publisher API on the Redis the HERALD_REDIS__* variables name.
+start_roles() {
+    local gateways=$1
     local config=(--config "$ROOT/bench/herald.toml")
     for i in $(seq 0 $((gateways - 1))); do
         HERALD_GATEWAY__LISTEN=127.0.0.1:$((GATEWAY_PORT + i)) start_bg "herald-gateway-$i" "$BIN" gateway "${config[@]}"
     done
     HERALD_PUBLISHER__HTTP_LISTEN=127.0.0.1:$HTTP_PORT HERALD_PUBLISHER__GRPC_LISTEN=127.0.0.1:$GRPC_PORT \
         HERALD_RUNTIME__WORKER_THREADS=1 start_bg herald-publisher "$BIN" publisher-api "${config[@]}"
-    for i in $(seq 0 $((gateways - 1))); do wait_port $((GATEWAY_PORT + i)); done
+    for i in $(seq 0 $((gateways - 1))); do wait_ready $((GATEWAY_PORT + i)); done
     wait_port "$HTTP_PORT"
     all_running
 }
@@ -292,6 +362,82 @@ storm() { # name, args...
     stop
 }
 
+# The ports of the running Redis processes: the single one, or the cluster's primaries.
+redis_ports() {
+    if [ -e "$WORK/pids/redis.pid" ]; then echo "$REDIS_PORT"; else echo "${CLUSTER_PORTS[@]}"; fi
+}
+
+# What each Redis says about itself (INFO cpu, stats, commandstats, memory) into
+# $WORK/results/NAME-redis-<port>-LABEL.txt.
+redis_info() { # name, label
+    local port
+    for port in $(redis_ports); do
+        redis-cli -p "$port" info everything | grep -E '^(used_cpu|total_commands|total_net|instantaneous|cmdstat_|used_memory:|pubsub|pubsubshard|keyspace|db0)' \
+            >"$WORK/results/$1-redis-$port-$2.txt"
+    done
+}
+
+# CPU seconds (user + system, from /proc) each Redis process spends over SECONDS with nothing
+# published: the cluster bus and the canaries, the floor under every per-message figure.
+redis_idle_cpu() { # name, seconds
+    local f pid before=() i=0 out=$WORK/results/$1-redis-idle.txt
+    local files=("$WORK"/pids/redis*.pid)
+    for f in "${files[@]}"; do before+=("$(redis_ticks "$(cat "$f")")"); done
+    sleep "$2"
+    : >"$out"
+    for f in "${files[@]}"; do
+        pid=$(cat "$f")
+        echo "$(basename "$f" .pid) pid $pid: $(( $(redis_ticks "$pid") - before[i] )) ticks (1/100 s) in $2 s idle" >>"$out"
+        i=$((i + 1))
+    done
+    cat "$out"
+}
+
+redis_ticks() { # pid: utime + stime, in clock ticks
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# One run of `shards` on fresh servers: TOPOLOGY is single or cluster.
+shard_run() { # name, topology, args...
+    local name=$1 topology=$2; shift 2
+    case $topology in
+        single) start_herald 2 ;;
+        cluster) start_herald_cluster 2 ;;
+    esac
+    local f
+    for f in "$WORK"/pids/*.pid; do echo "$(basename "$f" .pid) $(cat "$f")"; done >"$WORK/results/$name-pids.txt"
+    if [ "$topology" = cluster ]; then
+        redis-cli -p "${CLUSTER_PORTS[0]}" cluster nodes >"$WORK/results/$name-cluster-nodes.txt"
+    fi
+    redis_idle_cpu "$name" 10
+    redis_info "$name" before
+    bench "$name" herald "$@"
+    redis_info "$name" after
+    stop
+}
+
+# Issue 26: the same load on one Redis and on three shards, run by run alternating (single,
+# cluster), so the machine's drift hits both alike. Each run's JSON has every process's CPU
+# over the publish phase (`servers[].cpu_s_publish`); Redis's per-message cost is that over
+# the messages published.
+shards() { # name
+    local name=$1
+    trap stop EXIT
+    local rooms=(rooms -n 10000 --room-size 10 --batch 50 --drain-timeout 30s --no-progress)
+    local topology
+    for topology in single cluster; do
+        shard_run "$name-rate-$topology" "$topology" "${rooms[@]}" --rate 5000 --duration 30s
+    done
+    for topology in single cluster; do
+        shard_run "$name-hist-$topology" "$topology" "${rooms[@]}" --rate 5000 --duration 30s --namespace hist
+    done
+    # As fast as it goes: no per-key rate limit, more offered than the machine can deliver.
+    for topology in single cluster; do
+        HERALD_PUBLISHER__RATE_LIMIT=0 shard_run "$name-max-$topology" "$topology" \
+            rooms -n 2000 --room-size 2 --batch 100 --rate 50000 -m 500000 --drain-timeout 60s --no-progress
+    done
+}
+
 # One line per scenario and server: the median over its rounds, with the range in brackets.
 table() {
     jq -rn '
@@ -333,6 +479,7 @@ suite() {
 case ${1:-} in
     build) build ;;
     start-herald) start_herald "${2:-1}" ;;
+    start-herald-cluster) start_herald_cluster "${2:-1}" ;;
     start-standalone) start_standalone ;;
     start-nchan) start_nchan "${2:-2}" ;;
     start-nchan-redis) start_nchan_redis "${2:-2}" ;;
@@ -341,7 +488,9 @@ case ${1:-} in
     rounds) shift; rounds "$@" ;;
     flood) shift; flood "$@" ;;
     storm) shift; storm "$@" ;;
+    shards) shift; shards "$@" ;;
+    shard-run) shift; trap stop EXIT; shard_run "$@" ;;
     table) table ;;
     suite) suite ;;
-    *) sed -n '2,42p' "$0"; exit 2 ;;
+    *) sed -n '2,54p' "$0"; exit 2 ;;
 esac

@@ -91,6 +91,11 @@ pub struct BenchArgs {
     /// Most publish requests in flight at once.
     #[arg(long, default_value_t = 64)]
     pub in_flight: usize,
+    /// Messages per publish request: above 1, Herald's `POST /v1/publish/batch` with this many
+    /// messages, each to a random stream (`fanout`, `rooms`; HTTP only). `--rate` still counts
+    /// messages: a request goes out every `batch / rate` seconds.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Most connections being set up at once, per worker.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,

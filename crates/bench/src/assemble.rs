@@ -67,7 +67,9 @@ pub(crate) struct ServerSamples {
 }
 
 impl ServerSamples {
-    fn reports(&self) -> Vec<ServerReport> {
+    /// One report per server; `publish_start` holds the samples taken just before the first
+    /// publish, when there was a publish phase.
+    fn reports(&self, publish_start: Option<&[Sample]>) -> Vec<ServerReport> {
         self.pids
             .iter()
             .enumerate()
@@ -78,6 +80,7 @@ impl ServerSamples {
                 connected: self.connected[k],
                 end: self.end[k],
                 peak_rss_kib: self.peaks[k].max(self.end[k].rss_kib),
+                cpu_s_publish: publish_start.map_or(0.0, |start| self.end[k].cpu_s - start[k].cpu_s),
             })
             .collect()
     }
@@ -85,7 +88,7 @@ impl ServerSamples {
 
 /// Builds the report of one run.
 pub(crate) fn report(args: &BenchArgs, m: Measured) -> Report {
-    let servers = m.servers.reports();
+    let servers = m.servers.reports(m.published.as_ref().map(|p| p.servers_before.as_slice()));
     let mut latency = stats::histogram();
     let mut setup_latency = stats::histogram();
     let mut reconnect_latency = stats::histogram();

@@ -1,5 +1,6 @@
-//! The publisher: offers messages at a fixed rate over HTTP or gRPC, never more than
-//! `in_flight` requests at once, and counts per stream what was published successfully.
+//! The publisher: offers messages at a fixed rate over HTTP or gRPC, one per request or
+//! `--batch` per request, never more than `in_flight` requests at once, and counts per stream
+//! what was published successfully.
 //!
 //! Each message's send time is taken right before its request goes out, so latency covers
 //! the publish API, the broker and the gateway. When the server falls behind and every
@@ -64,6 +65,28 @@ impl Publisher {
         })
     }
 
+    /// Publishes several messages in one `POST /v1/publish/batch` (Herald over HTTP, to
+    /// channels); the answer is all or nothing for the count: a request that failed counts
+    /// every message of it as failed, even if the server confirmed some (`outcome_unknown`).
+    pub async fn send_batch(&self, messages: &[(&Destination, String)]) -> Result<(), PublishError> {
+        let Publisher::Http { client, base, auth } = self else { return Err(PublishError::BatchNeedsHttp) };
+        let mut body = String::from(r#"{"messages":["#);
+        for (k, (dest, data)) in messages.iter().enumerate() {
+            let Destination::Channel(c) = dest else { return Err(PublishError::BatchNeedsHttp) };
+            if k > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!(r#"{{"channel":"{c}","data":{data}}}"#));
+        }
+        body.push_str("]}");
+        let request = client
+            .post(format!("{base}/v1/publish/batch"))
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(body);
+        check_http(request.send().await).await
+    }
+
     /// Publishes `data` to `dest`; the report counts failures by the error's text.
     pub async fn send(&self, dest: &Destination, data: String) -> Result<(), PublishError> {
         match self {
@@ -125,6 +148,8 @@ fn with_auth<T>(msg: T, auth: &tonic::metadata::MetadataValue<tonic::metadata::A
 pub enum PublishError {
     #[error("nchan publishes to channels")]
     NchanNeedsChannel,
+    #[error("batches go to Herald's HTTP API, to channels")]
+    BatchNeedsHttp,
     #[error("http timeout")]
     HttpTimeout(#[source] reqwest::Error),
     #[error("http error: {0}")]
@@ -166,47 +191,76 @@ pub struct Progress {
     pub failed: AtomicU64,
 }
 
-/// Offers `messages` messages at `rate` per second to random streams of `plan` (or its only
-/// stream). Bounded by the message count, and each request by [`REQUEST_TIMEOUT`].
-pub async fn run(
-    publisher: Publisher,
-    plan: &Plan,
-    messages: u64,
-    rate: f64,
-    payload_size: usize,
-    in_flight: usize,
-    progress: Arc<Progress>,
-) -> Outcome {
+/// How [`run`] offers its messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Messages to offer in all.
+    pub messages: u64,
+    /// Messages per second.
+    pub rate: f64,
+    /// Bytes of each message's `data`.
+    pub payload_size: usize,
+    /// Most requests outstanding at once.
+    pub in_flight: usize,
+    /// Messages per request; 1 publishes each on its own.
+    pub batch: usize,
+}
+
+/// Offers `pace.messages` messages at `pace.rate` per second to random streams of `plan` (or
+/// its only stream), `pace.batch` per request. Bounded by the message count, and each request
+/// by [`REQUEST_TIMEOUT`].
+pub async fn run(publisher: Publisher, plan: &Plan, pace: Pace, progress: Arc<Progress>) -> Outcome {
     let streams = plan.streams() as usize;
     let destinations: Arc<Vec<Destination>> =
         Arc::new((0..streams as u64).map(|s| plan.destination(s)).collect());
     let ok: Arc<Vec<AtomicU64>> = Arc::new((0..streams).map(|_| AtomicU64::new(0)).collect());
     let errors: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let mut next_seq = vec![0u64; streams];
-    let in_flight = in_flight.max(1);
+    let in_flight = pace.in_flight.max(1);
+    let batch = pace.batch.max(1) as u64;
+    let payload_size = pace.payload_size;
     let slots = Arc::new(Semaphore::new(in_flight));
-    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let period = Duration::from_secs_f64(1.0 / pace.rate.max(0.001));
     let start = Instant::now();
     let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-    for k in 0..messages {
+    let mut k = 0;
+    while k < pace.messages {
         tokio::time::sleep_until(start + period.mul_f64(k as f64)).await;
         let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        let stream = if streams == 1 { 0 } else { rng.random_range(0..streams) };
-        let seq = next_seq[stream];
-        next_seq[stream] += 1;
+        let count = batch.min(pace.messages - k);
+        k += count;
+        // Each message of the request: its stream and its sequence number there.
+        let picks: Vec<(usize, u64)> = (0..count)
+            .map(|_| {
+                let stream = if streams == 1 { 0 } else { rng.random_range(0..streams) };
+                next_seq[stream] += 1;
+                (stream, next_seq[stream] - 1)
+            })
+            .collect();
         let (publisher, destinations, ok, errors, progress) =
             (publisher.clone(), destinations.clone(), ok.clone(), errors.clone(), progress.clone());
-        progress.sent.fetch_add(1, Ordering::Relaxed);
+        progress.sent.fetch_add(count, Ordering::Relaxed);
         tokio::spawn(async move {
-            let data = payload::encode(seq, payload::now_micros(), payload_size);
-            match publisher.send(&destinations[stream], data).await {
+            let now = payload::now_micros();
+            let result = if let [(stream, seq)] = picks[..] {
+                publisher.send(&destinations[stream], payload::encode(seq, now, payload_size)).await
+            } else {
+                let messages: Vec<(&Destination, String)> = picks
+                    .iter()
+                    .map(|&(stream, seq)| (&destinations[stream], payload::encode(seq, now, payload_size)))
+                    .collect();
+                publisher.send_batch(&messages).await
+            };
+            match result {
                 Ok(()) => {
-                    ok[stream].fetch_add(1, Ordering::Relaxed);
-                    progress.ok.fetch_add(1, Ordering::Relaxed);
+                    for &(stream, _) in &picks {
+                        ok[stream].fetch_add(1, Ordering::Relaxed);
+                    }
+                    progress.ok.fetch_add(count, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    progress.failed.fetch_add(1, Ordering::Relaxed);
-                    *errors.lock().expect("errors lock").entry(e.to_string()).or_default() += 1;
+                    progress.failed.fetch_add(count, Ordering::Relaxed);
+                    *errors.lock().expect("errors lock").entry(e.to_string()).or_default() += count;
                 }
             }
             drop(slot);

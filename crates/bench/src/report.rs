@@ -140,6 +140,10 @@ pub struct ServerReport {
     /// At the end of the hold (`idle`) or of the drain.
     pub end: Sample,
     pub peak_rss_kib: u64,
+    /// CPU seconds from just before the first publish to the end of the drain: this server's
+    /// share of `server_total.cpu_s_publish` (each Redis shard's, on a cluster).
+    #[serde(default)]
+    pub cpu_s_publish: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -208,14 +212,15 @@ impl Report {
         for srv in &self.servers {
             let _ = writeln!(
                 s,
-                "  server {} ({}): RSS {} -> {} -> {} KiB (peak {}), CPU {:.2} s",
+                "  server {} ({}): RSS {} -> {} -> {} KiB (peak {}), CPU {:.2} s ({:.2} s publishing)",
                 srv.pid,
                 srv.name,
                 srv.before.rss_kib,
                 srv.connected.rss_kib,
                 srv.end.rss_kib,
                 srv.peak_rss_kib,
-                srv.end.cpu_s - srv.before.cpu_s
+                srv.end.cpu_s - srv.before.cpu_s,
+                srv.cpu_s_publish
             );
         }
         if !self.servers.is_empty() {

@@ -125,6 +125,14 @@ fn check(args: &BenchArgs) -> anyhow::Result<()> {
                 && args.subscribe_with == crate::args::SubscribeWith::Url),
         "--resume recovers with `since` in the connect URL: only with --target herald and --subscribe-with url"
     );
+    anyhow::ensure!(
+        args.batch <= 1
+            || (args.target == crate::args::Target::Herald
+                && args.publish == crate::args::Via::Http
+                && matches!(args.scenario, Scenario::Fanout | Scenario::Rooms)),
+        "--batch publishes to channels with POST /v1/publish/batch: only with --target herald, \
+         --publish http and `fanout` or `rooms`"
+    );
     anyhow::ensure!(args.reconnect_rounds >= 1, "--reconnect-rounds must be at least 1");
     anyhow::ensure!(
         args.reconnect_rounds == 1 || (args.scenario == Scenario::Idle && !args.resume && args.flood == 0),
@@ -253,11 +261,17 @@ async fn publish_and_drain(
     bar.set_message("publishing");
     let progress = Arc::new(publish::Progress::default());
     let plan2 = plan.clone();
-    let (rate, payload, in_flight) = (args.rate, args.payload, args.in_flight);
+    let pace = publish::Pace {
+        messages,
+        rate: args.rate,
+        payload_size: args.payload,
+        in_flight: args.in_flight,
+        batch: args.batch.max(1),
+    };
     let publish_start = Instant::now();
     let mut job = tokio::spawn({
         let progress = progress.clone();
-        async move { publish::run(publisher, &plan2, messages, rate, payload, in_flight, progress).await }
+        async move { publish::run(publisher, &plan2, pace, progress).await }
     });
     let kill = args.kill_pid.map(|pid| {
         let after = args.kill_after;

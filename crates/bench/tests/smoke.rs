@@ -225,6 +225,34 @@ async fn rooms_deliver_to_their_members() {
     }
 }
 
+/// Batches of `--batch` messages to random rooms reach every member of their room, and each
+/// server's CPU while publishing is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_to_rooms_deliver_every_message() {
+    let system = start().await;
+    let args = ["rooms", "-n", "60", "--room-size", "6", "--rate", "200", "-m", "95", "--batch", "10"];
+    let report = bench(&system, &args, &system.http).await;
+    assert_eq!(report.messages.published, 95, "{}", report.human());
+    assert_eq!(report.deliveries.expected, 95 * 6, "{}", report.human());
+    assert_eq!((report.deliveries.delivered, report.deliveries.lost), (95 * 6, 0), "{}", report.human());
+    assert_eq!(report.servers.len(), 1);
+    assert!(report.servers[0].cpu_s_publish >= 0.0);
+    assert!(report.servers[0].cpu_s_publish <= report.server_total.cpu_s_publish + 1e-9);
+}
+
+/// `--batch` is refused where there is no batch to publish with.
+#[tokio::test]
+async fn batches_need_herald_over_http_to_channels() {
+    let refused: [&[&str]; 2] =
+        [&["personal", "--batch", "5"], &["fanout", "--publish", "grpc", "--batch", "5"]];
+    for argv in refused {
+        let argv =
+            std::iter::once("bench").chain(argv.iter().copied()).chain(["--url", "ws://127.0.0.1:1/ws"]);
+        let err = herald_bench::execute(Cli::parse_from(argv).args).await.unwrap_err();
+        assert!(err.to_string().contains("--batch"), "{err}");
+    }
+}
+
 /// A flood of every kind beside a fan-out is read at the frame rate, told `rate_limited` and
 /// closed with 4029 after sustained abuse, reconnects, and the measured clients still receive
 /// every message.
