@@ -1,4 +1,5 @@
-//! What the publisher API and the presence service share (and, for metrics, the gateway too).
+//! What the publisher API and the presence service share (and, for metrics and outbound TLS,
+//! the gateway too).
 //!
 //! Layout:
 //! - [`auth`]: the API key check, over an HTTP header or gRPC metadata
@@ -13,7 +14,8 @@
 //! - [`probes`]: `/livez` and `/readyz`; [`extract`]: path and query parameters; [`config`]: checks of settings both APIs have.
 //! - `testing` (feature `testing`): promtool, health and reflection checks for tests.
 //! - [`tls`]: a rustls server config from PEM files, reloaded, optionally mutual; `secure`:
-//!   the listeners over it.
+//!   the listeners over it. [`client_tls`]: the other direction, a gateway's TLS to presence
+//!   and to the backend hook (a rustls client config, a gRPC channel over it).
 //! - [`serve_api`] and [`serve_http_and_grpc`]: both listeners served together until shutdown, the drain
 //!   logged; [`lifecycle`]: readiness changes in the logs, and the connection count a drain
 //!   reports.
@@ -22,6 +24,7 @@
 //! here, so an error or a scrape looks the same on every role.
 
 pub mod auth;
+pub mod client_tls;
 pub mod config;
 pub mod error;
 pub mod extract;
