@@ -49,7 +49,7 @@ pub async fn gateway(
                      given as `key` (a `key_sha256` cannot be presented)",
                 )
             })?;
-            let transport = GrpcTransport::new(endpoint, &key)?;
+            let transport = GrpcTransport::new(endpoint, &key, &config.presence.client_tls)?;
             tracing::info!(%endpoint, "reporting presence");
             Some(Reporter::spawn(config.presence.clone(), config.namespaces.clone(), Arc::new(transport)))
         }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::store::Timings;
 
+pub use herald_api_common::client_tls::ClientTlsConfig;
 pub use herald_api_common::tls::TlsConfig;
 pub use herald_protocol::api_key::{KeyConfig, MIN_API_KEY_LEN};
 
@@ -31,12 +32,16 @@ pub struct PresenceConfig {
     /// their SHA-256.
     pub keys: Vec<KeyConfig>,
     /// TLS on both listeners of the presence role (`[presence.tls]`); with `client_ca`, mutual
-    /// TLS. Gateways do not present client certificates: a role with `client_ca` serves
-    /// backends' queries, not gateways' reports.
+    /// TLS, and gateways then present the certificate of `client_tls`.
     pub tls: Option<TlsConfig>,
-    /// The presence role's gRPC address as gateways reach it (`http://presence:8084`). Without
-    /// it a `herald gateway` runs without presence.
+    /// The presence role's gRPC address as gateways reach it (`http://presence:8084`, or
+    /// `https://` for TLS with `client_tls`). Without it a `herald gateway` runs without
+    /// presence.
     pub endpoint: Option<String>,
+    /// How a gateway speaks TLS to an `https://` `endpoint` (`[presence.client_tls]`): the CA
+    /// that signed presence's certificate, and the client certificate to present when
+    /// presence asks for one (`tls.client_ca`).
+    pub client_tls: ClientTlsConfig,
     /// The staleness bound: a gateway's lease lasts this long after its last report. A gateway
     /// that dies without a word is removed as a whole (its users' `leave` events sent) at most
     /// `ttl + sweep_interval` after its last report.
@@ -85,6 +90,7 @@ impl Default for PresenceConfig {
             keys: Vec::new(),
             tls: None,
             endpoint: None,
+            client_tls: ClientTlsConfig::default(),
             ttl: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(3),
             flush_interval: Duration::from_millis(200),
@@ -200,6 +206,13 @@ impl PresenceConfig {
                 format!("{endpoint:?} must be an http:// or https:// URL"),
             ));
         }
+        self.client_tls.validate("presence.client_tls")?;
+        if self.client_tls.is_set() && !self.endpoint.as_deref().is_some_and(|e| e.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "presence.client_tls",
+                "set, but presence.endpoint is not an https:// URL: reports would travel in plain text",
+            ));
+        }
         herald_api_common::config::distinct_listeners("presence", self.http_listen, self.grpc_listen)
     }
 }
@@ -226,5 +239,18 @@ mod tests {
         assert_eq!(keys.validate(&Namespaces::default()).unwrap_err().key, "presence.api_keys[0]");
         let endpoint = PresenceConfig { endpoint: Some("presence:8084".into()), ..Default::default() };
         assert_eq!(endpoint.validate(&Namespaces::default()).unwrap_err().key, "presence.endpoint");
+        let ca = ClientTlsConfig { ca: Some("ca.pem".into()), ..Default::default() };
+        let plain = PresenceConfig {
+            endpoint: Some("http://presence:8084".into()),
+            client_tls: ca.clone(),
+            ..Default::default()
+        };
+        assert_eq!(plain.validate(&Namespaces::default()).unwrap_err().key, "presence.client_tls");
+        let half = PresenceConfig {
+            endpoint: Some("https://presence:8084".into()),
+            client_tls: ClientTlsConfig { cert: Some("cert.pem".into()), ..ca },
+            ..Default::default()
+        };
+        assert_eq!(half.validate(&Namespaces::default()).unwrap_err().key, "presence.client_tls.key");
     }
 }

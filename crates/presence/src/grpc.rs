@@ -8,6 +8,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use herald_api_common::auth::Operation;
 pub use herald_api_common::auth::RequireApiKey;
+use herald_api_common::client_tls::ClientTlsConfig;
 use herald_protocol::{ChannelName, ConfigError, ErrorCode, UserId};
 use serde_json::value::RawValue;
 use tonic::service::interceptor::InterceptedService;
@@ -306,7 +307,8 @@ impl pb::presence_server::Presence for GrpcPresence {
 }
 
 /// The gateway's way to a remote presence service: a lazily connected gRPC channel (HTTP/2,
-/// reconnected by tonic), carrying the API key on every call.
+/// over TLS for an `https://` endpoint, reconnected by tonic), carrying the API key on every
+/// call.
 #[derive(Clone)]
 pub struct GrpcTransport {
     client: pb::presence_client::PresenceClient<tonic::transport::Channel>,
@@ -314,13 +316,25 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// Does not connect yet, so a gateway starts while presence is down.
-    pub fn new(endpoint: &str, api_key: &str) -> Result<Self, ConfigError> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+    /// Does not connect yet, so a gateway starts while presence is down. An `https://`
+    /// `endpoint` is reached over TLS with `tls` (`presence.client_tls`), whose files are read
+    /// now: a missing or broken one stops start-up naming its key.
+    pub fn new(endpoint: &str, api_key: &str, tls: &ClientTlsConfig) -> Result<Self, ConfigError> {
+        let tls = if endpoint.starts_with("https://") {
+            Some(Arc::new(tls.rustls_config("presence.client_tls", &[b"h2"])?))
+        } else if tls.is_set() {
+            return Err(ConfigError::new(
+                "presence.client_tls",
+                "set, but presence.endpoint is not https://",
+            ));
+        } else {
+            None
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| ConfigError::new("presence.endpoint", e))?
             .connect_timeout(std::time::Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = herald_api_common::client_tls::grpc_channel(endpoint, tls, "presence.client_tls");
         let authorization = format!("Bearer {api_key}")
             .parse()
             .map_err(|_| ConfigError::new("presence.api_keys", "the key cannot travel in a header"))?;

@@ -47,8 +47,11 @@ pub enum ReportError {
     /// The service in the same process could not reach its store.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The remote service refused the report or could not be reached.
-    #[error("presence answered {}: {}", .0.code(), .0.message())]
+    /// The remote service refused the report or could not be reached. Shown with the
+    /// status's causes: a transport failure's status says only "transport error", its causes
+    /// say which (connection refused, a TLS handshake refused for want of a client
+    /// certificate).
+    #[error("presence answered {}: {}{}", .0.code(), .0.message(), causes(.0))]
     Status(#[source] Box<tonic::Status>),
     /// No answer within the report's timeout (`presence.request_timeout`).
     #[error("timed out")]
@@ -56,6 +59,23 @@ pub enum ReportError {
     /// Another transport's failure.
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+/// `": cause: its cause..."` for the errors under `status`, leaving out those already told (a
+/// status or a wrapper often repeats its inner error's message).
+fn causes(status: &tonic::Status) -> String {
+    let mut told = status.message().to_string();
+    let start = told.len();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !told.contains(&text) {
+            told.push_str(": ");
+            told.push_str(&text);
+        }
+        source = cause.source();
+    }
+    told.split_off(start)
 }
 
 impl From<tonic::Status> for ReportError {

@@ -135,7 +135,7 @@ async fn a_key_limited_to_chat_cannot_read_other_namespaces() {
 #[tokio::test]
 async fn a_gateway_reports_with_a_hashed_key() {
     let app = spawn().await;
-    let transport = GrpcTransport::new(&app.grpc, GATEWAY).unwrap();
+    let transport = GrpcTransport::new(&app.grpc, GATEWAY, &Default::default()).unwrap();
     let chat = ChannelName::parse("chat:a").unwrap();
     let conn = ConnState {
         conn: 1,

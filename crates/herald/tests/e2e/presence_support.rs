@@ -136,7 +136,7 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(broker: Arc<dyn Broker>, endpoint: &str) -> Self {
-        let transport = GrpcTransport::new(endpoint, API_KEY).unwrap();
+        let transport = GrpcTransport::new(endpoint, API_KEY, &Default::default()).unwrap();
         let reporter = Reporter::spawn(config(), namespaces(), Arc::new(transport));
         let auth = AuthConfig { jwt_secret: SECRET.into(), ..Default::default() };
         let gateway = Gateway::with_observer(
