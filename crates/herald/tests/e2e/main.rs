@@ -15,7 +15,8 @@
 //!   channels with history, gateways on a Redis Cluster (`redis_cluster`), the local cluster
 //!   script, and what a process logs about its life (`lifecycle_logs`), in-band token refresh
 //!   (`refresh`, whose token helpers `permissions` shares), who may subscribe and publish where
-//!   (`permissions`), and the backend hook (`hooks`).
+//!   (`permissions`), the backend hook (`hooks`), and the gateway's outbound TLS with client
+//!   certificates to presence and to the hook (`client_tls`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -26,6 +27,7 @@ mod recovery_support;
 
 mod auth_keys;
 mod bad_input;
+mod client_tls;
 mod config;
 mod delivery;
 mod drain;
