@@ -1,8 +1,8 @@
 //! The gateway's outbound TLS with client certificates, against real processes: a
 //! `herald presence` that demands one (`[presence.tls]` with `client_ca`) hears from a
 //! `herald gateway` that presents one (`[presence.client_tls]`) and refuses one that does not;
-//! a backend hook over `https://` that demands one, and an API key, lets a gateway with both
-//! ask (`[gateway.hooks.client_tls]`, `gateway.hooks.api_key`).
+//! a backend hook over `https://` or `grpcs://` that demands one, and an API key, lets a
+//! gateway with both ask (`[gateway.hooks.client_tls]`, `gateway.hooks.api_key`).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use herald_gateway::hook::pb::permission_hook_server::{PermissionHook, PermissionHookServer};
+use herald_gateway::hook::pb::{HookReply, HookRequest};
 use herald_presence::config::ClientTlsConfig;
 use herald_presence::{GrpcTransport, Transport};
 use herald_protocol::ChannelName;
@@ -89,8 +91,9 @@ impl Pki {
         })
     }
 
-    /// A TLS server with `identity` that demands a client certificate this CA signed.
-    fn server(&self, identity: &Identity) -> Arc<rustls::ServerConfig> {
+    /// A TLS server with `identity`, offering `alpn`, that demands a client certificate this
+    /// CA signed.
+    fn server(&self, identity: &Identity, alpn: &[u8]) -> Arc<rustls::ServerConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
         let verifier =
@@ -103,7 +106,7 @@ impl Pki {
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs(&identity.cert), key(&identity.key))
             .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Arc::new(config)
     }
 }
@@ -356,7 +359,7 @@ async fn https_hook(pki: &Pki) -> (String, Arc<HookSeen>) {
     let seen = Arc::new(HookSeen::default());
     let listener = TlsListener {
         tcp: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        acceptor: tokio_rustls::TlsAcceptor::from(pki.server(&pki.issue("hook"))),
+        acceptor: tokio_rustls::TlsAcceptor::from(pki.server(&pki.issue("hook"), b"http/1.1")),
         seen: seen.clone(),
     };
     let url = format!("https://localhost:{}/hook", listener.tcp.local_addr().unwrap().port());
@@ -451,4 +454,137 @@ async fn an_https_hook_with_a_client_certificate_and_a_key_allows_a_subscribe() 
     let failed = carol.request(json!({"type": "subscribe", "channel": "hooked:ok"})).await.unwrap();
     assert_eq!(failed["code"], "unavailable", "{failed}");
     assert_eq!(seen.unauthorized.load(Ordering::Relaxed), 1);
+}
+
+/// The hook as a gRPC service that checks the key, answering like the HTTP one.
+struct GrpcHook;
+
+impl GrpcHook {
+    fn answer(request: &tonic::Request<HookRequest>) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        let bearer = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        if bearer != Some(&format!("Bearer {HOOK_KEY}")) {
+            return Err(tonic::Status::unauthenticated("no key"));
+        }
+        let allow = request.get_ref().channel != "hooked:no";
+        Ok(tonic::Response::new(HookReply { allow, reason: "not in this room".into() }))
+    }
+}
+
+#[tonic::async_trait]
+impl PermissionHook for GrpcHook {
+    async fn subscribe(
+        &self,
+        request: tonic::Request<HookRequest>,
+    ) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        Self::answer(&request)
+    }
+
+    async fn publish(
+        &self,
+        request: tonic::Request<HookRequest>,
+    ) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        Self::answer(&request)
+    }
+}
+
+/// A server-side TLS connection as tonic serves it.
+struct GrpcConn(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for GrpcConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for GrpcConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for GrpcConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// Over `grpcs://` with a client certificate and the key, the gRPC hook is asked and its
+/// answers decide; without the certificate the hook refuses the handshake and the
+/// subscription fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpcs_hook_with_a_client_certificate_and_a_key_allows_a_subscribe() {
+    let pki = Pki::new("grpcs");
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server(&pki.issue("hook"), b"h2"));
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("grpcs://localhost:{}", tcp.local_addr().unwrap().port());
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counted = refused.clone();
+    let incoming = futures_util::stream::unfold((tcp, acceptor), move |(tcp, acceptor)| {
+        let counted = counted.clone();
+        async move {
+            loop {
+                let Ok((conn, _)) = tcp.accept().await else { continue };
+                match acceptor.accept(conn).await {
+                    Ok(tls) => return Some((Ok::<_, std::io::Error>(GrpcConn(tls)), (tcp, acceptor))),
+                    Err(_) => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PermissionHookServer::new(GrpcHook))
+            .serve_with_incoming(incoming),
+    );
+
+    let gateway_id = pki.issue("gateway");
+    let ca = path(&pki.ca_file()).to_string();
+    let hooked = |extra: &[(&'static str, &str)]| {
+        let mut env = vec![
+            ("HERALD_NAMESPACES__HOOKED__SUBSCRIBE_HOOK", "true"),
+            ("HERALD_GATEWAY__HOOKS__URL", url.as_str()),
+            ("HERALD_GATEWAY__HOOKS__CLIENT_TLS__CA", ca.as_str()),
+            ("HERALD_GATEWAY__HOOKS__API_KEY", HOOK_KEY),
+        ];
+        env.extend_from_slice(extra);
+        standalone(&env)
+    };
+    let server = hooked(&[
+        ("HERALD_GATEWAY__HOOKS__CLIENT_TLS__CERT", path(&gateway_id.cert)),
+        ("HERALD_GATEWAY__HOOKS__CLIENT_TLS__KEY", path(&gateway_id.key)),
+    ]);
+    let (mut alice, _) = connect(&server, &jwt("alice", 60, json!({})), "").await.unwrap();
+    alice.subscribe("hooked:ok").await.unwrap();
+    let no = alice.request(json!({"type": "subscribe", "channel": "hooked:no"})).await.unwrap();
+    assert_eq!(no["code"], "forbidden", "{no}");
+    assert_eq!(refused.load(Ordering::Relaxed), 0);
+
+    let anonymous = hooked(&[]);
+    let (mut bob, _) = connect(&anonymous, &jwt("bob", 60, json!({})), "").await.unwrap();
+    let failed = bob.request(json!({"type": "subscribe", "channel": "hooked:ok"})).await.unwrap();
+    assert_eq!(failed["code"], "unavailable", "{failed}");
+    assert!(refused.load(Ordering::Relaxed) >= 1, "the hook never refused a handshake");
 }
