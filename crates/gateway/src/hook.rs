@@ -216,7 +216,11 @@ impl Hooks {
                 ));
                 // A valid header value is valid ASCII metadata.
                 let authorization = authorization
-                    .map(|value| tonic::metadata::AsciiMetadataValue::try_from(value.as_bytes()))
+                    .map(|value| {
+                        let mut metadata = tonic::metadata::AsciiMetadataValue::try_from(value.as_bytes())?;
+                        metadata.set_sensitive(true);
+                        Ok::<_, tonic::metadata::errors::InvalidMetadataValueBytes>(metadata)
+                    })
                     .transpose()
                     .map_err(|_| {
                         ConfigError::new("gateway.hooks.api_key", "cannot travel in gRPC metadata")
