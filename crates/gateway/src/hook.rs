@@ -36,7 +36,7 @@ pub mod pb {
 }
 
 /// Settings of the backend hook (`[gateway.hooks]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HookConfig {
     /// The endpoint asked, `http://...` or `https://...` (JSON over HTTP), or
@@ -58,6 +58,22 @@ pub struct HookConfig {
     pub on_failure: OnFailure,
     /// Most calls waiting for an answer at once, per gateway; one more fails at once.
     pub max_in_flight: usize,
+}
+
+impl std::fmt::Debug for HookConfig {
+    /// The key is left out: configurations end up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so that a new field cannot be left out (or printed in the clear) unseen.
+        let Self { url, client_tls, api_key, timeout, on_failure, max_in_flight } = self;
+        f.debug_struct("HookConfig")
+            .field("url", url)
+            .field("client_tls", client_tls)
+            .field("api_key", &api_key.as_ref().map(|_| "<redacted>"))
+            .field("timeout", timeout)
+            .field("on_failure", on_failure)
+            .field("max_in_flight", max_in_flight)
+            .finish()
+    }
 }
 
 impl Default for HookConfig {
