@@ -27,6 +27,7 @@ pub async fn standalone(
     config.validate_gateway()?;
     config.validate_publisher()?;
     config.validate_presence()?;
+    config.validate_standalone()?;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     run_both(config, broker, shutdown).await
 }
@@ -85,7 +86,7 @@ pub async fn presence(
 ) -> anyhow::Result<()> {
     config.validate_presence()?;
     let broker = redis_broker(&config)?;
-    let store = RedisStore::new(config.redis.clone(), config.presence.timings())?;
+    let store = RedisStore::with_events(config.redis.clone(), config.presence.timings(), &config.events)?;
     let http = bind(config.presence.http_listen, "presence.http_listen").await?;
     let grpc = bind(config.presence.grpc_listen, "presence.grpc_listen").await?;
     let keys = config.presence_keys();

@@ -15,7 +15,8 @@
 //!   channels with history, gateways on a Redis Cluster (`redis_cluster`), the local cluster
 //!   script, and what a process logs about its life (`lifecycle_logs`), in-band token refresh
 //!   (`refresh`, whose token helpers `permissions` shares), who may subscribe and publish where
-//!   (`permissions`), and the backend hook (`hooks`).
+//!   (`permissions`), the backend hook (`hooks`), and the backends' event stream
+//!   (`events_stream`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -31,6 +32,7 @@ mod delivery;
 mod drain;
 mod edge;
 mod edge_tls;
+mod events_stream;
 mod history_frames;
 mod hooks;
 mod hostile_clients;
