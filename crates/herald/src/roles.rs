@@ -60,8 +60,12 @@ pub async fn gateway(
         Some(reporter) => Arc::new(reporter.clone()),
         None => Arc::new(NoObserver),
     };
-    let channels =
-        ChannelConfig { namespaces: config.namespaces, inbox: config.inbox, history: config.history };
+    let channels = ChannelConfig {
+        namespaces: config.namespaces,
+        inbox: config.inbox,
+        history: config.history,
+        events: config.events,
+    };
     let gateway = Gateway::with_observer(config.gateway, &config.auth, channels, broker, observer)?;
     tracing::info!(
         role = "gateway",
@@ -145,6 +149,7 @@ async fn run_both(
         namespaces: config.namespaces.clone(),
         inbox: config.inbox.clone(),
         history: config.history.clone(),
+        events: config.events.clone(),
     };
     let gateway = Gateway::with_observer(
         config.gateway,

@@ -360,3 +360,47 @@ async fn nothing_acknowledged_is_missing_after_redis_restarts_from_its_aof() {
     }
     assert!(acted_on.len() >= 10);
 }
+
+/// Client publishes into a namespace with `events = true` reach the stream: every publish a
+/// client was answered `published` for is there (with its message id, sender and data), also
+/// after Redis is killed and restarted from its append-only file; publishes into a namespace
+/// without `events` are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_client_publish_is_in_the_stream_after_a_restart() {
+    let mut redis = RedisServer::start_persistent().await;
+    let env = [
+        ("HERALD_EVENTS__ENABLED", "true"),
+        ("HERALD_NAMESPACES__CHAT__PUBLISH", "true"),
+        ("HERALD_NAMESPACES__CHAT__EVENTS", "true"),
+        ("HERALD_NAMESPACES__TALK__PUBLISH", "true"),
+    ];
+    let gateway = crate::common::GatewayProcess::start(&redis.url(), &env).await;
+    let (mut client, _) = WsClient::connect(&gateway.url("poster")).await.unwrap();
+    let mut acknowledged = BTreeMap::new();
+    for i in 0..20 {
+        let channel = if i % 4 == 3 { "talk:a" } else { "chat:a" };
+        let reply = client
+            .request(serde_json::json!({"type": "publish", "id": i, "channel": channel, "data": {"n": i}}))
+            .await
+            .unwrap();
+        assert_eq!(reply["type"], "published", "{reply}");
+        if channel == "chat:a" {
+            acknowledged.insert(reply["message_id"].as_str().unwrap().to_string(), i);
+        }
+    }
+    redis.kill().await;
+    redis.restart().await;
+
+    let mut conn = redis_conn(&redis.url()).await;
+    let entries: Vec<Entry> =
+        redis::cmd("XRANGE").arg(STREAM).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let mut streamed = BTreeMap::new();
+    for (_, fields) in &entries {
+        assert_eq!(field(fields, "type"), Some("publish"));
+        assert_eq!(field(fields, "channel"), Some("chat:a"), "talk has no events");
+        assert_eq!(field(fields, "user"), Some("poster"));
+        let data: serde_json::Value = serde_json::from_str(field(fields, "data").unwrap()).unwrap();
+        streamed.insert(field(fields, "message_id").unwrap().to_string(), data["n"].as_i64().unwrap());
+    }
+    assert_eq!(streamed, acknowledged, "each acknowledged publish once, with its data");
+}
