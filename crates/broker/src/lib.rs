@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use herald_protocol::{ChannelName, ConfigError};
+use herald_protocol::{ChannelName, ConfigError, EventKind, EventsConfig};
 use tokio::sync::watch;
 
 #[cfg(feature = "testing")]
@@ -212,6 +212,27 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<InboxStatus, BrokerError> {
         let _ = (channel, ttl);
         Err(BrokerError::HistoryUnsupported(self.name()))
+    }
+
+    /// Appends one entry, `fields` (name, value pairs, after `type`), to the backends' stream
+    /// of events of `kind` (`[events]`, `docs/events.md`), trimmed to about
+    /// `events.max_len` entries, and returns once the backend has it. Does nothing when
+    /// `events` does not write `kind`. Errors as for [`Broker::publish`]; an engine that keeps
+    /// no streams (the in-memory one, whose configuration refuses `[events]`) refuses.
+    async fn append_event(
+        &self,
+        events: &EventsConfig,
+        kind: EventKind,
+        fields: &[(&str, &[u8])],
+    ) -> Result<(), BrokerError> {
+        let _ = fields;
+        if !events.writes(kind) {
+            return Ok(());
+        }
+        Err(BrokerError::unavailable(
+            "event stream",
+            format!("the {} broker keeps no event stream", self.name()),
+        ))
     }
 
     /// Whether publishing currently works, for readiness.

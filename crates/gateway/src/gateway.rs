@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use herald_broker::Broker;
-use herald_protocol::{ConfigError, ConnectionObserver, HistoryConfig, InboxConfig, Namespaces, NoObserver};
+use herald_protocol::{
+    ConfigError, ConnectionObserver, EventsConfig, HistoryConfig, InboxConfig, Namespaces, NoObserver,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,13 +20,14 @@ use crate::metrics::GatewayMetrics;
 use crate::registry::Registry;
 
 /// What the gateway knows of channels: the namespaces, the offline inbox of personal channels
-/// (`[inbox]`) and the limits of history reads (`[history]`). Built from [`Namespaces`] alone,
-/// the inbox and history limits take their defaults.
+/// (`[inbox]`), the limits of history reads (`[history]`) and the backends' event stream
+/// (`[events]`). Built from [`Namespaces`] alone, the others take their defaults.
 #[derive(Debug, Clone, Default)]
 pub struct ChannelConfig {
     pub namespaces: Namespaces,
     pub inbox: InboxConfig,
     pub history: HistoryConfig,
+    pub events: EventsConfig,
 }
 
 impl From<Namespaces> for ChannelConfig {
@@ -51,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) inbox: InboxConfig,
     /// Limits of history reads and idempotent publishing.
     pub(crate) history: HistoryConfig,
+    /// The backends' event stream, which client publishes of namespaces with `events` enter.
+    pub(crate) events: EventsConfig,
     pub(crate) hub: Hub,
     /// The history reads of recovering subscribers, shared by those that ask alike.
     pub(crate) reads: crate::recovery::Reads,
@@ -94,13 +99,14 @@ impl Gateway {
         broker: Arc<dyn Broker>,
         observer: Arc<dyn ConnectionObserver>,
     ) -> Result<Self, ConfigError> {
-        let ChannelConfig { namespaces, inbox, history } = channels.into();
+        let ChannelConfig { namespaces, inbox, history, events } = channels.into();
         config.validate()?;
         namespaces.validate()?;
         config.hooks.validate(&namespaces)?;
         let hooks = crate::hook::Hooks::new(&config.hooks)?;
         inbox.validate()?;
         history.validate()?;
+        events.validate()?;
         let metrics = Arc::new(GatewayMetrics::default());
         let verifier = TokenVerifier::with_metrics(auth, metrics.jwks_fetches.clone())?;
         let node_id = format!("{:08x}", rand_u32());
@@ -117,6 +123,7 @@ impl Gateway {
                 namespaces,
                 inbox,
                 history,
+                events,
                 hub,
                 reads: Default::default(),
                 observer,

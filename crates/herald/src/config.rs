@@ -9,7 +9,7 @@ use figment::providers::{Env, Format, Toml};
 use herald_broker::RedisConfig;
 use herald_gateway::{AuthConfig, GatewayConfig};
 use herald_presence::PresenceConfig;
-use herald_protocol::{ConfigError, HistoryConfig, InboxConfig, Namespaces};
+use herald_protocol::{ConfigError, EventsConfig, HistoryConfig, InboxConfig, Namespaces};
 use herald_publisher_api::PublisherConfig;
 use serde::Deserialize;
 
@@ -25,6 +25,8 @@ pub struct Config {
     pub namespaces: Namespaces,
     pub inbox: InboxConfig,
     pub history: HistoryConfig,
+    /// The backends' event stream (`[events]`, `docs/events.md`).
+    pub events: EventsConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
 }
@@ -98,6 +100,19 @@ impl Config {
         figment.merge(env()).extract().map_err(|e| LoadError(describe(e)))
     }
 
+    /// The standalone mode keeps presence in process memory: there is no Redis to hold a
+    /// stream, and a stream in the same process would die with what it reports on.
+    pub fn validate_standalone(&self) -> Result<(), ConfigError> {
+        if self.events.enabled {
+            return Err(ConfigError::new(
+                "events.enabled",
+                "the event stream lives in Redis; the standalone mode has none (run the gateway, \
+                 publisher-api and presence roles on Redis, or use the Pub/Sub events)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the sections the gateway role needs.
     pub fn validate_gateway(&self) -> Result<(), ConfigError> {
         self.gateway.validate()?;
@@ -117,6 +132,7 @@ impl Config {
     /// publisher's).
     pub fn validate_presence(&self) -> Result<(), ConfigError> {
         self.presence.validate(&self.namespaces)?;
+        self.events.validate()?;
         if self.presence_keys().is_empty() && self.presence.keys.is_empty() {
             return Err(ConfigError::new(
                 "presence.api_keys",
@@ -197,5 +213,13 @@ mod tests {
         assert_eq!(config.validate_publisher().unwrap_err().key, "publisher.api_keys");
         assert_eq!(config.validate_presence().unwrap_err().key, "presence.api_keys");
         assert_eq!(config.validate_gateway().unwrap_err().key, "auth.jwt_secret");
+    }
+
+    #[test]
+    fn the_standalone_mode_refuses_an_event_stream_it_cannot_keep() {
+        let mut config = Config::default();
+        assert_eq!(config.validate_standalone(), Ok(()));
+        config.events.enabled = true;
+        assert_eq!(config.validate_standalone().unwrap_err().key, "events.enabled");
     }
 }

@@ -27,6 +27,7 @@ pub async fn standalone(
     config.validate_gateway()?;
     config.validate_publisher()?;
     config.validate_presence()?;
+    config.validate_standalone()?;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     run_both(config, broker, shutdown).await
 }
@@ -59,8 +60,12 @@ pub async fn gateway(
         Some(reporter) => Arc::new(reporter.clone()),
         None => Arc::new(NoObserver),
     };
-    let channels =
-        ChannelConfig { namespaces: config.namespaces, inbox: config.inbox, history: config.history };
+    let channels = ChannelConfig {
+        namespaces: config.namespaces,
+        inbox: config.inbox,
+        history: config.history,
+        events: config.events,
+    };
     let gateway = Gateway::with_observer(config.gateway, &config.auth, channels, broker, observer)?;
     tracing::info!(
         role = "gateway",
@@ -85,7 +90,7 @@ pub async fn presence(
 ) -> anyhow::Result<()> {
     config.validate_presence()?;
     let broker = redis_broker(&config)?;
-    let store = RedisStore::new(config.redis.clone(), config.presence.timings())?;
+    let store = RedisStore::with_events(config.redis.clone(), config.presence.timings(), &config.events)?;
     let http = bind(config.presence.http_listen, "presence.http_listen").await?;
     let grpc = bind(config.presence.grpc_listen, "presence.grpc_listen").await?;
     let keys = config.presence_keys();
@@ -144,6 +149,7 @@ async fn run_both(
         namespaces: config.namespaces.clone(),
         inbox: config.inbox.clone(),
         history: config.history.clone(),
+        events: config.events.clone(),
     };
     let gateway = Gateway::with_observer(
         config.gateway,

@@ -1,10 +1,12 @@
 //! The presence store conformance suite, run against both engines.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use herald_broker::RedisConfig;
 use herald_presence::conformance::{self, TIMINGS};
-use herald_presence::{MemoryStore, PresenceStore, RedisStore};
+use herald_presence::model::{Ack, ChannelPresence, Event, Report, Stats, UserPresence};
+use herald_presence::{MemoryStore, PresenceStore, RedisStore, StoreError};
+use herald_protocol::{ChannelName, EventKind, EventsConfig, UserId};
 use herald_testkit::{RedisCluster, RedisServer};
 
 /// The in-memory engine keeps every promise of the suite, on tokio's paused clock (it keeps
@@ -38,4 +40,136 @@ async fn redis_cluster_store_conforms() {
         Arc::new(RedisStore::new(config, TIMINGS).unwrap()) as Arc<dyn PresenceStore>
     })
     .await;
+}
+
+/// The Redis engine writes into the backends' event stream exactly the events it returns,
+/// each once and in the order returned, whatever the suite does (every case, both kinds of
+/// report, sweeps of dead gateways): the stream is checked after every call.
+#[tokio::test]
+async fn redis_store_streams_exactly_the_events_it_returns() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let events = EventsConfig { enabled: true, ..Default::default() };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let checked = Arc::new(Mutex::new(0usize));
+    let total = checked.clone();
+    conformance::run_all(move |case: &str| {
+        let prefix = format!("{case}:");
+        let config = RedisConfig { url: url.clone(), prefix: prefix.clone(), ..Default::default() };
+        let store = RedisStore::with_events(config, TIMINGS, &events).unwrap();
+        let key = events.key(EventKind::Online, &prefix, false).unwrap();
+        let last = Mutex::new("-".into());
+        let turn = tokio::sync::Mutex::new(());
+        Arc::new(Streamed { store, turn, conn: conn.clone(), key, last, checked: total.clone() })
+            as Arc<dyn PresenceStore>
+    })
+    .await;
+    assert!(*checked.lock().unwrap() > 20, "the suite makes transitions");
+}
+
+/// On a Redis Cluster the stream shares the presence slot, so the scripts may write it: the
+/// suite passes with every kind streamed, and the stream is on the primary of that slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_streams_into_the_presence_slot() {
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.seeds();
+    let events = EventsConfig { enabled: true, ..Default::default() };
+    let streamed = events.clone();
+    conformance::run_all(move |case: &str| {
+        let config =
+            RedisConfig { cluster_nodes: seeds.clone(), prefix: format!("{case}:"), ..Default::default() };
+        Arc::new(RedisStore::with_events(config, TIMINGS, &streamed).unwrap()) as Arc<dyn PresenceStore>
+    })
+    .await;
+    let key = events.key(EventKind::Online, "members:", true).unwrap();
+    let primary = cluster.primary_of_slot(cluster.keyslot(&key).await).await;
+    let len: u64 = cluster.query(primary, &["XLEN", &key]).await.unwrap();
+    assert!(len >= 4, "the members case streams its joins and leaves: {len}");
+}
+
+/// A store that checks, after each call, that the stream gained exactly the returned events.
+/// Calls that change state take turns (`turn`), so each one's entries are told apart; the
+/// other suites run them concurrently.
+struct Streamed {
+    store: RedisStore,
+    turn: tokio::sync::Mutex<()>,
+    conn: redis::aio::MultiplexedConnection,
+    key: String,
+    /// The id of the last entry seen, `-` before the first.
+    last: Mutex<String>,
+    /// Events checked so far, over every case.
+    checked: Arc<Mutex<usize>>,
+}
+
+impl Streamed {
+    async fn check(&self, returned: &[Event]) {
+        let after = self.last.lock().unwrap().clone();
+        let start = if after == "-" { after } else { format!("({after}") };
+        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(&self.key)
+            .arg(start)
+            .arg("+")
+            .query_async(&mut self.conn.clone())
+            .await
+            .unwrap();
+        if let Some((id, _)) = entries.last() {
+            *self.last.lock().unwrap() = id.clone();
+        }
+        let streamed: Vec<Event> = entries.iter().map(|(_, fields)| decode(fields)).collect();
+        assert_eq!(streamed, returned, "the stream gained exactly what the call returned");
+        *self.checked.lock().unwrap() += returned.len();
+    }
+}
+
+/// An entry's fields (`type`, `channel`, `user`, `info`) as the event they record.
+fn decode(fields: &[String]) -> Event {
+    let field = |name: &str| fields.chunks(2).find(|kv| kv[0] == name).map(|kv| kv[1].clone());
+    let user = UserId::parse(&field("user").unwrap()).unwrap();
+    let channel = || ChannelName::parse(&field("channel").unwrap()).unwrap();
+    let info = field("info").map(Arc::from);
+    match field("type").unwrap().as_str() {
+        "online" => Event::Online { user, info },
+        "offline" => Event::Offline { user },
+        "join" => Event::Join { channel: channel(), user, info },
+        "leave" => Event::Leave { channel: channel(), user },
+        other => panic!("unexpected type {other}"),
+    }
+}
+
+#[async_trait::async_trait]
+impl PresenceStore for Streamed {
+    async fn report(&self, report: &Report) -> Result<(Ack, Vec<Event>), StoreError> {
+        let _turn = self.turn.lock().await;
+        let result = self.store.report(report).await?;
+        self.check(&result.1).await;
+        Ok(result)
+    }
+
+    async fn sweep(&self) -> Result<Vec<Event>, StoreError> {
+        let _turn = self.turn.lock().await;
+        let events = self.store.sweep().await?;
+        self.check(&events).await;
+        Ok(events)
+    }
+
+    async fn users(&self, users: &[UserId]) -> Result<Vec<UserPresence>, StoreError> {
+        self.store.users(users).await
+    }
+
+    async fn channel(&self, channel: &ChannelName, limit: usize) -> Result<ChannelPresence, StoreError> {
+        self.store.channel(channel, limit).await
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        self.store.stats().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    fn name(&self) -> &'static str {
+        "redis (streamed)"
+    }
 }

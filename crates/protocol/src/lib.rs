@@ -10,6 +10,8 @@
 //! - [`namespace`]: what clients may do in each channel namespace ([`Namespaces`]).
 //! - [`history`]: which channels keep history ([`InboxConfig`] for personal channels,
 //!   [`HistoryConfig`] for the limits) and the positions clients resume from ([`Since`]).
+//! - [`events`]: the backends' event stream (`[events]`): which events go into it, under which
+//!   Redis key, and how long it is.
 //! - [`api_key`]: the API keys backends present to the publisher and presence APIs.
 //! - [`config_error`]: [`ConfigError`], what every configuration check returns: the key to fix
 //!   and what is wrong with it.
@@ -23,6 +25,7 @@ pub mod api_key;
 pub mod channel;
 pub mod config_error;
 pub mod error;
+pub mod events;
 pub mod frame;
 pub mod history;
 pub mod name;
@@ -36,6 +39,7 @@ pub use api_key::ApiKeys;
 pub use channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, InvalidName, PERSONAL_NAMESPACE};
 pub use config_error::ConfigError;
 pub use error::{CloseCode, ErrorCode};
+pub use events::{EventKind, EventsConfig};
 pub use frame::{ClientFrame, FrameError, InboxState, RequestId, ServerFrame, StreamState};
 pub use history::{ChannelHistory, HistoryConfig, InboxConfig, Position, Since};
 pub use namespace::{DEFAULT_NAMESPACE, INTERNAL_NAMESPACE, NamespaceConfig, Namespaces};

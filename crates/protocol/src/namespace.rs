@@ -54,6 +54,9 @@ pub struct NamespaceConfig {
     pub history_ttl: Duration,
     /// Subscribed clients may page through the channel's history with a `history` frame.
     pub client_history: bool,
+    /// Each client publish is also written into the backends' event stream (`[events]` with
+    /// `publish` among its kinds), before it is delivered. See `docs/events.md`.
+    pub events: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -70,6 +73,7 @@ impl Default for NamespaceConfig {
             history_size: 0,
             history_ttl: Duration::ZERO,
             client_history: false,
+            events: false,
         }
     }
 }

@@ -149,11 +149,22 @@ impl RedisServer {
             return false;
         }
         // `+PONG`, or `-NOAUTH ...` from a server that requires a password: either way it is up.
-        let mut buf = [0u8; 1];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut buf)).await,
-            Ok(Ok(_)) if buf[0] == b'+' || buf[0] == b'-'
-        )
+        // Not `-LOADING ...`: a server still reading its append-only file refuses commands.
+        let mut head = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut filled = 0;
+            while filled < head.len() && !head[..filled].ends_with(b"\r\n") {
+                match stream.read(&mut head[filled..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => filled += n,
+                }
+            }
+            filled
+        });
+        match read.await {
+            Ok(n) if n > 0 => (head[0] == b'+' || head[0] == b'-') && !head.starts_with(b"-LOADING"),
+            _ => false,
+        }
     }
 }
 

@@ -47,7 +47,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use herald_protocol::ChannelName;
+use herald_protocol::{ChannelName, EventKind, EventsConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
@@ -86,6 +86,9 @@ struct Inner {
     cluster: Option<Arc<Cluster>>,
     /// On a cluster, the channels published over several primaries (`redis.spread_channels`).
     spread: Option<Arc<Spread>>,
+    /// The connection appending to the backends' event stream (`[events]`): its own, so an
+    /// `XADD` never waits behind a publish or a history script.
+    events: KeyRouter,
 }
 
 impl RedisBroker {
@@ -100,7 +103,8 @@ impl RedisBroker {
         let router = KeyRouter::shared(endpoint.clone(), cluster.clone());
         let history = HistoryStore::new(router, config.clone());
         let spread = Spread::new(&config);
-        let inner = Inner { endpoint, config, publisher, history, shutdown, cluster, spread };
+        let events = KeyRouter::shared(endpoint.clone(), cluster.clone());
+        let inner = Inner { endpoint, config, publisher, history, shutdown, cluster, spread, events };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -255,6 +259,38 @@ impl Broker for RedisBroker {
         };
         let subscriber = Arc::new(RedisSubscriber { shared, config: self.inner.config.clone() });
         (subscriber, Box::pin(task.run()))
+    }
+
+    /// `XADD <key> MAXLEN ~ <max_len> * type <kind> <fields>...`, the key as
+    /// [`EventsConfig::key`] has it (on a cluster in the `{presence}` slot, beside the entries
+    /// presence writes). An error after the command went out leaves it unknown whether the
+    /// entry was written; the caller's retry may write it twice.
+    async fn append_event(
+        &self,
+        events: &EventsConfig,
+        kind: EventKind,
+        fields: &[(&str, &[u8])],
+    ) -> Result<(), BrokerError> {
+        let config = &self.inner.config;
+        let Some(key) = events.key(kind, &config.prefix, config.is_cluster()) else { return Ok(()) };
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&key).arg("MAXLEN").arg("~").arg(events.max_len).arg("*").arg("type").arg(kind.as_str());
+        for (name, value) in fields {
+            cmd.arg(*name).arg(*value);
+        }
+        let cmd = &cmd;
+        let result =
+            self.inner
+                .events
+                .run(&key, "event stream", |mut conn| async move {
+                    cmd.query_async::<redis::Value>(&mut conn).await
+                })
+                .await?;
+        result.map(|_| ()).map_err(|e| match e.code() {
+            // Redis answered with an error: nothing was written.
+            Some(_) => BrokerError::unavailable("event stream", e),
+            None => BrokerError::OutcomeUnknown { confirmed: 0, reason: format!("event stream: {e}") },
+        })
     }
 
     async fn ping(&self) -> Result<(), BrokerError> {

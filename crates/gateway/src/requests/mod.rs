@@ -14,8 +14,8 @@ use std::collections::HashSet;
 
 use herald_broker::{BrokerError, Confirmation};
 use herald_protocol::{
-    ChannelHistory, ChannelKind, ChannelName, ClientFrame, ConnectionInfo, ErrorCode, Publication, RequestId,
-    ServerFrame, Since,
+    ChannelHistory, ChannelKind, ChannelName, ClientFrame, ConnectionInfo, ErrorCode, EventKind, Publication,
+    RequestId, ServerFrame, Since,
 };
 use serde_json::value::RawValue;
 
@@ -337,8 +337,44 @@ impl Session {
             .from_user(&self.identity.user);
         let frame = publication.encode();
         let broker = self.shared.hub.broker().as_ref();
+        if matches!(self.shared.namespaces.lookup(channel), Ok(Some(ns)) if ns.events) {
+            let id = publication.id.to_string();
+            self.append_publish_event(broker, channel, &id, data, event, idempotency_key).await?;
+        }
         history::publish(broker, self.history_settings(), channel, publication.id, frame, idempotency_key)
             .await
+    }
+
+    /// Writes a client publish into the backends' event stream, before the message goes out:
+    /// every message a subscriber may receive then has its entry (at least once). A publish
+    /// that fails after this has an entry without a delivery, and a client's retry writes a
+    /// second one (same `idempotency_key`, new `message_id`). `docs/events.md` says so.
+    async fn append_publish_event(
+        &self,
+        broker: &dyn herald_broker::Broker,
+        channel: &ChannelName,
+        message_id: &str,
+        data: &RawValue,
+        event: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), policy::Denied> {
+        let user = self.identity.user.as_str();
+        let mut fields: Vec<(&str, &[u8])> = vec![
+            ("channel", channel.as_str().as_bytes()),
+            ("user", user.as_bytes()),
+            ("message_id", message_id.as_bytes()),
+            ("data", data.get().as_bytes()),
+        ];
+        if let Some(event) = event {
+            fields.push(("event", event.as_bytes()));
+        }
+        if let Some(key) = idempotency_key {
+            fields.push(("idempotency_key", key.as_bytes()));
+        }
+        broker.append_event(&self.shared.events, EventKind::Publish, &fields).await.map_err(|e| {
+            tracing::warn!(%channel, error = %e, "a client publish was refused: its event could not be written");
+            (ErrorCode::Unavailable, format!("not published: the event stream is unavailable: {e}"))
+        })
     }
 
     /// How channels keep history on this gateway, for the history frames.

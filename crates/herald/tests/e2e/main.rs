@@ -15,8 +15,9 @@
 //!   channels with history, gateways on a Redis Cluster (`redis_cluster`), the local cluster
 //!   script, and what a process logs about its life (`lifecycle_logs`), in-band token refresh
 //!   (`refresh`, whose token helpers `permissions` shares), who may subscribe and publish where
-//!   (`permissions`), the backend hook (`hooks`), and the gateway's outbound TLS with client
-//!   certificates to presence and to the hook (`client_tls`).
+//!   (`permissions`), the backend hook (`hooks`), the gateway's outbound TLS with client
+//!   certificates to presence and to the hook (`client_tls`), and the backends' event stream
+//!   (`events_stream`).
 //!
 //! Run one area with `cargo test -p herald --test e2e -- delivery::`.
 
@@ -33,6 +34,7 @@ mod delivery;
 mod drain;
 mod edge;
 mod edge_tls;
+mod events_stream;
 mod history_frames;
 mod hooks;
 mod hostile_clients;

@@ -6,6 +6,9 @@
 //! once split the expired gateways between them; neither emits an event twice. Time is Redis'
 //! own clock (`TIME`), so replicas with skewed clocks still agree on when a lease ends.
 //!
+//! Events backends asked for (`[events]`) are also written into a Redis Stream by the same
+//! script run (`emit` in `lua/common.lua`): atomic with the transition, so exactly once.
+//!
 //! Key layout: see `lua/common.lua`. Keys are computed inside the scripts, and one script
 //! touches the keys of a gateway, of its users and of their channels at once (that is what
 //! makes each transition seen by one run alone). On a Redis Cluster every presence key
@@ -21,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald_broker::RedisConfig;
 use herald_broker::redis::KeyRouter;
-use herald_protocol::{ChannelName, UserId};
+use herald_protocol::{ChannelName, EventKind, EventsConfig, UserId};
 use redis::{Script, Value};
 use serde_json::json;
 
@@ -44,6 +47,9 @@ struct Inner {
     prefix: String,
     /// A key of the prefix, declared to every script and routing every command to its slot.
     slot_key: String,
+    /// The backends' event stream as every script reads it, its last argument (`lua/common.lua`):
+    /// each presence kind written, with its stream key, and the approximate most entries.
+    events: String,
     timings: Timings,
     report: Script,
     full: Script,
@@ -99,8 +105,28 @@ impl RedisStore {
     }
 
     /// Validates the configuration (the error names the key); connections are made lazily, so
-    /// this works while Redis is down.
+    /// this works while Redis is down. No events are written into a stream.
     pub fn new(config: RedisConfig, timings: Timings) -> Result<Self, StoreError> {
+        Self::with_events(config, timings, &EventsConfig::default())
+    }
+
+    /// As [`RedisStore::new`], also writing the presence events `events` asks for into their
+    /// stream, each in the script that makes the transition.
+    pub fn with_events(
+        config: RedisConfig,
+        timings: Timings,
+        events: &EventsConfig,
+    ) -> Result<Self, StoreError> {
+        events.validate()?;
+        let streams: serde_json::Map<String, serde_json::Value> =
+            [EventKind::Online, EventKind::Offline, EventKind::Join, EventKind::Leave]
+                .into_iter()
+                .filter_map(|kind| {
+                    let key = events.key(kind, &config.prefix, config.is_cluster())?;
+                    Some((kind.as_str().to_string(), key.into()))
+                })
+                .collect();
+        let events = json!({"s": streams, "m": events.max_len}).to_string();
         let prefix = if config.is_cluster() {
             format!("{}{{presence}}:", config.prefix)
         } else {
@@ -113,6 +139,7 @@ impl RedisStore {
                 redis,
                 prefix,
                 slot_key,
+                events,
                 timings,
                 report: script(include_str!("lua/report.lua")),
                 full: script(include_str!("lua/full.lua")),
@@ -129,7 +156,7 @@ impl RedisStore {
         operation: &'static str,
         mut invocation: redis::ScriptInvocation<'_>,
     ) -> Result<Value, StoreError> {
-        invocation.key(&self.inner.slot_key);
+        invocation.key(&self.inner.slot_key).arg(&self.inner.events);
         let invocation = &invocation;
         let result = self
             .inner

@@ -11,11 +11,44 @@
 --   P..'lv'        zset  [channel, user] (JSON) -> when `leave` is due (ms), while in the
 --                        grace period
 --   P..'stats'     hash  users, conns
--- Events are collected in `ev` and returned; whoever ran the script emits them.
+-- Events are collected in `ev` and returned; whoever ran the script emits them over Pub/Sub.
+--
+-- The backends' event stream (`[events]`) is the last argument of every script, as JSON:
+-- {s = {kind = stream key}, m = most entries kept (approximately)}; `{}` when off. A kind
+-- with a key is also written there (XADD) by `emit`, in the same atomic step as the state
+-- change that caused it: the entry exists exactly when the transition does, once, and
+-- survives whatever the state survives (the AOF). Stream keys share the slot of P on a
+-- cluster (`EventsConfig::key`).
 local P = ARGV[1]
+local ES = cjson.decode(ARGV[#ARGV])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ev = {}
+
+-- Records event `e` ({kind, ...} as the engine reads it) and writes it into its stream:
+-- fields `type`, `user`, `channel` (join, leave) and `info` (online, join; when the token
+-- had one).
+local function emit(e)
+  ev[#ev + 1] = e
+  local key = ES.s and ES.s[e[1]]
+  if not key then return end
+  local f = {'type', e[1]}
+  local user, info
+  if e[1] == 'online' or e[1] == 'offline' then
+    user, info = e[2], e[3]
+  else
+    f[#f + 1] = 'channel'
+    f[#f + 1] = e[2]
+    user, info = e[3], e[4]
+  end
+  f[#f + 1] = 'user'
+  f[#f + 1] = user
+  if info then
+    f[#f + 1] = 'info'
+    f[#f + 1] = info
+  end
+  redis.call('XADD', key, 'MAXLEN', '~', ES.m, '*', unpack(f))
+end
 
 -- A user's last connection left the channel: out of the member list at once, `leave` after
 -- the grace period (sweep.lua), unless the user is back in the channel by then.
@@ -59,7 +92,7 @@ local function connect(gw, conn, user, info, grace)
   if info then redis.call('HSET', P .. 'info', user, info) else redis.call('HDEL', P .. 'info', user) end
   if fresh then
     redis.call('HINCRBY', P .. 'stats', 'users', 1)
-    if redis.call('ZREM', P .. 'off', user) == 0 then ev[#ev + 1] = {'online', user, info or false} end
+    if redis.call('ZREM', P .. 'off', user) == 0 then emit({'online', user, info or false}) end
   end
 end
 
@@ -74,7 +107,7 @@ local function subscribe(gw, conn, ch)
   -- Back within the grace period of a leave: neither that leave nor a join.
   if redis.call('HINCRBY', P .. 'c:' .. ch, rec.u, 1) == 1
     and redis.call('ZREM', P .. 'lv', cjson.encode({ch, rec.u})) == 0 then
-    ev[#ev + 1] = {'join', ch, rec.u, redis.call('HGET', P .. 'info', rec.u)}
+    emit({'join', ch, rec.u, redis.call('HGET', P .. 'info', rec.u)})
   end
 end
 

@@ -24,12 +24,12 @@ local leaving = redis.call('ZRANGEBYSCORE', P .. 'lv', '-inf', now, 'LIMIT', 0, 
 for _, member in ipairs(leaving) do
   redis.call('ZREM', P .. 'lv', member)
   local ch, user = unpack(cjson.decode(member))
-  if redis.call('HEXISTS', P .. 'c:' .. ch, user) == 0 then ev[#ev + 1] = {'leave', ch, user} end
+  if redis.call('HEXISTS', P .. 'c:' .. ch, user) == 0 then emit({'leave', ch, user}) end
 end
 if #leaving == limit then return {1, ev} end
 local due = redis.call('ZRANGEBYSCORE', P .. 'off', '-inf', now, 'LIMIT', 0, limit)
 for _, user in ipairs(due) do
   redis.call('ZREM', P .. 'off', user)
-  if redis.call('EXISTS', P .. 'u:' .. user) == 0 then ev[#ev + 1] = {'offline', user} end
+  if redis.call('EXISTS', P .. 'u:' .. user) == 0 then emit({'offline', user}) end
 end
 return {#due == limit and 1 or 0, ev}
