@@ -88,6 +88,51 @@ async fn redis_cluster_store_streams_into_the_presence_slot() {
     assert!(len >= 4, "the members case streams its joins and leaves: {len}");
 }
 
+/// With `connect` and `disconnect` among `events.kinds`, each connection a gateway reports
+/// opened or closed is one entry (user, gateway, connection), and so is each connection of a
+/// gateway whose lease ran out; the other kinds, not listed, write nothing.
+#[tokio::test]
+async fn redis_store_streams_connects_and_disconnects_when_asked() {
+    use herald_presence::model::{Change, ConnState, ReportBody};
+    let redis = RedisServer::start().await;
+    let config = RedisConfig { url: redis.url(), ..Default::default() };
+    let events = EventsConfig {
+        enabled: true,
+        kinds: vec![EventKind::Connect, EventKind::Disconnect],
+        ..Default::default()
+    };
+    let store = RedisStore::with_events(config, TIMINGS, &events).unwrap();
+    let user = |name: &str| UserId::parse(name).unwrap();
+    let report = |seq, body| Report { gateway: "gw-a".into(), seq, body };
+    let alice = ConnState { conn: 1, user: user("alice"), info: None, channels: vec![] };
+    assert_eq!(store.report(&report(0, ReportBody::Full(vec![alice]))).await.unwrap().0, Ack::Applied);
+    let changes =
+        vec![Change::Connect { conn: 2, user: user("bob"), info: None }, Change::Disconnect { conn: 1 }];
+    assert_eq!(store.report(&report(1, ReportBody::Changes(changes))).await.unwrap().0, Ack::Applied);
+    // The gateway says nothing more: its lease runs out and the sweep closes bob's connection.
+    tokio::time::sleep(TIMINGS.ttl + std::time::Duration::from_millis(100)).await;
+    store.sweep().await.unwrap();
+
+    let key = events.key(EventKind::Connect, "herald:", false).unwrap();
+    let mut conn =
+        redis::Client::open(redis.url().as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<String>)> =
+        redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let got: Vec<Vec<String>> = entries.into_iter().map(|(_, fields)| fields).collect();
+    let entry = |kind: &str, user: &str, conn: &str| -> Vec<String> {
+        ["type", kind, "user", user, "gateway", "gw-a", "conn", conn].map(String::from).to_vec()
+    };
+    assert_eq!(
+        got,
+        [
+            entry("connect", "alice", "1"),
+            entry("connect", "bob", "2"),
+            entry("disconnect", "alice", "1"),
+            entry("disconnect", "bob", "2")
+        ]
+    );
+}
+
 /// A store that checks, after each call, that the stream gained exactly the returned events.
 /// Calls that change state take turns (`turn`), so each one's entries are told apart; the
 /// other suites run them concurrently.

@@ -28,12 +28,40 @@ pub enum EventKind {
     Leave,
     /// A client's `publish` into a namespace with `events = true`.
     Publish,
+    /// A connection opened, as its gateway reported it to presence; not written unless
+    /// listed in `events.kinds`.
+    Connect,
+    /// A connection closed (or its gateway's lease ran out); not written unless listed in
+    /// `events.kinds`.
+    Disconnect,
 }
 
 impl EventKind {
     /// Every kind, in the order the documentation lists them.
-    pub const ALL: [EventKind; 5] =
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Online,
+        EventKind::Offline,
+        EventKind::Join,
+        EventKind::Leave,
+        EventKind::Publish,
+        EventKind::Connect,
+        EventKind::Disconnect,
+    ];
+
+    /// The kinds written unless `events.kinds` says otherwise: all but `connect` and
+    /// `disconnect`, which come with every reconnect and are asked for only where wanted.
+    pub const DEFAULT: [EventKind; 5] =
         [EventKind::Online, EventKind::Offline, EventKind::Join, EventKind::Leave, EventKind::Publish];
+
+    /// The kinds presence writes, in its scripts.
+    pub const PRESENCE: [EventKind; 6] = [
+        EventKind::Online,
+        EventKind::Offline,
+        EventKind::Join,
+        EventKind::Leave,
+        EventKind::Connect,
+        EventKind::Disconnect,
+    ];
 
     /// The name as in the configuration and in the entry's `type` field.
     pub fn as_str(self) -> &'static str {
@@ -43,6 +71,8 @@ impl EventKind {
             EventKind::Join => "join",
             EventKind::Leave => "leave",
             EventKind::Publish => "publish",
+            EventKind::Connect => "connect",
+            EventKind::Disconnect => "disconnect",
         }
     }
 }
@@ -79,7 +109,7 @@ impl Default for EventsConfig {
             enabled: false,
             stream: "events".into(),
             per_kind: false,
-            kinds: EventKind::ALL.to_vec(),
+            kinds: EventKind::DEFAULT.to_vec(),
             max_len: 100_000,
         }
     }

@@ -118,14 +118,12 @@ impl RedisStore {
         events: &EventsConfig,
     ) -> Result<Self, StoreError> {
         events.validate()?;
-        let streams: serde_json::Map<String, serde_json::Value> =
-            [EventKind::Online, EventKind::Offline, EventKind::Join, EventKind::Leave]
-                .into_iter()
-                .filter_map(|kind| {
-                    let key = events.key(kind, &config.prefix, config.is_cluster())?;
-                    Some((kind.as_str().to_string(), key.into()))
-                })
-                .collect();
+        let streams: serde_json::Map<String, serde_json::Value> = (EventKind::PRESENCE.into_iter())
+            .filter_map(|kind| {
+                let key = events.key(kind, &config.prefix, config.is_cluster())?;
+                Some((kind.as_str().to_string(), key.into()))
+            })
+            .collect();
         let events = json!({"s": streams, "m": events.max_len}).to_string();
         let prefix = if config.is_cluster() {
             format!("{}{{presence}}:", config.prefix)

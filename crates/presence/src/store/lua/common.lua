@@ -50,6 +50,14 @@ local function emit(e)
   redis.call('XADD', key, 'MAXLEN', '~', ES.m, '*', unpack(f))
 end
 
+-- Writes a connection's `connect` or `disconnect` into its stream, when that kind has one.
+-- These go to the stream only: Pub/Sub has no such events.
+local function record_conn(kind, gw, conn, user)
+  local key = ES.s and ES.s[kind]
+  if not key then return end
+  redis.call('XADD', key, 'MAXLEN', '~', ES.m, '*', 'type', kind, 'user', user, 'gateway', gw, 'conn', conn)
+end
+
 -- A user's last connection left the channel: out of the member list at once, `leave` after
 -- the grace period (sweep.lua), unless the user is back in the channel by then.
 local function leave_channel(ch, user, grace)
@@ -68,6 +76,7 @@ local function disconnect(gw, conn, grace)
   for ch, _ in pairs(rec.c) do leave_channel(ch, rec.u, grace) end
   redis.call('HDEL', gk, conn)
   redis.call('HINCRBY', P .. 'stats', 'conns', -1)
+  record_conn('disconnect', gw, conn, rec.u)
   local uk = P .. 'u:' .. rec.u
   if redis.call('HINCRBY', uk, gw, -1) <= 0 then redis.call('HDEL', uk, gw) end
   if redis.call('EXISTS', uk) == 0 then
@@ -86,6 +95,7 @@ local function connect(gw, conn, user, info, grace)
   end
   redis.call('HSET', gk, conn, cjson.encode({u = user, c = {}}))
   redis.call('HINCRBY', P .. 'stats', 'conns', 1)
+  record_conn('connect', gw, conn, user)
   local uk = P .. 'u:' .. user
   local fresh = redis.call('EXISTS', uk) == 0
   redis.call('HINCRBY', uk, gw, 1)
