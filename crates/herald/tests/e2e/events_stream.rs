@@ -405,3 +405,36 @@ async fn every_acknowledged_client_publish_is_in_the_stream_after_a_restart() {
     }
     assert_eq!(streamed, acknowledged, "each acknowledged publish once, with its data");
 }
+
+/// A client publish whose event cannot be written (the stream's key holds a string, so
+/// `XADD` fails) is refused with `unavailable` and delivered to no one; once the key is
+/// usable again, publishing works and the subscriber gets only that message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_event_cannot_be_written_is_refused_and_not_delivered() {
+    let redis = RedisServer::start().await;
+    let env = [
+        ("HERALD_EVENTS__ENABLED", "true"),
+        ("HERALD_NAMESPACES__CHAT__PUBLISH", "true"),
+        ("HERALD_NAMESPACES__CHAT__EVENTS", "true"),
+    ];
+    let gateway = crate::common::GatewayProcess::start(&redis.url(), &env).await;
+    let (mut listener, _) = WsClient::connect(&gateway.url("listener")).await.unwrap();
+    listener.subscribe("chat:a").await.unwrap();
+    let (mut poster, _) = WsClient::connect(&gateway.url("poster")).await.unwrap();
+    let mut conn = redis_conn(&redis.url()).await;
+    let _: () = redis::cmd("SET").arg(STREAM).arg("not a stream").query_async(&mut conn).await.unwrap();
+
+    let publish =
+        |n: i64| serde_json::json!({"type": "publish", "id": n, "channel": "chat:a", "data": {"n": n}});
+    let reply = poster.request(publish(1)).await.unwrap();
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+
+    let _: () = redis::cmd("DEL").arg(STREAM).query_async(&mut conn).await.unwrap();
+    let reply = poster.request(publish(2)).await.unwrap();
+    assert_eq!(reply["type"], "published", "{reply}");
+    let got = crate::common::recv_messages(&mut listener, 1).await;
+    assert_eq!(got[0]["data"]["n"], 2, "the refused publish was not delivered: {got:?}");
+    let len: u64 = redis::cmd("XLEN").arg(STREAM).query_async(&mut conn).await.unwrap();
+    assert_eq!(len, 1, "only the published message is in the stream");
+}
