@@ -306,3 +306,38 @@ async fn the_presence_role_tracks_users_on_a_cluster() {
     drop(client);
     api.wait_user("alice", Duration::from_secs(15), |u| u["online"] == false).await;
 }
+
+/// On a cluster, a client publish into a namespace with `events = true` is written into the
+/// event stream, which lives in the presence slot (`herald:{presence}.events`) on whichever
+/// primary serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_publishes_reach_the_event_stream_on_a_cluster() {
+    let cluster = RedisCluster::start().await;
+    let seeds = cluster.seeds().join(",");
+    let env = [
+        ("HERALD_REDIS__CLUSTER_NODES", seeds.as_str()),
+        ("HERALD_EVENTS__ENABLED", "true"),
+        ("HERALD_NAMESPACES__CHAT__PUBLISH", "true"),
+        ("HERALD_NAMESPACES__CHAT__EVENTS", "true"),
+    ];
+    let gateway = GatewayProcess::start("redis://127.0.0.1:1", &env).await;
+    let (mut client, _) = WsClient::connect(&gateway.url("poster")).await.unwrap();
+    for n in 0..3 {
+        let reply = client
+            .request(
+                json!({"type": "publish", "id": n, "channel": format!("chat:room.{n}"), "data": {"n": n}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply["type"], "published", "{reply}");
+    }
+    let key = "herald:{presence}.events";
+    let primary = cluster.primary_of_slot(cluster.keyslot(key).await).await;
+    let entries: Vec<(String, Vec<String>)> =
+        cluster.query(primary, &["XRANGE", key, "-", "+"]).await.unwrap();
+    let channels: Vec<String> = entries
+        .iter()
+        .map(|(_, fields)| fields.chunks(2).find(|kv| kv[0] == "channel").unwrap()[1].clone())
+        .collect();
+    assert_eq!(channels, ["chat:room.0", "chat:room.1", "chat:room.2"]);
+}
