@@ -1,0 +1,64 @@
+"""examples/events_consumer.py, the event stream worker of docs/events.md, against a real
+redis-server: it handles every entry once, the ones a dead worker was handed included (taken
+over with XAUTOCLAIM), and leaves nothing pending."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from .harness import Cluster, Processes, free_port
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "events_consumer.py"
+STREAM = "herald:events"
+GROUP = "backend"
+
+
+def test_the_example_worker_handles_every_event_once_and_takes_over_a_dead_workers() -> None:
+    with tempfile.TemporaryDirectory(prefix="herald-py-events-") as tmp:
+        procs = Processes(Path(tmp))
+        # Only Cluster's redis-server is wanted here.
+        holder = Cluster(procs, None, free_port(), [], [], "")  # type: ignore[arg-type]
+        holder.start_redis()
+        try:
+            url = f"redis://127.0.0.1:{holder.redis_port}"
+            r = redis.Redis.from_url(url, decode_responses=True)
+            # Entries as Herald writes them: presence events and a client publish.
+            ids = [r.xadd(STREAM, {"type": "online", "user": f"u{i}", "info": json.dumps({"n": i})}) for i in range(8)]
+            ids.append(r.xadd(STREAM, {"type": "publish", "channel": "chat:a", "user": "u1",
+                                       "message_id": "m1", "data": json.dumps({"text": "hi"})}))
+            r.xgroup_create(STREAM, GROUP, id="0")
+            # A worker that read three entries and died before acknowledging them.
+            handed = r.xreadgroup(GROUP, "dead", {STREAM: ">"}, count=3)[0][1]
+            assert [entry_id for entry_id, _ in handed] == ids[:3]
+
+            worker = subprocess.Popen(
+                [sys.executable, str(EXAMPLE), "--url", url, "--consumer", "alive", "--claim-idle", "0"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            try:
+                seen: list[dict[str, object]] = []
+                deadline = time.monotonic() + 20
+                assert worker.stdout is not None
+                while len(seen) < len(ids) and time.monotonic() < deadline:
+                    line = worker.stdout.readline()
+                    if not line:
+                        break
+                    seen.append(json.loads(line))
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                _, err = worker.communicate(timeout=10)
+            assert worker.returncode == 0, err
+            assert sorted(str(e["id"]) for e in seen) == sorted(ids), "each entry handled once"
+            publish = next(e for e in seen if e["type"] == "publish")
+            assert publish["data"] == {"text": "hi"}, "data is decoded JSON"
+            assert r.xpending(STREAM, GROUP)["pending"] == 0, "everything acknowledged"
+        finally:
+            procs.stop_all()
