@@ -14,6 +14,7 @@ use crate::channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, PERSONAL_NAMES
 use crate::config_error::ConfigError;
 use crate::error::ErrorCode;
 use crate::history::{ChannelHistory, InboxConfig, check_history};
+use crate::pattern::ChannelPattern;
 
 /// Reserved for Herald's own channels (the gateways' delivery canaries).
 pub const INTERNAL_NAMESPACE: &str = "herald";
@@ -54,6 +55,10 @@ pub struct NamespaceConfig {
     pub history_ttl: Duration,
     /// Subscribed clients may page through the channel's history with a `history` frame.
     pub client_history: bool,
+    /// Clients may subscribe to a glob over its channel names (`events:*`) and receive the
+    /// messages of every matching channel (see `docs/protocol.md`, Pattern subscriptions).
+    /// Not with `subscribe_hook`, which is asked about one channel at a time.
+    pub patterns: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -70,6 +75,7 @@ impl Default for NamespaceConfig {
             history_size: 0,
             history_ttl: Duration::ZERO,
             client_history: false,
+            patterns: false,
         }
     }
 }
@@ -99,6 +105,13 @@ impl Namespaces {
             }
             let config = &self.0[name];
             check_history(&key(), config.history_size, config.history_ttl)?;
+            if config.patterns && config.subscribe_hook {
+                return Err(ConfigError::new(
+                    format!("{}.patterns", key()),
+                    "cannot be combined with subscribe_hook: the hook decides about one channel, and a \
+                     pattern subscription names none",
+                ));
+            }
             if config.client_history && config.history_size == 0 {
                 return Err(ConfigError::new(
                     format!("{}.client_history", key()),
@@ -117,6 +130,22 @@ impl Namespaces {
         }
         let ns = channel.namespace().unwrap_or(DEFAULT_NAMESPACE);
         self.0.get(ns).map(Some).ok_or(ErrorCode::UnknownChannel)
+    }
+
+    /// The options governing the channels `pattern` can match, or `unknown_channel` when its
+    /// namespace is not configured. The personal namespace has none: `None` (patterns over
+    /// other users' channels are never allowed).
+    pub fn lookup_pattern(&self, pattern: &ChannelPattern) -> Result<Option<&NamespaceConfig>, ErrorCode> {
+        if pattern.namespace() == PERSONAL_NAMESPACE {
+            return Ok(None);
+        }
+        self.0.get(pattern.namespace()).map(Some).ok_or(ErrorCode::UnknownChannel)
+    }
+
+    /// The name of a namespace that allows pattern subscriptions, if any does (for the
+    /// configuration checks of engines without patterns).
+    pub fn with_patterns(&self) -> Option<&str> {
+        self.0.iter().find(|(_, ns)| ns.patterns).map(|(name, _)| name.as_str())
     }
 
     /// How `channel` keeps history: its namespace's, the inbox's for a personal channel, none
