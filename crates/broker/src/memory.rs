@@ -45,11 +45,14 @@ struct Bus {
     channels: RwLock<HashMap<ChannelName, Arc<[Arc<Node>]>>>,
     /// Every (pattern, node) subscription. Replaced, never mutated, like the lists of
     /// `channels`, so a publish matches and delivers without holding the lock.
-    patterns: RwLock<Arc<[(ChannelPattern, Arc<Node>)]>>,
+    patterns: RwLock<PatternList>,
     next_node: Mutex<u64>,
     /// Channel histories. Taken before `channels` when both are needed, never the reverse.
     histories: Mutex<Histories>,
 }
+
+/// Every (pattern, node) subscription of a bus.
+type PatternList = Arc<[(ChannelPattern, Arc<Node>)]>;
 
 struct Node {
     id: u64,
