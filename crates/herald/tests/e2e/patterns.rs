@@ -107,18 +107,18 @@ fn pattern(text: &str) -> herald_protocol::ChannelPattern {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_patterns_are_granted_as_a_whole() {
     let cluster = Cluster::start(Engine::Memory, 1).await;
-    let url = cluster.gateways[0].url(&token_with_channels("carol", &["secret:team-*"]));
+    let url = cluster.gateways[0].url(&token_with_channels("carol", &["vault:team-*"]));
     let (mut carol, _) = WsClient::connect(&url).await.unwrap();
-    assert_eq!(subscribe_pattern(&mut carol, "secret:team-*").await["type"], "subscribed");
-    let wider = subscribe_pattern(&mut carol, "secret:*").await;
+    assert_eq!(subscribe_pattern(&mut carol, "vault:team-*").await["type"], "subscribed");
+    let wider = subscribe_pattern(&mut carol, "vault:*").await;
     assert_eq!(wider["code"], "forbidden", "a wider pattern than the claim lists: {wider}");
-    let with_token = json!({"type": "subscribe", "pattern": "secret:t?", "token": "x"});
+    let with_token = json!({"type": "subscribe", "pattern": "vault:t?", "token": "x"});
     assert_eq!(carol.request(with_token).await.unwrap()["code"], "forbidden", "the claim is checked first");
     let with_token = json!({"type": "subscribe", "pattern": "events:t?", "token": "x"});
     let refused = carol.request(with_token).await.unwrap();
     assert_eq!(refused["code"], "invalid_subscription_token", "tokens grant channels only: {refused}");
-    cluster.publish_http("secret:team-red", json!({"n": 1})).await;
-    assert_eq!(recv_messages(&mut carol, 1).await[0]["pattern"], "secret:team-*");
+    cluster.publish_http("vault:team-red", json!({"n": 1})).await;
+    assert_eq!(recv_messages(&mut carol, 1).await[0]["pattern"], "vault:team-*");
 
     let refreshed = json!({"type": "refresh", "id": 1, "token": token_with_channels("carol", &[])});
     carol.send_json(refreshed).await.unwrap();
@@ -127,9 +127,9 @@ async fn private_patterns_are_granted_as_a_whole() {
     assert_eq!(frames[0]["type"], "refreshed", "{frames:?}");
     assert_eq!(
         frames[1],
-        json!({"type": "unsubscribed", "pattern": "secret:team-*", "reason": "grant_revoked"})
+        json!({"type": "unsubscribed", "pattern": "vault:team-*", "reason": "grant_revoked"})
     );
-    cluster.publish_http("secret:team-red", json!({"n": 2})).await;
+    cluster.publish_http("vault:team-red", json!({"n": 2})).await;
     assert_silent(&cluster, &mut carol).await;
 }
 
