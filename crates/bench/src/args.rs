@@ -59,6 +59,12 @@ pub struct BenchArgs {
     /// with `gateway.personal_channel = false`, which subscribe none by themselves.
     #[arg(long)]
     pub subscribe_personal: bool,
+    /// Herald: each connection subscribes with a pattern subscription (a `subscribe` frame
+    /// with `pattern`, so `--subscribe-with frame` is implied) that matches exactly its
+    /// stream's channel: the channel with its last character as a class, `news:bench-[0]`.
+    /// The namespace needs `patterns = true`. Compare with the same run without it.
+    #[arg(long)]
+    pub pattern: bool,
     /// Namespace of the bench channels (Herald); it must be configured on the gateways (the
     /// quickstart configuration has `news`).
     #[arg(long, default_value = "news")]

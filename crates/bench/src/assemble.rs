@@ -126,6 +126,7 @@ pub(crate) fn report(args: &BenchArgs, m: Measured) -> Report {
         publish_via: args.publish,
         subscribe_with: args.subscribe_with,
         subscribe_personal: args.subscribe_personal,
+        pattern: args.pattern,
         started_at: m.started_at,
         payload_bytes: args.payload,
         workers: m.worker_processes,

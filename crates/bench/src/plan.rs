@@ -34,6 +34,9 @@ pub struct Plan {
     /// Herald connections subscribe to their personal channel themselves.
     #[serde(default)]
     pub subscribe_personal: bool,
+    /// Herald connections subscribe with a pattern that matches their channel (`--pattern`).
+    #[serde(default)]
+    pub pattern: bool,
     pub namespace: String,
     pub prefix: String,
     pub connections: u64,
@@ -88,8 +91,10 @@ impl Plan {
             urls: args.urls.clone(),
             jwt_secret: args.jwt_secret.clone(),
             token_key,
-            subscribe_with: args.subscribe_with,
+            // A pattern subscription goes in a frame: the connect URL takes channels only.
+            subscribe_with: if args.pattern { SubscribeWith::Frame } else { args.subscribe_with },
             subscribe_personal: args.subscribe_personal,
+            pattern: args.pattern,
             namespace: args.namespace.clone(),
             prefix: args.prefix.clone(),
             connections: args.connections,
@@ -178,6 +183,19 @@ impl Plan {
         }
     }
 
+    /// The `subscribe` frame connection `conn` sends after `connected`, if any: for its
+    /// channel, or with `--pattern` a pattern that matches exactly that channel (its last
+    /// character as a one-character class).
+    pub fn subscribe_request(&self, conn: u64) -> Option<String> {
+        let channel = self.subscribe_frame(conn)?;
+        if !self.pattern || !matches!(self.destination(self.stream_of(conn)), Destination::Channel(_)) {
+            return Some(serde_json::json!({"type": "subscribe", "channel": channel}).to_string());
+        }
+        let last = channel.chars().last()?;
+        let head = &channel[..channel.len() - last.len_utf8()];
+        Some(serde_json::json!({"type": "subscribe", "pattern": format!("{head}[{last}]")}).to_string())
+    }
+
     /// The channel with history whose position a Herald connection keeps to resume: the one
     /// it subscribes to, or its personal channel (the inbox). `None` for broadcast.
     pub fn resume_channel(&self, conn: u64) -> Option<String> {
@@ -263,6 +281,12 @@ mod tests {
         assert_eq!(p.subscription(12).as_deref(), Some("news:bench-1"));
         assert!(p.url(12).ends_with("&subscribe=news:bench-1"), "{}", p.url(12));
         assert_eq!(p.subscribe_frame(12), None);
+        let p = plan(&["fanout", "-n", "5", "--pattern"]);
+        assert!(!p.url(3).contains("subscribe="), "a pattern goes in a frame");
+        assert_eq!(
+            p.subscribe_request(3).as_deref(),
+            Some(r#"{"pattern":"news:bench-[0]","type":"subscribe"}"#)
+        );
         let f = plan(&["rooms", "-n", "25", "--room-size", "10", "--subscribe-with", "frame"]);
         assert_eq!(f.subscribe_frame(12).as_deref(), Some("news:bench-1"));
         assert!(!f.url(12).contains("subscribe="));

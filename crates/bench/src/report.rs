@@ -22,6 +22,9 @@ pub struct Report {
     /// Whether Herald connections subscribed to their personal channel themselves.
     #[serde(default)]
     pub subscribe_personal: bool,
+    /// Whether Herald connections subscribed with a pattern (`--pattern`).
+    #[serde(default)]
+    pub pattern: bool,
     /// Seconds since the Unix epoch when the run started.
     pub started_at: u64,
     pub payload_bytes: usize,

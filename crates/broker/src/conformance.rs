@@ -1,9 +1,11 @@
 //! What every engine promises, as one suite run against each engine (see `tests/` of this
 //! crate). A node is a [`Subscriber`] with its own [`Delivery`]; two nodes on one engine stand
 //! for two gateway replicas. Channel history has its own part ([`history`]), run with
-//! [`history::run_history`].
+//! [`history::run_history`], and so have pattern subscriptions ([`patterns`], run with
+//! [`patterns::run_patterns`]).
 
 pub mod history;
+pub mod patterns;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +39,16 @@ impl Delivery for Collector {
         self.positions.lock().unwrap().push((channel.to_string(), offset, epoch.to_string()));
         self.deliver(channel, payload);
     }
+
+    /// Recorded as `"<channel> via <pattern>"`, so a test tells it from the channel's own.
+    fn deliver_pattern(&self, pattern: &str, channel: &str, payload: Bytes) {
+        self.deliver(&via(channel, pattern), payload);
+    }
+}
+
+/// How the [`Collector`] records a message of `channel` that came through `pattern`.
+pub fn via(channel: &str, pattern: &str) -> String {
+    format!("{channel} via {pattern}")
 }
 
 impl Collector {

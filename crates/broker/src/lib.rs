@@ -10,6 +10,11 @@
 //!   the ones Redis confirmed, and resubscribes everything after a reconnect. On a Redis
 //!   Cluster (`redis.cluster_nodes`) the same parts run once per primary, with sharded Pub/Sub,
 //!   each channel on the primary serving its slot (`redis::cluster`).
+//!
+//! Pattern subscriptions ([`Subscriber::subscribe_pattern`]) are counted per pattern like
+//! channels: a node holds one per distinct pattern. The memory engine matches each publish
+//! against the patterns itself; a single Redis matches (`PSUBSCRIBE` on the node's one Pub/Sub
+//! connection); a Redis Cluster has none (sharded Pub/Sub has no `PSSUBSCRIBE`).
 //! - [`history`]: channel history (offsets, epochs, recovery, idempotent publish): the types
 //!   and rules both engines share; each engine keeps the state itself.
 //! - `conformance` (feature `testing`, for tests only): the behaviour both engines promise, as a
@@ -26,7 +31,7 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use herald_protocol::{ChannelName, ConfigError, EventKind, EventsConfig};
+use herald_protocol::{ChannelName, ChannelPattern, ConfigError, EventKind, EventsConfig};
 use tokio::sync::watch;
 
 #[cfg(feature = "testing")]
@@ -66,6 +71,13 @@ pub enum BrokerError {
     /// The subscription was not confirmed in time (typically: Redis is down).
     #[error("subscription to {0} was not confirmed in time")]
     SubscribeTimeout(ChannelName),
+    /// The pattern subscription was not confirmed in time (typically: Redis is down).
+    #[error("subscription to the pattern {0} was not confirmed in time")]
+    PatternSubscribeTimeout(ChannelPattern),
+    /// The engine has no pattern subscriptions (a Redis Cluster: sharded Pub/Sub has none);
+    /// the message says why.
+    #[error("pattern subscriptions are not available: {0}")]
+    PatternsUnsupported(&'static str),
     /// The engine's configuration is invalid; the error names the key. Only constructors
     /// return it.
     #[error(transparent)]
@@ -115,6 +127,15 @@ pub trait Delivery: Send + Sync + 'static {
     fn deliver_at(&self, channel: &str, payload: Bytes, offset: u64, epoch: &str) {
         let _ = (offset, epoch);
         self.deliver(channel, payload);
+    }
+
+    /// A message of `channel` that reached the node through its subscription to `pattern`
+    /// (which `channel` matches), once per matching pattern the node holds, and apart from
+    /// the [`Delivery::deliver`] of a subscription to `channel` itself. Positions are not
+    /// passed on: pattern subscriptions do not recover. Engines call it only for nodes that
+    /// subscribed a pattern; by default the message is dropped.
+    fn deliver_pattern(&self, pattern: &str, channel: &str, payload: Bytes) {
+        let _ = (pattern, channel, payload);
     }
 
     /// Every message delivered so far is complete; send them on.
@@ -301,6 +322,33 @@ pub trait Subscriber: Send + Sync + 'static {
 
     /// Withdraws one unit of interest in `channel`; takes effect in the background.
     fn unsubscribe(&self, channel: &ChannelName);
+
+    /// Registers interest in every channel `pattern` matches, counted like
+    /// [`Subscriber::subscribe`] (per pattern, whatever channels it matches); the node then
+    /// gets their messages through [`Delivery::deliver_pattern`]. The confirmation resolves
+    /// when they are guaranteed to flow. Engines without patterns fail it at once with
+    /// [`BrokerError::PatternsUnsupported`] (and hold no interest: no unsubscribe is due).
+    fn subscribe_pattern(&self, pattern: &ChannelPattern) -> Confirmation {
+        let _ = pattern;
+        Confirmation::pending(Box::pin(std::future::ready(Err(BrokerError::PatternsUnsupported(
+            "this engine has none",
+        )))))
+    }
+
+    /// As [`Subscriber::confirmation`], for a pattern.
+    fn pattern_confirmation(&self, pattern: &ChannelPattern) -> Confirmation {
+        self.subscribe_pattern(pattern)
+    }
+
+    /// Withdraws one unit of interest in `pattern`; takes effect in the background.
+    fn unsubscribe_pattern(&self, pattern: &ChannelPattern) {
+        let _ = pattern;
+    }
+
+    /// Patterns the engine is currently subscribed to for this node, for metrics and tests.
+    fn active_patterns(&self) -> usize {
+        0
+    }
 
     /// `true` while the node's subscriptions are live (connected and resubscribed).
     fn status(&self) -> watch::Receiver<bool>;

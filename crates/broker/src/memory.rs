@@ -4,6 +4,10 @@
 //! nodes may attach to one [`MemoryBroker`] (its clones share the same bus), which is how the
 //! conformance suite checks cross-node delivery without Redis.
 //!
+//! Pattern subscriptions are matched here, on every publish, against each pattern some node
+//! holds: a publish costs one match per (pattern, node), which the gateway bounds
+//! (`gateway.max_node_patterns`).
+//!
 //! Channel histories live in [`history`], behind one lock that a publish with history holds
 //! until it has delivered, so every node sees a channel's offsets in order.
 
@@ -16,8 +20,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::{self, FutureExt};
-use herald_protocol::ChannelName;
 use herald_protocol::support::shrink;
+use herald_protocol::{ChannelName, ChannelPattern};
 use tokio::sync::watch;
 
 use self::history::{Histories, Published};
@@ -33,29 +37,47 @@ pub struct MemoryBroker {
     bus: Arc<Bus>,
 }
 
-#[derive(Default)]
 struct Bus {
     /// For each channel, the nodes subscribed to it. Entries are removed when their last node
     /// leaves, so the map shrinks with the channels actually in use. The lists are replaced,
     /// never mutated, so a publish clones one `Arc` and delivers without holding the lock (a
     /// delivery takes the hub's locks, and the hub subscribes while holding them).
     channels: RwLock<HashMap<ChannelName, Arc<[Arc<Node>]>>>,
+    /// Every (pattern, node) subscription. Replaced, never mutated, like the lists of
+    /// `channels`, so a publish matches and delivers without holding the lock.
+    patterns: RwLock<PatternList>,
     next_node: Mutex<u64>,
     /// Channel histories. Taken before `channels` when both are needed, never the reverse.
     histories: Mutex<Histories>,
 }
+
+/// Every (pattern, node) subscription of a bus.
+type PatternList = Arc<[(ChannelPattern, Arc<Node>)]>;
 
 struct Node {
     id: u64,
     delivery: Arc<dyn Delivery>,
     /// Subscription counts of this node (see [`Subscriber`]).
     counts: Mutex<HashMap<ChannelName, u32>>,
+    /// Pattern subscription counts of this node.
+    pattern_counts: Mutex<HashMap<ChannelPattern, u32>>,
     status: watch::Sender<bool>,
 }
 
 impl MemoryBroker {
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Self {
+            channels: RwLock::default(),
+            patterns: RwLock::new(Arc::new([])),
+            next_node: Mutex::default(),
+            histories: Mutex::default(),
+        }
     }
 }
 
@@ -67,6 +89,7 @@ impl Broker for MemoryBroker {
             node.delivery.deliver(channel.as_str(), payload.clone());
             node.delivery.flush();
         }
+        self.bus.deliver_patterns(channel, &payload);
         Ok(())
     }
 
@@ -95,6 +118,7 @@ impl Broker for MemoryBroker {
             node.delivery.deliver_at(channel.as_str(), frame.clone(), result.offset, &result.epoch);
             node.delivery.flush();
         }
+        self.bus.deliver_patterns(channel, &frame);
         drop(histories);
         Ok(result)
     }
@@ -131,7 +155,13 @@ impl Broker for MemoryBroker {
         };
         Arc::new(MemorySubscriber {
             bus: self.bus.clone(),
-            node: Arc::new(Node { id, delivery, counts: Mutex::default(), status: watch::Sender::new(true) }),
+            node: Arc::new(Node {
+                id,
+                delivery,
+                counts: Mutex::default(),
+                pattern_counts: Mutex::default(),
+                status: watch::Sender::new(true),
+            }),
         })
     }
 
@@ -145,6 +175,23 @@ impl Broker for MemoryBroker {
 }
 
 impl Bus {
+    /// Hands `payload` of `channel` to every node holding a pattern it matches.
+    fn deliver_patterns(&self, channel: &ChannelName, payload: &Bytes) {
+        let patterns = self.patterns.read().expect("bus lock poisoned").clone();
+        for (pattern, node) in patterns.iter().filter(|(p, _)| p.matches(channel.as_str())) {
+            node.delivery.deliver_pattern(pattern.as_str(), channel.as_str(), payload.clone());
+            node.delivery.flush();
+        }
+    }
+
+    /// Adds or (`add` false) removes node `node`'s subscription to `pattern`.
+    fn set_pattern(&self, pattern: &ChannelPattern, node: &Arc<Node>, add: bool) {
+        let mut patterns = self.patterns.write().expect("bus lock poisoned");
+        let rest = patterns.iter().filter(|(p, n)| !(n.id == node.id && p == pattern)).cloned();
+        *patterns =
+            if add { rest.chain([(pattern.clone(), node.clone())]).collect() } else { rest.collect() };
+    }
+
     /// Removes node `id` from `channel`'s list, and the channel once nobody is left.
     fn detach(&self, channel: &ChannelName, id: u64) {
         let mut channels = self.channels.write().expect("bus lock poisoned");
@@ -197,6 +244,41 @@ impl Subscriber for MemorySubscriber {
         self.bus.detach(channel, self.node.id);
     }
 
+    fn subscribe_pattern(&self, pattern: &ChannelPattern) -> Confirmation {
+        let mut counts = self.node.pattern_counts.lock().expect("node lock poisoned");
+        let count = counts.entry(pattern.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.bus.set_pattern(pattern, &self.node, true);
+        }
+        Confirmation::confirmed()
+    }
+
+    fn pattern_confirmation(&self, pattern: &ChannelPattern) -> Confirmation {
+        if self.node.pattern_counts.lock().expect("node lock poisoned").contains_key(pattern) {
+            Confirmation::confirmed()
+        } else {
+            let error = BrokerError::PatternSubscribeTimeout(pattern.clone());
+            Confirmation::pending(future::ready(Err(error)).boxed())
+        }
+    }
+
+    fn unsubscribe_pattern(&self, pattern: &ChannelPattern) {
+        let mut counts = self.node.pattern_counts.lock().expect("node lock poisoned");
+        let Some(count) = counts.get_mut(pattern) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        counts.remove(pattern);
+        shrink(&mut counts);
+        self.bus.set_pattern(pattern, &self.node, false);
+    }
+
+    fn active_patterns(&self) -> usize {
+        self.node.pattern_counts.lock().expect("node lock poisoned").len()
+    }
+
     fn status(&self) -> watch::Receiver<bool> {
         self.node.status.subscribe()
     }
@@ -212,6 +294,11 @@ impl Subscriber for MemorySubscriber {
             self.bus.detach(channel, self.node.id);
         }
         self.node.counts.lock().expect("node lock poisoned").clear();
+        let patterns: Vec<ChannelPattern> =
+            self.node.pattern_counts.lock().expect("node lock poisoned").drain().map(|(p, _)| p).collect();
+        for pattern in &patterns {
+            self.bus.set_pattern(pattern, &self.node, false);
+        }
         self.node.status.send_replace(false);
     }
 }

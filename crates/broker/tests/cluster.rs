@@ -16,12 +16,14 @@ fn cluster_broker(cluster: &RedisCluster) -> Arc<dyn Broker> {
     Arc::new(RedisBroker::new(config).unwrap())
 }
 
-/// The cluster engine keeps every promise of the broker suite and of the history suite.
+/// The cluster engine keeps every promise of the broker suite and of the history suite, and
+/// refuses pattern subscriptions at once (sharded Pub/Sub has none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_engine_conforms() {
     let cluster = RedisCluster::start().await;
     let broker = cluster_broker(&cluster);
     conformance::run_all(broker.clone(), "cluster").await;
+    conformance::patterns::patterns_are_refused(&broker, "cluster").await;
     run_history(broker, "cluster").await;
 }
 

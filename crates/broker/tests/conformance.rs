@@ -13,6 +13,24 @@ async fn memory_engine_conforms() {
     conformance::run_all(broker, "mem").await;
 }
 
+/// The in-memory engine keeps every promise about pattern subscriptions, matching itself.
+#[tokio::test]
+async fn memory_engine_conforms_with_patterns() {
+    conformance::patterns::run_patterns(Arc::new(MemoryBroker::new()), "mem").await;
+}
+
+/// The Redis engine keeps every promise about pattern subscriptions (`PSUBSCRIBE`), also
+/// with a prefix full of glob characters, which must match only themselves.
+#[tokio::test]
+async fn redis_engine_conforms_with_patterns() {
+    let redis = RedisServer::start().await;
+    let broker = RedisBroker::new(RedisConfig { url: redis.url(), ..Default::default() }).unwrap();
+    conformance::patterns::run_patterns(Arc::new(broker), "redis").await;
+    let prefix = "we*rd?[x]^-\\:".to_string();
+    let odd = RedisBroker::new(RedisConfig { url: redis.url(), prefix, ..Default::default() }).unwrap();
+    conformance::patterns::run_patterns(Arc::new(odd), "odd").await;
+}
+
 /// The Redis engine keeps every promise of the suite, against a real redis-server.
 #[tokio::test]
 async fn redis_engine_conforms() {

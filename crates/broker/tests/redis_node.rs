@@ -153,3 +153,33 @@ async fn interleaved_subscribes_and_unsubscribes_settle_on_what_is_wanted() {
     }
     node.close();
 }
+
+/// After Redis restarts, the node subscribes its patterns again (`PSUBSCRIBE`), beside its
+/// channels, before it reports itself live, and their messages flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_are_resubscribed_after_a_reconnect() {
+    let mut redis = RedisServer::start().await;
+    let config =
+        RedisConfig { url: redis.url(), reconnect_max: Duration::from_millis(200), ..Default::default() };
+    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::new(config).unwrap());
+    let (node, got) = conformance::node(&broker);
+    let pattern = herald_protocol::ChannelPattern::parse("node:p-*").unwrap();
+    node.subscribe_pattern(&pattern).await.unwrap();
+    let status = node.status();
+    redis.restart().await;
+    // Reconnected and live again: everything resubscribed (the status waits for that).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node.reconnects() == 0 || !*status.borrow() {
+        assert!(tokio::time::Instant::now() < deadline, "the node never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.active_patterns(), 1);
+    assert_eq!(redis.command(&["PUBSUB", "NUMPAT"]).await, ":1");
+    broker
+        .publish(&ChannelName::parse("node:p-1").unwrap(), bytes::Bytes::from_static(b"back"))
+        .await
+        .unwrap();
+    let received = got.wait_for(1).await;
+    assert_eq!(received[0].0, conformance::via("node:p-1", "node:p-*"));
+    node.close();
+}

@@ -35,6 +35,14 @@ pub struct GatewayConfig {
     pub pong_timeout: Duration,
     /// Most channels one connection may subscribe to, besides the server-managed ones.
     pub max_subscriptions: usize,
+    /// Most pattern subscriptions one connection may hold (in namespaces with
+    /// `patterns = true`), apart from `max_subscriptions`. 0 turns them off on this gateway.
+    pub max_pattern_subscriptions: usize,
+    /// Most distinct patterns this gateway holds at once, over all its connections: each is
+    /// one `PSUBSCRIBE` of the node, and Redis matches every publish (of every channel)
+    /// against every pattern any client holds. A subscription to a pattern the gateway holds
+    /// already always fits.
+    pub max_node_patterns: usize,
     /// Whether every connection is subscribed to its user's personal channel (`user:<id>`),
     /// so that notifications (`/v1/users/{user}/notify`) reach it without the client asking.
     /// Where nothing notifies users, or only some pages listen, turn it off: a connection
@@ -141,6 +149,8 @@ impl Default for GatewayConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(60),
             max_subscriptions: 128,
+            max_pattern_subscriptions: 8,
+            max_node_patterns: 1000,
             personal_channel: true,
             max_message_size: 64 * 1024,
             read_buffer_size: 256,
@@ -181,6 +191,7 @@ impl GatewayConfig {
             ("gateway.frame_rate", self.frame_rate as usize),
             ("gateway.frame_burst", self.frame_burst as usize),
             ("gateway.max_data_depth", self.max_data_depth),
+            ("gateway.max_node_patterns", self.max_node_patterns),
         ];
         for (key, value) in positive {
             if value == 0 {

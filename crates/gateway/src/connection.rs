@@ -73,7 +73,7 @@ pub(crate) struct Connection {
 impl Drop for Connection {
     /// Leaves every channel and forgets the connection, however its task ended.
     fn drop(&mut self) {
-        let Session { shared, handle, subscriptions, info, identity, .. } = &mut self.session;
+        let Session { shared, handle, subscriptions, patterns, info, identity, .. } = &mut self.session;
         shared.registry.unregister(handle.id);
         if self.counted {
             shared.registry.user_left(&identity.user);
@@ -82,6 +82,9 @@ impl Drop for Connection {
         handle.writer.close();
         for channel in subscriptions.drain() {
             shared.hub.leave(&channel, handle.id);
+        }
+        for pattern in patterns.drain() {
+            shared.hub.leave_pattern(&pattern, handle.id);
         }
         if self.greeted {
             shared.observer.disconnected(info);
@@ -108,6 +111,7 @@ impl Connection {
                 info,
                 handle: ConnHandle::new(id, Arc::new(writer)),
                 subscriptions: HashSet::new(),
+                patterns: HashSet::new(),
                 grants: Default::default(),
                 identity,
                 shared,

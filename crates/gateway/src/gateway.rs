@@ -110,7 +110,7 @@ impl Gateway {
         let metrics = Arc::new(GatewayMetrics::default());
         let verifier = TokenVerifier::with_metrics(auth, metrics.jwks_fetches.clone())?;
         let node_id = format!("{:08x}", rand_u32());
-        let hub = Hub::new(broker, metrics.clone());
+        let hub = Hub::with_pattern_limit(broker, metrics.clone(), config.max_node_patterns);
         let canary_ok = Arc::new(watch::Sender::new(Err(Vec::new())));
         let shutdown = CancellationToken::new();
         let config = Arc::new(config);

@@ -12,6 +12,9 @@
 //! Queues are bounded in frames and bytes; a subscriber whose queue is full is marked slow
 //! and its connection closes itself, so one slow client never holds up the others.
 //!
+//! Pattern subscriptions (`patterns`) keep their own map, pattern -> connections, and their
+//! messages, marked with the pattern, go out through the same batches and fan-out.
+//!
 //! Channels with history go through [`crate::stream`] first: messages carry an offset, the
 //! hub drops duplicates, repairs gaps from the history in a task of its own (`crate::repair`:
 //! the broker's reader never waits), and tells subscribers with a `reset` frame what it
@@ -31,6 +34,8 @@ use herald_protocol::support::shrink;
 use herald_protocol::{ChannelHistory, ChannelName};
 use tokio_util::sync::CancellationToken;
 
+use self::patterns::Patterns;
+pub use self::patterns::TooManyPatterns;
 use crate::fanout;
 use crate::metrics::GatewayMetrics;
 use crate::registry::{ConnHandle, ConnId, ConnMap};
@@ -46,6 +51,8 @@ const SHARDS: usize = 64;
 /// A message received from the broker, waiting for the batch's flush.
 struct Received {
     channel: Box<str>,
+    /// The pattern it came through, for a pattern subscription's copy (see `patterns`).
+    pattern: Option<Box<str>>,
     /// The encoded WebSocket frame, shared by every subscriber.
     frame: Bytes,
     /// The message's publish time (ms since the Unix epoch), for the latency metric; 0 if
@@ -73,6 +80,10 @@ pub struct Hub {
 
 struct HubInner {
     shards: Box<[RwLock<HashMap<ChannelName, ChannelEntry>>]>,
+    /// Pattern subscriptions: pattern -> local connections.
+    patterns: RwLock<Patterns>,
+    /// Most distinct patterns at once (`gateway.max_node_patterns`).
+    max_patterns: usize,
     hasher: RandomState,
     broker: Arc<dyn Broker>,
     /// The node's broker subscription; set once, right after the hub is built, because the
@@ -104,6 +115,14 @@ impl Delivery for HubDelivery {
         }
     }
 
+    fn deliver_pattern(&self, pattern: &str, channel: &str, payload: Bytes) {
+        if let Some(hub) = self.0.upgrade()
+            && let Some(received) = hub.receive_pattern(pattern, channel, payload)
+        {
+            hub.push(received);
+        }
+    }
+
     fn flush(&self) {
         if let Some(hub) = self.0.upgrade() {
             hub.flush();
@@ -115,8 +134,19 @@ impl Hub {
     /// Builds the hub and the node's broker subscription. Spawns nothing: the subscription's
     /// background task is run by whoever takes it with [`Hub::take_task`] ([`crate::serve`]).
     pub fn new(broker: Arc<dyn Broker>, metrics: Arc<GatewayMetrics>) -> Self {
+        Self::with_pattern_limit(broker, metrics, crate::GatewayConfig::default().max_node_patterns)
+    }
+
+    /// As [`Hub::new`], holding at most `max_patterns` distinct patterns at once.
+    pub fn with_pattern_limit(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<GatewayMetrics>,
+        max_patterns: usize,
+    ) -> Self {
         let inner = Arc::new(HubInner {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            patterns: RwLock::default(),
+            max_patterns,
             hasher: RandomState::new(),
             broker,
             subscriber: OnceLock::new(),
@@ -289,8 +319,18 @@ impl HubInner {
             tracing::warn!(channel, "dropped a broker message that is not UTF-8");
             return;
         }
-        let received =
-            Received { channel: channel.into(), ts: publish_time(&payload), frame: wire::text(&payload), at };
+        let received = Received {
+            channel: channel.into(),
+            pattern: None,
+            ts: publish_time(&payload),
+            frame: wire::text(&payload),
+            at,
+        };
+        self.push(received);
+    }
+
+    /// Adds a message to the batch; a full batch is written at once.
+    fn push(self: &Arc<Self>, received: Received) {
         let mut batch = self.batch.lock().expect("hub batch lock poisoned");
         batch.push(received);
         if batch.len() >= MAX_BATCH {
@@ -306,17 +346,23 @@ impl HubInner {
         let batch = std::mem::take(&mut *self.batch.lock().expect("hub batch lock poisoned"));
         let mut frames = Vec::new();
         for (i, first) in batch.iter().enumerate() {
-            if batch[..i].iter().any(|m| m.channel == first.channel) {
-                continue; // sent with the first message of its channel
+            let same = |m: &&Received| m.channel == first.channel && m.pattern == first.pattern;
+            if batch[..i].iter().any(|m| same(&m)) {
+                continue; // sent with the first message of its channel (and pattern)
+            }
+            if let Some(pattern) = &first.pattern {
+                frames.clear();
+                frames.extend(batch[i..].iter().filter(same).map(|m| m.frame.clone()));
+                self.fan_out_pattern(pattern, &frames, first.ts);
+                continue;
             }
             if first.at.is_some() {
-                let messages: Vec<&Received> =
-                    batch[i..].iter().filter(|m| m.channel == first.channel).collect();
+                let messages: Vec<&Received> = batch[i..].iter().filter(same).collect();
                 self.fan_out_positioned(&first.channel, &messages, first.ts);
                 continue;
             }
             frames.clear();
-            frames.extend(batch[i..].iter().filter(|m| m.channel == first.channel).map(|m| m.frame.clone()));
+            frames.extend(batch[i..].iter().filter(same).map(|m| m.frame.clone()));
             self.fan_out(&first.channel, &frames, first.ts);
         }
     }
@@ -445,5 +491,6 @@ fn publish_time(frame: &[u8]) -> u64 {
         .fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
 }
 
+mod patterns;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@
 //! subscription token, which the connection checks (`crate::grants`) when this module says
 //! [`Access::NeedsToken`].
 
-use herald_protocol::{ChannelKind, ChannelName, ErrorCode, Namespaces};
+use herald_protocol::{ChannelKind, ChannelName, ChannelPattern, ErrorCode, Namespaces};
 
 use crate::auth::Identity;
 use crate::pattern;
@@ -53,6 +53,41 @@ pub fn subscribe_access(
             Ok(_) => Err((ErrorCode::Forbidden, format!("subscribing to {channel} is not allowed"))),
         },
     }
+}
+
+/// Whether `who` may subscribe to `pattern`. The pattern is judged as a whole, by its
+/// namespace, never by the channels it happens to match: the namespace must allow
+/// subscribing and `patterns`; in a private one the connection token's `channels` claim must
+/// list the pattern itself, character for character (a claim entry `vip:*` grants the
+/// pattern `vip:*`, whose `*` reaches across `:`, only because it is written the same).
+/// Personal channels are never reached by a pattern.
+pub fn pattern_access(
+    who: &Identity,
+    pattern: &ChannelPattern,
+    namespaces: &Namespaces,
+) -> Result<(), Denied> {
+    let ns = pattern.namespace();
+    match namespaces.lookup_pattern(pattern) {
+        Err(code) => Err((code, format!("unknown pattern {pattern}: namespace {ns:?} is not configured"))),
+        Ok(None) => Err((ErrorCode::Forbidden, "a pattern cannot reach personal channels".into())),
+        Ok(Some(config)) if !config.subscribe => {
+            Err((ErrorCode::Forbidden, format!("subscribing to namespace {ns:?} is not allowed")))
+        }
+        Ok(Some(config)) if !config.patterns => Err((
+            ErrorCode::Forbidden,
+            format!("namespace {ns:?} does not allow pattern subscriptions (`patterns = true`)"),
+        )),
+        Ok(Some(config)) if config.private && !claim_lists(who, pattern) => Err((
+            ErrorCode::Forbidden,
+            format!("{ns:?} is private and the token's `channels` claim does not list the pattern {pattern}"),
+        )),
+        Ok(Some(_)) => Ok(()),
+    }
+}
+
+/// Whether the `channels` claim lists `pattern` itself.
+pub fn claim_lists(who: &Identity, pattern: &ChannelPattern) -> bool {
+    who.channels.as_deref().is_some_and(|claim| claim.iter().any(|entry| **entry == *pattern.as_str()))
 }
 
 /// Whether the connection token's `channels` claim grants `channel`.
@@ -249,6 +284,35 @@ mod tests {
         let list = connect_subscriptions(&granted, "chat:x,vip:silver", &ns, true, 8);
         assert_eq!(list.unwrap_err().0, ErrorCode::Forbidden, "connect-time channels are checked too");
         assert!(is_private(&ch("vip:x"), &ns) && !is_private(&ch("chat:x"), &ns));
+    }
+
+    fn pat(s: &str) -> ChannelPattern {
+        ChannelPattern::parse(s).unwrap()
+    }
+
+    /// A pattern is judged by its namespace as a whole; in a private one the claim must list
+    /// the pattern itself.
+    #[test]
+    fn patterns_need_their_namespace_and_a_grant_as_a_whole() {
+        let mut ns = Namespaces::default();
+        ns.0.insert("events".into(), NamespaceConfig { patterns: true, ..Default::default() });
+        ns.0.insert("chat".into(), NamespaceConfig::default());
+        ns.0.insert(
+            "closed".into(),
+            NamespaceConfig { patterns: true, subscribe: false, ..Default::default() },
+        );
+        ns.0.insert("vip".into(), NamespaceConfig { patterns: true, private: true, ..Default::default() });
+        let denied = |who: &Identity, p| pattern_access(who, &pat(p), &ns).unwrap_err().0;
+        assert!(pattern_access(&who("a"), &pat("events:*"), &ns).is_ok());
+        assert_eq!(denied(&who("a"), "chat:*"), ErrorCode::Forbidden, "patterns = false");
+        assert_eq!(denied(&who("a"), "closed:*"), ErrorCode::Forbidden);
+        assert_eq!(denied(&who("a"), "other:*"), ErrorCode::UnknownChannel);
+        assert_eq!(denied(&who("a"), "user:*"), ErrorCode::Forbidden);
+        assert_eq!(denied(&who("a"), "vip:*"), ErrorCode::Forbidden, "no claim");
+        let granted = with_claim("a", &["vip:gold-*", "vip:silver"]);
+        assert!(pattern_access(&granted, &pat("vip:gold-*"), &ns).is_ok());
+        assert_eq!(denied(&granted, "vip:gold-?"), ErrorCode::Forbidden, "listed exactly, or not at all");
+        assert_eq!(denied(&granted, "vip:*"), ErrorCode::Forbidden, "wider than the claim");
     }
 
     /// Publishing and reading members of a private channel take the same grant.

@@ -124,6 +124,18 @@ impl Config {
     /// the inbox and the history limits.
     pub fn validate_channels(&self) -> Result<(), ConfigError> {
         self.namespaces.validate()?;
+        // Sharded Pub/Sub, the cluster engine's, has no pattern subscriptions; plain
+        // `PSUBSCRIBE` would see only what was published with `PUBLISH`, which a cluster
+        // copies to every node, the cost sharding exists to avoid.
+        if let Some(ns) = self.namespaces.with_patterns()
+            && self.redis.is_cluster()
+        {
+            return Err(ConfigError::new(
+                format!("namespaces.{ns}.patterns"),
+                "cannot be used with redis.cluster_nodes: sharded Pub/Sub on a Redis Cluster has no \
+                 pattern subscriptions",
+            ));
+        }
         self.inbox.validate()?;
         self.history.validate()
     }
@@ -221,5 +233,16 @@ mod tests {
         assert_eq!(config.validate_standalone(), Ok(()));
         config.events.enabled = true;
         assert_eq!(config.validate_standalone().unwrap_err().key, "events.enabled");
+    }
+
+    /// Pattern subscriptions are refused at start-up on a Redis Cluster, naming the namespace.
+    #[test]
+    fn patterns_are_refused_on_a_cluster() {
+        let mut config = Config::default();
+        let events = herald_protocol::NamespaceConfig { patterns: true, ..Default::default() };
+        config.namespaces.0.insert("events".into(), events);
+        config.validate_channels().unwrap();
+        config.redis.cluster_nodes = vec!["127.0.0.1:7000".into()];
+        assert_eq!(config.validate_channels().unwrap_err().key, "namespaces.events.patterns");
     }
 }

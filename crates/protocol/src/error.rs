@@ -16,6 +16,8 @@ pub enum ErrorCode {
     UnknownType,
     /// A channel name or user id breaks the naming rules.
     InvalidChannel,
+    /// A pattern of a pattern subscription breaks the pattern rules (see the message).
+    InvalidPattern,
     /// The channel's namespace is not configured on this server.
     UnknownChannel,
     /// The caller is authenticated but may not do this (another user's personal channel,
@@ -114,10 +116,11 @@ impl CloseCode {
 
 impl ErrorCode {
     /// Every code, for documentation tests.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::MalformedFrame,
         Self::UnknownType,
         Self::InvalidChannel,
+        Self::InvalidPattern,
         Self::UnknownChannel,
         Self::Forbidden,
         Self::AlreadySubscribed,
@@ -149,6 +152,7 @@ impl ErrorCode {
             Self::MalformedFrame => "malformed_frame",
             Self::UnknownType => "unknown_type",
             Self::InvalidChannel => "invalid_channel",
+            Self::InvalidPattern => "invalid_pattern",
             Self::UnknownChannel => "unknown_channel",
             Self::Forbidden => "forbidden",
             Self::AlreadySubscribed => "already_subscribed",
@@ -179,7 +183,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             Self::MalformedFrame | Self::UnknownType => 400,
-            Self::InvalidChannel | Self::UnknownChannel | Self::NoHistory => 422,
+            Self::InvalidChannel | Self::InvalidPattern | Self::UnknownChannel | Self::NoHistory => 422,
             Self::Unrecoverable => 410,
             Self::AlreadySubscribed | Self::NotSubscribed => 409,
             Self::Forbidden | Self::UserMismatch | Self::InvalidSubscriptionToken => 403,
@@ -209,7 +213,9 @@ impl ErrorCode {
         const UNAVAILABLE: i32 = 14;
         const UNAUTHENTICATED: i32 = 16;
         match self {
-            Self::MalformedFrame | Self::UnknownType | Self::InvalidChannel => INVALID_ARGUMENT,
+            Self::MalformedFrame | Self::UnknownType | Self::InvalidChannel | Self::InvalidPattern => {
+                INVALID_ARGUMENT
+            }
             Self::UnknownChannel => NOT_FOUND,
             Self::Forbidden | Self::UserMismatch | Self::InvalidSubscriptionToken => PERMISSION_DENIED,
             Self::SubscriptionExpired => UNAUTHENTICATED,

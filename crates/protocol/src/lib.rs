@@ -7,6 +7,8 @@
 //!   publishes it, into the exact bytes every subscriber receives ([`Publication::encode`]).
 //! - [`channel`] and [`user`]: validated names ([`ChannelName`], [`UserId`]). They are parsed
 //!   once at the edge and are valid everywhere after.
+//! - [`pattern`]: the globs of pattern subscriptions ([`ChannelPattern`]), Redis's syntax
+//!   narrowed to what every engine matches alike.
 //! - [`namespace`]: what clients may do in each channel namespace ([`Namespaces`]).
 //! - [`history`]: which channels keep history ([`InboxConfig`] for personal channels,
 //!   [`HistoryConfig`] for the limits) and the positions clients resume from ([`Since`]).
@@ -31,6 +33,7 @@ pub mod history;
 pub mod name;
 pub mod namespace;
 pub mod observer;
+pub mod pattern;
 pub mod publication;
 pub mod support;
 pub mod user;
@@ -44,5 +47,6 @@ pub use frame::{ClientFrame, FrameError, InboxState, RequestId, ServerFrame, Str
 pub use history::{ChannelHistory, HistoryConfig, InboxConfig, Position, Since};
 pub use namespace::{DEFAULT_NAMESPACE, INTERNAL_NAMESPACE, NamespaceConfig, Namespaces};
 pub use observer::{ConnectionInfo, ConnectionObserver, NoObserver};
+pub use pattern::{ChannelPattern, InvalidPattern};
 pub use publication::{Publication, PublicationError};
 pub use user::UserId;

@@ -14,6 +14,7 @@ use crate::channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, PERSONAL_NAMES
 use crate::config_error::ConfigError;
 use crate::error::ErrorCode;
 use crate::history::{ChannelHistory, InboxConfig, check_history};
+use crate::pattern::ChannelPattern;
 
 /// Reserved for Herald's own channels (the gateways' delivery canaries).
 pub const INTERNAL_NAMESPACE: &str = "herald";
@@ -57,6 +58,10 @@ pub struct NamespaceConfig {
     /// Each client publish is also written into the backends' event stream (`[events]` with
     /// `publish` among its kinds), before it is delivered. See `docs/events.md`.
     pub events: bool,
+    /// Clients may subscribe to a glob over its channel names (`events:*`) and receive the
+    /// messages of every matching channel (see `docs/protocol.md`, Pattern subscriptions).
+    /// Not with `subscribe_hook`, which is asked about one channel at a time.
+    pub patterns: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -74,6 +79,7 @@ impl Default for NamespaceConfig {
             history_ttl: Duration::ZERO,
             client_history: false,
             events: false,
+            patterns: false,
         }
     }
 }
@@ -103,6 +109,13 @@ impl Namespaces {
             }
             let config = &self.0[name];
             check_history(&key(), config.history_size, config.history_ttl)?;
+            if config.patterns && config.subscribe_hook {
+                return Err(ConfigError::new(
+                    format!("{}.patterns", key()),
+                    "cannot be combined with subscribe_hook: the hook decides about one channel, and a \
+                     pattern subscription names none",
+                ));
+            }
             if config.client_history && config.history_size == 0 {
                 return Err(ConfigError::new(
                     format!("{}.client_history", key()),
@@ -121,6 +134,22 @@ impl Namespaces {
         }
         let ns = channel.namespace().unwrap_or(DEFAULT_NAMESPACE);
         self.0.get(ns).map(Some).ok_or(ErrorCode::UnknownChannel)
+    }
+
+    /// The options governing the channels `pattern` can match, or `unknown_channel` when its
+    /// namespace is not configured. The personal namespace has none: `None` (patterns over
+    /// other users' channels are never allowed).
+    pub fn lookup_pattern(&self, pattern: &ChannelPattern) -> Result<Option<&NamespaceConfig>, ErrorCode> {
+        if pattern.namespace() == PERSONAL_NAMESPACE {
+            return Ok(None);
+        }
+        self.0.get(pattern.namespace()).map(Some).ok_or(ErrorCode::UnknownChannel)
+    }
+
+    /// The name of a namespace that allows pattern subscriptions, if any does (for the
+    /// configuration checks of engines without patterns).
+    pub fn with_patterns(&self) -> Option<&str> {
+        self.0.iter().find(|(_, ns)| ns.patterns).map(|(name, _)| name.as_str())
     }
 
     /// How `channel` keeps history: its namespace's, the inbox's for a personal channel, none

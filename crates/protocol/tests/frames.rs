@@ -109,7 +109,9 @@ fn decoded(frame: ClientFrame) -> Parts {
         ClientFrame::History { .. }
         | ClientFrame::Ack { .. }
         | ClientFrame::Refresh { .. }
-        | ClientFrame::SubscribeRefresh { .. } => unreachable!("not generated"),
+        | ClientFrame::SubscribeRefresh { .. }
+        | ClientFrame::SubscribePattern { .. }
+        | ClientFrame::UnsubscribePattern { .. } => unreachable!("not generated"),
     }
 }
 

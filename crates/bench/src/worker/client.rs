@@ -298,8 +298,7 @@ async fn setup(shared: &Shared, conn: u64, url: &str) -> Result<(Ws, Value), Set
         return Ok((ws, Value::Null));
     }
     let mut greeting = expect(&mut ws, "connected").await?;
-    if let Some(channel) = plan.subscribe_frame(conn) {
-        let frame = serde_json::json!({"type": "subscribe", "channel": channel}).to_string();
+    if let Some(frame) = plan.subscribe_request(conn) {
         ws.send(Message::text(frame)).await.map_err(|e| SetupError::Subscribe(Box::new(e)))?;
         greeting = expect(&mut ws, "subscribed").await?;
     }

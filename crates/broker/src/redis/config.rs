@@ -222,6 +222,26 @@ impl RedisConfig {
         self.spread_channels.iter().filter(move |_| spread).map(String::as_str)
     }
 
+    /// `pattern`'s Pub/Sub pattern in Redis: the prefix, its glob characters escaped so they
+    /// match themselves, and the pattern. Only on one Redis: a cluster has no patterns.
+    pub(crate) fn pubsub_pattern(&self, pattern: &str) -> String {
+        let mut key = self.pattern_prefix();
+        key.push_str(pattern);
+        key
+    }
+
+    /// The prefix as it starts every Pub/Sub pattern: each glob character escaped.
+    pub(crate) fn pattern_prefix(&self) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 4);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+                key.push('\\');
+            }
+            key.push(c);
+        }
+        key
+    }
+
     /// The channel name a Pub/Sub channel from Redis stands for: [`RedisConfig::pubsub_channel`]
     /// undone. `None` for a channel that is not Herald's.
     pub(crate) fn channel_name<'a>(&self, pubsub: &'a [u8]) -> Option<&'a str> {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::FutureExt;
-use herald_protocol::ChannelName;
+use herald_protocol::{ChannelName, ChannelPattern};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +41,9 @@ const CHANNELS_PER_COMMAND: usize = 512;
 /// State shared between a node's [`RedisSubscriber`] handle and its task.
 pub(super) struct NodeShared {
     state: Mutex<SubState>,
+    /// The node's patterns (`PSUBSCRIBE`), kept apart from its channels: Redis confirms them
+    /// with events of their own, and a pattern may read like a channel.
+    patterns: Mutex<SubState>,
     /// Wakes the task when `dirty` gained channels.
     wake: Notify,
     /// `true` while connected and resubscribed.
@@ -87,6 +90,7 @@ impl NodeShared {
     ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
+            patterns: Mutex::default(),
             wake: Notify::new(),
             status: watch::Sender::new(false),
             stop,
@@ -99,6 +103,10 @@ impl NodeShared {
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, SubState> {
         self.state.lock().expect("subscriber lock poisoned")
+    }
+
+    pub(super) fn patterns(&self) -> std::sync::MutexGuard<'_, SubState> {
+        self.patterns.lock().expect("subscriber lock poisoned")
     }
 
     /// Wakes the task: channels turned dirty.
@@ -135,6 +143,24 @@ impl NodeShared {
 pub(super) struct RedisSubscriber {
     pub(super) shared: Arc<NodeShared>,
     pub(super) config: RedisConfig,
+}
+
+/// Waits for `confirmed` of `pattern`, at most `timeout`.
+fn wait_pattern(
+    timeout: Duration,
+    pattern: &ChannelPattern,
+    confirmed: oneshot::Receiver<()>,
+) -> Confirmation {
+    let pattern = pattern.clone();
+    Confirmation::pending(
+        async move {
+            match tokio::time::timeout(timeout, confirmed).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(BrokerError::PatternSubscribeTimeout(pattern)),
+            }
+        }
+        .boxed(),
+    )
 }
 
 /// Waits for `confirmed`, at most `timeout`.
@@ -193,6 +219,36 @@ impl Subscriber for RedisSubscriber {
         if self.shared.lock().unwant(&key) {
             self.shared.wake.notify_one();
         }
+    }
+
+    fn subscribe_pattern(&self, pattern: &ChannelPattern) -> Confirmation {
+        let key = self.config.pubsub_pattern(pattern.as_str());
+        let (tx, rx) = oneshot::channel();
+        if self.shared.patterns().want(&key, tx) {
+            return Confirmation::confirmed();
+        }
+        self.shared.wake.notify_one();
+        wait_pattern(self.shared.subscribe_timeout, pattern, rx)
+    }
+
+    fn pattern_confirmation(&self, pattern: &ChannelPattern) -> Confirmation {
+        let key = self.config.pubsub_pattern(pattern.as_str());
+        let (tx, rx) = oneshot::channel();
+        if self.shared.patterns().wait(&key, tx) {
+            return Confirmation::confirmed();
+        }
+        wait_pattern(self.shared.subscribe_timeout, pattern, rx)
+    }
+
+    fn unsubscribe_pattern(&self, pattern: &ChannelPattern) {
+        let key = self.config.pubsub_pattern(pattern.as_str());
+        if self.shared.patterns().unwant(&key) {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn active_patterns(&self) -> usize {
+        self.shared.patterns().active
     }
 
     fn status(&self) -> watch::Receiver<bool> {
@@ -296,6 +352,8 @@ impl NodeTask {
             Err(ended) => return ended,
         };
         self.shared.lock().reset();
+        self.shared.patterns().reset();
+        let pattern_prefix = self.config.pattern_prefix();
         let mut resynced = false;
         let mut ping = tokio::time::interval(self.config.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,7 +368,7 @@ impl NodeTask {
             return e.into();
         }
         loop {
-            if !resynced && self.shared.lock().in_flight == 0 {
+            if !resynced && self.shared.lock().in_flight == 0 && self.shared.patterns().in_flight == 0 {
                 resynced = true;
                 *attempt = 0;
                 self.shared.set_status(true);
@@ -336,6 +394,19 @@ impl NodeTask {
                             }
                         }
                     }
+                    Ok(Event::PMessage { pattern, channel, payload }) => {
+                        let pattern = pattern.strip_prefix(pattern_prefix.as_bytes()).and_then(|p| std::str::from_utf8(p).ok());
+                        if let (Some(pattern), Some(name)) = (pattern, self.config.channel_name(channel)) {
+                            match split_payload(payload) {
+                                Payload::Plain(frame) | Payload::Positioned { frame, .. } => {
+                                    self.delivery.deliver_pattern(pattern, name, Bytes::copy_from_slice(frame));
+                                }
+                                Payload::Malformed => tracing::warn!(channel = name, "dropped a message with a malformed position header"),
+                            }
+                        }
+                    }
+                    Ok(Event::PSubscribed(pattern)) => self.pattern_confirmed(pattern, true),
+                    Ok(Event::PUnsubscribed(pattern)) => self.pattern_confirmed(pattern, false),
                     Ok(Event::Subscribed(channel)) => self.confirmed(channel, true),
                     Ok(Event::Unsubscribed(channel)) => self.confirmed(channel, false),
                     Ok(Event::Pong) => awaiting_pong = None,
@@ -391,6 +462,14 @@ impl NodeTask {
         }
     }
 
+    /// Records Redis's confirmation of a `PSUBSCRIBE` (`live`) or `PUNSUBSCRIBE`.
+    fn pattern_confirmed(&self, pattern: &[u8], live: bool) {
+        let Ok(key) = std::str::from_utf8(pattern) else { return };
+        if self.shared.patterns().confirm(key, live) {
+            self.shared.wake.notify_one();
+        }
+    }
+
     /// Sends the commands that bring Redis in line with the wanted channels, for every dirty
     /// channel, unless a batch is still in flight: then the dirty channels wait for its last
     /// confirmation, which wakes the task again. `last_batch` becomes now if commands left.
@@ -399,10 +478,24 @@ impl NodeTask {
         conn: &mut PubSubConn,
         last_batch: &mut Option<Instant>,
     ) -> Result<(), RespError> {
-        let Some(Commands { subscribe, unsubscribe }) = self.shared.lock().take_commands() else {
+        let channels = self.shared.lock().take_commands();
+        // A cluster node never wants a pattern (its subscriber has none).
+        let patterns = self.shared.patterns().take_commands();
+        if channels.is_none() && patterns.is_none() {
             return Ok(());
-        };
+        }
         *last_batch = Some(Instant::now());
+        if let Some(Commands { subscribe, unsubscribe }) = patterns {
+            for (command, keys) in [(&b"PUNSUBSCRIBE"[..], unsubscribe), (&b"PSUBSCRIBE"[..], subscribe)] {
+                for chunk in keys.chunks(CHANNELS_PER_COMMAND) {
+                    let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+                    args.push(command);
+                    args.extend(chunk.iter().map(|k| k.as_bytes()));
+                    conn.send(&args).await?;
+                }
+            }
+        }
+        let Some(Commands { subscribe, unsubscribe }) = channels else { return Ok(()) };
         let sharded = self.config.is_cluster();
         let commands: [(&[u8], Vec<Box<str>>); 2] = if sharded {
             [(b"SUNSUBSCRIBE", unsubscribe), (b"SSUBSCRIBE", subscribe)]

@@ -20,8 +20,18 @@ pub enum Event<'a> {
         channel: &'a [u8],
         payload: &'a [u8],
     },
+    /// A message of `channel` for the node's subscription to `pattern` (`PSUBSCRIBE`).
+    PMessage {
+        pattern: &'a [u8],
+        channel: &'a [u8],
+        payload: &'a [u8],
+    },
     Subscribed(&'a [u8]),
     Unsubscribed(&'a [u8]),
+    /// Redis confirmed a `PSUBSCRIBE` of the pattern.
+    PSubscribed(&'a [u8]),
+    /// Redis confirmed a `PUNSUBSCRIBE` of the pattern.
+    PUnsubscribed(&'a [u8]),
     Pong,
     /// `+OK` and other replies that need no action.
     Ok,
@@ -212,6 +222,17 @@ pub fn parse_event(frame: &[u8]) -> Result<Event<'_>, RespError> {
                     let payload = items.next_bulk()?.ok_or(RespError::Protocol("message without payload"))?;
                     Ok(Event::Message { channel, payload })
                 }
+                b"pmessage" => {
+                    let pattern =
+                        items.next_bulk()?.ok_or(RespError::Protocol("pmessage without pattern"))?;
+                    let channel =
+                        items.next_bulk()?.ok_or(RespError::Protocol("pmessage without channel"))?;
+                    let payload =
+                        items.next_bulk()?.ok_or(RespError::Protocol("pmessage without payload"))?;
+                    Ok(Event::PMessage { pattern, channel, payload })
+                }
+                b"psubscribe" => Ok(Event::PSubscribed(items.next_bulk()?.unwrap_or_default())),
+                b"punsubscribe" => Ok(Event::PUnsubscribed(items.next_bulk()?.unwrap_or_default())),
                 b"subscribe" | b"ssubscribe" => Ok(Event::Subscribed(items.next_bulk()?.unwrap_or_default())),
                 b"unsubscribe" | b"sunsubscribe" => {
                     Ok(Event::Unsubscribed(items.next_bulk()?.unwrap_or_default()))
@@ -297,6 +318,18 @@ mod tests {
             Event::Message { channel: b"a", payload: b"x" }
         );
         assert_eq!(parse_event(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").unwrap(), Event::Pong);
+        assert_eq!(
+            parse_event(b"*4\r\n$8\r\npmessage\r\n$3\r\ne:*\r\n$3\r\ne:a\r\n$1\r\nx\r\n").unwrap(),
+            Event::PMessage { pattern: b"e:*", channel: b"e:a", payload: b"x" }
+        );
+        assert_eq!(
+            parse_event(b"*3\r\n$10\r\npsubscribe\r\n$3\r\ne:*\r\n:1\r\n").unwrap(),
+            Event::PSubscribed(b"e:*")
+        );
+        assert_eq!(
+            parse_event(b"*3\r\n$12\r\npunsubscribe\r\n$3\r\ne:*\r\n:0\r\n").unwrap(),
+            Event::PUnsubscribed(b"e:*")
+        );
         assert_eq!(parse_event(b"+PONG\r\n").unwrap(), Event::Pong);
         assert!(matches!(parse_event(b"-NOAUTH Authentication required.\r\n"), Err(RespError::Server(_))));
     }

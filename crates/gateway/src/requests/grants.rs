@@ -123,6 +123,6 @@ impl Session {
 
 /// Sends a frame of the server's own accord. Refused only when the connection is closing or
 /// its queue is full (which closes it as a slow consumer): nobody is left to tell then.
-fn notify(writer: &crate::writer::Writer, frame: &str) {
+pub(super) fn notify(writer: &crate::writer::Writer, frame: &str) {
     let _ = writer.push_control(wire::text(frame.as_bytes()));
 }

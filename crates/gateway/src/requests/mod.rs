@@ -1,6 +1,7 @@
 //! A connection's requests: the client frames after `connected` (`subscribe`, `unsubscribe`,
 //! `publish`, `presence`, `history`, `ack`, `ping`, and the token frames `refresh`
-//! ([`refresh`]) and `subscribe_refresh` ([`grants`])), each checked (by `policy`,
+//! ([`refresh`]) and `subscribe_refresh` ([`grants`]); `subscribe` and `unsubscribe` of a
+//! pattern in [`patterns`]), each checked (by `policy`,
 //! the limits, the history settings) and answered with its reply or an `error` frame.
 //!
 //! [`Session`] is what they act on: who the client is and the channels it is in. The
@@ -8,14 +9,15 @@
 //! connect, and hands it each text frame the client sends.
 
 mod grants;
+mod patterns;
 mod refresh;
 
 use std::collections::HashSet;
 
 use herald_broker::{BrokerError, Confirmation};
 use herald_protocol::{
-    ChannelHistory, ChannelKind, ChannelName, ClientFrame, ConnectionInfo, ErrorCode, EventKind, Publication,
-    RequestId, ServerFrame, Since,
+    ChannelHistory, ChannelKind, ChannelName, ChannelPattern, ClientFrame, ConnectionInfo, ErrorCode, EventKind,
+    Publication, RequestId, ServerFrame, Since,
 };
 use serde_json::value::RawValue;
 
@@ -39,6 +41,8 @@ pub(crate) struct Session {
     pub(crate) handle: ConnHandle,
     /// Every channel this connection is in, the server-managed ones included.
     pub(crate) subscriptions: HashSet<ChannelName>,
+    /// Its pattern subscriptions (`patterns`).
+    pub(crate) patterns: HashSet<ChannelPattern>,
     /// How each subscribed channel of a private namespace was granted.
     pub(crate) grants: Grants,
 }
@@ -81,6 +85,12 @@ impl Session {
                     Ok(Subscribed::Written) => return None,
                     Err((code, message)) => error_frame(id.as_ref(), code, &message),
                 }
+            }
+            ClientFrame::SubscribePattern { id, pattern, since, token } => {
+                self.subscribe_pattern(id.as_ref(), &pattern, since, token).await
+            }
+            ClientFrame::UnsubscribePattern { id, pattern } => {
+                self.unsubscribe_pattern(id.as_ref(), &pattern)
             }
             ClientFrame::SubscribeRefresh { id, channel, token } => {
                 self.subscribe_refresh(id.as_ref(), &channel, &token)

@@ -30,6 +30,7 @@ impl Session {
         self.info.info = identity.info.clone();
         self.identity = identity;
         self.revoke_lost_grants();
+        self.revoke_lost_pattern_grants();
         ServerFrame::Refreshed { id, expires_at }.to_json()
     }
 }

@@ -50,11 +50,15 @@ pub struct Cluster {
     stop: CancellationToken,
 }
 
-/// Namespaces every test cluster has: `room` (subscribe only) and `chat` (clients publish).
+/// Namespaces every test cluster has: `room` (subscribe only), `chat` (clients publish), and
+/// for pattern subscriptions `events` (open) and `vault` (private).
 pub fn namespaces() -> Namespaces {
     let mut ns = Namespaces::default();
     ns.0.insert("room".into(), NamespaceConfig::default());
     ns.0.insert("chat".into(), NamespaceConfig { publish: true, ..Default::default() });
+    ns.0.insert("events".into(), NamespaceConfig { patterns: true, ..Default::default() });
+    let vault = NamespaceConfig { patterns: true, private: true, ..Default::default() };
+    ns.0.insert("vault".into(), vault);
     ns
 }
 

@@ -42,6 +42,7 @@ mod inbox;
 mod lifecycle_logs;
 mod local_cluster;
 mod observability;
+mod patterns;
 mod permissions;
 mod presence_api;
 mod presence_cluster;

@@ -8,6 +8,7 @@ use super::{FrameError, MAX_REQUEST_ID_LEN, RequestId};
 use crate::channel::{ChannelName, InvalidName};
 use crate::error::ErrorCode;
 use crate::history::{MAX_EPOCH_LEN, Position, Since};
+use crate::pattern::{ChannelPattern, InvalidPattern};
 
 /// A frame sent by a client.
 #[derive(Debug)]
@@ -21,6 +22,21 @@ pub enum ClientFrame {
         /// A subscription token (a JWT with a `channel` claim) for a channel of a private
         /// namespace that the connection token's `channels` claim does not cover.
         token: Option<String>,
+    },
+    /// A pattern subscription (`pattern` instead of `channel`): the messages of every channel
+    /// the glob matches, in a namespace with `patterns = true`.
+    SubscribePattern {
+        id: Option<RequestId>,
+        pattern: ChannelPattern,
+        /// Whether the frame asked for recovery (`since`) or brought a subscription token:
+        /// neither applies to a pattern, and the reply says so.
+        since: bool,
+        token: bool,
+    },
+    /// Ends a pattern subscription.
+    UnsubscribePattern {
+        id: Option<RequestId>,
+        pattern: ChannelPattern,
     },
     /// A fresh subscription token for a channel the client holds through an earlier one, before
     /// that one expires; the subscription goes on unbroken.
@@ -90,6 +106,8 @@ struct RawFrame<'a> {
     id: Option<RequestId>,
     #[serde(default, borrow)]
     channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pattern: Option<std::borrow::Cow<'a, str>>,
     /// `null` is a value like any other here: only a missing `data` is refused.
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
@@ -155,6 +173,27 @@ impl ClientFrame {
         let Some(kind) = raw.kind.as_deref() else {
             return Err(err(ErrorCode::MalformedFrame, "missing field `type`".into()));
         };
+        // `pattern` stands in for `channel` in `subscribe` and `unsubscribe` only.
+        if let Some(text) = raw.pattern.as_deref() {
+            if !matches!(kind, "subscribe" | "unsubscribe") {
+                return Err(err(ErrorCode::MalformedFrame, format!("`pattern` is not a field of {kind}")));
+            }
+            if raw.channel.is_some() {
+                return Err(err(
+                    ErrorCode::MalformedFrame,
+                    "give either `channel` or `pattern`, not both".into(),
+                ));
+            }
+            let pattern = ChannelPattern::parse(text).map_err(|e: InvalidPattern| {
+                err(ErrorCode::InvalidPattern, format!("invalid pattern {text:?}: {e}"))
+            })?;
+            return Ok(if kind == "subscribe" {
+                let since = raw.since.as_ref().is_some_and(|v| !v.is_null());
+                Self::SubscribePattern { id, pattern, since, token: raw.token.is_some() }
+            } else {
+                Self::UnsubscribePattern { id, pattern }
+            });
+        }
         match kind {
             "subscribe" => {
                 let since = raw
@@ -288,6 +327,33 @@ mod tests {
             ErrorCode::MalformedFrame
         );
         assert_eq!(code(r#"{"type":"history","channel":"a","since":"acked"}"#), ErrorCode::MalformedFrame);
+    }
+
+    /// `pattern` replaces `channel` in `subscribe` and `unsubscribe`, and nowhere else.
+    #[test]
+    fn pattern_frames_parse() {
+        let ClientFrame::SubscribePattern { pattern, since, token, .. } =
+            ClientFrame::parse(r#"{"type":"subscribe","id":1,"pattern":"events:*"}"#).unwrap()
+        else {
+            panic!("not a pattern subscribe")
+        };
+        assert_eq!((pattern.as_str(), since, token), ("events:*", false, false));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"subscribe","pattern":"e:*","since":{"offset":1,"epoch":"x"}}"#)
+                .unwrap(),
+            ClientFrame::SubscribePattern { since: true, .. }
+        ));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"unsubscribe","pattern":"e:?"}"#).unwrap(),
+            ClientFrame::UnsubscribePattern { .. }
+        ));
+        assert_eq!(code(r#"{"type":"subscribe","pattern":"e:[x"}"#), ErrorCode::InvalidPattern);
+        assert_eq!(code(r#"{"type":"subscribe","pattern":"*"}"#), ErrorCode::InvalidPattern);
+        assert_eq!(
+            code(r#"{"type":"subscribe","pattern":"e:*","channel":"e:a"}"#),
+            ErrorCode::MalformedFrame
+        );
+        assert_eq!(code(r#"{"type":"publish","pattern":"e:*","data":1}"#), ErrorCode::MalformedFrame);
     }
 
     #[test]

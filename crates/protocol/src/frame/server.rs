@@ -6,6 +6,7 @@ use serde_json::value::RawValue;
 use super::RequestId;
 use crate::channel::ChannelName;
 use crate::error::ErrorCode;
+use crate::pattern::ChannelPattern;
 use crate::user::UserId;
 
 /// A frame sent by the server, other than `message` (whose bytes are made once per message by
@@ -39,6 +40,24 @@ pub enum ServerFrame<'a> {
         /// `subscribe_refresh` brings a fresh token (seconds since the Unix epoch).
         #[serde(skip_serializing_if = "Option::is_none")]
         expires_at: Option<u64>,
+    },
+    /// The answer to a pattern `subscribe`: messages of every matching channel follow, each
+    /// with this `pattern` beside its real `channel`.
+    #[serde(rename = "subscribed")]
+    SubscribedPattern {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        pattern: &'a ChannelPattern,
+    },
+    /// A pattern subscription ended: on the client's `unsubscribe`, or by the server
+    /// (`reason`: `grant_revoked`, when a refreshed token's `channels` claim no longer lists it).
+    #[serde(rename = "unsubscribed")]
+    UnsubscribedPattern {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        pattern: &'a ChannelPattern,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,6 +223,16 @@ mod tests {
             ServerFrame::Unsubscribed { id: None, channel: &ch, reason: Some("subscription_expired") }
                 .to_json(),
             r#"{"type":"unsubscribed","channel":"chat:a","reason":"subscription_expired"}"#
+        );
+        let pattern = ChannelPattern::parse("chat:*").unwrap();
+        assert_eq!(
+            ServerFrame::SubscribedPattern { id: Some(&id), pattern: &pattern }.to_json(),
+            r#"{"type":"subscribed","id":7,"pattern":"chat:*"}"#
+        );
+        assert_eq!(
+            ServerFrame::UnsubscribedPattern { id: None, pattern: &pattern, reason: Some("grant_revoked") }
+                .to_json(),
+            r#"{"type":"unsubscribed","pattern":"chat:*","reason":"grant_revoked"}"#
         );
         assert_eq!(
             ServerFrame::RefreshDue { expires_at: 9 }.to_json(),

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_protocol::ChannelName;
+use herald_protocol::{ChannelName, ChannelPattern};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,7 +32,7 @@ use crate::redis::RedisConfig;
 use crate::redis::connect::Endpoint;
 use crate::redis::node::{NodeShared, NodeTask, ShardLink, wait_confirmed};
 use crate::redis::sentinel::split_addr;
-use crate::{Confirmation, Delivery, Subscriber};
+use crate::{BrokerError, Confirmation, Delivery, Subscriber};
 
 /// How often the map is read again while the node is not live (a primary down, a failover
 /// under way). Reads are rate-limited by the topology as well.
@@ -267,6 +267,15 @@ impl Subscriber for ClusterSubscriber {
         if dirty {
             shard.wake();
         }
+    }
+
+    /// Refused at once: sharded Pub/Sub has no pattern subscriptions (no `PSSUBSCRIBE`),
+    /// and a shard's connection only sees the channels of its own slots. The gateway refuses
+    /// `patterns = true` on a cluster at start-up, so this is reached only without it.
+    fn subscribe_pattern(&self, pattern: &ChannelPattern) -> Confirmation {
+        let _ = pattern;
+        let reason = "sharded Pub/Sub on a Redis Cluster has no pattern subscriptions";
+        Confirmation::pending(Box::pin(std::future::ready(Err(BrokerError::PatternsUnsupported(reason)))))
     }
 
     fn status(&self) -> watch::Receiver<bool> {
