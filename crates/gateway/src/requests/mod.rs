@@ -16,8 +16,8 @@ use std::collections::HashSet;
 
 use herald_broker::{BrokerError, Confirmation};
 use herald_protocol::{
-    ChannelHistory, ChannelKind, ChannelName, ChannelPattern, ClientFrame, ConnectionInfo, ErrorCode, EventKind,
-    Publication, RequestId, ServerFrame, Since,
+    ChannelHistory, ChannelKind, ChannelName, ChannelPattern, ClientFrame, ConnectionInfo, ErrorCode,
+    EventKind, Publication, RequestId, ServerFrame, Since,
 };
 use serde_json::value::RawValue;
 
