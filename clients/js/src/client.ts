@@ -12,10 +12,14 @@
  * personal channel), `onConnected` hands each its entry of `connected.positions`, and
  * channels subscribed later carry `since` in their `subscribe` frame. The inbox state of
  * `connected` is kept in `inbox` and moved by the personal channel's messages and by `ack`.
+ *
+ * Pattern subscriptions (pattern.ts) are kept apart: subscribed by frame after every
+ * `connected`, and a message carrying `pattern` goes to that pattern's subscription only.
  */
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
 import { tokenExpiry, tokenSubject } from "./jwt.js";
+import { type PatternSubscription, PatternSubscriptions } from "./pattern.js";
 import { closeRefusal, httpRefusal, refusalKind } from "./refusal.js";
 import { Subscription, type SubscriptionHost } from "./subscription.js";
 import type {
@@ -71,7 +75,9 @@ export interface HeraldEvents {
   connecting: () => void;
   connected: (info: { user: string; clientId: string }) => void;
   disconnected: (reason: DisconnectReason) => void;
-  /** Every message of every channel, after its subscription's own listeners. */
+  /** Every message frame, after its subscription's own listeners: a message that comes both
+   * through a channel subscription and a pattern subscription is emitted once for each copy
+   * (the pattern's copy carries `pattern`; both have the same `id`). */
   message: (message: Message) => void;
   /** An `error` frame that answers no request, a failed or refused token refresh
    * (`user_mismatch`, `unauthorized`, `token_expired`: the connection goes on until it closes
@@ -156,6 +162,11 @@ export class Herald extends Emitter<HeraldEvents> {
   /** Name channels in the URL; off for one attempt after a refusal that may be theirs. */
   private urlSubscribe = true;
   private readonly subscriptions = new Map<string, Subscription>();
+  private readonly patterns = new PatternSubscriptions({
+    request: (frame, onReply) => this.request(frame, onReply),
+    isConnected: () => this._state === "connected",
+    retrySubscribe: (sub, retries) => this.retrySubscribe(sub, retries),
+  });
   private readonly requests = new Map<number, PendingRequest>();
   private nextId = 0;
   private connectWaiters: { resolve: () => void; reject: (err: HeraldError) => void }[] = [];
@@ -333,6 +344,21 @@ export class Herald extends Emitter<HeraldEvents> {
     return this.subscriptions.get(channel);
   }
 
+  /**
+   * Subscribes to a pattern (`events:order-*`: namespaces with `patterns = true`), or returns
+   * the existing subscription of it. It receives the messages of every matching channel, each
+   * naming its real `channel`, and stays across reconnects until `unsubscribe()`. Live only:
+   * no `since`, no recovery of what was published while disconnected.
+   */
+  subscribePattern(pattern: string): PatternSubscription {
+    return this.patterns.subscribe(pattern);
+  }
+
+  /** The subscription of a pattern, if there is one. */
+  getPatternSubscription(pattern: string): PatternSubscription | undefined {
+    return this.patterns.get(pattern);
+  }
+
   /** Measures a round trip with a `ping` frame; resolves with the milliseconds it took. */
   async ping(): Promise<number> {
     const start = Date.now();
@@ -375,7 +401,7 @@ export class Herald extends Emitter<HeraldEvents> {
   }
 
   /** A subscribe failed for a passing reason: try again after a backoff, on this connection. */
-  private retrySubscribe(sub: Subscription, retries: number): void {
+  private retrySubscribe(sub: Subscription | PatternSubscription, retries: number): void {
     const attempt = this.attempt;
     setTimeout(() => {
       if (this.attempt === attempt && this._state === "connected" && sub.state === "subscribing") {
@@ -587,6 +613,10 @@ export class Herald extends Emitter<HeraldEvents> {
           this.subscriptions.get(frame.channel)?.endedByServer(String(frame.reason ?? "unsubscribed"));
           return;
         }
+        if (frame.id === undefined && typeof frame.pattern === "string") {
+          this.patterns.endedByServer(frame.pattern, String(frame.reason ?? "unsubscribed"));
+          return;
+        }
         break;
     }
     const id = frame.id;
@@ -606,6 +636,12 @@ export class Herald extends Emitter<HeraldEvents> {
   }
 
   private onMessage(message: Message): void {
+    if (typeof message.pattern === "string") {
+      // The pattern's copy: the channel's subscription, if any, gets its own plain copy.
+      this.patterns.deliver(message.pattern, message);
+      this.emit("message", message);
+      return;
+    }
     const sub = this.subscriptions.get(message.channel);
     if (sub) {
       if (!sub.accept(message)) return;
@@ -661,6 +697,7 @@ export class Herald extends Emitter<HeraldEvents> {
       if (sub.managed || inUrl.has(sub.channel) || position !== undefined) sub.live(position);
       else if (sub.state === "subscribing") sub.subscribeByFrame();
     }
+    this.patterns.connected();
     for (const [id, req] of this.requests) {
       if (!req.sent) this.sendRequest(id, req);
     }
@@ -731,6 +768,7 @@ export class Herald extends Emitter<HeraldEvents> {
       req.reject(new HeraldError("disconnected", `the connection closed before the reply (${code})`));
     }
     for (const sub of this.subscriptions.values()) sub.suspend();
+    this.patterns.suspend();
     if (!this.wanted) return;
 
     const reason: Omit<DisconnectReason, "willReconnect"> = { code, reason: closeReason };

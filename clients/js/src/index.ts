@@ -5,11 +5,18 @@
  *   token and pings when the line is quiet; requests matched to replies by `id`.
  * - `Subscription` (subscription.ts): one channel; messages, join/leave, its position and
  *   what became of each recovery.
+ * - `PatternSubscription` (pattern.ts): a glob over channel names (`events:order-*`), live
+ *   only; each message names its real channel.
  * - `Publisher` (publisher.ts): the HTTP publisher API for backends.
  * - `HeraldError` (errors.ts): every failure, with the server's error `code`.
  */
 export { Herald, type HeraldOptions, type HeraldEvents } from "./client.js";
 export { Subscription, type SubscriptionEvents, type SubscriptionState } from "./subscription.js";
+export {
+  PatternSubscription,
+  type PatternSubscriptionEvents,
+  type PatternSubscriptionState,
+} from "./pattern.js";
 export {
   Publisher,
   type PublisherOptions,
@@ -30,6 +37,8 @@ export type {
   LeaveEvent,
   Member,
   Message,
+  PatternSubscribedEvent,
+  PatternUnsubscribedEvent,
   Position,
   PublishOptions,
   PublishResult,

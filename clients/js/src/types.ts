@@ -13,6 +13,9 @@ export interface Message {
   from?: string;
   /** Position in the channel's history, on servers with history (+1 per message). */
   offset?: number;
+  /** The pattern subscription this copy came through (`subscribePattern`); absent on the
+   * channel subscription's copy. Both copies of one message have the same `id`. */
+  pattern?: string;
   data: unknown;
   [field: string]: unknown;
 }
@@ -101,6 +104,21 @@ export interface SubscribeOptions {
  * not subscribed again by the client. */
 export interface UnsubscribedEvent {
   channel: string;
+  reason: string;
+}
+
+/** Told to a pattern subscription each time it becomes live. */
+export interface PatternSubscribedEvent {
+  pattern: string;
+  /** True after a reconnect: what was published while the connection was down is not
+   * delivered (patterns are live only). */
+  resubscribed: boolean;
+}
+
+/** The server ended a pattern subscription by itself: `grant_revoked` (a token refresh took
+ * the pattern's grant away). It is not subscribed again by the client. */
+export interface PatternUnsubscribedEvent {
+  pattern: string;
   reason: string;
 }
 
