@@ -87,6 +87,158 @@ function base64UrlDecode(text) {
   return new TextDecoder().decode(bytes);
 }
 
+// clients/js/src/pattern.ts
+var PatternSubscriptions = class {
+  byPattern = /* @__PURE__ */ new Map();
+  owner;
+  constructor(host) {
+    this.owner = {
+      request: (frame, onReply) => host.request(frame, onReply),
+      isConnected: () => host.isConnected(),
+      retrySubscribe: (sub, retries) => host.retrySubscribe(sub, retries),
+      forget: (sub) => {
+        if (this.byPattern.get(sub.pattern) === sub) this.byPattern.delete(sub.pattern);
+      }
+    };
+  }
+  /** The subscription of `pattern`, made (and subscribed, when connected) if there is none. */
+  subscribe(pattern) {
+    if (typeof pattern !== "string" || pattern === "") {
+      throw new TypeError("Herald.subscribePattern: the pattern must be a non-empty string");
+    }
+    const existing = this.byPattern.get(pattern);
+    if (existing) return existing;
+    const sub = new PatternSubscription(this.owner, pattern);
+    this.byPattern.set(pattern, sub);
+    if (this.owner.isConnected()) sub.subscribeByFrame();
+    return sub;
+  }
+  get(pattern) {
+    return this.byPattern.get(pattern);
+  }
+  /** A new connection: every pattern is subscribed again by frame (never in the URL). */
+  connected() {
+    for (const sub of [...this.byPattern.values()]) {
+      if (sub.state === "subscribing") sub.subscribeByFrame();
+    }
+  }
+  /** The socket is gone: each pattern waits for the next connection. */
+  suspend() {
+    for (const sub of this.byPattern.values()) sub.suspend();
+  }
+  /** A message frame carrying `pattern`: for that pattern's subscription only. */
+  deliver(pattern, message) {
+    this.byPattern.get(pattern)?.deliver(message);
+  }
+  /** An `unsubscribed` frame without `id`: the server ended the pattern's subscription. */
+  endedByServer(pattern, reason) {
+    this.byPattern.get(pattern)?.endedByServer(reason);
+  }
+};
+var RETRYABLE = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
+var noop = () => {
+};
+var PatternSubscription = class extends Emitter {
+  pattern;
+  _state = "subscribing";
+  host;
+  /** Whether it was live at least once: a later `subscribed` is a resubscription. */
+  everSubscribed = false;
+  /** Counts subscribe attempts, so a late reply of an old one is recognised. */
+  attempt = 0;
+  waiters = [];
+  /** The reply of the subscribe frame on its way, if one is: `unsubscribe` waits for it, so
+   * its frame cannot overtake the subscribe and leave the server subscribed. */
+  inflight;
+  /** Subscribe attempts that failed for a passing reason since it was last live. */
+  retries = 0;
+  /** @internal created by `Herald.subscribePattern`. */
+  constructor(host, pattern) {
+    super();
+    this.host = host;
+    this.pattern = pattern;
+  }
+  get state() {
+    return this._state;
+  }
+  /** Resolves once the subscription is live; rejects with the server's error (`forbidden`,
+   * `invalid_pattern`, `limit_exceeded`, `unknown_channel`) or `unsubscribed`. */
+  ready() {
+    if (this._state === "subscribed") return Promise.resolve();
+    if (this._state === "unsubscribed") {
+      return Promise.reject(new HeraldError("unsubscribed", `pattern ${this.pattern} is unsubscribed`));
+    }
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+  /** Stops the subscription for good. Resolves when the server confirmed it (at once when
+   * the client is not connected). */
+  async unsubscribe() {
+    if (this._state === "unsubscribed") return;
+    const inflight = this.inflight;
+    this.end(new HeraldError("unsubscribed", `pattern ${this.pattern} was unsubscribed`));
+    if (inflight) await inflight;
+    if (!this.host.isConnected()) return;
+    try {
+      await this.host.request({ type: "unsubscribe", pattern: this.pattern });
+    } catch (err) {
+      if (!(err instanceof HeraldError && ["not_subscribed", "disconnected"].includes(err.code))) throw err;
+    }
+  }
+  /** @internal sends a `subscribe` frame and handles its reply. */
+  subscribeByFrame() {
+    const attempt = ++this.attempt;
+    const reply = this.host.request({ type: "subscribe", pattern: this.pattern }, () => {
+      if (attempt === this.attempt && this._state !== "unsubscribed") this.live();
+    });
+    const inflight = reply.then(noop, noop).finally(() => {
+      if (this.inflight === inflight) this.inflight = void 0;
+    });
+    this.inflight = inflight;
+    reply.then(noop, (err) => {
+      if (attempt !== this.attempt || this._state === "unsubscribed") return;
+      if (err.code === "already_subscribed") {
+        this.live();
+      } else if (err.code === "disconnected") {
+      } else if (RETRYABLE.has(err.code)) {
+        this.emit("error", err);
+        this.host.retrySubscribe(this, ++this.retries);
+      } else {
+        this.end(err);
+        this.emit("error", err);
+      }
+    });
+  }
+  /** @internal the connection dropped: live again after the next `subscribed`. */
+  suspend() {
+    if (this._state === "subscribed") this._state = "subscribing";
+    this.attempt++;
+  }
+  /** @internal the server ended the subscription (`unsubscribed` with a reason, no `id`). */
+  endedByServer(reason) {
+    if (this._state === "unsubscribed") return;
+    this.end(new HeraldError(reason, `the server ended the subscription to pattern ${this.pattern}: ${reason}`));
+    this.emit("unsubscribed", { pattern: this.pattern, reason });
+  }
+  /** @internal hands a message of a matching channel to the application. */
+  deliver(message) {
+    if (this._state !== "unsubscribed") this.emit("message", message);
+  }
+  live() {
+    const resubscribed = this.everSubscribed;
+    this.everSubscribed = true;
+    this.retries = 0;
+    this._state = "subscribed";
+    for (const waiter of this.waiters.splice(0)) waiter.resolve();
+    this.emit("subscribed", { pattern: this.pattern, resubscribed });
+  }
+  end(reason) {
+    this._state = "unsubscribed";
+    this.attempt++;
+    this.host.forget(this);
+    for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
+  }
+};
+
 // clients/js/src/refusal.ts
 var REFUSAL_CLOSE_CODES = /* @__PURE__ */ new Set([4e3, 4001, 4003, 4030, 1013]);
 var PASSING = /* @__PURE__ */ new Set(["unavailable", "too_many_connections", "rate_limited", "internal", "overloaded"]);
@@ -190,8 +342,8 @@ function newIdempotencyKey() {
 
 // clients/js/src/subscription.ts
 var OUTCOME_UNKNOWN = /* @__PURE__ */ new Set(["outcome_unknown", "timeout", "disconnected"]);
-var RETRYABLE = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
-var noop = () => {
+var RETRYABLE2 = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
+var noop2 = () => {
 };
 var Subscription = class extends Emitter {
   channel;
@@ -418,7 +570,7 @@ var Subscription = class extends Emitter {
     const reply = this.host.request(this.subscribeFrame(), (frame) => {
       if (attempt === this.attempt && this._state !== "unsubscribed") this.live(frame);
     });
-    const inflight = reply.then(noop, noop).finally(() => {
+    const inflight = reply.then(noop2, noop2).finally(() => {
       if (this.inflight === inflight) this.inflight = void 0;
     });
     this.inflight = inflight;
@@ -430,7 +582,7 @@ var Subscription = class extends Emitter {
         if (err.code === "already_subscribed") {
           this.live(void 0);
         } else if (err.code === "disconnected") {
-        } else if (RETRYABLE.has(err.code)) {
+        } else if (RETRYABLE2.has(err.code)) {
           this.emit("error", err);
           this.host.retrySubscribe(this, ++this.retries);
         } else {
@@ -582,7 +734,7 @@ var DEFAULTS = {
 var STABLE_AFTER_MS = 1e4;
 var MAX_REFUSAL_BODY = 4096;
 var MAX_TIMER_MS = 2 ** 31 - 1;
-var noop2 = () => {
+var noop3 = () => {
 };
 var Herald = class extends Emitter {
   urls;
@@ -603,6 +755,11 @@ var Herald = class extends Emitter {
   /** Name channels in the URL; off for one attempt after a refusal that may be theirs. */
   urlSubscribe = true;
   subscriptions = /* @__PURE__ */ new Map();
+  patterns = new PatternSubscriptions({
+    request: (frame, onReply) => this.request(frame, onReply),
+    isConnected: () => this._state === "connected",
+    retrySubscribe: (sub, retries) => this.retrySubscribe(sub, retries)
+  });
   requests = /* @__PURE__ */ new Map();
   nextId = 0;
   connectWaiters = [];
@@ -767,6 +924,19 @@ var Herald = class extends Emitter {
   getSubscription(channel) {
     return this.subscriptions.get(channel);
   }
+  /**
+   * Subscribes to a pattern (`events:order-*`: namespaces with `patterns = true`), or returns
+   * the existing subscription of it. It receives the messages of every matching channel, each
+   * naming its real `channel`, and stays across reconnects until `unsubscribe()`. Live only:
+   * no `since`, no recovery of what was published while disconnected.
+   */
+  subscribePattern(pattern) {
+    return this.patterns.subscribe(pattern);
+  }
+  /** The subscription of a pattern, if there is one. */
+  getPatternSubscription(pattern) {
+    return this.patterns.get(pattern);
+  }
   /** Measures a round trip with a `ping` frame; resolves with the milliseconds it took. */
   async ping() {
     const start = Date.now();
@@ -890,7 +1060,7 @@ var Herald = class extends Emitter {
     };
     this.attempt = attempt;
     this.watchRefusal(attempt);
-    socket.onopen = noop2;
+    socket.onopen = noop3;
     socket.onerror = (ev) => {
       const err = ev?.error;
       if (err instanceof Error && !attempt.error) attempt.error = err;
@@ -941,9 +1111,9 @@ var Herald = class extends Emitter {
   /** Closes a socket now, without waiting for the closing handshake, and handles the loss. */
   dropSocket(attempt, code, reason) {
     const socket = attempt.socket;
-    socket.onclose = noop2;
-    socket.onerror = noop2;
-    socket.onmessage = noop2;
+    socket.onclose = noop3;
+    socket.onerror = noop3;
+    socket.onmessage = noop3;
     try {
       socket.close(1e3);
     } catch {
@@ -991,6 +1161,10 @@ var Herald = class extends Emitter {
           this.subscriptions.get(frame.channel)?.endedByServer(String(frame.reason ?? "unsubscribed"));
           return;
         }
+        if (frame.id === void 0 && typeof frame.pattern === "string") {
+          this.patterns.endedByServer(frame.pattern, String(frame.reason ?? "unsubscribed"));
+          return;
+        }
         break;
     }
     const id = frame.id;
@@ -1009,6 +1183,11 @@ var Herald = class extends Emitter {
     }
   }
   onMessage(message) {
+    if (typeof message.pattern === "string") {
+      this.patterns.deliver(message.pattern, message);
+      this.emit("message", message);
+      return;
+    }
     const sub = this.subscriptions.get(message.channel);
     if (sub) {
       if (!sub.accept(message)) return;
@@ -1054,6 +1233,7 @@ var Herald = class extends Emitter {
       if (sub.managed || inUrl.has(sub.channel) || position !== void 0) sub.live(position);
       else if (sub.state === "subscribing") sub.subscribeByFrame();
     }
+    this.patterns.connected();
     for (const [id, req] of this.requests) {
       if (!req.sent) this.sendRequest(id, req);
     }
@@ -1119,6 +1299,7 @@ var Herald = class extends Emitter {
       req.reject(new HeraldError("disconnected", `the connection closed before the reply (${code})`));
     }
     for (const sub of this.subscriptions.values()) sub.suspend();
+    this.patterns.suspend();
     if (!this.wanted) return;
     const reason = { code, reason: closeReason };
     if (attempt.error) reason.error = attempt.error;
@@ -1365,6 +1546,7 @@ function withOptions(body, options) {
 export {
   Herald,
   HeraldError,
+  PatternSubscription,
   Publisher,
   Subscription,
   tokenExpiry,
