@@ -71,6 +71,15 @@ client_history = true
 [namespaces.vip]
 publish = true
 private = true
+
+# Pattern subscriptions: a client receives every channel a glob matches.
+[namespaces.events]
+patterns = true
+
+# Pattern subscriptions in a private namespace: the token's `channels` claim grants each pattern.
+[namespaces.crew]
+private = true
+patterns = true
 """
 
 

@@ -1,7 +1,8 @@
 """Herald's Python client.
 
 - `Herald`: a WebSocket client that reconnects, resubscribes, renews its token and pings by
-  itself; `Subscription`s are iterated with `async for` or read with callbacks.
+  itself; `Subscription`s (one channel each) and `PatternSubscription`s (every channel a glob
+  matches) are iterated with `async for` or read with callbacks.
 - `Publisher`: publishing from backends over the HTTP publisher API.
 - `herald_client.grpc.GrpcPublisher`: the same over gRPC (`pip install herald-client[grpc]`).
 - `python -m herald_client.cli`: a terminal client.
@@ -17,6 +18,7 @@ from ._errors import (
     RequestError,
     RequestTimeout,
 )
+from ._pattern import PatternSubscription
 from ._refusal import ConnectRefused
 from ._subscription import Subscription, SubscriptionState
 from ._types import (
@@ -53,6 +55,7 @@ __all__ = [
     "Member",
     "Message",
     "NotConnected",
+    "PatternSubscription",
     "Position",
     "PresenceEvent",
     "PublishError",

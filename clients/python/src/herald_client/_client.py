@@ -32,7 +32,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from ._backoff import full_jitter
 from ._errors import ClientClosed, ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
 from ._events import Callback, Emitter
-from . import _refresh
+from . import _pattern, _refresh
+from ._pattern import PatternSubscription
 from ._refusal import REFUSAL_CLOSE_CODES, ConnectRefused, RefusalKind, refusal_kind
 from ._subscription import Subscription, SubscriptionState
 from ._token import token_expiry, token_subject
@@ -149,6 +150,8 @@ class Herald:
         #: Called with a reply as it is read, before the frames after it (see `_request`).
         self._on_reply: dict[int, Callable[[dict[str, Any]], Awaitable[None]]] = {}
         self._subs: dict[str, Subscription] = {}
+        #: The pattern subscriptions, by pattern (_pattern.py).
+        self._patterns: dict[str, PatternSubscription] = {}
         #: Subscribe by frames only on the next attempt: the last one was refused for a channel
         #: of its URL, and frames tell which.
         self._skip_url_channels = False
@@ -185,6 +188,11 @@ class Herald:
     def subscriptions(self) -> dict[str, Subscription]:
         """The channels subscribed with `subscribe()`, by name (a copy)."""
         return dict(self._subs)
+
+    @property
+    def patterns(self) -> dict[str, PatternSubscription]:
+        """The patterns subscribed with `subscribe_pattern()`, by pattern (a copy)."""
+        return dict(self._patterns)
 
     def on(self, event: str, callback: Callback) -> Callable[[], None]:
         """Calls `callback` on every `event`. Returns a function that removes it."""
@@ -246,6 +254,9 @@ class Herald:
         for sub in [*self._subs.values(), self.broadcast, self._personal]:
             sub._close(None)
         self._subs.clear()
+        for pattern in self._patterns.values():
+            pattern._close(None)
+        self._patterns.clear()
         if task is not None:
             # Also when it was between attempts: the application learns it stopped trying.
             await self._set_state(ConnectionState.DISCONNECTED)
@@ -322,6 +333,36 @@ class Herald:
             off_err()
         if failure:
             raise failure[0]
+        return sub
+
+    async def subscribe_pattern(
+        self, pattern: str, *, on_message: Callback | None = None, buffer: int | None = None
+    ) -> PatternSubscription:
+        """Subscribes to every channel `pattern` matches (`events:order-*`; namespaces with
+        `patterns = true`; the syntax is in docs/protocol.md) and returns its
+        `PatternSubscription`, subscribed again by frame after every reconnect. Live only: no
+        `since`, and what was published while away is not recovered.
+
+        Each message comes with its real `channel` and `message.pattern` set. A message that
+        also matches a channel subscription of this client reaches both, each its own copy
+        (the same `id`); the client's "message" callbacks see both copies.
+
+        Before `connect()` it returns at once (the pattern is subscribed by frame once
+        connected; a refusal reaches its "error" callbacks). Afterwards it waits for the
+        server's confirmation (at most `request_timeout`, also across a reconnect) and raises
+        `RequestError` ("invalid_pattern", "forbidden", "unknown_channel", "limit_exceeded")
+        or `RequestTimeout`. `on_message` and `buffer` as for `subscribe()`."""
+        if self._closing:
+            raise ClientClosed("this client was disconnected")
+        if pattern in self._patterns:
+            raise ValueError(f"already subscribed to the pattern {pattern}")
+        size = buffer if buffer is not None else (0 if on_message is not None else self._buffer)
+        sub = PatternSubscription(self, pattern, buffer=size)
+        if on_message is not None:
+            sub.on("message", on_message)
+        self._patterns[pattern] = sub
+        if self._run_task is not None:
+            await _pattern.subscribe(self, sub)
         return sub
 
     async def publish(
@@ -513,6 +554,10 @@ class Herald:
     def _forget(self, sub: Subscription) -> None:
         if self._subs.get(sub.channel) is sub:
             del self._subs[sub.channel]
+
+    def _forget_pattern(self, sub: PatternSubscription) -> None:
+        if self._patterns.get(sub.pattern) is sub:
+            del self._patterns[sub.pattern]
 
     async def _drop(self, ws: ClientConnection | None) -> None:
         """Ends a connection without waiting for the peer (it may be gone)."""
@@ -718,6 +763,9 @@ class Herald:
             for sub in list(self._subs.values()):
                 if not sub._live:
                     helpers.append(asyncio.create_task(self._send_subscribe(sub)))
+            for pattern in list(self._patterns.values()):
+                if not pattern._live:
+                    helpers.append(asyncio.create_task(_pattern.send_subscribe(self, pattern)))
             async for raw in ws:
                 self._last_received = time.monotonic()
                 await self._dispatch(raw)
@@ -738,6 +786,8 @@ class Herald:
                 sub._live = False
                 if sub.state is SubscriptionState.SUBSCRIBED:
                     sub.state = SubscriptionState.SUBSCRIBING
+            for pattern in self._patterns.values():
+                pattern._lost()
             self._fail_pending(ConnectionLost("the connection dropped"))
         if ws.close_code is not None and ws.close_code != 1006:
             close_code = ws.close_code
@@ -813,7 +863,7 @@ class Herald:
     # --- frames -------------------------------------------------------------------------
 
     def _parse_message(self, frame: dict[str, Any]) -> Message:
-        offset = frame.get("offset")
+        offset, pattern = frame.get("offset"), frame.get("pattern")
         return Message(
             channel=str(frame.get("channel")),
             id=str(frame.get("id")),
@@ -822,6 +872,7 @@ class Herald:
             event=frame.get("event"),
             sender=frame.get("from"),
             offset=offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
+            pattern=pattern if isinstance(pattern, str) else None,
             raw=frame,
         )
 
@@ -846,6 +897,14 @@ class Herald:
         kind = frame.get("type")
         if kind == "message":
             message = self._parse_message(frame)
+            if message.pattern is not None:
+                # A pattern's copy: its own subscription's only. The channel's subscription,
+                # if any, gets a plain copy of its own.
+                pattern = self._patterns.get(message.pattern)
+                if pattern is not None:
+                    await pattern._deliver(message, self._conn_closed)
+                await self._events.emit("message", message)
+                return
             sub = self._route(message.channel)
             if sub is not None and not await sub._deliver(message, self._conn_closed):
                 return
@@ -873,6 +932,12 @@ class Herald:
         if kind == "unsubscribed" and frame.get("id") is None:
             # The server ended the subscription (its token expired, or a refresh took its
             # grant away): it is over, and not renewed.
+            if "pattern" in frame:
+                pattern = self._patterns.get(str(frame.get("pattern")))
+                if pattern is not None:
+                    self._forget_pattern(pattern)
+                    await pattern._ended(str(frame.get("reason") or "unsubscribed"))
+                return
             sub = self._subs.get(str(frame.get("channel")))
             if sub is not None:
                 self._forget(sub)

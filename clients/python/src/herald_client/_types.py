@@ -57,8 +57,11 @@ class Unsubscribed:
     "subscription_expired" (its subscription token expired without a refresh) or
     "grant_revoked" (a token refresh took away the claim that granted it)."""
 
+    #: The channel, or for a pattern subscription the pattern.
     channel: str
     reason: str
+    #: The pattern, when the server ended a pattern subscription.
+    pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class Message:
     sender: str | None = None
     #: The channel's offset of this message, on servers with history (absent today).
     offset: int | None = None
+    #: The pattern the message came through, for a copy delivered to a pattern subscription
+    #: (`channel` is still the real channel). None for a channel subscription's copy.
+    pattern: str | None = None
     #: The whole frame, with any field this version does not know.
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
