@@ -27,7 +27,7 @@ use herald_presence::config::ClientTlsConfig;
 use herald_presence::{GrpcTransport, Transport};
 use herald_protocol::ChannelName;
 
-use crate::presence_support::{API_KEY, SECRET, connect_to};
+use crate::presence_support::{API_KEY, PresenceProcess, SECRET, connect_to};
 use crate::refresh::{connect, jwt, standalone};
 
 /// The key the hook endpoint expects from gateways.
@@ -164,34 +164,21 @@ async fn presence_process(
     redis: &RedisServer,
     pki: &Pki,
     backend: Arc<rustls::ClientConfig>,
-) -> (KillOnDrop, SocketAddr, SocketAddr) {
-    let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+) -> PresenceProcess {
     let server = pki.issue("presence");
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("presence")
-        .env("HERALD_REDIS__URL", redis.url())
-        .env("HERALD_PRESENCE__HTTP_LISTEN", http.to_string())
-        .env("HERALD_PRESENCE__GRPC_LISTEN", grpc.to_string())
-        .env("HERALD_PRESENCE__API_KEYS", API_KEY)
-        .env("HERALD_NAMESPACES__ROOM__SUBSCRIBE", "true")
-        .env("HERALD_PRESENCE__TLS__CERT", path(&server.cert))
-        .env("HERALD_PRESENCE__TLS__KEY", path(&server.key))
-        .env("HERALD_PRESENCE__TLS__CLIENT_CA", path(&pki.ca_file()))
-        .env("HERALD_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let running = KillOnDrop(child);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !matches!(https_get(http, backend.clone(), "/readyz").await, Ok((200, _))) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "herald presence did not become ready over mutual TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (running, http, grpc)
+    let ca = pki.ca_file();
+    let env = [
+        ("HERALD_NAMESPACES__ROOM__SUBSCRIBE", "true"),
+        ("HERALD_PRESENCE__TLS__CERT", path(&server.cert)),
+        ("HERALD_PRESENCE__TLS__KEY", path(&server.key)),
+        ("HERALD_PRESENCE__TLS__CLIENT_CA", path(&ca)),
+    ];
+    let presence = PresenceProcess::spawn(&redis.url(), &env);
+    let http = presence.http;
+    presence
+        .wait_ready(async || matches!(https_get(http, backend.clone(), "/readyz").await, Ok((200, _))))
+        .await;
+    presence
 }
 
 /// A `herald gateway` child process with JSON logs, every line of its standard output kept.
@@ -296,7 +283,8 @@ async fn presence_with_mutual_tls_hears_only_gateways_with_a_certificate() {
     let redis = RedisServer::start().await;
     let pki = Pki::new("presence");
     let backend = pki.client(Some(&pki.issue("backend")));
-    let (_presence, http, grpc) = presence_process(&redis, &pki, backend.clone()).await;
+    let presence = presence_process(&redis, &pki, backend.clone()).await;
+    let (http, grpc) = (presence.http, presence.grpc);
     let endpoint = format!("https://127.0.0.1:{}", grpc.port());
 
     let gateway_id = pki.issue("gateway");

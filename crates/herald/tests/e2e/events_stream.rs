@@ -3,15 +3,13 @@
 //! backends reading the stream with a consumer group (`XREADGROUP`, `XACK`, `XAUTOCLAIM`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::presence_support::*;
 use herald_broker::{Broker, RedisBroker};
-use herald_testkit::{KillOnDrop, RedisServer, WsClient, free_port};
+use herald_testkit::{RedisServer, WsClient};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::oneshot;
 
@@ -24,44 +22,28 @@ const GROUP: &str = "backend";
 type Seen = (String, String, String);
 
 /// `herald presence` with the test timings and namespaces and `[events]` on, configured as a
-/// deployment would be (`HERALD_*` variables), ready once `/readyz` answers.
-async fn presence_process(redis_url: &str) -> (KillOnDrop, SocketAddr, String) {
-    let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+/// deployment would be (`HERALD_*` variables), ready; with its gRPC endpoint for gateways.
+async fn presence_process(redis_url: &str) -> (PresenceProcess, String) {
     let c = config();
     let ms = |d: Duration| format!("{}ms", d.as_millis());
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("presence")
-        .env("HERALD_REDIS__URL", redis_url)
-        .env("HERALD_REDIS__RESPONSE_TIMEOUT", "500ms")
-        .env("HERALD_REDIS__RECONNECT_MAX", "300ms")
-        .env("HERALD_PRESENCE__HTTP_LISTEN", http.to_string())
-        .env("HERALD_PRESENCE__GRPC_LISTEN", grpc.to_string())
-        .env("HERALD_PRESENCE__API_KEYS", API_KEY)
-        .env("HERALD_PRESENCE__TTL", ms(c.ttl))
-        .env("HERALD_PRESENCE__HEARTBEAT_INTERVAL", ms(c.heartbeat_interval))
-        .env("HERALD_PRESENCE__FLUSH_INTERVAL", ms(c.flush_interval))
-        .env("HERALD_PRESENCE__SWEEP_INTERVAL", ms(c.sweep_interval))
-        .env("HERALD_PRESENCE__GRACE", ms(c.grace))
-        .env("HERALD_NAMESPACES__ROOM__JOIN_LEAVE", "true")
-        .env("HERALD_NAMESPACES__QUIET__PRESENCE", "false")
-        .env("HERALD_NAMESPACES__CHAT__SUBSCRIBE", "true")
-        .env("HERALD_EVENTS__ENABLED", "true")
-        .env("HERALD_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let running = KillOnDrop(child);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(resp) = reqwest::get(format!("http://{http}/readyz")).await
-            && resp.status() == 200
-        {
-            return (running, http, format!("http://{grpc}"));
-        }
-        assert!(tokio::time::Instant::now() < deadline, "herald presence did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let timings =
+        [ms(c.ttl), ms(c.heartbeat_interval), ms(c.flush_interval), ms(c.sweep_interval), ms(c.grace)];
+    let env = [
+        ("HERALD_REDIS__RESPONSE_TIMEOUT", "500ms"),
+        ("HERALD_REDIS__RECONNECT_MAX", "300ms"),
+        ("HERALD_PRESENCE__TTL", timings[0].as_str()),
+        ("HERALD_PRESENCE__HEARTBEAT_INTERVAL", &timings[1]),
+        ("HERALD_PRESENCE__FLUSH_INTERVAL", &timings[2]),
+        ("HERALD_PRESENCE__SWEEP_INTERVAL", &timings[3]),
+        ("HERALD_PRESENCE__GRACE", &timings[4]),
+        ("HERALD_NAMESPACES__ROOM__JOIN_LEAVE", "true"),
+        ("HERALD_NAMESPACES__QUIET__PRESENCE", "false"),
+        ("HERALD_NAMESPACES__CHAT__SUBSCRIBE", "true"),
+        ("HERALD_EVENTS__ENABLED", "true"),
+    ];
+    let presence = PresenceProcess::start(redis_url, &env).await;
+    let endpoint = format!("http://{}", presence.grpc);
+    (presence, endpoint)
 }
 
 async fn redis_conn(url: &str) -> MultiplexedConnection {
@@ -217,7 +199,8 @@ async fn survivor_worker(url: String, done: Arc<Mutex<Processed>>, stop: Arc<Ato
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_processes_every_event_once_though_a_worker_dies() {
     let redis = RedisServer::start().await;
-    let (_presence, http, endpoint) = presence_process(&redis.url()).await;
+    let (presence, endpoint) = presence_process(&redis.url()).await;
+    let http = presence.http;
     let api = Api::new(http);
     let broker: Arc<dyn Broker> = Arc::new(RedisBroker::new(redis_config(&redis.url())).unwrap());
     let gateway = TestGateway::start(broker, &endpoint).await;
@@ -299,7 +282,7 @@ async fn a_consumer_group_processes_every_event_once_though_a_worker_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_missing_after_redis_restarts_from_its_aof() {
     let mut redis = RedisServer::start_persistent().await;
-    let (_presence, _http, endpoint) = presence_process(&redis.url()).await;
+    let (_presence, endpoint) = presence_process(&redis.url()).await;
     let broker: Arc<dyn Broker> = Arc::new(RedisBroker::new(redis_config(&redis.url())).unwrap());
     let (pubsub, _sub) = Collector::subscribe(&broker, EVENTS).await;
     let gateway = Arc::new(TestGateway::start(broker.clone(), &endpoint).await);

@@ -1,45 +1,20 @@
 //! The presence API of a real `herald presence` process: answers, and clear errors for bad
 //! input over HTTP and gRPC.
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use crate::presence_support::{API_KEY, Api};
+use crate::presence_support::{API_KEY, Api, PresenceProcess};
 use herald_presence::pb;
 use herald_presence::pb::presence_client::PresenceClient;
-use herald_testkit::{KillOnDrop, RedisServer, free_port};
+use herald_testkit::RedisServer;
 use serde_json::json;
 
-/// Starts `herald presence` on free ports (as deployments configure it, through `HERALD_*`
-/// variables) and waits for `/readyz`.
-async fn presence_process(redis: &RedisServer) -> (KillOnDrop, SocketAddr, SocketAddr) {
-    let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("presence")
-        .env("HERALD_REDIS__URL", redis.url())
-        .env("HERALD_PRESENCE__HTTP_LISTEN", http.to_string())
-        .env("HERALD_PRESENCE__GRPC_LISTEN", grpc.to_string())
-        .env("HERALD_PRESENCE__API_KEYS", API_KEY)
-        .env("HERALD_PRESENCE__MAX_BULK", "100")
-        .env("HERALD_NAMESPACES__ROOM__SUBSCRIBE", "true")
-        .env("HERALD_NAMESPACES__QUIET__PRESENCE", "false")
-        .env("HERALD_LOG__LEVEL", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let running = KillOnDrop(child);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(resp) = reqwest::get(format!("http://{http}/readyz")).await
-            && resp.status() == 200
-        {
-            return (running, http, grpc);
-        }
-        assert!(tokio::time::Instant::now() < deadline, "herald presence did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// `herald presence` with the namespaces and bulk limit these tests ask of, ready.
+async fn start_presence(redis: &RedisServer) -> PresenceProcess {
+    let env = [
+        ("HERALD_PRESENCE__MAX_BULK", "100"),
+        ("HERALD_NAMESPACES__ROOM__SUBSCRIBE", "true"),
+        ("HERALD_NAMESPACES__QUIET__PRESENCE", "false"),
+    ];
+    PresenceProcess::start(&redis.url(), &env).await
 }
 
 /// Unknown users are offline, not errors; malformed ids, channels that are not member lists,
@@ -47,7 +22,8 @@ async fn presence_process(redis: &RedisServer) -> (KillOnDrop, SocketAddr, Socke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_answers_and_refuses_bad_input_clearly() {
     let redis = RedisServer::start().await;
-    let (_presence, http, _) = presence_process(&redis).await;
+    let presence = start_presence(&redis).await;
+    let http = presence.http;
     let api = Api::new(http);
 
     let nobody = api.user("nobody").await;
@@ -116,7 +92,8 @@ fn request<T>(message: T) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_answers_and_refuses_bad_input_clearly() {
     let redis = RedisServer::start().await;
-    let (_presence, _, grpc) = presence_process(&redis).await;
+    let presence = start_presence(&redis).await;
+    let grpc = presence.grpc;
     let mut client = PresenceClient::connect(format!("http://{grpc}")).await.unwrap();
 
     let user = client.get_user(request(pb::GetUserRequest { user: "nobody".into() })).await.unwrap();

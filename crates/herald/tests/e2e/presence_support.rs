@@ -337,3 +337,53 @@ pub async fn drain(client: &mut WsClient, wait: Duration) -> Vec<Value> {
         }
     }
 }
+
+/// A `herald presence` child process on free ports, configured as a deployment would be
+/// (`HERALD_*` variables): Redis at `redis_url`, its two listeners, the test API key, warnings
+/// only, and `env` on top. Killed when dropped.
+pub struct PresenceProcess {
+    _child: herald_testkit::KillOnDrop,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+impl PresenceProcess {
+    /// Starts it without waiting: see [`PresenceProcess::wait_ready`].
+    pub fn spawn(redis_url: &str, env: &[(&str, &str)]) -> Self {
+        let http: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let grpc: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("presence")
+            .env("HERALD_REDIS__URL", redis_url)
+            .env("HERALD_PRESENCE__HTTP_LISTEN", http.to_string())
+            .env("HERALD_PRESENCE__GRPC_LISTEN", grpc.to_string())
+            .env("HERALD_PRESENCE__API_KEYS", API_KEY)
+            .env("HERALD_LOG__LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { _child: herald_testkit::KillOnDrop(child), http, grpc }
+    }
+
+    /// Starts it and waits until its plain-HTTP `/readyz` answers 200.
+    pub async fn start(redis_url: &str, env: &[(&str, &str)]) -> Self {
+        let presence = Self::spawn(redis_url, env);
+        let http = presence.http;
+        presence
+            .wait_ready(async || {
+                reqwest::get(format!("http://{http}/readyz")).await.is_ok_and(|r| r.status() == 200)
+            })
+            .await;
+        presence
+    }
+
+    /// Waits until `ready` says so, for at most 15 s.
+    pub async fn wait_ready(&self, ready: impl AsyncFn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !ready().await {
+            assert!(tokio::time::Instant::now() < deadline, "herald presence did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{GatewayProcess, recv_messages};
-use crate::presence_support::{API_KEY, Api};
+use crate::presence_support::{API_KEY, Api, PresenceProcess};
 
 /// `feed:*`: client publishing with a history of 1000.
 const NAMESPACES: &[(&str, &str)] = &[
@@ -266,28 +266,9 @@ async fn a_silent_primary_makes_its_canary_late_naming_it() {
 async fn the_presence_role_tracks_users_on_a_cluster() {
     let cluster = RedisCluster::start().await;
     let seeds = cluster.seeds().join(",");
-    let http: std::net::SocketAddr = ([127, 0, 0, 1], herald_testkit::free_port()).into();
-    let grpc: std::net::SocketAddr = ([127, 0, 0, 1], herald_testkit::free_port()).into();
-    let presence = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("presence")
-        .env("HERALD_REDIS__URL", "redis://127.0.0.1:1")
-        .env("HERALD_REDIS__CLUSTER_NODES", &seeds)
-        .env("HERALD_PRESENCE__HTTP_LISTEN", http.to_string())
-        .env("HERALD_PRESENCE__GRPC_LISTEN", grpc.to_string())
-        .env("HERALD_PRESENCE__API_KEYS", API_KEY)
-        .env("HERALD_LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _presence = herald_testkit::KillOnDrop(presence);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !reqwest::get(format!("http://{http}/readyz")).await.is_ok_and(|r| r.status() == 200) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "herald presence on the cluster did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let presence =
+        PresenceProcess::start("redis://127.0.0.1:1", &[("HERALD_REDIS__CLUSTER_NODES", &seeds)]).await;
+    let (http, grpc) = (presence.http, presence.grpc);
     let endpoint = format!("http://{grpc}");
     let gateway = GatewayProcess::start(
         "redis://127.0.0.1:1",
