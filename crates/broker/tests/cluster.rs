@@ -263,6 +263,40 @@ fn cluster_settings_are_checked() {
     assert!(e.contains("redis.cluster_nodes"), "{e}");
 }
 
+/// While a history channel's slot is migrating, its keys already on the importing primary,
+/// a history read and a publish are answered there at once: the engine follows `ASK` with
+/// `ASKING`, rather than waiting for the migration to end (which here it never would within
+/// the response timeout). Once the slot is handed over, everything is where it belongs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrating_slot_is_asked_of_the_importing_primary() {
+    use herald_broker::HistoryOptions;
+    use herald_broker::conformance::history::{filter, options, payload};
+
+    let cluster = RedisCluster::start().await;
+    let broker = cluster_broker(&cluster);
+    let channel = ChannelName::parse("asked.room").unwrap();
+    let plain = HistoryOptions { idempotency_key: None, ..options(100) };
+    for i in 1..=3 {
+        broker.publish_with_history(&channel, &format!("m{i}"), payload(i), &plain).await.unwrap();
+    }
+    let slot = slot_of(&cluster, &channel).await;
+    let from = cluster.primary_of_slot(slot).await;
+    let to = cluster.primary_of_slot((slot + 5461) % 16384).await;
+    let to = if to == from { cluster.primary_of_slot((slot + 10922) % 16384).await } else { to };
+    assert_eq!(cluster.begin_migration(slot, to, Duration::ZERO).await, from);
+
+    let history = broker.history(&channel, &filter(None, None, false)).await.unwrap();
+    assert_eq!(history.publications.len(), 3, "read from the importing primary");
+    let published = broker.publish_with_history(&channel, "m4", payload(4), &plain).await.unwrap();
+    assert_eq!(published.offset, 4);
+
+    cluster.end_migration(slot, from, to).await;
+    assert_eq!(cluster.primary_of_slot(slot).await, to);
+    let history = broker.history(&channel, &filter(None, None, false)).await.unwrap();
+    let offsets: Vec<u64> = history.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [1, 2, 3, 4]);
+}
+
 /// A history channel's slot moved to another primary (keys migrated while publishing goes
 /// on): every publish ends up in the history with consecutive offsets, the node is
 /// resubscribed on the new primary and receives the channel there, and any message its

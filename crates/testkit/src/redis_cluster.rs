@@ -188,11 +188,19 @@ impl RedisCluster {
     /// time (`pause` between batches, so a test can publish meanwhile), then `SETSLOT NODE`
     /// on both and on the other primaries. Returns the source's port.
     pub async fn migrate_slot(&self, slot: u16, to: u16, pause: Duration) -> u16 {
+        let from = self.begin_migration(slot, to, pause).await;
+        self.end_migration(slot, from, to).await;
+        from
+    }
+
+    /// The first part of [`RedisCluster::migrate_slot`]: the slot importing on `to` and
+    /// migrating on its primary, and every key of it moved, but the slot not yet handed over,
+    /// so commands for it still go to the source first and are sent on with `ASK`. Returns
+    /// the source's port, for [`RedisCluster::end_migration`].
+    pub async fn begin_migration(&self, slot: u16, to: u16, pause: Duration) -> u16 {
         let from = self.primary_of_slot(slot).await;
         assert_ne!(from, to, "slot {slot} is on port {to} already");
-        let id =
-            |port| async move { query::<String>(port, &["CLUSTER", "MYID"]).await.expect("CLUSTER MYID") };
-        let (from_id, to_id) = (id(from).await, id(to).await);
+        let (from_id, to_id) = (node_id(from).await, node_id(to).await);
         let slot_arg = slot.to_string();
         must(to, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]).await;
         must(from, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]).await;
@@ -208,6 +216,14 @@ impl RedisCluster {
             must(from, &args).await;
             tokio::time::sleep(pause).await;
         }
+        from
+    }
+
+    /// Hands `slot` over to `to` after [`RedisCluster::begin_migration`]: `SETSLOT NODE` on
+    /// both and on the other primaries.
+    pub async fn end_migration(&self, slot: u16, from: u16, to: u16) {
+        let to_id = node_id(to).await;
+        let slot_arg = slot.to_string();
         must(to, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]).await;
         must(from, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]).await;
         for port in self.live_ports() {
@@ -216,7 +232,6 @@ impl RedisCluster {
                 let _ = query::<Value>(port, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]).await;
             }
         }
-        from
     }
 
     /// `CLUSTER KEYSLOT key`, as the cluster itself computes it.
@@ -255,6 +270,11 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `CLUSTER MYID` of the node on `port`.
+async fn node_id(port: u16) -> String {
+    query::<String>(port, &["CLUSTER", "MYID"]).await.expect("CLUSTER MYID")
 }
 
 /// One command that must succeed on the node on `port`.

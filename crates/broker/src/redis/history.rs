@@ -94,11 +94,12 @@ impl HistoryStore {
 
     /// Runs `invocation` on the primary of `channel`'s keys. The outer error: no connection,
     /// nothing ran. A broken connection is dropped on the way, so the next call reconnects.
-    /// On a cluster, a script refused because its slot moved (`MOVED`), is moving (`ASK`: its
-    /// keys are on the way to another primary) or is being failed over (`CLUSTERDOWN`,
-    /// `TRYAGAIN`) did not run: [`KeyRouter`] reads the slot map again and sends it again, to
-    /// where the map names now, until `redis.response_timeout` from the first try. Map reads
-    /// are rate-limited, which paces the retries while a slot is migrating.
+    /// On a cluster, a script refused because its slot moved (`MOVED`) or is being failed over
+    /// (`CLUSTERDOWN`, `TRYAGAIN`) did not run: [`KeyRouter`] reads the slot map again and
+    /// sends it again, to where the map names now, until `redis.response_timeout` from the
+    /// first try. Map reads are rate-limited, which paces the retries. One refused with `ASK`
+    /// (its keys already on the primary importing the slot) is sent there at once, after
+    /// `ASKING`.
     async fn run<T: FromRedisValue>(
         &self,
         channel: &ChannelName,

@@ -1,7 +1,8 @@
 //! Commands routed by key, for the history scripts and for engines outside the broker that
 //! keep state in the same Redis (presence): on a single Redis (or Sentinel) one shared
 //! connection; on a Redis Cluster the primary serving the key's slot, read from the slot map
-//! and followed through `MOVED`, `ASK`, `CLUSTERDOWN` and `TRYAGAIN`.
+//! and followed through `MOVED`, `CLUSTERDOWN` and `TRYAGAIN` (the map read again) and `ASK`
+//! (the importing node asked at once, with `ASKING`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,7 +67,9 @@ impl KeyRouter {
     /// connection, nothing ran. A broken connection is dropped on the way, so the next call
     /// reconnects. On a cluster, a command refused because its slot moved, is moving or is
     /// being failed over did not run: the slot map is read again and the command sent again,
-    /// until `redis.response_timeout` from the first try; then its error is returned.
+    /// until `redis.response_timeout` from the first try; then its error is returned. One
+    /// refused with `ASK` (its keys already on the node importing the slot) is sent there at
+    /// once, after `ASKING`; `TRYAGAIN` (its keys split between the two nodes) waits.
     pub async fn run<T, F, Fut>(
         &self,
         key: &str,
@@ -92,13 +95,22 @@ impl KeyRouter {
         let deadline = tokio::time::Instant::now() + response_timeout;
         loop {
             let (conn, generation) = cluster.connection(key, operation).await?;
-            let result = command(conn.get().await.map_err(connect_failed)?).await;
+            let mut result = command(conn.get().await.map_err(connect_failed)?).await;
+            if let Err(e) = &result {
+                conn.failed(e).await;
+            }
+            // The slot is migrating and the key has left for the importing node already: ask
+            // there, announced with `ASKING`. Twice, as a script unknown there spends the
+            // first `ASKING` on `NOSCRIPT` before loading itself.
+            for _ in 0..2 {
+                let Some(addr) = asked_to(&result) else { break };
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                result = command(cluster.asking(&addr, operation).await?).await;
+            }
             let Err(e) = &result else { return Ok(result) };
-            conn.failed(e).await;
-            let misrouted = e.code().is_some_and(|code| {
-                is_redirect(&format!("{code} ")) || matches!(code, "CLUSTERDOWN" | "TRYAGAIN")
-            });
-            if !misrouted || tokio::time::Instant::now() >= deadline {
+            if !misrouted(e) || tokio::time::Instant::now() >= deadline {
                 return Ok(result);
             }
             let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -109,4 +121,18 @@ impl KeyRouter {
                 .map_err(|e| BrokerError::unavailable(operation, e))?;
         }
     }
+}
+
+/// Whether Redis refused the command because of where it was sent: the slot moved (`MOVED`),
+/// is moving (`ASK`), or is being failed over (`CLUSTERDOWN`, `TRYAGAIN`, the latter also
+/// for keys split by a migration under way). Such a command did not run.
+fn misrouted(e: &RedisError) -> bool {
+    e.code()
+        .is_some_and(|code| is_redirect(&format!("{code} ")) || matches!(code, "CLUSTERDOWN" | "TRYAGAIN"))
+}
+
+/// The node an `ASK` reply sends the command to (`host:port`).
+fn asked_to<T>(result: &Result<T, RedisError>) -> Option<String> {
+    let e = result.as_ref().err()?;
+    (e.code() == Some("ASK")).then(|| e.redirect_node().map(|(addr, _)| addr.to_string())).flatten()
 }

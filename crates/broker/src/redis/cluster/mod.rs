@@ -91,6 +91,26 @@ impl Cluster {
         Ok((conn, map.generation))
     }
 
+    /// A connection of its own to the node at `addr` (`host:port`, as an `ASK` reply names
+    /// it) on which `ASKING` was just sent, so that the next command there is served for a
+    /// slot the node is importing. Of its own because `ASKING` holds for the connection's next
+    /// command only, which another user of a shared connection could spend. `ASK` is rare
+    /// (a slot migrating), so opening one each time costs little.
+    pub(crate) async fn asking(
+        &self,
+        addr: &str,
+        operation: &'static str,
+    ) -> Result<redis::aio::MultiplexedConnection, BrokerError> {
+        let (host, port) = split_addr(addr).map_err(|e| BrokerError::unavailable(operation, e))?;
+        let mut conn = (self.endpoint.at(&host, port).open_multiplexed().await)
+            .map_err(|e| BrokerError::unavailable(operation, e))?;
+        redis::cmd("ASKING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| BrokerError::unavailable(operation, e))?;
+        Ok(conn)
+    }
+
     /// For each primary of the known map, a channel named `base.<n>` whose slot it serves
     /// (the smallest such `n`, so the name stays the same while the map does); `base` alone
     /// while no map is known yet (publishing it reads one).
