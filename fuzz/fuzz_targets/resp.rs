@@ -46,11 +46,18 @@ fuzz_target!(|data: &[u8]| {
 fn check_round_trip(event: &Event<'_>) {
     let frame = match event {
         Event::Message { channel, payload } => encode(&[b"message", channel, payload]),
+        Event::PMessage { pattern, channel, payload } => encode(&[b"pmessage", pattern, channel, payload]),
         Event::Subscribed(channel) => {
             [encode_head(3), bulk(b"subscribe"), bulk(channel), b":1\r\n".to_vec()].concat()
         }
         Event::Unsubscribed(channel) => {
             [encode_head(3), bulk(b"unsubscribe"), bulk(channel), b":0\r\n".to_vec()].concat()
+        }
+        Event::PSubscribed(pattern) => {
+            [encode_head(3), bulk(b"psubscribe"), bulk(pattern), b":1\r\n".to_vec()].concat()
+        }
+        Event::PUnsubscribed(pattern) => {
+            [encode_head(3), bulk(b"punsubscribe"), bulk(pattern), b":0\r\n".to_vec()].concat()
         }
         Event::Pong => b"+PONG\r\n".to_vec(),
         Event::Ok => b"+OK\r\n".to_vec(),
