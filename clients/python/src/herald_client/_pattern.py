@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ClientClosed, ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
 from ._events import Buffer, Callback, Emitter
-from ._subscription import SubscriptionState, _iterate
+from ._subscription import SubscriptionState, _iterate, _leave
 from ._types import ConnectionState, Message, Unsubscribed
 
 if TYPE_CHECKING:
@@ -100,15 +100,7 @@ class PatternSubscription:
         self._client._forget_pattern(self)
         self._close(None)
         if was_live:
-            try:
-                await self._client._request({"type": "unsubscribe", "pattern": self._pattern}, "unsubscribe")
-            except RequestError as e:
-                if e.code != "not_subscribed":
-                    raise
-            except HeraldError:
-                # The connection went away meanwhile: the server dropped the subscription with
-                # it, and it is not renewed.
-                pass
+            await _leave(self._client, {"type": "unsubscribe", "pattern": self._pattern})
 
     # --- used by the client -------------------------------------------------------------
 

@@ -225,15 +225,7 @@ class Subscription:
         self._client._forget(self)
         self._close(None)
         if was_live:
-            try:
-                await self._client._request({"type": "unsubscribe", "channel": self._channel}, "unsubscribe")
-            except RequestError as e:
-                if e.code != "not_subscribed":
-                    raise
-            except HeraldError:
-                # The connection went away meanwhile: the server dropped the subscription with
-                # it, and it is not renewed.
-                pass
+            await _leave(self._client, {"type": "unsubscribe", "channel": self._channel})
 
     # --- used by the client -------------------------------------------------------------
 
@@ -376,3 +368,16 @@ async def _iterate(buffer: Buffer[Message]) -> AsyncIterator[Message]:
         except StopAsyncIteration:
             return
         yield message
+
+
+async def _leave(client: Herald, frame: dict[str, Any]) -> None:
+    """Sends an `unsubscribe` of a subscription that was live. One the server no longer had
+    (`not_subscribed`) is left already, and so is one whose connection went away meanwhile:
+    the server dropped it with the connection, and it is not renewed."""
+    try:
+        await client._request(frame, "unsubscribe")
+    except RequestError as e:
+        if e.code != "not_subscribed":
+            raise
+    except HeraldError:
+        pass
