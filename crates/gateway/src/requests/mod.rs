@@ -1,8 +1,8 @@
 //! A connection's requests: the client frames after `connected` (`subscribe`, `unsubscribe`,
 //! `publish`, `presence`, `history`, `ack`, `ping`, and the token frames `refresh`
 //! ([`refresh`]) and `subscribe_refresh` ([`grants`]); `subscribe` and `unsubscribe` of a
-//! pattern in [`patterns`]), each checked (by `policy`,
-//! the limits, the history settings) and answered with its reply or an `error` frame.
+//! pattern in [`patterns`]), each checked (by `policy`, the limits, the history settings) and
+//! answered with its reply or an `error` frame.
 //!
 //! [`Session`] is what they act on: who the client is and the channels it is in. The
 //! connection (`crate::connection`) owns it, joins the channels of the URL through it at
