@@ -145,37 +145,23 @@ pub(super) struct RedisSubscriber {
     pub(super) config: RedisConfig,
 }
 
-/// Waits for `confirmed` of `pattern`, at most `timeout`.
-fn wait_pattern(
-    timeout: Duration,
-    pattern: &ChannelPattern,
-    confirmed: oneshot::Receiver<()>,
-) -> Confirmation {
-    let pattern = pattern.clone();
-    Confirmation::pending(
-        async move {
-            match tokio::time::timeout(timeout, confirmed).await {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(BrokerError::PatternSubscribeTimeout(pattern)),
-            }
-        }
-        .boxed(),
-    )
-}
-
-/// Waits for `confirmed`, at most `timeout`.
+/// Waits for `confirmed` of `channel`, at most `timeout`.
 pub(super) fn wait_confirmed(
     timeout: Duration,
     channel: &ChannelName,
     confirmed: oneshot::Receiver<()>,
 ) -> Confirmation {
-    let channel = channel.clone();
+    wait(timeout, confirmed, BrokerError::SubscribeTimeout(channel.clone()))
+}
+
+/// Waits for `confirmed`, at most `timeout`; fails with `timed_out` when it did not come in
+/// time, or the interest was withdrawn before Redis confirmed.
+fn wait(timeout: Duration, confirmed: oneshot::Receiver<()>, timed_out: BrokerError) -> Confirmation {
     Confirmation::pending(
         async move {
             match tokio::time::timeout(timeout, confirmed).await {
                 Ok(Ok(())) => Ok(()),
-                // Timed out, or the interest was withdrawn before Redis confirmed.
-                _ => Err(BrokerError::SubscribeTimeout(channel)),
+                _ => Err(timed_out),
             }
         }
         .boxed(),
@@ -228,7 +214,7 @@ impl Subscriber for RedisSubscriber {
             return Confirmation::confirmed();
         }
         self.shared.wake.notify_one();
-        wait_pattern(self.shared.subscribe_timeout, pattern, rx)
+        wait(self.shared.subscribe_timeout, rx, BrokerError::PatternSubscribeTimeout(pattern.clone()))
     }
 
     fn pattern_confirmation(&self, pattern: &ChannelPattern) -> Confirmation {
@@ -237,7 +223,7 @@ impl Subscriber for RedisSubscriber {
         if self.shared.patterns().wait(&key, tx) {
             return Confirmation::confirmed();
         }
-        wait_pattern(self.shared.subscribe_timeout, pattern, rx)
+        wait(self.shared.subscribe_timeout, rx, BrokerError::PatternSubscribeTimeout(pattern.clone()))
     }
 
     fn unsubscribe_pattern(&self, pattern: &ChannelPattern) {
@@ -487,12 +473,7 @@ impl NodeTask {
         *last_batch = Some(Instant::now());
         if let Some(Commands { subscribe, unsubscribe }) = patterns {
             for (command, keys) in [(&b"PUNSUBSCRIBE"[..], unsubscribe), (&b"PSUBSCRIBE"[..], subscribe)] {
-                for chunk in keys.chunks(CHANNELS_PER_COMMAND) {
-                    let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
-                    args.push(command);
-                    args.extend(chunk.iter().map(|k| k.as_bytes()));
-                    conn.send(&args).await?;
-                }
+                send_each(conn, command, keys.chunks(CHANNELS_PER_COMMAND)).await?;
             }
         }
         let Some(Commands { subscribe, unsubscribe }) = channels else { return Ok(()) };
@@ -508,13 +489,23 @@ impl NodeTask {
                 keys.sort_by_key(|k| key_slot(k.as_bytes()));
             }
             let groups = keys.chunk_by(|a, b| !sharded || key_slot(a.as_bytes()) == key_slot(b.as_bytes()));
-            for chunk in groups.flat_map(|group| group.chunks(CHANNELS_PER_COMMAND)) {
-                let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
-                args.push(command);
-                args.extend(chunk.iter().map(|k| k.as_bytes()));
-                conn.send(&args).await?;
-            }
+            send_each(conn, command, groups.flat_map(|group| group.chunks(CHANNELS_PER_COMMAND))).await?;
         }
         Ok(())
     }
+}
+
+/// Sends `command` once per chunk of keys, each naming that chunk.
+async fn send_each<'a>(
+    conn: &mut PubSubConn,
+    command: &[u8],
+    chunks: impl Iterator<Item = &'a [Box<str>]>,
+) -> Result<(), RespError> {
+    for chunk in chunks {
+        let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+        args.push(command);
+        args.extend(chunk.iter().map(|k| k.as_bytes()));
+        conn.send(&args).await?;
+    }
+    Ok(())
 }
