@@ -15,6 +15,7 @@
  */
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
+import type { SubscriptionState } from "./subscription.js";
 import type {
   Message,
   PatternSubscribedEvent,
@@ -22,7 +23,8 @@ import type {
   ServerFrame,
 } from "./types.js";
 
-export type PatternSubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
+/** The same states as a channel's subscription. */
+export type PatternSubscriptionState = SubscriptionState;
 
 export interface PatternSubscriptionEvents {
   /** A message of a matching channel: `message.channel` is the real channel,
