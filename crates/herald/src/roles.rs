@@ -90,15 +90,18 @@ pub async fn presence(
 ) -> anyhow::Result<()> {
     config.validate_presence()?;
     let broker = redis_broker(&config)?;
-    let store = RedisStore::with_events(config.redis.clone(), config.presence.timings(), &config.events)?;
+    let (timings, parts) = (config.presence.timings(), config.presence.parts);
+    let store = RedisStore::with_parts(config.redis.clone(), timings, &config.events, parts)?;
     let http = bind(config.presence.http_listen, "presence.http_listen").await?;
     let grpc = bind(config.presence.grpc_listen, "presence.grpc_listen").await?;
     let keys = config.presence_keys();
+    let parts = store.parts();
     let api = PresenceApi::new(config.presence, &keys, config.namespaces, Arc::new(store), broker)?;
     tracing::info!(
         role = "presence",
         version = VERSION,
         engine = "redis",
+        presence.parts = parts,
         presence.http_listen = %http.local_addr()?,
         presence.grpc_listen = %grpc.local_addr()?,
         "herald started"

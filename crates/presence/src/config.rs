@@ -8,6 +8,7 @@ use herald_protocol::{ChannelName, ConfigError, Namespaces};
 use serde::Deserialize;
 
 use crate::store::Timings;
+use crate::store::redis::MAX_PARTS;
 
 pub use herald_api_common::client_tls::ClientTlsConfig;
 pub use herald_api_common::tls::TlsConfig;
@@ -79,6 +80,12 @@ pub struct PresenceConfig {
     /// full-state report gets it once more per 2000 connections.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How many parts the presence role splits its Redis keys in, by user: each part has its
+    /// own hash tag (`{presence:<n>}`), so on a Redis Cluster the parts, and the presence
+    /// load, spread over the primaries. Unset: 16 on a cluster, 1 on one Redis. Every
+    /// presence replica must use the same number; changing it starts presence afresh (see
+    /// docs/cluster.md).
+    pub parts: Option<usize>,
 }
 
 impl Default for PresenceConfig {
@@ -101,6 +108,7 @@ impl Default for PresenceConfig {
             max_bulk: 1000,
             max_members: 10_000,
             request_timeout: Duration::from_secs(2),
+            parts: None,
         }
     }
 }
@@ -174,6 +182,11 @@ impl PresenceConfig {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be greater than 0"));
             }
+        }
+        if let Some(parts) = self.parts
+            && !(1..=MAX_PARTS).contains(&parts)
+        {
+            return Err(ConfigError::new("presence.parts", format!("{parts} must be 1 to {MAX_PARTS}")));
         }
         let channel = self.events_channel()?;
         let Some(ns) = channel.namespace() else {

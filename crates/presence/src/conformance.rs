@@ -46,8 +46,16 @@ fn connect(conn: u64, u: &str) -> Change {
     Change::Connect { conn, user: user(u), info: info(&format!(r#"{{"name":"{u}"}}"#)) }
 }
 
-fn sub(conn: u64, c: &str) -> Change {
-    Change::Subscribe { conn, channel: ch(c) }
+fn sub(conn: u64, u: &str, c: &str) -> Change {
+    Change::Subscribe { conn, user: user(u), channel: ch(c) }
+}
+
+fn unsub(conn: u64, u: &str, c: &str) -> Change {
+    Change::Unsubscribe { conn, user: user(u), channel: ch(c) }
+}
+
+fn disconnect(conn: u64, u: &str) -> Change {
+    Change::Disconnect { conn, user: user(u) }
 }
 
 fn full(gw: &str, seq: u64, conns: Vec<ConnState>) -> Report {
@@ -108,7 +116,7 @@ async fn a_user_on_two_gateways_is_one_online_user(store: Arc<dyn PresenceStore>
     assert_eq!(found[1].connections, 0);
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.online_users, stats.connections), (1, 2));
-    assert_eq!(apply(&store, changes("a", 3, vec![Change::Disconnect { conn: 1 }])).await, vec![]);
+    assert_eq!(apply(&store, changes("a", 3, vec![disconnect(1, "alice")])).await, vec![]);
     let found = store.users(&[user("alice")]).await.unwrap();
     assert_eq!((found[0].online, found[0].connections), (true, 1));
 }
@@ -116,29 +124,31 @@ async fn a_user_on_two_gateways_is_one_online_user(store: Arc<dyn PresenceStore>
 async fn members_join_and_leave_once_per_user(store: Arc<dyn PresenceStore>) {
     apply(&store, full("a", 1, vec![])).await;
     apply(&store, full("b", 1, vec![])).await;
-    let ev = apply(&store, changes("a", 2, vec![connect(1, "alice"), sub(1, "room:x")])).await;
+    let ev = apply(&store, changes("a", 2, vec![connect(1, "alice"), sub(1, "alice", "room:x")])).await;
     let join = Event::Join { channel: ch("room:x"), user: user("alice"), info: info(r#"{"name":"alice"}"#) };
     assert_eq!(ev, vec![online("alice"), join]);
-    let ev =
-        apply(&store, changes("b", 2, vec![connect(7, "alice"), sub(7, "room:x"), sub(7, "room:x")])).await;
+    let ev = apply(
+        &store,
+        changes("b", 2, vec![connect(7, "alice"), sub(7, "alice", "room:x"), sub(7, "alice", "room:x")]),
+    )
+    .await;
     assert_eq!(ev, vec![], "a second connection of a member joins nothing");
-    apply(&store, changes("b", 3, vec![connect(8, "bob"), sub(8, "room:x")])).await;
+    apply(&store, changes("b", 3, vec![connect(8, "bob"), sub(8, "bob", "room:x")])).await;
     let members = store.channel(&ch("room:x"), 100).await.unwrap();
     assert_eq!(members.count, 2);
     assert_eq!(members.members[0].user, user("alice"));
     assert_eq!(members.members[0].connections, 2);
     assert_eq!(members.members[0].info.as_deref(), Some(r#"{"name":"alice"}"#));
     assert_eq!(members.members[1].user, user("bob"));
-    let unsub = Change::Unsubscribe { conn: 1, channel: ch("room:x") };
-    assert_eq!(apply(&store, changes("a", 3, vec![unsub])).await, vec![]);
-    let ev = apply(&store, changes("b", 4, vec![Change::Disconnect { conn: 7 }])).await;
+    assert_eq!(apply(&store, changes("a", 3, vec![unsub(1, "alice", "room:x")])).await, vec![]);
+    let ev = apply(&store, changes("b", 4, vec![disconnect(7, "alice")])).await;
     assert_eq!(ev, vec![], "leave waits for the grace period");
     assert_eq!(store.channel(&ch("room:x"), 100).await.unwrap().count, 1, "the list shows the truth at once");
     assert_eq!(store.channel(&ch("room:empty"), 100).await.unwrap().count, 0);
     // Bob leaves and is back within the grace period: neither a leave nor a second join.
-    let bob_out = Change::Unsubscribe { conn: 8, channel: ch("room:x") };
+    let bob_out = unsub(8, "bob", "room:x");
     assert_eq!(apply(&store, changes("b", 5, vec![bob_out])).await, vec![]);
-    assert_eq!(apply(&store, changes("b", 6, vec![sub(8, "room:x")])).await, vec![]);
+    assert_eq!(apply(&store, changes("b", 6, vec![sub(8, "bob", "room:x")])).await, vec![]);
     let events = sweep_alive(&store, &[("a", 3), ("b", 6)], TIMINGS.grace + Duration::from_millis(200)).await;
     assert_eq!(events, vec![Event::Leave { channel: ch("room:x"), user: user("alice") }], "alice's, once");
 }
@@ -146,7 +156,7 @@ async fn members_join_and_leave_once_per_user(store: Arc<dyn PresenceStore>) {
 async fn offline_waits_for_the_grace_period_and_happens_once(store: Arc<dyn PresenceStore>) {
     apply(&store, full("a", 1, vec![])).await;
     apply(&store, changes("a", 2, vec![connect(1, "carol")])).await;
-    apply(&store, changes("a", 3, vec![Change::Disconnect { conn: 1 }])).await;
+    apply(&store, changes("a", 3, vec![disconnect(1, "carol")])).await;
     assert!(!store.users(&[user("carol")]).await.unwrap()[0].online, "the API shows the truth at once");
     assert_eq!(store.sweep().await.unwrap(), vec![], "offline waits for the grace period");
     tokio::time::sleep(TIMINGS.grace + Duration::from_millis(50)).await;
@@ -162,7 +172,7 @@ async fn a_reconnect_within_grace_does_not_flap(store: Arc<dyn PresenceStore>) {
     apply(&store, full("a", 1, vec![])).await;
     apply(&store, full("b", 1, vec![])).await;
     apply(&store, changes("a", 2, vec![connect(1, "dave")])).await;
-    apply(&store, changes("a", 3, vec![Change::Disconnect { conn: 1 }])).await;
+    apply(&store, changes("a", 3, vec![disconnect(1, "dave")])).await;
     assert_eq!(apply(&store, changes("b", 2, vec![connect(5, "dave")])).await, vec![], "no second online");
     tokio::time::sleep(TIMINGS.grace + Duration::from_millis(50)).await;
     apply(&store, changes("b", 2, vec![])).await;
@@ -213,7 +223,11 @@ async fn an_expired_gateway_is_removed_as_a_whole(store: Arc<dyn PresenceStore>)
     apply(&store, full("alive", 1, vec![])).await;
     apply(
         &store,
-        changes("dead", 2, vec![connect(1, "hal"), sub(1, "room:w"), connect(2, "ivy"), sub(2, "room:w")]),
+        changes(
+            "dead",
+            2,
+            vec![connect(1, "hal"), sub(1, "hal", "room:w"), connect(2, "ivy"), sub(2, "ivy", "room:w")],
+        ),
     )
     .await;
     apply(&store, changes("alive", 2, vec![connect(1, "ivy")])).await;
@@ -244,7 +258,7 @@ async fn member_lists_are_bounded_but_counts_exact(store: Arc<dyn PresenceStore>
     let mut batch = Vec::new();
     for i in 0..5 {
         batch.push(connect(i, &format!("m{i}")));
-        batch.push(sub(i, "room:big"));
+        batch.push(sub(i, &format!("m{i}"), "room:big"));
     }
     apply(&store, changes("a", 2, batch)).await;
     let limited = store.channel(&ch("room:big"), 2).await.unwrap();

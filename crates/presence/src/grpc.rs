@@ -127,13 +127,17 @@ impl TryFrom<&pb::ReportRequest> for Report {
                             user: user(&c.user, &at)?,
                             info: info(&c.info, &at)?,
                         },
-                        Kind::Disconnect => Change::Disconnect { conn: c.conn },
-                        Kind::Subscribe => {
-                            Change::Subscribe { conn: c.conn, channel: channel(&c.channel, &at)? }
-                        }
-                        Kind::Unsubscribe => {
-                            Change::Unsubscribe { conn: c.conn, channel: channel(&c.channel, &at)? }
-                        }
+                        Kind::Disconnect => Change::Disconnect { conn: c.conn, user: user(&c.user, &at)? },
+                        Kind::Subscribe => Change::Subscribe {
+                            conn: c.conn,
+                            user: user(&c.user, &at)?,
+                            channel: channel(&c.channel, &at)?,
+                        },
+                        Kind::Unsubscribe => Change::Unsubscribe {
+                            conn: c.conn,
+                            user: user(&c.user, &at)?,
+                            channel: channel(&c.channel, &at)?,
+                        },
                         Kind::Unspecified => {
                             return Err(ApiError::new(
                                 ErrorCode::MalformedFrame,
@@ -178,18 +182,23 @@ impl From<&Report> for pb::ReportRequest {
                             info: info(i),
                             ..Default::default()
                         },
-                        Change::Disconnect { conn } => {
-                            pb::Change { kind: Kind::Disconnect.into(), conn: *conn, ..Default::default() }
-                        }
-                        Change::Subscribe { conn, channel } => pb::Change {
+                        Change::Disconnect { conn, user } => pb::Change {
+                            kind: Kind::Disconnect.into(),
+                            conn: *conn,
+                            user: user.to_string(),
+                            ..Default::default()
+                        },
+                        Change::Subscribe { conn, user, channel } => pb::Change {
                             kind: Kind::Subscribe.into(),
                             conn: *conn,
+                            user: user.to_string(),
                             channel: channel.to_string(),
                             ..Default::default()
                         },
-                        Change::Unsubscribe { conn, channel } => pb::Change {
+                        Change::Unsubscribe { conn, user, channel } => pb::Change {
                             kind: Kind::Unsubscribe.into(),
                             conn: *conn,
+                            user: user.to_string(),
                             channel: channel.to_string(),
                             ..Default::default()
                         },

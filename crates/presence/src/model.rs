@@ -12,13 +12,27 @@ pub type ConnId = u64;
 /// A connection's token `info` claim, as JSON text, passed on untouched.
 pub type Info = Option<Arc<str>>;
 
-/// One change on a gateway, in the order it happened.
+/// One change on a gateway, in the order it happened. Each names the connection's user: a
+/// store split in parts by user (the Redis engine on a cluster) applies it in that user's
+/// part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Connect { conn: ConnId, user: UserId, info: Info },
-    Disconnect { conn: ConnId },
-    Subscribe { conn: ConnId, channel: ChannelName },
-    Unsubscribe { conn: ConnId, channel: ChannelName },
+    Disconnect { conn: ConnId, user: UserId },
+    Subscribe { conn: ConnId, user: UserId, channel: ChannelName },
+    Unsubscribe { conn: ConnId, user: UserId, channel: ChannelName },
+}
+
+impl Change {
+    /// The user whose connection changed.
+    pub fn user(&self) -> &UserId {
+        match self {
+            Change::Connect { user, .. }
+            | Change::Disconnect { user, .. }
+            | Change::Subscribe { user, .. }
+            | Change::Unsubscribe { user, .. } => user,
+        }
+    }
 }
 
 /// One connection of a gateway's full state.

@@ -351,10 +351,11 @@ impl ConnectionObserver for Reporter {
         }
         self.record(|local| {
             let record = local.conns.get_mut(&conn.conn_id)?;
-            record
-                .channels
-                .insert(channel.clone())
-                .then(|| Change::Subscribe { conn: conn.conn_id, channel: channel.clone() })
+            record.channels.insert(channel.clone()).then(|| Change::Subscribe {
+                conn: conn.conn_id,
+                user: conn.user.clone(),
+                channel: channel.clone(),
+            })
         });
     }
 
@@ -364,17 +365,18 @@ impl ConnectionObserver for Reporter {
         }
         self.record(|local| {
             let record = local.conns.get_mut(&conn.conn_id)?;
-            record
-                .channels
-                .remove(channel)
-                .then(|| Change::Unsubscribe { conn: conn.conn_id, channel: channel.clone() })
+            record.channels.remove(channel).then(|| Change::Unsubscribe {
+                conn: conn.conn_id,
+                user: conn.user.clone(),
+                channel: channel.clone(),
+            })
         });
     }
 
     fn disconnected(&self, conn: &ConnectionInfo) {
         self.record(|local| {
             local.conns.remove(&conn.conn_id)?;
-            Some(Change::Disconnect { conn: conn.conn_id })
+            Some(Change::Disconnect { conn: conn.conn_id, user: conn.user.clone() })
         });
     }
 

@@ -86,11 +86,25 @@ impl PresenceService {
         e
     }
 
+    /// The outcome of a store operation; on a failure the store is noted as failing, and the
+    /// transitions of the parts that did apply it are emitted before the error is returned.
+    async fn emit_partly<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
+        match outcome {
+            Ok(done) => Ok(done),
+            Err(StoreError::Partly { events, source }) => {
+                self.emit(events).await;
+                let e = StoreError::Partly { events: Vec::new(), source };
+                Err(self.store_failed(e))
+            }
+            Err(e) => Err(self.store_failed(e)),
+        }
+    }
+
     /// Applies a gateway's report and emits the transitions it caused.
     pub async fn report(&self, report: &Report) -> Result<Ack, StoreError> {
         let applied = self.inner.store.report(report).await;
         self.inner.metrics.reports.get_or_create(&PresenceMetrics::outcome(&applied)).inc();
-        let (ack, events) = applied.map_err(|e| self.store_failed(e))?;
+        let (ack, events) = self.emit_partly(applied).await?;
         self.emit(events).await;
         Ok(ack)
     }
@@ -99,7 +113,7 @@ impl PresenceService {
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         let swept = self.inner.store.sweep().await;
         self.inner.metrics.sweeps.get_or_create(&PresenceMetrics::outcome(&swept)).inc();
-        let events = swept.map_err(|e| self.store_failed(e))?;
+        let events = self.emit_partly(swept).await?;
         let n = events.len();
         self.emit(events).await;
         Ok(n)

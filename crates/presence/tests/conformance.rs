@@ -28,8 +28,22 @@ async fn redis_store_conforms() {
     .await;
 }
 
-/// The Redis engine keeps every promise of the suite on a real Redis Cluster (three primaries),
-/// its keys in one slot and its scripts routed to that slot's primary.
+/// Split in parts on one Redis, the Redis engine keeps every promise of the suite: each
+/// user's keys in the user's part, a report's changes applied part by part.
+#[tokio::test]
+async fn redis_store_in_parts_conforms() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    conformance::run_all(move |case: &str| {
+        let config = RedisConfig { url: url.clone(), prefix: format!("{case}:"), ..Default::default() };
+        let store = RedisStore::with_parts(config, TIMINGS, &EventsConfig::default(), Some(5)).unwrap();
+        Arc::new(store) as Arc<dyn PresenceStore>
+    })
+    .await;
+}
+
+/// The Redis engine keeps every promise of the suite on a real Redis Cluster (three
+/// primaries), in its default 16 parts, each part's scripts routed to the primary of its slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_store_conforms() {
     let cluster = RedisCluster::start().await;
@@ -37,7 +51,9 @@ async fn redis_cluster_store_conforms() {
     conformance::run_all(move |case: &str| {
         let config =
             RedisConfig { cluster_nodes: seeds.clone(), prefix: format!("{case}:"), ..Default::default() };
-        Arc::new(RedisStore::new(config, TIMINGS).unwrap()) as Arc<dyn PresenceStore>
+        let store = RedisStore::new(config, TIMINGS).unwrap();
+        assert_eq!(store.parts(), 16);
+        Arc::new(store) as Arc<dyn PresenceStore>
     })
     .await;
 }
@@ -47,6 +63,17 @@ async fn redis_cluster_store_conforms() {
 /// report, sweeps of dead gateways): the stream is checked after every call.
 #[tokio::test]
 async fn redis_store_streams_exactly_the_events_it_returns() {
+    streams_exactly_the_events_it_returns(None).await;
+}
+
+/// Split in parts, the engine writes each user's events into the stream of the user's part:
+/// the parts' streams, read in part order, gain exactly what each call returned.
+#[tokio::test]
+async fn redis_store_in_parts_streams_exactly_the_events_it_returns() {
+    streams_exactly_the_events_it_returns(Some(3)).await;
+}
+
+async fn streams_exactly_the_events_it_returns(parts: Option<usize>) {
     let redis = RedisServer::start().await;
     let url = redis.url();
     let events = EventsConfig { enabled: true, ..Default::default() };
@@ -57,21 +84,27 @@ async fn redis_store_streams_exactly_the_events_it_returns() {
     conformance::run_all(move |case: &str| {
         let prefix = format!("{case}:");
         let config = RedisConfig { url: url.clone(), prefix: prefix.clone(), ..Default::default() };
-        let store = RedisStore::with_events(config, TIMINGS, &events).unwrap();
-        let key = events.key(EventKind::Online, &prefix, false).unwrap();
-        let last = Mutex::new("-".into());
+        let store = RedisStore::with_parts(config, TIMINGS, &events, parts).unwrap();
+        let keys: Vec<String> = match parts {
+            None => vec![events.key(EventKind::Online, &prefix, false).unwrap()],
+            Some(n) => {
+                (0..n).map(|part| events.part_key(EventKind::Online, &prefix, part).unwrap()).collect()
+            }
+        };
+        let last = Mutex::new(vec!["-".to_string(); keys.len()]);
         let turn = tokio::sync::Mutex::new(());
-        Arc::new(Streamed { store, turn, conn: conn.clone(), key, last, checked: total.clone() })
+        Arc::new(Streamed { store, turn, conn: conn.clone(), keys, last, checked: total.clone() })
             as Arc<dyn PresenceStore>
     })
     .await;
     assert!(*checked.lock().unwrap() > 20, "the suite makes transitions");
 }
 
-/// On a Redis Cluster the stream shares the presence slot, so the scripts may write it: the
-/// suite passes with every kind streamed, and the stream is on the primary of that slot.
+/// On a Redis Cluster each part's stream shares the part's slot, so the scripts may write
+/// it: the suite passes with every kind streamed, and each stream is on the primary of its
+/// part's slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_store_streams_into_the_presence_slot() {
+async fn redis_cluster_store_streams_into_each_parts_slot() {
     let cluster = RedisCluster::start().await;
     let seeds = cluster.seeds();
     let events = EventsConfig { enabled: true, ..Default::default() };
@@ -82,10 +115,14 @@ async fn redis_cluster_store_streams_into_the_presence_slot() {
         Arc::new(RedisStore::with_events(config, TIMINGS, &streamed).unwrap()) as Arc<dyn PresenceStore>
     })
     .await;
-    let key = events.key(EventKind::Online, "members:", true).unwrap();
-    let primary = cluster.primary_of_slot(cluster.keyslot(&key).await).await;
-    let len: u64 = cluster.query(primary, &["XLEN", &key]).await.unwrap();
-    assert!(len >= 4, "the members case streams its joins and leaves: {len}");
+    let mut total = 0;
+    for part in 0..16 {
+        let key = events.part_key(EventKind::Online, "members:", part).unwrap();
+        let primary = cluster.primary_of_slot(cluster.keyslot(&key).await).await;
+        let len: u64 = cluster.query(primary, &["XLEN", &key]).await.unwrap();
+        total += len;
+    }
+    assert!(total >= 4, "the members case streams its joins and leaves: {total}");
 }
 
 /// With `connect` and `disconnect` among `events.kinds`, each connection a gateway reports
@@ -106,8 +143,10 @@ async fn redis_store_streams_connects_and_disconnects_when_asked() {
     let report = |seq, body| Report { gateway: "gw-a".into(), seq, body };
     let alice = ConnState { conn: 1, user: user("alice"), info: None, channels: vec![] };
     assert_eq!(store.report(&report(0, ReportBody::Full(vec![alice]))).await.unwrap().0, Ack::Applied);
-    let changes =
-        vec![Change::Connect { conn: 2, user: user("bob"), info: None }, Change::Disconnect { conn: 1 }];
+    let changes = vec![
+        Change::Connect { conn: 2, user: user("bob"), info: None },
+        Change::Disconnect { conn: 1, user: user("alice") },
+    ];
     assert_eq!(store.report(&report(1, ReportBody::Changes(changes))).await.unwrap().0, Ack::Applied);
     // The gateway says nothing more: its lease runs out and the sweep closes bob's connection.
     tokio::time::sleep(TIMINGS.ttl + std::time::Duration::from_millis(100)).await;
@@ -133,36 +172,40 @@ async fn redis_store_streams_connects_and_disconnects_when_asked() {
     );
 }
 
-/// A store that checks, after each call, that the stream gained exactly the returned events.
-/// Calls that change state take turns (`turn`), so each one's entries are told apart; the
-/// other suites run them concurrently.
+/// A store that checks, after each call, that the streams gained exactly the returned events
+/// (read in part order, as the engine returns them). Calls that change state take turns
+/// (`turn`), so each one's entries are told apart; the other suites run them concurrently.
 struct Streamed {
     store: RedisStore,
     turn: tokio::sync::Mutex<()>,
     conn: redis::aio::MultiplexedConnection,
-    key: String,
-    /// The id of the last entry seen, `-` before the first.
-    last: Mutex<String>,
+    /// The stream of each part.
+    keys: Vec<String>,
+    /// The id of the last entry seen in each stream, `-` before the first.
+    last: Mutex<Vec<String>>,
     /// Events checked so far, over every case.
     checked: Arc<Mutex<usize>>,
 }
 
 impl Streamed {
     async fn check(&self, returned: &[Event]) {
-        let after = self.last.lock().unwrap().clone();
-        let start = if after == "-" { after } else { format!("({after}") };
-        let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(&self.key)
-            .arg(start)
-            .arg("+")
-            .query_async(&mut self.conn.clone())
-            .await
-            .unwrap();
-        if let Some((id, _)) = entries.last() {
-            *self.last.lock().unwrap() = id.clone();
+        let mut streamed: Vec<Event> = Vec::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            let after = self.last.lock().unwrap()[i].clone();
+            let start = if after == "-" { after } else { format!("({after}") };
+            let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg(key)
+                .arg(start)
+                .arg("+")
+                .query_async(&mut self.conn.clone())
+                .await
+                .unwrap();
+            if let Some((id, _)) = entries.last() {
+                self.last.lock().unwrap()[i] = id.clone();
+            }
+            streamed.extend(entries.iter().map(|(_, fields)| decode(fields)));
         }
-        let streamed: Vec<Event> = entries.iter().map(|(_, fields)| decode(fields)).collect();
-        assert_eq!(streamed, returned, "the stream gained exactly what the call returned");
+        assert_eq!(streamed, returned, "the streams gained exactly what the call returned");
         *self.checked.lock().unwrap() += returned.len();
     }
 }

@@ -132,12 +132,16 @@ async fn presence_at_scale() {
         let mut changes = Vec::new();
         for c in base..base + 50 {
             changes.push(Change::Connect { conn: c, user: user(c), info: None });
-            changes.push(Change::Subscribe { conn: c, channel: ChannelName::parse("room:churn").unwrap() });
+            changes.push(Change::Subscribe {
+                conn: c,
+                user: user(c),
+                channel: ChannelName::parse("room:churn").unwrap(),
+            });
         }
         let prev = base - 100;
         if seq > 2 {
             for c in prev..prev + 50 {
-                changes.push(Change::Disconnect { conn: c });
+                changes.push(Change::Disconnect { conn: c, user: user(c) });
             }
         }
         let report = Report { gateway: "gw-0".into(), seq, body: ReportBody::Changes(changes) };

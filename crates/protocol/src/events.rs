@@ -14,6 +14,13 @@ use crate::config_error::ConfigError;
 /// the same script as the state change, so on a cluster the stream must live in that slot.
 pub const PRESENCE_HASH_TAG: &str = "{presence}";
 
+/// The hash tag of part `part` of presence, when presence is split in parts
+/// (`presence.parts`, 16 by default on a cluster): `{presence:<part>}`. Each part has its own
+/// slot, and its own event stream.
+pub fn presence_part_tag(part: usize) -> String {
+    format!("{{presence:{part}}}")
+}
+
 /// One kind of event in the stream; the entry's `type` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -132,6 +139,17 @@ impl EventsConfig {
         } else {
             format!("{prefix}{}", self.stream)
         };
+        Some(if self.per_kind { format!("{base}:{}", kind.as_str()) } else { base })
+    }
+
+    /// The Redis key of `kind`'s stream in part `part` of presence (`presence.parts` > 1):
+    /// `<prefix>{presence:<part>}.<stream>`, with `per_kind` `...:<kind>`; `None` when that
+    /// kind is not written. Presence writes a user's events in the user's part.
+    pub fn part_key(&self, kind: EventKind, prefix: &str, part: usize) -> Option<String> {
+        if !self.writes(kind) {
+            return None;
+        }
+        let base = format!("{prefix}{}.{}", presence_part_tag(part), self.stream);
         Some(if self.per_kind { format!("{base}:{}", kind.as_str()) } else { base })
     }
 

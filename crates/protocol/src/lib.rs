@@ -42,7 +42,7 @@ pub use api_key::ApiKeys;
 pub use channel::{BROADCAST_CHANNEL, ChannelKind, ChannelName, InvalidName, PERSONAL_NAMESPACE};
 pub use config_error::ConfigError;
 pub use error::{CloseCode, ErrorCode};
-pub use events::{EventKind, EventsConfig};
+pub use events::{EventKind, EventsConfig, presence_part_tag};
 pub use frame::{ClientFrame, FrameError, InboxState, RequestId, ServerFrame, StreamState};
 pub use history::{ChannelHistory, HistoryConfig, InboxConfig, Position, Since};
 pub use namespace::{DEFAULT_NAMESPACE, INTERNAL_NAMESPACE, NamespaceConfig, Namespaces};

@@ -51,6 +51,7 @@ use herald_protocol::{ChannelName, EventKind, EventsConfig};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+pub use self::cluster::key_slot;
 use self::cluster::{Cluster, ClusterSubscriber, Spread};
 pub use self::config::RedisConfig;
 pub use self::connect::{ConnectError, Endpoint, LazyConnection, QueryError};

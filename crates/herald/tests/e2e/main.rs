@@ -10,7 +10,8 @@
 //!   [`recovery_support`] has gateways with a history namespace (in process or as child
 //!   processes that can be drained and killed) and a publisher that publishes with history.
 //! - Each other module is one area: delivery, bad input, Redis outages, slow consumers, drain,
-//!   observability, configuration, hostile clients, the standalone mode, presence, history
+//!   observability, configuration, hostile clients, the standalone mode, presence (split in parts on a
+//!   cluster: `presence_parts`), history
 //!   reads and idempotent publishes (client and publisher API), the offline inbox, recovery of
 //!   channels with history, gateways on a Redis Cluster (`redis_cluster`), the local cluster
 //!   script, and what a process logs about its life (`lifecycle_logs`), in-band token refresh
@@ -47,6 +48,7 @@ mod permissions;
 mod presence_api;
 mod presence_cluster;
 mod presence_kill;
+mod presence_parts;
 mod presence_standalone;
 mod publisher_history;
 mod recovery;

@@ -234,13 +234,13 @@ impl PresenceStore for MemoryStore {
                             let ctx = Ctx { now, grace: self.timings.grace };
                             state.connect(gw, *conn, user, info, ctx, &mut events)
                         }
-                        Change::Disconnect { conn } => {
+                        Change::Disconnect { conn, .. } => {
                             state.disconnect(gw, *conn, Ctx { now, grace: self.timings.grace })
                         }
-                        Change::Subscribe { conn, channel } => {
+                        Change::Subscribe { conn, channel, .. } => {
                             state.subscribe(gw, *conn, channel, &mut events)
                         }
-                        Change::Unsubscribe { conn, channel } => {
+                        Change::Unsubscribe { conn, channel, .. } => {
                             state.unsubscribe(gw, *conn, channel, Ctx { now, grace: self.timings.grace })
                         }
                     }

@@ -3,10 +3,11 @@
 //!
 //! Two engines keep the same promises (checked by [`crate::conformance`]):
 //! - [`memory`]: one process (the standalone mode). A mutex around plain maps.
-//! - [`redis`]: shared by every presence replica. Each report and each sweep is one Lua script,
-//!   so a transition (a user's first connection, a channel's last member of a user, a lease
-//!   running out) happens inside exactly one atomic step, on exactly one replica, which then
-//!   emits its event. Two replicas never both see the same transition.
+//! - [`redis`]: shared by every presence replica. Each report and each sweep is one Lua script
+//!   per part (everything about a user is in the user's part), so a transition (a user's
+//!   first connection, a channel's last member of a user, a lease running out) happens inside
+//!   exactly one atomic step, on exactly one replica, which then emits its event. Two replicas
+//!   never both see the same transition.
 
 use std::time::Duration;
 
@@ -33,6 +34,17 @@ pub enum StoreError {
         operation: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A store split in parts (the Redis engine on a cluster, `presence.parts`) applied the
+    /// operation in some parts and failed in others. `events` are the transitions of the parts
+    /// that applied it: the caller must emit them (no other caller sees them). The rest is as
+    /// for `Unavailable`: a report is sent again with its number, which the parts that
+    /// applied it skip; the next sweep goes on where this one failed.
+    #[error("presence store partly unavailable: {source}")]
+    Partly {
+        events: Vec<Event>,
+        #[source]
+        source: Box<StoreError>,
     },
     /// A script answered in a shape it never does (a script of another version running
     /// against the same keys, say). Like `Unavailable`, nothing is known to be applied.

@@ -1,30 +1,44 @@
 //! The Redis engine: presence state in Redis hashes, changed only by Lua scripts (`lua/`).
 //!
-//! A report or a sweep is one script run: atomic, so every transition it finds (a user's first
-//! connection, the last connection of a user leaving a channel, a lease running out) is seen
-//! by that run alone, and the replica that ran it emits the event. Two replicas sweeping at
-//! once split the expired gateways between them; neither emits an event twice. Time is Redis'
-//! own clock (`TIME`), so replicas with skewed clocks still agree on when a lease ends.
+//! A report or a sweep is one script run per part (below): atomic, so every transition it
+//! finds (a user's first connection, the last connection of a user leaving a channel, a
+//! lease running out) is seen by that run alone, and the replica that ran it emits the event.
+//! Two replicas sweeping at once split the expired gateways between them; neither emits an
+//! event twice. Time is Redis' own clock (`TIME`), so replicas with skewed clocks still agree
+//! on when a lease ends.
 //!
 //! Events backends asked for (`[events]`) are also written into a Redis Stream by the same
 //! script run (`emit` in `lua/common.lua`): atomic with the transition, so exactly once.
 //!
 //! Key layout: see `lua/common.lua`. Keys are computed inside the scripts, and one script
-//! touches the keys of a gateway, of its users and of their channels at once (that is what
-//! makes each transition seen by one run alone). On a Redis Cluster every presence key
-//! therefore carries the same hash tag (the prefix is `<redis.prefix>{presence}:`), so all
-//! of them are in one slot and every script runs unchanged on the primary serving it,
-//! followed through failovers and slot moves by [`KeyRouter`]. Presence then lives on one
-//! primary of the cluster; `docs/cluster.md` says what spreading it would take.
+//! touches the keys of a gateway, of its users and of their channels at once.
+//!
+//! **Parts.** Every transition concerns one user: `online`/`offline` a user's connections
+//! anywhere, `join`/`leave` a user's connections in one channel. So presence splits in
+//! `presence.parts` parts by user, each with every key of its users: their connections in a
+//! gateway's record, their counts, their memberships (a channel's member list is one hash per
+//! part), the grace-period sets, the counts and the event stream. A report goes to every
+//! part, each getting the changes of its users (and the lease renewal and batch number
+//! check, kept per part); a sweep sweeps every part; a read asks the parts it needs. On a
+//! Redis Cluster each part has its own hash tag, `{presence:<n>}` (16 parts by default), so
+//! its keys share a slot, its scripts run unchanged on the primary serving it, and the parts
+//! spread over the primaries; [`KeyRouter`] follows each through failovers and slot moves.
+//! With one part (the default on one Redis) the prefix is `<redis.prefix>presence:` (on a
+//! cluster `<redis.prefix>{presence}:`), as before parts existed.
+//!
+//! Parts fail alone: a report or sweep applied by some parts and not others returns
+//! [`StoreError::Partly`] with the events of those that did. The gateway sends the report
+//! again with its number; the parts that applied it skip it, the others apply it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use herald_broker::RedisConfig;
-use herald_broker::redis::KeyRouter;
-use herald_protocol::{ChannelName, EventKind, EventsConfig, UserId};
+use herald_broker::redis::{KeyRouter, key_slot};
+use herald_protocol::{ChannelName, EventKind, EventsConfig, UserId, presence_part_tag};
 use redis::{Script, Value};
 use serde_json::json;
 
@@ -33,6 +47,14 @@ use crate::model::{
     Ack, Change, ChannelPresence, ConnState, Event, Info, Member, Report, ReportBody, Stats, UserPresence,
 };
 
+/// Parts of presence on a Redis Cluster unless `presence.parts` says otherwise: enough that
+/// every primary of a cluster of up to about eight serves some, few enough that a report's
+/// round to every part stays cheap.
+pub const DEFAULT_CLUSTER_PARTS: usize = 16;
+
+/// Most parts `presence.parts` accepts. Every report and every sweep runs a script in each.
+pub const MAX_PARTS: usize = 256;
+
 /// The Redis engine. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -40,21 +62,28 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    /// The shared connection (on a cluster: to the primary of the presence slot), opened on
+    /// The shared connection (on a cluster: to the primary of each part's slot), opened on
     /// first use and again after it broke.
     redis: KeyRouter,
-    /// Key prefix: the Redis prefix plus `presence:` (on a cluster `{presence}:`).
-    prefix: String,
-    /// A key of the prefix, declared to every script and routing every command to its slot.
-    slot_key: String,
-    /// The backends' event stream as every script reads it, its last argument (`lua/common.lua`):
-    /// each presence kind written, with its stream key, and the approximate most entries.
-    events: String,
+    parts: Vec<Part>,
     timings: Timings,
     report: Script,
     full: Script,
     full_end: Script,
     sweep: Script,
+}
+
+/// One part of presence: the keys of the users hashed to it.
+struct Part {
+    /// Key prefix: the Redis prefix, then `presence:` (one part), `{presence}:` (one part on
+    /// a cluster) or `{presence:<n>}:` (part n of several).
+    prefix: String,
+    /// A key of the prefix, declared to every script and routing every command to its slot.
+    slot_key: String,
+    /// The backends' event stream as every script reads it, its last argument
+    /// (`lua/common.lua`): each presence kind written, with its stream key in this part, and
+    /// the approximate most entries.
+    events: String,
 }
 
 /// Connections per part of a full state, and connections removed per sweep or end-of-resync
@@ -66,44 +95,41 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{}\n{body}", include_str!("lua/common.lua")))
 }
 
-impl RedisStore {
-    async fn report_changes(
-        &self,
-        report: &Report,
-        changes: &[Change],
-    ) -> Result<(Ack, Vec<Event>), StoreError> {
-        let mut invocation = self.inner.report.prepare_invoke();
-        invocation
-            .arg(&self.inner.prefix)
-            .arg(&*report.gateway)
-            .arg(report.seq)
-            .arg(millis(self.inner.timings.ttl))
-            .arg(millis(self.inner.timings.grace))
-            .arg(encode_changes(changes));
-        match status_and_events(self.run("report", invocation).await?)? {
-            (status, events) if status == "ok" => Ok((Ack::Applied, events)),
-            (status, _) if status == "resync" => Ok((Ack::Resync, vec![])),
-            (status, _) => Err(bad(&status)),
+/// What every part answered: their results in part order and all their events, or, when a
+/// part failed, the error ([`StoreError::Partly`] when other parts had events to emit).
+fn gather<T>(outcomes: Vec<Result<(T, Vec<Event>), StoreError>>) -> Result<(Vec<T>, Vec<Event>), StoreError> {
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut events = Vec::new();
+    let mut failure = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok((result, more)) => {
+                results.push(result);
+                events.extend(more);
+            }
+            Err(StoreError::Partly { events: more, source }) => {
+                events.extend(more);
+                failure.get_or_insert(*source);
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
         }
     }
-
-    async fn full_part(
-        &self,
-        report: &Report,
-        first: bool,
-        part: &[ConnState],
-    ) -> Result<Vec<Event>, StoreError> {
-        let mut invocation = self.inner.full.prepare_invoke();
-        invocation
-            .arg(&self.inner.prefix)
-            .arg(&*report.gateway)
-            .arg(if first { "1" } else { "0" })
-            .arg(millis(self.inner.timings.ttl))
-            .arg(millis(self.inner.timings.grace))
-            .arg(encode_conns(part));
-        Ok(status_and_events(self.run("full report", invocation).await?)?.1)
+    match failure {
+        None => Ok((results, events)),
+        Some(source) if events.is_empty() => Err(source),
+        Some(source) => Err(StoreError::Partly { events, source: Box::new(source) }),
     }
+}
 
+/// The answer to a report from what its parts answered: `Resync` when any part lost the
+/// gateway's state, `Applied` when all applied it.
+fn ack_of(acks: &[Ack]) -> Ack {
+    if acks.contains(&Ack::Resync) { Ack::Resync } else { Ack::Applied }
+}
+
+impl RedisStore {
     /// Validates the configuration (the error names the key); connections are made lazily, so
     /// this works while Redis is down. No events are written into a stream.
     pub fn new(config: RedisConfig, timings: Timings) -> Result<Self, StoreError> {
@@ -117,27 +143,48 @@ impl RedisStore {
         timings: Timings,
         events: &EventsConfig,
     ) -> Result<Self, StoreError> {
+        Self::with_parts(config, timings, events, None)
+    }
+
+    /// As [`RedisStore::with_events`], split in `parts` parts (`presence.parts`; by default
+    /// [`DEFAULT_CLUSTER_PARTS`] on a cluster, one otherwise). Every presence replica must use
+    /// the same number.
+    pub fn with_parts(
+        config: RedisConfig,
+        timings: Timings,
+        events: &EventsConfig,
+        parts: Option<usize>,
+    ) -> Result<Self, StoreError> {
         events.validate()?;
-        let streams: serde_json::Map<String, serde_json::Value> = (EventKind::PRESENCE.into_iter())
-            .filter_map(|kind| {
-                let key = events.key(kind, &config.prefix, config.is_cluster())?;
-                Some((kind.as_str().to_string(), key.into()))
-            })
-            .collect();
-        let events = json!({"s": streams, "m": events.max_len}).to_string();
-        let prefix = if config.is_cluster() {
-            format!("{}{{presence}}:", config.prefix)
-        } else {
-            format!("{}presence:", config.prefix)
+        let count = parts.unwrap_or(if config.is_cluster() { DEFAULT_CLUSTER_PARTS } else { 1 });
+        if !(1..=MAX_PARTS).contains(&count) {
+            let message = format!("{count} must be 1 to {MAX_PARTS}");
+            return Err(herald_protocol::ConfigError::new("presence.parts", message).into());
+        }
+        let cluster = config.is_cluster();
+        let part = |n: usize| {
+            let (prefix, key) = if count == 1 {
+                let tag = if cluster { "{presence}" } else { "presence" };
+                (format!("{}{tag}:", config.prefix), None)
+            } else {
+                (format!("{}{}:", config.prefix, presence_part_tag(n)), Some(n))
+            };
+            let stream = |kind| match key {
+                None => events.key(kind, &config.prefix, cluster),
+                Some(n) => events.part_key(kind, &config.prefix, n),
+            };
+            let streams: serde_json::Map<String, serde_json::Value> = (EventKind::PRESENCE.into_iter())
+                .filter_map(|kind| Some((kind.as_str().to_string(), stream(kind)?.into())))
+                .collect();
+            let events = json!({"s": streams, "m": events.max_len}).to_string();
+            Part { slot_key: format!("{prefix}stats"), prefix, events }
         };
-        let slot_key = format!("{prefix}stats");
+        let parts = (0..count).map(part).collect();
         let redis = KeyRouter::new(config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 redis,
-                prefix,
-                slot_key,
-                events,
+                parts,
                 timings,
                 report: script(include_str!("lua/report.lua")),
                 full: script(include_str!("lua/full.lua")),
@@ -147,21 +194,144 @@ impl RedisStore {
         })
     }
 
-    /// Runs a script for `operation`; a connection that broke is dropped so the next call
-    /// reconnects.
+    /// How many parts presence is split in.
+    pub fn parts(&self) -> usize {
+        self.inner.parts.len()
+    }
+
+    /// The part holding `user`'s keys.
+    fn part_of(&self, user: &str) -> usize {
+        match self.inner.parts.len() {
+            1 => 0,
+            n => usize::from(key_slot(user.as_bytes())) % n,
+        }
+    }
+
+    /// `items` sorted into their parts (by `user`), each part's in their order.
+    fn by_part<'a, T>(
+        &self,
+        items: impl IntoIterator<Item = &'a T>,
+        user: impl Fn(&T) -> &str,
+    ) -> Vec<Vec<&'a T>> {
+        let mut parts: Vec<Vec<&T>> = (0..self.inner.parts.len()).map(|_| Vec::new()).collect();
+        for item in items {
+            parts[self.part_of(user(item))].push(item);
+        }
+        parts
+    }
+
+    async fn report_changes(
+        &self,
+        report: &Report,
+        changes: &[Change],
+    ) -> Result<(Ack, Vec<Event>), StoreError> {
+        let slices = self.by_part(changes, |c| c.user().as_str());
+        let runs = self.inner.parts.iter().zip(slices).map(|(part, slice)| async move {
+            let mut invocation = self.inner.report.prepare_invoke();
+            invocation
+                .arg(&part.prefix)
+                .arg(&*report.gateway)
+                .arg(report.seq)
+                .arg(millis(self.inner.timings.ttl))
+                .arg(millis(self.inner.timings.grace))
+                .arg(encode_changes(&slice));
+            match status_and_events(self.run(part, "report", invocation).await?)? {
+                (status, events) if status == "ok" => Ok((Ack::Applied, events)),
+                (status, _) if status == "resync" => Ok((Ack::Resync, vec![])),
+                (status, _) => Err(bad(&status)),
+            }
+        });
+        let (acks, events) = gather(join_all(runs).await)?;
+        Ok((ack_of(&acks), events))
+    }
+
+    /// A full state in one part: `conns` (those of the part's users) in chunks, then the end,
+    /// which removes the connections not mentioned. A part that failed after its first chunk
+    /// asks for the full state again (`Resync`), keeping the events of what it applied.
+    async fn full_in(
+        &self,
+        part: &Part,
+        report: &Report,
+        conns: &[&ConnState],
+    ) -> Result<(Ack, Vec<Event>), StoreError> {
+        let mut events = Vec::new();
+        let chunks: Vec<&[&ConnState]> =
+            if conns.is_empty() { vec![&[]] } else { conns.chunks(CHUNK).collect() };
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut invocation = self.inner.full.prepare_invoke();
+            invocation
+                .arg(&part.prefix)
+                .arg(&*report.gateway)
+                .arg(if i == 0 { "1" } else { "0" })
+                .arg(millis(self.inner.timings.ttl))
+                .arg(millis(self.inner.timings.grace))
+                .arg(encode_conns(chunk));
+            match self.run(part, "full report", invocation).await {
+                Ok(reply) => events.extend(status_and_events(reply)?.1),
+                Err(e) if i == 0 => return Err(e),
+                Err(_) => return Ok((Ack::Resync, events)),
+            }
+        }
+        for _ in 0..conns.len().max(100_000) / CHUNK + 2 {
+            let mut invocation = self.inner.full_end.prepare_invoke();
+            invocation
+                .arg(&part.prefix)
+                .arg(&*report.gateway)
+                .arg(report.seq)
+                .arg(millis(self.inner.timings.ttl))
+                .arg(millis(self.inner.timings.grace))
+                .arg(CHUNK);
+            let Ok(reply) = self.run(part, "full report", invocation).await else {
+                return Ok((Ack::Resync, events));
+            };
+            let (status, more) = status_and_events(reply)?;
+            events.extend(more);
+            if status == "ok" {
+                return Ok((Ack::Applied, events));
+            }
+        }
+        Ok((Ack::Resync, events))
+    }
+
+    /// Sweeps one part. Bounded: each call removes up to CHUNK connections; a sweep finishes
+    /// a dead gateway of up to 400000 connections, the next sweep goes on with anything left.
+    async fn sweep_in(&self, part: &Part) -> Result<((), Vec<Event>), StoreError> {
+        let mut events = Vec::new();
+        for round in 0..2000 {
+            let mut invocation = self.inner.sweep.prepare_invoke();
+            invocation.arg(&part.prefix).arg(millis(self.inner.timings.grace)).arg(CHUNK);
+            let reply = match self.run(part, "sweep", invocation).await {
+                Ok(reply) => reply,
+                Err(e) if round == 0 => return Err(e),
+                Err(e) => return Err(StoreError::Partly { events, source: Box::new(e) }),
+            };
+            let Value::Array(parts) = reply else { return Err(bad("sweep reply")) };
+            events.extend(decode_events(parts.get(1).unwrap_or(&Value::Nil))?);
+            if !matches!(parts.first(), Some(Value::Int(1))) {
+                break;
+            }
+        }
+        Ok(((), events))
+    }
+
+    /// Runs a script in `part` for `operation`; a connection that broke is dropped so the
+    /// next call reconnects.
     async fn run(
         &self,
+        part: &Part,
         operation: &'static str,
         mut invocation: redis::ScriptInvocation<'_>,
     ) -> Result<Value, StoreError> {
-        invocation.key(&self.inner.slot_key).arg(&self.inner.events);
+        invocation.key(&part.slot_key).arg(&part.events);
         let invocation = &invocation;
         let result = self
             .inner
             .redis
-            .run(&self.inner.slot_key, operation, |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
-            })
+            .run(
+                &part.slot_key,
+                operation,
+                |mut conn| async move { invocation.invoke_async(&mut conn).await },
+            )
             .await
             .map_err(|e| StoreError::unavailable(operation, e))?;
         result.map_err(|e| StoreError::unavailable(operation, e))
@@ -169,16 +339,74 @@ impl RedisStore {
 
     async fn query<T: redis::FromRedisValue>(
         &self,
+        part: &Part,
         operation: &'static str,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
         let result = self
             .inner
             .redis
-            .run(&self.inner.slot_key, operation, |mut conn| async move { pipe.query_async(&mut conn).await })
+            .run(&part.slot_key, operation, |mut conn| async move { pipe.query_async(&mut conn).await })
             .await
             .map_err(|e| StoreError::unavailable(operation, e))?;
         result.map_err(|e| StoreError::unavailable(operation, e))
+    }
+
+    /// The members of `channel` in `part`: their number, and at most `limit` of them with
+    /// their connections, sorted. Plain commands, not a script: each is short (a
+    /// 10000-member list is an `HLEN` and one `HGETALL`, or a few `HSCAN`s), so a big list
+    /// never holds Redis in one piece. A read is not a snapshot: a member may come or go
+    /// between the commands.
+    async fn members_in(
+        &self,
+        part: &Part,
+        channel: &ChannelName,
+        limit: usize,
+    ) -> Result<(u64, Vec<(String, u64)>), StoreError> {
+        let key = format!("{}c:{}", part.prefix, channel);
+        let mut pipe = redis::pipe();
+        pipe.hlen(&key);
+        let (count,): (u64,) = self.query(part, "channel", &pipe).await?;
+        let mut pairs: Vec<(String, u64)> = Vec::new();
+        if limit > 0 && count > 0 {
+            if count <= limit as u64 {
+                let mut pipe = redis::pipe();
+                pipe.hgetall(&key);
+                (pairs,) = self.query(part, "channel", &pipe).await?;
+            } else {
+                // More members than listed: scan just enough of them (each step is short).
+                let mut cursor = 0u64;
+                for _ in 0..count / 100 + 10 {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000);
+                    let ((next, found),): ((u64, Vec<(String, u64)>),) =
+                        self.query(part, "channel", &pipe).await?;
+                    pairs.extend(found);
+                    cursor = next;
+                    if cursor == 0 || pairs.len() >= limit {
+                        break;
+                    }
+                }
+                pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                pairs.dedup_by(|a, b| a.0 == b.0);
+                pairs.truncate(limit);
+            }
+        }
+        Ok((count, pairs))
+    }
+
+    /// The `info` of `users`, all of `part`, in their order: one pipeline of `HMGET`s of 1000.
+    async fn infos_in(&self, part: &Part, users: &[&str]) -> Result<Vec<Option<String>>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        let info_key = format!("{}info", part.prefix);
+        for chunk in users.chunks(1000) {
+            pipe.cmd("HMGET").arg(&info_key).arg(chunk);
+        }
+        let infos: Vec<Vec<Option<String>>> = self.query(part, "channel", &pipe).await?;
+        Ok(infos.into_iter().flatten().collect())
     }
 }
 
@@ -191,23 +419,22 @@ fn info_text(i: &Info) -> Option<String> {
 }
 
 /// A batch of changes as `report.lua` reads it.
-fn encode_changes(changes: &[Change]) -> String {
-    let info = info_text;
+fn encode_changes(changes: &[&Change]) -> String {
     let items: Vec<serde_json::Value> = changes
         .iter()
         .map(|c| match c {
-            Change::Connect { conn, user, info: i } => {
+            Change::Connect { conn, user, info } => {
                 let mut v = json!({"o": "c", "k": conn.to_string(), "u": user});
-                if let Some(i) = info(i) {
+                if let Some(i) = info_text(info) {
                     v["i"] = i.into();
                 }
                 v
             }
-            Change::Disconnect { conn } => json!({"o": "d", "k": conn.to_string()}),
-            Change::Subscribe { conn, channel } => {
+            Change::Disconnect { conn, .. } => json!({"o": "d", "k": conn.to_string()}),
+            Change::Subscribe { conn, channel, .. } => {
                 json!({"o": "s", "k": conn.to_string(), "ch": channel})
             }
-            Change::Unsubscribe { conn, channel } => {
+            Change::Unsubscribe { conn, channel, .. } => {
                 json!({"o": "x", "k": conn.to_string(), "ch": channel})
             }
         })
@@ -216,7 +443,7 @@ fn encode_changes(changes: &[Change]) -> String {
 }
 
 /// Part of a full state as `full.lua` reads it.
-fn encode_conns(conns: &[ConnState]) -> String {
+fn encode_conns(conns: &[&ConnState]) -> String {
     let items: Vec<serde_json::Value> = conns
         .iter()
         .map(|ConnState { conn, user, info: i, channels }| {
@@ -285,73 +512,40 @@ impl PresenceStore for RedisStore {
             ReportBody::Changes(changes) => return self.report_changes(report, changes).await,
             ReportBody::Full(conns) => conns,
         };
-        // Parts already applied stay applied; if a later part fails, the events so far are
-        // returned for emission and the gateway is asked to send its full state again.
-        let mut events = Vec::new();
-        let parts: Vec<&[ConnState]> =
-            if conns.is_empty() { vec![&[]] } else { conns.chunks(CHUNK).collect() };
-        for (i, part) in parts.into_iter().enumerate() {
-            match self.full_part(report, i == 0, part).await {
-                Ok(more) => events.extend(more),
-                Err(e) if i == 0 => return Err(e),
-                Err(_) => return Ok((Ack::Resync, events)),
-            }
-        }
-        for _ in 0..conns.len().max(100_000) / CHUNK + 2 {
-            let mut invocation = self.inner.full_end.prepare_invoke();
-            invocation
-                .arg(&self.inner.prefix)
-                .arg(&*report.gateway)
-                .arg(report.seq)
-                .arg(millis(self.inner.timings.ttl))
-                .arg(millis(self.inner.timings.grace))
-                .arg(CHUNK);
-            let Ok(reply) = self.run("full report", invocation).await else {
-                return Ok((Ack::Resync, events));
-            };
-            let (status, more) = status_and_events(reply)?;
-            events.extend(more);
-            if status == "ok" {
-                return Ok((Ack::Applied, events));
-            }
-        }
-        Ok((Ack::Resync, events))
+        // Every part gets the state of its users, an empty one included: that renews the
+        // gateway's lease there and sets its batch number.
+        let slices = self.by_part(conns, |c| c.user.as_str());
+        let runs =
+            (self.inner.parts.iter().zip(&slices)).map(|(part, slice)| self.full_in(part, report, slice));
+        let (acks, events) = gather(join_all(runs).await)?;
+        Ok((ack_of(&acks), events))
     }
 
     async fn sweep(&self) -> Result<Vec<Event>, StoreError> {
-        let mut events = Vec::new();
-        // Bounded: each call removes up to CHUNK connections; a sweep finishes a dead gateway
-        // of up to 400000 connections, the next sweep goes on with anything left.
-        for round in 0..2000 {
-            let mut invocation = self.inner.sweep.prepare_invoke();
-            invocation.arg(&self.inner.prefix).arg(millis(self.inner.timings.grace)).arg(CHUNK);
-            let reply = match self.run("sweep", invocation).await {
-                Ok(reply) => reply,
-                Err(e) if round == 0 => return Err(e),
-                Err(_) => return Ok(events),
-            };
-            let Value::Array(parts) = reply else { return Err(bad("sweep reply")) };
-            events.extend(decode_events(parts.get(1).unwrap_or(&Value::Nil))?);
-            if !matches!(parts.first(), Some(Value::Int(1))) {
-                break;
-            }
-        }
-        Ok(events)
+        let runs = self.inner.parts.iter().map(|part| self.sweep_in(part));
+        Ok(gather(join_all(runs).await)?.1)
     }
 
     async fn users(&self, users: &[UserId]) -> Result<Vec<UserPresence>, StoreError> {
-        if users.is_empty() {
-            return Ok(vec![]);
+        let slices = self.by_part(users, |u| u.as_str());
+        let runs = (self.inner.parts.iter().zip(&slices)).filter(|(_, slice)| !slice.is_empty()).map(
+            |(part, slice)| async move {
+                let mut pipe = redis::pipe();
+                for user in slice {
+                    pipe.hgetall(format!("{}u:{}", part.prefix, user));
+                }
+                let found: Vec<BTreeMap<String, i64>> = self.query(part, "users", &pipe).await?;
+                Ok::<_, StoreError>(slice.iter().map(|u| u.as_str()).zip(found).collect::<Vec<_>>())
+            },
+        );
+        let mut found: BTreeMap<&str, BTreeMap<String, i64>> = BTreeMap::new();
+        for part in join_all(runs).await {
+            found.extend(part?);
         }
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.hgetall(format!("{}u:{}", self.inner.prefix, user));
-        }
-        let replies: Vec<BTreeMap<String, i64>> = self.query("users", &pipe).await?;
         Ok(users
             .iter()
-            .zip(replies)
-            .map(|(user, gateways)| {
+            .map(|user| {
+                let gateways = found.get(user.as_str()).cloned().unwrap_or_default();
                 let connections = gateways.values().map(|n| (*n).max(0) as u64).sum();
                 UserPresence {
                     user: user.clone(),
@@ -363,72 +557,68 @@ impl PresenceStore for RedisStore {
             .collect())
     }
 
-    /// Plain commands, not a script: each is short (a 10000-member list is an `HLEN`, one
-    /// `HGETALL` and one pipeline of `HMGET`s of 1000), so a big list never holds Redis in one
-    /// piece. A read is not a snapshot: a member may come or go between the commands.
+    /// A channel's members are spread over the parts with their users: each part's are read
+    /// (see [`RedisStore::members_in`]), the first `limit` by user id kept, and their `info`
+    /// read from their parts.
     async fn channel(&self, channel: &ChannelName, limit: usize) -> Result<ChannelPresence, StoreError> {
-        let key = format!("{}c:{}", self.inner.prefix, channel);
-        let mut pipe = redis::pipe();
-        pipe.hlen(&key);
-        let (count,): (u64,) = self.query("channel", &pipe).await?;
+        let runs = self.inner.parts.iter().map(|part| self.members_in(part, channel, limit));
+        let mut count = 0;
         let mut pairs: Vec<(String, u64)> = Vec::new();
-        if limit > 0 && count > 0 {
-            if count <= limit as u64 {
-                let mut pipe = redis::pipe();
-                pipe.hgetall(&key);
-                (pairs,) = self.query("channel", &pipe).await?;
-            } else {
-                // More members than listed: scan just enough of them (each step is short).
-                let mut cursor = 0u64;
-                for _ in 0..count / 100 + 10 {
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000);
-                    let ((next, found),): ((u64, Vec<(String, u64)>),) = self.query("channel", &pipe).await?;
-                    pairs.extend(found);
-                    cursor = next;
-                    if cursor == 0 || pairs.len() >= limit {
-                        break;
-                    }
-                }
-                pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                pairs.dedup_by(|a, b| a.0 == b.0);
-                pairs.truncate(limit);
-            }
+        for part in join_all(runs).await {
+            let (n, found) = part?;
+            count += n;
+            pairs.extend(found);
         }
         pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if pairs.is_empty() {
-            return Ok(ChannelPresence { channel: channel.clone(), count, members: Vec::new() });
+        pairs.truncate(limit);
+        let slices = self.by_part(&pairs, |(user, _)| user.as_str());
+        let runs = (self.inner.parts.iter().zip(&slices)).map(|(part, slice)| async move {
+            let users: Vec<&str> = slice.iter().map(|(user, _)| user.as_str()).collect();
+            let infos = self.infos_in(part, &users).await?;
+            Ok::<_, StoreError>(users.into_iter().zip(infos).collect::<Vec<_>>())
+        });
+        let mut infos: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        for part in join_all(runs).await {
+            infos.extend(part?);
         }
-        let mut pipe = redis::pipe();
-        let info_key = format!("{}info", self.inner.prefix);
-        for part in pairs.chunks(1000) {
-            pipe.cmd("HMGET").arg(&info_key).arg(part.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>());
-        }
-        let infos: Vec<Vec<Option<String>>> = self.query("channel", &pipe).await?;
         let members = pairs
-            .into_iter()
-            .zip(infos.into_iter().flatten())
-            .filter_map(|((user, connections), info)| {
-                Some(Member { user: UserId::parse(&user).ok()?, connections, info: info.map(Arc::from) })
+            .iter()
+            .filter_map(|(user, connections)| {
+                let info = infos.get(user.as_str()).cloned().flatten();
+                Some(Member {
+                    user: UserId::parse(user).ok()?,
+                    connections: *connections,
+                    info: info.map(Arc::from),
+                })
             })
             .collect();
         Ok(ChannelPresence { channel: channel.clone(), count, members })
     }
 
     async fn stats(&self) -> Result<Stats, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(format!("{}stats", self.inner.prefix)).arg("users").arg("conns");
-        let ((users, conns),): ((Option<i64>, Option<i64>),) = self.query("stats", &pipe).await?;
-        Ok(Stats {
-            online_users: users.unwrap_or(0).max(0) as u64,
-            connections: conns.unwrap_or(0).max(0) as u64,
-        })
+        let runs = self.inner.parts.iter().map(|part| async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET").arg(format!("{}stats", part.prefix)).arg("users").arg("conns");
+            let ((users, conns),): ((Option<i64>, Option<i64>),) = self.query(part, "stats", &pipe).await?;
+            Ok::<_, StoreError>((users.unwrap_or(0).max(0) as u64, conns.unwrap_or(0).max(0) as u64))
+        });
+        let mut stats = Stats { online_users: 0, connections: 0 };
+        for part in join_all(runs).await {
+            let (users, conns) = part?;
+            stats.online_users += users;
+            stats.connections += conns;
+        }
+        Ok(stats)
     }
 
+    /// Every part answers (on a cluster, every primary serving a part).
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("PING");
-        self.query::<(String,)>("ping", &pipe).await.map(|_| ())
+        let runs = self.inner.parts.iter().map(|part| async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("PING");
+            self.query::<(String,)>(part, "ping", &pipe).await.map(|_| ())
+        });
+        join_all(runs).await.into_iter().collect()
     }
 
     fn name(&self) -> &'static str {

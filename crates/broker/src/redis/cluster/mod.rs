@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::publish::{ClusterPublisher, is_redirect};
-pub(crate) use self::slot::key_slot;
+pub use self::slot::key_slot;
 pub(crate) use self::spread::Spread;
 pub(crate) use self::subscribe::ClusterSubscriber;
 pub(crate) use self::topology::Topology;

@@ -5,8 +5,9 @@
 /// Number of slots in a Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
 
-/// The slot of `key`.
-pub(crate) fn key_slot(key: &[u8]) -> u16 {
+/// The slot of `key`. Also a hash that every Herald process computes alike, which presence
+/// uses to place users in its parts.
+pub fn key_slot(key: &[u8]) -> u16 {
     crc16(hash_tag(key)) % SLOTS
 }
 
