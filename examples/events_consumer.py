@@ -10,6 +10,10 @@ Delivery is at least once: an event handled by a worker that died before its XAC
 again by whoever claims it. Make `handle` idempotent, keyed by the entry id (presence events,
 each written once) or by `message_id` / `idempotency_key` (client publishes).
 
+Presence split in parts (`presence.parts`, 16 by default on a Redis Cluster) writes one stream
+per part: give every stream with `--stream` (several times), and `--cluster` on a cluster. The
+worker then reads each stream in turn, each with the same group name.
+
     pip install redis
     python3 examples/events_consumer.py --url redis://localhost:6379 --consumer worker-1
 """
@@ -20,8 +24,10 @@ import argparse
 import json
 import signal
 import sys
+import time
 
 import redis
+import redis.cluster
 
 
 def handle(entry_id: str, fields: dict[str, str]) -> None:
@@ -55,9 +61,17 @@ def process(r: redis.Redis, stream: str, group: str, entries: list) -> None:
         r.xack(stream, group, entry_id)
 
 
+def connect(args: argparse.Namespace) -> redis.Redis:
+    if args.cluster:
+        return redis.cluster.RedisCluster.from_url(args.url, decode_responses=True)
+    return redis.Redis.from_url(args.url, decode_responses=True)
+
+
 def run(args: argparse.Namespace) -> None:
-    r = redis.Redis.from_url(args.url, decode_responses=True)
-    ensure_group(r, args.stream, args.group, args.start)
+    r = connect(args)
+    streams = args.stream or ["herald:events"]
+    for stream in streams:
+        ensure_group(r, stream, args.group, args.start)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -68,30 +82,44 @@ def run(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, stop)
 
     # What this consumer was handed before it last stopped, if anything.
-    while not stopping:
-        reply = r.xreadgroup(args.group, args.consumer, {args.stream: "0"}, count=args.count)
-        entries = reply[0][1] if reply else []
-        if not entries:
-            break
-        process(r, args.stream, args.group, entries)
+    for stream in streams:
+        while not stopping:
+            reply = r.xreadgroup(args.group, args.consumer, {stream: "0"}, count=args.count)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                break
+            process(r, stream, args.group, entries)
 
-    claim_from = "0-0"
+    claim_from = {stream: "0-0" for stream in streams}
+    # One stream: block on it up to a second, so a stop request is seen soon. Several (on a
+    # cluster they may live on different primaries, so one XREADGROUP cannot name them all):
+    # read each in turn without blocking, and pause when none had anything.
+    block = 1000 if len(streams) == 1 else None
     while not stopping:
-        # Events a dead worker was handed and never acknowledged.
-        claim_from, claimed, _deleted = r.xautoclaim(
-            args.stream, args.group, args.consumer, args.claim_idle, claim_from, count=args.count
-        )
-        process(r, args.stream, args.group, claimed)
-        # New events; blocks up to a second so a stop request is seen soon.
-        reply = r.xreadgroup(args.group, args.consumer, {args.stream: ">"}, count=args.count, block=1000)
-        for _stream, entries in reply or []:
-            process(r, args.stream, args.group, entries)
+        busy = False
+        for stream in streams:
+            # Events a dead worker was handed and never acknowledged.
+            claim_from[stream], claimed, _deleted = r.xautoclaim(
+                stream, args.group, args.consumer, args.claim_idle, claim_from[stream], count=args.count
+            )
+            process(r, stream, args.group, claimed)
+            reply = r.xreadgroup(args.group, args.consumer, {stream: ">"}, count=args.count, block=block)
+            for _stream, entries in reply or []:
+                busy = busy or bool(entries)
+                process(r, stream, args.group, entries)
+        if block is None and not busy:
+            time.sleep(0.1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="redis://localhost:6379", help="the Redis Herald writes to")
-    parser.add_argument("--stream", default="herald:events", help="the stream key (docs/events.md)")
+    parser.add_argument(
+        "--stream",
+        action="append",
+        help="a stream key (docs/events.md), herald:events unless given; repeat for one per presence part",
+    )
+    parser.add_argument("--cluster", action="store_true", help="--url is a node of a Redis Cluster")
     parser.add_argument("--group", default="backend", help="the consumer group")
     parser.add_argument("--consumer", required=True, help="this worker's name, unique in the group")
     parser.add_argument("--start", default="$", help="where a new group begins: $ (now) or 0 (all kept)")

@@ -62,3 +62,39 @@ def test_the_example_worker_handles_every_event_once_and_takes_over_a_dead_worke
             assert r.xpending(STREAM, GROUP)["pending"] == 0, "everything acknowledged"
         finally:
             procs.stop_all()
+
+
+def test_the_example_worker_reads_every_streams_of_presence_parts() -> None:
+    """Presence split in parts writes one stream per part: a worker given each of them with
+    --stream handles every entry of every stream once."""
+    streams = ["herald:{presence:0}.events", "herald:{presence:1}.events", "herald:{presence}.events"]
+    with tempfile.TemporaryDirectory(prefix="herald-py-events-") as tmp:
+        procs = Processes(Path(tmp))
+        holder = Cluster(procs, None, free_port(), [], [], "")  # type: ignore[arg-type]
+        holder.start_redis()
+        try:
+            url = f"redis://127.0.0.1:{holder.redis_port}"
+            r = redis.Redis.from_url(url, decode_responses=True)
+            ids = [r.xadd(streams[i % 3], {"type": "online", "user": f"u{i}"}) for i in range(9)]
+            args = [sys.executable, str(EXAMPLE), "--url", url, "--consumer", "w", "--start", "0"]
+            for stream in streams:
+                args += ["--stream", stream]
+            worker = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                seen: list[dict[str, object]] = []
+                deadline = time.monotonic() + 20
+                assert worker.stdout is not None
+                while len(seen) < len(ids) and time.monotonic() < deadline:
+                    line = worker.stdout.readline()
+                    if not line:
+                        break
+                    seen.append(json.loads(line))
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                _, err = worker.communicate(timeout=10)
+            assert worker.returncode == 0, err
+            assert sorted(str(e["id"]) for e in seen) == sorted(ids), "each entry of each stream once"
+            for stream in streams:
+                assert r.xpending(stream, GROUP)["pending"] == 0, f"{stream}: everything acknowledged"
+        finally:
+            procs.stop_all()
