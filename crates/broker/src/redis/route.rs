@@ -69,7 +69,10 @@ impl KeyRouter {
     /// being failed over did not run: the slot map is read again and the command sent again,
     /// until `redis.response_timeout` from the first try; then its error is returned. One
     /// refused with `ASK` (its keys already on the node importing the slot) is sent there at
-    /// once, after `ASKING`; `TRYAGAIN` (its keys split between the two nodes) waits.
+    /// once, after `ASKING`; `TRYAGAIN` (its keys split between the two nodes) waits. A
+    /// primary that cannot be reached has the map read again (it may have failed over) and
+    /// the command sent to the slot's new primary, if there is one; a connection that broke
+    /// under a command has the map read again for the next one.
     pub async fn run<T, F, Fut>(
         &self,
         key: &str,
@@ -93,11 +96,31 @@ impl KeyRouter {
             Route::Cluster { cluster, response_timeout, .. } => (cluster, *response_timeout),
         };
         let deadline = tokio::time::Instant::now() + response_timeout;
+        let until_deadline = || deadline.saturating_duration_since(tokio::time::Instant::now());
         loop {
             let (conn, generation) = cluster.connection(key, operation).await?;
-            let mut result = command(conn.get().await.map_err(connect_failed)?).await;
+            let connection = match conn.get().await {
+                Ok(connection) => connection,
+                // Nothing ran. The primary may be gone and a replica promoted in its place:
+                // read the map again, and try the slot's new primary while time remains.
+                Err(e) => {
+                    let refreshed = cluster.topology.refresh_within(generation, until_deadline()).await;
+                    let (next, _) = cluster.connection(key, operation).await?;
+                    if refreshed.is_ok() && !Arc::ptr_eq(&next, &conn) && !until_deadline().is_zero() {
+                        continue;
+                    }
+                    return Err(connect_failed(e));
+                }
+            };
+            let mut result = command(connection).await;
             if let Err(e) = &result {
                 conn.failed(e).await;
+                // The connection broke under the command: whether it ran is unknown, so it
+                // is not sent again, but the next command should find the primary of now.
+                if e.is_io_error() || e.is_connection_dropped() {
+                    let _ = cluster.topology.refresh_within(generation, until_deadline()).await;
+                    return Ok(result);
+                }
             }
             // The slot is migrating and the key has left for the importing node already: ask
             // there, announced with `ASKING`. Twice, as a script unknown there spends the
@@ -113,10 +136,9 @@ impl KeyRouter {
             if !misrouted(e) || tokio::time::Instant::now() >= deadline {
                 return Ok(result);
             }
-            let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
             cluster
                 .topology
-                .refresh_within(generation, limit)
+                .refresh_within(generation, until_deadline())
                 .await
                 .map_err(|e| BrokerError::unavailable(operation, e))?;
         }
