@@ -70,13 +70,18 @@ pub struct Replica {
     pub grpc: SocketAddr,
     redis_url: String,
     running: Option<(CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>)>,
+    /// The listeners of the first start, bound on ports the system chose (so no other test
+    /// can take them between choosing and binding).
+    first: Option<(TcpListener, TcpListener)>,
 }
 
 impl Replica {
     pub async fn start(redis_url: &str) -> Self {
-        let http = ([127, 0, 0, 1], free_port()).into();
-        let grpc = ([127, 0, 0, 1], free_port()).into();
-        let mut replica = Self { http, grpc, redis_url: redis_url.into(), running: None };
+        let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http, grpc) = (http_listener.local_addr().unwrap(), grpc_listener.local_addr().unwrap());
+        let first = Some((http_listener, grpc_listener));
+        let mut replica = Self { http, grpc, redis_url: redis_url.into(), running: None, first };
         replica.resume().await;
         replica
     }
@@ -88,8 +93,10 @@ impl Replica {
         let store = RedisStore::new(redis_config(&self.redis_url), config().timings()).unwrap();
         let api =
             PresenceApi::new(config(), &[API_KEY.into()], namespaces(), Arc::new(store), broker).unwrap();
-        let http = bind(self.http).await;
-        let grpc = bind(self.grpc).await;
+        let (http, grpc) = match self.first.take() {
+            Some(listeners) => listeners,
+            None => (bind(self.http).await, bind(self.grpc).await),
+        };
         let stop = CancellationToken::new();
         let task = tokio::spawn(herald_presence::serve(api, http, grpc, stop.clone().cancelled_owned()));
         self.running = Some((stop, task));
