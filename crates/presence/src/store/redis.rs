@@ -220,6 +220,27 @@ impl RedisStore {
         parts
     }
 
+    /// `script` for `report`'s gateway in `part`, with the arguments `report.lua`, `full.lua`
+    /// and `full_end.lua` share: prefix, gateway, `third`, ttl, grace, `last`.
+    fn gateway_script<'s>(
+        &self,
+        script: &'s Script,
+        part: &Part,
+        report: &Report,
+        third: impl redis::ToRedisArgs,
+        last: impl redis::ToRedisArgs,
+    ) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .arg(&part.prefix)
+            .arg(&*report.gateway)
+            .arg(third)
+            .arg(millis(self.inner.timings.ttl))
+            .arg(millis(self.inner.timings.grace))
+            .arg(last);
+        invocation
+    }
+
     async fn report_changes(
         &self,
         report: &Report,
@@ -227,14 +248,8 @@ impl RedisStore {
     ) -> Result<(Ack, Vec<Event>), StoreError> {
         let slices = self.by_part(changes, |c| c.user().as_str());
         let runs = self.inner.parts.iter().zip(slices).map(|(part, slice)| async move {
-            let mut invocation = self.inner.report.prepare_invoke();
-            invocation
-                .arg(&part.prefix)
-                .arg(&*report.gateway)
-                .arg(report.seq)
-                .arg(millis(self.inner.timings.ttl))
-                .arg(millis(self.inner.timings.grace))
-                .arg(encode_changes(&slice));
+            let invocation =
+                self.gateway_script(&self.inner.report, part, report, report.seq, encode_changes(&slice));
             match status_and_events(self.run(part, "report", invocation).await?)? {
                 (status, events) if status == "ok" => Ok((Ack::Applied, events)),
                 (status, _) if status == "resync" => Ok((Ack::Resync, vec![])),
@@ -258,14 +273,8 @@ impl RedisStore {
         let chunks: Vec<&[&ConnState]> =
             if conns.is_empty() { vec![&[]] } else { conns.chunks(CHUNK).collect() };
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let mut invocation = self.inner.full.prepare_invoke();
-            invocation
-                .arg(&part.prefix)
-                .arg(&*report.gateway)
-                .arg(if i == 0 { "1" } else { "0" })
-                .arg(millis(self.inner.timings.ttl))
-                .arg(millis(self.inner.timings.grace))
-                .arg(encode_conns(chunk));
+            let first = if i == 0 { "1" } else { "0" };
+            let invocation = self.gateway_script(&self.inner.full, part, report, first, encode_conns(chunk));
             match self.run(part, "full report", invocation).await {
                 Ok(reply) => events.extend(status_and_events(reply)?.1),
                 Err(e) if i == 0 => return Err(e),
@@ -273,14 +282,7 @@ impl RedisStore {
             }
         }
         for _ in 0..conns.len().max(100_000) / CHUNK + 2 {
-            let mut invocation = self.inner.full_end.prepare_invoke();
-            invocation
-                .arg(&part.prefix)
-                .arg(&*report.gateway)
-                .arg(report.seq)
-                .arg(millis(self.inner.timings.ttl))
-                .arg(millis(self.inner.timings.grace))
-                .arg(CHUNK);
+            let invocation = self.gateway_script(&self.inner.full_end, part, report, report.seq, CHUNK);
             let Ok(reply) = self.run(part, "full report", invocation).await else {
                 return Ok((Ack::Resync, events));
             };
