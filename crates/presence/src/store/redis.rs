@@ -42,9 +42,12 @@ use herald_protocol::{ChannelName, EventKind, EventsConfig, UserId, presence_par
 use redis::{Script, Value};
 use serde_json::json;
 
+mod wire;
+
+use self::wire::{bad, decode_events, encode_changes, encode_conns, status_and_events};
 use super::{PresenceStore, StoreError, Timings};
 use crate::model::{
-    Ack, Change, ChannelPresence, ConnState, Event, Info, Member, Report, ReportBody, Stats, UserPresence,
+    Ack, Change, ChannelPresence, ConnState, Event, Member, Report, ReportBody, Stats, UserPresence,
 };
 
 /// Parts of presence on a Redis Cluster unless `presence.parts` says otherwise: enough that
@@ -414,97 +417,6 @@ impl RedisStore {
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
-}
-
-fn info_text(i: &Info) -> Option<String> {
-    i.as_deref().map(String::from)
-}
-
-/// A batch of changes as `report.lua` reads it.
-fn encode_changes(changes: &[&Change]) -> String {
-    let items: Vec<serde_json::Value> = changes
-        .iter()
-        .map(|c| match c {
-            Change::Connect { conn, user, info } => {
-                let mut v = json!({"o": "c", "k": conn.to_string(), "u": user});
-                if let Some(i) = info_text(info) {
-                    v["i"] = i.into();
-                }
-                v
-            }
-            Change::Disconnect { conn, .. } => json!({"o": "d", "k": conn.to_string()}),
-            Change::Subscribe { conn, channel, .. } => {
-                json!({"o": "s", "k": conn.to_string(), "ch": channel})
-            }
-            Change::Unsubscribe { conn, channel, .. } => {
-                json!({"o": "x", "k": conn.to_string(), "ch": channel})
-            }
-        })
-        .collect();
-    serde_json::Value::Array(items).to_string()
-}
-
-/// Part of a full state as `full.lua` reads it.
-fn encode_conns(conns: &[&ConnState]) -> String {
-    let items: Vec<serde_json::Value> = conns
-        .iter()
-        .map(|ConnState { conn, user, info: i, channels }| {
-            let mut v = json!({"k": conn.to_string(), "u": user, "c": channels});
-            if let Some(i) = info_text(i) {
-                v["i"] = i.into();
-            }
-            v
-        })
-        .collect();
-    serde_json::Value::Array(items).to_string()
-}
-
-/// Splits `{status, events}` replies.
-fn status_and_events(reply: Value) -> Result<(String, Vec<Event>), StoreError> {
-    let Value::Array(parts) = reply else { return Err(bad("reply is not an array")) };
-    let status = parts.first().and_then(text).ok_or_else(|| bad("status"))?;
-    Ok((status, decode_events(parts.get(1).unwrap_or(&Value::Nil))?))
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn bad(what: &str) -> StoreError {
-    StoreError::UnexpectedReply(what.to_string())
-}
-
-/// Reads the events a script returned: arrays like `["join", channel, user, info]`.
-fn decode_events(v: &Value) -> Result<Vec<Event>, StoreError> {
-    let Value::Array(items) = v else { return Ok(vec![]) };
-    let mut events = Vec::with_capacity(items.len());
-    for item in items {
-        let Value::Array(fields) = item else { return Err(bad("event is not an array")) };
-        let field = |i: usize| fields.get(i).and_then(text);
-        let user = || field(2).and_then(|u| UserId::parse(&u).ok()).ok_or_else(|| bad("event user"));
-        let channel =
-            || field(1).and_then(|c| ChannelName::parse(&c).ok()).ok_or_else(|| bad("event channel"));
-        let kind = field(0).ok_or_else(|| bad("event kind"))?;
-        events.push(match kind.as_str() {
-            "join" => Event::Join { channel: channel()?, user: user()?, info: field(3).map(Arc::from) },
-            "leave" => Event::Leave { channel: channel()?, user: user()? },
-            "online" => {
-                let user = field(1).and_then(|u| UserId::parse(&u).ok()).ok_or_else(|| bad("event user"))?;
-                Event::Online { user, info: field(2).map(Arc::from) }
-            }
-            "offline" => {
-                let user = field(1).and_then(|u| UserId::parse(&u).ok()).ok_or_else(|| bad("event user"))?;
-                Event::Offline { user }
-            }
-            other => return Err(bad(other)),
-        });
-    }
-    Ok(events)
 }
 
 #[async_trait]
