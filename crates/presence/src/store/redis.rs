@@ -11,7 +11,8 @@
 //! script run (`emit` in `lua/common.lua`): atomic with the transition, so exactly once.
 //!
 //! Key layout: see `lua/common.lua`. Keys are computed inside the scripts, and one script
-//! touches the keys of a gateway, of its users and of their channels at once.
+//! touches the keys of a gateway, of its users and of their channels at once. How the
+//! scripts' arguments are written and their replies read: [`wire`].
 //!
 //! **Parts.** Every transition concerns one user: `online`/`offline` a user's connections
 //! anywhere, `join`/`leave` a user's connections in one channel. So presence splits in
