@@ -12,7 +12,7 @@
 //!
 //! Key layout: see `lua/common.lua`. Keys are computed inside the scripts, and one script
 //! touches the keys of a gateway, of its users and of their channels at once. How the
-//! scripts' arguments are written and their replies read: [`wire`].
+//! scripts' arguments are written and their replies read: `wire.rs`.
 //!
 //! **Parts.** Every transition concerns one user: `online`/`offline` a user's connections
 //! anywhere, `join`/`leave` a user's connections in one channel. So presence splits in
@@ -473,7 +473,7 @@ impl PresenceStore for RedisStore {
     }
 
     /// A channel's members are spread over the parts with their users: each part's are read
-    /// (see [`RedisStore::members_in`]), the first `limit` by user id kept, and their `info`
+    /// (see `RedisStore::members_in`), the first `limit` by user id kept, and their `info`
     /// read from their parts.
     async fn channel(&self, channel: &ChannelName, limit: usize) -> Result<ChannelPresence, StoreError> {
         let runs = self.inner.parts.iter().map(|part| self.members_in(part, channel, limit));
