@@ -526,20 +526,37 @@ class Herald:
                 epoch = reply.get("epoch")
                 await sub._confirmed(reply, self._acked_for(sub.channel, epoch) if isinstance(epoch, str) else None)
 
+        async def refused(error: RequestError) -> None:
+            if self._subs.get(sub.channel) is sub:
+                self._forget(sub)
+                await sub._failed(error)
+
+        await self._subscribe_by_frame(sub, ws, frame, f"subscribe {sub.channel}", confirm, refused)
+
+    async def _subscribe_by_frame(
+        self,
+        sub: Subscription | PatternSubscription,
+        ws: ClientConnection,
+        frame: dict[str, Any],
+        what: str,
+        confirm: Callable[[dict[str, Any]], Awaitable[None]],
+        refused: Callable[[RequestError], Awaitable[None]],
+    ) -> None:
+        """Sends `frame`, a channel's or a pattern's subscribe, on `ws`, and confirms it with
+        the reply as it is read, or with an empty one when the server had it already
+        (`already_subscribed`). A refusal goes to `refused`; `unavailable` or no answer drop
+        the connection (the next one subscribes again); a lost connection is left to the
+        reconnect. Either way the subscribe is no longer in flight afterwards."""
         try:
-            await self._request(frame, f"subscribe {sub.channel}", on_reply=confirm)
+            await self._request(frame, what, on_reply=confirm)
             return
         except RequestError as e:
-            if e.code == "already_subscribed":
-                reply: dict[str, Any] = {}
-            elif e.code == "unavailable":
+            if e.code == "unavailable":
                 log.warning("herald_client: %s; reconnecting", e)
                 await self._drop(ws)
                 return
-            else:
-                if self._subs.get(sub.channel) is sub:
-                    self._forget(sub)
-                    await sub._failed(e)
+            if e.code != "already_subscribed":
+                await refused(e)
                 return
         except RequestTimeout as e:
             log.warning("herald_client: %s; reconnecting", e)
@@ -549,7 +566,7 @@ class Herald:
             return
         finally:
             sub._inflight = None
-        await confirm(reply)
+        await confirm({})
 
     def _forget(self, sub: Subscription) -> None:
         if self._subs.get(sub.channel) is sub:

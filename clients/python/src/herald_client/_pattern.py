@@ -10,11 +10,10 @@ to its own subscription only (the same `id` on both)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ClientClosed, ConnectionLost, HeraldError, NotConnected, RequestError, RequestTimeout
+from ._errors import HeraldError, RequestError, RequestTimeout
 from ._events import Buffer, Callback, Emitter
 from ._subscription import SubscriptionState, _iterate, _leave
 from ._types import ConnectionState, Message, Unsubscribed
@@ -23,8 +22,6 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
     from ._client import Herald
-
-log = logging.getLogger("herald_client")
 
 
 class PatternSubscription:
@@ -162,31 +159,13 @@ async def send_subscribe(client: Herald, sub: PatternSubscription) -> None:
         if client._patterns.get(sub.pattern) is sub and client._ws is ws:
             await sub._confirmed()
 
-    try:
-        frame = {"type": "subscribe", "pattern": sub.pattern}
-        await client._request(frame, f"subscribe {sub.pattern}", on_reply=confirm)
-        return
-    except RequestError as e:
-        if e.code == "already_subscribed":
-            pass
-        elif e.code == "unavailable":
-            log.warning("herald_client: %s; reconnecting", e)
-            await client._drop(ws)
-            return
-        else:
-            if client._patterns.get(sub.pattern) is sub:
-                client._forget_pattern(sub)
-                await sub._failed(e)
-            return
-    except RequestTimeout as e:
-        log.warning("herald_client: %s; reconnecting", e)
-        await client._drop(ws)
-        return
-    except (ConnectionLost, NotConnected, ClientClosed):
-        return
-    finally:
-        sub._inflight = None
-    await confirm({})
+    async def refused(error: RequestError) -> None:
+        if client._patterns.get(sub.pattern) is sub:
+            client._forget_pattern(sub)
+            await sub._failed(error)
+
+    frame = {"type": "subscribe", "pattern": sub.pattern}
+    await client._subscribe_by_frame(sub, ws, frame, f"subscribe {sub.pattern}", confirm, refused)
 
 
 async def subscribe(client: Herald, sub: PatternSubscription) -> None:
