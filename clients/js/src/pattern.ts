@@ -15,7 +15,7 @@
  */
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
-import type { SubscriptionState } from "./subscription.js";
+import { followSubscribeError, type SubscriptionState } from "./subscription.js";
 import type {
   Message,
   PatternSubscribedEvent,
@@ -114,9 +114,6 @@ export class PatternSubscriptions {
   }
 }
 
-/** Error codes after which subscribing again may succeed. */
-const RETRYABLE = new Set(["unavailable", "timeout", "internal"]);
-
 const noop = () => {};
 
 export class PatternSubscription extends Emitter<PatternSubscriptionEvents> {
@@ -184,17 +181,12 @@ export class PatternSubscription extends Emitter<PatternSubscriptionEvents> {
     this.inflight = inflight;
     reply.then(noop, (err: HeraldError) => {
       if (attempt !== this.attempt || this._state === "unsubscribed") return;
-      if (err.code === "already_subscribed") {
-        this.live();
-      } else if (err.code === "disconnected") {
-        // The next connection subscribes it again.
-      } else if (RETRYABLE.has(err.code)) {
-        this.emit("error", err);
-        this.host.retrySubscribe(this, ++this.retries);
-      } else {
-        this.end(err);
-        this.emit("error", err);
-      }
+      followSubscribeError(err, {
+        live: () => this.live(),
+        retry: () => this.host.retrySubscribe(this, ++this.retries),
+        end: (error) => this.end(error),
+        emitError: (error) => this.emit("error", error),
+      });
     });
   }
 

@@ -79,8 +79,39 @@ export interface SubscriptionHost {
 /** Error codes after which a publish may or may not have happened. */
 const OUTCOME_UNKNOWN = new Set(["outcome_unknown", "timeout", "disconnected"]);
 
-/** Error codes after which subscribing again cannot succeed. */
+/** Error codes after which subscribing again may succeed. */
 const RETRYABLE = new Set(["unavailable", "timeout", "internal"]);
+
+/** What a subscription, of a channel or a pattern, does after its `subscribe` failed. */
+export interface RefusedSubscribe {
+  /** The server has the subscription already: it is live. */
+  live(): void;
+  /** Subscribe again, after a backoff. */
+  retry(): void;
+  /** End the subscription for good with `error`. */
+  end(error: HeraldError): void;
+  emitError(error: HeraldError): void;
+}
+
+/**
+ * @internal how a failed `subscribe` is followed, for channels and patterns alike:
+ * `already_subscribed` is live (the server subscribed it itself, as the personal channel);
+ * `disconnected` waits for the next connection, which subscribes again; `unavailable`,
+ * `timeout` and `internal` are reported and retried with backoff; any other code ends it.
+ */
+export function followSubscribeError(err: HeraldError, subscription: RefusedSubscribe): void {
+  if (err.code === "already_subscribed") {
+    subscription.live();
+  } else if (err.code === "disconnected") {
+    // The next connection subscribes it again.
+  } else if (RETRYABLE.has(err.code)) {
+    subscription.emitError(err);
+    subscription.retry();
+  } else {
+    subscription.end(err);
+    subscription.emitError(err);
+  }
+}
 
 const noop = () => {};
 
@@ -345,18 +376,12 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       },
       (err: HeraldError) => {
         if (attempt !== this.attempt || this._state === "unsubscribed") return;
-        if (err.code === "already_subscribed") {
-          // The server subscribed it itself (the personal channel): it is live.
-          this.live(undefined);
-        } else if (err.code === "disconnected") {
-          // The next connection subscribes it again.
-        } else if (RETRYABLE.has(err.code)) {
-          this.emit("error", err);
-          this.host.retrySubscribe(this, ++this.retries);
-        } else {
-          this.end(err);
-          this.emit("error", err);
-        }
+        followSubscribeError(err, {
+          live: () => this.live(undefined),
+          retry: () => this.host.retrySubscribe(this, ++this.retries),
+          end: (error) => this.end(error),
+          emitError: (error) => this.emit("error", error),
+        });
       },
     );
   }

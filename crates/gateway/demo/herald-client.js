@@ -87,188 +87,6 @@ function base64UrlDecode(text) {
   return new TextDecoder().decode(bytes);
 }
 
-// clients/js/src/pattern.ts
-var PatternSubscriptions = class {
-  byPattern = /* @__PURE__ */ new Map();
-  owner;
-  constructor(host) {
-    this.owner = {
-      request: (frame, onReply) => host.request(frame, onReply),
-      isConnected: () => host.isConnected(),
-      retrySubscribe: (sub, retries) => host.retrySubscribe(sub, retries),
-      forget: (sub) => {
-        if (this.byPattern.get(sub.pattern) === sub) this.byPattern.delete(sub.pattern);
-      }
-    };
-  }
-  /** The subscription of `pattern`, made (and subscribed, when connected) if there is none. */
-  subscribe(pattern) {
-    if (typeof pattern !== "string" || pattern === "") {
-      throw new TypeError("Herald.subscribePattern: the pattern must be a non-empty string");
-    }
-    const existing = this.byPattern.get(pattern);
-    if (existing) return existing;
-    const sub = new PatternSubscription(this.owner, pattern);
-    this.byPattern.set(pattern, sub);
-    if (this.owner.isConnected()) sub.subscribeByFrame();
-    return sub;
-  }
-  get(pattern) {
-    return this.byPattern.get(pattern);
-  }
-  /** A new connection: every pattern is subscribed again by frame (never in the URL). */
-  connected() {
-    for (const sub of [...this.byPattern.values()]) {
-      if (sub.state === "subscribing") sub.subscribeByFrame();
-    }
-  }
-  /** The socket is gone: each pattern waits for the next connection. */
-  suspend() {
-    for (const sub of this.byPattern.values()) sub.suspend();
-  }
-  /** A message frame carrying `pattern`: for that pattern's subscription only. */
-  deliver(pattern, message) {
-    this.byPattern.get(pattern)?.deliver(message);
-  }
-  /** An `unsubscribed` frame without `id`: the server ended the pattern's subscription. */
-  endedByServer(pattern, reason) {
-    this.byPattern.get(pattern)?.endedByServer(reason);
-  }
-};
-var RETRYABLE = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
-var noop = () => {
-};
-var PatternSubscription = class extends Emitter {
-  pattern;
-  _state = "subscribing";
-  host;
-  /** Whether it was live at least once: a later `subscribed` is a resubscription. */
-  everSubscribed = false;
-  /** Counts subscribe attempts, so a late reply of an old one is recognised. */
-  attempt = 0;
-  waiters = [];
-  /** The reply of the subscribe frame on its way, if one is: `unsubscribe` waits for it, so
-   * its frame cannot overtake the subscribe and leave the server subscribed. */
-  inflight;
-  /** Subscribe attempts that failed for a passing reason since it was last live. */
-  retries = 0;
-  /** @internal created by `Herald.subscribePattern`. */
-  constructor(host, pattern) {
-    super();
-    this.host = host;
-    this.pattern = pattern;
-  }
-  get state() {
-    return this._state;
-  }
-  /** Resolves once the subscription is live; rejects with the server's error (`forbidden`,
-   * `invalid_pattern`, `limit_exceeded`, `unknown_channel`) or `unsubscribed`. */
-  ready() {
-    if (this._state === "subscribed") return Promise.resolve();
-    if (this._state === "unsubscribed") {
-      return Promise.reject(new HeraldError("unsubscribed", `pattern ${this.pattern} is unsubscribed`));
-    }
-    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
-  }
-  /** Stops the subscription for good. Resolves when the server confirmed it (at once when
-   * the client is not connected). */
-  async unsubscribe() {
-    if (this._state === "unsubscribed") return;
-    const inflight = this.inflight;
-    this.end(new HeraldError("unsubscribed", `pattern ${this.pattern} was unsubscribed`));
-    if (inflight) await inflight;
-    if (!this.host.isConnected()) return;
-    try {
-      await this.host.request({ type: "unsubscribe", pattern: this.pattern });
-    } catch (err) {
-      if (!(err instanceof HeraldError && ["not_subscribed", "disconnected"].includes(err.code))) throw err;
-    }
-  }
-  /** @internal sends a `subscribe` frame and handles its reply. */
-  subscribeByFrame() {
-    const attempt = ++this.attempt;
-    const reply = this.host.request({ type: "subscribe", pattern: this.pattern }, () => {
-      if (attempt === this.attempt && this._state !== "unsubscribed") this.live();
-    });
-    const inflight = reply.then(noop, noop).finally(() => {
-      if (this.inflight === inflight) this.inflight = void 0;
-    });
-    this.inflight = inflight;
-    reply.then(noop, (err) => {
-      if (attempt !== this.attempt || this._state === "unsubscribed") return;
-      if (err.code === "already_subscribed") {
-        this.live();
-      } else if (err.code === "disconnected") {
-      } else if (RETRYABLE.has(err.code)) {
-        this.emit("error", err);
-        this.host.retrySubscribe(this, ++this.retries);
-      } else {
-        this.end(err);
-        this.emit("error", err);
-      }
-    });
-  }
-  /** @internal the connection dropped: live again after the next `subscribed`. */
-  suspend() {
-    if (this._state === "subscribed") this._state = "subscribing";
-    this.attempt++;
-  }
-  /** @internal the server ended the subscription (`unsubscribed` with a reason, no `id`). */
-  endedByServer(reason) {
-    if (this._state === "unsubscribed") return;
-    this.end(new HeraldError(reason, `the server ended the subscription to pattern ${this.pattern}: ${reason}`));
-    this.emit("unsubscribed", { pattern: this.pattern, reason });
-  }
-  /** @internal hands a message of a matching channel to the application. */
-  deliver(message) {
-    if (this._state !== "unsubscribed") this.emit("message", message);
-  }
-  live() {
-    const resubscribed = this.everSubscribed;
-    this.everSubscribed = true;
-    this.retries = 0;
-    this._state = "subscribed";
-    for (const waiter of this.waiters.splice(0)) waiter.resolve();
-    this.emit("subscribed", { pattern: this.pattern, resubscribed });
-  }
-  end(reason) {
-    this._state = "unsubscribed";
-    this.attempt++;
-    this.host.forget(this);
-    for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
-  }
-};
-
-// clients/js/src/refusal.ts
-var REFUSAL_CLOSE_CODES = /* @__PURE__ */ new Set([4e3, 4001, 4003, 4030, 1013]);
-var PASSING = /* @__PURE__ */ new Set(["unavailable", "too_many_connections", "rate_limited", "internal", "overloaded"]);
-function refusalKind(code) {
-  if (code === "unauthorized" || code === "token_expired") return "token";
-  if (PASSING.has(code)) return "backoff";
-  return "permanent";
-}
-function closeRefusal(code, reason) {
-  if (!REFUSAL_CLOSE_CODES.has(code)) return void 0;
-  const match = /^([a-z_]+):\s*(.*)$/s.exec(reason);
-  const errorCode = match?.[1] ?? (code === 4001 ? "unauthorized" : code === 4003 ? "forbidden" : code === 4030 ? "too_many_connections" : code === 1013 ? "unavailable" : "refused");
-  const message = match?.[2] || reason || `the server refused the connection with close code ${code}`;
-  return new HeraldError(errorCode, message);
-}
-function httpRefusal(status, body) {
-  try {
-    const parsed = JSON.parse(body);
-    if (parsed.error?.code) {
-      return new HeraldError(parsed.error.code, parsed.error.message ?? parsed.error.code, { status });
-    }
-  } catch {
-  }
-  return new HeraldError(
-    status === 401 ? "unauthorized" : status === 503 ? "unavailable" : status === 429 ? "too_many_connections" : "refused",
-    `the server refused the connection with HTTP ${status}`,
-    { status }
-  );
-}
-
 // clients/js/src/channel-token.ts
 var ChannelToken = class {
   token;
@@ -342,8 +160,20 @@ function newIdempotencyKey() {
 
 // clients/js/src/subscription.ts
 var OUTCOME_UNKNOWN = /* @__PURE__ */ new Set(["outcome_unknown", "timeout", "disconnected"]);
-var RETRYABLE2 = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
-var noop2 = () => {
+var RETRYABLE = /* @__PURE__ */ new Set(["unavailable", "timeout", "internal"]);
+function followSubscribeError(err, subscription) {
+  if (err.code === "already_subscribed") {
+    subscription.live();
+  } else if (err.code === "disconnected") {
+  } else if (RETRYABLE.has(err.code)) {
+    subscription.emitError(err);
+    subscription.retry();
+  } else {
+    subscription.end(err);
+    subscription.emitError(err);
+  }
+}
+var noop = () => {
 };
 var Subscription = class extends Emitter {
   channel;
@@ -570,7 +400,7 @@ var Subscription = class extends Emitter {
     const reply = this.host.request(this.subscribeFrame(), (frame) => {
       if (attempt === this.attempt && this._state !== "unsubscribed") this.live(frame);
     });
-    const inflight = reply.then(noop2, noop2).finally(() => {
+    const inflight = reply.then(noop, noop).finally(() => {
       if (this.inflight === inflight) this.inflight = void 0;
     });
     this.inflight = inflight;
@@ -579,16 +409,12 @@ var Subscription = class extends Emitter {
       },
       (err) => {
         if (attempt !== this.attempt || this._state === "unsubscribed") return;
-        if (err.code === "already_subscribed") {
-          this.live(void 0);
-        } else if (err.code === "disconnected") {
-        } else if (RETRYABLE2.has(err.code)) {
-          this.emit("error", err);
-          this.host.retrySubscribe(this, ++this.retries);
-        } else {
-          this.end(err);
-          this.emit("error", err);
-        }
+        followSubscribeError(err, {
+          live: () => this.live(void 0),
+          retry: () => this.host.retrySubscribe(this, ++this.retries),
+          end: (error) => this.end(error),
+          emitError: (error) => this.emit("error", error)
+        });
       }
     );
   }
@@ -717,6 +543,183 @@ var Subscription = class extends Emitter {
     for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
   }
 };
+
+// clients/js/src/pattern.ts
+var PatternSubscriptions = class {
+  byPattern = /* @__PURE__ */ new Map();
+  owner;
+  constructor(host) {
+    this.owner = {
+      request: (frame, onReply) => host.request(frame, onReply),
+      isConnected: () => host.isConnected(),
+      retrySubscribe: (sub, retries) => host.retrySubscribe(sub, retries),
+      forget: (sub) => {
+        if (this.byPattern.get(sub.pattern) === sub) this.byPattern.delete(sub.pattern);
+      }
+    };
+  }
+  /** The subscription of `pattern`, made (and subscribed, when connected) if there is none. */
+  subscribe(pattern) {
+    if (typeof pattern !== "string" || pattern === "") {
+      throw new TypeError("Herald.subscribePattern: the pattern must be a non-empty string");
+    }
+    const existing = this.byPattern.get(pattern);
+    if (existing) return existing;
+    const sub = new PatternSubscription(this.owner, pattern);
+    this.byPattern.set(pattern, sub);
+    if (this.owner.isConnected()) sub.subscribeByFrame();
+    return sub;
+  }
+  get(pattern) {
+    return this.byPattern.get(pattern);
+  }
+  /** A new connection: every pattern is subscribed again by frame (never in the URL). */
+  connected() {
+    for (const sub of [...this.byPattern.values()]) {
+      if (sub.state === "subscribing") sub.subscribeByFrame();
+    }
+  }
+  /** The socket is gone: each pattern waits for the next connection. */
+  suspend() {
+    for (const sub of this.byPattern.values()) sub.suspend();
+  }
+  /** A message frame carrying `pattern`: for that pattern's subscription only. */
+  deliver(pattern, message) {
+    this.byPattern.get(pattern)?.deliver(message);
+  }
+  /** An `unsubscribed` frame without `id`: the server ended the pattern's subscription. */
+  endedByServer(pattern, reason) {
+    this.byPattern.get(pattern)?.endedByServer(reason);
+  }
+};
+var noop2 = () => {
+};
+var PatternSubscription = class extends Emitter {
+  pattern;
+  _state = "subscribing";
+  host;
+  /** Whether it was live at least once: a later `subscribed` is a resubscription. */
+  everSubscribed = false;
+  /** Counts subscribe attempts, so a late reply of an old one is recognised. */
+  attempt = 0;
+  waiters = [];
+  /** The reply of the subscribe frame on its way, if one is: `unsubscribe` waits for it, so
+   * its frame cannot overtake the subscribe and leave the server subscribed. */
+  inflight;
+  /** Subscribe attempts that failed for a passing reason since it was last live. */
+  retries = 0;
+  /** @internal created by `Herald.subscribePattern`. */
+  constructor(host, pattern) {
+    super();
+    this.host = host;
+    this.pattern = pattern;
+  }
+  get state() {
+    return this._state;
+  }
+  /** Resolves once the subscription is live; rejects with the server's error (`forbidden`,
+   * `invalid_pattern`, `limit_exceeded`, `unknown_channel`) or `unsubscribed`. */
+  ready() {
+    if (this._state === "subscribed") return Promise.resolve();
+    if (this._state === "unsubscribed") {
+      return Promise.reject(new HeraldError("unsubscribed", `pattern ${this.pattern} is unsubscribed`));
+    }
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+  /** Stops the subscription for good. Resolves when the server confirmed it (at once when
+   * the client is not connected). */
+  async unsubscribe() {
+    if (this._state === "unsubscribed") return;
+    const inflight = this.inflight;
+    this.end(new HeraldError("unsubscribed", `pattern ${this.pattern} was unsubscribed`));
+    if (inflight) await inflight;
+    if (!this.host.isConnected()) return;
+    try {
+      await this.host.request({ type: "unsubscribe", pattern: this.pattern });
+    } catch (err) {
+      if (!(err instanceof HeraldError && ["not_subscribed", "disconnected"].includes(err.code))) throw err;
+    }
+  }
+  /** @internal sends a `subscribe` frame and handles its reply. */
+  subscribeByFrame() {
+    const attempt = ++this.attempt;
+    const reply = this.host.request({ type: "subscribe", pattern: this.pattern }, () => {
+      if (attempt === this.attempt && this._state !== "unsubscribed") this.live();
+    });
+    const inflight = reply.then(noop2, noop2).finally(() => {
+      if (this.inflight === inflight) this.inflight = void 0;
+    });
+    this.inflight = inflight;
+    reply.then(noop2, (err) => {
+      if (attempt !== this.attempt || this._state === "unsubscribed") return;
+      followSubscribeError(err, {
+        live: () => this.live(),
+        retry: () => this.host.retrySubscribe(this, ++this.retries),
+        end: (error) => this.end(error),
+        emitError: (error) => this.emit("error", error)
+      });
+    });
+  }
+  /** @internal the connection dropped: live again after the next `subscribed`. */
+  suspend() {
+    if (this._state === "subscribed") this._state = "subscribing";
+    this.attempt++;
+  }
+  /** @internal the server ended the subscription (`unsubscribed` with a reason, no `id`). */
+  endedByServer(reason) {
+    if (this._state === "unsubscribed") return;
+    this.end(new HeraldError(reason, `the server ended the subscription to pattern ${this.pattern}: ${reason}`));
+    this.emit("unsubscribed", { pattern: this.pattern, reason });
+  }
+  /** @internal hands a message of a matching channel to the application. */
+  deliver(message) {
+    if (this._state !== "unsubscribed") this.emit("message", message);
+  }
+  live() {
+    const resubscribed = this.everSubscribed;
+    this.everSubscribed = true;
+    this.retries = 0;
+    this._state = "subscribed";
+    for (const waiter of this.waiters.splice(0)) waiter.resolve();
+    this.emit("subscribed", { pattern: this.pattern, resubscribed });
+  }
+  end(reason) {
+    this._state = "unsubscribed";
+    this.attempt++;
+    this.host.forget(this);
+    for (const waiter of this.waiters.splice(0)) waiter.reject(reason);
+  }
+};
+
+// clients/js/src/refusal.ts
+var REFUSAL_CLOSE_CODES = /* @__PURE__ */ new Set([4e3, 4001, 4003, 4030, 1013]);
+var PASSING = /* @__PURE__ */ new Set(["unavailable", "too_many_connections", "rate_limited", "internal", "overloaded"]);
+function refusalKind(code) {
+  if (code === "unauthorized" || code === "token_expired") return "token";
+  if (PASSING.has(code)) return "backoff";
+  return "permanent";
+}
+function closeRefusal(code, reason) {
+  if (!REFUSAL_CLOSE_CODES.has(code)) return void 0;
+  const match = /^([a-z_]+):\s*(.*)$/s.exec(reason);
+  const errorCode = match?.[1] ?? (code === 4001 ? "unauthorized" : code === 4003 ? "forbidden" : code === 4030 ? "too_many_connections" : code === 1013 ? "unavailable" : "refused");
+  const message = match?.[2] || reason || `the server refused the connection with close code ${code}`;
+  return new HeraldError(errorCode, message);
+}
+function httpRefusal(status, body) {
+  try {
+    const parsed = JSON.parse(body);
+    if (parsed.error?.code) {
+      return new HeraldError(parsed.error.code, parsed.error.message ?? parsed.error.code, { status });
+    }
+  } catch {
+  }
+  return new HeraldError(
+    status === 401 ? "unauthorized" : status === 503 ? "unavailable" : status === 429 ? "too_many_connections" : "refused",
+    `the server refused the connection with HTTP ${status}`,
+    { status }
+  );
+}
 
 // clients/js/src/client.ts
 var DEFAULTS = {
